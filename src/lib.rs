@@ -1,0 +1,2 @@
+//! edgereason: int4 + LoRA reasoning LLM inference on any wgpu GPU.
+pub mod loader;

@@ -1,0 +1,180 @@
+//! Model files → one host-side weight set.
+//!
+//! Every format (GGUF, an HF safetensors directory, the engine's own pre-quantized
+//! safetensors) is read into a [`HostModel`]: a [`ModelConfig`], tensors under
+//! GGUF-style canonical names, a tokenizer and a chat template. Tensors are in the HF
+//! convention whatever the file: llama Q/K rows are un-permuted on GGUF load, so the
+//! engine has one RoPE convention (rotate-half).
+//!
+//! Canonical names (`N` = layer):
+//! `token_embd.weight` [n_vocab, n_embd], `output_norm.weight` [n_embd],
+//! `output.weight` [n_vocab, n_embd] (absent when tied),
+//! `blk.N.attn_norm.weight`, `blk.N.ffn_norm.weight` [n_embd],
+//! `blk.N.attn_q.weight` [n_head*head_dim, n_embd], `blk.N.attn_k.weight` / `attn_v.weight`
+//! [n_kv_head*head_dim, n_embd], `blk.N.attn_{q,k,v}.bias` (qwen2), `blk.N.attn_output.weight`
+//! [n_embd, n_head*head_dim], `blk.N.ffn_gate.weight` / `ffn_up.weight` [n_ff, n_embd],
+//! `blk.N.ffn_down.weight` [n_embd, n_ff].
+
+pub mod chat_template;
+pub mod ggml_quants;
+pub mod gguf;
+pub mod hf_dir;
+pub mod tokenizer;
+
+use std::collections::HashMap;
+
+/// One group of 32 weights in the engine's int4 layout: `w[i] = scale * q[i] + min`,
+/// `q[i]` in 0..=15. GGUF Q4_0, Q4_1 and Q4_K map onto it exactly.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Q4Group {
+    pub scale: f32,
+    pub min: f32,
+    pub q: [u8; 32],
+}
+
+/// Host tensor payload: plain floats, or int4 groups taken over exactly from the file.
+#[derive(Clone, Debug)]
+pub enum TensorData {
+    F32(Vec<f32>),
+    /// Row-major groups: row r holds groups `r * cols/32 .. (r+1) * cols/32`.
+    Q4(Vec<Q4Group>),
+}
+
+/// A tensor as loaded. `shape` is row-major, last dimension contiguous (`[rows, cols]`).
+#[derive(Clone, Debug)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: TensorData,
+}
+
+impl HostTensor {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Plain f32 values (dequantizing int4 groups).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.data {
+            TensorData::F32(v) => v.clone(),
+            TensorData::Q4(groups) => groups
+                .iter()
+                .flat_map(|g| g.q.iter().map(move |&q| g.scale * q as f32 + g.min))
+                .collect(),
+        }
+    }
+}
+
+/// Which forward pass a model needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Qwen2 / Qwen2.5: Llama plus biases on Q, K, V.
+    Qwen2,
+    /// Llama family (SmolLM2).
+    Llama,
+}
+
+/// Hyper-parameters of a decoder-only transformer, named as in llama.cpp.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub n_vocab: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub rope_theta: f32,
+    pub rms_eps: f32,
+    /// Trained context length.
+    pub n_ctx: usize,
+    /// LM head shares `token_embd.weight`.
+    pub tied_embeddings: bool,
+}
+
+/// Everything the engine needs from model files, on the host.
+pub struct HostModel {
+    pub config: ModelConfig,
+    pub tensors: HashMap<String, HostTensor>,
+    pub tokenizer: tokenizers::Tokenizer,
+    /// Jinja chat template (tokenizer_config.json `chat_template` or GGUF
+    /// `tokenizer.chat_template`).
+    pub chat_template: Option<String>,
+    pub bos_token_id: Option<u32>,
+    /// Tokens that end generation (EOS plus e.g. `<|im_end|>` / `<|endoftext|>`).
+    pub eos_token_ids: Vec<u32>,
+    /// Whether the tokenizer expects BOS prepended to a prompt.
+    pub add_bos: bool,
+    /// Human-readable source description (path, format, file types).
+    pub source: String,
+}
+
+/// Errors callers branch on when loading model files.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not what it claims, or is cut short. `what` names the field.
+    #[error("{path}: malformed file: {what}")]
+    Malformed { path: String, what: String },
+    #[error("{path}: unsupported architecture '{arch}' (supported: qwen2, llama)")]
+    UnknownArch { path: String, arch: String },
+    #[error("{path}: tensor '{name}': {what}")]
+    BadTensor { path: String, name: String, what: String },
+    #[error("{path}: missing {what}")]
+    Missing { path: String, what: String },
+    #[error("{path}: tokenizer: {what}")]
+    Tokenizer { path: String, what: String },
+}
+
+/// Quantize one row of f32 weights (length a multiple of 32) to int4 groups:
+/// asymmetric min/max per group, scale and min rounded to f16 (what the GPU stores), so
+/// quantizing already-quantized values gives them back.
+pub fn quantize_q4(row: &[f32]) -> Vec<Q4Group> {
+    assert!(row.len() % 32 == 0, "row length {} is not a multiple of 32", row.len());
+    row.chunks_exact(32)
+        .map(|g| {
+            let (mn, mx) = g.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &w| (a.min(w), b.max(w)));
+            let min = half::f16::from_f32(mn).to_f32();
+            let scale = half::f16::from_f32((mx - min) / 15.0).to_f32();
+            let mut q = [0u8; 32];
+            if scale > 0.0 {
+                for (qi, &w) in q.iter_mut().zip(g) {
+                    *qi = ((w - min) / scale).round().clamp(0.0, 15.0) as u8;
+                }
+            }
+            Q4Group { scale, min, q }
+        })
+        .collect()
+}
+
+impl HostModel {
+    /// Whether a tensor is a matrix the engine runs in int4 (every 2-D weight).
+    pub fn is_quantized_matrix(name: &str, t: &HostTensor) -> bool {
+        name.ends_with(".weight") && t.shape.len() == 2
+    }
+
+    /// Quantize every f32 matrix to int4 in place (on load of an f32/f16 checkpoint, and
+    /// before writing the engine's pre-quantized file). Tensors already in int4 are kept.
+    pub fn quantize_matrices(&mut self, mut progress: impl FnMut(&str)) {
+        let mut names: Vec<String> = self.tensors.keys().cloned().collect();
+        names.sort();
+        for name in names {
+            let t = self.tensors.get_mut(&name).unwrap();
+            if !Self::is_quantized_matrix(&name, t) {
+                continue;
+            }
+            if let TensorData::F32(v) = &t.data {
+                let cols = t.shape[1];
+                let groups = v.chunks_exact(cols).flat_map(quantize_q4).collect();
+                t.data = TensorData::Q4(groups);
+            }
+            progress(&name);
+        }
+    }
+}
