@@ -1,0 +1,123 @@
+// Causal attention with GQA over the f16 KV cache, one workgroup per (head, row).
+// Row m attends to cache slots 0..=positions[m] (so prefill is causal and decode sees
+// the whole history). Keys are processed in chunks of 64 with an online softmax
+// (running max and sum), so any context length fits in a fixed 64-float scratch.
+//
+// qkv: [m][qkv_stride] f32 (Q heads first)   out: [m][n_head·head_dim] f32
+// k_cache, v_cache: [slot][n_kv_head·head_dim / 2] u32 (f16 pairs)
+
+struct Params {
+    n_head: u32,
+    n_kv_head: u32,
+    head_dim: u32,
+    m: u32,
+    qkv_stride: u32,
+    scale: f32, // 1 / sqrt(head_dim)
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> qkv: array<f32>;
+@group(0) @binding(2) var<storage, read> positions: array<u32>;
+@group(0) @binding(3) var<storage, read> k_cache: array<u32>;
+@group(0) @binding(4) var<storage, read> v_cache: array<u32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 64u;
+const MAX_HEAD_DIM: u32 = 256u;
+var<workgroup> q: array<f32, MAX_HEAD_DIM>;
+var<workgroup> prob: array<f32, 64>;
+var<workgroup> red: array<f32, 64>;
+
+fn reduce_max(tid: u32, v: f32) -> f32 {
+    red[tid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+        if (tid < s) {
+            red[tid] = max(red[tid], red[tid + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn reduce_sum(tid: u32, v: f32) -> f32 {
+    red[tid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+        if (tid < s) {
+            red[tid] = red[tid] + red[tid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let h = wid.x;
+    let m = wid.y;
+    let tid = lid.x;
+    let hd = p.head_dim;
+    let words = hd / 2u;                 // packed words per head
+    let kv_words = p.n_kv_head * words;  // packed words per cache slot
+    let kvh = h / (p.n_head / p.n_kv_head);
+    for (var d = tid; d < hd; d = d + WG) {
+        q[d] = qkv[m * p.qkv_stride + h * hd + d] * p.scale;
+    }
+    workgroupBarrier();
+
+    let n_keys = positions[m] + 1u;
+    var run_max = -3.0e38;
+    var run_sum = 0.0;
+    // Each invocation owns output dims (2w, 2w+1) for w = tid, tid + 64, ... (< words).
+    var acc0 = vec2<f32>(0.0);
+    var acc1 = vec2<f32>(0.0);
+    for (var c = 0u; c < n_keys; c = c + WG) {
+        let t = c + tid;
+        var s = -3.0e38;
+        if (t < n_keys) {
+            let kb = t * kv_words + kvh * words;
+            var dot = 0.0;
+            for (var w = 0u; w < words; w = w + 1u) {
+                let kk = unpack2x16float(k_cache[kb + w]);
+                dot = dot + q[2u * w] * kk.x + q[2u * w + 1u] * kk.y;
+            }
+            s = dot;
+        }
+        let new_max = max(run_max, reduce_max(tid, s));
+        let e = select(0.0, exp(s - new_max), t < n_keys);
+        prob[tid] = e;
+        let correction = exp(run_max - new_max);
+        run_sum = run_sum * correction + reduce_sum(tid, e);
+        run_max = new_max;
+        acc0 = acc0 * correction;
+        acc1 = acc1 * correction;
+        let n_chunk = min(WG, n_keys - c);
+        for (var j = 0u; j < n_chunk; j = j + 1u) {
+            let vb = (c + j) * kv_words + kvh * words;
+            let pj = prob[j];
+            if (tid < words) {
+                acc0 = acc0 + pj * unpack2x16float(v_cache[vb + tid]);
+            }
+            if (tid + WG < words) {
+                acc1 = acc1 + pj * unpack2x16float(v_cache[vb + tid + WG]);
+            }
+        }
+        workgroupBarrier();
+    }
+    let o = m * p.n_head * hd + h * hd;
+    if (tid < words) {
+        out[o + 2u * tid] = acc0.x / run_sum;
+        out[o + 2u * tid + 1u] = acc0.y / run_sum;
+    }
+    if (tid + WG < words) {
+        out[o + 2u * (tid + WG)] = acc1.x / run_sum;
+        out[o + 2u * (tid + WG) + 1u] = acc1.y / run_sum;
+    }
+}

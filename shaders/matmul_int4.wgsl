@@ -1,0 +1,71 @@
+// int4 matrix × int8-quantized activations: out[m, n] (+)= Σ_k W[n, k] · x[m, k] (+ bias[n]).
+//
+// Weight layout (group 32 along k, asymmetric: w = scale · q + min, q in 0..15):
+//   qweight: [k/8][n] u32   word (kw, n) holds k = 8kw .. 8kw+7 of row n;
+//                           byte b: low nibble = q[8kw + b], high nibble = q[8kw + 4 + b]
+//   scales:  [k/32][n] u32  pack2x16float(scale, min)
+// Word-major ("interleaved") storage makes consecutive invocations (consecutive n) read
+// consecutive words: coalesced on GPUs, vectorizable on lavapipe.
+// Activations (quantize_act.wgsl): xq [m][k/4] i8x4, xs [m][k/32] (scale, Σx) so that
+//   Σ_k w·x = scale_w · scale_x · Σ q·xq + min_w · Σx     per group.
+// Each invocation computes one column n for ROWS activation rows, so every weight word is
+// read and unpacked once for all rows (decode with N streams; prefill tiles m by ROWS).
+
+struct Params {
+    n: u32,          // output features of this matrix chunk
+    k: u32,          // input features (multiple of 32)
+    m: u32,          // activation rows
+    flags: u32,      // bit 0: add bias, bit 1: accumulate into out (residual)
+    out_stride: u32, // floats between output rows
+    out_offset: u32, // first output column of this chunk
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> qweight: array<u32>;
+@group(0) @binding(2) var<storage, read> scales: array<u32>;
+@group(0) @binding(3) var<storage, read> xq: array<u32>;
+@group(0) @binding(4) var<storage, read> xs: array<vec2<f32>>;
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = gid.x;
+    if (n >= p.n) {
+        return;
+    }
+    let m0 = gid.y * ROWS;
+    let groups = p.k / 32u;
+    let xwords = p.k / 4u;
+    // Rows past the end repeat the last row: no branches in the hot loop.
+    let row{r} = min(m0 + {r}u, p.m - 1u);
+    var acc{r}: f32 = 0.0;
+    for (var g = 0u; g < groups; g = g + 1u) {
+        let sm = unpack2x16float(scales[g * p.n + n]);
+        let wbase = g * 4u * p.n + n;
+        let w0 = qweight[wbase];
+        let w1 = qweight[wbase + p.n];
+        let w2 = qweight[wbase + 2u * p.n];
+        let w3 = qweight[wbase + 3u * p.n];
+        let lo0 = w0 & 0x0F0F0F0Fu;
+        let hi0 = (w0 >> 4u) & 0x0F0F0F0Fu;
+        let lo1 = w1 & 0x0F0F0F0Fu;
+        let hi1 = (w1 >> 4u) & 0x0F0F0F0Fu;
+        let lo2 = w2 & 0x0F0F0F0Fu;
+        let hi2 = (w2 >> 4u) & 0x0F0F0F0Fu;
+        let lo3 = w3 & 0x0F0F0F0Fu;
+        let hi3 = (w3 >> 4u) & 0x0F0F0F0Fu;
+        let xb{r} = row{r} * xwords + g * 8u;
+        let d{r} = dot4I8Packed(lo0, xq[xb{r}]) + dot4I8Packed(hi0, xq[xb{r} + 1u]) + dot4I8Packed(lo1, xq[xb{r} + 2u]) + dot4I8Packed(hi1, xq[xb{r} + 3u]) + dot4I8Packed(lo2, xq[xb{r} + 4u]) + dot4I8Packed(hi2, xq[xb{r} + 5u]) + dot4I8Packed(lo3, xq[xb{r} + 6u]) + dot4I8Packed(hi3, xq[xb{r} + 7u]);
+        let s{r} = xs[row{r} * groups + g];
+        acc{r} = acc{r} + sm.x * s{r}.x * f32(d{r}) + sm.y * s{r}.y;
+    }
+    var b = 0.0;
+    if ((p.flags & 1u) != 0u) {
+        b = bias[p.out_offset + n];
+    }
+    let accumulate = (p.flags & 2u) != 0u;
+    if (m0 + {r}u < p.m) { let o = (m0 + {r}u) * p.out_stride + p.out_offset + n; out[o] = acc{r} + b + select(0.0, out[o], accumulate); }
+}

@@ -1,0 +1,211 @@
+//! GPU context: adapter choice, device with the adapter's own limits, the shader
+//! preprocessor and a pipeline cache keyed by (shader, entry, defines).
+
+mod buffers;
+mod shader;
+
+pub use buffers::*;
+pub use shader::{expand_shader, ShaderDefines};
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Why no usable GPU device could be made. Callers branch on `NoAdapter` to say
+/// "install a Vulkan driver" rather than print a backtrace.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("no GPU adapter found (tried Vulkan, Metal, DX12, GL); install a driver, e.g. `apt-get install mesa-vulkan-drivers` for the CPU Vulkan driver")]
+    NoAdapter,
+    #[error("no adapter matches --device '{wanted}'; available: {available}")]
+    NoMatch { wanted: String, available: String },
+    #[error("could not open device '{name}': {reason}")]
+    RequestDevice { name: String, reason: String },
+    #[error("GPU readback failed: {0}")]
+    Readback(String),
+}
+
+/// What `edgereason devices` prints for one adapter.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterSummary {
+    pub index: usize,
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub subgroup_size: [u32; 2],
+    pub timestamps: bool,
+    pub max_buffer_size: u64,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_storage_buffers_per_shader_stage: u32,
+    pub max_compute_workgroup_storage_size: u32,
+}
+
+fn summarize(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
+    let info = a.get_info();
+    let f = a.features();
+    let l = a.limits();
+    AdapterSummary {
+        index,
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        shader_f16: f.contains(wgpu::Features::SHADER_F16),
+        subgroups: f.contains(wgpu::Features::SUBGROUP),
+        subgroup_size: [info.subgroup_min_size, info.subgroup_max_size],
+        timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+        max_buffer_size: l.max_buffer_size,
+        max_storage_buffer_binding_size: l.max_storage_buffer_binding_size as u64,
+        max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+        max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
+    }
+}
+
+fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if std::env::var_os("WGPU_BACKEND").is_none() {
+        desc.backends = wgpu::Backends::all();
+    }
+    wgpu::Instance::new(desc)
+}
+
+fn adapters() -> Vec<wgpu::Adapter> {
+    let inst = instance();
+    let mut list = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+    // Best first: discrete > integrated > virtual > CPU, Vulkan/Metal/DX12 before GL.
+    list.sort_by_key(|a| {
+        let info = a.get_info();
+        let kind = match info.device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Other => 3,
+            wgpu::DeviceType::Cpu => 4,
+        };
+        let backend = if info.backend == wgpu::Backend::Gl { 1 } else { 0 };
+        (backend, kind)
+    });
+    list
+}
+
+/// All adapters wgpu finds, best first (the order `--device N` indexes).
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    adapters().iter().enumerate().map(|(i, a)| summarize(i, a)).collect()
+}
+
+/// One device and queue plus everything kernels need to know about them.
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub adapter: AdapterSummary,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    layouts: Mutex<HashMap<String, Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)>>>,
+}
+
+impl GpuContext {
+    /// Open a device. `selector` is an adapter index, or a case-insensitive substring of
+    /// its name or backend ("vulkan", "gl", "nvidia"); `None` reads `EDGEREASON_DEVICE`,
+    /// else takes the best adapter.
+    pub fn new(selector: Option<&str>) -> Result<Arc<Self>, GpuError> {
+        let env_sel = std::env::var("EDGEREASON_DEVICE").ok();
+        let selector = selector.map(str::to_string).or(env_sel).filter(|s| !s.is_empty());
+        let all = adapters();
+        if all.is_empty() {
+            return Err(GpuError::NoAdapter);
+        }
+        let pick = match &selector {
+            None => 0,
+            Some(s) => {
+                let s_low = s.to_lowercase();
+                let found = s.parse::<usize>().ok().filter(|&i| i < all.len()).or_else(|| {
+                    all.iter().position(|a| {
+                        let sum = summarize(0, a);
+                        sum.name.to_lowercase().contains(&s_low) || sum.backend.to_lowercase() == s_low
+                    })
+                });
+                found.ok_or_else(|| GpuError::NoMatch {
+                    wanted: s.clone(),
+                    available: all
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| {
+                            let s = summarize(i, a);
+                            format!("{i}: {} ({})", s.name, s.backend)
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?
+            }
+        };
+        let adapter = &all[pick];
+        let summary = summarize(pick, adapter);
+        // Only what the kernels can use; every limit is the adapter's own.
+        let wanted = wgpu::Features::SHADER_F16
+            | wgpu::Features::SUBGROUP
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let features = adapter.features() & wanted;
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("edgereason"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| GpuError::RequestDevice { name: summary.name.clone(), reason: e.to_string() })?;
+        Ok(Arc::new(Self { device, queue, adapter: summary, limits, features, pipelines: Mutex::new(HashMap::new()), layouts: Mutex::new(HashMap::new()) }))
+    }
+
+    /// "llvmpipe (LLVM 15.0.6, 256 bits) / Vulkan"
+    pub fn describe(&self) -> String {
+        format!("{} / {}", self.adapter.name, self.adapter.backend)
+    }
+
+    /// Largest byte size one storage binding may have on this device.
+    pub fn max_binding(&self) -> u64 {
+        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+    }
+
+    /// The (shared) layout of a kernel entry whose bindings are `kinds`.
+    pub fn cached_layout(&self, shader: &str, entry: &str, kinds: &[Binding]) -> Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)> {
+        let key = format!("{shader}:{entry}");
+        let mut map = self.layouts.lock().unwrap();
+        map.entry(key.clone()).or_insert_with(|| Arc::new(self.layout(&key, kinds))).clone()
+    }
+
+    /// A compute pipeline for `entry` of shader `name` (a file in `shaders/`) with
+    /// `defines` expanded; compiled once per distinct key.
+    pub fn pipeline(
+        &self,
+        name: &str,
+        entry: &str,
+        defines: &ShaderDefines,
+        layout: &wgpu::PipelineLayout,
+    ) -> Arc<wgpu::ComputePipeline> {
+        let key = format!("{name}:{entry}:{}", defines.key());
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return p.clone();
+        }
+        let source = expand_shader(name, defines);
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let p = Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&key),
+            layout: Some(layout),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        }));
+        self.pipelines.lock().unwrap().insert(key, p.clone());
+        p
+    }
+}

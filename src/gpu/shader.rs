@@ -1,0 +1,71 @@
+//! WGSL sources and the small preprocessor the kernels use.
+//!
+//! Every kernel file is prefixed with `shaders/prelude.wgsl` (shared helpers) and with one
+//! `const NAME: u32 = V;` per define. One expansion makes register-tiled kernels readable:
+//! a line containing `{r}` is repeated for r in 0..ROWS with `{r}` replaced, so a kernel
+//! keeps one accumulator *variable* per activation row (LLVM-based drivers such as lavapipe
+//! spill private arrays indexed by a loop counter to memory; named variables stay in
+//! registers).
+
+/// Compile-time constants for one pipeline variant, e.g. `ROWS = 4`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ShaderDefines(pub Vec<(&'static str, u32)>);
+
+impl ShaderDefines {
+    pub fn new() -> Self {
+        Self(Vec::new())
+    }
+    pub fn with(mut self, name: &'static str, value: u32) -> Self {
+        self.0.push((name, value));
+        self
+    }
+    pub fn get(&self, name: &str) -> Option<u32> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+    pub fn key(&self) -> String {
+        self.0.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// Raw text of a kernel file in `shaders/` (compiled into the binary).
+pub fn shader_file(name: &str) -> &'static str {
+    match name {
+        "prelude" => include_str!("../../shaders/prelude.wgsl"),
+        "matmul_int4" => include_str!("../../shaders/matmul_int4.wgsl"),
+        "quantize_act" => include_str!("../../shaders/quantize_act.wgsl"),
+        "rmsnorm" => include_str!("../../shaders/rmsnorm.wgsl"),
+        "rope" => include_str!("../../shaders/rope.wgsl"),
+        "attention" => include_str!("../../shaders/attention.wgsl"),
+        "swiglu" => include_str!("../../shaders/swiglu.wgsl"),
+        "embedding" => include_str!("../../shaders/embedding.wgsl"),
+        "read_bandwidth" => include_str!("../../shaders/read_bandwidth.wgsl"),
+        other => panic!("unknown shader '{other}'"),
+    }
+}
+
+/// Every kernel file, for the validation test.
+pub const SHADER_FILES: &[&str] =
+    &["matmul_int4", "quantize_act", "rmsnorm", "rope", "attention", "swiglu", "embedding", "read_bandwidth"];
+
+/// Full WGSL for a kernel file: defines, prelude, body with `{r}` lines expanded.
+pub fn expand_shader(name: &str, defines: &ShaderDefines) -> String {
+    let rows = defines.get("ROWS").unwrap_or(1);
+    let mut out = String::new();
+    for (n, v) in &defines.0 {
+        out.push_str(&format!("const {n}: u32 = {v}u;\n"));
+    }
+    out.push_str(shader_file("prelude"));
+    out.push('\n');
+    for line in shader_file(name).lines() {
+        if line.contains("{r}") {
+            for r in 0..rows {
+                out.push_str(&line.replace("{r}", &r.to_string()));
+                out.push('\n');
+            }
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}

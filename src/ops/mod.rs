@@ -1,0 +1,145 @@
+//! Kernel launchers: one module per `shaders/*.wgsl` file, each with a `#[repr(C)]`
+//! params struct mirroring the WGSL one, a constructor that builds a [`Dispatch`] with its
+//! bind group made once, and a plain-Rust reference the tests compare against.
+//!
+//! A [`Dispatch`] is recorded many times (every decode step) with only the row count
+//! changing; params words that depend on it are rewritten only when they change, so a
+//! steady decode loop writes no uniforms at all.
+
+pub mod attention;
+pub mod embedding;
+pub mod matmul_int4;
+pub mod quantize_act;
+pub mod read_bandwidth;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
+
+use crate::gpu::{Binding, GpuContext, ShaderDefines};
+use std::cell::Cell;
+use std::sync::Arc;
+
+/// A params word filled at record time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dyn {
+    /// Number of rows (tokens/streams) in this step.
+    Rows,
+    /// First input row (LM head over a row range).
+    Row0,
+}
+
+/// How the y grid follows the row count.
+#[derive(Clone, Copy, Debug)]
+pub enum Grid {
+    /// x fixed, y = ceil(rows / per), where per is the pipeline's ROWS (matmul tiles).
+    RowTiles { x: u32 },
+    /// x fixed, y = rows.
+    PerRow { x: u32 },
+}
+
+/// One kernel launch with everything but the row count fixed.
+pub struct Dispatch {
+    pub label: String,
+    shader: &'static str,
+    entry: &'static str,
+    layout: Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
+    bind_group: wgpu::BindGroup,
+    params: wgpu::Buffer,
+    words: Vec<u32>,
+    dynamic: Vec<(usize, Dyn)>,
+    last: Cell<Option<(u32, u32)>>,
+    grid: Grid,
+}
+
+/// What a launcher hands to [`Dispatch::new`].
+pub struct DispatchSpec<'a> {
+    pub label: String,
+    pub shader: &'static str,
+    pub entry: &'static str,
+    pub kinds: &'static [Binding],
+    /// Params struct as u32 words (f32 fields by bit pattern).
+    pub words: Vec<u32>,
+    pub dynamic: Vec<(usize, Dyn)>,
+    /// Storage buffers for bindings 1.. (binding 0 is the params uniform).
+    pub buffers: Vec<&'a wgpu::Buffer>,
+    pub grid: Grid,
+}
+
+impl Dispatch {
+    pub fn new(ctx: &GpuContext, spec: DispatchSpec) -> Self {
+        let layout = ctx.cached_layout(spec.shader, spec.entry, spec.kinds);
+        let params = ctx.uniform_words(&spec.label, &spec.words);
+        let mut all = vec![&params];
+        all.extend(spec.buffers.iter().copied());
+        let bind_group = ctx.bind(&layout.0, &all);
+        Dispatch {
+            label: spec.label,
+            shader: spec.shader,
+            entry: spec.entry,
+            layout,
+            bind_group,
+            params,
+            words: spec.words,
+            dynamic: spec.dynamic,
+            last: Cell::new(None),
+            grid: spec.grid,
+        }
+    }
+
+    /// Rows per workgroup-row for `rows` (matmul picks an exact register tile up to 16).
+    fn rows_per_tile(rows: u32) -> u32 {
+        rows.clamp(1, 16)
+    }
+
+    /// Record into `pass` for `rows` rows starting at input row `row0`.
+    pub fn record(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, rows: u32, row0: u32) {
+        if rows == 0 {
+            return;
+        }
+        if !self.dynamic.is_empty() && self.last.get() != Some((rows, row0)) {
+            let mut words = self.words.clone();
+            for &(i, d) in &self.dynamic {
+                words[i] = match d {
+                    Dyn::Rows => rows,
+                    Dyn::Row0 => row0,
+                };
+            }
+            ctx.queue.write_buffer(&self.params, 0, bytemuck::cast_slice(&words));
+            self.last.set(Some((rows, row0)));
+        }
+        let (defines, grid) = match self.grid {
+            Grid::RowTiles { x } => {
+                let per = Self::rows_per_tile(rows);
+                (ShaderDefines::new().with("ROWS", per), [x, rows.div_ceil(per), 1])
+            }
+            Grid::PerRow { x } => (ShaderDefines::new(), [x, rows, 1]),
+        };
+        let pipeline = ctx.pipeline(self.shader, self.entry, &defines, &self.layout.1);
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+    }
+}
+
+/// Run dispatches once, in order, in one compute pass and wait (tests and benches).
+pub fn run_once(ctx: &GpuContext, dispatches: &[&Dispatch], rows: u32, row0: u32) {
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for d in dispatches {
+            d.record(ctx, &mut pass, rows, row0);
+        }
+    }
+    ctx.queue.submit([enc.finish()]);
+    ctx.wait();
+}
+
+/// f32 bit pattern as a params word.
+pub fn f32w(v: f32) -> u32 {
+    v.to_bits()
+}
+
+/// Workgroups of 64 to cover `n` items.
+pub fn wg64(n: usize) -> u32 {
+    n.div_ceil(64) as u32
+}

@@ -1,0 +1,35 @@
+//! Activation quantization (`shaders/quantize_act.wgsl`): f32 rows → int8 blocks of 32
+//! (`xq` [m][k/4] i8x4, `xs` [m][k/32] = (scale, Σx)) for `matmul_int4`.
+
+use super::{Dispatch, DispatchSpec, Dyn, Grid};
+use crate::gpu::{Binding, GpuContext};
+
+const KINDS: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::ReadWrite, Binding::ReadWrite];
+
+pub fn quantize_act(ctx: &GpuContext, label: &str, x: &wgpu::Buffer, k: usize, in_stride: usize, xq: &wgpu::Buffer, xs: &wgpu::Buffer) -> Dispatch {
+    Dispatch::new(
+        ctx,
+        DispatchSpec {
+            label: label.into(),
+            shader: "quantize_act",
+            entry: "main",
+            kinds: KINDS,
+            words: vec![k as u32, 0, in_stride as u32, 0],
+            dynamic: vec![(1, Dyn::Rows)],
+            buffers: vec![x, xq, xs],
+            grid: Grid::PerRow { x: super::wg64(k / 32) },
+        },
+    )
+}
+
+/// What the kernel's int8 blocks stand for, dequantized: the values matmul_int4 really
+/// multiplies. Rounding is ties-to-even, as WGSL's `round`.
+pub fn reference(x: &[f32]) -> Vec<f32> {
+    x.chunks(32)
+        .flat_map(|g| {
+            let absmax = g.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let scale = if absmax == 0.0 { 1.0 } else { absmax / 127.0 };
+            g.iter().map(move |v| (v / scale).round_ties_even() * scale)
+        })
+        .collect()
+}

@@ -1,0 +1,221 @@
+//! Every kernel against its plain-Rust reference on shapes that are not multiples of the
+//! tile sizes, on each backend present (Vulkan = lavapipe here, and the GL backend, which
+//! has neither f16 nor subgroups).
+
+use edgereason::gpu::{list_adapters, GpuContext};
+use edgereason::loader::{quantize_q4, HostTensor, TensorData};
+use edgereason::ops::{self, matmul_int4::Int4Matrix};
+use std::sync::Arc;
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Contexts for each backend present (a named tolerance per comparison below).
+fn contexts() -> Vec<Arc<GpuContext>> {
+    let mut out = Vec::new();
+    let adapters = list_adapters();
+    assert!(!adapters.is_empty(), "no GPU adapter: install mesa-vulkan-drivers");
+    for backend in ["Vulkan", "Gl"] {
+        if let Some(a) = adapters.iter().find(|a| a.backend == backend) {
+            out.push(GpuContext::new(Some(&a.index.to_string())).unwrap());
+        }
+    }
+    out
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= atol + rtol * w.abs(),
+            "{what}: index {i}: got {g}, expected {w} (atol {atol}, rtol {rtol})"
+        );
+    }
+}
+
+fn quantized(n: usize, k: usize, seed: u64) -> (Vec<edgereason::loader::Q4Group>, Vec<f32>) {
+    let w = rand_vec(n * k, seed);
+    let groups: Vec<_> = w.chunks(k).flat_map(quantize_q4).collect();
+    let deq = HostTensor { shape: vec![n, k], data: TensorData::Q4(groups.clone()) }.to_f32();
+    (groups, deq)
+}
+
+#[test]
+fn matmul_int4_matches_reference() {
+    for ctx in contexts() {
+        // n not a multiple of 64, k not of 64/128; m covers 1, odd, > 16 (tiled), and
+        // the matrix is forced into several binding chunks.
+        for &(n, k, m, limit) in &[(77usize, 96usize, 1usize, u64::MAX), (130, 160, 3, 2048), (67, 224, 17, u64::MAX), (45, 32, 40, 512)] {
+            let (groups, w) = quantized(n, k, 7 + n as u64);
+            let x = rand_vec(m * k, 3 + m as u64);
+            let bias = rand_vec(n, 11);
+            let mat = Int4Matrix::upload_with_limit(&ctx, "w", n, k, &groups, limit.min(ctx.max_binding()));
+            if limit < u64::MAX {
+                assert!(mat.chunks.len() > 1, "limit {limit} should split {n}x{k}");
+            }
+            let xb = ctx.storage_from("x", &x);
+            let xq = ctx.storage("xq", (m * k) as u64);
+            let xs = ctx.storage("xs", (m * k / 32 * 8) as u64);
+            let bb = ctx.storage_from("bias", &bias);
+            let prev = rand_vec(m * n, 5);
+            let out = ctx.storage_from("out", &prev);
+            let quant = ops::quantize_act::quantize_act(&ctx, "q", &xb, k, k, &xq, &xs);
+            let mm = ops::matmul_int4::matmul_int4(&ctx, "mm", &mat, &xq, &xs, &bb, &out, n, 0, ops::matmul_int4::ADD_BIAS | ops::matmul_int4::ACCUMULATE);
+            let mut list = vec![&quant];
+            list.extend(mm.iter());
+            ops::run_once(&ctx, &list, m as u32, 0);
+            let got: Vec<f32> = ctx.read(&out, 0, m * n).unwrap();
+            // The kernel multiplies int8-quantized activations: compare against that exactly
+            // (tight), and against plain f32 x (loose: the quantization error itself).
+            // Per group the kernel computes scale·Σ q·x̂ + min·Σ x, with x̂ the int8-rounded
+            // activations and Σ x exact.
+            let xqf = ops::quantize_act::reference(&x);
+            let mut want = prev.clone();
+            for r in 0..m {
+                for c in 0..n {
+                    let mut acc = bias[c];
+                    for g in 0..k / 32 {
+                        let grp = &groups[c * k / 32 + g];
+                        let xi = r * k + g * 32;
+                        let sq: f32 = (0..32).map(|i| grp.q[i] as f32 * xqf[xi + i]).sum();
+                        let sx: f32 = x[xi..xi + 32].iter().sum();
+                        acc += grp.scale * sq + grp.min * sx;
+                    }
+                    want[r * n + c] += acc;
+                }
+            }
+            assert_close(&format!("{} matmul n={n} k={k} m={m}", ctx.adapter.backend), &got, &want, 2e-3, 2e-3);
+            let want_f32: Vec<f32> = ops::matmul_int4::reference(&w, n, k, &x, m, Some(&bias)).iter().zip(&prev).map(|(a, b)| a + b).collect();
+            let err: f32 = got.iter().zip(&want_f32).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
+            let norm: f32 = want_f32.iter().map(|a| a * a).sum::<f32>().sqrt();
+            assert!(err / norm < 0.01, "matmul vs f32 activations: relative error {} (int8 activations should stay under 1%)", err / norm);
+        }
+    }
+}
+
+#[test]
+fn rmsnorm_and_swiglu_match_reference() {
+    for ctx in contexts() {
+        let (k, m) = (96usize, 5usize);
+        let x = rand_vec(m * k, 1);
+        let wt = rand_vec(k, 2);
+        let xb = ctx.storage_from("x", &x);
+        let wb = ctx.storage_from("w", &wt);
+        let y = ctx.storage("y", (m * k * 4) as u64);
+        let xq = ctx.storage("xq", (m * k) as u64);
+        let xs = ctx.storage("xs", (m * k / 32 * 8) as u64);
+        // rows 1..4 of x, as the LM head asks for a row range
+        let d = ops::rmsnorm::rmsnorm(&ctx, "n", &xb, &wb, k, 1e-6, &y, &xq, &xs, false);
+        ops::run_once(&ctx, &[&d], 3, 1);
+        let got: Vec<f32> = ctx.read(&y, 0, 3 * k).unwrap();
+        let want = ops::rmsnorm::reference(&x[k..4 * k], &wt, 1e-6);
+        assert_close(&format!("{} rmsnorm", ctx.adapter.backend), &got, &want, 1e-5, 1e-4);
+
+        // fused norm + quantization == quantize(norm(x)), checked through a matmul with I
+        let n_ff = 160;
+        let gu = rand_vec(m * 2 * n_ff, 9);
+        let gub = ctx.storage_from("gu", &gu);
+        let xq2 = ctx.storage("xq2", (m * n_ff) as u64);
+        let xs2 = ctx.storage("xs2", (m * n_ff / 32 * 8) as u64);
+        let sw = ops::swiglu::swiglu(&ctx, "sw", &gub, n_ff, &xq2, &xs2);
+        ops::run_once(&ctx, &[&sw], m as u32, 0);
+        let h = ops::swiglu::reference(&gu, n_ff);
+        // Dequantize the kernel's int8 blocks on the CPU.
+        let q: Vec<u32> = ctx.read(&xq2, 0, m * n_ff / 4).unwrap();
+        let s: Vec<[f32; 2]> = ctx.read(&xs2, 0, m * n_ff / 32).unwrap();
+        let got: Vec<f32> = (0..m * n_ff).map(|i| (q[i / 4].to_le_bytes()[i % 4] as i8) as f32 * s[i / 32][0]).collect();
+        assert_close(&format!("{} swiglu", ctx.adapter.backend), &got, &ops::quantize_act::reference(&h), 1e-5, 1e-4);
+        let sums: Vec<f32> = s.iter().map(|v| v[1]).collect();
+        let want_sums: Vec<f32> = h.chunks(32).map(|c| c.iter().sum()).collect();
+        assert_close("swiglu group sums", &sums, &want_sums, 1e-4, 1e-4);
+    }
+}
+
+#[test]
+fn rope_and_attention_match_reference() {
+    for ctx in contexts() {
+        // GQA 6 query heads over 2 KV heads, head_dim 20 (not a power of two), 70 keys
+        // (more than one 64-key chunk), rows at scattered positions.
+        let (n_head, n_kv, hd, n_ctx) = (6usize, 2usize, 20usize, 80usize);
+        let stride = (n_head + 2 * n_kv) * hd;
+        let theta = 10000.0;
+        // Fill the cache with `n_ctx` earlier tokens by running rope_store_kv on them.
+        let hist = rand_vec(n_ctx * stride, 4);
+        let positions: Vec<u32> = (0..n_ctx as u32).collect();
+        let pos_b = ctx.storage_from("pos", &positions);
+        let kc = ctx.storage("k", (n_ctx * n_kv * hd * 2) as u64);
+        let vc = ctx.storage("v", (n_ctx * n_kv * hd * 2) as u64);
+        let qkv = ctx.storage_from("qkv", &hist);
+        let out = ctx.storage("out", (n_ctx * n_head * hd * 4) as u64);
+        let rope = ops::rope::rope_store_kv(&ctx, "rope", &qkv, &pos_b, &pos_b, &kc, &vc, n_head, n_kv, hd, theta);
+        let att = ops::attention::attention(&ctx, "att", &qkv, stride, &pos_b, &kc, &vc, &out, n_head, n_kv, hd);
+        ops::run_once(&ctx, &[&rope, &att], n_ctx as u32, 0);
+        let got: Vec<f32> = ctx.read(&out, 0, n_ctx * n_head * hd).unwrap();
+
+        // Reference: rotate every Q and K head, f16-round K and V (the cache's precision).
+        let mut rot = hist.clone();
+        for t in 0..n_ctx {
+            for h in 0..n_head + n_kv {
+                ops::rope::reference(&mut rot[t * stride + h * hd..t * stride + (h + 1) * hd], t, theta);
+            }
+        }
+        let f16r = |v: f32| half::f16::from_f32(v).to_f32();
+        for t in [0usize, 1, 63, 64, 69, 79] {
+            for h in 0..n_head {
+                let kvh = h / (n_head / n_kv);
+                let q = &rot[t * stride + h * hd..t * stride + (h + 1) * hd];
+                let mut k = Vec::new();
+                let mut v = Vec::new();
+                for s in 0..=t {
+                    let kb = s * stride + (n_head + kvh) * hd;
+                    let vb = s * stride + (n_head + n_kv + kvh) * hd;
+                    k.extend(rot[kb..kb + hd].iter().map(|&x| f16r(x)));
+                    v.extend(hist[vb..vb + hd].iter().map(|&x| f16r(x)));
+                }
+                let want = ops::attention::reference(q, &k, &v, hd);
+                let o = t * n_head * hd + h * hd;
+                assert_close(&format!("{} attention row {t} head {h}", ctx.adapter.backend), &got[o..o + hd], &want, 2e-4, 2e-3);
+            }
+        }
+    }
+}
+
+#[test]
+fn embedding_gathers_quantized_rows() {
+    for ctx in contexts() {
+        let (n_vocab, k) = (301usize, 96usize);
+        let (groups, w) = quantized(n_vocab, k, 21);
+        let table = Int4Matrix::upload_with_limit(&ctx, "emb", n_vocab, k, &groups, 4096);
+        assert!(table.chunks.len() > 1);
+        let tokens: Vec<u32> = vec![0, 300, 17, 150, 17];
+        let tb = ctx.storage_from("tok", &tokens);
+        let out = ctx.storage("out", (tokens.len() * k * 4) as u64);
+        let ds = ops::embedding::embedding(&ctx, "emb", &table, &tb, &out);
+        ops::run_once(&ctx, &ds.iter().collect::<Vec<_>>(), tokens.len() as u32, 0);
+        let got: Vec<f32> = ctx.read(&out, 0, tokens.len() * k).unwrap();
+        let want: Vec<f32> = tokens.iter().flat_map(|&t| w[t as usize * k..(t as usize + 1) * k].to_vec()).collect();
+        // Scales and mins are stored as f16 on the GPU; quantize_q4 already rounds them.
+        assert_close(&format!("{} embedding", ctx.adapter.backend), &got, &want, 1e-5, 1e-5);
+    }
+}
+
+#[test]
+fn read_bandwidth_reads_everything() {
+    for ctx in contexts() {
+        let src: Vec<u32> = (0..10_007u32).map(|i| i.wrapping_mul(2654435761)).collect();
+        let sb = ctx.storage_from("src", &src);
+        let dst = ctx.storage("dst", 100 * 4);
+        let d = ops::read_bandwidth::read_bandwidth(&ctx, &sb, src.len(), 100, &dst);
+        ops::run_once(&ctx, &[&d], 1, 0);
+        let got: Vec<u32> = ctx.read(&dst, 0, 100).unwrap();
+        assert_eq!(got, ops::read_bandwidth::reference(&src, 100));
+    }
+}
