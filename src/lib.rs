@@ -6,3 +6,8 @@
 pub mod gpu;
 pub mod loader;
 pub mod ops;
+pub mod model;
+pub mod sampling;
+pub mod engine;
+pub mod pull;
+pub mod bench;

@@ -1,1 +1,210 @@
-fn main(){}
+//! `edgereason` CLI: a thin layer over the library (see `edgereason --help`).
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use edgereason::engine::{Engine, EngineOptions, GenerateParams};
+use edgereason::sampling::SamplingParams;
+use std::io::Write;
+
+#[derive(Parser)]
+#[command(name = "edgereason", version, about = "Int4 LLM inference on any wgpu GPU")]
+struct Cli {
+    /// Adapter index or name/backend substring (see `devices`); env EDGEREASON_DEVICE.
+    #[arg(long, global = true, env = "EDGEREASON_DEVICE")]
+    device: Option<String>,
+    /// KV cache length (default: the model's, capped at 4096).
+    #[arg(long, global = true, default_value_t = 0)]
+    ctx: usize,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate a reply (chat template applied unless --raw), streamed to stdout.
+    Run {
+        prompt: Option<String>,
+        /// Registry name (`edgereason pull --list`) or a path (GGUF, HF dir, .safetensors).
+        #[arg(long, default_value = "qwen2.5-0.5b")]
+        model: String,
+        #[arg(long)]
+        raw: bool,
+        #[arg(long)]
+        system: Option<String>,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print one JSON object instead of streaming.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Teacher-forced log-probs, mean NLL and perplexity of a text.
+    Score {
+        #[arg(long, default_value = "qwen2.5-0.5b")]
+        model: String,
+        #[arg(long)]
+        text: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prefill/decode throughput, TTFT, memory and the per-kernel split.
+    Bench {
+        #[arg(long, default_value = "qwen2.5-0.5b")]
+        model: String,
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 32)]
+        gen_tokens: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a model's configuration and tensors.
+    Inspect { model: String },
+    /// List GPU adapters with backend, features and limits.
+    Devices {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a known model into the cache (or list them).
+    Pull {
+        name: Option<String>,
+        #[arg(long)]
+        list: bool,
+    },
+    /// Write the engine's pre-quantized int4 safetensors (no re-quantizing at start-up).
+    Quantize { input: String, output: std::path::PathBuf },
+}
+
+fn load(model: &str, cli: &Cli) -> Result<Engine> {
+    let opts = EngineOptions { device: cli.device.clone(), n_ctx: cli.ctx, progress: true, ..Default::default() };
+    Engine::load(model, &opts).with_context(|| format!("loading model '{model}'"))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match &cli.cmd {
+        Cmd::Run { prompt, model, raw, system, max_tokens, temperature, top_k, top_p, seed, json } => {
+            let engine = load(model, &cli)?;
+            let prompt = prompt.clone().unwrap_or_else(|| "What is the capital of France? Answer in one sentence.".into());
+            let text = if *raw { prompt } else { engine.chat_prompt(system.as_deref(), &prompt)? };
+            let ids = engine.encode(&text)?;
+            let params = GenerateParams {
+                max_tokens: *max_tokens,
+                sampling: SamplingParams { temperature: *temperature, top_k: *top_k, top_p: *top_p, seed: *seed },
+                stop: vec![],
+            };
+            let mut stdout = std::io::stdout();
+            let out = engine.generate(&ids, &params, |_, piece| {
+                if !*json {
+                    let _ = write!(stdout, "{piece}");
+                    let _ = stdout.flush();
+                }
+                true
+            })?;
+            if *json {
+                let mut v = serde_json::to_value(&out)?;
+                v["prompt_token_ids"] = serde_json::json!(ids);
+                v["device"] = serde_json::json!(engine.ctx.describe());
+                v["model"] = serde_json::json!(engine.source);
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!();
+                eprintln!(
+                    "[{} prompt tokens, TTFT {:.0} ms ({:.1} tok/s prefill), {} tokens at {:.2} tok/s, {}]",
+                    out.prompt_tokens, out.ttft_ms, out.prefill_tokens_per_s, out.tokens.len(), out.decode_tokens_per_s, engine.ctx.describe()
+                );
+            }
+        }
+        Cmd::Score { model, text, json } => {
+            let engine = load(model, &cli)?;
+            let ids = engine.encode(text)?;
+            let s = engine.score(&ids)?;
+            if *json {
+                println!("{}", serde_json::to_string(&s)?);
+            } else {
+                println!("{} tokens, mean NLL {:.4}, perplexity {:.3}", ids.len(), s.mean_nll, s.perplexity);
+            }
+        }
+        Cmd::Bench { model, prompt_tokens, gen_tokens, json } => {
+            let engine = load(model, &cli)?;
+            let r = edgereason::bench::run(&engine, model, *prompt_tokens, *gen_tokens)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("device        {}", r.device);
+                println!("model         {}", r.model);
+                println!("prefill       {:.1} tok/s ({} tokens, TTFT {:.0} ms)", r.prefill_tokens_per_s, r.prompt_tokens, r.ttft_ms);
+                println!("decode        {:.2} tok/s (median step {:.1} ms over {} tokens)", r.decode_tokens_per_s, r.decode_step_ms, r.gen_tokens);
+                println!("gpu memory    {:.1} MiB (weights {:.1}, KV {:.1})", r.gpu_bytes as f64 / 1048576.0, r.weight_bytes as f64 / 1048576.0, r.kv_bytes as f64 / 1048576.0);
+                println!(
+                    "int4 GEMV     {}x{}: {:.2} ms = {:.2} GB/s; read kernel {:.2} GB/s; ratio {:.2}",
+                    r.gemv.n, r.gemv.k, r.gemv.gemv_ms, r.gemv.gemv_gb_per_s, r.gemv.read_gb_per_s, r.gemv.ratio
+                );
+                let total: f64 = r.decode_kernel_ms.ms.values().sum();
+                println!("decode step by kernel (each launch timed alone, {total:.1} ms total):");
+                let mut v: Vec<_> = r.decode_kernel_ms.ms.iter().collect();
+                v.sort_by(|a, b| b.1.total_cmp(a.1));
+                for (k, ms) in v {
+                    println!("  {k:<12} {ms:>8.2} ms  {:>5.1}%", 100.0 * ms / total);
+                }
+            }
+        }
+        Cmd::Inspect { model } => {
+            let path = edgereason::pull::resolve_model(model)?;
+            let host = edgereason::loader::load_model(&path)?;
+            println!("source  {}", host.source);
+            println!("{}", serde_json::to_string_pretty(&host.config)?);
+            println!("bos {:?} eos {:?} add_bos {} chat_template {}", host.bos_token_id, host.eos_token_ids, host.add_bos, host.chat_template.is_some());
+            let mut names: Vec<_> = host.tensors.iter().collect();
+            names.sort_by(|a, b| a.0.cmp(b.0));
+            for (n, t) in names {
+                let kind = match t.data {
+                    edgereason::loader::TensorData::F32(_) => "f32",
+                    edgereason::loader::TensorData::Q4(_) => "int4",
+                };
+                println!("  {n:<32} {:?} {kind}", t.shape);
+            }
+        }
+        Cmd::Devices { json } => {
+            let list = edgereason::gpu::list_adapters();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("{}", edgereason::gpu::GpuError::NoAdapter);
+            } else {
+                for a in list {
+                    println!(
+                        "{}: {} [{} {}] f16={} subgroups={} (size {}..{}) timestamps={} max_buffer={} MiB max_storage_binding={} MiB storage_buffers/stage={} workgroup_mem={} KiB",
+                        a.index, a.name, a.backend, a.device_type, a.shader_f16, a.subgroups, a.subgroup_size[0], a.subgroup_size[1], a.timestamps,
+                        a.max_buffer_size >> 20, a.max_storage_buffer_binding_size >> 20, a.max_storage_buffers_per_shader_stage, a.max_compute_workgroup_storage_size >> 10
+                    );
+                }
+            }
+        }
+        Cmd::Pull { name, list } => {
+            if *list || name.is_none() {
+                for m in edgereason::pull::known_models() {
+                    println!("{:<16} {}", m.name, m.description);
+                }
+            } else {
+                let p = edgereason::pull::resolve_model(name.as_ref().unwrap())?;
+                println!("{}", p.display());
+            }
+        }
+        Cmd::Quantize { input, output } => {
+            let path = edgereason::pull::resolve_model(input)?;
+            let mut host = edgereason::loader::load_model(&path)?;
+            host.quantize_matrices(|_| {});
+            edgereason::loader::prequant::save_prequantized(&host, output)?;
+            println!("wrote {}", output.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! `edgereason bench`: prefill and decode throughput, TTFT, memory, the per-kernel time
+//! split, and the int4 GEMV's bandwidth against a plain read kernel on the same device.
+
+use crate::engine::Engine;
+use crate::model::KernelProfile;
+use crate::ops::{self, matmul_int4::Int4Matrix};
+use anyhow::Result;
+use std::time::Instant;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchReport {
+    pub device: String,
+    pub model: String,
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    pub ttft_ms: f64,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+    /// Median decode step.
+    pub decode_step_ms: f64,
+    pub weight_bytes: u64,
+    pub kv_bytes: u64,
+    /// Weights + KV cache + activations allocated by the engine (wgpu reports no usage).
+    pub gpu_bytes: u64,
+    /// Per kernel kind, ms per decode step (each launch timed alone).
+    pub decode_kernel_ms: KernelProfile,
+    pub gemv: GemvReport,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GemvReport {
+    pub n: usize,
+    pub k: usize,
+    pub gemv_ms: f64,
+    pub gemv_gb_per_s: f64,
+    pub read_ms: f64,
+    pub read_gb_per_s: f64,
+    pub ratio: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Time `f` (which submits GPU work) `reps` times after one warm-up; median ms.
+pub fn time_ms(ctx: &crate::gpu::GpuContext, reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    ctx.wait();
+    median(
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                ctx.wait();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    )
+}
+
+/// int4 GEMV (M = 1) on an `n`×`k` random matrix against reading the same bytes.
+pub fn gemv_vs_read(ctx: &crate::gpu::GpuContext, n: usize, k: usize, reps: usize) -> GemvReport {
+    let groups: Vec<_> = (0..n * k / 32)
+        .map(|i| crate::loader::Q4Group { scale: 0.01, min: -0.08, q: std::array::from_fn(|j| ((i * 7 + j * 3) % 16) as u8) })
+        .collect();
+    let w = Int4Matrix::upload(ctx, "bench.w", n, k, &groups);
+    let xq = ctx.storage("xq", k as u64);
+    let xs = ctx.storage("xs", (k / 32 * 8) as u64);
+    let out = ctx.storage("out", (n * 4) as u64);
+    let mm = ops::matmul_int4::matmul_int4(ctx, "gemv", &w, &xq, &xs, &out, &out, n, 0, 0);
+    let refs: Vec<_> = mm.iter().collect();
+    let gemv_ms = time_ms(ctx, reps, || ops::run_once(ctx, &refs, 1, 0));
+    // Same bytes (quants + scales) through the read kernel.
+    let words = (w.bytes() / 4) as usize;
+    let src = ctx.storage("bench.src", w.bytes());
+    let threads = 64 * 1024;
+    let dst = ctx.storage("bench.dst", threads as u64 * 4);
+    let rd = ops::read_bandwidth::read_bandwidth(ctx, &src, words, threads, &dst);
+    let read_ms = time_ms(ctx, reps, || ops::run_once(ctx, &[&rd], 1, 0));
+    let gb = w.bytes() as f64 / 1e9;
+    GemvReport { n, k, gemv_ms, gemv_gb_per_s: gb / (gemv_ms / 1e3), read_ms, read_gb_per_s: gb / (read_ms / 1e3), ratio: read_ms / gemv_ms }
+}
+
+/// Full benchmark of `engine`: a prompt of `prompt_tokens` synthetic tokens, then
+/// `gen_tokens` greedy decode steps.
+pub fn run(engine: &Engine, model_name: &str, prompt_tokens: usize, gen_tokens: usize) -> Result<BenchReport> {
+    let c = &engine.model.config;
+    // Ordinary text-like ids (skip the first few hundred: bytes and specials).
+    let prompt: Vec<u32> = (0..prompt_tokens).map(|i| (1000 + (i * 7919) % (c.n_vocab - 2000)) as u32).collect();
+    let mut s = engine.session();
+    let t = Instant::now();
+    let mut logits = s.forward(&prompt)?;
+    let ttft = t.elapsed().as_secs_f64();
+    let mut steps = Vec::new();
+    for _ in 0..gen_tokens {
+        let id = crate::sampling::argmax(&logits);
+        let t = Instant::now();
+        logits = s.forward(&[id])?;
+        steps.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let total: f64 = steps.iter().sum();
+    let decode_step_ms = median(steps.clone());
+    // Per-kernel split of a few decode steps, each launch timed on its own.
+    let mut profile = KernelProfile::default();
+    let reps = 3;
+    for _ in 0..reps {
+        let id = crate::sampling::argmax(&logits);
+        logits = s.forward_profiled(&[id], &mut profile)?;
+    }
+    profile.ms.values_mut().for_each(|v| *v /= reps as f64);
+    let gemv = gemv_vs_read(&engine.ctx, 2 * c.n_ff, c.n_embd, 7);
+    Ok(BenchReport {
+        device: engine.ctx.describe(),
+        model: model_name.to_string(),
+        prompt_tokens,
+        gen_tokens,
+        ttft_ms: ttft * 1e3,
+        prefill_tokens_per_s: prompt_tokens as f64 / ttft,
+        decode_tokens_per_s: gen_tokens as f64 / (total / 1e3),
+        decode_step_ms,
+        weight_bytes: engine.model.weight_bytes(),
+        kv_bytes: s.kv_bytes(),
+        gpu_bytes: engine.model.weight_bytes() + s.kv_bytes() + s.activation_bytes(),
+        decode_kernel_ms: profile,
+        gemv,
+    })
+}

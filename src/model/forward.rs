@@ -1,0 +1,235 @@
+//! One stream's forward pass: the KV cache, the activation buffers, and the list of kernel
+//! launches that is the model's math, built once and replayed every step.
+
+use super::GpuModel;
+use crate::ops::{self, matmul_int4::ACCUMULATE, matmul_int4::ADD_BIAS, Dispatch};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Errors callers branch on while running a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("context full: {needed} tokens needed, the KV cache holds {n_ctx} (raise --ctx, up to the model's {model_ctx})")]
+    ContextFull { needed: usize, n_ctx: usize, model_ctx: usize },
+    #[error("token id {id} is outside the vocabulary ({n_vocab})")]
+    BadToken { id: u32, n_vocab: usize },
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
+}
+
+/// Wall time per kernel kind, from running each launch on its own (`bench --profile`).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct KernelProfile {
+    pub ms: BTreeMap<String, f64>,
+}
+
+/// A stream: KV cache for `n_ctx` tokens plus activations for up to `max_rows` tokens per
+/// step. `pos` tokens are in the cache.
+pub struct Session {
+    pub model: Arc<GpuModel>,
+    pub n_ctx: usize,
+    pub max_rows: usize,
+    /// Rows of logits one LM-head launch produces (scoring reads them in batches).
+    pub lm_rows: usize,
+    pub pos: usize,
+    tokens: wgpu::Buffer,    // [max_rows] u32
+    positions: wgpu::Buffer, // [max_rows] u32
+    logits: wgpu::Buffer,    // [lm_rows][n_vocab]
+    _buffers: Vec<wgpu::Buffer>,
+    /// Transformer body: embedding, then every layer.
+    body: Vec<(usize, Dispatch)>,
+    /// Final norm + LM head over a row range.
+    head: Vec<Dispatch>,
+}
+
+impl Session {
+    pub fn new(model: Arc<GpuModel>, n_ctx: usize, max_rows: usize) -> Self {
+        let ctx = model.ctx.clone();
+        let c = &model.config;
+        let (hd, q_dim, kv_dim) = (c.head_dim, c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
+        let qkv_dim = q_dim + 2 * kv_dim;
+        let lm_rows = 16.min(max_rows);
+        let max_k = c.n_embd.max(c.n_ff).max(q_dim);
+        let f = 4u64;
+        let mr = max_rows as u64;
+        let tokens = ctx.storage("tokens", mr * 4);
+        let positions = ctx.storage("positions", mr * 4);
+        let x = ctx.storage("x", mr * c.n_embd as u64 * f); // residual stream [m][n_embd]
+        let xq = ctx.storage("xq", mr * max_k as u64); // int8 blocks [m][k/4] u32
+        let xs = ctx.storage("xs", mr * (max_k / 32) as u64 * 8); // [m][k/32] (scale, Σx)
+        let qkv = ctx.storage("qkv", mr * qkv_dim as u64 * f);
+        let attn = ctx.storage("attn", mr * q_dim as u64 * f);
+        let gate_up = ctx.storage("gate_up", mr * 2 * c.n_ff as u64 * f);
+        let logits = ctx.storage("logits", lm_rows as u64 * c.n_vocab as u64 * f);
+        let unused = ctx.storage("unused", 16);
+        let kv_bytes = (n_ctx * kv_dim * 2) as u64; // f16
+        let k_cache: Vec<_> = (0..c.n_layer).map(|l| ctx.storage(&format!("k_cache.{l}"), kv_bytes)).collect();
+        let v_cache: Vec<_> = (0..c.n_layer).map(|l| ctx.storage(&format!("v_cache.{l}"), kv_bytes)).collect();
+
+        let mut body: Vec<(usize, Dispatch)> = Vec::new();
+        // x = embed(tokens)
+        for d in ops::embedding::embedding(&ctx, "embedding", &model.token_embd, &tokens, &x) {
+            body.push((0, d));
+        }
+        for (l, layer) in model.layers.iter().enumerate() {
+            let mut push = |d: Dispatch| body.push((l, d));
+            // x = x + Wo · attention(rope(Wqkv · norm(x)))
+            push(ops::rmsnorm::rmsnorm(&ctx, "attn_norm", &x, &layer.attn_norm, c.n_embd, c.rms_eps, &unused, &xq, &xs, true));
+            let (bias, flags) = match &layer.bqkv {
+                Some(b) => (b, ADD_BIAS),
+                None => (&unused, 0),
+            };
+            ops::matmul_int4::matmul_int4(&ctx, "qkv", &layer.wqkv, &xq, &xs, bias, &qkv, qkv_dim, 0, flags).into_iter().for_each(&mut push);
+            push(ops::rope::rope_store_kv(&ctx, "rope", &qkv, &positions, &positions, &k_cache[l], &v_cache[l], c.n_head, c.n_kv_head, hd, c.rope_theta));
+            push(ops::attention::attention(&ctx, "attention", &qkv, qkv_dim, &positions, &k_cache[l], &v_cache[l], &attn, c.n_head, c.n_kv_head, hd));
+            push(ops::quantize_act::quantize_act(&ctx, "attn_quant", &attn, q_dim, q_dim, &xq, &xs));
+            ops::matmul_int4::matmul_int4(&ctx, "wo", &layer.wo, &xq, &xs, &unused, &x, c.n_embd, 0, ACCUMULATE).into_iter().for_each(&mut push);
+            // x = x + W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))
+            push(ops::rmsnorm::rmsnorm(&ctx, "ffn_norm", &x, &layer.ffn_norm, c.n_embd, c.rms_eps, &unused, &xq, &xs, true));
+            ops::matmul_int4::matmul_int4(&ctx, "gate_up", &layer.w_gate_up, &xq, &xs, &unused, &gate_up, 2 * c.n_ff, 0, 0).into_iter().for_each(&mut push);
+            push(ops::swiglu::swiglu(&ctx, "swiglu", &gate_up, c.n_ff, &xq, &xs));
+            ops::matmul_int4::matmul_int4(&ctx, "down", &layer.w_down, &xq, &xs, &unused, &x, c.n_embd, 0, ACCUMULATE).into_iter().for_each(&mut push);
+        }
+        // logits = W_out · norm(x), for the rows asked for
+        let mut head = vec![ops::rmsnorm::rmsnorm(&ctx, "output_norm", &x, &model.output_norm, c.n_embd, c.rms_eps, &unused, &xq, &xs, true)];
+        head.extend(ops::matmul_int4::matmul_int4(&ctx, "lm_head", model.lm_head(), &xq, &xs, &unused, &logits, c.n_vocab, 0, 0));
+
+        Session {
+            model,
+            n_ctx,
+            max_rows,
+            lm_rows,
+            pos: 0,
+            tokens,
+            positions,
+            logits,
+            _buffers: [vec![x, xq, xs, qkv, attn, gate_up, unused], k_cache, v_cache].concat(),
+            body,
+            head,
+        }
+    }
+
+    /// Bytes of activation buffers (residual, int8 blocks, qkv, ffn, logits).
+    pub fn activation_bytes(&self) -> u64 {
+        self._buffers.iter().map(|b| b.size()).sum::<u64>() - self.kv_bytes() + self.logits.size()
+    }
+
+    /// Bytes of KV cache this stream holds.
+    pub fn kv_bytes(&self) -> u64 {
+        let c = &self.model.config;
+        (2 * c.n_layer * self.n_ctx * c.n_kv_head * c.head_dim * 2) as u64
+    }
+
+    fn check(&self, tokens: &[u32]) -> Result<(), ForwardError> {
+        let c = &self.model.config;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
+            return Err(ForwardError::BadToken { id, n_vocab: c.n_vocab });
+        }
+        if self.pos + tokens.len() > self.n_ctx {
+            return Err(ForwardError::ContextFull { needed: self.pos + tokens.len(), n_ctx: self.n_ctx, model_ctx: c.n_ctx });
+        }
+        Ok(())
+    }
+
+    /// Record the body for `rows` tokens at positions `pos..` into `pass`.
+    fn upload_rows(&self, tokens: &[u32]) {
+        let q = &self.model.ctx.queue;
+        let pos: Vec<u32> = (self.pos..self.pos + tokens.len()).map(|p| p as u32).collect();
+        q.write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
+        q.write_buffer(&self.positions, 0, bytemuck::cast_slice(&pos));
+    }
+
+    /// Append `tokens` to the stream and return the logits after the last one.
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ForwardError> {
+        self.check(tokens)?;
+        let ctx = self.model.ctx.clone();
+        let n_chunks = tokens.len().div_ceil(self.max_rows);
+        for (i, chunk) in tokens.chunks(self.max_rows).enumerate() {
+            self.upload_rows(chunk);
+            let rows = chunk.len() as u32;
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                for (_, d) in &self.body {
+                    d.record(&ctx, &mut pass, rows, 0);
+                }
+                if i + 1 == n_chunks {
+                    for d in &self.head {
+                        d.record(&ctx, &mut pass, 1, rows - 1);
+                    }
+                }
+            }
+            ctx.queue.submit([enc.finish()]);
+            self.pos += chunk.len();
+        }
+        Ok(ctx.read(&self.logits, 0, self.model.config.n_vocab)?)
+    }
+
+    /// Append `tokens` and hand the logits after every one of them to `each(i, logits)`
+    /// (teacher-forced scoring).
+    pub fn forward_all(&mut self, tokens: &[u32], mut each: impl FnMut(usize, &[f32])) -> Result<(), ForwardError> {
+        self.check(tokens)?;
+        let ctx = self.model.ctx.clone();
+        let n_vocab = self.model.config.n_vocab;
+        for (ci, chunk) in tokens.chunks(self.max_rows).enumerate() {
+            self.upload_rows(chunk);
+            let rows = chunk.len() as u32;
+            self.record_submit(|pass, ctx| self.body.iter().for_each(|(_, d)| d.record(ctx, pass, rows, 0)));
+            let mut r0 = 0;
+            while r0 < chunk.len() {
+                let n = (chunk.len() - r0).min(self.lm_rows);
+                self.record_submit(|pass, ctx| self.head.iter().for_each(|d| d.record(ctx, pass, n as u32, r0 as u32)));
+                let logits: Vec<f32> = ctx.read(&self.logits, 0, n * n_vocab)?;
+                for j in 0..n {
+                    each(ci * self.max_rows + r0 + j, &logits[j * n_vocab..(j + 1) * n_vocab]);
+                }
+                r0 += n;
+            }
+            self.pos += chunk.len();
+        }
+        Ok(())
+    }
+
+    fn record_submit(&self, f: impl FnOnce(&mut wgpu::ComputePass<'_>, &crate::gpu::GpuContext)) {
+        let ctx = &self.model.ctx;
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            f(&mut pass, ctx);
+        }
+        ctx.queue.submit([enc.finish()]);
+    }
+
+    /// Run one step of `tokens` with every launch submitted and waited for on its own,
+    /// adding each kernel kind's wall time to `profile` (slower than [`forward`]; for
+    /// `bench --profile`, which works where the adapter has no timestamp queries).
+    pub fn forward_profiled(&mut self, tokens: &[u32], profile: &mut KernelProfile) -> Result<Vec<f32>, ForwardError> {
+        self.check(tokens)?;
+        assert!(tokens.len() <= self.max_rows);
+        let ctx = self.model.ctx.clone();
+        self.upload_rows(tokens);
+        let rows = tokens.len() as u32;
+        ctx.wait();
+        let mut time = |d: &Dispatch, rows: u32, row0: u32| {
+            let t = Instant::now();
+            self.record_submit(|pass, ctx| d.record(ctx, pass, rows, row0));
+            ctx.wait();
+            let kind = d.label.split('[').next().unwrap_or(&d.label).to_string();
+            *profile.ms.entry(kind).or_default() += t.elapsed().as_secs_f64() * 1e3;
+        };
+        for (_, d) in &self.body {
+            time(d, rows, 0);
+        }
+        for d in &self.head {
+            time(d, 1, rows - 1);
+        }
+        self.pos += tokens.len();
+        Ok(ctx.read(&self.logits, 0, self.model.config.n_vocab)?)
+    }
+
+    /// Forget the last tokens (back to `pos`); their cache slots are overwritten later.
+    pub fn truncate(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+    }
+}

@@ -1,0 +1,82 @@
+//! Plain-Rust f32 forward pass over the host weights (int4 tensors dequantized): the
+//! yardstick for the GPU forward in tests. Slow and simple on purpose: it reads like the
+//! model's math, with no cache, no quantized activations and no f16 anywhere.
+
+use crate::loader::HostModel;
+use crate::ops::{attention, rmsnorm, rope, swiglu};
+
+/// Dequantized weights, by canonical name.
+pub struct ReferenceModel<'a> {
+    host: &'a HostModel,
+    w: std::collections::HashMap<String, Vec<f32>>,
+}
+
+/// y [m][n] = x [m][k] · Wᵀ, W [n][k].
+fn linear(x: &[f32], w: &[f32], k: usize) -> Vec<f32> {
+    x.chunks(k).flat_map(|xr| w.chunks(k).map(move |wr| wr.iter().zip(xr).map(|(a, b)| a * b).sum::<f32>())).collect()
+}
+
+impl<'a> ReferenceModel<'a> {
+    pub fn new(host: &'a HostModel) -> Self {
+        let w = host.tensors.iter().map(|(k, t)| (k.clone(), t.to_f32())).collect();
+        Self { host, w }
+    }
+
+    fn t(&self, name: &str) -> &[f32] {
+        self.w.get(name).unwrap_or_else(|| panic!("reference: missing tensor {name}"))
+    }
+
+    /// Logits [tokens.len()][n_vocab] for every position (causal).
+    pub fn forward(&self, tokens: &[u32]) -> Vec<Vec<f32>> {
+        let c = &self.host.config;
+        let (d, hd, m) = (c.n_embd, c.head_dim, tokens.len());
+        let (q_dim, kv_dim) = (c.n_head * hd, c.n_kv_head * hd);
+        let emb = self.t("token_embd.weight");
+        let mut x: Vec<f32> = tokens.iter().flat_map(|&t| emb[t as usize * d..(t as usize + 1) * d].to_vec()).collect();
+        for l in 0..c.n_layer {
+            let p = |s: &str| format!("blk.{l}.{s}");
+            // attention block
+            let h = rmsnorm::reference(&x, self.t(&p("attn_norm.weight")), c.rms_eps);
+            let mut q = linear(&h, self.t(&p("attn_q.weight")), d);
+            let mut k = linear(&h, self.t(&p("attn_k.weight")), d);
+            let v = {
+                let mut v = linear(&h, self.t(&p("attn_v.weight")), d);
+                if let Some(b) = self.w.get(&p("attn_v.bias")) {
+                    v.chunks_mut(kv_dim).for_each(|r| r.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+                }
+                v
+            };
+            if let Some(b) = self.w.get(&p("attn_q.bias")) {
+                q.chunks_mut(q_dim).for_each(|r| r.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+            }
+            if let Some(b) = self.w.get(&p("attn_k.bias")) {
+                k.chunks_mut(kv_dim).for_each(|r| r.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+            }
+            for t in 0..m {
+                q[t * q_dim..(t + 1) * q_dim].chunks_mut(hd).for_each(|head| rope::reference(head, t, c.rope_theta));
+                k[t * kv_dim..(t + 1) * kv_dim].chunks_mut(hd).for_each(|head| rope::reference(head, t, c.rope_theta));
+            }
+            let mut att = vec![0f32; m * q_dim];
+            for t in 0..m {
+                for hh in 0..c.n_head {
+                    let kvh = hh / (c.n_head / c.n_kv_head);
+                    let gather = |src: &[f32]| (0..=t).flat_map(|s| src[s * kv_dim + kvh * hd..s * kv_dim + (kvh + 1) * hd].to_vec()).collect::<Vec<_>>();
+                    let o = attention::reference(&q[t * q_dim + hh * hd..t * q_dim + (hh + 1) * hd], &gather(&k), &gather(&v), hd);
+                    att[t * q_dim + hh * hd..t * q_dim + (hh + 1) * hd].copy_from_slice(&o);
+                }
+            }
+            let o = linear(&att, self.t(&p("attn_output.weight")), q_dim);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            // feed-forward block
+            let h = rmsnorm::reference(&x, self.t(&p("ffn_norm.weight")), c.rms_eps);
+            let g = linear(&h, self.t(&p("ffn_gate.weight")), d);
+            let u = linear(&h, self.t(&p("ffn_up.weight")), d);
+            let a: Vec<f32> = g.iter().zip(&u).map(|(g, u)| swiglu::silu(*g) * u).collect();
+            let o = linear(&a, self.t(&p("ffn_down.weight")), c.n_ff);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        }
+        let h = rmsnorm::reference(&x, self.t("output_norm.weight"), c.rms_eps);
+        let head = if c.tied_embeddings { self.t("token_embd.weight") } else { self.t("output.weight") };
+        linear(&h, head, d).chunks(c.n_vocab).map(|r| r.to_vec()).collect()
+    }
+}
