@@ -16,7 +16,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -36,12 +39,19 @@ impl ChatTemplate {
             Err(Error::new(ErrorKind::InvalidOperation, format!("chat template: {msg}")))
         });
         env.add_function("strftime_now", |fmt: String| strftime(&fmt, now_utc()));
-        env.add_template_owned("chat", source.to_string()).context("compiling chat template")?;
+        env.add_template_owned("chat", source.to_string())
+            .context("compiling chat template")?;
         Ok(Self { env })
     }
 
     /// Render a conversation; `add_generation_prompt` appends the assistant turn opener.
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool, bos_token: &str, eos_token: &str) -> anyhow::Result<String> {
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> anyhow::Result<String> {
         let tmpl = self.env.get_template("chat")?;
         tmpl.render(context! {
             messages => messages,
@@ -57,7 +67,9 @@ impl ChatTemplate {
 type Civil = (i64, u32, u32, u32, u32, u32, u32);
 
 fn now_utc() -> Civil {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     civil(secs)
 }
 
@@ -79,7 +91,20 @@ fn civil(secs: i64) -> Civil {
 
 /// The subset of C `strftime` chat templates use (llama 3 writes `%d %b %Y`).
 fn strftime(fmt: &str, (y, mo, d, h, mi, s, wd): Civil) -> String {
-    const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
     const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
     let mut out = String::new();
     let mut it = fmt.chars();
@@ -126,14 +151,20 @@ mod tests {
     }
 
     fn sys_user() -> Vec<ChatMessage> {
-        vec![ChatMessage::new("system", "You are terse."), ChatMessage::new("user", "What is 2+2?")]
+        vec![
+            ChatMessage::new("system", "You are terse."),
+            ChatMessage::new("user", "What is 2+2?"),
+        ]
     }
 
-    const EXPECTED: &str = "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n";
+    const EXPECTED: &str =
+        "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n";
 
     #[test]
     fn smollm2_template_renders_chatml() {
-        let Some(t) = template_of("SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
+        let Some(t) = template_of("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+            return;
+        };
         assert_eq!(t.render(&sys_user(), true, "<|im_start|>", "<|im_end|>").unwrap(), EXPECTED);
         let no_sys = t.render(&sys_user()[1..], false, "", "").unwrap();
         assert!(no_sys.ends_with("<|im_start|>user\nWhat is 2+2?<|im_end|>\n"), "{no_sys:?}");
@@ -141,7 +172,9 @@ mod tests {
 
     #[test]
     fn qwen2_template_renders_chatml() {
-        let Some(t) = template_of("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else { return };
+        let Some(t) = template_of("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else {
+            return;
+        };
         assert_eq!(t.render(&sys_user(), true, "", "<|im_end|>").unwrap(), EXPECTED);
         // Without a system turn Qwen's template injects its default one.
         let no_sys = t.render(&sys_user()[1..], true, "", "").unwrap();
@@ -151,11 +184,21 @@ mod tests {
 
     #[test]
     fn globals_and_python_methods() {
-        let t = ChatTemplate::new("{{ messages[0].content.strip() | upper }}{% if messages|length > 1 %}{{ raise_exception('one message only') }}{% endif %}").unwrap();
+        let t = ChatTemplate::new(
+            "{{ messages[0].content.strip() | upper }}{% if messages|length > 1 %}{{ raise_exception('one message only') }}{% endif %}",
+        )
+        .unwrap();
         assert_eq!(t.render(&[ChatMessage::new("user", "  hi ")], false, "", "").unwrap(), "HI");
         let e = t.render(&sys_user(), false, "", "").unwrap_err();
         assert!(format!("{e:#}").contains("one message only"), "{e:#}");
-        assert_eq!(strftime("%Y-%m-%d %H:%M:%S %a %d %b %Y", civil(951_782_400)), "2000-02-29 00:00:00 Tue 29 Feb 2000");
-        assert!(ChatTemplate::new("{{ strftime_now('%Y') }}").unwrap().render(&[], false, "", "").unwrap().starts_with("20"));
+        assert_eq!(
+            strftime("%Y-%m-%d %H:%M:%S %a %d %b %Y", civil(951_782_400)),
+            "2000-02-29 00:00:00 Tue 29 Feb 2000"
+        );
+        assert!(ChatTemplate::new("{{ strftime_now('%Y') }}")
+            .unwrap()
+            .render(&[], false, "", "")
+            .unwrap()
+            .starts_with("20"));
     }
 }

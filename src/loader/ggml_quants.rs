@@ -165,7 +165,11 @@ pub fn q4_k_groups(b: &[u8]) -> [Q4Group; 8] {
     let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
     let scales = &b[4..16];
     let qs = &b[16..144];
-    let mut out = [Q4Group { scale: 0.0, min: 0.0, q: [0; 32] }; 8];
+    let mut out = [Q4Group {
+        scale: 0.0,
+        min: 0.0,
+        q: [0; 32],
+    }; 8];
     for (c, chunk) in qs.chunks_exact(32).enumerate() {
         for half in 0..2 {
             let (sc, m) = get_scale_min_k4(2 * c + half, scales);
@@ -257,12 +261,20 @@ pub fn dequant_q6_k(b: &[u8], y: &mut [f32]) {
 /// Q4_0 block as one group: `w = d*(q-8) = d*q + (-8d)`, exact in f32.
 pub fn q4_0_group(b: &[u8]) -> Q4Group {
     let d = f16_at(b, 0);
-    Q4Group { scale: d, min: -8.0 * d, q: split_nibbles(&b[2..18]) }
+    Q4Group {
+        scale: d,
+        min: -8.0 * d,
+        q: split_nibbles(&b[2..18]),
+    }
 }
 
 /// Q4_1 block as one group: `w = d*q + m`.
 pub fn q4_1_group(b: &[u8]) -> Q4Group {
-    Q4Group { scale: f16_at(b, 0), min: f16_at(b, 2), q: split_nibbles(&b[4..20]) }
+    Q4Group {
+        scale: f16_at(b, 0),
+        min: f16_at(b, 2),
+        q: split_nibbles(&b[4..20]),
+    }
 }
 
 /// Q4_0/Q4_1 nibble order: low nibbles are weights 0..16, high nibbles 16..32.
@@ -282,7 +294,12 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
     let n = bytes.len() / bs * be;
     match ty {
         GgmlType::F32 => {
-            return Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            return Some(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            )
         }
         GgmlType::F16 => return Some(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
         GgmlType::BF16 => return Some(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
@@ -326,7 +343,9 @@ mod tests {
     }
 
     fn groups_f32(gs: &[Q4Group]) -> Vec<f32> {
-        gs.iter().flat_map(|g| g.q.iter().map(move |&q| g.scale * q as f32 + g.min)).collect()
+        gs.iter()
+            .flat_map(|g| g.q.iter().map(move |&q| g.scale * q as f32 + g.min))
+            .collect()
     }
 
     #[test]

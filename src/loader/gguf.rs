@@ -199,7 +199,11 @@ impl GgufFile {
 
     fn parse(path: String, mmap: memmap2::Mmap) -> Result<Self, LoadError> {
         let bad = |what: String| LoadError::Malformed { path: path.clone(), what };
-        let mut r = Reader { b: &mmap, pos: 0, v1: false };
+        let mut r = Reader {
+            b: &mmap,
+            pos: 0,
+            v1: false,
+        };
         let magic = r.arr::<4>(&|| "magic".into()).map_err(bad)?;
         if &magic != b"GGUF" {
             return Err(bad(format!("not a GGUF file (magic {magic:02x?})")));
@@ -232,12 +236,22 @@ impl GgufFile {
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
-                let d = if r.v1 { r.u32(&|| what("dims")).map(u64::from) } else { r.u64(&|| what("dims")) };
+                let d = if r.v1 {
+                    r.u32(&|| what("dims")).map(u64::from)
+                } else {
+                    r.u64(&|| what("dims"))
+                };
                 dims.push(d.map_err(bad)?);
             }
             let ty = GgmlType::from_id(r.u32(&|| what("type")).map_err(bad)?);
             let offset = r.u64(&|| what("data offset")).map_err(bad)?;
-            tensors.push(TensorInfo { name, dims, ty, offset, n_bytes: 0 });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ty,
+                offset,
+                n_bytes: 0,
+            });
         }
 
         let alignment = match metadata.get("general.alignment") {
@@ -254,7 +268,11 @@ impl GgufFile {
             let Some((be, bs)) = t.ty.block_layout() else { continue };
             let ne0 = t.dims.first().copied().unwrap_or(1);
             if ne0 % be as u64 != 0 {
-                return Err(bad(format!("tensor '{}' row length {ne0} is not a multiple of the {} block size {be}", t.name, t.ty.name())));
+                return Err(bad(format!(
+                    "tensor '{}' row length {ne0} is not a multiple of the {} block size {be}",
+                    t.name,
+                    t.ty.name()
+                )));
             }
             let n_bytes = t
                 .dims
@@ -264,7 +282,10 @@ impl GgufFile {
                 .filter(|&n| n <= data_len)
                 .ok_or_else(|| bad(format!("tensor '{}' dims {:?} are larger than the file", t.name, t.dims)))?;
             if t.offset % alignment as u64 != 0 {
-                return Err(bad(format!("tensor '{}' data offset {} is not aligned to {alignment}", t.name, t.offset)));
+                return Err(bad(format!(
+                    "tensor '{}' data offset {} is not aligned to {alignment}",
+                    t.name, t.offset
+                )));
             }
             if t.offset.saturating_add(n_bytes) > data_len {
                 return Err(bad(format!(
@@ -277,7 +298,15 @@ impl GgufFile {
             t.n_bytes = n_bytes as usize;
         }
         let index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(Self { path, version, metadata, tensors, index, data_offset, mmap })
+        Ok(Self {
+            path,
+            version,
+            metadata,
+            tensors,
+            index,
+            data_offset,
+            mmap,
+        })
     }
 
     /// A metadata value by key.
@@ -286,35 +315,52 @@ impl GgufFile {
     }
 
     fn wrong_type(&self, key: &str, want: &str) -> LoadError {
-        LoadError::Malformed { path: self.path.clone(), what: format!("metadata '{key}' is not {want}") }
+        LoadError::Malformed {
+            path: self.path.clone(),
+            what: format!("metadata '{key}' is not {want}"),
+        }
     }
 
     /// An optional string; present but not a string is an error.
     pub fn get_str(&self, key: &str) -> Result<Option<&str>, LoadError> {
-        self.get(key).map(|v| v.as_str().ok_or_else(|| self.wrong_type(key, "a string"))).transpose()
+        self.get(key)
+            .map(|v| v.as_str().ok_or_else(|| self.wrong_type(key, "a string")))
+            .transpose()
     }
 
     /// An optional integer.
     pub fn get_int(&self, key: &str) -> Result<Option<i64>, LoadError> {
-        self.get(key).map(|v| v.as_i64().ok_or_else(|| self.wrong_type(key, "an integer"))).transpose()
+        self.get(key)
+            .map(|v| v.as_i64().ok_or_else(|| self.wrong_type(key, "an integer")))
+            .transpose()
     }
 
     /// An optional number.
     pub fn get_f64(&self, key: &str) -> Result<Option<f64>, LoadError> {
-        self.get(key).map(|v| v.as_f64().ok_or_else(|| self.wrong_type(key, "a number"))).transpose()
+        self.get(key)
+            .map(|v| v.as_f64().ok_or_else(|| self.wrong_type(key, "a number")))
+            .transpose()
     }
 
     /// An optional array.
     pub fn get_array(&self, key: &str) -> Result<Option<&[GgufValue]>, LoadError> {
-        self.get(key).map(|v| v.as_array().ok_or_else(|| self.wrong_type(key, "an array"))).transpose()
+        self.get(key)
+            .map(|v| v.as_array().ok_or_else(|| self.wrong_type(key, "an array")))
+            .transpose()
     }
 
     /// A required non-negative integer that fits in usize.
     pub fn require_usize(&self, key: &str) -> Result<usize, LoadError> {
         match self.get_int(key)? {
             Some(v) if v >= 0 => Ok(v as usize),
-            Some(v) => Err(LoadError::Malformed { path: self.path.clone(), what: format!("metadata '{key}' is negative ({v})") }),
-            None => Err(LoadError::Missing { path: self.path.clone(), what: format!("metadata '{key}'") }),
+            Some(v) => Err(LoadError::Malformed {
+                path: self.path.clone(),
+                what: format!("metadata '{key}' is negative ({v})"),
+            }),
+            None => Err(LoadError::Missing {
+                path: self.path.clone(),
+                what: format!("metadata '{key}'"),
+            }),
         }
     }
 
@@ -325,9 +371,16 @@ impl GgufFile {
 
     /// A tensor's raw bytes in the file (bounds were checked on open).
     pub fn tensor_bytes(&self, name: &str) -> Result<&[u8], LoadError> {
-        let t = self.tensor_info(name).ok_or_else(|| LoadError::Missing { path: self.path.clone(), what: format!("tensor '{name}'") })?;
+        let t = self.tensor_info(name).ok_or_else(|| LoadError::Missing {
+            path: self.path.clone(),
+            what: format!("tensor '{name}'"),
+        })?;
         if t.ty.block_layout().is_none() {
-            return Err(LoadError::BadTensor { path: self.path.clone(), name: name.into(), what: format!("unsupported {}", t.ty.name()) });
+            return Err(LoadError::BadTensor {
+                path: self.path.clone(),
+                name: name.into(),
+                what: format!("unsupported {}", t.ty.name()),
+            });
         }
         let start = self.data_offset + t.offset as usize;
         Ok(&self.mmap[start..start + t.n_bytes])
@@ -353,7 +406,10 @@ pub fn load_gguf(path: &Path) -> Result<HostModel, LoadError> {
     let config = read_config(&g)?;
     let (tokenizer, info) = super::tokenizer::tokenizer_from_gguf(&g, path)?;
     if tokenizer.get_vocab_size(false) > config.n_vocab {
-        return Err(LoadError::Tokenizer { path: g.path.clone(), what: "vocabulary larger than the token list".into() });
+        return Err(LoadError::Tokenizer {
+            path: g.path.clone(),
+            what: "vocabulary larger than the token list".into(),
+        });
     }
     let expected = expected_tensors(&config);
     let tensors = load_tensors(&g, &config, &expected)?;
@@ -372,13 +428,19 @@ pub fn load_gguf(path: &Path) -> Result<HostModel, LoadError> {
 
 /// Hyper-parameters from `{arch}.*` metadata.
 fn read_config(g: &GgufFile) -> Result<ModelConfig, LoadError> {
-    let arch_name = g
-        .get_str("general.architecture")?
-        .ok_or_else(|| LoadError::Missing { path: g.path.clone(), what: "metadata 'general.architecture'".into() })?;
+    let arch_name = g.get_str("general.architecture")?.ok_or_else(|| LoadError::Missing {
+        path: g.path.clone(),
+        what: "metadata 'general.architecture'".into(),
+    })?;
     let arch = match arch_name {
         "qwen2" => Arch::Qwen2,
         "llama" => Arch::Llama,
-        other => return Err(LoadError::UnknownArch { path: g.path.clone(), arch: other.into() }),
+        other => {
+            return Err(LoadError::UnknownArch {
+                path: g.path.clone(),
+                arch: other.into(),
+            })
+        }
     };
     let k = |s: &str| format!("{arch_name}.{s}");
     let n_embd = g.require_usize(&k("embedding_length"))?;
@@ -388,7 +450,10 @@ fn read_config(g: &GgufFile) -> Result<ModelConfig, LoadError> {
         None => n_head,
     };
     if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
-        return Err(LoadError::Malformed { path: g.path.clone(), what: format!("head counts {n_head}/{n_kv_head} are not a valid GQA layout") });
+        return Err(LoadError::Malformed {
+            path: g.path.clone(),
+            what: format!("head counts {n_head}/{n_kv_head} are not a valid GQA layout"),
+        });
     }
     let head_dim = match g.get_int(&k("attention.key_length"))? {
         Some(v) => v as usize,
@@ -396,12 +461,18 @@ fn read_config(g: &GgufFile) -> Result<ModelConfig, LoadError> {
     };
     let n_vocab = g
         .get_array("tokenizer.ggml.tokens")?
-        .ok_or_else(|| LoadError::Missing { path: g.path.clone(), what: "metadata 'tokenizer.ggml.tokens'".into() })?
+        .ok_or_else(|| LoadError::Missing {
+            path: g.path.clone(),
+            what: "metadata 'tokenizer.ggml.tokens'".into(),
+        })?
         .len();
     let default_theta = if arch == Arch::Qwen2 { 1e6 } else { 1e4 };
     let eps = g
         .get_f64(&k("attention.layer_norm_rms_epsilon"))?
-        .ok_or_else(|| LoadError::Missing { path: g.path.clone(), what: format!("metadata '{}'", k("attention.layer_norm_rms_epsilon")) })?;
+        .ok_or_else(|| LoadError::Missing {
+            path: g.path.clone(),
+            what: format!("metadata '{}'", k("attention.layer_norm_rms_epsilon")),
+        })?;
     Ok(ModelConfig {
         arch,
         n_vocab,
@@ -421,7 +492,10 @@ fn read_config(g: &GgufFile) -> Result<ModelConfig, LoadError> {
 /// Every tensor the forward pass needs, with its row-major shape.
 pub fn expected_tensors(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let (e, q, kv) = (c.n_embd, c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
-    let mut v = vec![("token_embd.weight".to_string(), vec![c.n_vocab, e]), ("output_norm.weight".into(), vec![e])];
+    let mut v = vec![
+        ("token_embd.weight".to_string(), vec![c.n_vocab, e]),
+        ("output_norm.weight".into(), vec![e]),
+    ];
     if !c.tied_embeddings {
         v.push(("output.weight".into(), vec![c.n_vocab, e]));
     }
@@ -439,7 +513,11 @@ pub fn expected_tensors(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
             (b("ffn_down.weight"), vec![e, c.n_ff]),
         ]);
         if c.arch == Arch::Qwen2 {
-            v.extend([(b("attn_q.bias"), vec![q]), (b("attn_k.bias"), vec![kv]), (b("attn_v.bias"), vec![kv])]);
+            v.extend([
+                (b("attn_q.bias"), vec![q]),
+                (b("attn_k.bias"), vec![kv]),
+                (b("attn_v.bias"), vec![kv]),
+            ]);
         }
     }
     v
@@ -448,13 +526,22 @@ pub fn expected_tensors(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 /// Check and convert the expected tensors, spread over the available cores.
 fn load_tensors(g: &GgufFile, c: &ModelConfig, expected: &[(String, Vec<usize>)]) -> Result<HashMap<String, HostTensor>, LoadError> {
     for (name, shape) in expected {
-        let t = g.tensor_info(name).ok_or_else(|| LoadError::Missing { path: g.path.clone(), what: format!("tensor '{name}'") })?;
+        let t = g.tensor_info(name).ok_or_else(|| LoadError::Missing {
+            path: g.path.clone(),
+            what: format!("tensor '{name}'"),
+        })?;
         if &t.shape() != shape {
-            return Err(LoadError::BadTensor { path: g.path.clone(), name: name.clone(), what: format!("shape {:?}, expected {shape:?}", t.shape()) });
+            return Err(LoadError::BadTensor {
+                path: g.path.clone(),
+                name: name.clone(),
+                what: format!("shape {:?}, expected {shape:?}", t.shape()),
+            });
         }
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(expected.len().max(1));
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(expected.len().max(1));
     let results: Vec<Vec<Result<(String, HostTensor), LoadError>>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
@@ -469,7 +556,10 @@ fn load_tensors(g: &GgufFile, c: &ModelConfig, expected: &[(String, Vec<usize>)]
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().expect("tensor conversion thread panicked")).collect()
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("tensor conversion thread panicked"))
+            .collect()
     });
     results.into_iter().flatten().collect()
 }
@@ -498,7 +588,10 @@ fn convert_tensor(g: &GgufFile, c: &ModelConfig, name: &str, shape: &[usize]) ->
             };
         }
     }
-    Ok(HostTensor { shape: shape.to_vec(), data })
+    Ok(HostTensor {
+        shape: shape.to_vec(),
+        data,
+    })
 }
 
 /// Undo llama.cpp's Q/K permutation on `n_rows` equal rows of `data` (f32 values or int4

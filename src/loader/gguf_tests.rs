@@ -165,13 +165,18 @@ fn synthetic_llama_loads_and_unpermutes() {
     let p = write("tiny.gguf", &tiny_llama().bytes());
     let m = load_gguf(&p).unwrap();
     let c = &m.config;
-    assert_eq!((c.arch, c.n_vocab, c.n_embd, c.n_head, c.n_kv_head, c.head_dim), (Arch::Llama, 8, 64, 4, 2, 16));
+    assert_eq!(
+        (c.arch, c.n_vocab, c.n_embd, c.n_head, c.n_kv_head, c.head_dim),
+        (Arch::Llama, 8, 64, 4, 2, 16)
+    );
     assert_eq!((c.rope_theta, c.n_ff, c.n_ctx, c.tied_embeddings), (10000.0, 96, 256, true));
     assert_eq!(m.eos_token_ids, vec![5]);
     assert!(!m.add_bos);
     let q = &m.tensors["blk.0.attn_q.weight"];
     assert_eq!(q.shape, vec![64, 64]);
-    let TensorData::Q4(groups) = &q.data else { panic!("Q4_0 must stay int4") };
+    let TensorData::Q4(groups) = &q.data else {
+        panic!("Q4_0 must stay int4")
+    };
     for hf_row in 0..64 {
         let (h, w) = (hf_row / HD, hf_row % HD);
         let (j, i) = (w / (HD / 2), w % (HD / 2));
@@ -214,19 +219,27 @@ fn synthetic_errors_name_file_and_field() {
     w.tensors.retain(|t| t.0 != "blk.0.ffn_up.weight");
     let p = write("missing.gguf", &w.bytes());
     let e = load_gguf(&p).err().unwrap();
-    assert!(matches!(e, LoadError::Missing { .. }) && e.to_string().contains("blk.0.ffn_up.weight"), "{e}");
+    assert!(
+        matches!(e, LoadError::Missing { .. }) && e.to_string().contains("blk.0.ffn_up.weight"),
+        "{e}"
+    );
     // Misshaped tensor.
     let mut w = tiny_llama();
     w.tensors.iter_mut().find(|t| t.0 == "output_norm.weight").unwrap().1 = vec![32];
     w.tensors.iter_mut().find(|t| t.0 == "output_norm.weight").unwrap().3.truncate(128);
     let p = write("shape.gguf", &w.bytes());
     let e = load_gguf(&p).err().unwrap();
-    assert!(matches!(e, LoadError::BadTensor { .. }) && e.to_string().contains("output_norm.weight"), "{e}");
+    assert!(
+        matches!(e, LoadError::BadTensor { .. }) && e.to_string().contains("output_norm.weight"),
+        "{e}"
+    );
 }
 
 #[test]
 fn real_files_truncated_or_corrupted_are_malformed() {
-    let Some(src) = real_gguf("SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
+    let Some(src) = real_gguf("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
     let bytes = std::fs::read(&src).unwrap();
     let p = write("smol_1mb.gguf", &bytes[..1 << 20]);
     // Cut inside the vocabulary: the merges count no longer fits in what is left.
@@ -249,7 +262,11 @@ fn load_real(name: &str) -> Option<HostModel> {
     }
     for (ty, names) in &by_type {
         let shown: Vec<_> = names.iter().filter(|n| !n.starts_with("blk.") || n.starts_with("blk.0.")).collect();
-        println!("{name}: {ty} ×{}: {shown:?}{}", names.len(), if shown.len() < names.len() { " (+ other layers)" } else { "" });
+        println!(
+            "{name}: {ty} ×{}: {shown:?}{}",
+            names.len(),
+            if shown.len() < names.len() { " (+ other layers)" } else { "" }
+        );
     }
     let t0 = std::time::Instant::now();
     let m = load_gguf(&p).unwrap();
@@ -262,15 +279,24 @@ fn check_q4_matches_file(m: &HostModel, path: &Path, name: &str) {
     let info = g.tensor_info(name).unwrap();
     let reference = ggml_quants::dequantize(info.ty, g.tensor_bytes(name).unwrap()).unwrap();
     let t = &m.tensors[name];
-    assert!(matches!(t.data, TensorData::Q4(_)), "{name} is {} and must stay int4", info.ty.name());
+    assert!(
+        matches!(t.data, TensorData::Q4(_)),
+        "{name} is {} and must stay int4",
+        info.ty.name()
+    );
     assert_eq!(t.to_f32(), reference, "{name}: int4 groups equal ggml dequant");
 }
 
 #[test]
 fn real_smollm2_loads() {
-    let Some(m) = load_real("SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
+    let Some(m) = load_real("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
     let c = &m.config;
-    assert_eq!((c.arch, c.n_embd, c.n_layer, c.n_head, c.n_kv_head, c.head_dim, c.n_ff), (Arch::Llama, 576, 30, 9, 3, 64, 1536));
+    assert_eq!(
+        (c.arch, c.n_embd, c.n_layer, c.n_head, c.n_kv_head, c.head_dim, c.n_ff),
+        (Arch::Llama, 576, 30, 9, 3, 64, 1536)
+    );
     assert_eq!(c.n_vocab, 49152);
     assert!(c.tied_embeddings);
     check_q4_matches_file(&m, &real_gguf("SmolLM2-135M-Instruct.Q4_1.gguf").unwrap(), "blk.0.ffn_up.weight");
@@ -281,7 +307,10 @@ fn real_qwen2_loads() {
     let name = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
     let Some(m) = load_real(name) else { return };
     let c = &m.config;
-    assert_eq!((c.arch, c.n_embd, c.n_layer, c.n_head, c.n_kv_head, c.head_dim, c.n_ff), (Arch::Qwen2, 896, 24, 14, 2, 64, 4864));
+    assert_eq!(
+        (c.arch, c.n_embd, c.n_layer, c.n_head, c.n_kv_head, c.head_dim, c.n_ff),
+        (Arch::Qwen2, 896, 24, 14, 2, 64, 4864)
+    );
     assert_eq!(c.rope_theta, 1e6);
     assert!(m.tensors.contains_key("blk.0.attn_q.bias"));
     let path = real_gguf(name).unwrap();

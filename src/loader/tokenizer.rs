@@ -18,10 +18,12 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 
 /// Qwen2 pre-tokenizer split (HF Qwen2 tokenizer.json): numbers split into single digits.
-pub const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Llama 3 pre-tokenizer split: numbers in runs of up to three digits.
-pub const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const LLAMA3_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// ggml token types (`llama_token_type`).
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -42,15 +44,22 @@ pub struct TokenizerInfo {
 pub fn tokenizer_from_gguf(g: &GgufFile, path: &Path) -> Result<(Tokenizer, TokenizerInfo), LoadError> {
     let p = path.display().to_string();
     let err = |what: String| LoadError::Tokenizer { path: p.clone(), what };
-    let missing = |key: &str| LoadError::Missing { path: p.clone(), what: format!("metadata '{key}'") };
+    let missing = |key: &str| LoadError::Missing {
+        path: p.clone(),
+        what: format!("metadata '{key}'"),
+    };
 
     match g.get_str("tokenizer.ggml.model")? {
         Some("gpt2") => {}
         Some(other) => return Err(err(format!("model '{other}' is not supported (only byte-level BPE 'gpt2')"))),
         None => return Err(missing("tokenizer.ggml.model")),
     }
-    let tokens = g.get_array("tokenizer.ggml.tokens")?.ok_or_else(|| missing("tokenizer.ggml.tokens"))?;
-    let merges = g.get_array("tokenizer.ggml.merges")?.ok_or_else(|| missing("tokenizer.ggml.merges"))?;
+    let tokens = g
+        .get_array("tokenizer.ggml.tokens")?
+        .ok_or_else(|| missing("tokenizer.ggml.tokens"))?;
+    let merges = g
+        .get_array("tokenizer.ggml.merges")?
+        .ok_or_else(|| missing("tokenizer.ggml.merges"))?;
     let types = g.get_array("tokenizer.ggml.token_type")?;
 
     let mut vocab = ahash::AHashMap::with_capacity(tokens.len());
@@ -66,7 +75,9 @@ pub fn tokenizer_from_gguf(g: &GgufFile, path: &Path) -> Result<(Tokenizer, Toke
         .enumerate()
         .map(|(i, m)| {
             let s = m.as_str().ok_or_else(|| err(format!("merge {i} is not a string")))?;
-            let (a, b) = s.split_once(' ').ok_or_else(|| err(format!("merge {i} '{s}' is not two space-separated pieces")))?;
+            let (a, b) = s
+                .split_once(' ')
+                .ok_or_else(|| err(format!("merge {i} '{s}' is not two space-separated pieces")))?;
             Ok((a.to_string(), b.to_string()))
         })
         .collect::<Result<Vec<_>, LoadError>>()?;
@@ -83,9 +94,17 @@ pub fn tokenizer_from_gguf(g: &GgufFile, path: &Path) -> Result<(Tokenizer, Toke
         "qwen2" => (vec![split(QWEN2_REGEX)?, byte_level.into()], true, false),
         "llama-bpe" | "llama3" => (vec![split(LLAMA3_REGEX)?, byte_level.into()], false, true),
         // SmolLM / SmolLM2: Sequence[Digits(individual_digits), ByteLevel(use_regex)].
-        "smollm" => (vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()], false, false),
+        "smollm" => (
+            vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()],
+            false,
+            false,
+        ),
         "gpt-2" | "gpt2" => (vec![ByteLevel::new(false, true, true).into()], false, false),
-        other => return Err(err(format!("pre-tokenizer '{other}' is not supported (qwen2, smollm, llama-bpe, gpt-2)"))),
+        other => {
+            return Err(err(format!(
+                "pre-tokenizer '{other}' is not supported (qwen2, smollm, llama-bpe, gpt-2)"
+            )))
+        }
     };
 
     let bpe = BPE::builder()
@@ -117,7 +136,10 @@ pub fn tokenizer_from_gguf(g: &GgufFile, path: &Path) -> Result<(Tokenizer, Toke
             None => Ok(None),
         }
     };
-    let mut eos: Vec<u32> = [id("tokenizer.ggml.eos_token_id")?, id("tokenizer.ggml.eot_token_id")?].into_iter().flatten().collect();
+    let mut eos: Vec<u32> = [id("tokenizer.ggml.eos_token_id")?, id("tokenizer.ggml.eot_token_id")?]
+        .into_iter()
+        .flatten()
+        .collect();
     for s in ["<|im_end|>", "<|endoftext|>"] {
         if let Some(&i) = tok.get_vocab(true).get(s) {
             eos.push(i);
@@ -126,7 +148,11 @@ pub fn tokenizer_from_gguf(g: &GgufFile, path: &Path) -> Result<(Tokenizer, Toke
     eos.sort_unstable();
     eos.dedup();
     let add_bos = match g.get("tokenizer.ggml.add_bos_token") {
-        Some(v) => v.as_i64().ok_or_else(|| err("'tokenizer.ggml.add_bos_token' is not a bool".into()))? != 0,
+        Some(v) => {
+            v.as_i64()
+                .ok_or_else(|| err("'tokenizer.ggml.add_bos_token' is not a bool".into()))?
+                != 0
+        }
         None => false,
     };
     let info = TokenizerInfo {
@@ -154,7 +180,12 @@ mod tests {
     }
 
     fn check_common(t: &Tokenizer, info: &TokenizerInfo) {
-        for s in ["Hello world", "  leading spaces\n\nand\ttabs", "naïve café 東京 🚀", "fn main() { println!(\"{}\", 42); }"] {
+        for s in [
+            "Hello world",
+            "  leading spaces\n\nand\ttabs",
+            "naïve café 東京 🚀",
+            "fn main() { println!(\"{}\", 42); }",
+        ] {
             let e = ids(t, s);
             assert_eq!(t.decode(&e, false).unwrap(), s, "round trip of {s:?}");
         }
@@ -174,14 +205,24 @@ mod tests {
 
     #[test]
     fn smollm2_tokenizer() {
-        let Some((t, info)) = load("SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
+        let Some((t, info)) = load("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+            return;
+        };
         check_common(&t, &info);
-        println!("smollm2: {:?} eos {:?} bos {:?} add_bos {}", ids(&t, "Hello world"), info.eos_token_ids, info.bos_token_id, info.add_bos);
+        println!(
+            "smollm2: {:?} eos {:?} bos {:?} add_bos {}",
+            ids(&t, "Hello world"),
+            info.eos_token_ids,
+            info.bos_token_id,
+            info.add_bos
+        );
     }
 
     #[test]
     fn qwen2_tokenizer() {
-        let Some((t, info)) = load("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else { return };
+        let Some((t, info)) = load("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else {
+            return;
+        };
         check_common(&t, &info);
         // HF Qwen2.5: "Hello world" = [9707, 1879].
         assert_eq!(ids(&t, "Hello world"), vec![9707, 1879]);
