@@ -171,7 +171,9 @@ impl<'a> Reader<'a> {
                     t => return Err(format!("{} has unknown element type {t}", what())),
                 };
                 let n = self.count(min, &|| format!("element count of {}", what()))?;
-                let mut v = Vec::with_capacity(n);
+                // Capacity from the count only up to a bound: a corrupted count that still
+                // fits the file must not reserve 32 bytes per claimed 1-byte element.
+                let mut v = Vec::with_capacity(n.min(1 << 16));
                 for _ in 0..n {
                     v.push(self.value(ety, depth + 1, what)?);
                 }
@@ -226,7 +228,7 @@ impl GgufFile {
             metadata.insert(key, v);
         }
 
-        let mut tensors = Vec::with_capacity(n_tensors);
+        let mut tensors = Vec::with_capacity(n_tensors.min(1 << 16));
         for i in 0..n_tensors {
             let name = r.string(&|| format!("name of tensor #{i}")).map_err(bad)?;
             let what = |f: &str| format!("{f} of tensor '{name}'");
@@ -349,19 +351,25 @@ impl GgufFile {
             .transpose()
     }
 
-    /// A required non-negative integer that fits in usize.
-    pub fn require_usize(&self, key: &str) -> Result<usize, LoadError> {
+    /// An optional size-like integer: non-negative and at most 2^24 (hyper-parameters;
+    /// the bound keeps a corrupted value from overflowing shape arithmetic).
+    pub fn get_usize(&self, key: &str) -> Result<Option<usize>, LoadError> {
         match self.get_int(key)? {
-            Some(v) if v >= 0 => Ok(v as usize),
+            Some(v) if (0..=1 << 24).contains(&v) => Ok(Some(v as usize)),
             Some(v) => Err(LoadError::Malformed {
                 path: self.path.clone(),
-                what: format!("metadata '{key}' is negative ({v})"),
+                what: format!("metadata '{key}' = {v} is out of range"),
             }),
-            None => Err(LoadError::Missing {
-                path: self.path.clone(),
-                what: format!("metadata '{key}'"),
-            }),
+            None => Ok(None),
         }
+    }
+
+    /// A required [`get_usize`](Self::get_usize) value.
+    pub fn require_usize(&self, key: &str) -> Result<usize, LoadError> {
+        self.get_usize(key)?.ok_or_else(|| LoadError::Missing {
+            path: self.path.clone(),
+            what: format!("metadata '{key}'"),
+        })
     }
 
     /// A tensor's header entry.
@@ -445,20 +453,29 @@ fn read_config(g: &GgufFile) -> Result<ModelConfig, LoadError> {
     let k = |s: &str| format!("{arch_name}.{s}");
     let n_embd = g.require_usize(&k("embedding_length"))?;
     let n_head = g.require_usize(&k("attention.head_count"))?;
-    let n_kv_head = match g.get_int(&k("attention.head_count_kv"))? {
-        Some(v) => v as usize,
-        None => n_head,
-    };
+    let n_kv_head = g.get_usize(&k("attention.head_count_kv"))?.unwrap_or(n_head);
     if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
         return Err(LoadError::Malformed {
             path: g.path.clone(),
             what: format!("head counts {n_head}/{n_kv_head} are not a valid GQA layout"),
         });
     }
-    let head_dim = match g.get_int(&k("attention.key_length"))? {
-        Some(v) => v as usize,
-        None => n_embd / n_head,
-    };
+    let head_dim = g.get_usize(&k("attention.key_length"))?.unwrap_or(n_embd / n_head);
+    // RoPE rotates pairs, and the llama un-permute splits each head in two halves.
+    if head_dim == 0 || head_dim % 2 != 0 {
+        return Err(LoadError::Malformed {
+            path: g.path.clone(),
+            what: format!("head dimension {head_dim} is not a positive even number"),
+        });
+    }
+    let n_layer = g.require_usize(&k("block_count"))?;
+    // Each layer has at least 9 tensors; also bounds the expected-tensor list we build.
+    if n_layer == 0 || n_layer * 9 > g.tensors.len() {
+        return Err(LoadError::Malformed {
+            path: g.path.clone(),
+            what: format!("metadata '{}' = {n_layer} does not match the {} tensors in the file", k("block_count"), g.tensors.len()),
+        });
+    }
     let n_vocab = g
         .get_array("tokenizer.ggml.tokens")?
         .ok_or_else(|| LoadError::Missing {
@@ -477,7 +494,7 @@ fn read_config(g: &GgufFile) -> Result<ModelConfig, LoadError> {
         arch,
         n_vocab,
         n_embd,
-        n_layer: g.require_usize(&k("block_count"))?,
+        n_layer,
         n_head,
         n_kv_head,
         head_dim,

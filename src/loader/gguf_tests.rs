@@ -318,3 +318,24 @@ fn real_qwen2_loads() {
     let q4k = g.tensors.iter().find(|t| t.ty == GgmlType::Q4K && t.dims.len() == 2).unwrap();
     check_q4_matches_file(&m, &path, &q4k.name.clone());
 }
+
+/// Where load time goes (`cargo test --lib load_phases -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn load_phases() {
+    for name in ["SmolLM2-135M-Instruct.Q4_1.gguf", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"] {
+        let Some(p) = real_gguf(name) else { continue };
+        let t = std::time::Instant::now();
+        let g = GgufFile::open(&p).unwrap();
+        let t_open = t.elapsed();
+        let c = read_config(&g).unwrap();
+        let t = std::time::Instant::now();
+        let _tok = crate::loader::tokenizer::tokenizer_from_gguf(&g, &p).unwrap();
+        let t_tok = t.elapsed();
+        let t = std::time::Instant::now();
+        let ts = load_tensors(&g, &c, &expected_tensors(&c)).unwrap();
+        let t_tensors = t.elapsed();
+        let f32_bytes: usize = ts.values().map(|t| if let TensorData::F32(v) = &t.data { v.len() * 4 } else { 0 }).sum();
+        println!("{name}: open+metadata {t_open:.2?}, tokenizer {t_tok:.2?}, tensors {t_tensors:.2?} ({} MB as f32)", f32_bytes >> 20);
+    }
+}

@@ -141,7 +141,7 @@ pub fn tokenizer_from_gguf(g: &GgufFile, path: &Path) -> Result<(Tokenizer, Toke
         .flatten()
         .collect();
     for s in ["<|im_end|>", "<|endoftext|>"] {
-        if let Some(&i) = tok.get_vocab(true).get(s) {
+        if let Some(i) = tok.token_to_id(s) {
             eos.push(i);
         }
     }
