@@ -473,7 +473,11 @@ fn read_config(g: &GgufFile) -> Result<ModelConfig, LoadError> {
     if n_layer == 0 || n_layer * 9 > g.tensors.len() {
         return Err(LoadError::Malformed {
             path: g.path.clone(),
-            what: format!("metadata '{}' = {n_layer} does not match the {} tensors in the file", k("block_count"), g.tensors.len()),
+            what: format!(
+                "metadata '{}' = {n_layer} does not match the {} tensors in the file",
+                k("block_count"),
+                g.tensors.len()
+            ),
         });
     }
     let n_vocab = g

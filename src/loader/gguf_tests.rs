@@ -335,7 +335,13 @@ fn load_phases() {
         let t = std::time::Instant::now();
         let ts = load_tensors(&g, &c, &expected_tensors(&c)).unwrap();
         let t_tensors = t.elapsed();
-        let f32_bytes: usize = ts.values().map(|t| if let TensorData::F32(v) = &t.data { v.len() * 4 } else { 0 }).sum();
-        println!("{name}: open+metadata {t_open:.2?}, tokenizer {t_tok:.2?}, tensors {t_tensors:.2?} ({} MB as f32)", f32_bytes >> 20);
+        let f32_bytes: usize = ts
+            .values()
+            .map(|t| if let TensorData::F32(v) = &t.data { v.len() * 4 } else { 0 })
+            .sum();
+        println!(
+            "{name}: open+metadata {t_open:.2?}, tokenizer {t_tok:.2?}, tensors {t_tensors:.2?} ({} MB as f32)",
+            f32_bytes >> 20
+        );
     }
 }

@@ -226,6 +226,12 @@ mod tests {
         check_common(&t, &info);
         // HF Qwen2.5: "Hello world" = [9707, 1879].
         assert_eq!(ids(&t, "Hello world"), vec![9707, 1879]);
+        let chat = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
+        let want = [
+            151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198, 151644, 872, 198, 13048, 151645, 198, 151644, 77091, 198,
+        ];
+        assert_eq!(ids(&t, chat), want);
+        assert_eq!(ids(&t, "12345 x\n\n  y"), vec![16, 17, 18, 19, 20, 856, 271, 220, 379]);
         assert!(!info.add_bos);
         println!("qwen2: eos {:?} bos {:?}", info.eos_token_ids, info.bos_token_id);
     }
