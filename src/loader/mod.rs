@@ -19,9 +19,11 @@ pub mod chat_template;
 pub mod ggml_quants;
 pub mod gguf;
 pub mod hf_dir;
+pub mod prequant;
 pub mod tokenizer;
 
 use std::collections::HashMap;
+use std::path::Path;
 
 /// One group of 32 weights in the engine's int4 layout: `w[i] = scale * q[i] + min`,
 /// `q[i]` in 0..=15. GGUF Q4_0, Q4_1 and Q4_K map onto it exactly.
@@ -177,4 +179,37 @@ impl HostModel {
             progress(&name);
         }
     }
+}
+
+/// Load a model from any supported source: an HF checkpoint directory (f32, not yet
+/// quantized), a `.gguf` file (or any file starting with the GGUF magic), or the engine's
+/// pre-quantized `.safetensors` file.
+pub fn load_model(path: &Path) -> anyhow::Result<HostModel> {
+    if path.is_dir() {
+        return Ok(hf_dir::load_hf_dir(path)?);
+    }
+    if !path.exists() {
+        anyhow::bail!("{}: no such file or directory", path.display());
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    if ext.as_deref() == Some("gguf") || has_gguf_magic(path) {
+        return Ok(gguf::load_gguf(path)?);
+    }
+    if prequant::is_prequantized(path) {
+        return Ok(prequant::load_prequantized(path)?);
+    }
+    if ext.as_deref() == Some("safetensors") {
+        anyhow::bail!(
+            "{}: safetensors file without '{}' metadata: pass the HF checkpoint directory that holds it instead",
+            path.display(),
+            prequant::FORMAT_KEY
+        );
+    }
+    anyhow::bail!("{}: unrecognized model file (expected a directory, .gguf or edgereason .safetensors)", path.display())
+}
+
+/// Whether a file starts with the GGUF magic (so misnamed GGUF files still load).
+fn has_gguf_magic(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok() && &magic == b"GGUF"
 }
