@@ -68,7 +68,8 @@ pub fn gemv_vs_read(ctx: &crate::gpu::GpuContext, n: usize, k: usize, reps: usiz
     let xq = ctx.storage("xq", k as u64);
     let xs = ctx.storage("xs", (k / 32 * 8) as u64);
     let out = ctx.storage("out", (n * 4) as u64);
-    let mm = ops::matmul_int4::matmul_int4(ctx, "gemv", &w, &xq, &xs, &out, &out, n, 0, 0);
+    let no_bias = ctx.storage("no_bias", 16);
+    let mm = ops::matmul_int4::matmul_int4(ctx, "gemv", &w, &xq, &xs, &no_bias, &out, n, 0, 0);
     let refs: Vec<_> = mm.iter().collect();
     let gemv_ms = time_ms(ctx, reps, || ops::run_once(ctx, &refs, 1, 0));
     // Same bytes (quants + scales) through the read kernel.

@@ -22,6 +22,10 @@ impl<'a> ReferenceModel<'a> {
         Self { host, w }
     }
 
+    fn linear(&self, x: &[f32], w: &str, k: usize) -> Vec<f32> {
+        linear(x, self.t(w), k)
+    }
+
     fn t(&self, name: &str) -> &[f32] {
         self.w.get(name).unwrap_or_else(|| panic!("reference: missing tensor {name}"))
     }
@@ -37,10 +41,10 @@ impl<'a> ReferenceModel<'a> {
             let p = |s: &str| format!("blk.{l}.{s}");
             // attention block
             let h = rmsnorm::reference(&x, self.t(&p("attn_norm.weight")), c.rms_eps);
-            let mut q = linear(&h, self.t(&p("attn_q.weight")), d);
-            let mut k = linear(&h, self.t(&p("attn_k.weight")), d);
+            let mut q = self.linear(&h, &p("attn_q.weight"), d);
+            let mut k = self.linear(&h, &p("attn_k.weight"), d);
             let v = {
-                let mut v = linear(&h, self.t(&p("attn_v.weight")), d);
+                let mut v = self.linear(&h, &p("attn_v.weight"), d);
                 if let Some(b) = self.w.get(&p("attn_v.bias")) {
                     v.chunks_mut(kv_dim).for_each(|r| r.iter_mut().zip(b).for_each(|(a, b)| *a += b));
                 }
@@ -65,18 +69,17 @@ impl<'a> ReferenceModel<'a> {
                     att[t * q_dim + hh * hd..t * q_dim + (hh + 1) * hd].copy_from_slice(&o);
                 }
             }
-            let o = linear(&att, self.t(&p("attn_output.weight")), q_dim);
+            let o = self.linear(&att, &p("attn_output.weight"), q_dim);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             // feed-forward block
             let h = rmsnorm::reference(&x, self.t(&p("ffn_norm.weight")), c.rms_eps);
-            let g = linear(&h, self.t(&p("ffn_gate.weight")), d);
-            let u = linear(&h, self.t(&p("ffn_up.weight")), d);
+            let g = self.linear(&h, &p("ffn_gate.weight"), d);
+            let u = self.linear(&h, &p("ffn_up.weight"), d);
             let a: Vec<f32> = g.iter().zip(&u).map(|(g, u)| swiglu::silu(*g) * u).collect();
-            let o = linear(&a, self.t(&p("ffn_down.weight")), c.n_ff);
+            let o = self.linear(&a, &p("ffn_down.weight"), c.n_ff);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
         let h = rmsnorm::reference(&x, self.t("output_norm.weight"), c.rms_eps);
-        let head = if c.tied_embeddings { self.t("token_embd.weight") } else { self.t("output.weight") };
-        linear(&h, head, d).chunks(c.n_vocab).map(|r| r.to_vec()).collect()
+        self.linear(&h, if c.tied_embeddings { "token_embd.weight" } else { "output.weight" }, d).chunks(c.n_vocab).map(|r| r.to_vec()).collect()
     }
 }

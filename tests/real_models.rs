@@ -1,0 +1,60 @@
+//! The real models end to end against HF transformers running the same GGUF in f32
+//! (`tools/make_real_fixtures.py`): tokenization, greedy continuations of chat prompts,
+//! and teacher-forced top-1 agreement and perplexity on a fixed paragraph. The models are
+//! fetched through `pull` into the cache on first use.
+
+mod common;
+use common::*;
+use edgereason::engine::{Engine, EngineOptions, GenerateParams};
+
+fn check_model(name: &str) {
+    let fx = json(&format!("real/{name}.json"));
+    let engine = Engine::load(name, &EngineOptions::default()).unwrap();
+
+    // Greedy continuations of the chat prompts.
+    for case in fx["chat"].as_array().unwrap() {
+        let prompt_text = case["prompt_text"].as_str().unwrap();
+        let user = case["messages"][0]["content"].as_str().unwrap();
+        assert_eq!(engine.chat_prompt(None, user).unwrap(), prompt_text, "{name}: chat template");
+        let ids = engine.encode(prompt_text).unwrap();
+        assert_eq!(ids, u32s(&case["prompt_ids"]), "{name}: prompt tokens of {user:?}");
+        let want = u32s(&case["greedy_ids"]);
+        let margins = f32s(&case["greedy_top1_margin"]);
+        let params = GenerateParams { max_tokens: 16.min(want.len()), ..Default::default() };
+        let got = engine.generate(&ids, &params, |_, _| true).unwrap();
+        let mut got_ids = got.tokens.clone();
+        if got.finish_reason == "eos" {
+            got_ids.push(want[got_ids.len().min(want.len() - 1)]); // the EOS id itself
+        }
+        let same = got_ids.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        eprintln!("{name}: {user:?}: {same}/{} greedy tokens match ({:?})", params.max_tokens, got.text);
+        if same < params.max_tokens {
+            // Only a near-tie in the reference may part the two (int4 re-quantization).
+            assert!(margins[same] < 0.5, "{name}: {user:?}: greedy parts at token {same} where the reference's top-1 margin is {} (got {:?})", margins[same], got.text);
+        }
+    }
+
+    // Teacher-forced paragraph: top-1 agreement and perplexity.
+    let para = &fx["paragraph"];
+    let ids = u32s(&para["ids"]);
+    assert_eq!(engine.encode(para["text"].as_str().unwrap()).unwrap(), ids, "{name}: paragraph tokens");
+    let score = engine.score(&ids).unwrap();
+    let positions = para["positions"].as_array().unwrap();
+    let agree = score.positions.iter().zip(positions).filter(|(s, p)| s.top5[0].0 as u64 == p["top_ids"][0].as_u64().unwrap()).count();
+    let frac = agree as f64 / score.positions.len() as f64;
+    let ref_ppl = para["perplexity"].as_f64().unwrap();
+    let rel = (score.perplexity - ref_ppl).abs() / ref_ppl;
+    eprintln!("{name}: top-1 agreement {agree}/{} = {:.1}%, perplexity {:.3} vs reference {ref_ppl:.3} ({:+.2}%)", score.positions.len(), 100.0 * frac, score.perplexity, 100.0 * (score.perplexity - ref_ppl) / ref_ppl);
+    assert!(frac >= 0.95, "{name}: top-1 agreement {frac:.3} < 0.95");
+    assert!(rel <= 0.03, "{name}: perplexity {} vs reference {ref_ppl} ({:.1}% off, limit 3%)", score.perplexity, 100.0 * rel);
+}
+
+#[test]
+fn smollm2_135m_matches_transformers() {
+    check_model("smollm2-135m");
+}
+
+#[test]
+fn qwen25_05b_matches_transformers() {
+    check_model("qwen2.5-0.5b");
+}
