@@ -5,7 +5,7 @@ mod buffers;
 mod shader;
 
 pub use buffers::*;
-pub use shader::{expand_shader, ShaderDefines};
+pub use shader::{expand_shader, ShaderDefines, SHADER_FILES};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

