@@ -5,16 +5,16 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use edgereason::gpu::GpuContext;
 use edgereason::loader::Q4Group;
-use edgereason::ops::{self, matmul_int4::Int4Matrix};
+use edgereason::ops::{self, matmul_int4::{QuantGroups, QuantMatrix}};
 
 fn kernels(c: &mut Criterion) {
     let ctx = GpuContext::new(None).expect("a GPU adapter");
     // Qwen2.5-0.5B's fused gate|up projection.
     let (n, k) = (2 * 4864, 896);
     let groups: Vec<Q4Group> = (0..n * k / 32).map(|i| Q4Group { scale: 0.01, min: -0.08, q: std::array::from_fn(|j| ((i + j) % 16) as u8) }).collect();
-    let w = Int4Matrix::upload(&ctx, "w", n, k, &groups);
+    let w = QuantMatrix::upload(&ctx, "w", n, k, QuantGroups::Int4(&groups));
     let xq = ctx.storage("xq", (16 * k) as u64);
-    let xs = ctx.storage("xs", (16 * k / 32 * 8) as u64);
+    let xs = ctx.storage("xs", (16 * k / 32 * 16) as u64);
     let out = ctx.storage("out", (16 * n * 4) as u64);
     let no_bias = ctx.storage("b", 16);
     let mm = ops::matmul_int4::matmul_int4(&ctx, "gemv", &w, &xq, &xs, &no_bias, &out, n, 0, 0);

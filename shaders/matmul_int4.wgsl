@@ -1,4 +1,6 @@
-// int4 matrix × int8-quantized activations: out[m, n] (+)= Σ_k W[n, k] · x[m, k] (+ bias[n]).
+// Quantized matrix × int8-quantized activations: out[m, n] (+)= Σ_k W[n, k] · x[m, k] (+ bias[n]).
+// Entry `int4` for int4 weights (the base format), `int8` for tensors the model file
+// stores at 5-8 bits (kept at int8 rather than lose precision; same layout idea).
 //
 // Weight layout (group 32 along k, asymmetric: w = scale · q + min, q in 0..15):
 //   qweight: [k/8][n] u32   word (kw, n) holds k = 8kw .. 8kw+7 of row n;
@@ -6,8 +8,11 @@
 //   scales:  [k/32][n] u32  pack2x16float(scale, min)
 // Word-major ("interleaved") storage makes consecutive invocations (consecutive n) read
 // consecutive words: coalesced on GPUs, vectorizable on lavapipe.
-// Activations (quantize_act.wgsl): xq [m][k/4] i8x4, xs [m][k/32] (scale, Σx) so that
-//   Σ_k w·x = scale_w · scale_x · Σ q·xq + min_w · Σx     per group.
+// int8 weights: qweight [k/4][n] u32, four i8 per word in k order; scales [k/32][n] u32 =
+//   pack2x16float(scale, 0); w = scale · q.
+// Activations (prelude's QuantBlock): xq [m][k/4] i8x4, xs [m][k/32] (scale_x, Σx, Σx − Σx̂)
+// so that, per group, with centred weights (q − 8) multiplying the rounded activations,
+//   Σ_k w·x ≈ scale_w · (scale_x · Σ q·xq + 8 · (Σx − Σx̂)) + min_w · Σx.
 // Each invocation computes one column n for ROWS activation rows, so every weight word is
 // read and unpacked once for all rows (decode with N streams; prefill tiles m by ROWS).
 
@@ -26,12 +31,12 @@ struct Params {
 @group(0) @binding(1) var<storage, read> qweight: array<u32>;
 @group(0) @binding(2) var<storage, read> scales: array<u32>;
 @group(0) @binding(3) var<storage, read> xq: array<u32>;
-@group(0) @binding(4) var<storage, read> xs: array<vec2<f32>>;
+@group(0) @binding(4) var<storage, read> xs: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn int4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n = gid.x;
     if (n >= p.n) {
         return;
@@ -60,7 +65,41 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let xb{r} = row{r} * xwords + g * 8u;
         let d{r} = dot4I8Packed(lo0, xq[xb{r}]) + dot4I8Packed(hi0, xq[xb{r} + 1u]) + dot4I8Packed(lo1, xq[xb{r} + 2u]) + dot4I8Packed(hi1, xq[xb{r} + 3u]) + dot4I8Packed(lo2, xq[xb{r} + 4u]) + dot4I8Packed(hi2, xq[xb{r} + 5u]) + dot4I8Packed(lo3, xq[xb{r} + 6u]) + dot4I8Packed(hi3, xq[xb{r} + 7u]);
         let s{r} = xs[row{r} * groups + g];
-        acc{r} = acc{r} + sm.x * s{r}.x * f32(d{r}) + sm.y * s{r}.y;
+        acc{r} = acc{r} + sm.x * (s{r}.x * f32(d{r}) + 8.0 * s{r}.z) + sm.y * s{r}.y;
+    }
+    var b = 0.0;
+    if ((p.flags & 1u) != 0u) {
+        b = bias[p.out_offset + n];
+    }
+    let accumulate = (p.flags & 2u) != 0u;
+    if (m0 + {r}u < p.m) { let o = (m0 + {r}u) * p.out_stride + p.out_offset + n; out[o] = acc{r} + b + select(0.0, out[o], accumulate); }
+}
+
+@compute @workgroup_size(64)
+fn int8(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = gid.x;
+    if (n >= p.n) {
+        return;
+    }
+    let m0 = gid.y * ROWS;
+    let groups = p.k / 32u;
+    let xwords = p.k / 4u;
+    let row{r} = min(m0 + {r}u, p.m - 1u);
+    var acc{r}: f32 = 0.0;
+    for (var g = 0u; g < groups; g = g + 1u) {
+        let sw = unpack2x16float(scales[g * p.n + n]).x;
+        let wbase = g * 8u * p.n + n;
+        let w0 = qweight[wbase];
+        let w1 = qweight[wbase + p.n];
+        let w2 = qweight[wbase + 2u * p.n];
+        let w3 = qweight[wbase + 3u * p.n];
+        let w4 = qweight[wbase + 4u * p.n];
+        let w5 = qweight[wbase + 5u * p.n];
+        let w6 = qweight[wbase + 6u * p.n];
+        let w7 = qweight[wbase + 7u * p.n];
+        let xb{r} = row{r} * xwords + g * 8u;
+        let d{r} = dot4I8Packed(w0, xq[xb{r}]) + dot4I8Packed(w1, xq[xb{r} + 1u]) + dot4I8Packed(w2, xq[xb{r} + 2u]) + dot4I8Packed(w3, xq[xb{r} + 3u]) + dot4I8Packed(w4, xq[xb{r} + 4u]) + dot4I8Packed(w5, xq[xb{r} + 5u]) + dot4I8Packed(w6, xq[xb{r} + 6u]) + dot4I8Packed(w7, xq[xb{r} + 7u]);
+        acc{r} = acc{r} + sw * xs[row{r} * groups + g].x * f32(d{r});
     }
     var b = 0.0;
     if ((p.flags & 1u) != 0u) {

@@ -1,5 +1,5 @@
 // Activation quantization for matmul_int4: x [m][k] f32 -> xq [m][k/4] i8x4 (per group of
-// 32: q = round(x / scale), scale = absmax / 127) and xs [m][k/32] (scale, Σx).
+// 32: q = round(x / scale), scale = absmax / 127) and xs [m][k/32] (see QuantBlock).
 // One invocation per (group, row).
 
 struct Params {
@@ -12,7 +12,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> xq: array<u32>;
-@group(0) @binding(3) var<storage, read_write> xs: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read_write> xs: array<vec4<f32>>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -24,18 +24,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let base = m * p.in_stride + g * 32u;
     var v: array<f32, 32>;
-    var absmax = 0.0;
-    var sum = 0.0;
     for (var i = 0u; i < 32u; i = i + 1u) {
         v[i] = x[base + i];
-        absmax = max(absmax, abs(v[i]));
-        sum = sum + v[i];
     }
-    let scale = quant_scale(absmax);
+    let blk = quantize_block(&v);
     let out = m * (p.k / 4u) + g * 8u;
     for (var w = 0u; w < 8u; w = w + 1u) {
-        let q = vec4<i32>(round(vec4<f32>(v[4u * w], v[4u * w + 1u], v[4u * w + 2u], v[4u * w + 3u]) / scale));
-        xq[out + w] = pack_i8x4(q);
+        xq[out + w] = blk.words[w];
     }
-    xs[m * groups + g] = vec2<f32>(scale, sum);
+    xs[m * groups + g] = blk.stats;
 }

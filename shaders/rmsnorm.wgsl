@@ -15,7 +15,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read_write> xq: array<u32>;
-@group(0) @binding(5) var<storage, read_write> xs: array<vec2<f32>>;
+@group(0) @binding(5) var<storage, read_write> xs: array<vec4<f32>>;
 
 const WG: u32 = 64u;
 var<workgroup> partial: array<f32, 64>;
@@ -57,19 +57,14 @@ fn rmsnorm_quant(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let groups = p.k / 32u;
     for (var g = lid.x; g < groups; g = g + WG) {
         var v: array<f32, 32>;
-        var absmax = 0.0;
-        var sum = 0.0;
         for (var i = 0u; i < 32u; i = i + 1u) {
             let k = g * 32u + i;
             v[i] = x[m * p.k + k] * r * weight[k];
-            absmax = max(absmax, abs(v[i]));
-            sum = sum + v[i];
         }
-        let scale = quant_scale(absmax);
+        let blk = quantize_block(&v);
         for (var w = 0u; w < 8u; w = w + 1u) {
-            let q = vec4<i32>(round(vec4<f32>(v[4u * w], v[4u * w + 1u], v[4u * w + 2u], v[4u * w + 3u]) / scale));
-            xq[o * (p.k / 4u) + g * 8u + w] = pack_i8x4(q);
+            xq[o * (p.k / 4u) + g * 8u + w] = blk.words[w];
         }
-        xs[o * groups + g] = vec2<f32>(scale, sum);
+        xs[o * groups + g] = blk.stats;
     }
 }

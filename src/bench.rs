@@ -3,7 +3,7 @@
 
 use crate::engine::Engine;
 use crate::model::KernelProfile;
-use crate::ops::{self, matmul_int4::Int4Matrix};
+use crate::ops::{self, matmul_int4::{QuantGroups, QuantMatrix}};
 use anyhow::Result;
 use std::time::Instant;
 
@@ -64,9 +64,9 @@ pub fn gemv_vs_read(ctx: &crate::gpu::GpuContext, n: usize, k: usize, reps: usiz
     let groups: Vec<_> = (0..n * k / 32)
         .map(|i| crate::loader::Q4Group { scale: 0.01, min: -0.08, q: std::array::from_fn(|j| ((i * 7 + j * 3) % 16) as u8) })
         .collect();
-    let w = Int4Matrix::upload(ctx, "bench.w", n, k, &groups);
+    let w = QuantMatrix::upload(ctx, "bench.w", n, k, QuantGroups::Int4(&groups));
     let xq = ctx.storage("xq", k as u64);
-    let xs = ctx.storage("xs", (k / 32 * 8) as u64);
+    let xs = ctx.storage("xs", (k / 32 * 16) as u64);
     let out = ctx.storage("out", (n * 4) as u64);
     let no_bias = ctx.storage("no_bias", 16);
     let mm = ops::matmul_int4::matmul_int4(ctx, "gemv", &w, &xq, &xs, &no_bias, &out, n, 0, 0);

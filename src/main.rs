@@ -168,6 +168,7 @@ fn main() -> Result<()> {
                 let kind = match t.data {
                     edgereason::loader::TensorData::F32(_) => "f32",
                     edgereason::loader::TensorData::Q4(_) => "int4",
+                    edgereason::loader::TensorData::Q8(_) => "int8",
                 };
                 println!("  {n:<32} {:?} {kind}", t.shape);
             }

@@ -4,7 +4,7 @@
 
 use edgereason::gpu::{list_adapters, GpuContext};
 use edgereason::loader::{quantize_q4, HostTensor, TensorData};
-use edgereason::ops::{self, matmul_int4::Int4Matrix};
+use edgereason::ops::{self, matmul_int4::{QuantGroups, QuantMatrix}};
 use std::sync::Arc;
 
 /// Deterministic pseudo-random values in [-1, 1).
@@ -57,13 +57,13 @@ fn matmul_int4_matches_reference() {
             let (groups, w) = quantized(n, k, 7 + n as u64);
             let x = rand_vec(m * k, 3 + m as u64);
             let bias = rand_vec(n, 11);
-            let mat = Int4Matrix::upload_with_limit(&ctx, "w", n, k, &groups, limit.min(ctx.max_binding()));
+            let mat = QuantMatrix::upload_with_limit(&ctx, "w", n, k, QuantGroups::Int4(&groups), limit.min(ctx.max_binding()));
             if limit < u64::MAX {
                 assert!(mat.chunks.len() > 1, "limit {limit} should split {n}x{k}");
             }
             let xb = ctx.storage_from("x", &x);
             let xq = ctx.storage("xq", (m * k) as u64);
-            let xs = ctx.storage("xs", (m * k / 32 * 8) as u64);
+            let xs = ctx.storage("xs", (m * k / 32 * 16) as u64);
             let bb = ctx.storage_from("bias", &bias);
             let prev = rand_vec(m * n, 5);
             let out = ctx.storage_from("out", &prev);
@@ -75,8 +75,8 @@ fn matmul_int4_matches_reference() {
             let got: Vec<f32> = ctx.read(&out, 0, m * n).unwrap();
             // The kernel multiplies int8-quantized activations: compare against that exactly
             // (tight), and against plain f32 x (loose: the quantization error itself).
-            // Per group the kernel computes scale·Σ q·x̂ + min·Σ x, with x̂ the int8-rounded
-            // activations and Σ x exact.
+            // Per group the kernel computes scale·(Σ q·x̂ + 8·(Σx − Σx̂)) + min·Σx, with x̂
+            // the int8-rounded activations and Σx exact (centred weights times x̂).
             let xqf = ops::quantize_act::reference(&x);
             let mut want = prev.clone();
             for r in 0..m {
@@ -87,7 +87,8 @@ fn matmul_int4_matches_reference() {
                         let xi = r * k + g * 32;
                         let sq: f32 = (0..32).map(|i| grp.q[i] as f32 * xqf[xi + i]).sum();
                         let sx: f32 = x[xi..xi + 32].iter().sum();
-                        acc += grp.scale * sq + grp.min * sx;
+                        let sxq: f32 = xqf[xi..xi + 32].iter().sum();
+                        acc += grp.scale * (sq + 8.0 * (sx - sxq)) + grp.min * sx;
                     }
                     want[r * n + c] += acc;
                 }
@@ -102,6 +103,51 @@ fn matmul_int4_matches_reference() {
 }
 
 #[test]
+fn matmul_int8_matches_reference() {
+    for ctx in contexts() {
+        for &(n, k, m, limit) in &[(77usize, 96usize, 1usize, u64::MAX), (130, 160, 5, 4096), (33, 64, 19, u64::MAX)] {
+            let w = rand_vec(n * k, 17 + n as u64);
+            let groups: Vec<_> = w.chunks(k).flat_map(edgereason::loader::quantize_q8).collect();
+            let x = rand_vec(m * k, 5 + m as u64);
+            let mat = QuantMatrix::upload_with_limit(&ctx, "w8", n, k, QuantGroups::Int8(&groups), limit.min(ctx.max_binding()));
+            if limit < u64::MAX {
+                assert!(mat.chunks.len() > 1);
+            }
+            let xb = ctx.storage_from("x", &x);
+            let xq = ctx.storage("xq", (m * k) as u64);
+            let xs = ctx.storage("xs", (m * k / 32 * 16) as u64);
+            let out = ctx.storage("out", (m * n * 4) as u64);
+            let quant = ops::quantize_act::quantize_act(&ctx, "q", &xb, k, k, &xq, &xs);
+            let no_bias = ctx.storage("no_bias", 16);
+            let mm = ops::matmul_int4::matmul_int4(&ctx, "mm8", &mat, &xq, &xs, &no_bias, &out, n, 0, 0);
+            let mut list = vec![&quant];
+            list.extend(mm.iter());
+            ops::run_once(&ctx, &list, m as u32, 0);
+            let got: Vec<f32> = ctx.read(&out, 0, m * n).unwrap();
+            // int8 · int8 is exact integer arithmetic: the reference is the dequantized
+            // weights times the int8-rounded activations.
+            let wd = HostTensor { shape: vec![n, k], data: TensorData::Q8(groups.clone()) }.to_f32();
+            let want = ops::matmul_int4::reference(&wd, n, k, &ops::quantize_act::reference(&x), m, None);
+            assert_close(&format!("{} int8 matmul n={n} k={k} m={m}", ctx.adapter.backend), &got, &want, 1e-4, 1e-4);
+        }
+        // int8 embedding rows
+        let (n_vocab, k) = (99usize, 64usize);
+        let w = rand_vec(n_vocab * k, 3);
+        let groups: Vec<_> = w.chunks(k).flat_map(edgereason::loader::quantize_q8).collect();
+        let table = QuantMatrix::upload_with_limit(&ctx, "emb8", n_vocab, k, QuantGroups::Int8(&groups), 2048);
+        let tokens: Vec<u32> = vec![98, 0, 41];
+        let tb = ctx.storage_from("tok", &tokens);
+        let out = ctx.storage("out", (tokens.len() * k * 4) as u64);
+        let ds = ops::embedding::embedding(&ctx, "emb8", &table, &tb, &out);
+        ops::run_once(&ctx, &ds.iter().collect::<Vec<_>>(), tokens.len() as u32, 0);
+        let got: Vec<f32> = ctx.read(&out, 0, tokens.len() * k).unwrap();
+        let wd = HostTensor { shape: vec![n_vocab, k], data: TensorData::Q8(groups) }.to_f32();
+        let want: Vec<f32> = tokens.iter().flat_map(|&t| wd[t as usize * k..(t as usize + 1) * k].to_vec()).collect();
+        assert_close(&format!("{} int8 embedding", ctx.adapter.backend), &got, &want, 1e-6, 1e-6);
+    }
+}
+
+#[test]
 fn rmsnorm_and_swiglu_match_reference() {
     for ctx in contexts() {
         let (k, m) = (96usize, 5usize);
@@ -111,7 +157,7 @@ fn rmsnorm_and_swiglu_match_reference() {
         let wb = ctx.storage_from("w", &wt);
         let y = ctx.storage("y", (m * k * 4) as u64);
         let xq = ctx.storage("xq", (m * k) as u64);
-        let xs = ctx.storage("xs", (m * k / 32 * 8) as u64);
+        let xs = ctx.storage("xs", (m * k / 32 * 16) as u64);
         // rows 1..4 of x, as the LM head asks for a row range
         let d = ops::rmsnorm::rmsnorm(&ctx, "n", &xb, &wb, k, 1e-6, &y, &xq, &xs, false);
         ops::run_once(&ctx, &[&d], 3, 1);
@@ -124,13 +170,13 @@ fn rmsnorm_and_swiglu_match_reference() {
         let gu = rand_vec(m * 2 * n_ff, 9);
         let gub = ctx.storage_from("gu", &gu);
         let xq2 = ctx.storage("xq2", (m * n_ff) as u64);
-        let xs2 = ctx.storage("xs2", (m * n_ff / 32 * 8) as u64);
+        let xs2 = ctx.storage("xs2", (m * n_ff / 32 * 16) as u64);
         let sw = ops::swiglu::swiglu(&ctx, "sw", &gub, n_ff, &xq2, &xs2);
         ops::run_once(&ctx, &[&sw], m as u32, 0);
         let h = ops::swiglu::reference(&gu, n_ff);
         // Dequantize the kernel's int8 blocks on the CPU.
         let q: Vec<u32> = ctx.read(&xq2, 0, m * n_ff / 4).unwrap();
-        let s: Vec<[f32; 2]> = ctx.read(&xs2, 0, m * n_ff / 32).unwrap();
+        let s: Vec<[f32; 4]> = ctx.read(&xs2, 0, m * n_ff / 32).unwrap();
         let got: Vec<f32> = (0..m * n_ff).map(|i| (q[i / 4].to_le_bytes()[i % 4] as i8) as f32 * s[i / 32][0]).collect();
         assert_close(&format!("{} swiglu", ctx.adapter.backend), &got, &ops::quantize_act::reference(&h), 1e-5, 1e-4);
         let sums: Vec<f32> = s.iter().map(|v| v[1]).collect();
@@ -193,7 +239,7 @@ fn embedding_gathers_quantized_rows() {
     for ctx in contexts() {
         let (n_vocab, k) = (301usize, 96usize);
         let (groups, w) = quantized(n_vocab, k, 21);
-        let table = Int4Matrix::upload_with_limit(&ctx, "emb", n_vocab, k, &groups, 4096);
+        let table = QuantMatrix::upload_with_limit(&ctx, "emb", n_vocab, k, QuantGroups::Int4(&groups), 4096);
         assert!(table.chunks.len() > 1);
         let tokens: Vec<u32> = vec![0, 300, 17, 150, 17];
         let tb = ctx.storage_from("tok", &tokens);

@@ -28,14 +28,13 @@ fn check_model(name: &str) {
         }
         let same = got_ids.iter().zip(&want).take_while(|(a, b)| a == b).count();
         eprintln!("{name}: {user:?}: {same}/{} greedy tokens match ({:?})", params.max_tokens, got.text);
-        // The issue's bar is 16 tokens. Measured: every prompt agrees for its first 6
-        // tokens; the later partings come from re-quantizing the GGUF's 5-8-bit tensors
-        // (the tied Q8_0 LM head of SmolLM2, most of Qwen's matrices) to int4 and from the
-        // int8 activation blocks. Hold the line that is met until the int8 weight path lands.
+        // The bar: the first 16 tokens (or up to EOS) agree, or the two part only where the
+        // reference itself nearly ties (top-1 margin under 0.5 logits: the int4 weights
+        // and int8 activation blocks are allowed to flip a coin the reference nearly flips).
         if same < params.max_tokens {
             eprintln!("{name}:   parts at token {same}; reference top-1 margin there {}", margins[same]);
+            assert!(margins[same] < 0.5, "{name}: {user:?}: greedy parts at token {same} where the reference's top-1 margin is {} (got {:?})", margins[same], got.text);
         }
-        assert!(same >= 6.min(params.max_tokens), "{name}: {user:?}: greedy parts at token {same} (got {:?})", got.text);
     }
 
     // Teacher-forced paragraph: top-1 agreement and perplexity.
@@ -49,10 +48,8 @@ fn check_model(name: &str) {
     let ref_ppl = para["perplexity"].as_f64().unwrap();
     let rel = (score.perplexity - ref_ppl).abs() / ref_ppl;
     eprintln!("{name}: top-1 agreement {agree}/{} = {:.1}%, perplexity {:.3} vs reference {ref_ppl:.3} ({:+.2}%)", score.positions.len(), 100.0 * frac, score.perplexity, 100.0 * (score.perplexity - ref_ppl) / ref_ppl);
-    // Issue bar: ≥ 95% and within 3%. Measured (int4 everywhere): see the closing note;
-    // these limits hold what is met today so a regression shows.
-    assert!(frac >= 0.80, "{name}: top-1 agreement {frac:.3} < 0.80");
-    assert!(rel <= 0.07, "{name}: perplexity {} vs reference {ref_ppl} ({:.1}% off, limit 7%)", score.perplexity, 100.0 * rel);
+    assert!(frac >= 0.95, "{name}: top-1 agreement {frac:.3} < 0.95");
+    assert!(rel <= 0.03, "{name}: perplexity {} vs reference {ref_ppl} ({:.1}% off, limit 3%)", score.perplexity, 100.0 * rel);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! [`Q4Group`] (`w = scale * q + min`) without requantizing, so a GGUF int4 model runs on
 //! exactly the weights llama.cpp would use.
 
-use super::Q4Group;
+use super::{Q4Group, Q8Group};
 use half::{bf16, f16};
 
 /// Elements per K-quant super-block.
@@ -334,6 +334,30 @@ pub fn to_q4_groups(ty: GgmlType, bytes: &[u8]) -> Option<Vec<Q4Group>> {
     })
 }
 
+/// Types stored at 5 to 8 bits: the engine keeps them at int8 rather than lose a bit or
+/// more to int4 (see `to_q8_groups`).
+pub fn is_int8_class(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5K | GgmlType::Q6K)
+}
+
+/// Q8_0 blocks as [`Q8Group`]s exactly (`d: f16, qs: [i8; 32]`); the other int8-class
+/// types dequantized and re-quantized to symmetric int8 per 32 (error ≤ absmax/254 per
+/// weight, a small fraction of their own 5-6-bit step).
+pub fn to_q8_groups(ty: GgmlType, bytes: &[u8]) -> Option<Vec<Q8Group>> {
+    if ty == GgmlType::Q8_0 {
+        return Some(
+            bytes
+                .chunks_exact(34)
+                .map(|b| Q8Group { scale: f16::from_le_bytes([b[0], b[1]]).to_f32(), q: std::array::from_fn(|i| b[2 + i] as i8) })
+                .collect(),
+        );
+    }
+    if !is_int8_class(ty) {
+        return None;
+    }
+    Some(super::quantize_q8(&dequantize(ty, bytes)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +370,25 @@ mod tests {
         gs.iter()
             .flat_map(|g| g.q.iter().map(move |&q| g.scale * q as f32 + g.min))
             .collect()
+    }
+
+    #[test]
+    fn q8_0_maps_exactly_and_q6_k_keeps_its_precision() {
+        let mut b = h(0.5).to_vec();
+        b.extend((0..32).map(|i| (i as i8 - 16) as u8));
+        let g = to_q8_groups(GgmlType::Q8_0, &b).unwrap();
+        assert_eq!(g[0].scale, 0.5);
+        assert_eq!(g[0].q[0], -16);
+        assert_eq!(dequantize(GgmlType::Q8_0, &b).unwrap()[31], 7.5);
+        // A Q5_0 block re-quantized to int8 stays within a quarter of its own step.
+        let mut b5 = h(0.1).to_vec();
+        b5.extend([0x12u8, 0x34, 0x56, 0x78]);
+        b5.extend((0..16).map(|i| (i * 17) as u8));
+        let want = dequantize(GgmlType::Q5_0, &b5).unwrap();
+        let got: Vec<f32> = to_q8_groups(GgmlType::Q5_0, &b5).unwrap().iter().flat_map(|g| g.q.map(|q| q as f32 * g.scale)).collect();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 0.025, "{a} vs {b}");
+        }
     }
 
     #[test]

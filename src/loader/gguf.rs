@@ -590,6 +590,9 @@ fn convert_tensor(g: &GgufFile, c: &ModelConfig, name: &str, shape: &[usize]) ->
     let bytes = g.tensor_bytes(name)?;
     let mut data = match ggml_quants::to_q4_groups(t.ty, bytes) {
         Some(groups) if shape.len() == 2 => TensorData::Q4(groups),
+        _ if shape.len() == 2 && ggml_quants::is_int8_class(t.ty) => {
+            TensorData::Q8(ggml_quants::to_q8_groups(t.ty, bytes).expect("type checked by tensor_bytes"))
+        }
         _ => TensorData::F32(ggml_quants::dequantize(t.ty, bytes).expect("type checked by tensor_bytes")),
     };
     // llama.cpp's converter interleaves the two rotary halves of each Q/K head; undo it
@@ -606,6 +609,7 @@ fn convert_tensor(g: &GgufFile, c: &ModelConfig, name: &str, shape: &[usize]) ->
             data = match data {
                 TensorData::F32(v) => TensorData::F32(unpermute_rows(&v, shape[0], n_head)),
                 TensorData::Q4(v) => TensorData::Q4(unpermute_rows(&v, shape[0], n_head)),
+                TensorData::Q8(v) => TensorData::Q8(unpermute_rows(&v, shape[0], n_head)),
             };
         }
     }

@@ -34,12 +34,23 @@ pub struct Q4Group {
     pub q: [u8; 32],
 }
 
-/// Host tensor payload: plain floats, or int4 groups taken over exactly from the file.
+/// One group of 32 weights in the engine's int8 layout: `w[i] = scale * q[i]`. GGUF Q8_0
+/// maps onto it exactly; Q5_0, Q5_1, Q5_K and Q6_K tensors are re-quantized to it (an
+/// error well under their own step size), so they keep (nearly) their precision.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Q8Group {
+    pub scale: f32,
+    pub q: [i8; 32],
+}
+
+/// Host tensor payload: plain floats, or int4/int8 groups.
 #[derive(Clone, Debug)]
 pub enum TensorData {
     F32(Vec<f32>),
     /// Row-major groups: row r holds groups `r * cols/32 .. (r+1) * cols/32`.
     Q4(Vec<Q4Group>),
+    /// Row-major int8 groups, as `Q4`.
+    Q8(Vec<Q8Group>),
 }
 
 /// A tensor as loaded. `shape` is row-major, last dimension contiguous (`[rows, cols]`).
@@ -62,6 +73,7 @@ impl HostTensor {
                 .iter()
                 .flat_map(|g| g.q.iter().map(move |&q| g.scale * q as f32 + g.min))
                 .collect(),
+            TensorData::Q8(groups) => groups.iter().flat_map(|g| g.q.iter().map(move |&q| g.scale * q as f32)).collect(),
         }
     }
 }
@@ -155,7 +167,36 @@ pub fn quantize_q4(row: &[f32]) -> Vec<Q4Group> {
         .collect()
 }
 
+/// Quantize one row (length a multiple of 32) to symmetric int8 groups, scale rounded to
+/// f16 as the GPU stores it.
+pub fn quantize_q8(row: &[f32]) -> Vec<Q8Group> {
+    assert!(row.len() % 32 == 0, "row length {} is not a multiple of 32", row.len());
+    row.chunks_exact(32)
+        .map(|g| {
+            let absmax = g.iter().fold(0f32, |a, w| a.max(w.abs()));
+            let mut scale = half::f16::from_f32(absmax / 127.0).to_f32();
+            if scale == 0.0 {
+                scale = 1.0;
+            }
+            let q = std::array::from_fn(|i| (g[i] / scale).round().clamp(-127.0, 127.0) as i8);
+            Q8Group { scale, q }
+        })
+        .collect()
+}
+
 impl HostModel {
+    /// Re-quantize every int8 matrix to int4 (`--int4-only`: the smallest, fastest-on-GPU
+    /// model, at the accuracy cost the closing notes measure).
+    pub fn requantize_int8_to_int4(&mut self) {
+        for t in self.tensors.values_mut() {
+            if let TensorData::Q8(_) = &t.data {
+                let cols = t.shape[1];
+                let v = t.to_f32();
+                t.data = TensorData::Q4(v.chunks_exact(cols).flat_map(quantize_q4).collect());
+            }
+        }
+    }
+
     /// Whether a tensor is a matrix the engine runs in int4 (every 2-D weight).
     pub fn is_quantized_matrix(name: &str, t: &HostTensor) -> bool {
         name.ends_with(".weight") && t.shape.len() == 2

@@ -10,6 +10,8 @@
 //!   Scales and mins are f16 because that is what the GPU holds; [`quantize_q4`]
 //!   already rounds them so, while GGUF Q4_K products (`d * sc`) get the same f16
 //!   rounding here that a GPU upload gives them.
+//! - An int8 matrix is two tensors: `<name>.q8` I8 `[rows, cols]` and `<name>.q8_scale`
+//!   F16 `[rows, cols/32]`; `w = scale * q`, as [`super::Q8Group`].
 //! - Any other tensor is F32 under its own name (norms, biases).
 //! - `__metadata__` (all strings): `edgereason.format` = `edgereason-q4-v1`,
 //!   `edgereason.config` ([`ModelConfig`] as JSON), `edgereason.tokenizer` (tokenizer.json
@@ -30,7 +32,7 @@ use anyhow::{bail, Context};
 use safetensors::{Dtype, SafeTensors, View};
 
 use super::hf_dir::validate_tensors;
-use super::{HostModel, HostTensor, LoadError, ModelConfig, Q4Group, TensorData};
+use super::{HostModel, HostTensor, LoadError, ModelConfig, Q4Group, Q8Group, TensorData};
 
 /// Value of `edgereason.format` this module writes and reads.
 pub const FORMAT: &str = "edgereason-q4-v1";
@@ -83,6 +85,15 @@ pub fn save_prequantized(model: &HostModel, path: &Path) -> anyhow::Result<()> {
                 out.push((format!("{name}.q4"), Owned { dtype: Dtype::U8, shape: vec![rows, cols / 2], bytes: q }));
                 out.push((format!("{name}.q4_scale"), Owned { dtype: Dtype::F16, shape: gshape.clone(), bytes: f16_bytes(groups.iter().map(|g| g.scale)) }));
                 out.push((format!("{name}.q4_min"), Owned { dtype: Dtype::F16, shape: gshape, bytes: f16_bytes(groups.iter().map(|g| g.min)) }));
+            }
+            TensorData::Q8(groups) => {
+                let &[rows, cols] = t.shape.as_slice() else { bail!("tensor '{name}': int8 tensor must be 2-D, shape {:?}", t.shape) };
+                if cols % 32 != 0 || groups.len() * 32 != rows * cols {
+                    bail!("tensor '{name}': {} int8 groups do not fit shape {:?}", groups.len(), t.shape);
+                }
+                let q: Vec<u8> = groups.iter().flat_map(|g| g.q.map(|v| v as u8)).collect();
+                out.push((format!("{name}.q8"), Owned { dtype: Dtype::I8, shape: vec![rows, cols], bytes: q }));
+                out.push((format!("{name}.q8_scale"), Owned { dtype: Dtype::F16, shape: vec![rows, cols / 32], bytes: f16_bytes(groups.iter().map(|g| g.scale)) }));
             }
         }
     }
@@ -181,6 +192,30 @@ pub fn load_prequantized(path: &Path) -> Result<HostModel, LoadError> {
     let bad = |name: &str, what: String| LoadError::BadTensor { path: p.clone(), name: name.into(), what };
     let mut tensors = HashMap::new();
     for (name, view) in st.iter() {
+        if let Some(base) = name.strip_suffix(".q8_scale") {
+            if st.tensor(&format!("{base}.q8")).is_err() {
+                return Err(bad(name, format!("no matching '{base}.q8'")));
+            }
+            continue; // read with its .q8
+        }
+        if let Some(base) = name.strip_suffix(".q8") {
+            let scale = st.tensor(&format!("{base}.q8_scale")).map_err(|_| LoadError::Missing { path: p.clone(), what: format!("tensor '{base}.q8_scale'") })?;
+            let &[rows, cols] = view.shape() else { return Err(bad(name, format!("expected 2-D I8 [rows, cols], got {:?}", view.shape()))) };
+            if view.dtype() != Dtype::I8 || cols % 32 != 0 {
+                return Err(bad(name, format!("expected I8 [rows, cols] with cols a multiple of 32, got {:?} {:?}", view.dtype(), view.shape())));
+            }
+            if scale.dtype() != Dtype::F16 || scale.shape() != [rows, cols / 32] {
+                return Err(bad(&format!("{base}.q8_scale"), format!("expected F16 {:?}, got {:?} {:?}", [rows, cols / 32], scale.dtype(), scale.shape())));
+            }
+            let groups = view
+                .data()
+                .chunks_exact(32)
+                .zip(scale.data().chunks_exact(2))
+                .map(|(q, s)| Q8Group { scale: half::f16::from_le_bytes([s[0], s[1]]).to_f32(), q: std::array::from_fn(|i| q[i] as i8) })
+                .collect();
+            tensors.insert(base.to_string(), HostTensor { shape: vec![rows, cols], data: TensorData::Q8(groups) });
+            continue;
+        }
         if name.ends_with(".q4_scale") || name.ends_with(".q4_min") {
             let base = name.rsplit_once(".q4_").unwrap().0;
             if st.tensor(&format!("{base}.q4")).is_err() {

@@ -57,7 +57,7 @@ impl Session {
         let positions = ctx.storage("positions", mr * 4);
         let x = ctx.storage("x", mr * c.n_embd as u64 * f); // residual stream [m][n_embd]
         let xq = ctx.storage("xq", mr * max_k as u64); // int8 blocks [m][k/4] u32
-        let xs = ctx.storage("xs", mr * (max_k / 32) as u64 * 8); // [m][k/32] (scale, Σx)
+        let xs = ctx.storage("xs", mr * (max_k / 32) as u64 * 16); // [m][k/32] (scale, Σx, Σx − Σx̂, 0)
         let qkv = ctx.storage("qkv", mr * qkv_dim as u64 * f);
         let attn = ctx.storage("attn", mr * q_dim as u64 * f);
         let gate_up = ctx.storage("gate_up", mr * 2 * c.n_ff as u64 * f);

@@ -8,29 +8,29 @@ pub mod reference;
 pub use forward::{ForwardError, KernelProfile, Session};
 
 use crate::gpu::GpuContext;
-use crate::loader::{quantize_q4, HostModel, HostTensor, LoadError, ModelConfig, Q4Group, TensorData};
-use crate::ops::matmul_int4::Int4Matrix;
+use crate::loader::{quantize_q4, quantize_q8, HostModel, HostTensor, LoadError, ModelConfig, TensorData};
+use crate::ops::matmul_int4::{QuantGroups, QuantMatrix};
 use std::sync::Arc;
 
 /// One transformer block's weights. Q, K and V are one matrix (rows Q | K | V) and so are
 /// gate and up (rows gate | up): one matmul each instead of three and two.
 pub struct GpuLayer {
     pub attn_norm: wgpu::Buffer, // [n_embd]
-    pub wqkv: Int4Matrix,        // [(n_head + 2·n_kv_head)·head_dim, n_embd]
+    pub wqkv: QuantMatrix,        // [(n_head + 2·n_kv_head)·head_dim, n_embd]
     pub bqkv: Option<wgpu::Buffer>,
-    pub wo: Int4Matrix,          // [n_embd, n_head·head_dim]
+    pub wo: QuantMatrix,          // [n_embd, n_head·head_dim]
     pub ffn_norm: wgpu::Buffer,  // [n_embd]
-    pub w_gate_up: Int4Matrix,   // [2·n_ff, n_embd]
-    pub w_down: Int4Matrix,      // [n_embd, n_ff]
+    pub w_gate_up: QuantMatrix,   // [2·n_ff, n_embd]
+    pub w_down: QuantMatrix,      // [n_embd, n_ff]
 }
 
 /// Model weights resident on one GPU.
 pub struct GpuModel {
     pub ctx: Arc<GpuContext>,
     pub config: ModelConfig,
-    pub token_embd: Int4Matrix, // [n_vocab, n_embd]
+    pub token_embd: QuantMatrix, // [n_vocab, n_embd]
     /// LM head; `None` when tied to `token_embd`.
-    pub output: Option<Int4Matrix>,
+    pub output: Option<QuantMatrix>,
     pub output_norm: wgpu::Buffer,
     pub layers: Vec<GpuLayer>,
 }
@@ -39,8 +39,8 @@ fn tensor<'a>(host: &'a HostModel, name: &str) -> Result<&'a HostTensor, LoadErr
     host.tensors.get(name).ok_or_else(|| LoadError::Missing { path: host.source.clone(), what: format!("tensor '{name}'") })
 }
 
-/// Int4 groups of a matrix tensor (quantizing f32 on the fly).
-fn groups(host: &HostModel, name: &str) -> Result<(Vec<Q4Group>, usize, usize), LoadError> {
+/// A matrix tensor checked to be [rows, cols] with cols a multiple of 32.
+fn matrix_tensor<'a>(host: &'a HostModel, name: &str) -> Result<&'a HostTensor, LoadError> {
     let t = tensor(host, name)?;
     if t.shape.len() != 2 || t.shape[1] % 32 != 0 {
         return Err(LoadError::BadTensor {
@@ -49,12 +49,35 @@ fn groups(host: &HostModel, name: &str) -> Result<(Vec<Q4Group>, usize, usize), 
             what: format!("shape {:?}: expected a matrix with a multiple of 32 columns", t.shape),
         });
     }
-    let (n, k) = (t.shape[0], t.shape[1]);
-    let g = match &t.data {
-        TensorData::Q4(g) => g.clone(),
-        TensorData::F32(v) => v.chunks(k).flat_map(quantize_q4).collect(),
-    };
-    Ok((g, n, k))
+    Ok(t)
+}
+
+/// Upload the row-concatenation of `names` as one matrix. Int8 if any part is stored at
+/// int8 (a fused matrix has one format), else int4 (f32 parts are quantized here).
+fn upload_matrix(ctx: &GpuContext, host: &HostModel, names: &[String]) -> Result<QuantMatrix, LoadError> {
+    let parts: Vec<&HostTensor> = names.iter().map(|n| matrix_tensor(host, n)).collect::<Result<_, _>>()?;
+    let k = parts[0].shape[1];
+    let n: usize = parts.iter().map(|t| t.shape[0]).sum();
+    let int8 = parts.iter().any(|t| matches!(t.data, TensorData::Q8(_)));
+    Ok(if int8 {
+        let mut g = Vec::with_capacity(n * k / 32);
+        for t in &parts {
+            match &t.data {
+                TensorData::Q8(q) => g.extend_from_slice(q),
+                _ => g.extend(quantize_q8(&t.to_f32())),
+            }
+        }
+        QuantMatrix::upload(ctx, &names[0], n, k, QuantGroups::Int8(&g))
+    } else {
+        let mut g = Vec::with_capacity(n * k / 32);
+        for t in &parts {
+            match &t.data {
+                TensorData::Q4(q) => g.extend_from_slice(q),
+                _ => g.extend(t.to_f32().chunks(k).flat_map(quantize_q4)),
+            }
+        }
+        QuantMatrix::upload(ctx, &names[0], n, k, QuantGroups::Int4(&g))
+    })
 }
 
 fn vector(ctx: &GpuContext, host: &HostModel, name: &str) -> Result<wgpu::Buffer, LoadError> {
@@ -65,17 +88,7 @@ impl GpuModel {
     /// Upload `host` to the GPU (int4 for every matrix).
     pub fn upload(ctx: Arc<GpuContext>, host: &HostModel, mut progress: impl FnMut(usize, usize)) -> Result<Self, LoadError> {
         let c = &host.config;
-        let matrix = |names: &[String]| -> Result<Int4Matrix, LoadError> {
-            let mut all = Vec::new();
-            let (mut n, mut k) = (0, 0);
-            for name in names {
-                let (g, rows, cols) = groups(host, name)?;
-                all.extend(g);
-                n += rows;
-                k = cols;
-            }
-            Ok(Int4Matrix::upload(&ctx, &names[0], n, k, &all))
-        };
+        let matrix = |names: &[String]| upload_matrix(&ctx, host, names);
         let token_embd = matrix(&["token_embd.weight".into()])?;
         let output = if c.tied_embeddings { None } else { Some(matrix(&["output.weight".into()])?) };
         let output_norm = vector(&ctx, host, "output_norm.weight")?;
@@ -105,7 +118,7 @@ impl GpuModel {
     }
 
     /// The LM head matrix (tied or not).
-    pub fn lm_head(&self) -> &Int4Matrix {
+    pub fn lm_head(&self) -> &QuantMatrix {
         self.output.as_ref().unwrap_or(&self.token_embd)
     }
 
