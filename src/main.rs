@@ -15,6 +15,9 @@ struct Cli {
     /// KV cache length (default: the model's, capped at 4096).
     #[arg(long, global = true, default_value_t = 0)]
     ctx: usize,
+    /// Run every matrix at int4 (tensors the file stores at 5-8 bits are kept at int8 otherwise).
+    #[arg(long, global = true)]
+    int4_only: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -83,7 +86,7 @@ enum Cmd {
 }
 
 fn load(model: &str, cli: &Cli) -> Result<Engine> {
-    let opts = EngineOptions { device: cli.device.clone(), n_ctx: cli.ctx, progress: true, ..Default::default() };
+    let opts = EngineOptions { device: cli.device.clone(), n_ctx: cli.ctx, progress: true, int4_only: cli.int4_only, ..Default::default() };
     Engine::load(model, &opts).with_context(|| format!("loading model '{model}'"))
 }
 
@@ -148,7 +151,7 @@ fn main() -> Result<()> {
                     r.gemv.n, r.gemv.k, r.gemv.gemv_ms, r.gemv.gemv_gb_per_s, r.gemv.read_gb_per_s, r.gemv.ratio
                 );
                 let total: f64 = r.decode_kernel_ms.ms.values().sum();
-                println!("decode step by kernel (each launch timed alone, {total:.1} ms total):");
+                println!("decode step by kernel ({}, {total:.1} ms total):", r.decode_kernel_ms.source);
                 let mut v: Vec<_> = r.decode_kernel_ms.ms.iter().collect();
                 v.sort_by(|a, b| b.1.total_cmp(a.1));
                 for (k, ms) in v {

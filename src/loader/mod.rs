@@ -20,6 +20,7 @@ pub mod ggml_quants;
 pub mod gguf;
 pub mod hf_dir;
 pub mod prequant;
+pub mod synthetic;
 pub mod tokenizer;
 
 use std::collections::HashMap;

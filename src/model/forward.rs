@@ -18,10 +18,12 @@ pub enum ForwardError {
     Gpu(#[from] crate::gpu::GpuError),
 }
 
-/// Wall time per kernel kind, from running each launch on its own (`bench --profile`).
+/// Time per kernel kind over one or more steps (`bench`).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct KernelProfile {
     pub ms: BTreeMap<String, f64>,
+    /// "timestamp queries" or "wall clock per launch".
+    pub source: String,
 }
 
 /// A stream: KV cache for `n_ctx` tokens plus activations for up to `max_rows` tokens per
@@ -201,28 +203,59 @@ impl Session {
         ctx.queue.submit([enc.finish()]);
     }
 
-    /// Run one step of `tokens` with every launch submitted and waited for on its own,
-    /// adding each kernel kind's wall time to `profile` (slower than [`forward`]; for
-    /// `bench --profile`, which works where the adapter has no timestamp queries).
+    /// Run one step of `tokens` and add each kernel kind's time to `profile`. With
+    /// timestamp queries (most adapters, lavapipe included) every launch gets its own pass
+    /// with GPU timestamps at its start and end, all in one submission; without them each
+    /// launch is submitted and waited for alone and wall time is taken (slower, and
+    /// includes submission overhead). For `bench`.
     pub fn forward_profiled(&mut self, tokens: &[u32], profile: &mut KernelProfile) -> Result<Vec<f32>, ForwardError> {
         self.check(tokens)?;
         assert!(tokens.len() <= self.max_rows);
         let ctx = self.model.ctx.clone();
         self.upload_rows(tokens);
         let rows = tokens.len() as u32;
+        let launches: Vec<(&Dispatch, u32, u32)> =
+            self.body.iter().map(|(_, d)| (d, rows, 0)).chain(self.head.iter().map(|d| (d, 1, rows - 1))).collect();
+        let kind = |d: &Dispatch| d.label.split('[').next().unwrap_or(&d.label).to_string();
         ctx.wait();
-        let mut time = |d: &Dispatch, rows: u32, row0: u32| {
-            let t = Instant::now();
-            self.record_submit(|pass, ctx| d.record(ctx, pass, rows, row0));
-            ctx.wait();
-            let kind = d.label.split('[').next().unwrap_or(&d.label).to_string();
-            *profile.ms.entry(kind).or_default() += t.elapsed().as_secs_f64() * 1e3;
-        };
-        for (_, d) in &self.body {
-            time(d, rows, 0);
-        }
-        for d in &self.head {
-            time(d, 1, rows - 1);
+        if ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            profile.source = "timestamp queries".into();
+            let n = launches.len() as u32;
+            let set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count: 2 * n });
+            let resolved = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile.resolve"),
+                size: 16 * n as u64,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            for (i, (d, r, r0)) in launches.iter().enumerate() {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &set,
+                        beginning_of_pass_write_index: Some(2 * i as u32),
+                        end_of_pass_write_index: Some(2 * i as u32 + 1),
+                    }),
+                });
+                d.record(&ctx, &mut pass, *r, *r0);
+            }
+            enc.resolve_query_set(&set, 0..2 * n, &resolved, 0);
+            ctx.queue.submit([enc.finish()]);
+            let ticks: Vec<u64> = ctx.read(&resolved, 0, 2 * n as usize)?;
+            let ns_per_tick = ctx.queue.get_timestamp_period() as f64;
+            for (i, (d, _, _)) in launches.iter().enumerate() {
+                let ms = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * ns_per_tick / 1e6;
+                *profile.ms.entry(kind(d)).or_default() += ms;
+            }
+        } else {
+            profile.source = "wall clock per launch".into();
+            for (d, r, r0) in &launches {
+                let t = Instant::now();
+                self.record_submit(|pass, ctx| d.record(ctx, pass, *r, *r0));
+                ctx.wait();
+                *profile.ms.entry(kind(d)).or_default() += t.elapsed().as_secs_f64() * 1e3;
+            }
         }
         self.pos += tokens.len();
         Ok(ctx.read(&self.logits, 0, self.model.config.n_vocab)?)
