@@ -1,4 +1,5 @@
 // Causal attention with GQA over the f16 KV cache, one workgroup per (head, row).
+// Variant SUBGROUPS=1 reduces with subgroup operations where the device has them.
 // Row m attends to cache slots 0..=positions[m] (so prefill is causal and decode sees
 // the whole history). Keys are processed in chunks of 64 with an online softmax
 // (running max and sum), so any context length fits in a fixed 64-float scratch.
@@ -30,6 +31,40 @@ var<workgroup> q: array<f32, MAX_HEAD_DIM>;
 var<workgroup> prob: array<f32, 64>;
 var<workgroup> red: array<f32, 64>;
 
+//#if SUBGROUPS
+// Subgroup reductions: one subgroup op, then one slot per subgroup through workgroup
+// memory (two barriers instead of log2(64) + 1). Subgroup size comes from the device.
+var<private> sg_lane: u32;
+var<private> sg_size: u32;
+
+fn reduce_max(tid: u32, v: f32) -> f32 {
+    let s = subgroupMax(v);
+    if (sg_lane == 0u) {
+        red[tid / sg_size] = s;
+    }
+    workgroupBarrier();
+    var r = red[0];
+    for (var i = 1u; i < (WG + sg_size - 1u) / sg_size; i = i + 1u) {
+        r = max(r, red[i]);
+    }
+    workgroupBarrier();
+    return r;
+}
+
+fn reduce_sum(tid: u32, v: f32) -> f32 {
+    let s = subgroupAdd(v);
+    if (sg_lane == 0u) {
+        red[tid / sg_size] = s;
+    }
+    workgroupBarrier();
+    var r = red[0];
+    for (var i = 1u; i < (WG + sg_size - 1u) / sg_size; i = i + 1u) {
+        r = r + red[i];
+    }
+    workgroupBarrier();
+    return r;
+}
+//#else
 fn reduce_max(tid: u32, v: f32) -> f32 {
     red[tid] = v;
     workgroupBarrier();
@@ -57,9 +92,16 @@ fn reduce_sum(tid: u32, v: f32) -> f32 {
     workgroupBarrier();
     return r;
 }
+//#endif
 
 @compute @workgroup_size(64)
+//#if SUBGROUPS
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) size: u32) {
+    sg_lane = lane;
+    sg_size = size;
+//#else
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+//#endif
     let h = wid.x;
     let m = wid.y;
     let tid = lid.x;

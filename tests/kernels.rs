@@ -18,17 +18,27 @@ fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Contexts for each backend present (a named tolerance per comparison below).
+/// Contexts for each path present: Vulkan with subgroups, Vulkan forced onto the portable
+/// kernels, and the GL backend (no f16, no subgroups).
 fn contexts() -> Vec<Arc<GpuContext>> {
     let mut out = Vec::new();
     let adapters = list_adapters();
     assert!(!adapters.is_empty(), "no GPU adapter: install mesa-vulkan-drivers");
     for backend in ["Vulkan", "Gl"] {
         if let Some(a) = adapters.iter().find(|a| a.backend == backend) {
-            out.push(GpuContext::new(Some(&a.index.to_string())).unwrap());
+            let ctx = GpuContext::new(Some(&a.index.to_string())).unwrap();
+            if ctx.subgroups {
+                out.push(GpuContext::with_subgroups(Some(&a.index.to_string()), false).unwrap());
+            }
+            out.push(ctx);
         }
     }
     out
+}
+
+/// "Vulkan+subgroups", "Vulkan", "Gl": names the path in failure messages.
+fn path(ctx: &GpuContext) -> String {
+    format!("{}{}", ctx.adapter.backend, if ctx.subgroups { "+subgroups" } else { "" })
 }
 
 fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
@@ -93,7 +103,7 @@ fn matmul_int4_matches_reference() {
                     want[r * n + c] += acc;
                 }
             }
-            assert_close(&format!("{} matmul n={n} k={k} m={m}", ctx.adapter.backend), &got, &want, 2e-3, 2e-3);
+            assert_close(&format!("{} matmul n={n} k={k} m={m}", path(&ctx)), &got, &want, 2e-3, 2e-3);
             let want_f32: Vec<f32> = ops::matmul_int4::reference(&w, n, k, &x, m, Some(&bias)).iter().zip(&prev).map(|(a, b)| a + b).collect();
             let err: f32 = got.iter().zip(&want_f32).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
             let norm: f32 = want_f32.iter().map(|a| a * a).sum::<f32>().sqrt();
@@ -128,7 +138,7 @@ fn matmul_int8_matches_reference() {
             // weights times the int8-rounded activations.
             let wd = HostTensor { shape: vec![n, k], data: TensorData::Q8(groups.clone()) }.to_f32();
             let want = ops::matmul_int4::reference(&wd, n, k, &ops::quantize_act::reference(&x), m, None);
-            assert_close(&format!("{} int8 matmul n={n} k={k} m={m}", ctx.adapter.backend), &got, &want, 1e-4, 1e-4);
+            assert_close(&format!("{} int8 matmul n={n} k={k} m={m}", path(&ctx)), &got, &want, 1e-4, 1e-4);
         }
         // int8 embedding rows
         let (n_vocab, k) = (99usize, 64usize);
@@ -143,7 +153,7 @@ fn matmul_int8_matches_reference() {
         let got: Vec<f32> = ctx.read(&out, 0, tokens.len() * k).unwrap();
         let wd = HostTensor { shape: vec![n_vocab, k], data: TensorData::Q8(groups) }.to_f32();
         let want: Vec<f32> = tokens.iter().flat_map(|&t| wd[t as usize * k..(t as usize + 1) * k].to_vec()).collect();
-        assert_close(&format!("{} int8 embedding", ctx.adapter.backend), &got, &want, 1e-6, 1e-6);
+        assert_close(&format!("{} int8 embedding", path(&ctx)), &got, &want, 1e-6, 1e-6);
     }
 }
 
@@ -163,7 +173,7 @@ fn rmsnorm_and_swiglu_match_reference() {
         ops::run_once(&ctx, &[&d], 3, 1);
         let got: Vec<f32> = ctx.read(&y, 0, 3 * k).unwrap();
         let want = ops::rmsnorm::reference(&x[k..4 * k], &wt, 1e-6);
-        assert_close(&format!("{} rmsnorm", ctx.adapter.backend), &got, &want, 1e-5, 1e-4);
+        assert_close(&format!("{} rmsnorm", path(&ctx)), &got, &want, 1e-5, 1e-4);
 
         // fused norm + quantization == quantize(norm(x)), checked through a matmul with I
         let n_ff = 160;
@@ -178,7 +188,7 @@ fn rmsnorm_and_swiglu_match_reference() {
         let q: Vec<u32> = ctx.read(&xq2, 0, m * n_ff / 4).unwrap();
         let s: Vec<[f32; 4]> = ctx.read(&xs2, 0, m * n_ff / 32).unwrap();
         let got: Vec<f32> = (0..m * n_ff).map(|i| (q[i / 4].to_le_bytes()[i % 4] as i8) as f32 * s[i / 32][0]).collect();
-        assert_close(&format!("{} swiglu", ctx.adapter.backend), &got, &ops::quantize_act::reference(&h), 1e-5, 1e-4);
+        assert_close(&format!("{} swiglu", path(&ctx)), &got, &ops::quantize_act::reference(&h), 1e-5, 1e-4);
         let sums: Vec<f32> = s.iter().map(|v| v[1]).collect();
         let want_sums: Vec<f32> = h.chunks(32).map(|c| c.iter().sum()).collect();
         assert_close("swiglu group sums", &sums, &want_sums, 1e-4, 1e-4);
@@ -228,7 +238,7 @@ fn rope_and_attention_match_reference() {
                 }
                 let want = ops::attention::reference(q, &k, &v, hd);
                 let o = t * n_head * hd + h * hd;
-                assert_close(&format!("{} attention row {t} head {h}", ctx.adapter.backend), &got[o..o + hd], &want, 2e-4, 2e-3);
+                assert_close(&format!("{} attention row {t} head {h}", path(&ctx)), &got[o..o + hd], &want, 2e-4, 2e-3);
             }
         }
     }
@@ -249,7 +259,7 @@ fn embedding_gathers_quantized_rows() {
         let got: Vec<f32> = ctx.read(&out, 0, tokens.len() * k).unwrap();
         let want: Vec<f32> = tokens.iter().flat_map(|&t| w[t as usize * k..(t as usize + 1) * k].to_vec()).collect();
         // Scales and mins are stored as f16 on the GPU; quantize_q4 already rounds them.
-        assert_close(&format!("{} embedding", ctx.adapter.backend), &got, &want, 1e-5, 1e-5);
+        assert_close(&format!("{} embedding", path(&ctx)), &got, &want, 1e-5, 1e-5);
     }
 }
 

@@ -19,6 +19,7 @@ fn every_shader_variant_validates_and_translates() {
     for name in SHADER_FILES.iter().filter(|n| **n != "matmul_int4") {
         check(name, &ShaderDefines::new());
     }
+    check("attention", &ShaderDefines::new().with("SUBGROUPS", 1));
     for rows in 1..=16 {
         check("matmul_int4", &ShaderDefines::new().with("ROWS", rows));
     }

@@ -102,6 +102,8 @@ pub struct GpuContext {
     pub adapter: AdapterSummary,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// Kernels use subgroup operations (the adapter has SUBGROUP and it was not turned off).
+    pub subgroups: bool,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     layouts: Mutex<HashMap<String, Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)>>>,
 }
@@ -111,6 +113,12 @@ impl GpuContext {
     /// its name or backend ("vulkan", "gl", "nvidia"); `None` reads `EDGEREASON_DEVICE`,
     /// else takes the best adapter.
     pub fn new(selector: Option<&str>) -> Result<Arc<Self>, GpuError> {
+        Self::with_subgroups(selector, true)
+    }
+
+    /// As [`new`](Self::new); `allow_subgroups: false` forces the portable kernels (what
+    /// the GL backend and devices without subgroups run) on any device, for tests.
+    pub fn with_subgroups(selector: Option<&str>, allow_subgroups: bool) -> Result<Arc<Self>, GpuError> {
         let env_sel = std::env::var("EDGEREASON_DEVICE").ok();
         let selector = selector.map(str::to_string).or(env_sel).filter(|s| !s.is_empty());
         let all = adapters();
@@ -159,7 +167,8 @@ impl GpuContext {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| GpuError::RequestDevice { name: summary.name.clone(), reason: e.to_string() })?;
-        Ok(Arc::new(Self { device, queue, adapter: summary, limits, features, pipelines: Mutex::new(HashMap::new()), layouts: Mutex::new(HashMap::new()) }))
+        let subgroups = allow_subgroups && features.contains(wgpu::Features::SUBGROUP);
+        Ok(Arc::new(Self { device, queue, adapter: summary, limits, features, subgroups, pipelines: Mutex::new(HashMap::new()), layouts: Mutex::new(HashMap::new()) }))
     }
 
     /// "llvmpipe (LLVM 15.0.6, 256 bits) / Vulkan"

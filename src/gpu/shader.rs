@@ -5,7 +5,10 @@
 //! a line containing `{r}` is repeated for r in 0..ROWS with `{r}` replaced, so a kernel
 //! keeps one accumulator *variable* per activation row (LLVM-based drivers such as lavapipe
 //! spill private arrays indexed by a loop counter to memory; named variables stay in
-//! registers).
+//! registers). Lines between `//#if NAME`, `//#else` and `//#endif` are kept or dropped
+//! by whether define NAME is non-zero, so a kernel can carry a subgroup variant next to
+//! its portable one (WGSL has no preprocessor, and a subgroup call must not even appear
+//! in a shader for a device without subgroups).
 
 /// Compile-time constants for one pipeline variant, e.g. `ROWS = 4`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -56,7 +59,25 @@ pub fn expand_shader(name: &str, defines: &ShaderDefines) -> String {
     }
     out.push_str(shader_file("prelude"));
     out.push('\n');
+    // Stack of (this branch taken, some branch already taken) for //#if blocks.
+    let mut conds: Vec<(bool, bool)> = Vec::new();
     for line in shader_file(name).lines() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("//#if ") {
+            let on = defines.get(name.trim()).unwrap_or(0) != 0;
+            conds.push((on, on));
+            continue;
+        } else if t == "//#else" {
+            let (_, any) = conds.last().copied().expect("//#else without //#if");
+            *conds.last_mut().unwrap() = (!any, true);
+            continue;
+        } else if t == "//#endif" {
+            conds.pop().expect("//#endif without //#if");
+            continue;
+        }
+        if conds.iter().any(|(on, _)| !on) {
+            continue;
+        }
         if line.contains("{r}") {
             for r in 0..rows {
                 out.push_str(&line.replace("{r}", &r.to_string()));

@@ -2,7 +2,7 @@
 //! (head, row); row m sees cache slots `0..=positions[m]`.
 
 use super::{Dispatch, DispatchSpec, Dyn, Grid};
-use crate::gpu::{Binding, GpuContext};
+use crate::gpu::{Binding, GpuContext, ShaderDefines};
 
 const KINDS: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite];
 
@@ -41,6 +41,7 @@ pub fn attention(
             dynamic: vec![(3, Dyn::Rows)],
             buffers: vec![qkv, positions, k_cache, v_cache, out],
             grid: Grid::PerRow { x: n_head as u32 },
+            defines: ShaderDefines::new().with("SUBGROUPS", ctx.subgroups as u32),
         },
     )
 }

@@ -23,6 +23,7 @@ pub fn embedding(ctx: &GpuContext, label: &str, table: &QuantMatrix, tokens: &wg
                     dynamic: vec![(2, Dyn::Rows)],
                     buffers: vec![&c.qweight, &c.scales, tokens, out],
                     grid: Grid::PerRow { x: super::wg64(table.k / if table.format == WeightFormat::Int4 { 8 } else { 4 }) },
+                    defines: Default::default(),
                 },
             )
         })

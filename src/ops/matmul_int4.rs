@@ -190,6 +190,7 @@ pub fn matmul_int4(
                     dynamic: vec![(2, Dyn::Rows)],
                     buffers: vec![&c.qweight, &c.scales, xq, xs, bias, out],
                     grid: Grid::RowTiles { x: super::wg64(c.n) },
+                    defines: Default::default(),
                 },
             )
         })

@@ -49,6 +49,7 @@ pub struct Dispatch {
     dynamic: Vec<(usize, Dyn)>,
     last: Cell<Option<(u32, u32)>>,
     grid: Grid,
+    defines: ShaderDefines,
 }
 
 /// What a launcher hands to [`Dispatch::new`].
@@ -63,6 +64,8 @@ pub struct DispatchSpec<'a> {
     /// Storage buffers for bindings 1.. (binding 0 is the params uniform).
     pub buffers: Vec<&'a wgpu::Buffer>,
     pub grid: Grid,
+    /// Fixed compile-time defines (e.g. SUBGROUPS); ROWS is added per record.
+    pub defines: ShaderDefines,
 }
 
 impl Dispatch {
@@ -83,6 +86,7 @@ impl Dispatch {
             dynamic: spec.dynamic,
             last: Cell::new(None),
             grid: spec.grid,
+            defines: spec.defines,
         }
     }
 
@@ -110,9 +114,9 @@ impl Dispatch {
         let (defines, grid) = match self.grid {
             Grid::RowTiles { x } => {
                 let per = Self::rows_per_tile(rows);
-                (ShaderDefines::new().with("ROWS", per), [x, rows.div_ceil(per), 1])
+                (self.defines.clone().with("ROWS", per), [x, rows.div_ceil(per), 1])
             }
-            Grid::PerRow { x } => (ShaderDefines::new(), [x, rows, 1]),
+            Grid::PerRow { x } => (self.defines.clone(), [x, rows, 1]),
         };
         let pipeline = ctx.pipeline(self.shader, self.entry, &defines, &self.layout.1);
         pass.set_pipeline(&pipeline);

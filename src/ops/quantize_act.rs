@@ -18,6 +18,7 @@ pub fn quantize_act(ctx: &GpuContext, label: &str, x: &wgpu::Buffer, k: usize, i
             dynamic: vec![(1, Dyn::Rows)],
             buffers: vec![x, xq, xs],
             grid: Grid::PerRow { x: super::wg64(k / 32) },
+            defines: Default::default(),
         },
     )
 }

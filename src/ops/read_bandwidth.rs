@@ -19,6 +19,7 @@ pub fn read_bandwidth(ctx: &GpuContext, src: &wgpu::Buffer, words: usize, thread
             dynamic: vec![],
             buffers: vec![src, dst],
             grid: Grid::PerRow { x: super::wg64(threads) },
+            defines: Default::default(),
         },
     )
 }

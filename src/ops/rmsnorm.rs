@@ -21,6 +21,7 @@ pub fn rmsnorm(ctx: &GpuContext, label: &str, x: &wgpu::Buffer, weight: &wgpu::B
             dynamic: vec![(1, Dyn::Rows), (3, Dyn::Row0)],
             buffers: vec![x, weight, y, xq, xs],
             grid: Grid::PerRow { x: 1 },
+            defines: Default::default(),
         },
     )
 }

@@ -32,6 +32,7 @@ pub fn rope_store_kv(
             dynamic: vec![(3, Dyn::Rows)],
             buffers: vec![qkv, positions, slots, k_cache, v_cache],
             grid: Grid::PerRow { x: super::wg64(items) },
+            defines: Default::default(),
         },
     )
 }

@@ -18,6 +18,7 @@ pub fn swiglu(ctx: &GpuContext, label: &str, gate_up: &wgpu::Buffer, n_ff: usize
             dynamic: vec![(1, Dyn::Rows)],
             buffers: vec![gate_up, xq, xs],
             grid: Grid::PerRow { x: super::wg64(n_ff / 32) },
+            defines: Default::default(),
         },
     )
 }
