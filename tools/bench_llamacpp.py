@@ -2,15 +2,19 @@
 """Baseline: llama.cpp's CPU backend (through llama-cpp-python) on the same GGUF files as
 edgereason, measuring prefill and decode throughput the same way for each model.
 
-Built and measured with llama-cpp-python==0.3.36 (llama.cpp built from the sdist with
-CMAKE_ARGS="-DGGML_NATIVE=ON"); see tools/requirements-bench.txt and tools/README.md.
+Pinned: llama-cpp-python==0.3.36 (tools/requirements-bench.txt), llama.cpp built from the sdist
+with -march=native minus AMX (CFLAGS/CXXFLAGS="-march=native -mno-amx-tile -mno-amx-int8
+-mno-amx-bf16", CMAKE_ARGS="-DGGML_NATIVE=OFF"). A plain -DGGML_NATIVE=ON build enables ggml's AMX
+backend on this AMX-capable KVM guest and segfaults at ldtilecfg in ggml_backend_amx_mul_mat on
+the first decode (upstream llama.cpp issue #20824). See tools/README.md.
 
 For each GGUF:
   load   Llama(path, n_threads=T, n_ctx=1024, n_batch=512, verbose=False)
   prompt a repeated English paragraph, tokenized with BOS, truncated to --prompt-tokens (128)
   prefill  llm.reset(); time llm.eval(prompt)          -> prompt_tokens / seconds
-  decode   then --decode-tokens (32) single-token llm.eval([tok]) calls, tok = greedy argmax of
-           the last logits row (argmax time included)  -> decode_tokens / seconds
+  decode   then --decode-tokens (32) single-token llm.eval([tok]) calls  -> decode_tokens / seconds
+           tok = greedy argmax of the last logits row, read with llama_get_logits_ith(ctx, -1)
+           (argmax time included)
   --warmup untimed rounds first (default 1), then --runs timed rounds (default 3); the median
   of each metric over the timed rounds is reported (prefill and decode come from the same round).
 
@@ -60,6 +64,13 @@ def prompt_tokens(llm: Llama, n: int) -> list[int]:
     return toks[:n]
 
 
+def last_logits(llm: Llama) -> np.ndarray:
+    # llama-cpp-python 0.3.x no longer copies logits into llm.scores unless logits_all=True
+    # (which would also run the LM head over every prompt row), so read llama.cpp's buffer.
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
+
+
 def one_round(llm: Llama, prompt: list[int], n_decode: int) -> tuple[float, float, list[int]]:
     """Returns (prefill seconds, decode seconds, generated tokens)."""
     llm.reset()
@@ -69,7 +80,7 @@ def one_round(llm: Llama, prompt: list[int], n_decode: int) -> tuple[float, floa
     out: list[int] = []
     t2 = time.perf_counter()
     for _ in range(n_decode):
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = int(np.argmax(last_logits(llm)))
         llm.eval([tok])
         out.append(tok)
     t3 = time.perf_counter()
@@ -113,8 +124,7 @@ def bench_model(path: Path, args: argparse.Namespace) -> dict:
         "greedy_deterministic": all(g == gens[0] for g in gens),
         "generated_text": llm.detokenize(gens[0]).decode("utf-8", errors="replace"),
     }
-    llm.close() if hasattr(llm, "close") else None
-    del llm
+    llm.close()
     return res
 
 
