@@ -1,4 +1,7 @@
-// Causal attention with GQA over the f16 KV cache, one workgroup per (head, row).
+// Causal attention with GQA over the f16 KV cache, one workgroup per (head, row, split).
+// With n_splits > 1 (decode on GPUs: flash-decoding) each workgroup takes one run of
+// keys_per_split keys and writes an unnormalized partial with its (max, sum); `merge`
+// combines the splits by their log-sum-exp. With one split the result is written directly.
 // Variant SUBGROUPS=1 reduces with subgroup operations where the device has them.
 // Row m attends to cache slots 0..=positions[m] (so prefill is causal and decode sees
 // the whole history). Keys are processed in chunks of 64 with an online softmax
@@ -13,9 +16,9 @@ struct Params {
     head_dim: u32,
     m: u32,
     qkv_stride: u32,
-    scale: f32, // 1 / sqrt(head_dim)
-    _pad0: u32,
-    _pad1: u32,
+    scale: f32,          // 1 / sqrt(head_dim)
+    n_splits: u32,       // workgroups per (head, row) along the keys (grid z)
+    keys_per_split: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -24,6 +27,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read> k_cache: array<u32>;
 @group(0) @binding(4) var<storage, read> v_cache: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
+// Split-K partials [m][n_head][n_splits]: unnormalized outputs [head_dim] and (max, sum).
+@group(0) @binding(6) var<storage, read_write> part_o: array<f32>;
+@group(0) @binding(7) var<storage, read_write> part_ml: array<vec2<f32>>;
 
 const WG: u32 = 64u;
 const MAX_HEAD_DIM: u32 = 256u;
@@ -115,15 +121,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     workgroupBarrier();
 
     let n_keys = positions[m] + 1u;
+    var k_begin = 0u;
+    var k_end = n_keys;
+    if (p.n_splits > 1u) {
+        k_begin = min(wid.z * p.keys_per_split, n_keys);
+        k_end = min(k_begin + p.keys_per_split, n_keys);
+    }
     var run_max = -3.0e38;
     var run_sum = 0.0;
     // Each invocation owns output dims (2w, 2w+1) for w = tid, tid + 64, ... (< words).
     var acc0 = vec2<f32>(0.0);
     var acc1 = vec2<f32>(0.0);
-    for (var c = 0u; c < n_keys; c = c + WG) {
+    for (var c = k_begin; c < k_end; c = c + WG) {
         let t = c + tid;
         var s = -3.0e38;
-        if (t < n_keys) {
+        if (t < k_end) {
             let kb = t * kv_words + kvh * words;
             var dot = 0.0;
             for (var w = 0u; w < words; w = w + 1u) {
@@ -133,14 +145,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             s = dot;
         }
         let new_max = max(run_max, reduce_max(tid, s));
-        let e = select(0.0, exp(s - new_max), t < n_keys);
+        let e = select(0.0, exp(s - new_max), t < k_end);
         prob[tid] = e;
         let correction = exp(run_max - new_max);
         run_sum = run_sum * correction + reduce_sum(tid, e);
         run_max = new_max;
         acc0 = acc0 * correction;
         acc1 = acc1 * correction;
-        let n_chunk = min(WG, n_keys - c);
+        let n_chunk = min(WG, k_end - c);
         for (var j = 0u; j < n_chunk; j = j + 1u) {
             let vb = (c + j) * kv_words + kvh * words;
             let pj = prob[j];
@@ -153,6 +165,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         workgroupBarrier();
     }
+    if (p.n_splits > 1u) {
+        let part = (m * p.n_head + h) * p.n_splits + wid.z;
+        if (tid == 0u) {
+            part_ml[part] = vec2<f32>(run_max, run_sum);
+        }
+        if (tid < words) {
+            part_o[part * hd + 2u * tid] = acc0.x;
+            part_o[part * hd + 2u * tid + 1u] = acc0.y;
+        }
+        if (tid + WG < words) {
+            part_o[part * hd + 2u * (tid + WG)] = acc1.x;
+            part_o[part * hd + 2u * (tid + WG) + 1u] = acc1.y;
+        }
+        return;
+    }
     let o = m * p.n_head * hd + h * hd;
     if (tid < words) {
         out[o + 2u * tid] = acc0.x / run_sum;
@@ -161,5 +188,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     if (tid + WG < words) {
         out[o + 2u * (tid + WG)] = acc1.x / run_sum;
         out[o + 2u * (tid + WG) + 1u] = acc1.y / run_sum;
+    }
+}
+
+// Combine the splits of one (head, row): out = Σ e^(max_z − M)·o_z / Σ e^(max_z − M)·sum_z.
+@compute @workgroup_size(64)
+fn merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let h = wid.x;
+    let m = wid.y;
+    let hd = p.head_dim;
+    let base = (m * p.n_head + h) * p.n_splits;
+    var mx = -3.0e38;
+    for (var z = 0u; z < p.n_splits; z = z + 1u) {
+        mx = max(mx, part_ml[base + z].x);
+    }
+    var den = 0.0;
+    for (var z = 0u; z < p.n_splits; z = z + 1u) {
+        let ml = part_ml[base + z];
+        den = den + exp(ml.x - mx) * ml.y;
+    }
+    for (var d = lid.x; d < hd; d = d + WG) {
+        var num = 0.0;
+        for (var z = 0u; z < p.n_splits; z = z + 1u) {
+            num = num + exp(part_ml[base + z].x - mx) * part_o[(base + z) * hd + d];
+        }
+        out[m * p.n_head * hd + h * hd + d] = num / den;
     }
 }

@@ -212,8 +212,13 @@ fn rope_and_attention_match_reference() {
         let qkv = ctx.storage_from("qkv", &hist);
         let out = ctx.storage("out", (n_ctx * n_head * hd * 4) as u64);
         let rope = ops::rope::rope_store_kv(&ctx, "rope", &qkv, &pos_b, &pos_b, &kc, &vc, n_head, n_kv, hd, theta);
-        let att = ops::attention::attention(&ctx, "att", &qkv, stride, &pos_b, &kc, &vc, &out, n_head, n_kv, hd);
-        ops::run_once(&ctx, &[&rope, &att], n_ctx as u32, 0);
+        let (po, pml) = ops::attention::partial_bytes(n_head, hd);
+        let parts = (ctx.storage("part_o", po), ctx.storage("part_ml", pml));
+        let att = ops::attention::attention(&ctx, "att", &qkv, stride, &pos_b, &kc, &vc, &out, (&parts.0, &parts.1), n_head, n_kv, hd, 16);
+        let mut list = vec![&rope];
+        list.extend(att.iter());
+        // 80 rows: prefill-sized, so no key splits.
+        ops::run_step(&ctx, &list, &ops::Step { rows: n_ctx as u32, row0: 0, kv_len: n_ctx as u32 });
         let got: Vec<f32> = ctx.read(&out, 0, n_ctx * n_head * hd).unwrap();
 
         // Reference: rotate every Q and K head, f16-round K and V (the cache's precision).
@@ -224,7 +229,8 @@ fn rope_and_attention_match_reference() {
             }
         }
         let f16r = |v: f32| half::f16::from_f32(v).to_f32();
-        for t in [0usize, 1, 63, 64, 69, 79] {
+        let mut wanted = std::collections::HashMap::new();
+        for t in [0usize, 1, 5, 63, 64, 69, 79] {
             for h in 0..n_head {
                 let kvh = h / (n_head / n_kv);
                 let q = &rot[t * stride + h * hd..t * stride + (h + 1) * hd];
@@ -239,6 +245,27 @@ fn rope_and_attention_match_reference() {
                 let want = ops::attention::reference(q, &k, &v, hd);
                 let o = t * n_head * hd + h * hd;
                 assert_close(&format!("{} attention row {t} head {h}", path(&ctx)), &got[o..o + hd], &want, 2e-4, 2e-3);
+                wanted.insert((t, h), want);
+            }
+        }
+
+        // Decode-sized step (5 rows at scattered positions) with 16-key splits: 5 splits
+        // for the longest row, empty splits for the short ones, merged by log-sum-exp.
+        let rows = [79usize, 64, 63, 5, 0];
+        let rotated: Vec<f32> = ctx.read(&qkv, 0, n_ctx * stride).unwrap();
+        let q2: Vec<f32> = rows.iter().flat_map(|&t| rotated[t * stride..(t + 1) * stride].to_vec()).collect();
+        let q2b = ctx.storage_from("q2", &q2);
+        let pos2 = ctx.storage_from("pos2", &rows.iter().map(|&t| t as u32).collect::<Vec<_>>());
+        let out2 = ctx.storage("out2", (rows.len() * n_head * hd * 4) as u64);
+        let att2 = ops::attention::attention(&ctx, "att2", &q2b, stride, &pos2, &kc, &vc, &out2, (&parts.0, &parts.1), n_head, n_kv, hd, 16);
+        let step = ops::Step { rows: rows.len() as u32, row0: 0, kv_len: n_ctx as u32 };
+        assert_eq!(ops::attention_splits(&step, 16), 5);
+        ops::run_step(&ctx, &att2.iter().collect::<Vec<_>>(), &step);
+        let got2: Vec<f32> = ctx.read(&out2, 0, rows.len() * n_head * hd).unwrap();
+        for (i, &t) in rows.iter().enumerate() {
+            for h in 0..n_head {
+                let o = i * n_head * hd + h * hd;
+                assert_close(&format!("{} split attention row {t} head {h}", path(&ctx)), &got2[o..o + hd], &wanted[&(t, h)], 2e-4, 2e-3);
             }
         }
     }

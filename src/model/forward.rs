@@ -2,7 +2,7 @@
 //! launches that is the model's math, built once and replayed every step.
 
 use super::GpuModel;
-use crate::ops::{self, matmul_int4::ACCUMULATE, matmul_int4::ADD_BIAS, Dispatch};
+use crate::ops::{self, matmul_int4::ACCUMULATE, matmul_int4::ADD_BIAS, Dispatch, Step};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -65,6 +65,9 @@ impl Session {
         let gate_up = ctx.storage("gate_up", mr * 2 * c.n_ff as u64 * f);
         let logits = ctx.storage("logits", lm_rows as u64 * c.n_vocab as u64 * f);
         let unused = ctx.storage("unused", 16);
+        let (po, pml) = ops::attention::partial_bytes(c.n_head, hd);
+        let (part_o, part_ml) = (ctx.storage("attn.part_o", po), ctx.storage("attn.part_ml", pml));
+        let keys_per_split = ops::attention::keys_per_split(&ctx);
         let kv_bytes = (n_ctx * kv_dim * 2) as u64; // f16
         let k_cache: Vec<_> = (0..c.n_layer).map(|l| ctx.storage(&format!("k_cache.{l}"), kv_bytes)).collect();
         let v_cache: Vec<_> = (0..c.n_layer).map(|l| ctx.storage(&format!("v_cache.{l}"), kv_bytes)).collect();
@@ -84,7 +87,9 @@ impl Session {
             };
             ops::matmul_int4::matmul_int4(&ctx, "qkv", &layer.wqkv, &xq, &xs, bias, &qkv, qkv_dim, 0, flags).into_iter().for_each(&mut push);
             push(ops::rope::rope_store_kv(&ctx, "rope", &qkv, &positions, &positions, &k_cache[l], &v_cache[l], c.n_head, c.n_kv_head, hd, c.rope_theta));
-            push(ops::attention::attention(&ctx, "attention", &qkv, qkv_dim, &positions, &k_cache[l], &v_cache[l], &attn, c.n_head, c.n_kv_head, hd));
+            ops::attention::attention(&ctx, "attention", &qkv, qkv_dim, &positions, &k_cache[l], &v_cache[l], &attn, (&part_o, &part_ml), c.n_head, c.n_kv_head, hd, keys_per_split)
+                .into_iter()
+                .for_each(&mut push);
             push(ops::quantize_act::quantize_act(&ctx, "attn_quant", &attn, q_dim, q_dim, &xq, &xs));
             ops::matmul_int4::matmul_int4(&ctx, "wo", &layer.wo, &xq, &xs, &unused, &x, c.n_embd, 0, ACCUMULATE).into_iter().for_each(&mut push);
             // x = x + W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))
@@ -106,7 +111,7 @@ impl Session {
             tokens,
             positions,
             logits,
-            _buffers: [vec![x, xq, xs, qkv, attn, gate_up, unused], k_cache, v_cache].concat(),
+            _buffers: [vec![x, xq, xs, qkv, attn, gate_up, unused, part_o, part_ml], k_cache, v_cache].concat(),
             body,
             head,
         }
@@ -153,8 +158,9 @@ impl Session {
             let mut enc = ctx.device.create_command_encoder(&Default::default());
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
+                let step = Step { rows, row0: 0, kv_len: (self.pos + chunk.len()) as u32 };
                 for (_, d) in &self.body {
-                    d.record(&ctx, &mut pass, rows, 0);
+                    d.record_step(&ctx, &mut pass, &step);
                 }
                 if i + 1 == n_chunks {
                     for d in &self.head {
@@ -177,7 +183,8 @@ impl Session {
         for (ci, chunk) in tokens.chunks(self.max_rows).enumerate() {
             self.upload_rows(chunk);
             let rows = chunk.len() as u32;
-            self.record_submit(|pass, ctx| self.body.iter().for_each(|(_, d)| d.record(ctx, pass, rows, 0)));
+            let step = Step { rows, row0: 0, kv_len: (self.pos + chunk.len()) as u32 };
+            self.record_submit(|pass, ctx| self.body.iter().for_each(|(_, d)| d.record_step(ctx, pass, &step)));
             let mut r0 = 0;
             while r0 < chunk.len() {
                 let n = (chunk.len() - r0).min(self.lm_rows);
@@ -214,8 +221,13 @@ impl Session {
         let ctx = self.model.ctx.clone();
         self.upload_rows(tokens);
         let rows = tokens.len() as u32;
-        let launches: Vec<(&Dispatch, u32, u32)> =
-            self.body.iter().map(|(_, d)| (d, rows, 0)).chain(self.head.iter().map(|d| (d, 1, rows - 1))).collect();
+        let kv_len = (self.pos + tokens.len()) as u32;
+        let launches: Vec<(&Dispatch, Step)> = self
+            .body
+            .iter()
+            .map(|(_, d)| (d, Step { rows, row0: 0, kv_len }))
+            .chain(self.head.iter().map(|d| (d, Step { rows: 1, row0: rows - 1, kv_len })))
+            .collect();
         let kind = |d: &Dispatch| d.label.split('[').next().unwrap_or(&d.label).to_string();
         ctx.wait();
         if ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
@@ -229,7 +241,7 @@ impl Session {
                 mapped_at_creation: false,
             });
             let mut enc = ctx.device.create_command_encoder(&Default::default());
-            for (i, (d, r, r0)) in launches.iter().enumerate() {
+            for (i, (d, step)) in launches.iter().enumerate() {
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: None,
                     timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
@@ -238,21 +250,21 @@ impl Session {
                         end_of_pass_write_index: Some(2 * i as u32 + 1),
                     }),
                 });
-                d.record(&ctx, &mut pass, *r, *r0);
+                d.record_step(&ctx, &mut pass, step);
             }
             enc.resolve_query_set(&set, 0..2 * n, &resolved, 0);
             ctx.queue.submit([enc.finish()]);
             let ticks: Vec<u64> = ctx.read(&resolved, 0, 2 * n as usize)?;
             let ns_per_tick = ctx.queue.get_timestamp_period() as f64;
-            for (i, (d, _, _)) in launches.iter().enumerate() {
+            for (i, (d, _)) in launches.iter().enumerate() {
                 let ms = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * ns_per_tick / 1e6;
                 *profile.ms.entry(kind(d)).or_default() += ms;
             }
         } else {
             profile.source = "wall clock per launch".into();
-            for (d, r, r0) in &launches {
+            for (d, step) in &launches {
                 let t = Instant::now();
-                self.record_submit(|pass, ctx| d.record(ctx, pass, *r, *r0));
+                self.record_submit(|pass, ctx| d.record_step(ctx, pass, step));
                 ctx.wait();
                 *profile.ms.entry(kind(d)).or_default() += t.elapsed().as_secs_f64() * 1e3;
             }

@@ -1,10 +1,30 @@
 //! Causal GQA attention over the f16 KV cache (`shaders/attention.wgsl`), one workgroup per
-//! (head, row); row m sees cache slots `0..=positions[m]`.
+//! (head, row, key split); row m sees cache slots `0..=positions[m]`. Decode steps on GPUs
+//! split the keys (flash-decoding) and a merge pass combines the splits.
 
 use super::{Dispatch, DispatchSpec, Dyn, Grid};
 use crate::gpu::{Binding, GpuContext, ShaderDefines};
 
-const KINDS: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite];
+const KINDS: &[Binding] =
+    &[Binding::Uniform, Binding::Read, Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite, Binding::ReadWrite, Binding::ReadWrite];
+
+/// Keys per split for split-K decode attention on this device: GPUs get 64 (one
+/// workgroup per 64 keys, enough workgroups to fill the device); CPU adapters such as
+/// lavapipe have more workgroups than cores already and get 0 (never split).
+pub fn keys_per_split(ctx: &GpuContext) -> u32 {
+    if ctx.adapter.device_type == "Cpu" {
+        0
+    } else {
+        64
+    }
+}
+
+/// Partial-result buffers split-K attention needs for up to 16 decode rows:
+/// (`part_o` bytes, `part_ml` bytes).
+pub fn partial_bytes(n_head: usize, head_dim: usize) -> (u64, u64) {
+    let parts = (16 * n_head * super::MAX_SPLITS as usize) as u64;
+    (parts * head_dim as u64 * 4, parts * 8)
+}
 
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
@@ -16,34 +36,38 @@ pub fn attention(
     k_cache: &wgpu::Buffer,
     v_cache: &wgpu::Buffer,
     out: &wgpu::Buffer,
+    partials: (&wgpu::Buffer, &wgpu::Buffer),
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
-) -> Dispatch {
+    keys_per_split: u32,
+) -> Vec<Dispatch> {
     assert!(head_dim <= 256 && head_dim % 4 == 0, "head_dim {head_dim} unsupported (≤ 256, multiple of 4)");
-    Dispatch::new(
-        ctx,
-        DispatchSpec {
-            label: label.into(),
-            shader: "attention",
-            entry: "main",
-            kinds: KINDS,
-            words: vec![
-                n_head as u32,
-                n_kv_head as u32,
-                head_dim as u32,
-                0,
-                qkv_stride as u32,
-                super::f32w(1.0 / (head_dim as f32).sqrt()),
-                0,
-                0,
-            ],
-            dynamic: vec![(3, Dyn::Rows)],
-            buffers: vec![qkv, positions, k_cache, v_cache, out],
-            grid: Grid::PerRow { x: n_head as u32 },
-            defines: ShaderDefines::new().with("SUBGROUPS", ctx.subgroups as u32),
-        },
-    )
+    let words = vec![
+        n_head as u32,
+        n_kv_head as u32,
+        head_dim as u32,
+        0,
+        qkv_stride as u32,
+        super::f32w(1.0 / (head_dim as f32).sqrt()),
+        0,
+        keys_per_split,
+    ];
+    let spec = |entry: &'static str, grid: Grid| DispatchSpec {
+        label: label.into(),
+        shader: "attention",
+        entry,
+        kinds: KINDS,
+        words: words.clone(),
+        dynamic: vec![(3, Dyn::Rows), (6, Dyn::Splits)],
+        buffers: vec![qkv, positions, k_cache, v_cache, out, partials.0, partials.1],
+        grid,
+        defines: ShaderDefines::new().with("SUBGROUPS", (ctx.subgroups && entry == "main") as u32),
+    };
+    vec![
+        Dispatch::new(ctx, spec("main", Grid::PerRowSplits { x: n_head as u32, keys_per_split })),
+        Dispatch::new(ctx, spec("merge", Grid::IfSplit { x: n_head as u32, keys_per_split })),
+    ]
 }
 
 /// softmax(q·Kᵀ/√d)·V for one head: `q` [hd], `k`/`v` [n_keys][hd].

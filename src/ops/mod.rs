@@ -26,7 +26,34 @@ pub enum Dyn {
     Rows,
     /// First input row (LM head over a row range).
     Row0,
+    /// Key splits of split-K attention this step (see [`attention_splits`]).
+    Splits,
 }
+
+/// What changes from one recording of a launch list to the next.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Step {
+    /// Rows (tokens, or streams) in this step.
+    pub rows: u32,
+    /// First input row (LM head over a row range).
+    pub row0: u32,
+    /// Keys the longest row attends to (cache length after this step).
+    pub kv_len: u32,
+}
+
+/// How many workgroups split one (head, row)'s keys: decode-sized steps on GPUs split the
+/// context into runs of `keys_per_split` (flash-decoding) so a long context fills the
+/// device; prefill has rows enough, and `keys_per_split == 0` (CPU adapters) never splits.
+pub fn attention_splits(step: &Step, keys_per_split: u32) -> u32 {
+    if keys_per_split == 0 || step.rows > 16 {
+        1
+    } else {
+        step.kv_len.div_ceil(keys_per_split).clamp(1, MAX_SPLITS)
+    }
+}
+
+/// Upper bound on [`attention_splits`] (sizes the partial-result buffers).
+pub const MAX_SPLITS: u32 = 64;
 
 /// How the y grid follows the row count.
 #[derive(Clone, Copy, Debug)]
@@ -35,6 +62,10 @@ pub enum Grid {
     RowTiles { x: u32 },
     /// x fixed, y = rows.
     PerRow { x: u32 },
+    /// x fixed, y = rows, z = attention splits.
+    PerRowSplits { x: u32, keys_per_split: u32 },
+    /// x fixed, y = rows; launched only when attention was split (the merge pass).
+    IfSplit { x: u32, keys_per_split: u32 },
 }
 
 /// One kernel launch with everything but the row count fixed.
@@ -47,7 +78,7 @@ pub struct Dispatch {
     params: wgpu::Buffer,
     words: Vec<u32>,
     dynamic: Vec<(usize, Dyn)>,
-    last: Cell<Option<(u32, u32)>>,
+    last: Cell<Option<(u32, u32, u32)>>,
     grid: Grid,
     defines: ShaderDefines,
 }
@@ -97,26 +128,42 @@ impl Dispatch {
 
     /// Record into `pass` for `rows` rows starting at input row `row0`.
     pub fn record(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, rows: u32, row0: u32) {
-        if rows == 0 {
+        self.record_step(ctx, pass, &Step { rows, row0, kv_len: 0 });
+    }
+
+    /// Record into `pass` for one step.
+    pub fn record_step(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, step: &Step) {
+        if step.rows == 0 {
             return;
         }
-        if !self.dynamic.is_empty() && self.last.get() != Some((rows, row0)) {
+        let splits = match self.grid {
+            Grid::PerRowSplits { keys_per_split, .. } | Grid::IfSplit { keys_per_split, .. } => attention_splits(step, keys_per_split),
+            _ => 1,
+        };
+        if matches!(self.grid, Grid::IfSplit { .. }) && splits == 1 {
+            return;
+        }
+        let key = (step.rows, step.row0, splits);
+        if !self.dynamic.is_empty() && self.last.get() != Some(key) {
             let mut words = self.words.clone();
             for &(i, d) in &self.dynamic {
                 words[i] = match d {
-                    Dyn::Rows => rows,
-                    Dyn::Row0 => row0,
+                    Dyn::Rows => step.rows,
+                    Dyn::Row0 => step.row0,
+                    Dyn::Splits => splits,
                 };
             }
             ctx.queue.write_buffer(&self.params, 0, bytemuck::cast_slice(&words));
-            self.last.set(Some((rows, row0)));
+            self.last.set(Some(key));
         }
+        let rows = step.rows;
         let (defines, grid) = match self.grid {
             Grid::RowTiles { x } => {
                 let per = Self::rows_per_tile(rows);
                 (self.defines.clone().with("ROWS", per), [x, rows.div_ceil(per), 1])
             }
-            Grid::PerRow { x } => (self.defines.clone(), [x, rows, 1]),
+            Grid::PerRow { x } | Grid::IfSplit { x, .. } => (self.defines.clone(), [x, rows, 1]),
+            Grid::PerRowSplits { x, .. } => (self.defines.clone(), [x, rows, splits]),
         };
         let pipeline = ctx.pipeline(self.shader, self.entry, &defines, &self.layout.1);
         pass.set_pipeline(&pipeline);
@@ -127,11 +174,16 @@ impl Dispatch {
 
 /// Run dispatches once, in order, in one compute pass and wait (tests and benches).
 pub fn run_once(ctx: &GpuContext, dispatches: &[&Dispatch], rows: u32, row0: u32) {
+    run_step(ctx, dispatches, &Step { rows, row0, kv_len: 0 });
+}
+
+/// As [`run_once`] for a full [`Step`] (attention tests set `kv_len`).
+pub fn run_step(ctx: &GpuContext, dispatches: &[&Dispatch], step: &Step) {
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     {
         let mut pass = enc.begin_compute_pass(&Default::default());
         for d in dispatches {
-            d.record(ctx, &mut pass, rows, row0);
+            d.record_step(ctx, &mut pass, step);
         }
     }
     ctx.queue.submit([enc.finish()]);
