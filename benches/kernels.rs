@@ -5,7 +5,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use edgereason::gpu::GpuContext;
 use edgereason::loader::Q4Group;
-use edgereason::ops::{self, matmul_int4::{QuantGroups, QuantMatrix}};
+use edgereason::ops::{self, matmul_int4::{MatmulIo, QuantGroups, QuantMatrix}};
 
 fn kernels(c: &mut Criterion) {
     let ctx = GpuContext::new(None).expect("a GPU adapter");
@@ -16,8 +16,9 @@ fn kernels(c: &mut Criterion) {
     let xq = ctx.storage("xq", (16 * k) as u64);
     let xs = ctx.storage("xs", (16 * k / 32 * 16) as u64);
     let out = ctx.storage("out", (16 * n * 4) as u64);
-    let no_bias = ctx.storage("b", 16);
-    let mm = ops::matmul_int4::matmul_int4(&ctx, "gemv", &w, &xq, &xs, &no_bias, &out, n, 0, 0);
+    let partials = ctx.storage("partials", ops::matmul_int4::partial_bytes(&ctx, &w));
+    let io = MatmulIo { xq: &xq, xs: &xs, out: &out, out_stride: n, out_offset: 0, bias: None, accumulate: false, partials: &partials };
+    let mm = ops::matmul_int4::matmul_int4(&ctx, "gemv", &w, &io);
     let refs: Vec<_> = mm.iter().collect();
     let mut g = c.benchmark_group(format!("matmul_int4 {n}x{k} on {}", ctx.describe()));
     g.sample_size(20);

@@ -23,8 +23,8 @@ struct Params {
     flags: u32,      // bit 0: add bias, bit 1: accumulate into out (residual)
     out_stride: u32, // floats between output rows
     out_offset: u32, // first output column of this chunk
-    _pad0: u32,
-    _pad1: u32,
+    splits: u32,     // k splits (grid z); > 1 writes partials for `reduce`
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -34,6 +34,15 @@ struct Params {
 @group(0) @binding(4) var<storage, read> xs: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
+// Split-K partial sums [split][m][n] (decode on GPUs: a long k alone gives too few threads).
+@group(0) @binding(7) var<storage, read_write> part: array<f32>;
+
+// Groups g0..g1 of split z.
+fn split_range(groups: u32, z: u32) -> vec2<u32> {
+    let per = (groups + p.splits - 1u) / p.splits;
+    let g0 = min(z * per, groups);
+    return vec2<u32>(g0, min(g0 + per, groups));
+}
 
 @compute @workgroup_size(64)
 fn int4(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -47,7 +56,8 @@ fn int4(@builtin(global_invocation_id) gid: vec3<u32>) {
     // Rows past the end repeat the last row: no branches in the hot loop.
     let row{r} = min(m0 + {r}u, p.m - 1u);
     var acc{r}: f32 = 0.0;
-    for (var g = 0u; g < groups; g = g + 1u) {
+    let gr = split_range(groups, gid.z);
+    for (var g = gr.x; g < gr.y; g = g + 1u) {
         let sm = unpack2x16float(scales[g * p.n + n]);
         let wbase = g * 4u * p.n + n;
         let w0 = qweight[wbase];
@@ -66,6 +76,10 @@ fn int4(@builtin(global_invocation_id) gid: vec3<u32>) {
         let d{r} = dot4I8Packed(lo0, xq[xb{r}]) + dot4I8Packed(hi0, xq[xb{r} + 1u]) + dot4I8Packed(lo1, xq[xb{r} + 2u]) + dot4I8Packed(hi1, xq[xb{r} + 3u]) + dot4I8Packed(lo2, xq[xb{r} + 4u]) + dot4I8Packed(hi2, xq[xb{r} + 5u]) + dot4I8Packed(lo3, xq[xb{r} + 6u]) + dot4I8Packed(hi3, xq[xb{r} + 7u]);
         let s{r} = xs[row{r} * groups + g];
         acc{r} = acc{r} + sm.x * (s{r}.x * f32(d{r}) + 8.0 * s{r}.z) + sm.y * s{r}.y;
+    }
+    if (p.splits > 1u) {
+        if (m0 + {r}u < p.m) { part[(gid.z * p.m + m0 + {r}u) * p.n + n] = acc{r}; }
+        return;
     }
     var b = 0.0;
     if ((p.flags & 1u) != 0u) {
@@ -86,7 +100,8 @@ fn int8(@builtin(global_invocation_id) gid: vec3<u32>) {
     let xwords = p.k / 4u;
     let row{r} = min(m0 + {r}u, p.m - 1u);
     var acc{r}: f32 = 0.0;
-    for (var g = 0u; g < groups; g = g + 1u) {
+    let gr = split_range(groups, gid.z);
+    for (var g = gr.x; g < gr.y; g = g + 1u) {
         let sw = unpack2x16float(scales[g * p.n + n]).x;
         let wbase = g * 8u * p.n + n;
         let w0 = qweight[wbase];
@@ -101,10 +116,33 @@ fn int8(@builtin(global_invocation_id) gid: vec3<u32>) {
         let d{r} = dot4I8Packed(w0, xq[xb{r}]) + dot4I8Packed(w1, xq[xb{r} + 1u]) + dot4I8Packed(w2, xq[xb{r} + 2u]) + dot4I8Packed(w3, xq[xb{r} + 3u]) + dot4I8Packed(w4, xq[xb{r} + 4u]) + dot4I8Packed(w5, xq[xb{r} + 5u]) + dot4I8Packed(w6, xq[xb{r} + 6u]) + dot4I8Packed(w7, xq[xb{r} + 7u]);
         acc{r} = acc{r} + sw * xs[row{r} * groups + g].x * f32(d{r});
     }
+    if (p.splits > 1u) {
+        if (m0 + {r}u < p.m) { part[(gid.z * p.m + m0 + {r}u) * p.n + n] = acc{r}; }
+        return;
+    }
     var b = 0.0;
     if ((p.flags & 1u) != 0u) {
         b = bias[p.out_offset + n];
     }
     let accumulate = (p.flags & 2u) != 0u;
     if (m0 + {r}u < p.m) { let o = (m0 + {r}u) * p.out_stride + p.out_offset + n; out[o] = acc{r} + b + select(0.0, out[o], accumulate); }
+}
+
+// Sum the k splits of one (row, column), then bias and residual as above.
+@compute @workgroup_size(64)
+fn reduce(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = gid.x;
+    let m = gid.y;
+    if (n >= p.n || m >= p.m) {
+        return;
+    }
+    var acc = 0.0;
+    for (var z = 0u; z < p.splits; z = z + 1u) {
+        acc = acc + part[(z * p.m + m) * p.n + n];
+    }
+    if ((p.flags & 1u) != 0u) {
+        acc = acc + bias[p.out_offset + n];
+    }
+    let o = m * p.out_stride + p.out_offset + n;
+    out[o] = acc + select(0.0, out[o], (p.flags & 2u) != 0u);
 }

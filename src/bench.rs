@@ -3,7 +3,7 @@
 
 use crate::engine::Engine;
 use crate::model::KernelProfile;
-use crate::ops::{self, matmul_int4::{QuantGroups, QuantMatrix}};
+use crate::ops::{self, matmul_int4::{MatmulIo, QuantGroups, QuantMatrix}};
 use anyhow::Result;
 use std::time::Instant;
 
@@ -71,8 +71,9 @@ pub fn gemv_vs_read(ctx: &crate::gpu::GpuContext, n: usize, k: usize, reps: usiz
     let xq = ctx.storage("xq", k as u64);
     let xs = ctx.storage("xs", (k / 32 * 16) as u64);
     let out = ctx.storage("out", (n * 4) as u64);
-    let no_bias = ctx.storage("no_bias", 16);
-    let mm = ops::matmul_int4::matmul_int4(ctx, "gemv", &w, &xq, &xs, &no_bias, &out, n, 0, 0);
+    let partials = ctx.storage("partials", ops::matmul_int4::partial_bytes(ctx, &w));
+    let io = MatmulIo { xq: &xq, xs: &xs, out: &out, out_stride: n, out_offset: 0, bias: None, accumulate: false, partials: &partials };
+    let mm = ops::matmul_int4::matmul_int4(ctx, "gemv", &w, &io);
     let refs: Vec<_> = mm.iter().collect();
     let gemv_ms = time_ms(ctx, reps, || ops::run_once(ctx, &refs, 1, 0));
     // Same bytes (quants + scales) through the read kernel.

@@ -4,7 +4,7 @@
 
 use edgereason::gpu::{list_adapters, GpuContext};
 use edgereason::loader::{quantize_q4, HostTensor, TensorData};
-use edgereason::ops::{self, matmul_int4::{QuantGroups, QuantMatrix}};
+use edgereason::ops::{self, matmul_int4::{MatmulIo, QuantGroups, QuantMatrix}};
 use std::sync::Arc;
 
 /// Deterministic pseudo-random values in [-1, 1).
@@ -39,6 +39,12 @@ fn contexts() -> Vec<Arc<GpuContext>> {
 /// "Vulkan+subgroups", "Vulkan", "Gl": names the path in failure messages.
 fn path(ctx: &GpuContext) -> String {
     format!("{}{}", ctx.adapter.backend, if ctx.subgroups { "+subgroups" } else { "" })
+}
+
+/// k splits the matmul tests force: uneven (k/32 groups not a multiple of 3) and more
+/// than one, so the split-K path and its reduce pass run on every backend.
+fn k_splits_for_test(k: usize) -> usize {
+    3.min(k / 32)
 }
 
 fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
@@ -78,7 +84,11 @@ fn matmul_int4_matches_reference() {
             let prev = rand_vec(m * n, 5);
             let out = ctx.storage_from("out", &prev);
             let quant = ops::quantize_act::quantize_act(&ctx, "q", &xb, k, k, &xq, &xs);
-            let mm = ops::matmul_int4::matmul_int4(&ctx, "mm", &mat, &xq, &xs, &bb, &out, n, 0, ops::matmul_int4::ADD_BIAS | ops::matmul_int4::ACCUMULATE);
+            // k splits as a GPU would take them (lavapipe alone would never split).
+            let splits = k_splits_for_test(k);
+            let partials = ctx.storage("partials", (splits * m.max(16) * n * 4) as u64);
+            let io = MatmulIo { xq: &xq, xs: &xs, out: &out, out_stride: n, out_offset: 0, bias: Some(&bb), accumulate: true, partials: &partials };
+            let mm = ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm", &mat, &io, splits as u32);
             let mut list = vec![&quant];
             list.extend(mm.iter());
             ops::run_once(&ctx, &list, m as u32, 0);
@@ -128,8 +138,10 @@ fn matmul_int8_matches_reference() {
             let xs = ctx.storage("xs", (m * k / 32 * 16) as u64);
             let out = ctx.storage("out", (m * n * 4) as u64);
             let quant = ops::quantize_act::quantize_act(&ctx, "q", &xb, k, k, &xq, &xs);
-            let no_bias = ctx.storage("no_bias", 16);
-            let mm = ops::matmul_int4::matmul_int4(&ctx, "mm8", &mat, &xq, &xs, &no_bias, &out, n, 0, 0);
+            let splits = k_splits_for_test(k);
+            let partials = ctx.storage("partials", (splits * m.max(16) * n * 4) as u64);
+            let io = MatmulIo { xq: &xq, xs: &xs, out: &out, out_stride: n, out_offset: 0, bias: None, accumulate: false, partials: &partials };
+            let mm = ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm8", &mat, &io, splits as u32);
             let mut list = vec![&quant];
             list.extend(mm.iter());
             ops::run_once(&ctx, &list, m as u32, 0);

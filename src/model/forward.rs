@@ -2,7 +2,8 @@
 //! launches that is the model's math, built once and replayed every step.
 
 use super::GpuModel;
-use crate::ops::{self, matmul_int4::ACCUMULATE, matmul_int4::ADD_BIAS, Dispatch, Step};
+use crate::ops::matmul_int4::{matmul_int4, MatmulIo};
+use crate::ops::{self, Dispatch, Step};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -68,6 +69,10 @@ impl Session {
         let (po, pml) = ops::attention::partial_bytes(c.n_head, hd);
         let (part_o, part_ml) = (ctx.storage("attn.part_o", po), ctx.storage("attn.part_ml", pml));
         let keys_per_split = ops::attention::keys_per_split(&ctx);
+        let mm_part_bytes = model.layers.iter().flat_map(|l| [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]).chain([model.lm_head()]).map(|w| ops::matmul_int4::partial_bytes(&ctx, w)).max().unwrap_or(0);
+        let mm_part = ctx.storage("matmul.partials", mm_part_bytes);
+        // Every matmul reads the shared int8 activation blocks; each call names its output.
+        let io = MatmulIo { xq: &xq, xs: &xs, out: &x, out_stride: c.n_embd, out_offset: 0, bias: None, accumulate: false, partials: &mm_part };
         let kv_bytes = (n_ctx * kv_dim * 2) as u64; // f16
         let k_cache: Vec<_> = (0..c.n_layer).map(|l| ctx.storage(&format!("k_cache.{l}"), kv_bytes)).collect();
         let v_cache: Vec<_> = (0..c.n_layer).map(|l| ctx.storage(&format!("v_cache.{l}"), kv_bytes)).collect();
@@ -81,26 +86,23 @@ impl Session {
             let mut push = |d: Dispatch| body.push((l, d));
             // x = x + Wo · attention(rope(Wqkv · norm(x)))
             push(ops::rmsnorm::rmsnorm(&ctx, "attn_norm", &x, &layer.attn_norm, c.n_embd, c.rms_eps, &unused, &xq, &xs, true));
-            let (bias, flags) = match &layer.bqkv {
-                Some(b) => (b, ADD_BIAS),
-                None => (&unused, 0),
-            };
-            ops::matmul_int4::matmul_int4(&ctx, "qkv", &layer.wqkv, &xq, &xs, bias, &qkv, qkv_dim, 0, flags).into_iter().for_each(&mut push);
+            let qkv_io = MatmulIo { out: &qkv, out_stride: qkv_dim, bias: layer.bqkv.as_ref(), ..io };
+            matmul_int4(&ctx, "qkv", &layer.wqkv, &qkv_io).into_iter().for_each(&mut push);
             push(ops::rope::rope_store_kv(&ctx, "rope", &qkv, &positions, &positions, &k_cache[l], &v_cache[l], c.n_head, c.n_kv_head, hd, c.rope_theta));
             ops::attention::attention(&ctx, "attention", &qkv, qkv_dim, &positions, &k_cache[l], &v_cache[l], &attn, (&part_o, &part_ml), c.n_head, c.n_kv_head, hd, keys_per_split)
                 .into_iter()
                 .for_each(&mut push);
             push(ops::quantize_act::quantize_act(&ctx, "attn_quant", &attn, q_dim, q_dim, &xq, &xs));
-            ops::matmul_int4::matmul_int4(&ctx, "wo", &layer.wo, &xq, &xs, &unused, &x, c.n_embd, 0, ACCUMULATE).into_iter().for_each(&mut push);
+            matmul_int4(&ctx, "wo", &layer.wo, &MatmulIo { accumulate: true, ..io }).into_iter().for_each(&mut push);
             // x = x + W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))
             push(ops::rmsnorm::rmsnorm(&ctx, "ffn_norm", &x, &layer.ffn_norm, c.n_embd, c.rms_eps, &unused, &xq, &xs, true));
-            ops::matmul_int4::matmul_int4(&ctx, "gate_up", &layer.w_gate_up, &xq, &xs, &unused, &gate_up, 2 * c.n_ff, 0, 0).into_iter().for_each(&mut push);
+            matmul_int4(&ctx, "gate_up", &layer.w_gate_up, &MatmulIo { out: &gate_up, out_stride: 2 * c.n_ff, ..io }).into_iter().for_each(&mut push);
             push(ops::swiglu::swiglu(&ctx, "swiglu", &gate_up, c.n_ff, &xq, &xs));
-            ops::matmul_int4::matmul_int4(&ctx, "down", &layer.w_down, &xq, &xs, &unused, &x, c.n_embd, 0, ACCUMULATE).into_iter().for_each(&mut push);
+            matmul_int4(&ctx, "down", &layer.w_down, &MatmulIo { accumulate: true, ..io }).into_iter().for_each(&mut push);
         }
         // logits = W_out · norm(x), for the rows asked for
         let mut head = vec![ops::rmsnorm::rmsnorm(&ctx, "output_norm", &x, &model.output_norm, c.n_embd, c.rms_eps, &unused, &xq, &xs, true)];
-        head.extend(ops::matmul_int4::matmul_int4(&ctx, "lm_head", model.lm_head(), &xq, &xs, &unused, &logits, c.n_vocab, 0, 0));
+        head.extend(matmul_int4(&ctx, "lm_head", model.lm_head(), &MatmulIo { out: &logits, out_stride: c.n_vocab, ..io }));
 
         Session {
             model,
@@ -111,7 +113,7 @@ impl Session {
             tokens,
             positions,
             logits,
-            _buffers: [vec![x, xq, xs, qkv, attn, gate_up, unused, part_o, part_ml], k_cache, v_cache].concat(),
+            _buffers: [vec![x, xq, xs, qkv, attn, gate_up, unused, part_o, part_ml, mm_part], k_cache, v_cache].concat(),
             body,
             head,
         }

@@ -158,43 +158,81 @@ const KINDS: &[Binding] = &[
     Binding::Read,
     Binding::Read,
     Binding::ReadWrite,
+    Binding::ReadWrite,
 ];
 
-/// Dispatches (one per chunk) computing `out[m, out_offset + n] (+)= W·x + bias`.
-/// `xq`/`xs` come from `quantize_act` (or a fused norm); `bias` may be any buffer when
-/// `flags` lacks [`ADD_BIAS`].
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_int4(
-    ctx: &GpuContext,
-    label: &str,
-    w: &QuantMatrix,
-    xq: &wgpu::Buffer,
-    xs: &wgpu::Buffer,
-    bias: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    out_stride: usize,
-    out_offset: usize,
-    flags: u32,
-) -> Vec<Dispatch> {
-    w.chunks
-        .iter()
-        .map(|c| {
-            Dispatch::new(
-                ctx,
-                DispatchSpec {
-                    label: format!("{label}[{}..]", c.n0),
-                    shader: "matmul_int4",
-                    entry: w.format.entry(),
-                    kinds: KINDS,
-                    words: vec![c.n as u32, w.k as u32, 0, flags, out_stride as u32, (out_offset + c.n0) as u32, 0, 0],
-                    dynamic: vec![(2, Dyn::Rows)],
-                    buffers: vec![&c.qweight, &c.scales, xq, xs, bias, out],
-                    grid: Grid::RowTiles { x: super::wg64(c.n) },
-                    defines: Default::default(),
-                },
-            )
-        })
-        .collect()
+/// Workgroups a decode matmul should launch to keep a GPU busy.
+const TARGET_WORKGROUPS: usize = 1024;
+
+/// k splits for decode-sized steps of an `n`×`k` chunk on this device: enough for about
+/// [`TARGET_WORKGROUPS`] workgroups on GPUs, each split keeping ≥ 4 groups of 32; CPU
+/// adapters (lavapipe) already have more workgroups than cores and never split.
+pub fn k_splits(ctx: &GpuContext, n: usize, k: usize) -> u32 {
+    if ctx.adapter.device_type == "Cpu" {
+        return 1;
+    }
+    let wgs = n.div_ceil(64);
+    (TARGET_WORKGROUPS.div_ceil(wgs)).clamp(1, (k / 32 / 4).max(1)) as u32
+}
+
+/// Bytes of split-K partials `w` needs for decode steps (≤ 16 rows) on this device.
+pub fn partial_bytes(ctx: &GpuContext, w: &QuantMatrix) -> u64 {
+    w.chunks.iter().map(|c| k_splits(ctx, c.n, w.k) as u64 * 16 * c.n as u64 * 4).max().unwrap_or(0)
+}
+
+/// Buffers one matmul reads and writes.
+pub struct MatmulIo<'a> {
+    /// Activations as int8 blocks (`quantize_act` or a fused norm): [m][k/4], [m][k/32].
+    pub xq: &'a wgpu::Buffer,
+    pub xs: &'a wgpu::Buffer,
+    /// Output [m][out_stride]; this matrix fills columns `out_offset..out_offset + n`.
+    pub out: &'a wgpu::Buffer,
+    pub out_stride: usize,
+    pub out_offset: usize,
+    pub bias: Option<&'a wgpu::Buffer>,
+    /// Add into `out` (the residual stream) instead of overwriting it.
+    pub accumulate: bool,
+    /// Split-K scratch, at least [`partial_bytes`] (any buffer when the device never splits).
+    pub partials: &'a wgpu::Buffer,
+}
+
+/// Dispatches (one per chunk, plus a reduce pass where decode steps split k) computing
+/// `out[m, out_offset + n] (+)= W·x + bias`.
+pub fn matmul_int4(ctx: &GpuContext, label: &str, w: &QuantMatrix, io: &MatmulIo) -> Vec<Dispatch> {
+    let splits = w.chunks.iter().map(|c| k_splits(ctx, c.n, w.k)).collect::<Vec<_>>();
+    matmul_dispatches(ctx, label, w, io, &splits)
+}
+
+/// As [`matmul_int4`] with a fixed number of k splits for decode steps (tests force the
+/// split-K path on devices that would not take it).
+pub fn matmul_int4_with_splits(ctx: &GpuContext, label: &str, w: &QuantMatrix, io: &MatmulIo, splits: u32) -> Vec<Dispatch> {
+    matmul_dispatches(ctx, label, w, io, &vec![splits; w.chunks.len()])
+}
+
+fn matmul_dispatches(ctx: &GpuContext, label: &str, w: &QuantMatrix, io: &MatmulIo, chunk_splits: &[u32]) -> Vec<Dispatch> {
+    let flags = if io.bias.is_some() { ADD_BIAS } else { 0 } | if io.accumulate { ACCUMULATE } else { 0 };
+    // Without a bias any read-only buffer fills the binding: the activations' scales.
+    let bias = io.bias.unwrap_or(io.xs);
+    let (out_stride, out_offset) = (io.out_stride, io.out_offset);
+    let mut out_list = Vec::new();
+    for (c, &splits) in w.chunks.iter().zip(chunk_splits) {
+        let spec = |entry: &'static str, grid: Grid| DispatchSpec {
+            label: format!("{label}[{}..]", c.n0),
+            shader: "matmul_int4",
+            entry,
+            kinds: KINDS,
+            words: vec![c.n as u32, w.k as u32, 0, flags, out_stride as u32, (out_offset + c.n0) as u32, 1, 0],
+            dynamic: vec![(2, Dyn::Rows), (6, Dyn::KSplits)],
+            buffers: vec![&c.qweight, &c.scales, io.xq, io.xs, bias, io.out, io.partials],
+            grid,
+            defines: Default::default(),
+        };
+        out_list.push(Dispatch::new(ctx, spec(w.format.entry(), Grid::RowTiles { x: super::wg64(c.n), k_splits: splits })));
+        if splits > 1 {
+            out_list.push(Dispatch::new(ctx, spec("reduce", Grid::IfKSplit { x: super::wg64(c.n), k_splits: splits })));
+        }
+    }
+    out_list
 }
 
 /// Plain f32 reference: `out[m, n] = Σ_k W[n, k]·x[m, k] + bias[n]` with W dequantized.

@@ -28,6 +28,18 @@ pub enum Dyn {
     Row0,
     /// Key splits of split-K attention this step (see [`attention_splits`]).
     Splits,
+    /// k splits of a split-K matmul this step (1 unless a decode-sized step on a GPU).
+    KSplits,
+}
+
+/// Effective k splits of a matmul launched with `k_splits`: only decode-sized steps split
+/// (prefill has row tiles enough to fill a device).
+pub fn matmul_splits(step: &Step, k_splits: u32) -> u32 {
+    if step.rows > 16 {
+        1
+    } else {
+        k_splits
+    }
 }
 
 /// What changes from one recording of a launch list to the next.
@@ -58,8 +70,11 @@ pub const MAX_SPLITS: u32 = 64;
 /// How the y grid follows the row count.
 #[derive(Clone, Copy, Debug)]
 pub enum Grid {
-    /// x fixed, y = ceil(rows / per), where per is the pipeline's ROWS (matmul tiles).
-    RowTiles { x: u32 },
+    /// x fixed, y = ceil(rows / per), where per is the pipeline's ROWS (matmul tiles),
+    /// z = k splits (see [`matmul_splits`]).
+    RowTiles { x: u32, k_splits: u32 },
+    /// x fixed, y = rows; launched only when the matmul was split (its reduce pass).
+    IfKSplit { x: u32, k_splits: u32 },
     /// x fixed, y = rows.
     PerRow { x: u32 },
     /// x fixed, y = rows, z = attention splits.
@@ -138,9 +153,10 @@ impl Dispatch {
         }
         let splits = match self.grid {
             Grid::PerRowSplits { keys_per_split, .. } | Grid::IfSplit { keys_per_split, .. } => attention_splits(step, keys_per_split),
+            Grid::RowTiles { k_splits, .. } | Grid::IfKSplit { k_splits, .. } => matmul_splits(step, k_splits),
             _ => 1,
         };
-        if matches!(self.grid, Grid::IfSplit { .. }) && splits == 1 {
+        if matches!(self.grid, Grid::IfSplit { .. } | Grid::IfKSplit { .. }) && splits == 1 {
             return;
         }
         let key = (step.rows, step.row0, splits);
@@ -150,7 +166,7 @@ impl Dispatch {
                 words[i] = match d {
                     Dyn::Rows => step.rows,
                     Dyn::Row0 => step.row0,
-                    Dyn::Splits => splits,
+                    Dyn::Splits | Dyn::KSplits => splits,
                 };
             }
             ctx.queue.write_buffer(&self.params, 0, bytemuck::cast_slice(&words));
@@ -158,10 +174,12 @@ impl Dispatch {
         }
         let rows = step.rows;
         let (defines, grid) = match self.grid {
-            Grid::RowTiles { x } => {
+            Grid::RowTiles { x, .. } => {
                 let per = Self::rows_per_tile(rows);
-                (self.defines.clone().with("ROWS", per), [x, rows.div_ceil(per), 1])
+                (self.defines.clone().with("ROWS", per), [x, rows.div_ceil(per), splits])
             }
+            // The reduce pass shares its module with the tiled matmul, which needs a ROWS.
+            Grid::IfKSplit { x, .. } => (self.defines.clone().with("ROWS", 1), [x, rows, 1]),
             Grid::PerRow { x } | Grid::IfSplit { x, .. } => (self.defines.clone(), [x, rows, 1]),
             Grid::PerRowSplits { x, .. } => (self.defines.clone(), [x, rows, splits]),
         };
