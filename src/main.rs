@@ -90,8 +90,18 @@ fn load(model: &str, cli: &Cli) -> Result<Engine> {
     Engine::load(model, &opts).with_context(|| format!("loading model '{model}'"))
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the context chain joined, no backtrace.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
         Cmd::Run { prompt, model, raw, system, max_tokens, temperature, top_k, top_p, seed, json } => {
             let engine = load(model, &cli)?;

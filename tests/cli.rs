@@ -1,0 +1,79 @@
+//! The CLI as a user meets it: JSON output, the pre-quantized round trip, and clear
+//! one-line errors (no panic, no backtrace) for bad input.
+
+use std::process::Command;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_edgereason"));
+    c.env("RUST_BACKTRACE", "0");
+    c
+}
+
+fn fixture(rel: &str) -> String {
+    format!("{}/tests/fixtures/{rel}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = bin().args(args).output().unwrap();
+    assert!(out.status.success(), "edgereason {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn run_err(args: &[&str], envs: &[(&str, &str)]) -> String {
+    let out = bin().args(args).envs(envs.iter().copied()).output().unwrap();
+    assert!(!out.status.success(), "edgereason {args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!err.contains("panicked"), "edgereason {args:?} panicked: {err}");
+    err
+}
+
+#[test]
+fn run_json_has_the_documented_fields() {
+    let out = run_ok(&["run", "--model", &fixture("tiny-qwen2"), "--raw", "The capital of France", "--max-tokens", "4", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for key in ["text", "prompt_tokens", "tokens", "prompt_token_ids", "ttft_ms", "decode_tokens_per_s", "device"] {
+        assert!(v.get(key).is_some(), "missing '{key}' in {out}");
+    }
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn quantized_file_gives_the_same_tokens_as_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("tiny.safetensors");
+    run_ok(&["quantize", &fixture("tiny-llama"), q.to_str().unwrap()]);
+    let args = |m: &str| vec!["run".to_string(), "--model".into(), m.to_string(), "--raw".into(), "hello world".into(), "--max-tokens".into(), "6".into(), "--json".into()];
+    let a: serde_json::Value = serde_json::from_str(&run_ok(&args(&fixture("tiny-llama")).iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
+    let b: serde_json::Value = serde_json::from_str(&run_ok(&args(q.to_str().unwrap()).iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
+    assert_eq!(a["tokens"], b["tokens"]);
+}
+
+#[test]
+fn score_json_reports_perplexity() {
+    let out = run_ok(&["score", "--model", &fixture("tiny-qwen2"), "--text", "The capital of France is Paris.", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["perplexity"].as_f64().unwrap() > 1.0);
+    assert_eq!(v["positions"][0]["top5"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    // No GPU adapter at all: Vulkan and EGL both pointed at nothing.
+    let err = run_err(&["run", "--model", &fixture("tiny-qwen2"), "hi"], &[("VK_DRIVER_FILES", "/nonexistent.json"), ("VK_ICD_FILENAMES", "/nonexistent.json"), ("__EGL_VENDOR_LIBRARY_FILENAMES", "/nonexistent.json")]);
+    assert!(err.contains("no GPU adapter found"), "{err}");
+    // A truncated GGUF.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("cut.gguf");
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend(1000u64.to_le_bytes());
+    std::fs::write(&bad, &bytes).unwrap();
+    let err = run_err(&["inspect", bad.to_str().unwrap()], &[]);
+    assert!(err.contains("cut.gguf") && err.contains("malformed"), "{err}");
+    // A prompt longer than the context.
+    let err = run_err(&["--ctx", "8", "run", "--model", &fixture("tiny-llama"), "--raw", "one two three four five six seven eight nine ten eleven twelve"], &[]);
+    assert!(err.contains("longer than the context"), "{err}");
+    // An unknown model name.
+    let err = run_err(&["run", "--model", "no-such-model", "hi"], &[]);
+    assert!(err.contains("no-such-model"), "{err}");
+}
