@@ -37,6 +37,28 @@ struct Params {
 // Split-K partial sums [split][m][n] (decode on GPUs: a long k alone gives too few threads).
 @group(0) @binding(7) var<storage, read_write> part: array<f32>;
 
+// Output of (row, n): + bias, + old value when accumulating (the residual stream).
+fn finish(row: u32, n: u32, acc: f32) {
+    var v = acc;
+    if ((p.flags & 1u) != 0u) {
+        v = v + bias[p.out_offset + n];
+    }
+    let o = row * p.out_stride + p.out_offset + n;
+    out[o] = v + select(0.0, out[o], (p.flags & 2u) != 0u);
+}
+
+// A tile's result for (row, n): a partial sum when k is split, else the output.
+fn store(row: u32, n: u32, z: u32, acc: f32) {
+    if (row >= p.m) {
+        return;
+    }
+    if (p.splits > 1u) {
+        part[(z * p.m + row) * p.n + n] = acc;
+    } else {
+        finish(row, n, acc);
+    }
+}
+
 // Groups g0..g1 of split z.
 fn split_range(groups: u32, z: u32) -> vec2<u32> {
     let per = (groups + p.splits - 1u) / p.splits;
@@ -77,16 +99,7 @@ fn int4(@builtin(global_invocation_id) gid: vec3<u32>) {
         let s{r} = xs[row{r} * groups + g];
         acc{r} = acc{r} + sm.x * (s{r}.x * f32(d{r}) + 8.0 * s{r}.z) + sm.y * s{r}.y;
     }
-    if (p.splits > 1u) {
-        if (m0 + {r}u < p.m) { part[(gid.z * p.m + m0 + {r}u) * p.n + n] = acc{r}; }
-        return;
-    }
-    var b = 0.0;
-    if ((p.flags & 1u) != 0u) {
-        b = bias[p.out_offset + n];
-    }
-    let accumulate = (p.flags & 2u) != 0u;
-    if (m0 + {r}u < p.m) { let o = (m0 + {r}u) * p.out_stride + p.out_offset + n; out[o] = acc{r} + b + select(0.0, out[o], accumulate); }
+    store(m0 + {r}u, n, gid.z, acc{r});
 }
 
 @compute @workgroup_size(64)
@@ -116,16 +129,7 @@ fn int8(@builtin(global_invocation_id) gid: vec3<u32>) {
         let d{r} = dot4I8Packed(w0, xq[xb{r}]) + dot4I8Packed(w1, xq[xb{r} + 1u]) + dot4I8Packed(w2, xq[xb{r} + 2u]) + dot4I8Packed(w3, xq[xb{r} + 3u]) + dot4I8Packed(w4, xq[xb{r} + 4u]) + dot4I8Packed(w5, xq[xb{r} + 5u]) + dot4I8Packed(w6, xq[xb{r} + 6u]) + dot4I8Packed(w7, xq[xb{r} + 7u]);
         acc{r} = acc{r} + sw * xs[row{r} * groups + g].x * f32(d{r});
     }
-    if (p.splits > 1u) {
-        if (m0 + {r}u < p.m) { part[(gid.z * p.m + m0 + {r}u) * p.n + n] = acc{r}; }
-        return;
-    }
-    var b = 0.0;
-    if ((p.flags & 1u) != 0u) {
-        b = bias[p.out_offset + n];
-    }
-    let accumulate = (p.flags & 2u) != 0u;
-    if (m0 + {r}u < p.m) { let o = (m0 + {r}u) * p.out_stride + p.out_offset + n; out[o] = acc{r} + b + select(0.0, out[o], accumulate); }
+    store(m0 + {r}u, n, gid.z, acc{r});
 }
 
 // Sum the k splits of one (row, column), then bias and residual as above.
@@ -140,9 +144,5 @@ fn reduce(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var z = 0u; z < p.splits; z = z + 1u) {
         acc = acc + part[(z * p.m + m) * p.n + n];
     }
-    if ((p.flags & 1u) != 0u) {
-        acc = acc + bias[p.out_offset + n];
-    }
-    let o = m * p.out_stride + p.out_offset + n;
-    out[o] = acc + select(0.0, out[o], (p.flags & 2u) != 0u);
+    finish(m, n, acc);
 }
