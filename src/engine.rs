@@ -154,11 +154,11 @@ impl Engine {
         })
     }
 
-    /// KV cache length a new stream gets.
+    /// KV cache length a new stream gets: `--ctx`, never past the trained context.
     pub fn n_ctx(&self) -> usize {
         match self.options.n_ctx {
             0 => self.model.config.n_ctx.min(4096),
-            n => n.min(self.model.config.n_ctx.max(n)),
+            n => n.min(self.model.config.n_ctx),
         }
     }
 
