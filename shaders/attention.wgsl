@@ -3,7 +3,9 @@
 // keys_per_split keys and writes an unnormalized partial with its (max, sum); `merge`
 // combines the splits by their log-sum-exp. With one split the result is written directly.
 // Variant SUBGROUPS=1 reduces with subgroup operations where the device has them.
-// Row m attends to cache slots 0..=positions[m] (so prefill is causal and decode sees
+// The cache is paged: key t of row m sits in slot tables[m][t / block_size] · block_size
+// + t % block_size, so streams forked from one prompt share its blocks.
+// Row m attends to its keys 0..=positions[m] (so prefill is causal and decode sees
 // the whole history). Keys are processed in chunks of 64 with an online softmax
 // (running max and sum), so any context length fits in a fixed 64-float scratch.
 //
@@ -19,6 +21,10 @@ struct Params {
     scale: f32,          // 1 / sqrt(head_dim)
     n_splits: u32,       // workgroups per (head, row) along the keys (grid z)
     keys_per_split: u32,
+    block_size: u32,     // cache slots per block
+    max_blocks: u32,     // block-table entries per row
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -30,6 +36,12 @@ struct Params {
 // Split-K partials [m][n_head][n_splits]: unnormalized outputs [head_dim] and (max, sum).
 @group(0) @binding(6) var<storage, read_write> part_o: array<f32>;
 @group(0) @binding(7) var<storage, read_write> part_ml: array<vec2<f32>>;
+// Block table per row: [m][max_blocks] block ids.
+@group(0) @binding(8) var<storage, read> tables: array<u32>;
+
+fn key_slot(m: u32, t: u32) -> u32 {
+    return tables[m * p.max_blocks + t / p.block_size] * p.block_size + t % p.block_size;
+}
 
 const WG: u32 = 64u;
 const MAX_HEAD_DIM: u32 = 256u;
@@ -136,7 +148,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let t = c + tid;
         var s = -3.0e38;
         if (t < k_end) {
-            let kb = t * kv_words + kvh * words;
+            let kb = key_slot(m, t) * kv_words + kvh * words;
             var dot = 0.0;
             for (var w = 0u; w < words; w = w + 1u) {
                 let kk = unpack2x16float(k_cache[kb + w]);
@@ -154,7 +166,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         acc1 = acc1 * correction;
         let n_chunk = min(WG, k_end - c);
         for (var j = 0u; j < n_chunk; j = j + 1u) {
-            let vb = (c + j) * kv_words + kvh * words;
+            let vb = key_slot(m, c + j) * kv_words + kvh * words;
             let pj = prob[j];
             if (tid < words) {
                 acc0 = acc0 + pj * unpack2x16float(v_cache[vb + tid]);

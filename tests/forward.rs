@@ -88,3 +88,34 @@ fn prompt_longer_than_context_is_a_clear_error() {
     let err = s.forward(&[100_000]).unwrap_err().to_string();
     assert!(err.contains("outside the vocabulary"), "{err}");
 }
+
+#[test]
+fn forked_streams_decoded_together_match_separate_runs() {
+    // A 13-token prompt fills part of one 16-slot block, which the main stream still holds:
+    // every child's first token copies it (copy-on-write).
+    let host = load_model(&fixture("tiny-qwen2")).unwrap();
+    let engine = Engine::from_host(host, &EngineOptions { n_ctx: 128, ..Default::default() }).unwrap();
+    let prompt: Vec<u32> = (0..13).map(|i| 20 + 7 * i).collect();
+    let nexts: [[u32; 3]; 2] = [[5, 77, 300], [42, 42, 9]];
+    let mut s = engine.session();
+    s.forward(&prompt).unwrap();
+    let kids = s.fork(s.main, 3).unwrap();
+    let used_before = s.pool.used_blocks();
+    let mut batched = Vec::new();
+    for step in &nexts {
+        let rows: Vec<_> = kids.iter().zip(step).map(|(&k, &t)| (k, t)).collect();
+        batched.push(s.forward_rows(&rows).unwrap());
+    }
+    // The prompt's block, plus one copy per child.
+    assert_eq!(used_before, 1);
+    assert_eq!(s.pool.used_blocks(), 1 + 3);
+    for (i, _) in kids.iter().enumerate() {
+        let mut alone = engine.session();
+        alone.forward(&prompt).unwrap();
+        for (step, want_rows) in nexts.iter().zip(&batched) {
+            let l = alone.forward(&[step[i]]).unwrap();
+            let e = rel_max_err(&want_rows[i], &l);
+            assert!(e < 1e-4, "stream {i}: batched vs alone relative error {e}");
+        }
+    }
+}

@@ -219,14 +219,31 @@ fn rope_and_attention_match_reference() {
         let hist = rand_vec(n_ctx * stride, 4);
         let positions: Vec<u32> = (0..n_ctx as u32).collect();
         let pos_b = ctx.storage_from("pos", &positions);
-        let kc = ctx.storage("k", (n_ctx * n_kv * hd * 2) as u64);
+        // A paged cache with scrambled blocks of 8: position t lives in slot
+        // perm[t / 8] * 8 + t % 8, and every row's table lists the blocks.
+        let (bs, perm) = (8u32, [3u32, 7, 0, 9, 1, 5, 2, 8, 4, 6]);
+        let slots: Vec<u32> = positions.iter().map(|&t| perm[(t / bs) as usize] * bs + t % bs).collect();
+        let slots_b = ctx.storage_from("slots", &slots);
+        let table_rows = |rows: usize| ctx.storage_from("tables", &perm.repeat(rows));
+        let kc = ctx.storage("k", (n_ctx * n_kv * hd * 2) as u64); // 80 slots = 10 blocks of 8
         let vc = ctx.storage("v", (n_ctx * n_kv * hd * 2) as u64);
         let qkv = ctx.storage_from("qkv", &hist);
         let out = ctx.storage("out", (n_ctx * n_head * hd * 4) as u64);
-        let rope = ops::rope::rope_store_kv(&ctx, "rope", &qkv, &pos_b, &pos_b, &kc, &vc, n_head, n_kv, hd, theta);
+        let rope = ops::rope::rope_store_kv(&ctx, "rope", &qkv, &pos_b, &slots_b, &kc, &vc, n_head, n_kv, hd, theta);
         let (po, pml) = ops::attention::partial_bytes(n_head, hd);
         let parts = (ctx.storage("part_o", po), ctx.storage("part_ml", pml));
-        let att = ops::attention::attention(&ctx, "att", &qkv, stride, &pos_b, &kc, &vc, &out, (&parts.0, &parts.1), n_head, n_kv, hd, 16);
+        let tables = table_rows(n_ctx);
+        let io = |qkv, positions, tables, out| ops::attention::AttentionIo {
+            qkv,
+            qkv_stride: stride,
+            positions,
+            k_cache: &kc,
+            v_cache: &vc,
+            tables: ops::attention::BlockTables { tables, block_size: bs, max_blocks: perm.len() as u32 },
+            out,
+            partials: (&parts.0, &parts.1),
+        };
+        let att = ops::attention::attention(&ctx, "att", &io(&qkv, &pos_b, &tables, &out), n_head, n_kv, hd, 16);
         let mut list = vec![&rope];
         list.extend(att.iter());
         // 80 rows: prefill-sized, so no key splits.
@@ -269,7 +286,8 @@ fn rope_and_attention_match_reference() {
         let q2b = ctx.storage_from("q2", &q2);
         let pos2 = ctx.storage_from("pos2", &rows.iter().map(|&t| t as u32).collect::<Vec<_>>());
         let out2 = ctx.storage("out2", (rows.len() * n_head * hd * 4) as u64);
-        let att2 = ops::attention::attention(&ctx, "att2", &q2b, stride, &pos2, &kc, &vc, &out2, (&parts.0, &parts.1), n_head, n_kv, hd, 16);
+        let tables2 = table_rows(rows.len());
+        let att2 = ops::attention::attention(&ctx, "att2", &io(&q2b, &pos2, &tables2, &out2), n_head, n_kv, hd, 16);
         let step = ops::Step { rows: rows.len() as u32, row0: 0, kv_len: n_ctx as u32 };
         assert_eq!(ops::attention_splits(&step, 16), 5);
         ops::run_step(&ctx, &att2.iter().collect::<Vec<_>>(), &step);

@@ -1,7 +1,11 @@
-//! One stream's forward pass: the KV cache, the activation buffers, and the list of kernel
-//! launches that is the model's math, built once and replayed every step.
+//! The forward pass over a paged KV cache: activation buffers, the cache's blocks, and the
+//! list of kernel launches that is the model's math, built once and replayed every step.
+//! A [`Session`] holds one main stream; `fork` adds streams that share its prompt blocks,
+//! and `forward_rows` advances several streams by one token each in one batched step.
 
 use super::GpuModel;
+use crate::kv::{BlockCopy, BlockPool, KvError, StreamId};
+use crate::ops::attention::{AttentionIo, BlockTables};
 use crate::ops::matmul_int4::{matmul_int4, MatmulIo};
 use crate::ops::{self, Dispatch, Step};
 use std::collections::BTreeMap;
@@ -15,6 +19,10 @@ pub enum ForwardError {
     ContextFull { needed: usize, n_ctx: usize, model_ctx: usize },
     #[error("token id {id} is outside the vocabulary ({n_vocab})")]
     BadToken { id: u32, n_vocab: usize },
+    #[error("{rows} rows in one step; this session takes at most {max}")]
+    TooManyRows { rows: usize, max: usize },
+    #[error(transparent)]
+    Kv(#[from] KvError),
     #[error(transparent)]
     Gpu(#[from] crate::gpu::GpuError),
 }
@@ -27,8 +35,11 @@ pub struct KernelProfile {
     pub source: String,
 }
 
-/// A stream: KV cache for `n_ctx` tokens plus activations for up to `max_rows` tokens per
-/// step. `pos` tokens are in the cache.
+/// Cache slots per KV block.
+pub const BLOCK_SIZE: usize = 16;
+
+/// Streams over one paged KV cache of `n_ctx` token slots, with activations for up to
+/// `max_rows` rows per step. `pos` tokens are in the main stream.
 pub struct Session {
     pub model: Arc<GpuModel>,
     pub n_ctx: usize,
@@ -36,9 +47,18 @@ pub struct Session {
     /// Rows of logits one LM-head launch produces (scoring reads them in batches).
     pub lm_rows: usize,
     pub pos: usize,
+    /// The stream `forward` and `forward_all` extend.
+    pub main: StreamId,
+    pub pool: BlockPool,
+    max_blocks: usize,
     tokens: wgpu::Buffer,    // [max_rows] u32
     positions: wgpu::Buffer, // [max_rows] u32
+    slots: wgpu::Buffer,     // [max_rows] u32: cache slot each row's K/V is written to
+    tables: wgpu::Buffer,    // [max_rows][max_blocks] u32: each row's block table
     logits: wgpu::Buffer,    // [lm_rows][n_vocab]
+    k_cache: Vec<wgpu::Buffer>,
+    v_cache: Vec<wgpu::Buffer>,
+    block_scratch: wgpu::Buffer,
     _buffers: Vec<wgpu::Buffer>,
     /// Transformer body: embedding, then every layer.
     body: Vec<(usize, Dispatch)>,
@@ -58,6 +78,10 @@ impl Session {
         let mr = max_rows as u64;
         let tokens = ctx.storage("tokens", mr * 4);
         let positions = ctx.storage("positions", mr * 4);
+        let slots = ctx.storage("slots", mr * 4);
+        let n_blocks = n_ctx.div_ceil(BLOCK_SIZE);
+        let max_blocks = n_blocks;
+        let tables = ctx.storage("tables", mr * max_blocks as u64 * 4);
         let x = ctx.storage("x", mr * c.n_embd as u64 * f); // residual stream [m][n_embd]
         let xq = ctx.storage("xq", mr * max_k as u64); // int8 blocks [m][k/4] u32
         let xs = ctx.storage("xs", mr * (max_k / 32) as u64 * 16); // [m][k/32] (scale, Σx, Σx − Σx̂, 0)
@@ -73,7 +97,8 @@ impl Session {
         let mm_part = ctx.storage("matmul.partials", mm_part_bytes);
         // Every matmul reads the shared int8 activation blocks; each call names its output.
         let io = MatmulIo { xq: &xq, xs: &xs, out: &x, out_stride: c.n_embd, out_offset: 0, bias: None, accumulate: false, partials: &mm_part };
-        let kv_bytes = (n_ctx * kv_dim * 2) as u64; // f16
+        let kv_bytes = (n_blocks * BLOCK_SIZE * kv_dim * 2) as u64; // f16
+        let block_scratch = ctx.storage("kv.block_copy", (BLOCK_SIZE * kv_dim * 2) as u64);
         let k_cache: Vec<_> = (0..c.n_layer).map(|l| ctx.storage(&format!("k_cache.{l}"), kv_bytes)).collect();
         let v_cache: Vec<_> = (0..c.n_layer).map(|l| ctx.storage(&format!("v_cache.{l}"), kv_bytes)).collect();
 
@@ -88,10 +113,18 @@ impl Session {
             push(ops::rmsnorm::rmsnorm(&ctx, "attn_norm", &x, &layer.attn_norm, c.n_embd, c.rms_eps, &unused, &xq, &xs, true));
             let qkv_io = MatmulIo { out: &qkv, out_stride: qkv_dim, bias: layer.bqkv.as_ref(), ..io };
             matmul_int4(&ctx, "qkv", &layer.wqkv, &qkv_io).into_iter().for_each(&mut push);
-            push(ops::rope::rope_store_kv(&ctx, "rope", &qkv, &positions, &positions, &k_cache[l], &v_cache[l], c.n_head, c.n_kv_head, hd, c.rope_theta));
-            ops::attention::attention(&ctx, "attention", &qkv, qkv_dim, &positions, &k_cache[l], &v_cache[l], &attn, (&part_o, &part_ml), c.n_head, c.n_kv_head, hd, keys_per_split)
-                .into_iter()
-                .for_each(&mut push);
+            push(ops::rope::rope_store_kv(&ctx, "rope", &qkv, &positions, &slots, &k_cache[l], &v_cache[l], c.n_head, c.n_kv_head, hd, c.rope_theta));
+            let att = AttentionIo {
+                qkv: &qkv,
+                qkv_stride: qkv_dim,
+                positions: &positions,
+                k_cache: &k_cache[l],
+                v_cache: &v_cache[l],
+                tables: BlockTables { tables: &tables, block_size: BLOCK_SIZE as u32, max_blocks: max_blocks as u32 },
+                out: &attn,
+                partials: (&part_o, &part_ml),
+            };
+            ops::attention::attention(&ctx, "attention", &att, c.n_head, c.n_kv_head, hd, keys_per_split).into_iter().for_each(&mut push);
             push(ops::quantize_act::quantize_act(&ctx, "attn_quant", &attn, q_dim, q_dim, &xq, &xs));
             matmul_int4(&ctx, "wo", &layer.wo, &MatmulIo { accumulate: true, ..io }).into_iter().for_each(&mut push);
             // x = x + W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))
@@ -104,30 +137,55 @@ impl Session {
         let mut head = vec![ops::rmsnorm::rmsnorm(&ctx, "output_norm", &x, &model.output_norm, c.n_embd, c.rms_eps, &unused, &xq, &xs, true)];
         head.extend(matmul_int4(&ctx, "lm_head", model.lm_head(), &MatmulIo { out: &logits, out_stride: c.n_vocab, ..io }));
 
+        let mut pool = BlockPool::new(n_blocks, BLOCK_SIZE);
+        let main = pool.create();
         Session {
             model,
             n_ctx,
             max_rows,
             lm_rows,
             pos: 0,
+            main,
+            pool,
+            max_blocks,
             tokens,
             positions,
+            slots,
+            tables,
             logits,
-            _buffers: [vec![x, xq, xs, qkv, attn, gate_up, unused, part_o, part_ml, mm_part], k_cache, v_cache].concat(),
+            k_cache,
+            v_cache,
+            block_scratch,
+            _buffers: vec![x, xq, xs, qkv, attn, gate_up, unused, part_o, part_ml, mm_part],
             body,
             head,
         }
     }
 
-    /// Bytes of activation buffers (residual, int8 blocks, qkv, ffn, logits).
+    /// Bytes of activation buffers (residual, int8 blocks, qkv, ffn, logits, tables).
     pub fn activation_bytes(&self) -> u64 {
-        self._buffers.iter().map(|b| b.size()).sum::<u64>() - self.kv_bytes() + self.logits.size()
+        self._buffers.iter().chain([&self.logits, &self.tables, &self.tokens, &self.positions, &self.slots]).map(|b| b.size()).sum()
     }
 
-    /// Bytes of KV cache this stream holds.
+    /// Bytes of the KV cache (all blocks, used or not).
     pub fn kv_bytes(&self) -> u64 {
+        self.k_cache.iter().chain(&self.v_cache).map(|b| b.size()).sum()
+    }
+
+    /// Bytes of KV cache one token slot takes (all layers, K and V).
+    pub fn kv_bytes_per_token(&self) -> u64 {
         let c = &self.model.config;
-        (2 * c.n_layer * self.n_ctx * c.n_kv_head * c.head_dim * 2) as u64
+        (2 * c.n_layer * c.n_kv_head * c.head_dim * 2) as u64
+    }
+
+    /// `n` streams sharing every block of `s` (its prompt): no KV is copied.
+    pub fn fork(&mut self, s: StreamId, n: usize) -> Result<Vec<StreamId>, ForwardError> {
+        Ok(self.pool.fork(s, n)?)
+    }
+
+    /// End stream `s`, returning the blocks only it held.
+    pub fn release(&mut self, s: StreamId) -> Result<(), ForwardError> {
+        Ok(self.pool.release(s)?)
     }
 
     fn check(&self, tokens: &[u32]) -> Result<(), ForwardError> {
@@ -141,12 +199,59 @@ impl Session {
         Ok(())
     }
 
-    /// Record the body for `rows` tokens at positions `pos..` into `pass`.
-    fn upload_rows(&self, tokens: &[u32]) {
-        let q = &self.model.ctx.queue;
-        let pos: Vec<u32> = (self.pos..self.pos + tokens.len()).map(|p| p as u32).collect();
-        q.write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
-        q.write_buffer(&self.positions, 0, bytemuck::cast_slice(&pos));
+    /// Reserve cache slots for `rows` (stream, token) pairs — consecutive rows of one stream
+    /// take consecutive positions — copy any shared block that is about to be written
+    /// (copy-on-write), and upload tokens, positions, slots and block tables. Returns the
+    /// longest row's key count.
+    fn prepare_rows(&mut self, rows: &[(StreamId, u32)]) -> Result<u32, ForwardError> {
+        let mut positions = Vec::with_capacity(rows.len());
+        let mut copies: Vec<BlockCopy> = Vec::new();
+        // Count per stream first so a stream's rows are appended in one go.
+        let mut counts: Vec<(StreamId, usize)> = Vec::new();
+        for &(s, _) in rows {
+            match counts.iter_mut().find(|(t, _)| *t == s) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((s, 1)),
+            }
+        }
+        let mut start = std::collections::HashMap::new();
+        for &(s, n) in &counts {
+            start.insert(s, self.pool.len(s)?);
+            copies.extend(self.pool.append(s, n)?);
+        }
+        let mut slots = Vec::with_capacity(rows.len());
+        let mut tables = vec![0u32; rows.len() * self.max_blocks];
+        for (i, &(s, _)) in rows.iter().enumerate() {
+            let p = start.get_mut(&s).unwrap();
+            positions.push(*p as u32);
+            slots.push(self.pool.slot(s, *p)?);
+            *p += 1;
+            let t = self.pool.table(s)?;
+            tables[i * self.max_blocks..i * self.max_blocks + t.len()].copy_from_slice(t);
+        }
+        let ctx = &self.model.ctx;
+        if !copies.is_empty() {
+            let row_bytes = (BLOCK_SIZE * self.model.config.n_kv_head * self.model.config.head_dim * 2) as u64;
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            for c in &copies {
+                // A buffer cannot be both source and destination of one copy: go through scratch.
+                for cache in self.k_cache.iter().chain(&self.v_cache) {
+                    enc.copy_buffer_to_buffer(cache, c.src as u64 * row_bytes, &self.block_scratch, 0, row_bytes);
+                    enc.copy_buffer_to_buffer(&self.block_scratch, 0, cache, c.dst as u64 * row_bytes, row_bytes);
+                }
+            }
+            ctx.queue.submit([enc.finish()]);
+        }
+        let toks: Vec<u32> = rows.iter().map(|r| r.1).collect();
+        ctx.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(&toks));
+        ctx.queue.write_buffer(&self.positions, 0, bytemuck::cast_slice(&positions));
+        ctx.queue.write_buffer(&self.slots, 0, bytemuck::cast_slice(&slots));
+        ctx.queue.write_buffer(&self.tables, 0, bytemuck::cast_slice(&tables));
+        Ok(positions.iter().max().map_or(0, |p| p + 1))
+    }
+
+    fn main_rows(&self, tokens: &[u32]) -> Vec<(StreamId, u32)> {
+        tokens.iter().map(|&t| (self.main, t)).collect()
     }
 
     /// Append `tokens` to the stream and return the logits after the last one.
@@ -155,12 +260,12 @@ impl Session {
         let ctx = self.model.ctx.clone();
         let n_chunks = tokens.len().div_ceil(self.max_rows);
         for (i, chunk) in tokens.chunks(self.max_rows).enumerate() {
-            self.upload_rows(chunk);
+            let kv_len = self.prepare_rows(&self.main_rows(chunk))?;
             let rows = chunk.len() as u32;
             let mut enc = ctx.device.create_command_encoder(&Default::default());
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
-                let step = Step { rows, row0: 0, kv_len: (self.pos + chunk.len()) as u32 };
+                let step = Step { rows, row0: 0, kv_len };
                 for (_, d) in &self.body {
                     d.record_step(&ctx, &mut pass, &step);
                 }
@@ -183,9 +288,9 @@ impl Session {
         let ctx = self.model.ctx.clone();
         let n_vocab = self.model.config.n_vocab;
         for (ci, chunk) in tokens.chunks(self.max_rows).enumerate() {
-            self.upload_rows(chunk);
+            let kv_len = self.prepare_rows(&self.main_rows(chunk))?;
             let rows = chunk.len() as u32;
-            let step = Step { rows, row0: 0, kv_len: (self.pos + chunk.len()) as u32 };
+            let step = Step { rows, row0: 0, kv_len };
             self.record_submit(|pass, ctx| self.body.iter().for_each(|(_, d)| d.record_step(ctx, pass, &step)));
             let mut r0 = 0;
             while r0 < chunk.len() {
@@ -221,9 +326,8 @@ impl Session {
         self.check(tokens)?;
         assert!(tokens.len() <= self.max_rows);
         let ctx = self.model.ctx.clone();
-        self.upload_rows(tokens);
+        let kv_len = self.prepare_rows(&self.main_rows(tokens))?;
         let rows = tokens.len() as u32;
-        let kv_len = (self.pos + tokens.len()) as u32;
         let launches: Vec<(&Dispatch, Step)> = self
             .body
             .iter()
@@ -275,8 +379,33 @@ impl Session {
         Ok(ctx.read(&self.logits, 0, self.model.config.n_vocab)?)
     }
 
-    /// Forget the last tokens (back to `pos`); their cache slots are overwritten later.
-    pub fn truncate(&mut self, pos: usize) {
-        self.pos = self.pos.min(pos);
+    /// Advance several streams by one token each in one batched step (every weight is
+    /// read once for all rows) and return each row's logits, in row order.
+    pub fn forward_rows(&mut self, rows: &[(StreamId, u32)]) -> Result<Vec<Vec<f32>>, ForwardError> {
+        let n_vocab = self.model.config.n_vocab;
+        if let Some(&(_, id)) = rows.iter().find(|r| r.1 as usize >= n_vocab) {
+            return Err(ForwardError::BadToken { id, n_vocab });
+        }
+        if rows.len() > self.lm_rows {
+            return Err(ForwardError::TooManyRows { rows: rows.len(), max: self.lm_rows });
+        }
+        for &(s, _) in rows {
+            let len = self.pool.len(s)?;
+            if len + 1 > self.n_ctx {
+                return Err(ForwardError::ContextFull { needed: len + 1, n_ctx: self.n_ctx, model_ctx: self.model.config.n_ctx });
+            }
+        }
+        let kv_len = self.prepare_rows(rows)?;
+        let n = rows.len() as u32;
+        let step = Step { rows: n, row0: 0, kv_len };
+        self.record_submit(|pass, ctx| {
+            self.body.iter().for_each(|(_, d)| d.record_step(ctx, pass, &step));
+            self.head.iter().for_each(|d| d.record_step(ctx, pass, &step));
+        });
+        if rows.iter().any(|r| r.0 == self.main) {
+            self.pos = self.pool.len(self.main)?;
+        }
+        let logits: Vec<f32> = self.model.ctx.read(&self.logits, 0, rows.len() * n_vocab)?;
+        Ok(logits.chunks(n_vocab).map(|r| r.to_vec()).collect())
     }
 }

@@ -5,8 +5,24 @@
 use super::{Dispatch, DispatchSpec, Dyn, Grid};
 use crate::gpu::{Binding, GpuContext, ShaderDefines};
 
-const KINDS: &[Binding] =
-    &[Binding::Uniform, Binding::Read, Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite, Binding::ReadWrite, Binding::ReadWrite];
+const KINDS: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::Read,
+];
+
+/// Where each row's keys live: the paged cache's block tables, `[rows][max_blocks]`.
+pub struct BlockTables<'a> {
+    pub tables: &'a wgpu::Buffer,
+    pub block_size: u32,
+    pub max_blocks: u32,
+}
 
 /// Keys per split for split-K decode attention on this device: GPUs get 64 (one
 /// workgroup per 64 keys, enough workgroups to fill the device); CPU adapters such as
@@ -26,22 +42,26 @@ pub fn partial_bytes(n_head: usize, head_dim: usize) -> (u64, u64) {
     (parts * head_dim as u64 * 4, parts * 8)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn attention(
-    ctx: &GpuContext,
-    label: &str,
-    qkv: &wgpu::Buffer,
-    qkv_stride: usize,
-    positions: &wgpu::Buffer,
-    k_cache: &wgpu::Buffer,
-    v_cache: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    partials: (&wgpu::Buffer, &wgpu::Buffer),
-    n_head: usize,
-    n_kv_head: usize,
-    head_dim: usize,
-    keys_per_split: u32,
-) -> Vec<Dispatch> {
+/// Buffers attention reads and writes for one layer.
+pub struct AttentionIo<'a> {
+    /// [m][qkv_stride] f32, Q heads first (rotated by `rope_store_kv`).
+    pub qkv: &'a wgpu::Buffer,
+    pub qkv_stride: usize,
+    /// [m] u32: position of each row's query (it sees keys 0..=position).
+    pub positions: &'a wgpu::Buffer,
+    /// This layer's paged cache, [slot][n_kv_head·head_dim / 2] u32.
+    pub k_cache: &'a wgpu::Buffer,
+    pub v_cache: &'a wgpu::Buffer,
+    pub tables: BlockTables<'a>,
+    /// [m][n_head·head_dim] f32.
+    pub out: &'a wgpu::Buffer,
+    /// Split-K scratch (`part_o`, `part_ml`) of [`partial_bytes`].
+    pub partials: (&'a wgpu::Buffer, &'a wgpu::Buffer),
+}
+
+/// The attention launch and its split merge (launched only when a step splits).
+pub fn attention(ctx: &GpuContext, label: &str, io: &AttentionIo, n_head: usize, n_kv_head: usize, head_dim: usize, keys_per_split: u32) -> Vec<Dispatch> {
+    let AttentionIo { qkv, qkv_stride, positions, k_cache, v_cache, ref tables, out, partials } = *io;
     assert!(head_dim <= 256 && head_dim % 4 == 0, "head_dim {head_dim} unsupported (≤ 256, multiple of 4)");
     let words = vec![
         n_head as u32,
@@ -52,6 +72,10 @@ pub fn attention(
         super::f32w(1.0 / (head_dim as f32).sqrt()),
         0,
         keys_per_split,
+        tables.block_size,
+        tables.max_blocks,
+        0,
+        0,
     ];
     let spec = |entry: &'static str, grid: Grid| DispatchSpec {
         label: label.into(),
@@ -60,7 +84,7 @@ pub fn attention(
         kinds: KINDS,
         words: words.clone(),
         dynamic: vec![(3, Dyn::Rows), (6, Dyn::Splits)],
-        buffers: vec![qkv, positions, k_cache, v_cache, out, partials.0, partials.1],
+        buffers: vec![qkv, positions, k_cache, v_cache, out, partials.0, partials.1, tables.tables],
         grid,
         defines: ShaderDefines::new().with("SUBGROUPS", (ctx.subgroups && entry == "main") as u32),
     };
