@@ -139,3 +139,57 @@ pub fn run(engine: &Engine, model_name: &str, prompt_tokens: usize, gen_tokens: 
         gemv,
     })
 }
+
+/// One row of `bench --streams`: N streams forked from one prompt, decoded together.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StreamsRow {
+    pub streams: usize,
+    /// Median batched decode step.
+    pub step_ms: f64,
+    /// Tokens of all streams per second.
+    pub tokens_per_s: f64,
+    /// KV blocks in use at the end, in bytes (the prompt counted once).
+    pub kv_bytes_used: u64,
+    /// What N independent caches would hold instead: N·(P + S) tokens.
+    pub kv_bytes_unshared: u64,
+}
+
+/// Decode step time for each N in `ns`: a `prompt_tokens` prompt prefilled once, forked N
+/// ways, then `gen_tokens` batched steps (greedy per stream).
+pub fn streams(engine: &Engine, prompt_tokens: usize, gen_tokens: usize, ns: &[usize]) -> Result<Vec<StreamsRow>> {
+    let c = &engine.model.config;
+    let prompt: Vec<u32> = (0..prompt_tokens).map(|i| (1000 + (i * 7919) % (c.n_vocab - 2000)) as u32).collect();
+    let mut out = Vec::new();
+    for &n in ns {
+        let block = crate::model::forward::BLOCK_SIZE;
+        let slots = prompt_tokens + n * (gen_tokens + 2 * block) + block;
+        let mut s = crate::model::Session::new(engine.model.clone(), slots, engine.options.max_rows);
+        let logits = s.forward(&prompt)?;
+        let kids = s.fork(s.main, n)?;
+        s.release(s.main)?;
+        let first = crate::sampling::argmax(&logits);
+        // Streams start from different tokens so they do not stay identical.
+        let mut next: Vec<u32> = (0..n).map(|i| (first + i as u32) % c.n_vocab as u32).collect();
+        let mut steps = Vec::new();
+        for _ in 0..gen_tokens {
+            let rows: Vec<_> = kids.iter().zip(&next).map(|(&k, &t)| (k, t)).collect();
+            let t = Instant::now();
+            let mut all = Vec::new();
+            for chunk in rows.chunks(s.lm_rows) {
+                all.extend(s.forward_rows(chunk)?);
+            }
+            steps.push(t.elapsed().as_secs_f64() * 1e3);
+            next = all.iter().map(|l| crate::sampling::argmax(l)).collect();
+        }
+        let step_ms = median(steps);
+        let per_token = s.kv_bytes_per_token();
+        out.push(StreamsRow {
+            streams: n,
+            step_ms,
+            tokens_per_s: n as f64 / (step_ms / 1e3),
+            kv_bytes_used: s.pool.used_blocks() as u64 * block as u64 * per_token,
+            kv_bytes_unshared: (n * (prompt_tokens + gen_tokens)) as u64 * per_token,
+        });
+    }
+    Ok(out)
+}

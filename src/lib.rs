@@ -10,5 +10,6 @@ pub mod model;
 pub mod kv;
 pub mod sampling;
 pub mod engine;
+pub mod sched;
 pub mod pull;
 pub mod bench;

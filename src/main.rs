@@ -47,6 +47,15 @@ enum Cmd {
         /// Print one JSON object instead of streaming.
         #[arg(long)]
         json: bool,
+        /// Decode N candidates together over the shared prompt and vote on their answers.
+        #[arg(long, default_value_t = 1)]
+        best_of: usize,
+        /// How candidates' answers are combined (majority; weighted comes with the verifier).
+        #[arg(long, default_value = "majority", value_parser = ["majority"])]
+        vote: String,
+        /// Regex whose first group is a candidate's answer (default: \boxed{}, "answer is", last number).
+        #[arg(long)]
+        answer_regex: Option<String>,
     },
     /// Teacher-forced log-probs, mean NLL and perplexity of a text.
     Score {
@@ -67,6 +76,9 @@ enum Cmd {
         gen_tokens: usize,
         #[arg(long)]
         json: bool,
+        /// Instead: batched decode step time for these stream counts over one shared prompt.
+        #[arg(long, value_delimiter = ',')]
+        streams: Option<Vec<usize>>,
     },
     /// Print a model's configuration and tensors.
     Inspect { model: String },
@@ -103,7 +115,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
-        Cmd::Run { prompt, model, raw, system, max_tokens, temperature, top_k, top_p, seed, json } => {
+        Cmd::Run { prompt, model, raw, system, max_tokens, temperature, top_k, top_p, seed, json, best_of, vote: _, answer_regex } => {
             let engine = load(model, &cli)?;
             let prompt = prompt.clone().unwrap_or_else(|| "What is the capital of France? Answer in one sentence.".into());
             let text = if *raw { prompt } else { engine.chat_prompt(system.as_deref(), &prompt)? };
@@ -113,6 +125,25 @@ fn run(cli: Cli) -> Result<()> {
                 sampling: SamplingParams { temperature: *temperature, top_k: *top_k, top_p: *top_p, seed: *seed },
                 stop: vec![],
             };
+            if *best_of > 1 {
+                let vp = edgereason::sched::best_of_n::VoteParams {
+                    answer_regex: answer_regex.as_deref().map(regex::Regex::new).transpose().context("--answer-regex")?,
+                };
+                let out = edgereason::sched::best_of_n::generate_n(&engine, &ids, *best_of, &params, &vp, |_, _, _| true)?;
+                if *json {
+                    let mut v = serde_json::to_value(&out)?;
+                    v["device"] = serde_json::json!(engine.ctx.describe());
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    for c in &out.candidates {
+                        println!("--- candidate {} ({} tokens, {}, logprob {:.2}, answer {:?})", c.index, c.tokens.len(), c.finish_reason, c.logprob, c.answer);
+                        println!("{}", c.text.trim());
+                    }
+                    println!("=== answer: {} (votes: {:?})", out.answer.as_deref().unwrap_or("none"), out.votes);
+                    eprintln!("[{} candidates, TTFT {:.0} ms, {:.2} tok/s over all streams, KV {:.1} MiB, {}]", best_of, out.ttft_ms, out.decode_tokens_per_s, out.kv_bytes_used as f64 / 1048576.0, engine.ctx.describe());
+                }
+                return Ok(());
+            }
             let mut stdout = std::io::stdout();
             let out = engine.generate(&ids, &params, |_, piece| {
                 if !*json {
@@ -145,8 +176,24 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{} tokens, mean NLL {:.4}, perplexity {:.3}", ids.len(), s.mean_nll, s.perplexity);
             }
         }
-        Cmd::Bench { model, prompt_tokens, gen_tokens, json } => {
+        Cmd::Bench { model, prompt_tokens, gen_tokens, json, streams } => {
             let engine = load(model, &cli)?;
+            if let Some(ns) = streams {
+                let rows = edgereason::bench::streams(&engine, *prompt_tokens, *gen_tokens, ns)?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                } else {
+                    println!("{} / {model}: {prompt_tokens}-token shared prompt, {gen_tokens} steps", engine.ctx.describe());
+                    let base = rows.first().map(|r| r.tokens_per_s).unwrap_or(1.0);
+                    for r in &rows {
+                        println!(
+                            "  N={:<3} step {:>8.2} ms  {:>8.2} tok/s ({:.2}x N=1)  KV {:.1} MiB (unshared {:.1} MiB)",
+                            r.streams, r.step_ms, r.tokens_per_s, r.tokens_per_s / base, r.kv_bytes_used as f64 / 1048576.0, r.kv_bytes_unshared as f64 / 1048576.0
+                        );
+                    }
+                }
+                return Ok(());
+            }
             let r = edgereason::bench::run(&engine, model, *prompt_tokens, *gen_tokens)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&r)?);

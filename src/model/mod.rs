@@ -2,7 +2,7 @@
 //! KV cache and activations ([`Session`], in `forward.rs`), and the plain-Rust f32
 //! reference forward the tests hold it to (`reference.rs`).
 
-mod forward;
+pub mod forward;
 pub mod reference;
 
 pub use forward::{ForwardError, KernelProfile, Session};
