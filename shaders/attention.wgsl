@@ -23,8 +23,8 @@ struct Params {
     keys_per_split: u32,
     block_size: u32,     // cache slots per block
     max_blocks: u32,     // block-table entries per row
-    _pad0: u32,
-    _pad1: u32,
+    shared_splits: u32,  // leading splits whose keys every row shares (done by `prefix`)
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -48,6 +48,9 @@ const MAX_HEAD_DIM: u32 = 256u;
 var<workgroup> q: array<f32, MAX_HEAD_DIM>;
 var<workgroup> prob: array<f32, 64>;
 var<workgroup> red: array<f32, 64>;
+// One split of shared-prefix keys, loaded once for all rows (`prefix`, head_dim ≤ 64).
+var<workgroup> pk: array<u32, 2048>;
+var<workgroup> pv: array<u32, 2048>;
 
 //#if SUBGROUPS
 // Subgroup reductions: one subgroup op, then one slot per subgroup through workgroup
@@ -120,6 +123,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 //#else
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
 //#endif
+    if (wid.z < p.shared_splits) {
+        return; // shared-prefix keys: the `prefix` pass did this split for every row
+    }
     let h = wid.x;
     let m = wid.y;
     let tid = lid.x;
@@ -200,6 +206,64 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     if (tid + WG < words) {
         out[o + 2u * (tid + WG)] = acc1.x / run_sum;
         out[o + 2u * (tid + WG) + 1u] = acc1.y / run_sum;
+    }
+}
+
+// Shared-prefix (cascade) attention: one workgroup per (head, split z < shared_splits)
+// loads that split's keys and values once into workgroup memory and attends every row's
+// query to them, writing the same partials as `main`; the merge then adds each row's own
+// suffix. N streams over one prompt read the prompt's K/V once instead of N times.
+@compute @workgroup_size(64)
+fn prefix(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let h = wid.x;
+    let z = wid.z;
+    let tid = lid.x;
+    let hd = p.head_dim;
+    let words = hd / 2u;
+    let kv_words = p.n_kv_head * words;
+    let kvh = h / (p.n_head / p.n_kv_head);
+    let k0 = z * p.keys_per_split;
+    let count = p.keys_per_split; // ≤ 64, all inside every row's shared prefix
+    if (tid < count) {
+        // Row 0's table: the blocks are the same for every row here.
+        let kb = key_slot(0u, k0 + tid) * kv_words + kvh * words;
+        for (var w = 0u; w < words; w = w + 1u) {
+            pk[tid * words + w] = k_cache[kb + w];
+            pv[tid * words + w] = v_cache[kb + w];
+        }
+    }
+    workgroupBarrier();
+    for (var m = 0u; m < p.m; m = m + 1u) {
+        for (var d = tid; d < hd; d = d + WG) {
+            q[d] = qkv[m * p.qkv_stride + h * hd + d] * p.scale;
+        }
+        workgroupBarrier();
+        var s = -3.0e38;
+        if (tid < count) {
+            var dot = 0.0;
+            for (var w = 0u; w < words; w = w + 1u) {
+                let kk = unpack2x16float(pk[tid * words + w]);
+                dot = dot + q[2u * w] * kk.x + q[2u * w + 1u] * kk.y;
+            }
+            s = dot;
+        }
+        let mx = reduce_max(tid, s);
+        let e = select(0.0, exp(s - mx), tid < count);
+        prob[tid] = e;
+        let sum = reduce_sum(tid, e);
+        let part = (m * p.n_head + h) * p.n_splits + z;
+        if (tid < words) {
+            var acc = vec2<f32>(0.0);
+            for (var j = 0u; j < count; j = j + 1u) {
+                acc = acc + prob[j] * unpack2x16float(pv[j * words + tid]);
+            }
+            part_o[part * hd + 2u * tid] = acc.x;
+            part_o[part * hd + 2u * tid + 1u] = acc.y;
+        }
+        if (tid == 0u) {
+            part_ml[part] = vec2<f32>(mx, sum);
+        }
+        workgroupBarrier();
     }
 }
 

@@ -233,21 +233,25 @@ fn rope_and_attention_match_reference() {
         let (po, pml) = ops::attention::partial_bytes(n_head, hd);
         let parts = (ctx.storage("part_o", po), ctx.storage("part_ml", pml));
         let tables = table_rows(n_ctx);
-        let io = |qkv, positions, tables, out| ops::attention::AttentionIo {
-            qkv,
-            qkv_stride: stride,
-            positions,
-            k_cache: &kc,
-            v_cache: &vc,
-            tables: ops::attention::BlockTables { tables, block_size: bs, max_blocks: perm.len() as u32 },
-            out,
-            partials: (&parts.0, &parts.1),
-        };
-        let att = ops::attention::attention(&ctx, "att", &io(&qkv, &pos_b, &tables, &out), n_head, n_kv, hd, 16);
+        macro_rules! io {
+            ($qkv:expr, $positions:expr, $tables:expr, $out:expr) => {
+                ops::attention::AttentionIo {
+                    qkv: $qkv,
+                    qkv_stride: stride,
+                    positions: $positions,
+                    k_cache: &kc,
+                    v_cache: &vc,
+                    tables: ops::attention::BlockTables { tables: $tables, block_size: bs, max_blocks: perm.len() as u32 },
+                    out: $out,
+                    partials: (&parts.0, &parts.1),
+                }
+            };
+        }
+        let att = ops::attention::attention(&ctx, "att", &io!(&qkv, &pos_b, &tables, &out), n_head, n_kv, hd, 16);
         let mut list = vec![&rope];
         list.extend(att.iter());
         // 80 rows: prefill-sized, so no key splits.
-        ops::run_step(&ctx, &list, &ops::Step { rows: n_ctx as u32, row0: 0, kv_len: n_ctx as u32 });
+        ops::run_step(&ctx, &list, &ops::Step { rows: n_ctx as u32, row0: 0, kv_len: n_ctx as u32, shared_len: 0 });
         let got: Vec<f32> = ctx.read(&out, 0, n_ctx * n_head * hd).unwrap();
 
         // Reference: rotate every Q and K head, f16-round K and V (the cache's precision).
@@ -259,7 +263,7 @@ fn rope_and_attention_match_reference() {
         }
         let f16r = |v: f32| half::f16::from_f32(v).to_f32();
         let mut wanted = std::collections::HashMap::new();
-        for t in [0usize, 1, 5, 63, 64, 69, 79] {
+        for t in [0usize, 1, 5, 63, 64, 69, 70, 75, 79] {
             for h in 0..n_head {
                 let kvh = h / (n_head / n_kv);
                 let q = &rot[t * stride + h * hd..t * stride + (h + 1) * hd];
@@ -278,24 +282,27 @@ fn rope_and_attention_match_reference() {
             }
         }
 
-        // Decode-sized step (5 rows at scattered positions) with 16-key splits: 5 splits
-        // for the longest row, empty splits for the short ones, merged by log-sum-exp.
-        let rows = [79usize, 64, 63, 5, 0];
+        // Decode-sized steps with 16-key splits: 5 rows at scattered positions (splits, empty
+        // splits for short rows, merged by log-sum-exp), then 3 rows sharing their first 70
+        // keys (the shared-prefix pass takes 4 whole splits once for all rows).
         let rotated: Vec<f32> = ctx.read(&qkv, 0, n_ctx * stride).unwrap();
-        let q2: Vec<f32> = rows.iter().flat_map(|&t| rotated[t * stride..(t + 1) * stride].to_vec()).collect();
-        let q2b = ctx.storage_from("q2", &q2);
-        let pos2 = ctx.storage_from("pos2", &rows.iter().map(|&t| t as u32).collect::<Vec<_>>());
-        let out2 = ctx.storage("out2", (rows.len() * n_head * hd * 4) as u64);
-        let tables2 = table_rows(rows.len());
-        let att2 = ops::attention::attention(&ctx, "att2", &io(&q2b, &pos2, &tables2, &out2), n_head, n_kv, hd, 16);
-        let step = ops::Step { rows: rows.len() as u32, row0: 0, kv_len: n_ctx as u32 };
-        assert_eq!(ops::attention_splits(&step, 16), 5);
-        ops::run_step(&ctx, &att2.iter().collect::<Vec<_>>(), &step);
-        let got2: Vec<f32> = ctx.read(&out2, 0, rows.len() * n_head * hd).unwrap();
-        for (i, &t) in rows.iter().enumerate() {
-            for h in 0..n_head {
-                let o = i * n_head * hd + h * hd;
-                assert_close(&format!("{} split attention row {t} head {h}", path(&ctx)), &got2[o..o + hd], &wanted[&(t, h)], 2e-4, 2e-3);
+        for (rows, shared_len, want_prefix) in [(vec![79usize, 64, 63, 5, 0], 1u32, 0u32), (vec![79, 75, 70], 71, 4)] {
+            let q2: Vec<f32> = rows.iter().flat_map(|&t| rotated[t * stride..(t + 1) * stride].to_vec()).collect();
+            let q2b = ctx.storage_from("q2", &q2);
+            let pos2 = ctx.storage_from("pos2", &rows.iter().map(|&t| t as u32).collect::<Vec<_>>());
+            let out2 = ctx.storage("out2", (rows.len() * n_head * hd * 4) as u64);
+            let tables2 = table_rows(rows.len());
+            let att2 = ops::attention::attention(&ctx, "att2", &io!(&q2b, &pos2, &tables2, &out2), n_head, n_kv, hd, 16);
+            let step = ops::Step { rows: rows.len() as u32, row0: 0, kv_len: n_ctx as u32, shared_len };
+            assert_eq!(ops::attention_splits(&step, 16), 5);
+            assert_eq!(ops::prefix_splits(&step, 16, true), want_prefix);
+            ops::run_step(&ctx, &att2.iter().collect::<Vec<_>>(), &step);
+            let got2: Vec<f32> = ctx.read(&out2, 0, rows.len() * n_head * hd).unwrap();
+            for (i, &t) in rows.iter().enumerate() {
+                for h in 0..n_head {
+                    let o = i * n_head * hd + h * hd;
+                    assert_close(&format!("{} split attention row {t} head {h} (prefix splits {want_prefix})", path(&ctx)), &got2[o..o + hd], &wanted[&(t, h)], 2e-4, 2e-3);
+                }
             }
         }
     }

@@ -202,8 +202,8 @@ impl Session {
     /// Reserve cache slots for `rows` (stream, token) pairs — consecutive rows of one stream
     /// take consecutive positions — copy any shared block that is about to be written
     /// (copy-on-write), and upload tokens, positions, slots and block tables. Returns the
-    /// longest row's key count.
-    fn prepare_rows(&mut self, rows: &[(StreamId, u32)]) -> Result<u32, ForwardError> {
+    /// step: its rows, longest key count and shared-prefix length.
+    fn prepare_rows(&mut self, rows: &[(StreamId, u32)]) -> Result<Step, ForwardError> {
         let mut positions = Vec::with_capacity(rows.len());
         let mut copies: Vec<BlockCopy> = Vec::new();
         // Count per stream first so a stream's rows are appended in one go.
@@ -247,7 +247,16 @@ impl Session {
         ctx.queue.write_buffer(&self.positions, 0, bytemuck::cast_slice(&positions));
         ctx.queue.write_buffer(&self.slots, 0, bytemuck::cast_slice(&slots));
         ctx.queue.write_buffer(&self.tables, 0, bytemuck::cast_slice(&tables));
-        Ok(positions.iter().max().map_or(0, |p| p + 1))
+        // Keys all rows read from the very same blocks (a forked prompt), and attend to.
+        let first = self.pool.table(rows[0].0)?;
+        let mut shared_blocks = first.len();
+        for &(s, _) in &rows[1..] {
+            let t = self.pool.table(s)?;
+            shared_blocks = shared_blocks.min(first.iter().zip(t).take_while(|(a, b)| a == b).count());
+        }
+        let min_keys = positions.iter().min().map_or(0, |p| p + 1);
+        let shared_len = ((shared_blocks * BLOCK_SIZE) as u32).min(min_keys);
+        Ok(Step { rows: rows.len() as u32, row0: 0, kv_len: positions.iter().max().map_or(0, |p| p + 1), shared_len })
     }
 
     fn main_rows(&self, tokens: &[u32]) -> Vec<(StreamId, u32)> {
@@ -260,12 +269,11 @@ impl Session {
         let ctx = self.model.ctx.clone();
         let n_chunks = tokens.len().div_ceil(self.max_rows);
         for (i, chunk) in tokens.chunks(self.max_rows).enumerate() {
-            let kv_len = self.prepare_rows(&self.main_rows(chunk))?;
+            let step = self.prepare_rows(&self.main_rows(chunk))?;
             let rows = chunk.len() as u32;
             let mut enc = ctx.device.create_command_encoder(&Default::default());
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
-                let step = Step { rows, row0: 0, kv_len };
                 for (_, d) in &self.body {
                     d.record_step(&ctx, &mut pass, &step);
                 }
@@ -288,9 +296,7 @@ impl Session {
         let ctx = self.model.ctx.clone();
         let n_vocab = self.model.config.n_vocab;
         for (ci, chunk) in tokens.chunks(self.max_rows).enumerate() {
-            let kv_len = self.prepare_rows(&self.main_rows(chunk))?;
-            let rows = chunk.len() as u32;
-            let step = Step { rows, row0: 0, kv_len };
+            let step = self.prepare_rows(&self.main_rows(chunk))?;
             self.record_submit(|pass, ctx| self.body.iter().for_each(|(_, d)| d.record_step(ctx, pass, &step)));
             let mut r0 = 0;
             while r0 < chunk.len() {
@@ -326,13 +332,13 @@ impl Session {
         self.check(tokens)?;
         assert!(tokens.len() <= self.max_rows);
         let ctx = self.model.ctx.clone();
-        let kv_len = self.prepare_rows(&self.main_rows(tokens))?;
-        let rows = tokens.len() as u32;
+        let step = self.prepare_rows(&self.main_rows(tokens))?;
+        let (rows, kv_len) = (step.rows, step.kv_len);
         let launches: Vec<(&Dispatch, Step)> = self
             .body
             .iter()
-            .map(|(_, d)| (d, Step { rows, row0: 0, kv_len }))
-            .chain(self.head.iter().map(|d| (d, Step { rows: 1, row0: rows - 1, kv_len })))
+            .map(|(_, d)| (d, step))
+            .chain(self.head.iter().map(|d| (d, Step { rows: 1, row0: rows - 1, kv_len, shared_len: 0 })))
             .collect();
         let kind = |d: &Dispatch| d.label.split('[').next().unwrap_or(&d.label).to_string();
         ctx.wait();
@@ -395,9 +401,7 @@ impl Session {
                 return Err(ForwardError::ContextFull { needed: len + 1, n_ctx: self.n_ctx, model_ctx: self.model.config.n_ctx });
             }
         }
-        let kv_len = self.prepare_rows(rows)?;
-        let n = rows.len() as u32;
-        let step = Step { rows: n, row0: 0, kv_len };
+        let step = self.prepare_rows(rows)?;
         self.record_submit(|pass, ctx| {
             self.body.iter().for_each(|(_, d)| d.record_step(ctx, pass, &step));
             self.head.iter().for_each(|d| d.record_step(ctx, pass, &step));

@@ -59,7 +59,8 @@ pub struct AttentionIo<'a> {
     pub partials: (&'a wgpu::Buffer, &'a wgpu::Buffer),
 }
 
-/// The attention launch and its split merge (launched only when a step splits).
+/// The attention launches: the shared-prefix pass (only for decode steps of several rows
+/// over a common prompt), the per-row pass, and the split merge (only when a step splits).
 pub fn attention(ctx: &GpuContext, label: &str, io: &AttentionIo, n_head: usize, n_kv_head: usize, head_dim: usize, keys_per_split: u32) -> Vec<Dispatch> {
     let AttentionIo { qkv, qkv_stride, positions, k_cache, v_cache, ref tables, out, partials } = *io;
     assert!(head_dim <= 256 && head_dim % 4 == 0, "head_dim {head_dim} unsupported (≤ 256, multiple of 4)");
@@ -77,21 +78,28 @@ pub fn attention(ctx: &GpuContext, label: &str, io: &AttentionIo, n_head: usize,
         0,
         0,
     ];
+    // The shared-prefix pass holds one split of K and V in workgroup memory: 64 keys of
+    // head_dim ≤ 64.
+    let cascade = head_dim <= 64 && (1..=64).contains(&keys_per_split);
     let spec = |entry: &'static str, grid: Grid| DispatchSpec {
         label: label.into(),
         shader: "attention",
         entry,
         kinds: KINDS,
         words: words.clone(),
-        dynamic: vec![(3, Dyn::Rows), (6, Dyn::Splits)],
+        dynamic: vec![(3, Dyn::Rows), (6, Dyn::Splits), (10, Dyn::SharedSplits)],
         buffers: vec![qkv, positions, k_cache, v_cache, out, partials.0, partials.1, tables.tables],
         grid,
         defines: ShaderDefines::new().with("SUBGROUPS", (ctx.subgroups && entry == "main") as u32),
     };
-    vec![
-        Dispatch::new(ctx, spec("main", Grid::PerRowSplits { x: n_head as u32, keys_per_split })),
-        Dispatch::new(ctx, spec("merge", Grid::IfSplit { x: n_head as u32, keys_per_split })),
-    ]
+    let x = n_head as u32;
+    let mut out = Vec::new();
+    if cascade {
+        out.push(Dispatch::new(ctx, spec("prefix", Grid::Prefix { x, keys_per_split })));
+    }
+    out.push(Dispatch::new(ctx, spec("main", Grid::PerRowSplits { x, keys_per_split, cascade })));
+    out.push(Dispatch::new(ctx, spec("merge", Grid::IfSplit { x, keys_per_split, cascade })));
+    out
 }
 
 /// softmax(q·Kᵀ/√d)·V for one head: `q` [hd], `k`/`v` [n_keys][hd].

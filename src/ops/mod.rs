@@ -30,6 +30,8 @@ pub enum Dyn {
     Splits,
     /// k splits of a split-K matmul this step (1 unless a decode-sized step on a GPU).
     KSplits,
+    /// Leading attention splits done once for all rows by the shared-prefix pass.
+    SharedSplits,
 }
 
 /// Effective k splits of a matmul launched with `k_splits`: only decode-sized steps split
@@ -51,6 +53,8 @@ pub struct Step {
     pub row0: u32,
     /// Keys the longest row attends to (cache length after this step).
     pub kv_len: u32,
+    /// Leading keys every row attends to in the very same cache blocks (a shared prompt).
+    pub shared_len: u32,
 }
 
 /// How many workgroups split one (head, row)'s keys: decode-sized steps on GPUs split the
@@ -61,6 +65,17 @@ pub fn attention_splits(step: &Step, keys_per_split: u32) -> u32 {
         1
     } else {
         step.kv_len.div_ceil(keys_per_split).clamp(1, MAX_SPLITS)
+    }
+}
+
+/// Leading splits the shared-prefix pass takes: whole splits inside `shared_len`, when a
+/// decode step of several rows splits its keys and the kernel variant supports the shape.
+pub fn prefix_splits(step: &Step, keys_per_split: u32, cascade: bool) -> u32 {
+    let splits = attention_splits(step, keys_per_split);
+    if !cascade || step.rows < 2 || splits < 2 {
+        0
+    } else {
+        (step.shared_len / keys_per_split).min(splits)
     }
 }
 
@@ -78,9 +93,11 @@ pub enum Grid {
     /// x fixed, y = rows.
     PerRow { x: u32 },
     /// x fixed, y = rows, z = attention splits.
-    PerRowSplits { x: u32, keys_per_split: u32 },
+    PerRowSplits { x: u32, keys_per_split: u32, cascade: bool },
     /// x fixed, y = rows; launched only when attention was split (the merge pass).
-    IfSplit { x: u32, keys_per_split: u32 },
+    IfSplit { x: u32, keys_per_split: u32, cascade: bool },
+    /// x fixed, y = 1, z = shared-prefix splits; launched only when there are some.
+    Prefix { x: u32, keys_per_split: u32 },
 }
 
 /// One kernel launch with everything but the row count fixed.
@@ -93,7 +110,7 @@ pub struct Dispatch {
     params: wgpu::Buffer,
     words: Vec<u32>,
     dynamic: Vec<(usize, Dyn)>,
-    last: Cell<Option<(u32, u32, u32)>>,
+    last: Cell<Option<(u32, u32, u32, u32)>>,
     grid: Grid,
     defines: ShaderDefines,
 }
@@ -143,7 +160,7 @@ impl Dispatch {
 
     /// Record into `pass` for `rows` rows starting at input row `row0`.
     pub fn record(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, rows: u32, row0: u32) {
-        self.record_step(ctx, pass, &Step { rows, row0, kv_len: 0 });
+        self.record_step(ctx, pass, &Step { rows, row0, ..Default::default() });
     }
 
     /// Record into `pass` for one step.
@@ -151,15 +168,21 @@ impl Dispatch {
         if step.rows == 0 {
             return;
         }
-        let splits = match self.grid {
-            Grid::PerRowSplits { keys_per_split, .. } | Grid::IfSplit { keys_per_split, .. } => attention_splits(step, keys_per_split),
-            Grid::RowTiles { k_splits, .. } | Grid::IfKSplit { k_splits, .. } => matmul_splits(step, k_splits),
-            _ => 1,
+        let (splits, shared) = match self.grid {
+            Grid::PerRowSplits { keys_per_split, cascade, .. } | Grid::IfSplit { keys_per_split, cascade, .. } => {
+                (attention_splits(step, keys_per_split), prefix_splits(step, keys_per_split, cascade))
+            }
+            Grid::Prefix { keys_per_split, .. } => (attention_splits(step, keys_per_split), prefix_splits(step, keys_per_split, true)),
+            Grid::RowTiles { k_splits, .. } | Grid::IfKSplit { k_splits, .. } => (matmul_splits(step, k_splits), 0),
+            _ => (1, 0),
         };
         if matches!(self.grid, Grid::IfSplit { .. } | Grid::IfKSplit { .. }) && splits == 1 {
             return;
         }
-        let key = (step.rows, step.row0, splits);
+        if matches!(self.grid, Grid::Prefix { .. }) && shared == 0 {
+            return;
+        }
+        let key = (step.rows, step.row0, splits, shared);
         if !self.dynamic.is_empty() && self.last.get() != Some(key) {
             let mut words = self.words.clone();
             for &(i, d) in &self.dynamic {
@@ -167,6 +190,7 @@ impl Dispatch {
                     Dyn::Rows => step.rows,
                     Dyn::Row0 => step.row0,
                     Dyn::Splits | Dyn::KSplits => splits,
+                    Dyn::SharedSplits => shared,
                 };
             }
             ctx.queue.write_buffer(&self.params, 0, bytemuck::cast_slice(&words));
@@ -182,6 +206,7 @@ impl Dispatch {
             Grid::IfKSplit { x, .. } => (self.defines.clone().with("ROWS", 1), [x, rows, 1]),
             Grid::PerRow { x } | Grid::IfSplit { x, .. } => (self.defines.clone(), [x, rows, 1]),
             Grid::PerRowSplits { x, .. } => (self.defines.clone(), [x, rows, splits]),
+            Grid::Prefix { x, .. } => (self.defines.clone(), [x, 1, shared]),
         };
         let pipeline = ctx.pipeline(self.shader, self.entry, &defines, &self.layout.1);
         pass.set_pipeline(&pipeline);
@@ -192,7 +217,7 @@ impl Dispatch {
 
 /// Run dispatches once, in order, in one compute pass and wait (tests and benches).
 pub fn run_once(ctx: &GpuContext, dispatches: &[&Dispatch], rows: u32, row0: u32) {
-    run_step(ctx, dispatches, &Step { rows, row0, kv_len: 0 });
+    run_step(ctx, dispatches, &Step { rows, row0, ..Default::default() });
 }
 
 /// As [`run_once`] for a full [`Step`] (attention tests set `kv_len`).
