@@ -80,7 +80,8 @@ pub fn attention(ctx: &GpuContext, label: &str, io: &AttentionIo, n_head: usize,
     ];
     // The shared-prefix pass holds one split of K and V in workgroup memory: 64 keys of
     // head_dim ≤ 64.
-    let cascade = head_dim <= 64 && (1..=64).contains(&keys_per_split);
+    // EDGEREASON_NO_SHARED_PREFIX=1 turns the pass off (to measure what it saves).
+    let cascade = head_dim <= 64 && (1..=64).contains(&keys_per_split) && std::env::var_os("EDGEREASON_NO_SHARED_PREFIX").is_none();
     let spec = |entry: &'static str, grid: Grid| DispatchSpec {
         label: label.into(),
         shader: "attention",
