@@ -233,6 +233,8 @@ fn rope_and_attention_match_reference() {
         let (po, pml) = ops::attention::partial_bytes(n_head, hd);
         let parts = (ctx.storage("part_o", po), ctx.storage("part_ml", pml));
         let tables = table_rows(n_ctx);
+        // 16-key splits forced, and the shared-prefix pass on.
+        let plan = ops::attention::AttentionPlan { keys_per_split: 16, shared_prefix: true };
         macro_rules! io {
             ($qkv:expr, $positions:expr, $tables:expr, $out:expr) => {
                 ops::attention::AttentionIo {
@@ -247,7 +249,7 @@ fn rope_and_attention_match_reference() {
                 }
             };
         }
-        let att = ops::attention::attention(&ctx, "att", &io!(&qkv, &pos_b, &tables, &out), n_head, n_kv, hd, 16);
+        let att = ops::attention::attention(&ctx, "att", &io!(&qkv, &pos_b, &tables, &out), n_head, n_kv, hd, plan);
         let mut list = vec![&rope];
         list.extend(att.iter());
         // 80 rows: prefill-sized, so no key splits.
@@ -292,7 +294,7 @@ fn rope_and_attention_match_reference() {
             let pos2 = ctx.storage_from("pos2", &rows.iter().map(|&t| t as u32).collect::<Vec<_>>());
             let out2 = ctx.storage("out2", (rows.len() * n_head * hd * 4) as u64);
             let tables2 = table_rows(rows.len());
-            let att2 = ops::attention::attention(&ctx, "att2", &io!(&q2b, &pos2, &tables2, &out2), n_head, n_kv, hd, 16);
+            let att2 = ops::attention::attention(&ctx, "att2", &io!(&q2b, &pos2, &tables2, &out2), n_head, n_kv, hd, plan);
             let step = ops::Step { rows: rows.len() as u32, row0: 0, kv_len: n_ctx as u32, shared_len };
             assert_eq!(ops::attention_splits(&step, 16), 5);
             assert_eq!(ops::prefix_splits(&step, 16, true), want_prefix);

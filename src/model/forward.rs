@@ -92,7 +92,7 @@ impl Session {
         let unused = ctx.storage("unused", 16);
         let (po, pml) = ops::attention::partial_bytes(c.n_head, hd);
         let (part_o, part_ml) = (ctx.storage("attn.part_o", po), ctx.storage("attn.part_ml", pml));
-        let keys_per_split = ops::attention::keys_per_split(&ctx);
+        let plan = ops::attention::AttentionPlan::for_device(&ctx);
         let mm_part_bytes = model.layers.iter().flat_map(|l| [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]).chain([model.lm_head()]).map(|w| ops::matmul_int4::partial_bytes(&ctx, w)).max().unwrap_or(0);
         let mm_part = ctx.storage("matmul.partials", mm_part_bytes);
         // Every matmul reads the shared int8 activation blocks; each call names its output.
@@ -124,7 +124,7 @@ impl Session {
                 out: &attn,
                 partials: (&part_o, &part_ml),
             };
-            ops::attention::attention(&ctx, "attention", &att, c.n_head, c.n_kv_head, hd, keys_per_split).into_iter().for_each(&mut push);
+            ops::attention::attention(&ctx, "attention", &att, c.n_head, c.n_kv_head, hd, plan).into_iter().for_each(&mut push);
             push(ops::quantize_act::quantize_act(&ctx, "attn_quant", &attn, q_dim, q_dim, &xq, &xs));
             matmul_int4(&ctx, "wo", &layer.wo, &MatmulIo { accumulate: true, ..io }).into_iter().for_each(&mut push);
             // x = x + W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))
