@@ -129,7 +129,20 @@ fn run(cli: Cli) -> Result<()> {
                 let vp = edgereason::sched::best_of_n::VoteParams {
                     answer_regex: answer_regex.as_deref().map(regex::Regex::new).transpose().context("--answer-regex")?,
                 };
-                let out = edgereason::sched::best_of_n::generate_n(&engine, &ids, *best_of, &params, &vp, |_, _, _| true)?;
+                // Live view on stderr: one cell per stream with its token count.
+                let mut counts = vec![0usize; *best_of];
+                let live = !*json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+                let out = edgereason::sched::best_of_n::generate_n(&engine, &ids, *best_of, &params, &vp, |i, _, _| {
+                    counts[i] += 1;
+                    if live {
+                        let cells: Vec<String> = counts.iter().map(|c| format!("{c:>4}")).collect();
+                        eprint!("\r[tokens per stream] {}", cells.join(" "));
+                    }
+                    true
+                })?;
+                if live {
+                    eprintln!();
+                }
                 if *json {
                     let mut v = serde_json::to_value(&out)?;
                     v["device"] = serde_json::json!(engine.ctx.describe());
