@@ -1,6 +1,8 @@
 //! Kernel microbenchmarks: the int4 GEMV at M = 1..16 rows (decode with N streams reads
-//! each weight once for all rows) against the plain read kernel over the same bytes.
-//! Throughput is reported in bytes of weights, so criterion prints GB/s.
+//! each weight once for all rows) against the plain read kernel over the same bytes, and
+//! decode attention for N = 1..16 streams over a shared 2048-token prompt: the shared-prefix
+//! pass against the per-stream kernel over copied KV. Throughput is reported in bytes of
+//! weights (GEMV) and of K/V attended (attention), so criterion prints GB/s.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use edgereason::gpu::GpuContext;
@@ -33,5 +35,29 @@ fn kernels(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernels);
+fn attention(c: &mut Criterion) {
+    use edgereason::ops::attention::{keys_per_split, AttentionPlan, StreamsOverPrompt};
+    let ctx = GpuContext::new(None).expect("a GPU adapter");
+    // One layer of Qwen2.5-0.5B: 14 query heads over 2 KV heads of 64; 2048-token prompt,
+    // 64 tokens of each stream's own.
+    let (shape, prompt, own) = ((14, 2, 64), 2048, 64);
+    let block = edgereason::model::forward::BLOCK_SIZE;
+    let mut g = c.benchmark_group(format!("attention 14/2x64, {prompt}-token shared prompt on {}", ctx.describe()));
+    g.sample_size(10);
+    for n in [1usize, 2, 4, 8, 16] {
+        let shared = StreamsOverPrompt::new(&ctx, shape, prompt, &vec![own; n], block, true, 1);
+        let copied = StreamsOverPrompt::new(&ctx, shape, prompt, &vec![own; n], block, false, 1);
+        g.throughput(Throughput::Bytes(shared.attended_kv_bytes()));
+        let kps = keys_per_split(&ctx);
+        for (name, case, shared_prefix) in [("shared-prefix pass", &shared, true), ("per-stream, copied KV", &copied, false)] {
+            let list = case.attention(&ctx, AttentionPlan { keys_per_split: kps, shared_prefix });
+            let refs: Vec<_> = list.iter().collect();
+            let step = case.step();
+            g.bench_function(format!("N={n} {name}"), |b| b.iter(|| ops::run_step(&ctx, &refs, &step)));
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernels, attention);
 criterion_main!(benches);

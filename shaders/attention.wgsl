@@ -123,9 +123,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 //#else
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
 //#endif
-    if (wid.z < p.shared_splits) {
-        return; // shared-prefix keys: the `prefix` pass did this split for every row
-    }
+    // The grid skips the leading shared-prefix splits: the `prefix` pass did them.
+    let z = wid.z + p.shared_splits;
     let h = wid.x;
     let m = wid.y;
     let tid = lid.x;
@@ -142,7 +141,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var k_begin = 0u;
     var k_end = n_keys;
     if (p.n_splits > 1u) {
-        k_begin = min(wid.z * p.keys_per_split, n_keys);
+        k_begin = min(z * p.keys_per_split, n_keys);
         k_end = min(k_begin + p.keys_per_split, n_keys);
     }
     var run_max = -3.0e38;
@@ -184,7 +183,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         workgroupBarrier();
     }
     if (p.n_splits > 1u) {
-        let part = (m * p.n_head + h) * p.n_splits + wid.z;
+        let part = (m * p.n_head + h) * p.n_splits + z;
         if (tid == 0u) {
             part_ml[part] = vec2<f32>(run_max, run_sum);
         }
@@ -209,61 +208,98 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
 }
 
-// Shared-prefix (cascade) attention: one workgroup per (head, split z < shared_splits)
-// loads that split's keys and values once into workgroup memory and attends every row's
-// query to them, writing the same partials as `main`; the merge then adds each row's own
-// suffix. N streams over one prompt read the prompt's K/V once instead of N times.
+// Shared-prefix (cascade) attention, as Hydragen / FlashInfer's cascade: the N streams'
+// queries against the prompt they share form a matrix, so the prompt's K/V is read once
+// for all of them instead of once per stream and head. One workgroup per (KV head, chunk
+// of ROWS queries, split z < shared_splits): it loads the split's keys and values into
+// workgroup memory once, scores its queries — every (row, query head of the group) on this
+// KV head — with one unpack of each key reused for ROWS queries held in registers, and
+// writes the same partials as `main`; `merge` then adds each row's own suffix.
+// (head_dim ≤ 64, keys_per_split ≤ 64; every key of the split is inside every row's
+// shared prefix, so row 0's block table serves all rows.)
+var<workgroup> pq: array<f32, 64 * ROWS>;   // [ROWS][64] scaled queries
+var<workgroup> ps: array<f32, 64 * ROWS>;   // [ROWS][64] scores, then probabilities
+
+// Partial-result index of query r (row r / group, head kvh·group + r % group) in split z.
+fn prefix_part(r: u32, kvh: u32, group: u32, z: u32) -> u32 {
+    let h = kvh * group + r % group;
+    return ((r / group) * p.n_head + h) * p.n_splits + z;
+}
+
 @compute @workgroup_size(64)
 fn prefix(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let h = wid.x;
+    let kvh = wid.x;
     let z = wid.z;
     let tid = lid.x;
     let hd = p.head_dim;
     let words = hd / 2u;
     let kv_words = p.n_kv_head * words;
-    let kvh = h / (p.n_head / p.n_kv_head);
+    let group = p.n_head / p.n_kv_head;
+    let n_q = p.m * group;
+    let r0 = wid.y * ROWS;
     let k0 = z * p.keys_per_split;
-    let count = p.keys_per_split; // ≤ 64, all inside every row's shared prefix
-    if (tid < count) {
-        // Row 0's table: the blocks are the same for every row here.
-        let kb = key_slot(0u, k0 + tid) * kv_words + kvh * words;
-        for (var w = 0u; w < words; w = w + 1u) {
-            pk[tid * words + w] = k_cache[kb + w];
-            pv[tid * words + w] = v_cache[kb + w];
+    let count = p.keys_per_split;
+    // The split's K and V, lanes reading consecutive words.
+    for (var i = tid; i < count * words; i = i + WG) {
+        let kb = key_slot(0u, k0 + i / words) * kv_words + kvh * words + i % words;
+        pk[i] = k_cache[kb];
+        pv[i] = v_cache[kb];
+    }
+    for (var i = tid; i < ROWS * 64u; i = i + WG) {
+        let r = r0 + i / 64u;
+        let d = i % 64u;
+        var v = 0.0;
+        if (r < n_q && d < hd) {
+            let h = kvh * group + r % group;
+            v = qkv[(r / group) * p.qkv_stride + h * hd + d] * p.scale;
         }
+        pq[i] = v;
     }
     workgroupBarrier();
-    for (var m = 0u; m < p.m; m = m + 1u) {
-        for (var d = tid; d < hd; d = d + WG) {
-            q[d] = qkv[m * p.qkv_stride + h * hd + d] * p.scale;
+    // Scores: lane t takes key t for all ROWS queries.
+    if (tid < count) {
+        var dot{r} = 0.0;
+        for (var w = 0u; w < words; w = w + 1u) {
+            let kk = unpack2x16float(pk[tid * words + w]);
+            dot{r} = dot{r} + pq[{r}u * 64u + 2u * w] * kk.x + pq[{r}u * 64u + 2u * w + 1u] * kk.y;
         }
-        workgroupBarrier();
-        var s = -3.0e38;
-        if (tid < count) {
-            var dot = 0.0;
-            for (var w = 0u; w < words; w = w + 1u) {
-                let kk = unpack2x16float(pk[tid * words + w]);
-                dot = dot + q[2u * w] * kk.x + q[2u * w + 1u] * kk.y;
-            }
-            s = dot;
+        ps[{r}u * 64u + tid] = dot{r};
+    }
+    workgroupBarrier();
+    // Softmax within the split: lane r takes query r.
+    if (tid < ROWS && r0 + tid < n_q) {
+        var mx = -3.0e38;
+        for (var j = 0u; j < count; j = j + 1u) {
+            mx = max(mx, ps[tid * 64u + j]);
         }
-        let mx = reduce_max(tid, s);
-        let e = select(0.0, exp(s - mx), tid < count);
-        prob[tid] = e;
-        let sum = reduce_sum(tid, e);
-        let part = (m * p.n_head + h) * p.n_splits + z;
-        if (tid < words) {
-            var acc = vec2<f32>(0.0);
-            for (var j = 0u; j < count; j = j + 1u) {
-                acc = acc + prob[j] * unpack2x16float(pv[j * words + tid]);
-            }
-            part_o[part * hd + 2u * tid] = acc.x;
-            part_o[part * hd + 2u * tid + 1u] = acc.y;
+        var sum = 0.0;
+        for (var j = 0u; j < count; j = j + 1u) {
+            let e = exp(ps[tid * 64u + j] - mx);
+            ps[tid * 64u + j] = e;
+            sum = sum + e;
         }
-        if (tid == 0u) {
-            part_ml[part] = vec2<f32>(mx, sum);
+        part_ml[prefix_part(r0 + tid, kvh, group, z)] = vec2<f32>(mx, sum);
+    }
+    workgroupBarrier();
+    // Probabilities · V: lane w of each half takes output dims (2w, 2w+1) for all ROWS
+    // queries over half the keys (words ≤ 32, so both halves fit in 64 lanes); the second
+    // half's sums go through `pq`, free after the scores.
+    let half = tid / words;
+    let w = tid % words;
+    let j_mid = count / 2u;
+    var acc{r} = vec2<f32>(0.0);
+    if (half < 2u) {
+        for (var j = select(0u, j_mid, half == 1u); j < select(j_mid, count, half == 1u); j = j + 1u) {
+            let vv = unpack2x16float(pv[j * words + w]);
+            acc{r} = acc{r} + ps[{r}u * 64u + j] * vv;
         }
-        workgroupBarrier();
+    }
+    if (half == 1u) {
+        pq[{r}u * 64u + 2u * w] = acc{r}.x; pq[{r}u * 64u + 2u * w + 1u] = acc{r}.y;
+    }
+    workgroupBarrier();
+    if (half == 0u) {
+        if (r0 + {r}u < n_q) { let o = prefix_part(r0 + {r}u, kvh, group, z) * hd + 2u * w; part_o[o] = acc{r}.x + pq[{r}u * 64u + 2u * w]; part_o[o + 1u] = acc{r}.y + pq[{r}u * 64u + 2u * w + 1u]; }
     }
 }
 

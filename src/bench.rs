@@ -193,3 +193,57 @@ pub fn streams(engine: &Engine, prompt_tokens: usize, gen_tokens: usize, ns: &[u
     }
     Ok(out)
 }
+
+/// `bench --attention`: one decode step's attention for N streams over a shared prompt,
+/// three ways — the shared-prefix pass over the shared cache, the per-stream kernel over the
+/// same shared cache, and the per-stream kernel over per-stream copies of the prompt (a
+/// cache without prefix sharing).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AttentionReport {
+    pub device: String,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub streams: usize,
+    pub prompt_len: usize,
+    pub suffix_len: usize,
+    pub shared_prefix_ms: f64,
+    pub per_stream_shared_cache_ms: f64,
+    pub per_stream_copied_kv_ms: f64,
+    /// Cache bytes held: prompt once + suffixes, against the prompt copied per stream.
+    pub kv_bytes_shared: u64,
+    pub kv_bytes_copied: u64,
+}
+
+/// Time the three attention variants (median of `reps`) for `streams` streams with
+/// `suffix_len` tokens each after a `prompt_len`-token prompt, one layer of the given shape.
+pub fn attention(ctx: &crate::gpu::GpuContext, (n_head, n_kv_head, head_dim): (usize, usize, usize), streams: usize, prompt_len: usize, suffix_len: usize, reps: usize) -> AttentionReport {
+    use ops::attention::{AttentionPlan, StreamsOverPrompt};
+    let shape = (n_head, n_kv_head, head_dim);
+    let suffixes = vec![suffix_len; streams];
+    let block = crate::model::forward::BLOCK_SIZE;
+    let shared = StreamsOverPrompt::new(ctx, shape, prompt_len, &suffixes, block, true, 1);
+    let copied = StreamsOverPrompt::new(ctx, shape, prompt_len, &suffixes, block, false, 1);
+    let device_plan = AttentionPlan::for_device(ctx);
+    let time = |case: &StreamsOverPrompt, plan: AttentionPlan| {
+        let list = case.attention(ctx, plan);
+        let refs: Vec<_> = list.iter().collect();
+        let step = case.step();
+        time_ms(ctx, reps, || ops::run_step(ctx, &refs, &step))
+    };
+    let kv_token = (n_kv_head * head_dim * 2 * 2) as u64;
+    AttentionReport {
+        device: ctx.describe(),
+        n_head,
+        n_kv_head,
+        head_dim,
+        streams,
+        prompt_len,
+        suffix_len,
+        shared_prefix_ms: time(&shared, AttentionPlan { keys_per_split: 64, shared_prefix: true }),
+        per_stream_shared_cache_ms: time(&shared, AttentionPlan { shared_prefix: false, ..device_plan }),
+        per_stream_copied_kv_ms: time(&copied, AttentionPlan { shared_prefix: false, ..device_plan }),
+        kv_bytes_shared: (prompt_len.div_ceil(block) + streams * (prompt_len % block + suffix_len).div_ceil(block)) as u64 * block as u64 * kv_token,
+        kv_bytes_copied: (streams * (prompt_len + suffix_len).div_ceil(block)) as u64 * block as u64 * kv_token,
+    }
+}

@@ -79,6 +79,11 @@ enum Cmd {
         /// Instead: batched decode step time for these stream counts over one shared prompt.
         #[arg(long, value_delimiter = ',')]
         streams: Option<Vec<usize>>,
+        /// Instead: one layer's decode attention for this many streams over a shared prompt
+        /// of --prompt-tokens tokens (--gen-tokens own tokens each): the shared-prefix pass
+        /// against the per-stream kernel, over the shared cache and over copied KV.
+        #[arg(long)]
+        attention: Option<usize>,
     },
     /// Print a model's configuration and tensors.
     Inspect { model: String },
@@ -95,6 +100,40 @@ enum Cmd {
     },
     /// Write the engine's pre-quantized int4 safetensors (no re-quantizing at start-up).
     Quantize { input: String, output: std::path::PathBuf },
+}
+
+/// The live view of `run --best-of N`: the last line's worth of each stream's text.
+struct StreamsView {
+    texts: Vec<String>,
+    drawn: bool,
+    width: usize,
+}
+
+impl StreamsView {
+    fn new(n: usize) -> Self {
+        let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(100usize);
+        StreamsView { texts: vec![String::new(); n], drawn: false, width: width.max(20) }
+    }
+
+    fn push(&mut self, stream: usize, text: &str) {
+        self.texts[stream].push_str(text);
+    }
+
+    fn draw(&mut self) {
+        let mut out = String::new();
+        if self.drawn {
+            out.push_str(&format!("\x1b[{}A", self.texts.len())); // back to the first line
+        }
+        for (i, t) in self.texts.iter().enumerate() {
+            let flat: String = t.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+            let room = self.width - 8;
+            let chars: Vec<char> = flat.chars().collect();
+            let tail: String = chars[chars.len().saturating_sub(room)..].iter().collect();
+            out.push_str(&format!("\r\x1b[2K[{i:>2}] {tail}\n"));
+        }
+        eprint!("{out}");
+        self.drawn = true;
+    }
 }
 
 fn load(model: &str, cli: &Cli) -> Result<Engine> {
@@ -129,20 +168,20 @@ fn run(cli: Cli) -> Result<()> {
                 let vp = edgereason::sched::best_of_n::VoteParams {
                     answer_regex: answer_regex.as_deref().map(regex::Regex::new).transpose().context("--answer-regex")?,
                 };
-                // Live view on stderr: one cell per stream with its token count.
-                let mut counts = vec![0usize; *best_of];
+                // Live view on stderr (a terminal, not --json): one line per stream with the
+                // tail of its text, redrawn after each batched step.
                 let live = !*json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-                let out = edgereason::sched::best_of_n::generate_n(&engine, &ids, *best_of, &params, &vp, |i, _, _| {
-                    counts[i] += 1;
-                    if live {
-                        let cells: Vec<String> = counts.iter().map(|c| format!("{c:>4}")).collect();
-                        eprint!("\r[tokens per stream] {}", cells.join(" "));
+                let mut view = StreamsView::new(*best_of);
+                let mut run = edgereason::sched::best_of_n::Decoding::start(&engine, &ids, *best_of, &params)?;
+                while !run.is_finished() {
+                    for t in run.step()? {
+                        view.push(t.stream, &t.text);
                     }
-                    true
-                })?;
-                if live {
-                    eprintln!();
+                    if live {
+                        view.draw();
+                    }
                 }
+                let out = run.finish(&vp);
                 if *json {
                     let mut v = serde_json::to_value(&out)?;
                     v["device"] = serde_json::json!(engine.ctx.describe());
@@ -189,8 +228,22 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{} tokens, mean NLL {:.4}, perplexity {:.3}", ids.len(), s.mean_nll, s.perplexity);
             }
         }
-        Cmd::Bench { model, prompt_tokens, gen_tokens, json, streams } => {
+        Cmd::Bench { model, prompt_tokens, gen_tokens, json, streams, attention } => {
             let engine = load(model, &cli)?;
+            if let Some(n) = attention {
+                let c = &engine.model.config;
+                let r = edgereason::bench::attention(&engine.ctx, (c.n_head, c.n_kv_head, c.head_dim), *n, *prompt_tokens, *gen_tokens, 10);
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    println!("{} / {model}: attention, {n} streams, {prompt_tokens}-token shared prompt + {gen_tokens} own tokens each ({} heads, {} KV heads, head_dim {})", r.device, r.n_head, r.n_kv_head, r.head_dim);
+                    println!("  shared-prefix pass, shared cache   {:>9.3} ms", r.shared_prefix_ms);
+                    println!("  per-stream kernel, shared cache    {:>9.3} ms ({:.2}x the shared-prefix pass)", r.per_stream_shared_cache_ms, r.per_stream_shared_cache_ms / r.shared_prefix_ms);
+                    println!("  per-stream kernel, copied KV       {:>9.3} ms ({:.2}x the shared-prefix pass)", r.per_stream_copied_kv_ms, r.per_stream_copied_kv_ms / r.shared_prefix_ms);
+                    println!("  KV held: {:.2} MiB shared, {:.2} MiB copied", r.kv_bytes_shared as f64 / 1048576.0, r.kv_bytes_copied as f64 / 1048576.0);
+                }
+                return Ok(());
+            }
             if let Some(ns) = streams {
                 let rows = edgereason::bench::streams(&engine, *prompt_tokens, *gen_tokens, ns)?;
                 if *json {

@@ -60,3 +60,29 @@ fn kv_bytes_per_token(e: &Engine) -> usize {
     let c = &e.model.config;
     2 * c.n_layer * c.n_kv_head * c.head_dim * 2
 }
+
+#[test]
+fn iterator_yields_every_streams_tokens_and_streams_stop() {
+    use edgereason::sched::best_of_n::Decoding;
+    let e = engine();
+    let prompt = e.encode("Once upon a time").unwrap();
+    let params = GenerateParams { max_tokens: 9, sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 3 }, stop: vec![] };
+    let want = generate_n(&e, &prompt, 4, &params, &VoteParams::default(), |_, _, _| true).unwrap();
+    let mut run = Decoding::start(&e, &prompt, 4, &params).unwrap();
+    let mut got = vec![Vec::new(); 4];
+    while let Some(t) = run.next() {
+        let t = t.unwrap();
+        got[t.stream].push(t.id);
+        // Stream 2 stops after its third token; the others go on unchanged.
+        if t.stream == 2 && got[2].len() == 3 {
+            run.stop_stream(2);
+        }
+    }
+    let out = run.finish(&VoteParams::default());
+    for c in &want.candidates {
+        let expect: Vec<u32> = if c.index == 2 { c.tokens[..3].to_vec() } else { c.tokens.clone() };
+        assert_eq!(got[c.index], expect, "stream {} through the iterator", c.index);
+        assert_eq!(out.candidates[c.index].tokens, expect, "stream {} candidate", c.index);
+    }
+    assert_eq!(out.candidates[2].finish_reason, "stop");
+}

@@ -311,6 +311,41 @@ fn rope_and_attention_match_reference() {
 }
 
 #[test]
+fn shared_prefix_attention_matches_reference() {
+    use ops::attention::{shared_prefix_supported, AttentionPlan, StreamsOverPrompt};
+    for ctx in contexts() {
+        // GQA shapes (Qwen2.5-0.5B's 14/2 heads of 64; 6/2 heads of 20), prompts ending
+        // mid-block (their last block copied per stream, as fork does), N = 1..16 streams
+        // with suffixes of different lengths, split sizes 16 and 64.
+        for (shape, prompt_len, keys_per_split) in [((14usize, 2usize, 64usize), 150usize, 64u32), ((6, 2, 20), 45, 16)] {
+            for n in [1usize, 2, 5, 16] {
+                let suffix_lens: Vec<usize> = (0..n).map(|i| 1 + (i * 7) % 19).collect();
+                let case = StreamsOverPrompt::new(&ctx, shape, prompt_len, &suffix_lens, 16, true, n as u64);
+                let step = case.step();
+                let splits = ops::attention_splits(&step, keys_per_split);
+                let shared_splits = ops::prefix_splits(&step, keys_per_split, true);
+                if n > 1 {
+                    assert!(shared_splits >= 2, "{}: the shared-prefix pass must run ({shared_splits} splits)", path(&ctx));
+                    assert!(shared_prefix_supported(&ctx, shape.2, keys_per_split), "{}: shared-prefix pass unsupported", path(&ctx));
+                }
+                for shared_prefix in [true, false] {
+                    let att = case.attention(&ctx, AttentionPlan { keys_per_split, shared_prefix });
+                    ops::run_step(&ctx, &att.iter().collect::<Vec<_>>(), &step);
+                    let got: Vec<f32> = ctx.read(&case.out, 0, n * shape.0 * shape.2).unwrap();
+                    for i in 0..n {
+                        for h in 0..shape.0 {
+                            let o = (i * shape.0 + h) * shape.2;
+                            let what = format!("{} {shape:?} N={n} stream {i} head {h} ({splits} splits, {} shared)", path(&ctx), if shared_prefix { shared_splits } else { 0 });
+                            assert_close(&what, &got[o..o + shape.2], &case.reference(i, h), 2e-4, 2e-3);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn embedding_gathers_quantized_rows() {
     for ctx in contexts() {
         let (n_vocab, k) = (301usize, 96usize);

@@ -24,15 +24,13 @@ pub struct BlockTables<'a> {
     pub max_blocks: u32,
 }
 
-/// Keys per split for split-K decode attention on this device: GPUs get 64 (one
-/// workgroup per 64 keys, enough workgroups to fill the device); CPU adapters such as
-/// lavapipe have more workgroups than cores already and get 0 (never split).
-pub fn keys_per_split(ctx: &GpuContext) -> u32 {
-    if ctx.adapter.device_type == "Cpu" {
-        0
-    } else {
-        64
-    }
+/// Keys per split for split-K decode attention: 64 on every device. GPUs need the
+/// workgroups (one per 64 keys fills an H200 at long context); on lavapipe it is what lets
+/// the shared-prefix pass run, and it measured no slower for one stream either
+/// (SmolLM2-135M, 512-token prompt, `bench --streams 1,8`: N=1 256.7 → 240.3 ms per step,
+/// N=8 1574.7 → 572.8 ms with the pass).
+pub fn keys_per_split(_ctx: &GpuContext) -> u32 {
+    64
 }
 
 /// Partial-result buffers split-K attention needs for up to 16 decode rows:
@@ -41,6 +39,14 @@ pub fn partial_bytes(n_head: usize, head_dim: usize) -> (u64, u64) {
     let parts = (16 * n_head * super::MAX_SPLITS as usize) as u64;
     (parts * head_dim as u64 * 4, parts * 8)
 }
+
+/// Queries (row, head) one shared-prefix workgroup scores against its split (`ROWS` in the
+/// shader): each key is unpacked once for this many queries.
+pub const PREFIX_QUERIES: u32 = 8;
+
+/// Workgroup memory of the shared-prefix pass: K and V of 64 keys × 64 dims in f16, and
+/// queries and scores for [`PREFIX_QUERIES`] queries.
+const PREFIX_WORKGROUP_BYTES: u32 = 2 * 2048 * 4 + 2 * 64 * PREFIX_QUERIES * 4;
 
 /// Buffers attention reads and writes for one layer.
 pub struct AttentionIo<'a> {
@@ -68,14 +74,20 @@ pub struct AttentionPlan {
 }
 
 impl AttentionPlan {
-    /// This device's plan. The shared-prefix pass is off unless EDGEREASON_SHARED_PREFIX=1:
-    /// measured on an H200 (Qwen2.5-0.5B shapes, 2048-token prompt, N = 8) the whole decode
-    /// step took 10.1 ms with it and 8.4-9.4 ms without — the prefix sits in L2 anyway, and
-    /// the pass walks the rows one after another. Kept, and tested, for devices where the
-    /// prompt's K/V does not stay cached.
+    /// This device's plan: [`keys_per_split`] and the shared-prefix pass on.
+    /// EDGEREASON_KEYS_PER_SPLIT and EDGEREASON_SHARED_PREFIX=0|1 override them (for
+    /// measuring one against the other).
     pub fn for_device(ctx: &GpuContext) -> Self {
-        AttentionPlan { keys_per_split: keys_per_split(ctx), shared_prefix: std::env::var("EDGEREASON_SHARED_PREFIX").is_ok_and(|v| v == "1") }
+        let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+        AttentionPlan { keys_per_split: env("EDGEREASON_KEYS_PER_SPLIT").unwrap_or_else(|| keys_per_split(ctx)), shared_prefix: env("EDGEREASON_SHARED_PREFIX").is_none_or(|v| v != 0) }
     }
+}
+
+/// Whether the shared-prefix pass handles this shape on this device: one split of K and V
+/// (≤ 64 keys of head_dim ≤ 64) sits in workgroup memory next to its queries' scores, 20 KiB
+/// in all, more than some phones give.
+pub fn shared_prefix_supported(ctx: &GpuContext, head_dim: usize, keys_per_split: u32) -> bool {
+    head_dim <= 64 && (1..=64).contains(&keys_per_split) && ctx.device.limits().max_compute_workgroup_storage_size >= PREFIX_WORKGROUP_BYTES
 }
 
 /// The attention launches: the shared-prefix pass (only for decode steps of several rows
@@ -98,9 +110,9 @@ pub fn attention(ctx: &GpuContext, label: &str, io: &AttentionIo, n_head: usize,
         0,
         0,
     ];
-    // The shared-prefix pass holds one split of K and V in workgroup memory: 64 keys of
-    // head_dim ≤ 64.
-    let cascade = plan.shared_prefix && head_dim <= 64 && (1..=64).contains(&keys_per_split);
+    // The shared-prefix pass holds one split of K and V in workgroup memory (64 keys of
+    // head_dim ≤ 64) next to its queries' scores: 20 KiB, more than some phones give.
+    let cascade = plan.shared_prefix && shared_prefix_supported(ctx, head_dim, keys_per_split);
     let spec = |entry: &'static str, grid: Grid| DispatchSpec {
         label: label.into(),
         shader: "attention",
@@ -110,12 +122,13 @@ pub fn attention(ctx: &GpuContext, label: &str, io: &AttentionIo, n_head: usize,
         dynamic: vec![(3, Dyn::Rows), (6, Dyn::Splits), (10, Dyn::SharedSplits)],
         buffers: vec![qkv, positions, k_cache, v_cache, out, partials.0, partials.1, tables.tables],
         grid,
-        defines: ShaderDefines::new().with("SUBGROUPS", (ctx.subgroups && entry == "main") as u32),
+        defines: ShaderDefines::new().with("SUBGROUPS", (ctx.subgroups && entry == "main") as u32).with("ROWS", PREFIX_QUERIES),
     };
     let x = n_head as u32;
     let mut out = Vec::new();
     if cascade {
-        out.push(Dispatch::new(ctx, spec("prefix", Grid::Prefix { x, keys_per_split })));
+        let group = (n_head / n_kv_head) as u32;
+        out.push(Dispatch::new(ctx, spec("prefix", Grid::Prefix { x: n_kv_head as u32, group, keys_per_split })));
     }
     out.push(Dispatch::new(ctx, spec("main", Grid::PerRowSplits { x, keys_per_split, cascade })));
     out.push(Dispatch::new(ctx, spec("merge", Grid::IfSplit { x, keys_per_split, cascade })));
@@ -131,4 +144,169 @@ pub fn reference(q: &[f32], k: &[f32], v: &[f32], hd: usize) -> Vec<f32> {
     let e: Vec<f32> = s.iter().map(|x| (x - mx).exp()).collect();
     let z: f32 = e.iter().sum();
     (0..hd).map(|d| (0..n).map(|t| e[t] * v[t * hd + d]).sum::<f32>() / z).collect()
+}
+
+/// N decode streams forked from one prompt, laid out in a paged cache as the engine lays
+/// them out (the prompt's full blocks shared, its partly filled last block copied into each
+/// stream, then each stream's own suffix), or with the whole prompt copied per stream
+/// (`shared: false`, what a server without prefix sharing holds). Random K/V (f16-rounded)
+/// and queries; [`reference`](Self::reference) is softmax attention over prompt + suffix.
+/// Used by the kernel test and the attention benchmarks.
+pub struct StreamsOverPrompt {
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub prompt_len: usize,
+    pub suffix_lens: Vec<usize>,
+    pub block_size: usize,
+    /// Host copies: prompt K/V [prompt_len][n_kv_head·head_dim], each stream's suffix K/V,
+    /// queries [stream][n_head·head_dim].
+    prompt_k: Vec<f32>,
+    prompt_v: Vec<f32>,
+    suffix_k: Vec<Vec<f32>>,
+    suffix_v: Vec<Vec<f32>>,
+    queries: Vec<f32>,
+    tables: Vec<Vec<u32>>,
+    qkv: wgpu::Buffer,
+    positions: wgpu::Buffer,
+    k_cache: wgpu::Buffer,
+    v_cache: wgpu::Buffer,
+    tables_buf: wgpu::Buffer,
+    pub out: wgpu::Buffer,
+    partials: (wgpu::Buffer, wgpu::Buffer),
+    max_blocks: usize,
+}
+
+impl StreamsOverPrompt {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(ctx: &GpuContext, (n_head, n_kv_head, head_dim): (usize, usize, usize), prompt_len: usize, suffix_lens: &[usize], block_size: usize, shared: bool, seed: u64) -> Self {
+        let kv = n_kv_head * head_dim;
+        let mut rng = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut rand = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    half::f16::from_f32(((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0).to_f32()
+                })
+                .collect()
+        };
+        let prompt_k = rand(prompt_len * kv);
+        let prompt_v = rand(prompt_len * kv);
+        let suffix_k: Vec<Vec<f32>> = suffix_lens.iter().map(|&s| rand(s * kv)).collect();
+        let suffix_v: Vec<Vec<f32>> = suffix_lens.iter().map(|&s| rand(s * kv)).collect();
+        let n = suffix_lens.len();
+        let queries = rand(n * n_head * head_dim);
+
+        // Block tables: shared full prompt blocks first (when shared), then per stream.
+        let full = prompt_len / block_size;
+        let mut next = 0u32;
+        let mut alloc = |count: usize| -> Vec<u32> {
+            let ids = (next..next + count as u32).collect();
+            next += count as u32;
+            ids
+        };
+        let common = if shared { alloc(full) } else { Vec::new() };
+        let tables: Vec<Vec<u32>> = suffix_lens
+            .iter()
+            .map(|&s| {
+                let total = (prompt_len + s).div_ceil(block_size);
+                let mut t = common.clone();
+                t.extend(alloc(total - t.len()));
+                t
+            })
+            .collect();
+        let n_blocks = next as usize;
+        let max_blocks = tables.iter().map(|t| t.len()).max().unwrap_or(1);
+        let mut k_words = vec![0f32; n_blocks * block_size * kv];
+        let mut v_words = vec![0f32; n_blocks * block_size * kv];
+        for (i, t) in tables.iter().enumerate() {
+            for pos in 0..prompt_len + suffix_lens[i] {
+                let slot = t[pos / block_size] as usize * block_size + pos % block_size;
+                let (k, v) = if pos < prompt_len {
+                    (&prompt_k[pos * kv..(pos + 1) * kv], &prompt_v[pos * kv..(pos + 1) * kv])
+                } else {
+                    let j = pos - prompt_len;
+                    (&suffix_k[i][j * kv..(j + 1) * kv], &suffix_v[i][j * kv..(j + 1) * kv])
+                };
+                k_words[slot * kv..(slot + 1) * kv].copy_from_slice(k);
+                v_words[slot * kv..(slot + 1) * kv].copy_from_slice(v);
+            }
+        }
+        let f16s = |x: &[f32]| -> Vec<u16> { x.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect() };
+        // qkv rows carry Q heads first; the K/V part of each row is unused by attention.
+        let stride = (n_head + 2 * n_kv_head) * head_dim;
+        let mut qkv = vec![0f32; n * stride];
+        for i in 0..n {
+            qkv[i * stride..i * stride + n_head * head_dim].copy_from_slice(&queries[i * n_head * head_dim..(i + 1) * n_head * head_dim]);
+        }
+        let positions: Vec<u32> = suffix_lens.iter().map(|&s| (prompt_len + s - 1) as u32).collect();
+        let flat_tables: Vec<u32> = tables.iter().flat_map(|t| t.iter().copied().chain(std::iter::repeat(0)).take(max_blocks)).collect();
+        let (po, pml) = partial_bytes(n_head, head_dim);
+        StreamsOverPrompt {
+            n_head,
+            n_kv_head,
+            head_dim,
+            prompt_len,
+            suffix_lens: suffix_lens.to_vec(),
+            block_size,
+            qkv: ctx.storage_from("case qkv", &qkv),
+            positions: ctx.storage_from("case positions", &positions),
+            k_cache: ctx.storage_from("case k", &f16s(&k_words)),
+            v_cache: ctx.storage_from("case v", &f16s(&v_words)),
+            tables_buf: ctx.storage_from("case tables", &flat_tables),
+            out: ctx.storage("case out", (n * n_head * head_dim * 4) as u64),
+            partials: (ctx.storage("case part_o", po), ctx.storage("case part_ml", pml)),
+            prompt_k,
+            prompt_v,
+            suffix_k,
+            suffix_v,
+            queries,
+            tables,
+            max_blocks,
+        }
+    }
+
+    /// The attention launches for this batch under `plan`.
+    pub fn attention(&self, ctx: &GpuContext, plan: AttentionPlan) -> Vec<Dispatch> {
+        let io = AttentionIo {
+            qkv: &self.qkv,
+            qkv_stride: (self.n_head + 2 * self.n_kv_head) * self.head_dim,
+            positions: &self.positions,
+            k_cache: &self.k_cache,
+            v_cache: &self.v_cache,
+            tables: BlockTables { tables: &self.tables_buf, block_size: self.block_size as u32, max_blocks: self.max_blocks as u32 },
+            out: &self.out,
+            partials: (&self.partials.0, &self.partials.1),
+        };
+        attention(ctx, "attention case", &io, self.n_head, self.n_kv_head, self.head_dim, plan)
+    }
+
+    /// The decode step, with the shared length computed as the engine computes it: keys in
+    /// leading blocks every stream's table has in common.
+    pub fn step(&self) -> super::Step {
+        let first = &self.tables[0];
+        let common = self.tables[1..].iter().map(|t| first.iter().zip(t).take_while(|(a, b)| a == b).count()).min().unwrap_or(first.len());
+        let min_keys = self.prompt_len + self.suffix_lens.iter().min().unwrap();
+        let max_keys = self.prompt_len + self.suffix_lens.iter().max().unwrap();
+        super::Step { rows: self.suffix_lens.len() as u32, row0: 0, kv_len: max_keys as u32, shared_len: (common * self.block_size).min(min_keys) as u32 }
+    }
+
+    /// Bytes of K and V the streams attend to (prompt counted once per stream).
+    pub fn attended_kv_bytes(&self) -> u64 {
+        let keys: usize = self.suffix_lens.iter().map(|s| self.prompt_len + s).sum();
+        (keys * self.n_kv_head * self.head_dim * 2 * 2) as u64
+    }
+
+    /// CPU attention of stream `i`'s head `h` over its prompt + suffix.
+    pub fn reference(&self, i: usize, h: usize) -> Vec<f32> {
+        let (hd, kv) = (self.head_dim, self.n_kv_head * self.head_dim);
+        let kvh = h / (self.n_head / self.n_kv_head);
+        let gather = |prompt: &[f32], suffix: &[f32]| -> Vec<f32> {
+            prompt.chunks(kv).chain(suffix.chunks(kv)).flat_map(|row| row[kvh * hd..(kvh + 1) * hd].to_vec()).collect()
+        };
+        let k = gather(&self.prompt_k, &self.suffix_k[i]);
+        let v = gather(&self.prompt_v, &self.suffix_v[i]);
+        let q = &self.queries[(i * self.n_head + h) * hd..(i * self.n_head + h + 1) * hd];
+        reference(q, &k, &v, hd)
+    }
 }

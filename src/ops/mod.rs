@@ -92,12 +92,13 @@ pub enum Grid {
     IfKSplit { x: u32, k_splits: u32 },
     /// x fixed, y = rows.
     PerRow { x: u32 },
-    /// x fixed, y = rows, z = attention splits.
+    /// x fixed, y = rows, z = attention splits after those the shared-prefix pass took.
     PerRowSplits { x: u32, keys_per_split: u32, cascade: bool },
     /// x fixed, y = rows; launched only when attention was split (the merge pass).
     IfSplit { x: u32, keys_per_split: u32, cascade: bool },
-    /// x fixed, y = 1, z = shared-prefix splits; launched only when there are some.
-    Prefix { x: u32, keys_per_split: u32 },
+    /// x = KV heads, y = chunks of ROWS queries (rows × group heads), z = shared-prefix
+    /// splits; launched only when there are some.
+    Prefix { x: u32, group: u32, keys_per_split: u32 },
 }
 
 /// One kernel launch with everything but the row count fixed.
@@ -205,8 +206,11 @@ impl Dispatch {
             // The reduce pass shares its module with the tiled matmul, which needs a ROWS.
             Grid::IfKSplit { x, .. } => (self.defines.clone().with("ROWS", 1), [x, rows, 1]),
             Grid::PerRow { x } | Grid::IfSplit { x, .. } => (self.defines.clone(), [x, rows, 1]),
-            Grid::PerRowSplits { x, .. } => (self.defines.clone(), [x, rows, splits]),
-            Grid::Prefix { x, .. } => (self.defines.clone(), [x, 1, shared]),
+            Grid::PerRowSplits { x, .. } => (self.defines.clone(), [x, rows, splits - shared]),
+            Grid::Prefix { x, group, .. } => {
+                let per = self.defines.get("ROWS").unwrap_or(1);
+                (self.defines.clone(), [x, (rows * group).div_ceil(per), shared])
+            }
         };
         let pipeline = ctx.pipeline(self.shader, self.entry, &defines, &self.layout.1);
         pass.set_pipeline(&pipeline);
