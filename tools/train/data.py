@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Verifiable training data for the reasoning adapter and the switcher.
+
+Writes DIR/train.jsonl and DIR/test.jsonl; one JSON object per line:
+
+    {"prompt": str, "response": str, "answer": str, "difficulty": "easy" | "hard"}
+
+HARD items are multi-step arithmetic word problems (2-4 operations on small integers). Their
+response is a reasoning trace, exactly
+
+    "<think>\\n" + steps + "\\n</think>\\n\\nFinal answer: \\\\boxed{" + answer + "}"
+
+EASY items are one-step arithmetic questions and short factual/chat prompts from a built-in table
+(capitals, colours, opposites, simple definitions); their response is a short direct answer with
+no think block, ending with "\\\\boxed{answer}".
+
+Everything is generated from --seed and is deterministic. The held-out split never shares a
+prompt with the train split (facts are split by table entry).
+
+Other data: sft.py (and grpo.py / verifier.py, which need "answer") read any JSONL with at least
+"prompt" and "response"; `load_jsonl` fills a missing "answer" from the response's last \\boxed{}
+and a missing "difficulty" from whether the response has a <think> block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+NAMES = ["Tom", "Anna", "Ravi", "Mia", "Leo", "Sara", "Omar", "Lena", "Kai", "Nora", "Ben", "Ivy"]
+ITEMS = ["apples", "marbles", "stickers", "books", "coins", "pencils", "cookies", "stamps", "shells", "cards"]
+
+# The sentence templates of hard problems; tests parse them back to recompute the answer.
+START = "{name} has {n} {item}."
+OPS = {
+    "add": "{pron} gets {k} more {item}.",
+    "sub": "{pron} gives away {k} {item}.",
+    "mul": "Then the number of {item} becomes {k} times as large.",
+    "div": "{pron} splits the {item} into {k} equal groups and keeps one group.",
+    "addmul": "{pron} buys {a} packs with {b} {item} in each pack.",
+}
+QUESTION = " How many {item} does {name} have now?"
+HE_SHE = {"Tom": "He", "Ravi": "He", "Leo": "He", "Omar": "He", "Kai": "He", "Ben": "He"}
+
+# (question, short answer sentence, answer) — the EASY factual/chat table.
+FACTS = [
+    ("What is the capital of France?", "The capital of France is Paris.", "Paris"),
+    ("What is the capital of Germany?", "The capital of Germany is Berlin.", "Berlin"),
+    ("What is the capital of Italy?", "The capital of Italy is Rome.", "Rome"),
+    ("What is the capital of Spain?", "The capital of Spain is Madrid.", "Madrid"),
+    ("What is the capital of Japan?", "The capital of Japan is Tokyo.", "Tokyo"),
+    ("What is the capital of Egypt?", "The capital of Egypt is Cairo.", "Cairo"),
+    ("What is the capital of Canada?", "The capital of Canada is Ottawa.", "Ottawa"),
+    ("What is the capital of Kenya?", "The capital of Kenya is Nairobi.", "Nairobi"),
+    ("What is the capital of Peru?", "The capital of Peru is Lima.", "Lima"),
+    ("What is the capital of Norway?", "The capital of Norway is Oslo.", "Oslo"),
+    ("What is the capital of Greece?", "The capital of Greece is Athens.", "Athens"),
+    ("What is the capital of Portugal?", "The capital of Portugal is Lisbon.", "Lisbon"),
+    ("What colour is the sky on a clear day?", "The sky is blue.", "blue"),
+    ("What colour is grass?", "Grass is green.", "green"),
+    ("What colour is snow?", "Snow is white.", "white"),
+    ("What colour is a ripe banana?", "A ripe banana is yellow.", "yellow"),
+    ("What colour is coal?", "Coal is black.", "black"),
+    ("What colour do you get by mixing red and white?", "Red and white make pink.", "pink"),
+    ("What colour do you get by mixing blue and yellow?", "Blue and yellow make green.", "green"),
+    ("What colour is a ripe tomato?", "A ripe tomato is red.", "red"),
+    ("What is the opposite of hot?", "The opposite of hot is cold.", "cold"),
+    ("What is the opposite of up?", "The opposite of up is down.", "down"),
+    ("What is the opposite of big?", "The opposite of big is small.", "small"),
+    ("What is the opposite of fast?", "The opposite of fast is slow.", "slow"),
+    ("What is the opposite of open?", "The opposite of open is closed.", "closed"),
+    ("What is the opposite of day?", "The opposite of day is night.", "night"),
+    ("What do you call a baby cat?", "A baby cat is a kitten.", "kitten"),
+    ("What do you call a baby dog?", "A baby dog is a puppy.", "puppy"),
+    ("What do you call a baby cow?", "A baby cow is a calf.", "calf"),
+    ("What do you call frozen water?", "Frozen water is ice.", "ice"),
+    ("What is the word for a place where books are lent?", "That is a library.", "library"),
+    ("What is the word for a doctor for animals?", "That is a vet.", "vet"),
+    ("What gas do plants take in from the air?", "Plants take in carbon dioxide.", "carbon dioxide"),
+    ("Which planet do we live on?", "We live on Earth.", "Earth"),
+    ("How many days are in a week?", "A week has 7 days.", "7"),
+    ("How many legs does a spider have?", "A spider has 8 legs.", "8"),
+    ("How many months are in a year?", "A year has 12 months.", "12"),
+    ("How many sides does a triangle have?", "A triangle has 3 sides.", "3"),
+    ("Say hello in French.", "Hello in French is bonjour.", "bonjour"),
+    ("Say thank you in Spanish.", "Thank you in Spanish is gracias.", "gracias"),
+    ("Reply with the word yes.", "Yes.", "yes"),
+    ("What is the first letter of the English alphabet?", "The first letter is A.", "A"),
+    ("What animal says moo?", "A cow says moo.", "cow"),
+    ("What animal says woof?", "A dog says woof.", "dog"),
+    ("Which season comes after winter?", "Spring comes after winter.", "spring"),
+    ("Which day comes after Monday?", "Tuesday comes after Monday.", "Tuesday"),
+]
+
+ARITH_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def think_response(steps: list[str], answer: str) -> str:
+    return "<think>\n" + "\n".join(steps) + "\n</think>\n\nFinal answer: \\boxed{" + answer + "}"
+
+
+def direct_response(sentence: str, answer: str) -> str:
+    return sentence + " \\boxed{" + answer + "}"
+
+
+def gen_hard(rng: random.Random) -> dict:
+    """A 2-4 step word problem; each step is one line `a op b = c` of the trace."""
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    pron = HE_SHE.get(name, "She")
+    cur = rng.randint(2, 20)
+    text = [START.format(name=name, n=cur, item=item)]
+    steps = [f"{name} starts with {cur} {item}."]
+    for _ in range(rng.randint(2, 4)):
+        choices = ["add", "addmul", "mul"] + (["sub"] if cur > 1 else [])
+        divisors = [k for k in (2, 3, 4, 5) if cur % k == 0]
+        if divisors:
+            choices.append("div")
+        op = rng.choice(choices)
+        if op == "add":
+            k = rng.randint(1, 20)
+            text.append(OPS[op].format(pron=pron, k=k, item=item))
+            steps.append(f"Gets {k} more: {cur} + {k} = {cur + k}.")
+            cur += k
+        elif op == "sub":
+            k = rng.randint(1, cur - 1)
+            text.append(OPS[op].format(pron=pron, k=k, item=item))
+            steps.append(f"Gives away {k}: {cur} - {k} = {cur - k}.")
+            cur -= k
+        elif op == "mul":
+            k = rng.randint(2, 4)
+            text.append(OPS[op].format(k=k, item=item))
+            steps.append(f"{k} times as many: {cur} * {k} = {cur * k}.")
+            cur *= k
+        elif op == "div":
+            k = rng.choice(divisors)
+            text.append(OPS[op].format(pron=pron, k=k, item=item))
+            steps.append(f"Keeps one of {k} groups: {cur} / {k} = {cur // k}.")
+            cur //= k
+        else:  # addmul: two arithmetic operations in one step
+            a, b = rng.randint(2, 6), rng.randint(2, 9)
+            text.append(OPS[op].format(pron=pron, a=a, b=b, item=item))
+            steps.append(f"Buys {a} packs of {b}: {a} * {b} = {a * b}, and {cur} + {a * b} = {cur + a * b}.")
+            cur += a * b
+    prompt = " ".join(text) + QUESTION.format(item=item, name=name)
+    ans = str(cur)
+    return {"prompt": prompt, "response": think_response(steps, ans), "answer": ans, "difficulty": "hard"}
+
+
+def gen_easy_arith(rng: random.Random) -> dict:
+    op = rng.choice(list(ARITH_OPS))
+    a, b = rng.randint(1, 50), rng.randint(1, 50)
+    if op == "*":
+        a, b = rng.randint(2, 12), rng.randint(2, 12)
+    if op == "-" and b > a:
+        a, b = b, a
+    ans = str(ARITH_OPS[op](a, b))
+    return {"prompt": f"What is {a} {op} {b}?", "response": direct_response(f"{a} {op} {b} = {ans}.", ans),
+            "answer": ans, "difficulty": "easy"}
+
+
+def fact_item(fact) -> dict:
+    q, sentence, ans = fact
+    return {"prompt": q, "response": direct_response(sentence, ans), "answer": ans, "difficulty": "easy"}
+
+
+def generate(n_hard: int, n_easy: int, test_frac: float, seed: int):
+    """Return (train, test) item lists, deterministic in the arguments."""
+    rng = random.Random(seed)
+    facts = list(FACTS)
+    rng.shuffle(facts)
+    n_fact_test = max(1, round(len(facts) * test_frac))
+    fact_split = {"test": facts[:n_fact_test], "train": facts[n_fact_test:]}
+    n_test_hard = round(n_hard * test_frac)
+    n_test_easy = round(n_easy * test_frac)
+    seen: set[str] = set()
+    out = {}
+    # test first, so the train split is what avoids collisions
+    for split, nh, ne in (("test", n_test_hard, n_test_easy), ("train", n_hard - n_test_hard, n_easy - n_test_easy)):
+        items = []
+        for gen, n in ((gen_hard, nh), (None, ne)):
+            made, tries = 0, 0
+            fact_pool = list(fact_split[split])
+            while made < n and tries < 100 * (n + 1):
+                tries += 1
+                if gen is not None:
+                    it = gen(rng)
+                elif fact_pool and rng.random() < 0.35:  # ~1/3 of easy items are facts
+                    it = fact_item(fact_pool.pop(rng.randrange(len(fact_pool))))
+                else:
+                    it = gen_easy_arith(rng)
+                if it["prompt"] in seen:
+                    continue
+                seen.add(it["prompt"])
+                items.append(it)
+                made += 1
+        rng.shuffle(items)
+        out[split] = items
+    return out["train"], out["test"]
+
+
+def load_jsonl(path: str, need_answer: bool = False) -> list[dict]:
+    """Read prompt/response JSONL (ours or any other reasoning-trace set)."""
+    from common import extract_answer
+
+    items = []
+    with open(path) as f:
+        for ln, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            d = json.loads(line)
+            if "prompt" not in d or "response" not in d:
+                raise ValueError(f"{path}:{ln}: need 'prompt' and 'response' keys")
+            if "answer" not in d:
+                a = extract_answer(d["response"]) if "\\boxed{" in d["response"] else None
+                if a is None and need_answer:
+                    raise ValueError(f"{path}:{ln}: no 'answer' and no \\boxed{{}} in the response")
+                d["answer"] = a
+            d.setdefault("difficulty", "hard" if "<think>" in d["response"] else "easy")
+            items.append(d)
+    return items
+
+
+def write_jsonl(path, items):
+    with open(path, "w") as f:
+        for it in items:
+            f.write(json.dumps(it, ensure_ascii=False) + "\n")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="output directory (train.jsonl, test.jsonl)")
+    p.add_argument("--n-hard", type=int, default=2000, help="hard (multi-step) items in total")
+    p.add_argument("--n-easy", type=int, default=2000, help="easy items in total (arithmetic + facts)")
+    p.add_argument("--test-frac", type=float, default=0.1, help="held-out fraction")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    train, test = generate(a.n_hard, a.n_easy, a.test_frac, a.seed)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    write_jsonl(Path(a.out) / "train.jsonl", train)
+    write_jsonl(Path(a.out) / "test.jsonl", test)
+    for name, items in (("train", train), ("test", test)):
+        nh = sum(it["difficulty"] == "hard" for it in items)
+        print(f"{name}: {len(items)} items ({nh} hard, {len(items) - nh} easy) -> {Path(a.out) / (name + '.jsonl')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The generators' answers, recomputed independently from the prompt text."""
+
+import json
+import re
+
+import data
+
+HARD_RESPONSE = re.compile(r"<think>\n(.+)\n</think>\n\nFinal answer: \\boxed\{(-?\d+)\}", re.S)
+START = re.compile(r"^(\w+) has (\d+) (\w+)\.$")
+SENTENCES = [
+    (re.compile(r"^(?:He|She) gets (\d+) more (\w+)\.$"), lambda c, k: c + k),
+    (re.compile(r"^(?:He|She) gives away (\d+) (\w+)\.$"), lambda c, k: c - k),
+    (re.compile(r"^Then the number of (\w+) becomes (\d+) times as large\.$"), None),
+    (re.compile(r"^(?:He|She) splits the (\w+) into (\d+) equal groups and keeps one group\.$"), None),
+    (re.compile(r"^(?:He|She) buys (\d+) packs with (\d+) (\w+) in each pack\.$"), None),
+]
+
+
+def solve_hard(prompt: str) -> int:
+    body, q = prompt.rsplit(" How many ", 1)
+    sents = re.split(r"(?<=\.) ", body)
+    m = START.match(sents[0])
+    assert m, sents[0]
+    cur, n_ops = int(m.group(2)), 0
+    for s in sents[1:]:
+        if (m := SENTENCES[0][0].match(s)):
+            cur += int(m.group(1))
+        elif (m := SENTENCES[1][0].match(s)):
+            cur -= int(m.group(1))
+        elif (m := SENTENCES[2][0].match(s)):
+            cur *= int(m.group(2))
+        elif (m := SENTENCES[3][0].match(s)):
+            assert cur % int(m.group(2)) == 0
+            cur //= int(m.group(2))
+        elif (m := SENTENCES[4][0].match(s)):
+            cur += int(m.group(1)) * int(m.group(2))
+        else:
+            raise AssertionError(f"unparsed sentence: {s!r}")
+        assert cur >= 0
+        n_ops += 1
+    assert 2 <= n_ops <= 4, prompt
+    return cur
+
+
+def check_steps(trace: str):
+    """Every `a op b = c` in the trace is true arithmetic."""
+    eqs = re.findall(r"(\d+) ([-+*/]) (\d+) = (\d+)", trace)
+    assert eqs
+    for a, op, b, c in eqs:
+        a, b, c = int(a), int(b), int(c)
+        assert {"+": a + b, "-": a - b, "*": a * b, "/": a // b if b and a % b == 0 else None}[op] == c
+
+
+def test_items_are_correct():
+    train, test = data.generate(300, 300, 0.2, seed=7)
+    facts = {q: a for q, _, a in data.FACTS}
+    n_fact = 0
+    for it in train + test:
+        assert set(it) == {"prompt", "response", "answer", "difficulty"}
+        if it["difficulty"] == "hard":
+            m = HARD_RESPONSE.fullmatch(it["response"])
+            assert m, it["response"]
+            assert m.group(2) == it["answer"] == str(solve_hard(it["prompt"]))
+            assert it["response"] == "<think>\n" + m.group(1) + "\n</think>\n\nFinal answer: \\boxed{" + it["answer"] + "}"
+            check_steps(m.group(1))
+        else:
+            assert "<think>" not in it["response"]
+            assert it["response"].endswith("\\boxed{" + it["answer"] + "}")
+            m = re.fullmatch(r"What is (\d+) ([-+*]) (\d+)\?", it["prompt"])
+            if m:
+                a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+                assert str({"+": a + b, "-": a - b, "*": a * b}[op]) == it["answer"]
+            else:
+                assert facts[it["prompt"]] == it["answer"]
+                n_fact += 1
+    assert n_fact > 10
+
+
+def test_split_and_determinism():
+    a = data.generate(100, 100, 0.2, seed=1)
+    b = data.generate(100, 100, 0.2, seed=1)
+    c = data.generate(100, 100, 0.2, seed=2)
+    assert a == b and a != c
+    train, test = a
+    assert len(train) == 160 and len(test) == 40
+    assert not {x["prompt"] for x in train} & {x["prompt"] for x in test}
+    assert sum(x["difficulty"] == "hard" for x in test) == 20
+
+
+def test_load_external_jsonl(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text(json.dumps({"prompt": "Q", "response": "<think>\nhm\n</think>\n\nFinal answer: \\boxed{3}"}) + "\n\n"
+                 + json.dumps({"prompt": "Hi", "response": "Hello!"}) + "\n")
+    items = data.load_jsonl(str(p))
+    assert items[0]["answer"] == "3" and items[0]["difficulty"] == "hard"
+    assert items[1]["answer"] is None and items[1]["difficulty"] == "easy"
+
+
+def test_cli(tmp_path):
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, str(data.__file__), "--out", str(tmp_path), "--n-hard", "10", "--n-easy", "10",
+                    "--seed", "3"], check=True, capture_output=True)
+    lines = (tmp_path / "train.jsonl").read_text().splitlines() + (tmp_path / "test.jsonl").read_text().splitlines()
+    assert len(lines) == 20
+    assert all(json.loads(ln)["difficulty"] in ("easy", "hard") for ln in lines)

@@ -1,0 +1,65 @@
+"""R_budget edges and answer extraction/normalisation."""
+
+import pytest
+
+from common import BUDGET_TEMPLATE, budget_prompt, budget_reward, extract_answer, is_correct, normalize_answer
+
+
+def test_budget_reward_edges_p0():
+    B, m = 100, 0.2
+    assert budget_reward(0, B, m) == 1.0
+    assert budget_reward(80, B, m) == 1.0  # exactly (1-m)B
+    assert 0.0 < budget_reward(81, B, m) < 1.0
+    assert budget_reward(100, B, m) == pytest.approx(0.5)  # middle of the ramp
+    assert budget_reward(110, B, m) == pytest.approx(0.25)
+    assert budget_reward(120, B, m) == 0.0  # exactly (1+m)B
+    assert budget_reward(121, B, m) == 0.0
+    assert budget_reward(10_000, B, m) == 0.0
+
+
+def test_budget_reward_edges_p_nonzero():
+    B, m, p = 100, 0.2, 0.3
+    assert budget_reward(80, B, m, p) == 1.0
+    assert budget_reward(100, B, m, p) == pytest.approx(0.65)
+    assert budget_reward(120, B, m, p) == pytest.approx(0.3)
+    assert budget_reward(500, B, m, p) == pytest.approx(0.3)
+    # monotone non-increasing in L
+    vals = [budget_reward(L, B, m, p) for L in range(0, 200)]
+    assert all(a >= b for a, b in zip(vals, vals[1:]))
+
+
+def test_budget_reward_fractional_bounds_and_zero_margin():
+    # B=64, m=0.2: ramp from 51.2 to 76.8
+    assert budget_reward(51, 64, 0.2) == 1.0
+    assert 0.0 < budget_reward(52, 64, 0.2) < 1.0
+    assert 0.0 < budget_reward(76, 64, 0.2) < 1.0
+    assert budget_reward(77, 64, 0.2) == 0.0
+    # m=0: a step at B
+    assert budget_reward(64, 64, 0.0, 0.1) == 1.0
+    assert budget_reward(65, 64, 0.0, 0.1) == pytest.approx(0.1)
+
+
+def test_budget_statement_exact():
+    assert BUDGET_TEMPLATE.format(B=128) == "\n(Reasoning budget: 128 tokens.)"
+    assert budget_prompt("Q?", 64) == "Q?\n(Reasoning budget: 64 tokens.)"
+    assert budget_prompt("Q?", None) == "Q?"
+
+
+def test_extract_answer():
+    assert extract_answer("<think>\n1+1\n</think>\n\nFinal answer: \\boxed{2}") == "2"
+    assert extract_answer("\\boxed{1} then \\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
+    assert extract_answer("so 3 + 4 = 7") == "7"
+    assert extract_answer("we get -12.5 apples") == "-12.5"
+    assert extract_answer("no digits here") is None
+    assert extract_answer("\\boxed{unclosed 5") == "5"
+
+
+def test_is_correct_normalisation():
+    assert is_correct("Final answer: \\boxed{1,000}", "1000")
+    assert is_correct("\\boxed{ Paris. }", "Paris")
+    assert is_correct("\\boxed{\\text{blue}}", "blue")
+    assert is_correct("\\boxed{14.0}", "14")
+    assert is_correct("the total is 42", "42")
+    assert not is_correct("\\boxed{41}", "42")
+    assert not is_correct("", "42")
+    assert normalize_answer("The cow") == "cow"

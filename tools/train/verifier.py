@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Train the answer verifier used for best-of-N selection.
+
+1. For each training prompt, sample --samples candidates with the reasoning adapter (adapter off
+   on the chat prompt, on for generated tokens) and label each by correctness (the last
+   \\boxed{...}, else last number, against the item's answer).
+2. Feature of a candidate: the final-norm hidden state at the last token of
+       chat-templated prompt tokens + generated tokens (without the stop token)
+       + tokenizer(--prompt, add_special_tokens=False) tokens
+   (token lists concatenated, never re-tokenised as one string), computed WITH the adapter active
+   on the generated and verification tokens and off on the chat prompt - the engine appends the
+   verification prompt to the candidate's KV cache.
+3. Linear(d,1) + sigmoid trained with BCE (classes balanced by pos_weight).
+
+Output: verifier.safetensors in the engine's format (linear.weight [1,d], linear.bias [1], f32;
+metadata format=edgereason-verifier-v1, hidden_size, prompt, base_model). Score = sigmoid(linear(h)).
+
+Sampling and features are split across processes under `accelerate launch`; the linear probe
+trains on the main process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from accelerate.utils import gather_object, set_seed  # noqa: E402
+
+import common  # noqa: E402
+from data import load_jsonl  # noqa: E402
+
+
+def verifier_input(prompt_ids, gen_ids, verify_ids):
+    """Token sequence and the first position with the adapter on."""
+    return prompt_ids + gen_ids + verify_ids, len(prompt_ids)
+
+
+def candidate_features(model, masker, tok, items, a, acc, stop, verify_ids):
+    """[(features [d], label)] for this process's share of items, gathered over processes."""
+    gen = torch.Generator().manual_seed(a.seed * 1000 + acc.process_index)
+    mine = items[acc.process_index:: acc.num_processes]
+    rows, t0 = [], time.time()
+    for j, it in enumerate(mine):
+        pids = common.chat_prompt_ids(tok, common.budget_prompt(it["prompt"], a.budget))
+        seqs = common.sample(model, pids, a.samples, a.max_new_tokens, a.temperature, stop, masker, gen)
+        for s in seqs:
+            g = common.strip_stop(s, stop)
+            ok = common.is_correct(tok.decode(g), it["answer"])
+            ids, on_from = verifier_input(pids, g, verify_ids)
+            h = common.last_hidden(model, ids, on_from, masker)[-1]
+            rows.append((h.cpu().numpy(), float(ok)))
+        if (j + 1) % a.log_every == 0:
+            common.log(acc, f"  prompts {j + 1}/{len(mine)} ({time.time() - t0:.0f}s)")
+    return gather_object(rows)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_model_args(p)
+    p.add_argument("--adapter", required=True, help="reasoning adapter (PEFT dir), e.g. the GRPO output")
+    p.add_argument("--data", required=True, help="JSONL with prompt + answer")
+    p.add_argument("--difficulty", choices=["hard", "easy", "all"], default="hard", help="which items to use")
+    p.add_argument("--n-prompts", type=int, default=500, help="training prompts to sample candidates for")
+    p.add_argument("--samples", type=int, default=4, help="candidates per prompt")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--budget", type=int, default=0, help="append the budget statement with this B (0 = none)")
+    p.add_argument("--prompt", default=common.VERIFIER_PROMPT, help="verification text appended to each candidate")
+    p.add_argument("--out", required=True, help="output file (verifier.safetensors)")
+    p.add_argument("--val-frac", type=float, default=0.2, help="held-out fraction of candidates for reporting")
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--log-every", type=int, default=25)
+    a = p.parse_args()
+
+    acc = Accelerator()
+    set_seed(a.seed)
+    from peft import PeftModel
+
+    base, tok, name = common.load_base(a.model, a.tokenizer, a.fake_quant_int4)
+    model = PeftModel.from_pretrained(base, a.adapter).to(acc.device).eval()
+    model.float()  # an f16-saved adapter computes in f32 like the base
+    masker = common.AdapterMask(model)
+    stop = common.stop_ids(tok, base)
+    items = [it for it in load_jsonl(a.data, need_answer=True) if a.difficulty in ("all", it["difficulty"])]
+    random.Random(a.seed).shuffle(items)
+    items = items[: a.n_prompts]
+    verify_ids = tok(a.prompt, add_special_tokens=False)["input_ids"]
+    common.log(acc, f"base {name}, adapter {a.adapter}: {len(items)} prompts x {a.samples} candidates")
+    rows = candidate_features(model, masker, tok, items, a, acc, stop, verify_ids)
+    if not acc.is_main_process:
+        return
+    x = np.stack([r[0] for r in rows]).astype(np.float32)
+    y = np.array([r[1] for r in rows], np.float32)
+    print(f"{len(y)} candidates, {int(y.sum())} correct ({y.mean():.3f})", flush=True)
+    if len(set(y.tolist())) < 2:
+        print("warning: all candidates have the same label; the probe only learns the base rate", flush=True)
+
+    perm = np.random.default_rng(a.seed).permutation(len(y))
+    n_val = int(round(len(y) * a.val_frac))
+    vi, ti = perm[:n_val], perm[n_val:]
+    torch.manual_seed(a.seed)
+    net = common.Verifier(x.shape[1])
+    opt = torch.optim.Adam(net.parameters(), lr=a.lr, weight_decay=a.weight_decay)
+    xt, yt = torch.from_numpy(x[ti]), torch.from_numpy(y[ti])
+    pos = float(yt.sum())
+    pw = torch.tensor((len(yt) - pos) / pos) if 0 < pos < len(yt) else torch.tensor(1.0)
+    for ep in range(1, a.epochs + 1):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xt), yt, pos_weight=pw)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if ep % max(1, a.epochs // 10) == 0 or ep == a.epochs:
+            print(f"  epoch {ep}/{a.epochs} loss {float(loss):.4f}", flush=True)
+    if n_val:
+        with torch.no_grad():
+            pv = torch.sigmoid(net(torch.from_numpy(x[vi]))).numpy()
+        print(f"validation accuracy@0.5 {float(((pv >= 0.5) == y[vi]).mean()):.3f}, "
+              f"AUC {common.binary_auc(pv, y[vi]):.3f} ({n_val} candidates)", flush=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    common.save_verifier(a.out, net.eval(), name, a.prompt)
+    print(f"saved verifier -> {a.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
