@@ -25,6 +25,13 @@ struct Params {
     out_offset: u32, // first output column of this chunk
     splits: u32,     // k splits (grid z); > 1 writes partials for `reduce`
     _pad: u32,
+    // LoRA variant: output columns [0, seg1) take segment 0 of a fused matrix (Q of QKV,
+    // gate of gate|up), [seg1, seg2) segment 1, the rest segment 2; u_stride = floats per
+    // row of the low-rank activations.
+    seg1: u32,
+    seg2: u32,
+    u_stride: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -37,9 +44,39 @@ struct Params {
 // Split-K partial sums [split][m][n] (decode on GPUs: a long k alone gives too few threads).
 @group(0) @binding(7) var<storage, read_write> part: array<f32>;
 
-// Output of (row, n): + bias, + old value when accumulating (the residual stream).
+//#if LORA
+// Fused LoRA: y += s·B·(A·x) in the same output pass. `lora_u` holds A·x per row (the
+// `shrink` entry of lora.wgsl ran before); each row names its adapter by (rank, rank
+// offset) — rank 0 for none, so rows of one batch can use different adapters or none.
+// B is stored pre-scaled by s, f16 pairs along the rank, word-major [rank/2][n].
+@group(0) @binding(8) var<storage, read> lora_rows: array<vec2<u32>>;
+@group(0) @binding(9) var<storage, read> lora_u: array<f32>;
+@group(0) @binding(10) var<storage, read> lora_b: array<u32>;
+
+fn lora_delta(row: u32, col: u32) -> f32 {
+    let ra = lora_rows[row];
+    let rank = ra.x;
+    if (rank == 0u) {
+        return 0.0;
+    }
+    let seg = select(select(2u, 1u, col < p.seg2), 0u, col < p.seg1);
+    let ub = row * p.u_stride + seg * rank;
+    let n_all = p.out_offset + p.n;
+    var d = 0.0;
+    for (var j = 0u; j < rank / 2u; j = j + 1u) {
+        let b = unpack2x16float(lora_b[(ra.y / 2u + j) * n_all + col]);
+        d = d + b.x * lora_u[ub + 2u * j] + b.y * lora_u[ub + 2u * j + 1u];
+    }
+    return d;
+}
+//#endif
+
+// Output of (row, n): + bias, + LoRA, + old value when accumulating (the residual stream).
 fn finish(row: u32, n: u32, acc: f32) {
     var v = acc;
+//#if LORA
+    v = v + lora_delta(row, p.out_offset + n);
+//#endif
     if ((p.flags & 1u) != 0u) {
         v = v + bias[p.out_offset + n];
     }

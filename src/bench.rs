@@ -72,7 +72,7 @@ pub fn gemv_vs_read(ctx: &crate::gpu::GpuContext, n: usize, k: usize, reps: usiz
     let xs = ctx.storage("xs", (k / 32 * 16) as u64);
     let out = ctx.storage("out", (n * 4) as u64);
     let partials = ctx.storage("partials", ops::matmul_int4::partial_bytes(ctx, &w));
-    let io = MatmulIo { xq: &xq, xs: &xs, out: &out, out_stride: n, out_offset: 0, bias: None, accumulate: false, partials: &partials };
+    let io = MatmulIo { xq: &xq, xs: &xs, out: &out, out_stride: n, out_offset: 0, bias: None, accumulate: false, partials: &partials, lora: None };
     let mm = ops::matmul_int4::matmul_int4(ctx, "gemv", &w, &io);
     let refs: Vec<_> = mm.iter().collect();
     let gemv_ms = time_ms(ctx, reps, || ops::run_once(ctx, &refs, 1, 0));

@@ -16,11 +16,11 @@
 use crate::gpu::GpuContext;
 use crate::loader::chat_template::{ChatMessage, ChatTemplate};
 use crate::loader::HostModel;
+use crate::adapters::{LoraAdapter, LoraApply, LoraSet, Switcher};
 use crate::model::{GpuModel, Session};
-use crate::sampling::{log_prob, Sampler, SamplingParams};
+use crate::sampling::{log_prob, SamplingParams};
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// How to open a model.
 #[derive(Clone, Debug)]
@@ -51,12 +51,53 @@ pub struct GenerateParams {
     pub sampling: SamplingParams,
     /// Generation also stops when the text ends with one of these.
     pub stop: Vec<String>,
+    /// Whether the reasoning adapter decodes (the prompt is always encoded by the base
+    /// model, so its KV cache serves either choice).
+    pub reasoning: Reasoning,
+    /// Apply the adapter to the prompt too (unmasked LoRA; for comparison).
+    pub adapter_on_prompt: bool,
+    /// Cap on thinking tokens (budget forcing).
+    pub budget: Option<Budget>,
 }
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        Self { max_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new() }
+        Self { max_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new(), reasoning: Reasoning::Off, adapter_on_prompt: false, budget: None }
     }
+}
+
+/// Which adapter decodes: none, a named one, or a named one when the switcher head,
+/// computed during the base prefill, says the prompt needs it.
+#[derive(Clone, Debug, Default)]
+pub enum Reasoning {
+    #[default]
+    Off,
+    On { adapter: String },
+    Auto { adapter: String, switcher: Arc<Switcher> },
+}
+
+/// Budget forcing (as s1): when a stream has written `thinking_tokens` tokens without
+/// closing its reasoning with `end_marker`, `force` is injected and the stream gets
+/// `answer_tokens` more to answer.
+#[derive(Clone, Debug)]
+pub struct Budget {
+    pub thinking_tokens: usize,
+    pub end_marker: String,
+    pub force: String,
+    pub answer_tokens: usize,
+}
+
+impl Budget {
+    /// A cap of `thinking_tokens` with the default delimiters ("</think>", s1's
+    /// "</think>\n\nFinal answer:") and 64 answer tokens.
+    pub fn new(thinking_tokens: usize) -> Self {
+        Budget { thinking_tokens, end_marker: "</think>".into(), force: "</think>\n\nFinal answer:".into(), answer_tokens: 64 }
+    }
+}
+
+/// What the RL-trained adapters expect at the end of the user message when a budget is set.
+pub fn budget_statement(thinking_tokens: usize) -> String {
+    format!("\n(Reasoning budget: {thinking_tokens} tokens.)")
 }
 
 /// One finished generation with its timings.
@@ -69,6 +110,14 @@ pub struct Generation {
     pub logprob: f32,
     /// "eos", "stop", "length" or "callback".
     pub finish_reason: String,
+    /// Tokens up to and including the end of thinking (all, if it never closed), and after.
+    pub thinking_tokens: usize,
+    pub answer_tokens: usize,
+    /// Whether the budget forced the end of thinking.
+    pub forced: bool,
+    /// Whether the reasoning adapter decoded, and the switcher's probability if it decided.
+    pub reasoning: bool,
+    pub switcher_probability: Option<f32>,
     pub ttft_ms: f64,
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
@@ -104,6 +153,8 @@ pub struct Engine {
     pub add_bos: bool,
     pub source: String,
     pub options: EngineOptions,
+    /// Resident LoRA adapters (rebuilt on load/unload; sessions keep the set they began with).
+    adapters: std::sync::RwLock<Option<Arc<LoraSet>>>,
 }
 
 fn bar(show: bool, len: u64, msg: &str) -> indicatif::ProgressBar {
@@ -151,7 +202,48 @@ impl Engine {
             add_bos: host.add_bos,
             source: host.source,
             options: options.clone(),
+            adapters: Default::default(),
         })
+    }
+
+    /// Load the PEFT adapter in `dir` under `name` (replacing one of that name), checked
+    /// against this model. The base weights are untouched; new sessions see it.
+    pub fn load_adapter(&self, name: &str, dir: &std::path::Path) -> Result<()> {
+        let mut a = LoraAdapter::load(dir, &self.model.config)?;
+        a.name = name.to_string();
+        self.add_adapter(a);
+        Ok(())
+    }
+
+    /// Make `adapter` resident (replacing one of the same name).
+    pub fn add_adapter(&self, adapter: LoraAdapter) {
+        let mut list: Vec<Arc<LoraAdapter>> = self.adapter_set().map(|s| s.adapters.clone()).unwrap_or_default();
+        list.retain(|a| a.name != adapter.name);
+        list.push(Arc::new(adapter));
+        let set = LoraSet::upload(&self.ctx, &self.model.config, list);
+        *self.adapters.write().unwrap() = Some(Arc::new(set));
+    }
+
+    /// Drop adapter `name`.
+    pub fn unload_adapter(&self, name: &str) -> Result<()> {
+        let list: Vec<Arc<LoraAdapter>> = self.adapter_set().map(|s| s.adapters.clone()).unwrap_or_default();
+        if !list.iter().any(|a| a.name == name) {
+            return Err(crate::adapters::AdapterError::NotLoaded(name.into()).into());
+        }
+        let rest: Vec<_> = list.into_iter().filter(|a| a.name != name).collect();
+        let set = (!rest.is_empty()).then(|| Arc::new(LoraSet::upload(&self.ctx, &self.model.config, rest)));
+        *self.adapters.write().unwrap() = set;
+        Ok(())
+    }
+
+    /// Names of the resident adapters.
+    pub fn adapter_names(&self) -> Vec<String> {
+        self.adapter_set().map(|s| s.adapters.iter().map(|a| a.name.clone()).collect()).unwrap_or_default()
+    }
+
+    /// The current adapter set, if any adapter is loaded.
+    pub fn adapter_set(&self) -> Option<Arc<LoraSet>> {
+        self.adapters.read().unwrap().clone()
     }
 
     /// KV cache length a new stream gets: `--ctx`, never past the trained context.
@@ -162,9 +254,14 @@ impl Engine {
         }
     }
 
-    /// A fresh stream (its own KV cache).
+    /// A fresh stream (its own KV cache) that can use the resident adapters.
     pub fn session(&self) -> Session {
-        Session::new(self.model.clone(), self.n_ctx(), self.options.max_rows)
+        self.session_with(self.n_ctx(), LoraApply::Fused)
+    }
+
+    /// A session of `slots` cache slots, adapters applied as `apply` says.
+    pub fn session_with(&self, slots: usize, apply: LoraApply) -> Session {
+        Session::with_adapters(self.model.clone(), slots, self.options.max_rows, self.adapter_set(), apply)
     }
 
     /// Token ids of `text` (BOS prepended when the model wants it; special tokens such as
@@ -203,68 +300,49 @@ impl Engine {
     }
 
     /// Generate after `prompt`, calling `on_token(id, new_text)` for each token; return
-    /// `false` from it to stop.
+    /// `false` from it to stop. (One stream of [`Decoding`](crate::sched::best_of_n::Decoding).)
     pub fn generate(&self, prompt: &[u32], params: &GenerateParams, mut on_token: impl FnMut(u32, &str) -> bool) -> Result<Generation> {
-        if prompt.is_empty() {
-            bail!("empty prompt");
-        }
-        let n_ctx = self.n_ctx();
-        if prompt.len() >= n_ctx {
-            bail!("prompt is {} tokens, longer than the context ({n_ctx}); shorten it or raise --ctx", prompt.len());
-        }
-        let mut session = self.session();
-        let mut sampler = Sampler::new(params.sampling.clone());
-        let t0 = Instant::now();
-        let mut logits = session.forward(prompt)?;
-        let ttft = t0.elapsed().as_secs_f64();
-        let max_new = params.max_tokens.min(n_ctx - prompt.len());
-        let mut out = Vec::new();
-        let mut text = String::new();
-        let mut logprob = 0.0;
-        let mut finish = "length";
-        let t1 = Instant::now();
-        for i in 0..max_new {
-            let id = sampler.sample(&logits);
-            logprob += log_prob(&logits, id);
-            if self.eos_token_ids.contains(&id) {
-                finish = "eos";
-                break;
-            }
-            out.push(id);
-            // Stream whole characters only: a token can end inside a UTF-8 sequence.
-            let full = self.decode(&out)?;
-            let new = if full.ends_with('\u{FFFD}') { "" } else { full.get(text.len()..).unwrap_or("") }.to_string();
-            if !full.ends_with('\u{FFFD}') {
-                text = full;
-            }
-            if !on_token(id, &new) {
-                finish = "callback";
-                break;
-            }
-            if params.stop.iter().any(|s| text.ends_with(s.as_str())) {
-                finish = "stop";
-                break;
-            }
-            if i + 1 < max_new {
-                logits = session.forward(&[id])?;
+        use crate::sched::best_of_n::{Decoding, VoteParams};
+        let mut run = Decoding::start(self, prompt, 1, params)?;
+        while !run.is_finished() {
+            for t in run.step()? {
+                if !on_token(t.id, &t.text) {
+                    run.stop_stream_with(0, "callback");
+                }
             }
         }
-        let decode_s = t1.elapsed().as_secs_f64();
-        let n_dec = out.len().saturating_sub(1).max(1);
+        let out = run.finish(&VoteParams::default())?;
+        let c = out.candidates.into_iter().next().expect("one candidate");
         Ok(Generation {
-            text,
+            text: c.text,
             prompt_tokens: prompt.len(),
-            logprob,
-            finish_reason: finish.into(),
-            ttft_ms: ttft * 1e3,
-            prefill_tokens_per_s: prompt.len() as f64 / ttft,
-            decode_tokens_per_s: if out.len() > 1 { n_dec as f64 / decode_s } else { 0.0 },
-            tokens: out,
+            logprob: c.logprob,
+            finish_reason: c.finish_reason,
+            thinking_tokens: c.thinking_tokens,
+            answer_tokens: c.answer_tokens,
+            forced: c.forced,
+            reasoning: out.reasoning,
+            switcher_probability: out.switcher_probability,
+            ttft_ms: out.ttft_ms,
+            prefill_tokens_per_s: prompt.len() as f64 / (out.ttft_ms / 1e3),
+            decode_tokens_per_s: out.decode_tokens_per_s,
+            tokens: c.tokens,
         })
+    }
+
+    /// Teacher-forced log-probs of `tokens[1..]` given their prefixes, with an adapter for
+    /// the positions from `prompt_len` on (the first `prompt_len` tokens are the prompt,
+    /// encoded by the base model: masked LoRA).
+    pub fn score_with_adapter(&self, tokens: &[u32], adapter: &str, prompt_len: usize) -> Result<Score> {
+        self.score_inner(tokens, Some((adapter, prompt_len)))
     }
 
     /// Teacher-forced log-probs of `tokens[1..]` given their prefixes.
     pub fn score(&self, tokens: &[u32]) -> Result<Score> {
+        self.score_inner(tokens, None)
+    }
+
+    fn score_inner(&self, tokens: &[u32], adapter: Option<(&str, usize)>) -> Result<Score> {
         if tokens.len() < 2 {
             bail!("need at least 2 tokens to score, got {}", tokens.len());
         }
@@ -273,14 +351,29 @@ impl Engine {
         }
         let mut session = self.session();
         let mut positions = Vec::with_capacity(tokens.len() - 1);
-        session.forward_all(&tokens[..tokens.len() - 1], |i, logits| {
+        let score_from = |session: &mut Session, from: usize, upto: usize, positions: &mut Vec<PositionScore>| {
+            session.forward_all(&tokens[from..upto], |i, logits| {
+                let i = from + i;
             let next = tokens[i + 1];
             let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
             idx.select_nth_unstable_by(4, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
             idx.truncate(5);
             idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
             positions.push(PositionScore { token: next, logprob: log_prob(logits, next), top5: idx.iter().map(|&i| (i, logits[i as usize])).collect() });
-        })?;
+            })
+        };
+        let last = tokens.len() - 1;
+        match adapter {
+            None => score_from(&mut session, 0, last, &mut positions)?,
+            Some((name, prompt_len)) => {
+                let set = self.adapter_set().with_context(|| format!("adapter '{name}' is not loaded"))?;
+                let index = set.index(name).with_context(|| format!("adapter '{name}' is not loaded"))?;
+                let p = prompt_len.min(last);
+                score_from(&mut session, 0, p, &mut positions)?;
+                session.set_adapter(session.main, Some(index))?;
+                score_from(&mut session, p, last, &mut positions)?;
+            }
+        }
         let mean_nll = -positions.iter().map(|p| p.logprob as f64).sum::<f64>() / positions.len() as f64;
         Ok(Score { tokens: tokens.to_vec(), positions, mean_nll, perplexity: mean_nll.exp() })
     }

@@ -7,6 +7,7 @@ pub mod gpu;
 pub mod loader;
 pub mod ops;
 pub mod model;
+pub mod adapters;
 pub mod kv;
 pub mod sampling;
 pub mod engine;

@@ -50,12 +50,11 @@ enum Cmd {
         /// Decode N candidates together over the shared prompt and vote on their answers.
         #[arg(long, default_value_t = 1)]
         best_of: usize,
-        /// How candidates' answers are combined (majority; weighted comes with the verifier).
-        #[arg(long, default_value = "majority", value_parser = ["majority"])]
-        vote: String,
         /// Regex whose first group is a candidate's answer (default: \boxed{}, "answer is", last number).
         #[arg(long)]
         answer_regex: Option<String>,
+        #[command(flatten)]
+        reasoning: ReasoningArgs,
     },
     /// Teacher-forced log-probs, mean NLL and perplexity of a text.
     Score {
@@ -65,6 +64,12 @@ enum Cmd {
         text: String,
         #[arg(long)]
         json: bool,
+        /// Score with this PEFT LoRA adapter (folder) on the tokens after --prompt-len.
+        #[arg(long)]
+        adapter: Option<std::path::PathBuf>,
+        /// Tokens encoded by the base model as the prompt (masked LoRA); the rest with the adapter.
+        #[arg(long, default_value_t = 0)]
+        prompt_len: usize,
     },
     /// Prefill/decode throughput, TTFT, memory and the per-kernel split.
     Bench {
@@ -136,6 +141,101 @@ impl StreamsView {
     }
 }
 
+/// Adapters, heads, budget and vote: the flags `run` (and `eval`) share.
+#[derive(clap::Args, Clone, Debug)]
+struct ReasoningArgs {
+    /// Reasoning LoRA adapter (PEFT folder). Default: adapters/<model>/reasoning if present.
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
+    /// auto: the switcher head decides per prompt (on if there is no switcher); on; off.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    reasoning: String,
+    /// Switcher head. Default: adapters/<model>/switcher.safetensors if present.
+    #[arg(long)]
+    switcher: Option<std::path::PathBuf>,
+    /// Override the switcher's threshold (probability).
+    #[arg(long)]
+    switch_threshold: Option<f32>,
+    /// Verifier head. Default: adapters/<model>/verifier.safetensors if present.
+    #[arg(long)]
+    verifier: Option<std::path::PathBuf>,
+    /// majority, or weighted by the verifier's scores.
+    #[arg(long, default_value = "majority", value_parser = ["majority", "weighted"])]
+    vote: String,
+    /// Cap on thinking tokens; at the cap the end of thinking and --force are injected.
+    #[arg(long)]
+    budget: Option<usize>,
+    /// Tokens allowed for the answer after forcing (or after the reasoning closes).
+    #[arg(long, default_value_t = 64)]
+    answer_tokens: usize,
+    /// The answer-forcing text injected at the budget.
+    #[arg(long, default_value = "</think>\n\nFinal answer:")]
+    force: String,
+    /// State the budget in the prompt, as the budget-trained adapters expect.
+    #[arg(long)]
+    state_budget: bool,
+    /// Apply the adapter to the prompt as well (unmasked; for comparison).
+    #[arg(long)]
+    adapter_on_prompt: bool,
+}
+
+/// What `ReasoningArgs` resolve to for one model.
+struct ReasoningSetup {
+    reasoning: edgereason::engine::Reasoning,
+    verifier: Option<std::sync::Arc<edgereason::adapters::Verifier>>,
+    budget: Option<edgereason::engine::Budget>,
+}
+
+impl ReasoningArgs {
+    /// Load the adapter and heads into `engine` (explicit paths, else the model's defaults).
+    fn setup(&self, engine: &Engine, model: &str) -> Result<ReasoningSetup> {
+        use edgereason::adapters::{default_dir, Switcher, Verifier};
+        use edgereason::engine::{Budget, Reasoning};
+        use std::sync::Arc;
+        let defaults = default_dir(model);
+        let pick = |explicit: &Option<std::path::PathBuf>, name: &str| explicit.clone().or_else(|| defaults.as_ref().map(|d| d.join(name)).filter(|p| p.exists()));
+        let d = engine.model.config.n_embd;
+        let adapter = pick(&self.adapter, "reasoning");
+        let reasoning = match (self.reasoning.as_str(), adapter) {
+            ("off", _) | (_, None) => {
+                if self.reasoning == "on" {
+                    anyhow::bail!("--reasoning on needs --adapter (no adapters/{model}/reasoning either)");
+                }
+                Reasoning::Off
+            }
+            (mode, Some(path)) => {
+                engine.load_adapter("reasoning", &path).with_context(|| format!("--adapter {}", path.display()))?;
+                let switcher = pick(&self.switcher, "switcher.safetensors");
+                match (mode, switcher) {
+                    ("auto", Some(sw)) => {
+                        let mut s = Switcher::load(&sw, d)?;
+                        if let Some(t) = self.switch_threshold {
+                            s.threshold = t;
+                        }
+                        Reasoning::Auto { adapter: "reasoning".into(), switcher: Arc::new(s) }
+                    }
+                    _ => Reasoning::On { adapter: "reasoning".into() },
+                }
+            }
+        };
+        let verifier = match pick(&self.verifier, "verifier.safetensors") {
+            Some(p) => Some(Arc::new(Verifier::load(&p, d)?)),
+            None if self.vote == "weighted" => anyhow::bail!("--vote weighted needs --verifier (no adapters/{model}/verifier.safetensors either)"),
+            None => None,
+        };
+        let budget = self.budget.map(|t| Budget { thinking_tokens: t, force: self.force.replace("\\n", "\n"), answer_tokens: self.answer_tokens, ..Budget::new(t) });
+        Ok(ReasoningSetup { reasoning, verifier, budget })
+    }
+
+    /// The user message with the budget stated, if asked.
+    fn user_message(&self, prompt: &str) -> String {
+        match (self.state_budget, self.budget) {
+            (true, Some(b)) => format!("{prompt}{}", edgereason::engine::budget_statement(b)),
+            _ => prompt.to_string(),
+        }
+    }
+}
+
 fn load(model: &str, cli: &Cli) -> Result<Engine> {
     let opts = EngineOptions { device: cli.device.clone(), n_ctx: cli.ctx, progress: true, int4_only: cli.int4_only, ..Default::default() };
     Engine::load(model, &opts).with_context(|| format!("loading model '{model}'"))
@@ -154,78 +254,113 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
-        Cmd::Run { prompt, model, raw, system, max_tokens, temperature, top_k, top_p, seed, json, best_of, vote: _, answer_regex } => {
+        Cmd::Run { prompt, model, raw, system, max_tokens, temperature, top_k, top_p, seed, json, best_of, answer_regex, reasoning } => {
             let engine = load(model, &cli)?;
+            let setup = reasoning.setup(&engine, model)?;
             let prompt = prompt.clone().unwrap_or_else(|| "What is the capital of France? Answer in one sentence.".into());
-            let text = if *raw { prompt } else { engine.chat_prompt(system.as_deref(), &prompt)? };
+            let user = reasoning.user_message(&prompt);
+            let text = if *raw { user } else { engine.chat_prompt(system.as_deref(), &user)? };
             let ids = engine.encode(&text)?;
             let params = GenerateParams {
                 max_tokens: *max_tokens,
                 sampling: SamplingParams { temperature: *temperature, top_k: *top_k, top_p: *top_p, seed: *seed },
                 stop: vec![],
+                reasoning: setup.reasoning,
+                adapter_on_prompt: reasoning.adapter_on_prompt,
+                budget: setup.budget,
             };
-            if *best_of > 1 {
-                let vp = edgereason::sched::best_of_n::VoteParams {
-                    answer_regex: answer_regex.as_deref().map(regex::Regex::new).transpose().context("--answer-regex")?,
-                };
-                // Live view on stderr (a terminal, not --json): one line per stream with the
-                // tail of its text, redrawn after each batched step.
-                let live = !*json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-                let mut view = StreamsView::new(*best_of);
-                let mut run = edgereason::sched::best_of_n::Decoding::start(&engine, &ids, *best_of, &params)?;
-                while !run.is_finished() {
-                    for t in run.step()? {
-                        view.push(t.stream, &t.text);
-                    }
-                    if live {
-                        view.draw();
-                    }
-                }
-                let out = run.finish(&vp);
-                if *json {
-                    let mut v = serde_json::to_value(&out)?;
-                    v["device"] = serde_json::json!(engine.ctx.describe());
-                    println!("{}", serde_json::to_string_pretty(&v)?);
-                } else {
-                    for c in &out.candidates {
-                        println!("--- candidate {} ({} tokens, {}, logprob {:.2}, answer {:?})", c.index, c.tokens.len(), c.finish_reason, c.logprob, c.answer);
-                        println!("{}", c.text.trim());
-                    }
-                    println!("=== answer: {} (votes: {:?})", out.answer.as_deref().unwrap_or("none"), out.votes);
-                    eprintln!("[{} candidates, TTFT {:.0} ms, {:.2} tok/s over all streams, KV {:.1} MiB, {}]", best_of, out.ttft_ms, out.decode_tokens_per_s, out.kv_bytes_used as f64 / 1048576.0, engine.ctx.describe());
-                }
-                return Ok(());
-            }
+            let vp = edgereason::sched::best_of_n::VoteParams {
+                answer_regex: answer_regex.as_deref().map(regex::Regex::new).transpose().context("--answer-regex")?,
+                verifier: setup.verifier,
+                weighted: reasoning.vote == "weighted",
+            };
+            let n = (*best_of).max(1);
+            // Live view (not --json): one stream goes to stdout as it comes; several get one
+            // line each on stderr (a terminal), redrawn after each batched step.
+            let live = !*json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let mut view = StreamsView::new(n);
             let mut stdout = std::io::stdout();
-            let out = engine.generate(&ids, &params, |_, piece| {
-                if !*json {
-                    let _ = write!(stdout, "{piece}");
-                    let _ = stdout.flush();
+            let mut run = edgereason::sched::best_of_n::Decoding::start(&engine, &ids, n, &params)?;
+            while !run.is_finished() {
+                for t in run.step()? {
+                    if n == 1 && !*json {
+                        let _ = write!(stdout, "{}", t.text);
+                        let _ = stdout.flush();
+                    }
+                    view.push(t.stream, &t.text);
                 }
-                true
-            })?;
+                if live && n > 1 {
+                    view.draw();
+                }
+            }
+            let out = run.finish(&vp)?;
             if *json {
-                let mut v = serde_json::to_value(&out)?;
+                // One candidate: the candidate's fields at the top level (as `generate`).
+                let mut v = if n == 1 {
+                    let mut c = serde_json::to_value(&out.candidates[0])?;
+                    for key in ["prompt_tokens", "ttft_ms", "decode_tokens_per_s", "kv_bytes_used", "reasoning", "switcher_probability"] {
+                        c[key] = serde_json::to_value(&out)?[key].clone();
+                    }
+                    c
+                } else {
+                    serde_json::to_value(&out)?
+                };
                 v["prompt_token_ids"] = serde_json::json!(ids);
                 v["device"] = serde_json::json!(engine.ctx.describe());
                 v["model"] = serde_json::json!(engine.source);
                 println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
+                return Ok(());
+            }
+            let mode = match out.switcher_probability {
+                Some(p) => format!("reasoning {} (switcher p = {p:.2})", if out.reasoning { "on" } else { "off" }),
+                None => format!("reasoning {}", if out.reasoning { "on" } else { "off" }),
+            };
+            if n == 1 {
                 println!();
+                let c = &out.candidates[0];
                 eprintln!(
-                    "[{} prompt tokens, TTFT {:.0} ms ({:.1} tok/s prefill), {} tokens at {:.2} tok/s, {}]",
-                    out.prompt_tokens, out.ttft_ms, out.prefill_tokens_per_s, out.tokens.len(), out.decode_tokens_per_s, engine.ctx.describe()
+                    "[{} prompt tokens, TTFT {:.0} ms, {} tokens ({} thinking{}) at {:.2} tok/s, {mode}, {}]",
+                    out.prompt_tokens, out.ttft_ms, c.tokens.len(), c.thinking_tokens, if c.forced { ", forced" } else { "" }, out.decode_tokens_per_s, engine.ctx.describe()
                 );
+            } else {
+                for c in &out.candidates {
+                    let score = c.verifier_score.map(|s| format!(", verifier {s:.2}")).unwrap_or_default();
+                    println!(
+                        "--- candidate {} ({} tokens: {} thinking{}, {}, logprob {:.2}{score}, answer {:?})",
+                        c.index, c.tokens.len(), c.thinking_tokens, if c.forced { " forced" } else { "" }, c.finish_reason, c.logprob, c.answer
+                    );
+                    println!("{}", c.text.trim());
+                }
+                println!("=== answer: {} (votes: {:?})", out.answer.as_deref().unwrap_or("none"), out.votes);
+                eprintln!("[{n} candidates, TTFT {:.0} ms, {:.2} tok/s over all streams, KV {:.1} MiB, {mode}, {}]", out.ttft_ms, out.decode_tokens_per_s, out.kv_bytes_used as f64 / 1048576.0, engine.ctx.describe());
             }
         }
-        Cmd::Score { model, text, json } => {
+        Cmd::Score { model, text, json, adapter, prompt_len } => {
             let engine = load(model, &cli)?;
             let ids = engine.encode(text)?;
-            let s = engine.score(&ids)?;
+            if *prompt_len >= ids.len() {
+                anyhow::bail!("--prompt-len {prompt_len} leaves nothing to score: the text is {} tokens", ids.len());
+            }
+            let s = match adapter {
+                Some(path) => {
+                    engine.load_adapter("adapter", path).with_context(|| format!("--adapter {}", path.display()))?;
+                    engine.score_with_adapter(&ids, "adapter", *prompt_len)?
+                }
+                None => engine.score(&ids)?,
+            };
+            // Over the tokens after the prompt: what an adapter is trained on.
+            let after: Vec<f32> = s.positions.iter().enumerate().filter(|(i, _)| i + 1 >= *prompt_len).map(|(_, p)| p.logprob).collect();
+            let response_nll = -after.iter().map(|&l| l as f64).sum::<f64>() / after.len() as f64;
             if *json {
-                println!("{}", serde_json::to_string(&s)?);
+                let mut v = serde_json::to_value(&s)?;
+                v["prompt_len"] = serde_json::json!(prompt_len);
+                v["response_mean_nll"] = serde_json::json!(response_nll);
+                println!("{}", serde_json::to_string(&v)?);
             } else {
                 println!("{} tokens, mean NLL {:.4}, perplexity {:.3}", ids.len(), s.mean_nll, s.perplexity);
+                if *prompt_len > 0 {
+                    println!("after the {prompt_len}-token prompt: {} tokens, mean NLL {response_nll:.4}, perplexity {:.3}", after.len(), response_nll.exp());
+                }
             }
         }
         Cmd::Bench { model, prompt_tokens, gen_tokens, json, streams, attention } => {

@@ -28,7 +28,7 @@ fn greedy_candidates_equal_single_stream_generation() {
 fn sampled_candidates_are_reproducible_and_differ() {
     let e = engine();
     let prompt = e.encode("Once upon a time").unwrap();
-    let params = GenerateParams { max_tokens: 12, sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 7 }, stop: vec![] };
+    let params = GenerateParams { max_tokens: 12, sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 7 }, ..Default::default() };
     let a = generate_n(&e, &prompt, 5, &params, &VoteParams::default(), |_, _, _| true).unwrap();
     let b = generate_n(&e, &prompt, 5, &params, &VoteParams::default(), |_, _, _| true).unwrap();
     let toks = |r: &edgereason::sched::best_of_n::BestOfN| r.candidates.iter().map(|c| c.tokens.clone()).collect::<Vec<_>>();
@@ -66,7 +66,7 @@ fn iterator_yields_every_streams_tokens_and_streams_stop() {
     use edgereason::sched::best_of_n::Decoding;
     let e = engine();
     let prompt = e.encode("Once upon a time").unwrap();
-    let params = GenerateParams { max_tokens: 9, sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 3 }, stop: vec![] };
+    let params = GenerateParams { max_tokens: 9, sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 3 }, ..Default::default() };
     let want = generate_n(&e, &prompt, 4, &params, &VoteParams::default(), |_, _, _| true).unwrap();
     let mut run = Decoding::start(&e, &prompt, 4, &params).unwrap();
     let mut got = vec![Vec::new(); 4];
@@ -78,7 +78,7 @@ fn iterator_yields_every_streams_tokens_and_streams_stop() {
             run.stop_stream(2);
         }
     }
-    let out = run.finish(&VoteParams::default());
+    let out = run.finish(&VoteParams::default()).unwrap();
     for c in &want.candidates {
         let expect: Vec<u32> = if c.index == 2 { c.tokens[..3].to_vec() } else { c.tokens.clone() };
         assert_eq!(got[c.index], expect, "stream {} through the iterator", c.index);

@@ -87,7 +87,7 @@ fn matmul_int4_matches_reference() {
             // k splits as a GPU would take them (lavapipe alone would never split).
             let splits = k_splits_for_test(k);
             let partials = ctx.storage("partials", (splits * m.max(16) * n * 4) as u64);
-            let io = MatmulIo { xq: &xq, xs: &xs, out: &out, out_stride: n, out_offset: 0, bias: Some(&bb), accumulate: true, partials: &partials };
+            let io = MatmulIo { xq: &xq, xs: &xs, out: &out, out_stride: n, out_offset: 0, bias: Some(&bb), accumulate: true, partials: &partials, lora: None };
             let mm = ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm", &mat, &io, splits as u32);
             let mut list = vec![&quant];
             list.extend(mm.iter());
@@ -140,7 +140,7 @@ fn matmul_int8_matches_reference() {
             let quant = ops::quantize_act::quantize_act(&ctx, "q", &xb, k, k, &xq, &xs);
             let splits = k_splits_for_test(k);
             let partials = ctx.storage("partials", (splits * m.max(16) * n * 4) as u64);
-            let io = MatmulIo { xq: &xq, xs: &xs, out: &out, out_stride: n, out_offset: 0, bias: None, accumulate: false, partials: &partials };
+            let io = MatmulIo { xq: &xq, xs: &xs, out: &out, out_stride: n, out_offset: 0, bias: None, accumulate: false, partials: &partials, lora: None };
             let mm = ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm8", &mat, &io, splits as u32);
             let mut list = vec![&quant];
             list.extend(mm.iter());
@@ -253,7 +253,7 @@ fn rope_and_attention_match_reference() {
         let mut list = vec![&rope];
         list.extend(att.iter());
         // 80 rows: prefill-sized, so no key splits.
-        ops::run_step(&ctx, &list, &ops::Step { rows: n_ctx as u32, row0: 0, kv_len: n_ctx as u32, shared_len: 0 });
+        ops::run_step(&ctx, &list, &ops::Step { rows: n_ctx as u32, row0: 0, kv_len: n_ctx as u32, ..Default::default() });
         let got: Vec<f32> = ctx.read(&out, 0, n_ctx * n_head * hd).unwrap();
 
         // Reference: rotate every Q and K head, f16-round K and V (the cache's precision).
@@ -295,7 +295,7 @@ fn rope_and_attention_match_reference() {
             let out2 = ctx.storage("out2", (rows.len() * n_head * hd * 4) as u64);
             let tables2 = table_rows(rows.len());
             let att2 = ops::attention::attention(&ctx, "att2", &io!(&q2b, &pos2, &tables2, &out2), n_head, n_kv, hd, plan);
-            let step = ops::Step { rows: rows.len() as u32, row0: 0, kv_len: n_ctx as u32, shared_len };
+            let step = ops::Step { rows: rows.len() as u32, row0: 0, kv_len: n_ctx as u32, shared_len, ..Default::default() };
             assert_eq!(ops::attention_splits(&step, 16), 5);
             assert_eq!(ops::prefix_splits(&step, 16, true), want_prefix);
             ops::run_step(&ctx, &att2.iter().collect::<Vec<_>>(), &step);
@@ -337,6 +337,98 @@ fn shared_prefix_attention_matches_reference() {
                             let o = (i * shape.0 + h) * shape.2;
                             let what = format!("{} {shape:?} N={n} stream {i} head {h} ({splits} splits, {} shared)", path(&ctx), if shared_prefix { shared_splits } else { 0 });
                             assert_close(&what, &got[o..o + shape.2], &case.reference(i, h), 2e-4, 2e-3);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn lora_matches_reference() {
+    use edgereason::adapters::{LoraAdapter, LoraApply, LoraSet};
+    use edgereason::loader::{Arch, ModelConfig};
+    use edgereason::ops::{lora::LoraRows, matmul_int4::MatmulLora};
+    // One layer: 3 query heads of 32 over 1 KV head (fused QKV 96 | 32 | 32 = 160 rows,
+    // segments at 96 and 128), n_ff 160 (down: k = 160). Two adapters: rank 4 on every
+    // projection, rank 3 (odd: padded to 4) on q, v and down only.
+    let config = ModelConfig {
+        arch: Arch::Llama, n_vocab: 64, n_embd: 96, n_layer: 1, n_head: 3, n_kv_head: 1, head_dim: 32, n_ff: 160,
+        rope_theta: 1e4, rms_eps: 1e-6, n_ctx: 64, tied_embeddings: true,
+    };
+    let a0 = LoraAdapter::random(&config, "a0", 4, &[0, 1, 2, 3, 4, 5, 6], 2.0, 0.3, 1);
+    let a1 = LoraAdapter::random(&config, "a1", 3, &[0, 2, 6], 0.7, 0.3, 2);
+    let f16r = |v: f32| half::f16::from_f32(v).to_f32();
+    for ctx in contexts() {
+        let set = LoraSet::upload(&ctx, &config, vec![Arc::new(a0.clone()), Arc::new(a1.clone())]);
+        assert_eq!(set.slots, vec![(4, 0), (4, 4)]);
+        // (fused matrix, its projections, input width): QKV and down.
+        for (f, projs, k) in [(0usize, vec![0usize, 1, 2], 96usize), (3, vec![6], 160)] {
+            let n: usize = projs.iter().map(|&p| edgereason::adapters::peft::projection_shape(&config, p).1).sum();
+            for m in [5usize, 19] {
+                // Rows: adapter 0, none, adapter 1, ... (rows without an adapter must be exact base).
+                let choice: Vec<Option<usize>> = (0..m).map(|i| [Some(0), None, Some(1)][i % 3]).collect();
+                let rows: Vec<[u32; 2]> = choice.iter().map(|c| c.map_or([0, 0], |a| [set.slots[a].0, set.slots[a].1])).collect();
+                let (groups, _) = quantized(n, k, 40 + n as u64);
+                let w = QuantMatrix::upload(&ctx, "w", n, k, QuantGroups::Int4(&groups));
+                let x = rand_vec(m * k, 9 + m as u64);
+                let xb = ctx.storage_from("x", &x);
+                let (xq, xs) = (ctx.storage("xq", (m * k) as u64), ctx.storage("xs", (m * k / 32 * 16) as u64));
+                let rows_b = ctx.storage_from("lora rows", &rows);
+                let u = ctx.storage("u", (m * set.u_stride() * 4) as u64);
+                let lr = LoraRows { rows: &rows_b, u: &u, u_stride: set.u_stride() };
+                let lm = &set.layers[0][f];
+                let partials = ctx.storage("partials", 16);
+                let run = |apply: Option<LoraApply>| -> Vec<f32> {
+                    let out = ctx.storage("out", (m * n * 4) as u64);
+                    let io = MatmulIo { xq: &xq, xs: &xs, out: &out, out_stride: n, out_offset: 0, bias: None, accumulate: false, partials: &partials, lora: None };
+                    let mut list = vec![ops::quantize_act::quantize_act(&ctx, "q", &xb, k, k, &xq, &xs)];
+                    match apply {
+                        None => list.extend(ops::matmul_int4::matmul_int4(&ctx, "mm", &w, &io)),
+                        Some(apply) => {
+                            list.push(ops::lora::shrink(&ctx, "shrink", &lm.a, k, lm.segs, set.max_rank, &lr, &xq, &xs));
+                            if apply == LoraApply::Fused {
+                                let lora = Some(MatmulLora { rows: lr, b: &lm.b, segments: lm.segments });
+                                list.extend(ops::matmul_int4::matmul_int4(&ctx, "mm", &w, &MatmulIo { lora, ..io }));
+                            } else {
+                                list.extend(ops::matmul_int4::matmul_int4(&ctx, "mm", &w, &io));
+                                list.push(ops::lora::expand(&ctx, "expand", &lm.b, n, lm.segments, &lr, &out, n, &xq, &xs));
+                            }
+                        }
+                    }
+                    let step = ops::Step { rows: m as u32, adapters: true, ..Default::default() };
+                    ops::run_step(&ctx, &list.iter().collect::<Vec<_>>(), &step);
+                    ctx.read(&out, 0, m * n).unwrap()
+                };
+                let base = run(None);
+                // Reference delta: s·B·(A·x̂) per projection on the int8-rounded activations,
+                // with A and s·B rounded to f16 as stored.
+                let xhat = ops::quantize_act::reference(&x);
+                let mut want = vec![0f32; m * n];
+                for (r, c) in choice.iter().enumerate() {
+                    let Some(a) = c else { continue };
+                    let ad = [&a0, &a1][*a];
+                    let mut col0 = 0;
+                    for &p in &projs {
+                        let (inp, out) = edgereason::adapters::peft::projection_shape(&config, p);
+                        if let Some(pair) = &ad.layers[0][p] {
+                            let xr = &xhat[r * k..(r + 1) * k];
+                            let uu: Vec<f32> = pair.a.chunks(inp).map(|row| row.iter().zip(xr).map(|(a, b)| f16r(*a) * b).sum()).collect();
+                            for o in 0..out {
+                                want[r * n + col0 + o] = (0..ad.rank).map(|j| f16r(ad.scale * pair.b[o * ad.rank + j]) * uu[j]).sum();
+                            }
+                        }
+                        col0 += out;
+                    }
+                }
+                for apply in [LoraApply::Fused, LoraApply::Separate] {
+                    let got = run(Some(apply));
+                    let delta: Vec<f32> = got.iter().zip(&base).map(|(g, b)| g - b).collect();
+                    assert_close(&format!("{} LoRA {apply:?} matrix {f} m={m}", path(&ctx)), &delta, &want, 2e-3, 5e-3);
+                    for (r, c) in choice.iter().enumerate() {
+                        if c.is_none() {
+                            assert_eq!(&got[r * n..(r + 1) * n], &base[r * n..(r + 1) * n], "{} row {r} without adapter must equal the base exactly", path(&ctx));
                         }
                     }
                 }

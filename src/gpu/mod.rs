@@ -183,7 +183,7 @@ impl GpuContext {
 
     /// The (shared) layout of a kernel entry whose bindings are `kinds`.
     pub fn cached_layout(&self, shader: &str, entry: &str, kinds: &[Binding]) -> Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)> {
-        let key = format!("{shader}:{entry}");
+        let key = format!("{shader}:{entry}:{}", kinds.len());
         let mut map = self.layouts.lock().unwrap();
         map.entry(key.clone()).or_insert_with(|| Arc::new(self.layout(&key, kinds))).clone()
     }

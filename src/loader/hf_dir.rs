@@ -365,7 +365,7 @@ pub fn canonical_name(hf: &str) -> Option<String> {
 }
 
 /// Little-endian tensor bytes → f32. Reads byte-wise: mmap offsets need not be aligned.
-fn to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, String> {
+pub(crate) fn to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, String> {
     Ok(match dtype {
         Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
         Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),

@@ -4,9 +4,11 @@
 //! and `forward_rows` advances several streams by one token each in one batched step.
 
 use super::GpuModel;
+use crate::adapters::{LoraApply, LoraSet};
 use crate::kv::{BlockCopy, BlockPool, KvError, StreamId};
 use crate::ops::attention::{AttentionIo, BlockTables};
-use crate::ops::matmul_int4::{matmul_int4, MatmulIo};
+use crate::ops::lora::LoraRows;
+use crate::ops::matmul_int4::{matmul_int4, MatmulIo, MatmulLora};
 use crate::ops::{self, Dispatch, Step};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +23,8 @@ pub enum ForwardError {
     BadToken { id: u32, n_vocab: usize },
     #[error("{rows} rows in one step; this session takes at most {max}")]
     TooManyRows { rows: usize, max: usize },
+    #[error("adapter {index} is not in this session's adapter set ({loaded} loaded)")]
+    NoSuchAdapter { index: usize, loaded: usize },
     #[error(transparent)]
     Kv(#[from] KvError),
     #[error(transparent)]
@@ -64,10 +68,24 @@ pub struct Session {
     body: Vec<(usize, Dispatch)>,
     /// Final norm + LM head over a row range.
     head: Vec<Dispatch>,
+    /// Final norm as f32 over every row of a step into `hidden` (switcher, verifier).
+    final_hidden: Dispatch,
+    hidden: wgpu::Buffer, // [max_rows][n_embd]
+    /// Adapters this session's rows can use, and each stream's choice (index into the set).
+    pub lora: Option<Arc<LoraSet>>,
+    lora_rows: wgpu::Buffer, // [max_rows] (rank, rank offset)
+    stream_adapter: std::collections::HashMap<StreamId, usize>,
 }
 
 impl Session {
     pub fn new(model: Arc<GpuModel>, n_ctx: usize, max_rows: usize) -> Self {
+        Self::with_adapters(model, n_ctx, max_rows, None, LoraApply::Fused)
+    }
+
+    /// A session whose rows can use the adapters of `lora` (each stream picks one with
+    /// [`set_adapter`](Self::set_adapter), or none), applied as `apply` says.
+    pub fn with_adapters(model: Arc<GpuModel>, n_ctx: usize, max_rows: usize, lora: Option<Arc<LoraSet>>, apply: LoraApply) -> Self {
+        let lora = lora.filter(|l| !l.adapters.is_empty());
         let ctx = model.ctx.clone();
         let c = &model.config;
         let (hd, q_dim, kv_dim) = (c.head_dim, c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
@@ -96,7 +114,31 @@ impl Session {
         let mm_part_bytes = model.layers.iter().flat_map(|l| [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]).chain([model.lm_head()]).map(|w| ops::matmul_int4::partial_bytes(&ctx, w)).max().unwrap_or(0);
         let mm_part = ctx.storage("matmul.partials", mm_part_bytes);
         // Every matmul reads the shared int8 activation blocks; each call names its output.
-        let io = MatmulIo { xq: &xq, xs: &xs, out: &x, out_stride: c.n_embd, out_offset: 0, bias: None, accumulate: false, partials: &mm_part };
+        let io = MatmulIo { xq: &xq, xs: &xs, out: &x, out_stride: c.n_embd, out_offset: 0, bias: None, accumulate: false, partials: &mm_part, lora: None };
+        // LoRA: each row's adapter and its low-rank activations A·x.
+        let u_stride = lora.as_ref().map_or(1, |l| l.u_stride());
+        let lora_rows = ctx.storage("lora.rows", mr * 8);
+        let lora_u = ctx.storage("lora.u", mr * u_stride as u64 * f);
+        let rows_io = LoraRows { rows: &lora_rows, u: &lora_u, u_stride };
+        // Matmul `f` of layer `l` with its LoRA (see adapters::FUSED): the low-rank shrink,
+        // then the int4 matmul adding s·B·u in its output pass, or (Separate) a pass of its own.
+        let with_lora = |l: usize, f: usize, label: &str, w: &ops::matmul_int4::QuantMatrix, io: MatmulIo, push: &mut dyn FnMut(Dispatch)| {
+            let Some(set) = &lora else {
+                return matmul_int4(&ctx, label, w, &io).into_iter().for_each(push);
+            };
+            let m = &set.layers[l][f];
+            push(ops::lora::shrink(&ctx, &format!("{label}.lora_a"), &m.a, m.k, m.segs, set.max_rank, &rows_io, io.xq, io.xs));
+            match apply {
+                LoraApply::Fused => {
+                    let fused = MatmulLora { rows: rows_io, b: &m.b, segments: m.segments };
+                    matmul_int4(&ctx, label, w, &MatmulIo { lora: Some(fused), ..io }).into_iter().for_each(&mut *push);
+                }
+                LoraApply::Separate => {
+                    matmul_int4(&ctx, label, w, &io).into_iter().for_each(&mut *push);
+                    push(ops::lora::expand(&ctx, &format!("{label}.lora_b"), &m.b, m.n, m.segments, &rows_io, io.out, io.out_stride, io.xq, io.xs));
+                }
+            }
+        };
         let kv_bytes = (n_blocks * BLOCK_SIZE * kv_dim * 2) as u64; // f16
         let block_scratch = ctx.storage("kv.block_copy", (BLOCK_SIZE * kv_dim * 2) as u64);
         let k_cache: Vec<_> = (0..c.n_layer).map(|l| ctx.storage(&format!("k_cache.{l}"), kv_bytes)).collect();
@@ -112,7 +154,7 @@ impl Session {
             // x = x + Wo · attention(rope(Wqkv · norm(x)))
             push(ops::rmsnorm::rmsnorm(&ctx, "attn_norm", &x, &layer.attn_norm, c.n_embd, c.rms_eps, &unused, &xq, &xs, true));
             let qkv_io = MatmulIo { out: &qkv, out_stride: qkv_dim, bias: layer.bqkv.as_ref(), ..io };
-            matmul_int4(&ctx, "qkv", &layer.wqkv, &qkv_io).into_iter().for_each(&mut push);
+            with_lora(l, 0, "qkv", &layer.wqkv, qkv_io, &mut push);
             push(ops::rope::rope_store_kv(&ctx, "rope", &qkv, &positions, &slots, &k_cache[l], &v_cache[l], c.n_head, c.n_kv_head, hd, c.rope_theta));
             let att = AttentionIo {
                 qkv: &qkv,
@@ -126,16 +168,18 @@ impl Session {
             };
             ops::attention::attention(&ctx, "attention", &att, c.n_head, c.n_kv_head, hd, plan).into_iter().for_each(&mut push);
             push(ops::quantize_act::quantize_act(&ctx, "attn_quant", &attn, q_dim, q_dim, &xq, &xs));
-            matmul_int4(&ctx, "wo", &layer.wo, &MatmulIo { accumulate: true, ..io }).into_iter().for_each(&mut push);
+            with_lora(l, 1, "wo", &layer.wo, MatmulIo { accumulate: true, ..io }, &mut push);
             // x = x + W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))
             push(ops::rmsnorm::rmsnorm(&ctx, "ffn_norm", &x, &layer.ffn_norm, c.n_embd, c.rms_eps, &unused, &xq, &xs, true));
-            matmul_int4(&ctx, "gate_up", &layer.w_gate_up, &MatmulIo { out: &gate_up, out_stride: 2 * c.n_ff, ..io }).into_iter().for_each(&mut push);
+            with_lora(l, 2, "gate_up", &layer.w_gate_up, MatmulIo { out: &gate_up, out_stride: 2 * c.n_ff, ..io }, &mut push);
             push(ops::swiglu::swiglu(&ctx, "swiglu", &gate_up, c.n_ff, &xq, &xs));
-            matmul_int4(&ctx, "down", &layer.w_down, &MatmulIo { accumulate: true, ..io }).into_iter().for_each(&mut push);
+            with_lora(l, 3, "down", &layer.w_down, MatmulIo { accumulate: true, ..io }, &mut push);
         }
         // logits = W_out · norm(x), for the rows asked for
         let mut head = vec![ops::rmsnorm::rmsnorm(&ctx, "output_norm", &x, &model.output_norm, c.n_embd, c.rms_eps, &unused, &xq, &xs, true)];
         head.extend(matmul_int4(&ctx, "lm_head", model.lm_head(), &MatmulIo { out: &logits, out_stride: c.n_vocab, ..io }));
+        let hidden = ctx.storage("hidden", mr * c.n_embd as u64 * f);
+        let final_hidden = ops::rmsnorm::rmsnorm(&ctx, "final_hidden", &x, &model.output_norm, c.n_embd, c.rms_eps, &hidden, &xq, &xs, false);
 
         let mut pool = BlockPool::new(n_blocks, BLOCK_SIZE);
         let main = pool.create();
@@ -156,10 +200,46 @@ impl Session {
             k_cache,
             v_cache,
             block_scratch,
-            _buffers: vec![x, xq, xs, qkv, attn, gate_up, unused, part_o, part_ml, mm_part],
+            _buffers: vec![x, xq, xs, qkv, attn, gate_up, unused, part_o, part_ml, mm_part, lora_u],
             body,
             head,
+            final_hidden,
+            hidden,
+            lora,
+            lora_rows,
+            stream_adapter: Default::default(),
         }
+    }
+
+    /// Let stream `s`'s next rows use adapter `index` of this session's set, or none.
+    /// (Masked LoRA: a prompt is encoded with none, the generated tokens with the adapter,
+    /// so the prompt's KV cache is the base model's whatever is decoded after it.)
+    pub fn set_adapter(&mut self, s: StreamId, index: Option<usize>) -> Result<(), ForwardError> {
+        match index {
+            None => {
+                self.stream_adapter.remove(&s);
+            }
+            Some(i) => {
+                let loaded = self.lora.as_ref().map_or(0, |l| l.adapters.len());
+                if i >= loaded {
+                    return Err(ForwardError::NoSuchAdapter { index: i, loaded });
+                }
+                self.stream_adapter.insert(s, i);
+            }
+        }
+        Ok(())
+    }
+
+    /// Layer `l`'s whole K and V cache as f16 bits (tests compare caches bit for bit).
+    pub fn read_kv(&self, l: usize) -> Result<(Vec<u16>, Vec<u16>), ForwardError> {
+        let ctx = &self.model.ctx;
+        let n = (self.k_cache[l].size() / 2) as usize;
+        Ok((ctx.read(&self.k_cache[l], 0, n)?, ctx.read(&self.v_cache[l], 0, n)?))
+    }
+
+    /// The adapter stream `s` uses, if any.
+    pub fn adapter(&self, s: StreamId) -> Option<usize> {
+        self.stream_adapter.get(&s).copied()
     }
 
     /// Bytes of activation buffers (residual, int8 blocks, qkv, ffn, logits, tables).
@@ -178,13 +258,21 @@ impl Session {
         (2 * c.n_layer * c.n_kv_head * c.head_dim * 2) as u64
     }
 
-    /// `n` streams sharing every block of `s` (its prompt): no KV is copied.
+    /// `n` streams sharing every block of `s` (its prompt): no KV is copied. They start
+    /// with `s`'s adapter choice.
     pub fn fork(&mut self, s: StreamId, n: usize) -> Result<Vec<StreamId>, ForwardError> {
-        Ok(self.pool.fork(s, n)?)
+        let kids = self.pool.fork(s, n)?;
+        if let Some(a) = self.adapter(s) {
+            kids.iter().for_each(|&k| {
+                self.stream_adapter.insert(k, a);
+            });
+        }
+        Ok(kids)
     }
 
     /// End stream `s`, returning the blocks only it held.
     pub fn release(&mut self, s: StreamId) -> Result<(), ForwardError> {
+        self.stream_adapter.remove(&s);
         Ok(self.pool.release(s)?)
     }
 
@@ -247,6 +335,21 @@ impl Session {
         ctx.queue.write_buffer(&self.positions, 0, bytemuck::cast_slice(&positions));
         ctx.queue.write_buffer(&self.slots, 0, bytemuck::cast_slice(&slots));
         ctx.queue.write_buffer(&self.tables, 0, bytemuck::cast_slice(&tables));
+        // Each row's adapter as the LoRA kernels read it: (rank, rank offset), rank 0 = none.
+        let mut adapters = false;
+        if let Some(set) = &self.lora {
+            let per_row: Vec<[u32; 2]> = rows
+                .iter()
+                .map(|(s, _)| match self.stream_adapter.get(s) {
+                    Some(&a) => {
+                        adapters = true;
+                        [set.slots[a].0, set.slots[a].1]
+                    }
+                    None => [0, 0],
+                })
+                .collect();
+            ctx.queue.write_buffer(&self.lora_rows, 0, bytemuck::cast_slice(&per_row));
+        }
         // Keys all rows read from the very same blocks (a forked prompt), and attend to.
         let first = self.pool.table(rows[0].0)?;
         let mut shared_blocks = first.len();
@@ -256,7 +359,7 @@ impl Session {
         }
         let min_keys = positions.iter().min().map_or(0, |p| p + 1);
         let shared_len = ((shared_blocks * BLOCK_SIZE) as u32).min(min_keys);
-        Ok(Step { rows: rows.len() as u32, row0: 0, kv_len: positions.iter().max().map_or(0, |p| p + 1), shared_len })
+        Ok(Step { rows: rows.len() as u32, row0: 0, kv_len: positions.iter().max().map_or(0, |p| p + 1), shared_len, adapters })
     }
 
     fn main_rows(&self, tokens: &[u32]) -> Vec<(StreamId, u32)> {
@@ -265,9 +368,23 @@ impl Session {
 
     /// Append `tokens` to the stream and return the logits after the last one.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ForwardError> {
+        Ok(self.forward_chunks(tokens, None::<fn(Option<Vec<f32>>, &[f32]) -> Vec<f32>>)?.0)
+    }
+
+    /// As [`forward`](Self::forward), also pooling the final-norm hidden states of the
+    /// tokens: each prefill chunk's mean folded in by `pool(pooled so far, chunk mean)` (the
+    /// switcher's moving average). Costs one f32 norm and a read-back per chunk.
+    pub fn forward_pooled(&mut self, tokens: &[u32], pool: impl Fn(Option<Vec<f32>>, &[f32]) -> Vec<f32>) -> Result<(Vec<f32>, Vec<f32>), ForwardError> {
+        let (logits, pooled) = self.forward_chunks(tokens, Some(pool))?;
+        Ok((logits, pooled.unwrap_or_default()))
+    }
+
+    fn forward_chunks(&mut self, tokens: &[u32], pool: Option<impl Fn(Option<Vec<f32>>, &[f32]) -> Vec<f32>>) -> Result<(Vec<f32>, Option<Vec<f32>>), ForwardError> {
         self.check(tokens)?;
         let ctx = self.model.ctx.clone();
+        let d = self.model.config.n_embd;
         let n_chunks = tokens.len().div_ceil(self.max_rows);
+        let mut pooled = None;
         for (i, chunk) in tokens.chunks(self.max_rows).enumerate() {
             let step = self.prepare_rows(&self.main_rows(chunk))?;
             let rows = chunk.len() as u32;
@@ -277,6 +394,9 @@ impl Session {
                 for (_, d) in &self.body {
                     d.record_step(&ctx, &mut pass, &step);
                 }
+                if pool.is_some() {
+                    self.final_hidden.record(&ctx, &mut pass, rows, 0);
+                }
                 if i + 1 == n_chunks {
                     for d in &self.head {
                         d.record(&ctx, &mut pass, 1, rows - 1);
@@ -285,8 +405,38 @@ impl Session {
             }
             ctx.queue.submit([enc.finish()]);
             self.pos += chunk.len();
+            if let Some(pool) = &pool {
+                let h: Vec<f32> = ctx.read(&self.hidden, 0, chunk.len() * d)?;
+                let mut mean = vec![0f32; d];
+                h.chunks(d).for_each(|row| mean.iter_mut().zip(row).for_each(|(m, v)| *m += v));
+                mean.iter_mut().for_each(|m| *m /= chunk.len() as f32);
+                pooled = Some(pool(pooled, &mean));
+            }
         }
-        Ok(ctx.read(&self.logits, 0, self.model.config.n_vocab)?)
+        Ok((ctx.read(&self.logits, 0, self.model.config.n_vocab)?, pooled))
+    }
+
+    /// Advance streams by `rows` (a stream may take several consecutive rows) and return
+    /// every row's final-norm hidden state instead of logits (the verifier's features).
+    pub fn hidden_rows(&mut self, rows: &[(StreamId, u32)]) -> Result<Vec<Vec<f32>>, ForwardError> {
+        let n_vocab = self.model.config.n_vocab;
+        if let Some(&(_, id)) = rows.iter().find(|r| r.1 as usize >= n_vocab) {
+            return Err(ForwardError::BadToken { id, n_vocab });
+        }
+        if rows.len() > self.max_rows {
+            return Err(ForwardError::TooManyRows { rows: rows.len(), max: self.max_rows });
+        }
+        let step = self.prepare_rows(rows)?;
+        self.record_submit(|pass, ctx| {
+            self.body.iter().for_each(|(_, d)| d.record_step(ctx, pass, &step));
+            self.final_hidden.record(ctx, pass, step.rows, 0);
+        });
+        if rows.iter().any(|r| r.0 == self.main) {
+            self.pos = self.pool.len(self.main)?;
+        }
+        let d = self.model.config.n_embd;
+        let h: Vec<f32> = self.model.ctx.read(&self.hidden, 0, rows.len() * d)?;
+        Ok(h.chunks(d).map(|r| r.to_vec()).collect())
     }
 
     /// Append `tokens` and hand the logits after every one of them to `each(i, logits)`
@@ -338,7 +488,7 @@ impl Session {
             .body
             .iter()
             .map(|(_, d)| (d, step))
-            .chain(self.head.iter().map(|d| (d, Step { rows: 1, row0: rows - 1, kv_len, shared_len: 0 })))
+            .chain(self.head.iter().map(|d| (d, Step { rows: 1, row0: rows - 1, kv_len, shared_len: 0, adapters: false })))
             .collect();
         let kind = |d: &Dispatch| d.label.split('[').next().unwrap_or(&d.label).to_string();
         ctx.wait();

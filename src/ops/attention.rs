@@ -288,7 +288,7 @@ impl StreamsOverPrompt {
         let common = self.tables[1..].iter().map(|t| first.iter().zip(t).take_while(|(a, b)| a == b).count()).min().unwrap_or(first.len());
         let min_keys = self.prompt_len + self.suffix_lens.iter().min().unwrap();
         let max_keys = self.prompt_len + self.suffix_lens.iter().max().unwrap();
-        super::Step { rows: self.suffix_lens.len() as u32, row0: 0, kv_len: max_keys as u32, shared_len: (common * self.block_size).min(min_keys) as u32 }
+        super::Step { rows: self.suffix_lens.len() as u32, row0: 0, kv_len: max_keys as u32, shared_len: (common * self.block_size).min(min_keys) as u32, adapters: false }
     }
 
     /// Bytes of K and V the streams attend to (prompt counted once per stream).

@@ -6,7 +6,7 @@
 //! lavapipe's 128 MiB, but a bigger vocabulary or a phone's smaller limit is not).
 
 use super::{Dispatch, DispatchSpec, Dyn, Grid};
-use crate::gpu::{Binding, GpuContext};
+use crate::gpu::{Binding, GpuContext, ShaderDefines};
 use crate::loader::{Q4Group, Q8Group};
 
 /// How a matrix's weights are stored on the GPU.
@@ -161,6 +161,31 @@ const KINDS: &[Binding] = &[
     Binding::ReadWrite,
 ];
 
+/// The LoRA variant adds the rows' adapters, the low-rank activations and B.
+const KINDS_LORA: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+];
+
+/// Fused LoRA for one matmul: y += s·B·u with u = A·x from [`super::lora::shrink`].
+#[derive(Clone, Copy)]
+pub struct MatmulLora<'a> {
+    pub rows: super::lora::LoraRows<'a>,
+    /// [total rank / 2][n] u32, f16 pairs along the rank, pre-scaled.
+    pub b: &'a wgpu::Buffer,
+    /// Output columns where the stacked projections' segments 1 and 2 begin.
+    pub segments: (usize, usize),
+}
+
 /// Workgroups a decode matmul should launch to keep a GPU busy.
 const TARGET_WORKGROUPS: usize = 1024;
 
@@ -194,6 +219,8 @@ pub struct MatmulIo<'a> {
     pub accumulate: bool,
     /// Split-K scratch, at least [`partial_bytes`] (any buffer when the device never splits).
     pub partials: &'a wgpu::Buffer,
+    /// Fused LoRA, if any adapter applies to this matrix.
+    pub lora: Option<MatmulLora<'a>>,
 }
 
 /// Dispatches (one per chunk, plus a reduce pass where decode steps split k) computing
@@ -214,18 +241,30 @@ fn matmul_dispatches(ctx: &GpuContext, label: &str, w: &QuantMatrix, io: &Matmul
     // Without a bias any read-only buffer fills the binding: the activations' scales.
     let bias = io.bias.unwrap_or(io.xs);
     let (out_stride, out_offset) = (io.out_stride, io.out_offset);
+    if io.lora.is_some() {
+        // B is laid out over the whole output: LoRA matrices are one chunk, written from column 0.
+        assert!(w.chunks.len() == 1 && out_offset == 0, "{label}: fused LoRA needs a one-chunk matrix at output column 0");
+    }
     let mut out_list = Vec::new();
     for (c, &splits) in w.chunks.iter().zip(chunk_splits) {
+        let mut words = vec![c.n as u32, w.k as u32, 0, flags, out_stride as u32, (out_offset + c.n0) as u32, 1, 0, 0, 0, 0, 0];
+        let mut buffers = vec![&c.qweight, &c.scales, io.xq, io.xs, bias, io.out, io.partials];
+        let (mut kinds, mut defines) = (KINDS, ShaderDefines::new());
+        if let Some(l) = &io.lora {
+            words[8..11].copy_from_slice(&[l.segments.0 as u32, l.segments.1 as u32, l.rows.u_stride as u32]);
+            buffers.extend([l.rows.rows, l.rows.u, l.b]);
+            (kinds, defines) = (KINDS_LORA, defines.with("LORA", 1));
+        }
         let spec = |entry: &'static str, grid: Grid| DispatchSpec {
             label: format!("{label}[{}..]", c.n0),
             shader: "matmul_int4",
             entry,
-            kinds: KINDS,
-            words: vec![c.n as u32, w.k as u32, 0, flags, out_stride as u32, (out_offset + c.n0) as u32, 1, 0],
+            kinds,
+            words: words.clone(),
             dynamic: vec![(2, Dyn::Rows), (6, Dyn::KSplits)],
-            buffers: vec![&c.qweight, &c.scales, io.xq, io.xs, bias, io.out, io.partials],
+            buffers: buffers.clone(),
             grid,
-            defines: Default::default(),
+            defines: defines.clone(),
         };
         out_list.push(Dispatch::new(ctx, spec(w.format.entry(), Grid::RowTiles { x: super::wg64(c.n), k_splits: splits })));
         if splits > 1 {

@@ -8,6 +8,7 @@
 
 pub mod attention;
 pub mod embedding;
+pub mod lora;
 pub mod matmul_int4;
 pub mod quantize_act;
 pub mod read_bandwidth;
@@ -55,6 +56,8 @@ pub struct Step {
     pub kv_len: u32,
     /// Leading keys every row attends to in the very same cache blocks (a shared prompt).
     pub shared_len: u32,
+    /// Some row uses a LoRA adapter (LoRA launches are skipped otherwise).
+    pub adapters: bool,
 }
 
 /// How many workgroups split one (head, row)'s keys: decode-sized steps on GPUs split the
@@ -114,6 +117,7 @@ pub struct Dispatch {
     last: Cell<Option<(u32, u32, u32, u32)>>,
     grid: Grid,
     defines: ShaderDefines,
+    only_with_adapters: bool,
 }
 
 /// What a launcher hands to [`Dispatch::new`].
@@ -151,7 +155,14 @@ impl Dispatch {
             last: Cell::new(None),
             grid: spec.grid,
             defines: spec.defines,
+            only_with_adapters: false,
         }
+    }
+
+    /// Launch only in steps where some row uses an adapter (LoRA's own kernels).
+    pub fn only_with_adapters(mut self) -> Self {
+        self.only_with_adapters = true;
+        self
     }
 
     /// Rows per workgroup-row for `rows` (matmul picks an exact register tile up to 16).
@@ -166,7 +177,7 @@ impl Dispatch {
 
     /// Record into `pass` for one step.
     pub fn record_step(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, step: &Step) {
-        if step.rows == 0 {
+        if step.rows == 0 || (self.only_with_adapters && !step.adapters) {
             return;
         }
         let (splits, shared) = match self.grid {

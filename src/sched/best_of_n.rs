@@ -1,10 +1,13 @@
-//! Best-of-N over one prompt: prefill once, fork N streams that share the prompt's KV
-//! blocks, decode every live stream in one batched step per token (each weight read once
-//! for all of them), sample each with its own seed, stop each on EOS / stop string / its
-//! token cap, and vote on the final answers.
+//! Best-of-N over one prompt: prefill once with the base model (the switcher head, if any,
+//! decides there whether the reasoning adapter decodes), fork N streams that share the
+//! prompt's KV blocks, decode every live stream in one batched step per token (each weight
+//! read once for all of them), sample each with its own seed, force the end of thinking at
+//! the budget, stop each on EOS / stop string / its token cap, score finished candidates
+//! with the verifier head on their own KV, and vote on the final answers.
 
 use super::vote::{extract_answer, vote};
-use crate::engine::{Engine, GenerateParams};
+use crate::adapters::Verifier;
+use crate::engine::{Engine, GenerateParams, Reasoning};
 use crate::model::forward::BLOCK_SIZE;
 use crate::sampling::{log_prob, Sampler, SamplingParams};
 use anyhow::{bail, Result};
@@ -15,6 +18,10 @@ use std::time::Instant;
 pub struct VoteParams {
     /// Regex whose first group (or whole match) is the answer; default extraction otherwise.
     pub answer_regex: Option<regex::Regex>,
+    /// Scores every finished candidate (its score is reported either way).
+    pub verifier: Option<std::sync::Arc<Verifier>>,
+    /// Each answer scores the sum of its candidates' verifier scores instead of their count.
+    pub weighted: bool,
 }
 
 /// One candidate answer.
@@ -25,8 +32,15 @@ pub struct Candidate {
     pub tokens: Vec<u32>,
     pub logprob: f32,
     pub answer: Option<String>,
-    /// "eos", "stop" or "length".
+    /// "eos", "stop", "length", "answer_length" (the answer cap after forcing) or "callback".
     pub finish_reason: String,
+    /// Tokens up to and including the end-of-thinking marker (all, if it never came).
+    pub thinking_tokens: usize,
+    /// Tokens after it.
+    pub answer_tokens: usize,
+    /// Whether the budget forced the end of thinking.
+    pub forced: bool,
+    pub verifier_score: Option<f32>,
 }
 
 /// Result of [`generate_n`].
@@ -43,6 +57,9 @@ pub struct BestOfN {
     pub decode_tokens_per_s: f64,
     /// Bytes of KV cache the streams hold at the end (shared prompt counted once).
     pub kv_bytes_used: u64,
+    /// Whether the reasoning adapter decoded, and the switcher's probability if it decided.
+    pub reasoning: bool,
+    pub switcher_probability: Option<f32>,
 }
 
 struct Live {
@@ -53,6 +70,14 @@ struct Live {
     text: String,
     logprob: f32,
     finish: Option<&'static str>,
+    /// Tokens sampled (or forced) but not yet run through the model.
+    fed: usize,
+    thinking_done: bool,
+    thinking_tokens: usize,
+    forced: bool,
+    force_queue: std::collections::VecDeque<u32>,
+    /// Tokens when the answer began (thinking closed, forcing text all in).
+    answer_from: Option<usize>,
 }
 
 /// One token of one stream, as [`Decoding`] yields them.
@@ -80,7 +105,7 @@ pub struct StreamToken {
 ///     let tok = tok?;
 ///     print!("[{}]{}", tok.stream, tok.text);
 /// }
-/// let result = run.finish(&VoteParams::default());
+/// let result = run.finish(&VoteParams::default())?;
 /// println!("\nanswer: {:?}", result.answer);
 /// # Ok(()) }
 /// ```
@@ -95,7 +120,12 @@ pub struct Decoding<'e> {
     ttft_s: f64,
     decode_start: Instant,
     generated: usize,
+    reasoning: bool,
+    switcher_probability: Option<f32>,
 }
+
+/// Cache slots kept per stream for the verifier's prompt.
+const VERIFY_SLOTS: usize = 64;
 
 impl<'e> Decoding<'e> {
     /// Prefill `prompt` once and fork `n` streams over its KV blocks. Stream `i` samples
@@ -104,16 +134,41 @@ impl<'e> Decoding<'e> {
         if prompt.is_empty() || n == 0 {
             bail!("need a prompt and at least one candidate");
         }
-        let max_new = params.max_tokens;
-        if prompt.len() + max_new > engine.model.config.n_ctx {
-            bail!("prompt ({}) + max tokens ({max_new}) exceed the model's context ({})", prompt.len(), engine.model.config.n_ctx);
+        let n_ctx = engine.n_ctx();
+        if prompt.len() >= n_ctx {
+            bail!("prompt is {} tokens, longer than the context ({n_ctx}); shorten it or raise --ctx", prompt.len());
         }
-        // Prompt once, then each stream's own tokens (+ a block each for copy-on-write).
-        let slots = prompt.len() + n * (max_new + BLOCK_SIZE) + BLOCK_SIZE;
-        let mut session = crate::model::Session::new(engine.model.clone(), slots, engine.options.max_rows);
+        let mut params = params.clone();
+        params.max_tokens = params.max_tokens.min(n_ctx - prompt.len() - VERIFY_SLOTS);
+        let max_new = params.max_tokens;
+        // Prompt once, then each stream's own tokens (+ a block each for copy-on-write, and
+        // room for the verification prompt).
+        let slots = prompt.len() + n * (max_new + VERIFY_SLOTS + BLOCK_SIZE) + BLOCK_SIZE;
+        let mut session = engine.session_with(slots, Default::default());
+        let adapter_index = |name: &str| -> Result<usize> {
+            let set = session.lora.as_ref().ok_or_else(|| anyhow::anyhow!("adapter '{name}' is not loaded (no adapters are)"))?;
+            set.index(name).ok_or_else(|| anyhow::anyhow!("adapter '{name}' is not loaded (loaded: {})", set.adapters.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")))
+        };
+        let (adapter, switcher) = match &params.reasoning {
+            Reasoning::Off => (None, None),
+            Reasoning::On { adapter } => (Some(adapter_index(adapter)?), None),
+            Reasoning::Auto { adapter, switcher } => (Some(adapter_index(adapter)?), Some(switcher.clone())),
+        };
+        // Masked LoRA: the prompt is encoded by the base model unless asked otherwise.
+        if params.adapter_on_prompt {
+            session.set_adapter(session.main, adapter)?;
+        }
         let t0 = Instant::now();
-        let logits = session.forward(prompt)?;
+        let (logits, switcher_probability) = match &switcher {
+            Some(sw) => {
+                let (logits, pooled) = session.forward_pooled(prompt, |old, mean| sw.pool(old, mean))?;
+                (logits, Some(sw.probability(&pooled)))
+            }
+            None => (session.forward(prompt)?, None),
+        };
         let ttft_s = t0.elapsed().as_secs_f64();
+        let reasoning = adapter.is_some() && switcher.as_ref().zip(switcher_probability).is_none_or(|(sw, p)| p >= sw.threshold);
+        session.set_adapter(session.main, if reasoning { adapter } else { None })?;
         let streams = session.fork(session.main, n)?;
         session.release(session.main)?;
         let live = streams
@@ -127,12 +182,20 @@ impl<'e> Decoding<'e> {
                 text: String::new(),
                 logprob: 0.0,
                 finish: None,
+                fed: 0,
+                thinking_done: false,
+                thinking_tokens: 0,
+                forced: false,
+                force_queue: Default::default(),
+                answer_from: None,
             })
             .collect();
         Ok(Decoding {
             engine,
             session,
-            params: params.clone(),
+            params,
+            reasoning,
+            switcher_probability,
             live,
             logits_of: vec![logits; n],
             pending: Default::default(),
@@ -150,9 +213,19 @@ impl<'e> Decoding<'e> {
 
     /// Stop stream `i` (its candidate keeps what it has, finish reason "stop").
     pub fn stop_stream(&mut self, i: usize) {
+        self.stop_stream_with(i, "stop");
+    }
+
+    /// Stop stream `i` with this finish reason.
+    pub fn stop_stream_with(&mut self, i: usize, reason: &'static str) {
         if let Some(l) = self.live.get_mut(i) {
-            l.finish.get_or_insert("stop");
+            l.finish.get_or_insert(reason);
         }
+    }
+
+    /// Whether the reasoning adapter decodes these streams.
+    pub fn reasoning(&self) -> bool {
+        self.reasoning
     }
 
     /// Text of stream `i` so far.
@@ -160,23 +233,31 @@ impl<'e> Decoding<'e> {
         &self.live[i].text
     }
 
-    /// One batched step: sample every live stream from its logits, then advance all that
-    /// go on in one forward pass. Returns the tokens sampled (empty once all finished).
+    /// One batched step: sample every live stream from its logits (or take its next
+    /// forced token), then advance all that go on in one forward pass. Returns the tokens
+    /// added (empty once all finished).
     pub fn step(&mut self) -> Result<Vec<StreamToken>> {
         let engine = self.engine;
         let max_new = self.params.max_tokens;
+        let budget = self.params.budget.clone();
         let mut produced = Vec::new();
         let mut rows = Vec::new();
         for (l, lg) in self.live.iter_mut().zip(&self.logits_of) {
             if l.finish.is_some() {
                 continue;
             }
-            let id = l.sampler.sample(lg);
-            l.logprob += log_prob(lg, id);
-            if engine.eos_token_ids.contains(&id) {
-                l.finish = Some("eos");
-                continue;
-            }
+            let id = match l.force_queue.pop_front() {
+                Some(id) => id,
+                None => {
+                    let id = l.sampler.sample(lg);
+                    l.logprob += log_prob(lg, id);
+                    if engine.eos_token_ids.contains(&id) {
+                        l.finish = Some("eos");
+                        continue;
+                    }
+                    id
+                }
+            };
             l.tokens.push(id);
             self.generated += 1;
             let full = engine.decode(&l.tokens)?;
@@ -186,13 +267,33 @@ impl<'e> Decoding<'e> {
                 l.text = full;
             }
             produced.push(StreamToken { stream: l.index, id, text: new });
+            if !l.thinking_done {
+                l.thinking_tokens += 1;
+                let marker = budget.as_ref().map_or("</think>", |b| b.end_marker.as_str());
+                l.thinking_done = l.text.contains(marker);
+                // Budget forcing: out of thinking tokens with the reasoning still open.
+                if let Some(b) = &budget {
+                    if !l.thinking_done && !l.forced && l.thinking_tokens >= b.thinking_tokens {
+                        l.forced = true;
+                        let enc = engine.tokenizer.encode(b.force.as_str(), false).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+                        l.force_queue.extend(enc.get_ids());
+                    }
+                }
+            }
+            if l.thinking_done && l.force_queue.is_empty() && l.answer_from.is_none() {
+                l.answer_from = Some(l.tokens.len());
+            }
+            let answering = l.answer_from.map_or(0, |from| l.tokens.len() - from);
             if self.params.stop.iter().any(|s| l.text.ends_with(s.as_str())) {
                 l.finish = Some("stop");
             } else if l.tokens.len() >= max_new {
                 l.finish = Some("length");
+            } else if budget.as_ref().is_some_and(|b| answering >= b.answer_tokens) {
+                l.finish = Some("answer_length");
             }
             if l.finish.is_none() {
                 rows.push((l.index, l.stream, id));
+                l.fed = l.tokens.len();
             }
         }
         // One batched step for all live streams (in chunks of the LM head's row count).
@@ -206,16 +307,47 @@ impl<'e> Decoding<'e> {
         Ok(produced)
     }
 
-    /// Every candidate with its answer, and the vote.
-    pub fn finish(self, vote_params: &VoteParams) -> BestOfN {
+    /// Verifier scores of the finished candidates: each stream is continued by the
+    /// verification prompt (after any token it has not run yet; the adapter as while
+    /// decoding), all streams in one batched pass, and the head reads the final-norm hidden
+    /// state at each stream's last row.
+    fn verify(&mut self, verifier: &Verifier) -> Result<Vec<f32>> {
+        let enc = self.engine.tokenizer.encode(verifier.prompt.as_str(), false).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        let prompt_ids = enc.get_ids();
+        if prompt_ids.len() + 1 > VERIFY_SLOTS {
+            bail!("verification prompt is {} tokens; at most {} fit", prompt_ids.len(), VERIFY_SLOTS - 1);
+        }
+        let mut rows = Vec::new();
+        let mut last_row = Vec::new();
+        for l in &self.live {
+            rows.extend(l.tokens[l.fed..].iter().chain(prompt_ids).map(|&t| (l.stream, t)));
+            last_row.push(rows.len() - 1);
+        }
+        let mut hidden = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(self.session.max_rows) {
+            hidden.extend(self.session.hidden_rows(chunk)?);
+        }
+        Ok(last_row.iter().map(|&r| verifier.score(&hidden[r])).collect())
+    }
+
+    /// Every candidate with its answer and verifier score, and the vote.
+    pub fn finish(mut self, vote_params: &VoteParams) -> Result<BestOfN> {
         let decode_s = self.decode_start.elapsed().as_secs_f64();
         let kv_bytes_used = self.session.pool.used_blocks() as u64 * BLOCK_SIZE as u64 * self.session.kv_bytes_per_token();
+        let scores = match &vote_params.verifier {
+            Some(v) => Some(self.verify(v)?),
+            None => None,
+        };
         let candidates: Vec<Candidate> = self
             .live
             .into_iter()
             .map(|l| Candidate {
                 index: l.index,
                 answer: extract_answer(&l.text, vote_params.answer_regex.as_ref()),
+                thinking_tokens: l.thinking_tokens,
+                answer_tokens: l.tokens.len() - l.thinking_tokens,
+                forced: l.forced,
+                verifier_score: scores.as_ref().map(|s| s[l.index]),
                 text: l.text,
                 tokens: l.tokens,
                 logprob: l.logprob,
@@ -223,8 +355,13 @@ impl<'e> Decoding<'e> {
             })
             .collect();
         let answers: Vec<Option<String>> = candidates.iter().map(|c| c.answer.clone()).collect();
-        let (answer, votes) = vote(&answers, &vec![1.0; answers.len()]);
-        BestOfN {
+        let weights: Vec<f32> = match (&scores, vote_params.weighted) {
+            (Some(s), true) => s.clone(),
+            (None, true) => bail!("a weighted vote needs a verifier"),
+            _ => vec![1.0; answers.len()],
+        };
+        let (answer, votes) = vote(&answers, &weights);
+        Ok(BestOfN {
             candidates,
             answer,
             votes,
@@ -232,7 +369,9 @@ impl<'e> Decoding<'e> {
             ttft_ms: self.ttft_s * 1e3,
             decode_tokens_per_s: self.generated as f64 / decode_s.max(1e-9),
             kv_bytes_used,
-        }
+            reasoning: self.reasoning,
+            switcher_probability: self.switcher_probability,
+        })
     }
 }
 
@@ -274,5 +413,5 @@ pub fn generate_n(
             }
         }
     }
-    Ok(run.finish(vote_params))
+    run.finish(vote_params)
 }

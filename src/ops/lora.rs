@@ -1,0 +1,72 @@
+//! LoRA's low-rank half (`shaders/lora.wgsl`): `shrink` computes u = A·x per row from the
+//! int8 activation blocks the matmul reads; the int4 matmul then adds s·B·u in its own
+//! output pass ([`MatmulLora`](super::matmul_int4::MatmulLora)). `expand` adds s·B·u as a
+//! separate pass over y — the unfused path, for comparison.
+
+use super::{Dispatch, DispatchSpec, Dyn, Grid};
+use crate::gpu::{Binding, GpuContext, ShaderDefines};
+
+const KINDS: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite, Binding::ReadWrite];
+
+/// Per-step LoRA state every launch shares: which adapter each row uses and the low-rank
+/// activations.
+#[derive(Clone, Copy)]
+pub struct LoraRows<'a> {
+    /// [rows] (rank, rank offset) u32 pairs; rank 0 = no adapter for that row.
+    pub rows: &'a wgpu::Buffer,
+    /// [rows][u_stride] f32.
+    pub u: &'a wgpu::Buffer,
+    pub u_stride: usize,
+}
+
+/// u[m][j] = A·x̂[m] for a matrix of `segs` stacked projections with input width `k`;
+/// `max_rank` (even) is the largest adapter rank in `a`.
+#[allow(clippy::too_many_arguments)]
+pub fn shrink(ctx: &GpuContext, label: &str, a: &wgpu::Buffer, k: usize, segs: usize, max_rank: usize, lora: &LoraRows, xq: &wgpu::Buffer, xs: &wgpu::Buffer) -> Dispatch {
+    Dispatch::new(
+        ctx,
+        DispatchSpec {
+            label: label.into(),
+            shader: "lora",
+            entry: "shrink",
+            kinds: KINDS,
+            words: vec![k as u32, 0, 0, segs as u32, lora.u_stride as u32, 0, 0, 0],
+            dynamic: vec![(1, Dyn::Rows)],
+            buffers: vec![xq, xs, lora.rows, a, lora.u, lora.u],
+            grid: Grid::RowTiles { x: (segs * max_rank) as u32, k_splits: 1 },
+            defines: ShaderDefines::new(),
+        },
+    )
+    .only_with_adapters()
+}
+
+/// out[m][n] += s·B·u[m] as its own pass (the unfused path). `seg1`/`seg2` split the
+/// output columns into the stacked projections.
+#[allow(clippy::too_many_arguments)]
+pub fn expand(ctx: &GpuContext, label: &str, b: &wgpu::Buffer, n: usize, (seg1, seg2): (usize, usize), lora: &LoraRows, out: &wgpu::Buffer, out_stride: usize, xq: &wgpu::Buffer, xs: &wgpu::Buffer) -> Dispatch {
+    Dispatch::new(
+        ctx,
+        DispatchSpec {
+            label: label.into(),
+            shader: "lora",
+            entry: "expand",
+            kinds: KINDS,
+            words: vec![0, 0, n as u32, 0, lora.u_stride as u32, seg1 as u32, seg2 as u32, out_stride as u32],
+            dynamic: vec![(1, Dyn::Rows)],
+            buffers: vec![xq, xs, lora.rows, b, lora.u, out],
+            grid: Grid::PerRow { x: super::wg64(n) },
+            defines: ShaderDefines::new().with("ROWS", 1),
+        },
+    )
+    .only_with_adapters()
+}
+
+/// Pack A rows (row-major [rows][k] f32) as f16 pairs along k.
+pub fn pack_a(a: &[f32]) -> Vec<u32> {
+    a.chunks(2).map(|p| pack2(p[0], p.get(1).copied().unwrap_or(0.0))).collect()
+}
+
+/// f16 pair as one word, first value in the low half (WGSL's `unpack2x16float`).
+pub fn pack2(lo: f32, hi: f32) -> u32 {
+    half::f16::from_f32(lo).to_bits() as u32 | ((half::f16::from_f32(hi).to_bits() as u32) << 16)
+}
