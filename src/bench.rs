@@ -247,3 +247,128 @@ pub fn attention(ctx: &crate::gpu::GpuContext, (n_head, n_kv_head, head_dim): (u
         kv_bytes_copied: (streams * (prompt_len + suffix_len).div_ceil(block)) as u64 * block as u64 * kv_token,
     }
 }
+
+/// One row of `bench --lora-ranks`: decode step time with a rank-`rank` adapter on all seven
+/// projections (0 = the base model alone), fused into the int4 matmul and as separate passes.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LoraRow {
+    pub rank: usize,
+    pub fused_step_ms: f64,
+    pub separate_step_ms: f64,
+    /// Fused step over the base step, minus one.
+    pub fused_overhead: f64,
+    pub separate_overhead: f64,
+    pub adapter_bytes: u64,
+}
+
+/// A random adapter of rank `rank` on every projection (entries small enough to keep the
+/// activations sane).
+pub fn random_adapter(engine: &Engine, name: &str, rank: usize) -> crate::adapters::LoraAdapter {
+    crate::adapters::LoraAdapter::random(&engine.model.config, name, rank, &[0, 1, 2, 3, 4, 5, 6], 1.0, 0.02, rank as u64)
+}
+
+/// Median decode step after a `prompt_tokens` prompt, with the session's main stream on
+/// adapter `adapter` (index) for decoding.
+fn decode_step_ms(engine: &Engine, apply: crate::adapters::LoraApply, adapter: Option<usize>, prompt_tokens: usize, gen_tokens: usize) -> Result<f64> {
+    let c = &engine.model.config;
+    let prompt: Vec<u32> = (0..prompt_tokens).map(|i| (1000 + (i * 7919) % (c.n_vocab - 2000)) as u32).collect();
+    let mut s = engine.session_with(engine.n_ctx(), apply);
+    let mut logits = s.forward(&prompt)?;
+    s.set_adapter(s.main, adapter)?;
+    let mut steps = Vec::new();
+    for _ in 0..gen_tokens {
+        let id = crate::sampling::argmax(&logits);
+        let t = Instant::now();
+        logits = s.forward(&[id])?;
+        steps.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(steps))
+}
+
+/// `bench --lora-ranks`: base decode step, then each rank fused and separate, all in one
+/// run (base measured again last to show drift).
+pub fn lora_ranks(engine: &Engine, prompt_tokens: usize, gen_tokens: usize, ranks: &[usize]) -> Result<(f64, f64, Vec<LoraRow>)> {
+    use crate::adapters::LoraApply;
+    for name in engine.adapter_names() {
+        engine.unload_adapter(&name)?;
+    }
+    let base = decode_step_ms(engine, LoraApply::Fused, None, prompt_tokens, gen_tokens)?;
+    let mut rows = Vec::new();
+    for &rank in ranks {
+        engine.add_adapter(random_adapter(engine, "bench", rank));
+        let fused = decode_step_ms(engine, LoraApply::Fused, Some(0), prompt_tokens, gen_tokens)?;
+        let separate = decode_step_ms(engine, LoraApply::Separate, Some(0), prompt_tokens, gen_tokens)?;
+        let bytes = engine.adapter_set().map_or(0, |s| s.bytes());
+        rows.push(LoraRow { rank, fused_step_ms: fused, separate_step_ms: separate, fused_overhead: fused / base - 1.0, separate_overhead: separate / base - 1.0, adapter_bytes: bytes });
+        engine.unload_adapter("bench")?;
+    }
+    let base_again = decode_step_ms(engine, LoraApply::Fused, None, prompt_tokens, gen_tokens)?;
+    Ok((base, base_again, rows))
+}
+
+/// `bench --adapter-ttft`: time to first token with the reasoning adapter chosen by the
+/// switcher, with the shared prompt KV (one base prefill that also pools for the switcher)
+/// against re-encoding the prompt with the adapter after the switcher's base prefill; and
+/// the prefill with the adapter on the prompt against the base prefill.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterTtftReport {
+    pub prompt_tokens: usize,
+    pub rank: usize,
+    /// Base prefill with switcher pooling, to first logits (the shared path).
+    pub shared_ttft_ms: f64,
+    /// Switcher base prefill, then the whole prompt again with the adapter.
+    pub reencode_ttft_ms: f64,
+    /// Plain base prefill (no pooling).
+    pub base_prefill_ms: f64,
+    /// Prefill with the adapter applied to the prompt.
+    pub adapter_prefill_ms: f64,
+    pub switcher_probability: f32,
+}
+
+pub fn adapter_ttft(engine: &Engine, prompt_tokens: usize, rank: usize, reps: usize) -> Result<AdapterTtftReport> {
+    use crate::adapters::{LoraApply, Switcher};
+    let c = &engine.model.config;
+    let d = c.n_embd;
+    engine.add_adapter(random_adapter(engine, "reasoning", rank));
+    let idx = engine.adapter_set().and_then(|s| s.index("reasoning")).expect("just loaded");
+    // A switcher that always chooses reasoning (bias 10): its cost is what is measured.
+    let switcher = Switcher::from_weights(vec![0.01; 8 * d], vec![0.0; 8], vec![1.0; 8], 10.0, 0.5);
+    let prompt: Vec<u32> = (0..prompt_tokens).map(|i| (1000 + (i * 7919) % (c.n_vocab - 2000)) as u32).collect();
+    let prefill = |adapter_on_prompt: bool, pooled: bool| -> Result<(f64, f32)> {
+        let mut s = engine.session_with(engine.n_ctx(), LoraApply::Fused);
+        if adapter_on_prompt {
+            s.set_adapter(s.main, Some(idx))?;
+        }
+        let t = Instant::now();
+        let p = if pooled {
+            let (_, pool) = s.forward_pooled(&prompt, |old, mean| switcher.pool(old, mean))?;
+            switcher.probability(&pool)
+        } else {
+            s.forward(&prompt)?;
+            0.0
+        };
+        Ok((t.elapsed().as_secs_f64() * 1e3, p))
+    };
+    prefill(true, true)?; // compile every pipeline first
+    let (mut shared, mut reencode, mut base, mut adapted) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut prob = 0.0;
+    for _ in 0..reps {
+        let (t, p) = prefill(false, true)?;
+        prob = p;
+        shared.push(t);
+        let (again, _) = prefill(true, false)?;
+        reencode.push(t + again);
+        adapted.push(again);
+        base.push(prefill(false, false)?.0);
+    }
+    engine.unload_adapter("reasoning")?;
+    Ok(AdapterTtftReport {
+        prompt_tokens,
+        rank,
+        shared_ttft_ms: median(shared),
+        reencode_ttft_ms: median(reencode),
+        base_prefill_ms: median(base),
+        adapter_prefill_ms: median(adapted),
+        switcher_probability: prob,
+    })
+}

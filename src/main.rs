@@ -89,6 +89,16 @@ enum Cmd {
         /// against the per-stream kernel, over the shared cache and over copied KV.
         #[arg(long)]
         attention: Option<usize>,
+        /// Instead: decode step with a random LoRA of each rank on all seven projections, fused
+        /// and as separate passes, against the base model.
+        #[arg(long, value_delimiter = ',')]
+        lora_ranks: Option<Vec<usize>>,
+        /// Instead: TTFT with the switcher-chosen adapter over the shared base prompt KV against
+        /// re-encoding the prompt with the adapter (random adapter of --lora-rank).
+        #[arg(long)]
+        adapter_ttft: bool,
+        #[arg(long, default_value_t = 16)]
+        lora_rank: usize,
     },
     /// Print a model's configuration and tensors.
     Inspect { model: String },
@@ -363,8 +373,37 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Bench { model, prompt_tokens, gen_tokens, json, streams, attention } => {
+        Cmd::Bench { model, prompt_tokens, gen_tokens, json, streams, attention, lora_ranks, adapter_ttft, lora_rank } => {
             let engine = load(model, &cli)?;
+            if let Some(ranks) = lora_ranks {
+                let (base, base_again, rows) = edgereason::bench::lora_ranks(&engine, *prompt_tokens, *gen_tokens, ranks)?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&serde_json::json!({"device": engine.ctx.describe(), "base_step_ms": base, "base_step_ms_again": base_again, "ranks": rows}))?);
+                } else {
+                    println!("{} / {model}: decode step after a {prompt_tokens}-token prompt (median of {gen_tokens})", engine.ctx.describe());
+                    println!("  base            {base:>8.2} ms (again at the end: {base_again:.2} ms)");
+                    for r in &rows {
+                        println!(
+                            "  rank {:<4} fused {:>8.2} ms (+{:.1}%)  separate {:>8.2} ms (+{:.1}%)  adapter {:.1} MiB",
+                            r.rank, r.fused_step_ms, 100.0 * r.fused_overhead, r.separate_step_ms, 100.0 * r.separate_overhead, r.adapter_bytes as f64 / 1048576.0
+                        );
+                    }
+                }
+                return Ok(());
+            }
+            if *adapter_ttft {
+                let r = edgereason::bench::adapter_ttft(&engine, *prompt_tokens, *lora_rank, 3)?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    println!("{} / {model}: {prompt_tokens}-token prompt, rank-{} adapter chosen by the switcher (p = {:.2})", engine.ctx.describe(), r.rank, r.switcher_probability);
+                    println!("  TTFT, shared prompt KV (base prefill + switcher)   {:>9.1} ms", r.shared_ttft_ms);
+                    println!("  TTFT, switcher prefill then re-encode with adapter {:>9.1} ms ({:.2}x)", r.reencode_ttft_ms, r.reencode_ttft_ms / r.shared_ttft_ms);
+                    println!("  prefill, base only                                 {:>9.1} ms", r.base_prefill_ms);
+                    println!("  prefill, adapter on the prompt                     {:>9.1} ms ({:.2}x)", r.adapter_prefill_ms, r.adapter_prefill_ms / r.base_prefill_ms);
+                }
+                return Ok(());
+            }
             if let Some(n) = attention {
                 let c = &engine.model.config;
                 let r = edgereason::bench::attention(&engine.ctx, (c.n_head, c.n_kv_head, c.head_dim), *n, *prompt_tokens, *gen_tokens, 10);

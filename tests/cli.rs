@@ -77,3 +77,37 @@ fn bad_input_is_a_clear_error() {
     let err = run_err(&["run", "--model", "no-such-model", "hi"], &[]);
     assert!(err.contains("no-such-model"), "{err}");
 }
+
+#[test]
+fn adapters_budget_and_heads_from_the_cli() {
+    let model = fixture("tiny-qwen2");
+    let adapter = fixture("lora/lora");
+    // score --adapter: the response tokens score differently with the adapter; the prompt part
+    // is the base model's.
+    let text = "What is 2 + 3 * 4? The answer is 14.";
+    let base: serde_json::Value = serde_json::from_str(&run_ok(&["score", "--model", &model, "--text", text, "--prompt-len", "8", "--json"])).unwrap();
+    let with: serde_json::Value = serde_json::from_str(&run_ok(&["score", "--model", &model, "--text", text, "--adapter", &adapter, "--prompt-len", "8", "--json"])).unwrap();
+    let lp = |v: &serde_json::Value, i: usize| v["positions"][i]["logprob"].as_f64().unwrap();
+    assert_eq!(lp(&base, 3), lp(&with, 3), "prompt positions are the base model's");
+    assert_ne!(lp(&base, 10), lp(&with, 10), "response positions use the adapter");
+    assert!(with["response_mean_nll"].as_f64().is_some());
+    // run with the adapter, a budget and 3 candidates: JSON reports the forcing per candidate.
+    let out = run_ok(&[
+        "run", "--model", &model, "--raw", "Think about it", "--adapter", &adapter, "--reasoning", "on", "--budget", "4", "--answer-tokens", "3",
+        "--best-of", "3", "--temperature", "1", "--max-tokens", "60", "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["reasoning"], true);
+    for c in v["candidates"].as_array().unwrap() {
+        assert!(c["thinking_tokens"].as_u64().is_some() && c["answer_tokens"].as_u64().is_some(), "{c}");
+        if c["finish_reason"] != "eos" || c["thinking_tokens"].as_u64().unwrap() >= 4 {
+            assert_eq!(c["forced"], true, "{c}");
+        }
+    }
+    // Bad input: an adapter for another model, a weighted vote without a verifier.
+    let err = run_err(&["run", "--model", &fixture("tiny-llama"), "--raw", "hi", "--adapter", &adapter], &[]);
+    assert!(err.contains("--adapter") && err.contains("adapter_model.safetensors") && err.contains("another model"), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("error: --adapter") && l.contains("another model")), "one line: {err}");
+    let err = run_err(&["run", "--model", &model, "--raw", "hi", "--best-of", "2", "--vote", "weighted"], &[]);
+    assert!(err.contains("--vote weighted needs --verifier"), "{err}");
+}
