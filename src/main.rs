@@ -56,6 +56,35 @@ enum Cmd {
         #[command(flatten)]
         reasoning: ReasoningArgs,
     },
+    /// Accuracy on a JSONL task file (`{"prompt", "answer"[, "difficulty"]}` per line), with
+    /// the same adapter, reasoning, budget and best-of flags as `run`.
+    Eval {
+        #[arg(long)]
+        tasks: std::path::PathBuf,
+        #[arg(long, default_value = "qwen2.5-0.5b")]
+        model: String,
+        /// Evaluate only the first N tasks.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 512)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 1)]
+        best_of: usize,
+        #[arg(long)]
+        answer_regex: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        reasoning: ReasoningArgs,
+    },
     /// Teacher-forced log-probs, mean NLL and perplexity of a text.
     Score {
         #[arg(long, default_value = "qwen2.5-0.5b")]
@@ -343,6 +372,49 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 println!("=== answer: {} (votes: {:?})", out.answer.as_deref().unwrap_or("none"), out.votes);
                 eprintln!("[{n} candidates, TTFT {:.0} ms, {:.2} tok/s over all streams, KV {:.1} MiB, {mode}, {}]", out.ttft_ms, out.decode_tokens_per_s, out.kv_bytes_used as f64 / 1048576.0, engine.ctx.describe());
+            }
+        }
+        Cmd::Eval { tasks, model, limit, max_tokens, temperature, top_k, top_p, seed, best_of, answer_regex, json, reasoning } => {
+            let mut list = edgereason::sched::eval::read_tasks(tasks)?;
+            list.truncate(limit.unwrap_or(usize::MAX));
+            let engine = load(model, &cli)?;
+            let setup = reasoning.setup(&engine, model)?;
+            let params = GenerateParams {
+                max_tokens: *max_tokens,
+                sampling: SamplingParams { temperature: *temperature, top_k: *top_k, top_p: *top_p, seed: *seed },
+                stop: vec![],
+                reasoning: setup.reasoning,
+                adapter_on_prompt: reasoning.adapter_on_prompt,
+                budget: setup.budget,
+            };
+            let vp = edgereason::sched::best_of_n::VoteParams {
+                answer_regex: answer_regex.as_deref().map(regex::Regex::new).transpose().context("--answer-regex")?,
+                verifier: setup.verifier,
+                weighted: reasoning.vote == "weighted",
+            };
+            let total = list.len();
+            let mut correct = 0;
+            let r = edgereason::sched::eval::evaluate(&engine, &list, (*best_of).max(1), &params, &vp, reasoning.state_budget, |i, item| {
+                correct += item.correct as usize;
+                eprintln!(
+                    "[{}/{total}] {} {:?} (expected {:?}), {:.0} thinking + {:.0} answer tokens{}, acc so far {:.3}",
+                    i + 1, if item.correct { "ok " } else { "BAD" }, item.answer.as_deref().unwrap_or("none"), item.expected, item.thinking_tokens, item.answer_tokens,
+                    if item.reasoning { ", reasoning" } else { "" }, correct as f64 / (i + 1) as f64
+                );
+            })?;
+            if *json {
+                let mut v = serde_json::to_value(&r)?;
+                v["model"] = serde_json::json!(model);
+                v["device"] = serde_json::json!(engine.ctx.describe());
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{model} on {} ({} tasks, best-of-{}, vote {}):", tasks.display(), r.tasks, best_of, reasoning.vote);
+                println!("  accuracy {:.3}; mean tokens {:.1} ({:.1} thinking + {:.1} answer); forced {:.1}%", r.accuracy, r.mean_tokens, r.mean_thinking_tokens, r.mean_answer_tokens, 100.0 * r.forced_fraction);
+                println!("  reasoning on for {:.1}% of tasks{}", 100.0 * r.reasoning_fraction, r.routing_accuracy.map(|a| format!("; switcher routing accuracy {a:.3}")).unwrap_or_default());
+                for (label, (n, acc, len)) in &r.by_difficulty {
+                    println!("  {label}: {n} tasks, accuracy {acc:.3}, mean tokens {len:.1}");
+                }
+                println!("  {:.1} s on {}", r.seconds, engine.ctx.describe());
             }
         }
         Cmd::Score { model, text, json, adapter, prompt_len } => {

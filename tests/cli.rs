@@ -111,3 +111,30 @@ fn adapters_budget_and_heads_from_the_cli() {
     let err = run_err(&["run", "--model", &model, "--raw", "hi", "--best-of", "2", "--vote", "weighted"], &[]);
     assert!(err.contains("--vote weighted needs --verifier"), "{err}");
 }
+
+#[test]
+fn eval_runs_the_trained_artifacts_of_the_tiny_pipeline() {
+    // tests/fixtures/tiny-pipeline: what `tools/train/pipeline.sh --tiny` exports for the tiny
+    // Qwen2 (reasoning adapter, switcher, verifier) and the first held-out tasks.
+    let dir = fixture("tiny-pipeline");
+    let out = run_ok(&[
+        "eval", "--model", &fixture("tiny-qwen2"), "--tasks", &format!("{dir}/tasks.jsonl"), "--adapter", &format!("{dir}/reasoning"),
+        "--switcher", &format!("{dir}/switcher.safetensors"), "--verifier", &format!("{dir}/verifier.safetensors"), "--vote", "weighted",
+        "--best-of", "2", "--temperature", "0.8", "--budget", "8", "--answer-tokens", "4", "--max-tokens", "24", "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tasks"], 6);
+    let acc = v["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    assert!(v["routing_accuracy"].as_f64().is_some(), "difficulty labels + switcher give a routing accuracy: {v}");
+    assert!(v["by_difficulty"]["easy"].is_array() && v["by_difficulty"]["hard"].is_array(), "{v}");
+    for item in v["items"].as_array().unwrap() {
+        assert!(item["switcher_probability"].as_f64().is_some(), "{item}");
+        assert_eq!(item["candidates"], 2);
+    }
+    // A bad task file is a one-line error naming file and line.
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bad.path(), "{\"prompt\": \"hi\", \"answer\": \"1\"}\n{\"prompt\": 3}\n").unwrap();
+    let err = run_err(&["eval", "--model", &fixture("tiny-qwen2"), "--tasks", bad.path().to_str().unwrap()], &[]);
+    assert!(err.contains("line 2"), "{err}");
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: every test tier (kernels vs references on Vulkan and GL,
 # shaders through naga, loaders, the forward pass vs HF fixtures and the f32 reference,
-# the real models end to end).
+# adapters vs PEFT, the real models end to end), then the training pipeline's Python tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1; then
@@ -13,3 +13,18 @@ cargo build --release --bin edgereason
 ./target/release/edgereason pull smollm2-135m
 ./target/release/edgereason pull qwen2.5-0.5b
 cargo test --release -- --test-threads 2
+
+# Python: an interpreter with the training stack (torch, transformers, peft, pytest), else a
+# fresh venv from tools/requirements-train.txt (PyPI's torch is the CUDA build: a few GB).
+train_python() {
+  for py in "${PYTHON:-}" /root/venv-fixtures/bin/python "$HOME/venv-train/bin/python"; do
+    if [ -n "$py" ] && [ -x "$py" ] && "$py" -c "import torch, transformers, peft, pytest" 2>/dev/null; then
+      echo "$py"
+      return
+    fi
+  done
+  python3 -m venv "$HOME/venv-train" >&2
+  "$HOME/venv-train/bin/pip" install -q --disable-pip-version-check -r tools/requirements-train.txt >&2
+  echo "$HOME/venv-train/bin/python"
+}
+PYTHON="$(train_python)" bash tools/train/run_tests.sh
