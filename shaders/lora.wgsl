@@ -3,19 +3,21 @@
 // `shrink`: u[m][j] = Σ_k A[j][k] · x̂[m][k] for every row m with an adapter, from the same
 // int8 activation blocks the int4 matmul reads (x̂ = scale · q). A fused matrix (QKV, gate|up)
 // stacks its projections' A matrices: rows j = seg · rank + i. Row m's adapter is
-// lora_rows[m] = (rank, rank offset) — its A rows start at seg_count · offset — and rank 0
-// means no adapter (u is then not read). One workgroup per (j, tile of ROWS rows); lanes
-// stride over k and reduce through workgroup memory.
+// lora_rows[m] = (rank, rank offset) — its A rows start at segs · offset — and rank 0 means
+// no adapter (u is then not read). One invocation per (j, tile of ROWS rows) runs the whole
+// dot product: no reductions and no barriers (on CPU drivers such as lavapipe a
+// workgroup-wide reduction per output cost more than the arithmetic), and with A stored
+// transposed neighbouring invocations read neighbouring words.
 // `expand`: out[m][n] += Σ_j B[j][n] · u[m][seg·rank + j] as a pass of its own over y —
 // what the fused matmul epilogue avoids; kept for the fused-vs-unfused benchmark.
 //
-// A: [rows][k/2] u32, f16 pairs along k.   B: [rank/2][n] u32, f16 pairs along the rank,
-// pre-scaled by the adapter's scale.       u: [m][u_stride] f32.
+// A: [k/2][a_cols] u32, f16 pairs along k (column = A row).   B: [rank/2][n] u32, f16 pairs
+// along the rank, pre-scaled by the adapter's scale.           u: [m][u_stride] f32.
 
 struct Params {
     k: u32,         // input features (multiple of 32)
     m: u32,         // rows
-    n: u32,         // output features (expand)
+    n: u32,         // output features (expand); A's columns, segs · total rank (shrink)
     segs: u32,      // projections stacked in this matrix (1..3)
     u_stride: u32,
     seg1: u32,      // expand: segment boundaries over the output columns
@@ -31,40 +33,25 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> u: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
-const WG: u32 = 64u;
-var<workgroup> red: array<f32, 1024>; // [ROWS ≤ 16][64]
-
 fn i8(w: u32, byte: u32) -> f32 {
     return f32((i32(w << (24u - 8u * byte))) >> 24u);
 }
 
 @compute @workgroup_size(64)
-fn shrink(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let j = wid.x;
-    let tid = lid.x;
-    let m0 = wid.y * ROWS;
-    let kh = p.k / 2u;
+fn shrink(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let m0 = gid.y * ROWS;
     let row{r} = min(m0 + {r}u, p.m - 1u);
     let ra{r} = lora_rows[row{r}];
-    // This row's A row, or none (no adapter, or j past its rank).
+    // This row's A column, or none (no adapter, or j past its rank).
     let on{r} = ra{r}.x > 0u && j < p.segs * ra{r}.x;
-    let ab{r} = (p.segs * ra{r}.y + j) * kh;
+    let col{r} = p.segs * ra{r}.y + j;
     var acc{r} = 0.0;
-    for (var kw = tid; kw < p.k / 4u; kw = kw + WG) {
+    for (var kw = 0u; kw < p.k / 4u; kw = kw + 1u) {
         let g = kw / 8u;
-        if (on{r}) { let x = xq[row{r} * (p.k / 4u) + kw]; let sc = xs[row{r} * (p.k / 32u) + g].x; let a0 = unpack2x16float(lora_w[ab{r} + 2u * kw]); let a1 = unpack2x16float(lora_w[ab{r} + 2u * kw + 1u]); acc{r} = acc{r} + sc * (a0.x * i8(x, 0u) + a0.y * i8(x, 1u) + a1.x * i8(x, 2u) + a1.y * i8(x, 3u)); }
+        if (on{r}) { let x = xq[row{r} * (p.k / 4u) + kw]; let sc = xs[row{r} * (p.k / 32u) + g].x; let a0 = unpack2x16float(lora_w[(2u * kw) * p.n + col{r}]); let a1 = unpack2x16float(lora_w[(2u * kw + 1u) * p.n + col{r}]); acc{r} = acc{r} + sc * (a0.x * i8(x, 0u) + a0.y * i8(x, 1u) + a1.x * i8(x, 2u) + a1.y * i8(x, 3u)); }
     }
-    red[{r}u * WG + tid] = acc{r};
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (tid < s) {
-            red[{r}u * WG + tid] = red[{r}u * WG + tid] + red[{r}u * WG + tid + s];
-        }
-        workgroupBarrier();
-    }
-    if (tid == 0u) {
-        if (on{r} && m0 + {r}u < p.m) { u[(m0 + {r}u) * p.u_stride + j] = red[{r}u * WG]; }
-    }
+    if (on{r} && m0 + {r}u < p.m) { u[(m0 + {r}u) * p.u_stride + j] = acc{r}; }
 }
 
 @compute @workgroup_size(64)

@@ -128,6 +128,9 @@ enum Cmd {
         adapter_ttft: bool,
         #[arg(long, default_value_t = 16)]
         lora_rank: usize,
+        /// Repetitions for --adapter-ttft (median).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
     },
     /// Print a model's configuration and tensors.
     Inspect { model: String },
@@ -445,7 +448,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Bench { model, prompt_tokens, gen_tokens, json, streams, attention, lora_ranks, adapter_ttft, lora_rank } => {
+        Cmd::Bench { model, prompt_tokens, gen_tokens, json, streams, attention, lora_ranks, adapter_ttft, lora_rank, reps } => {
             let engine = load(model, &cli)?;
             if let Some(ranks) = lora_ranks {
                 let (base, base_again, rows) = edgereason::bench::lora_ranks(&engine, *prompt_tokens, *gen_tokens, ranks)?;
@@ -464,7 +467,7 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             if *adapter_ttft {
-                let r = edgereason::bench::adapter_ttft(&engine, *prompt_tokens, *lora_rank, 3)?;
+                let r = edgereason::bench::adapter_ttft(&engine, *prompt_tokens, *lora_rank, (*reps).max(1))?;
                 if *json {
                     println!("{}", serde_json::to_string_pretty(&r)?);
                 } else {

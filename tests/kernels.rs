@@ -387,7 +387,7 @@ fn lora_matches_reference() {
                     match apply {
                         None => list.extend(ops::matmul_int4::matmul_int4(&ctx, "mm", &w, &io)),
                         Some(apply) => {
-                            list.push(ops::lora::shrink(&ctx, "shrink", &lm.a, k, lm.segs, set.max_rank, &lr, &xq, &xs));
+                            list.push(ops::lora::shrink(&ctx, "shrink", &lm.a, k, lm.segs, lm.a_cols, set.max_rank, &lr, &xq, &xs));
                             if apply == LoraApply::Fused {
                                 let lora = Some(MatmulLora { rows: lr, b: &lm.b, segments: lm.segments });
                                 list.extend(ops::matmul_int4::matmul_int4(&ctx, "mm", &w, &MatmulIo { lora, ..io }));

@@ -18,7 +18,7 @@ pub use verifier::Verifier;
 
 use crate::gpu::GpuContext;
 use crate::loader::ModelConfig;
-use crate::ops::lora::{pack2, pack_a};
+use crate::ops::lora::{pack2, pack_a_transposed};
 use std::sync::Arc;
 
 /// The four matmuls of a layer LoRA can hit, as the engine fuses them: which projections
@@ -27,8 +27,11 @@ pub const FUSED: [&[usize]; 4] = [&[0, 1, 2], &[3], &[4, 5], &[6]];
 
 /// One fused matrix's adapters on the GPU.
 pub struct LoraMatrix {
-    /// [segs · total rank][k / 2] u32: A rows, adapter by adapter (f16 pairs along k).
+    /// [k / 2][segs · total rank] u32: A rows as columns, adapter by adapter (f16 pairs
+    /// along k).
     pub a: wgpu::Buffer,
+    /// Columns of `a`.
+    pub a_cols: usize,
     /// [total rank / 2][n] u32: B, pre-scaled, f16 pairs along the rank.
     pub b: wgpu::Buffer,
     pub k: usize,
@@ -86,7 +89,8 @@ impl LoraSet {
                     }
                     let seg_start = |s: usize| if s < segs { outs[..s].iter().sum() } else { n };
                     LoraMatrix {
-                        a: ctx.storage_from(&format!("lora.{l}.a"), &pack_a(&a)),
+                        a: ctx.storage_from(&format!("lora.{l}.a"), &pack_a_transposed(&a, k)),
+                        a_cols: segs * total.max(1),
                         b: ctx.storage_from(&format!("lora.{l}.b"), &b),
                         k,
                         n,

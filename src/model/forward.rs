@@ -127,7 +127,7 @@ impl Session {
                 return matmul_int4(&ctx, label, w, &io).into_iter().for_each(push);
             };
             let m = &set.layers[l][f];
-            push(ops::lora::shrink(&ctx, &format!("{label}.lora_a"), &m.a, m.k, m.segs, set.max_rank, &rows_io, io.xq, io.xs));
+            push(ops::lora::shrink(&ctx, &format!("{label}.lora_a"), &m.a, m.k, m.segs, m.a_cols, set.max_rank, &rows_io, io.xq, io.xs));
             match apply {
                 LoraApply::Fused => {
                     let fused = MatmulLora { rows: rows_io, b: &m.b, segments: m.segments };

@@ -20,9 +20,10 @@ pub struct LoraRows<'a> {
 }
 
 /// u[m][j] = A·x̂[m] for a matrix of `segs` stacked projections with input width `k`;
-/// `max_rank` (even) is the largest adapter rank in `a`.
+/// `a` holds `a_cols` = segs · (total rank) columns ([`pack_a_transposed`]); `max_rank`
+/// (even) is the largest adapter rank in it.
 #[allow(clippy::too_many_arguments)]
-pub fn shrink(ctx: &GpuContext, label: &str, a: &wgpu::Buffer, k: usize, segs: usize, max_rank: usize, lora: &LoraRows, xq: &wgpu::Buffer, xs: &wgpu::Buffer) -> Dispatch {
+pub fn shrink(ctx: &GpuContext, label: &str, a: &wgpu::Buffer, k: usize, segs: usize, a_cols: usize, max_rank: usize, lora: &LoraRows, xq: &wgpu::Buffer, xs: &wgpu::Buffer) -> Dispatch {
     Dispatch::new(
         ctx,
         DispatchSpec {
@@ -30,10 +31,10 @@ pub fn shrink(ctx: &GpuContext, label: &str, a: &wgpu::Buffer, k: usize, segs: u
             shader: "lora",
             entry: "shrink",
             kinds: KINDS,
-            words: vec![k as u32, 0, 0, segs as u32, lora.u_stride as u32, 0, 0, 0],
+            words: vec![k as u32, 0, a_cols as u32, segs as u32, lora.u_stride as u32, 0, 0, 0],
             dynamic: vec![(1, Dyn::Rows)],
             buffers: vec![xq, xs, lora.rows, a, lora.u, lora.u],
-            grid: Grid::RowTiles { x: (segs * max_rank) as u32, k_splits: 1 },
+            grid: Grid::RowTiles { x: super::wg64(segs * max_rank), k_splits: 1 },
             defines: ShaderDefines::new(),
         },
     )
@@ -61,9 +62,17 @@ pub fn expand(ctx: &GpuContext, label: &str, b: &wgpu::Buffer, n: usize, (seg1, 
     .only_with_adapters()
 }
 
-/// Pack A rows (row-major [rows][k] f32) as f16 pairs along k.
-pub fn pack_a(a: &[f32]) -> Vec<u32> {
-    a.chunks(2).map(|p| pack2(p[0], p.get(1).copied().unwrap_or(0.0))).collect()
+/// Pack A (row-major [cols][k] f32: one A row per column) transposed as the shrink kernel
+/// reads it: word (kk, c) = f16 pair (A[c][2kk], A[c][2kk + 1]), [k/2][cols].
+pub fn pack_a_transposed(a: &[f32], k: usize) -> Vec<u32> {
+    let cols = a.len() / k;
+    let mut out = vec![0u32; k / 2 * cols];
+    for c in 0..cols {
+        for kk in 0..k / 2 {
+            out[kk * cols + c] = pack2(a[c * k + 2 * kk], a[c * k + 2 * kk + 1]);
+        }
+    }
+    out
 }
 
 /// f16 pair as one word, first value in the low half (WGSL's `unpack2x16float`).
