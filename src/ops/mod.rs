@@ -165,9 +165,12 @@ impl Dispatch {
         self
     }
 
-    /// Rows per workgroup-row for `rows` (matmul picks an exact register tile up to 16).
+    /// Rows per workgroup-row for `rows` (matmul picks an exact register tile up to 16;
+    /// EDGEREASON_MAX_TILE caps it, for measuring register pressure).
     fn rows_per_tile(rows: u32) -> u32 {
-        rows.clamp(1, 16)
+        static CAP: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let cap = *CAP.get_or_init(|| std::env::var("EDGEREASON_MAX_TILE").ok().and_then(|v| v.parse().ok()).unwrap_or(16));
+        rows.clamp(1, cap.clamp(1, 16))
     }
 
     /// Record into `pass` for `rows` rows starting at input row `row0`.
