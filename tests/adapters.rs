@@ -249,3 +249,45 @@ fn budget_forcing_closes_thinking_at_the_cap() {
     let free = e.generate(&prompt, &GenerateParams { max_tokens: 12, ..Default::default() }, |_, _| true).unwrap();
     assert!(!free.forced && free.thinking_tokens == free.tokens.len());
 }
+
+#[test]
+fn rows_with_different_adapters_batch_together_and_adapters_hot_swap() {
+    let e = engine("tiny-qwen2", 16);
+    e.load_adapter("a", &fixture("lora/lora")).unwrap();
+    e.load_adapter("b", &fixture("lora/lora-rslora")).unwrap();
+    assert_eq!(e.adapter_names(), vec!["a".to_string(), "b".to_string()]);
+    let prompt: Vec<u32> = (0..21).map(|i| 5 + (i * 17) % 200).collect();
+    // One batch: stream 0 on adapter a, stream 1 on none, stream 2 on adapter b.
+    let choice = [Some(0usize), None, Some(1)];
+    let mut s = e.session();
+    s.forward(&prompt).unwrap();
+    let kids = s.fork(s.main, 3).unwrap();
+    for (&k, &c) in kids.iter().zip(&choice) {
+        s.set_adapter(k, c).unwrap();
+    }
+    let mut batched = Vec::new();
+    for step in 0..3u32 {
+        let rows: Vec<_> = kids.iter().map(|&k| (k, 40 + step)).collect();
+        batched.push(s.forward_rows(&rows).unwrap());
+    }
+    // Each against its own session with only that choice.
+    for (i, &c) in choice.iter().enumerate() {
+        let mut alone = e.session();
+        alone.forward(&prompt).unwrap();
+        alone.set_adapter(alone.main, c).unwrap();
+        for (step, b) in batched.iter().enumerate() {
+            let l = alone.forward(&[40 + step as u32]).unwrap();
+            let err = rel_max_err(&b[i], &l);
+            assert!(err < 1e-4, "stream {i} ({c:?}) step {step}: batched vs alone relative error {err}");
+        }
+    }
+    // Hot swap: unloading one adapter keeps the other working and the base untouched.
+    let base_before = e.session().forward(&prompt).unwrap();
+    e.unload_adapter("a").unwrap();
+    assert_eq!(e.adapter_names(), vec!["b".to_string()]);
+    assert!(e.unload_adapter("a").unwrap_err().to_string().contains("not loaded"));
+    let mut s = e.session();
+    s.set_adapter(s.main, Some(0)).unwrap(); // now "b"
+    assert!(s.set_adapter(s.main, Some(1)).is_err(), "only one adapter left");
+    assert_eq!(e.session().forward(&prompt).unwrap(), base_before);
+}
