@@ -41,6 +41,12 @@ pub struct GemvReport {
     pub ratio: f64,
 }
 
+/// `n` ordinary text-like token ids (past the first thousand: bytes and specials).
+fn synthetic_prompt(engine: &Engine, n: usize) -> Vec<u32> {
+    let v = engine.model.config.n_vocab;
+    (0..n).map(|i| (1000 + (i * 7919) % (v - 2000)) as u32).collect()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -91,8 +97,7 @@ pub fn gemv_vs_read(ctx: &crate::gpu::GpuContext, n: usize, k: usize, reps: usiz
 /// `gen_tokens` greedy decode steps.
 pub fn run(engine: &Engine, model_name: &str, prompt_tokens: usize, gen_tokens: usize) -> Result<BenchReport> {
     let c = &engine.model.config;
-    // Ordinary text-like ids (skip the first few hundred: bytes and specials).
-    let prompt: Vec<u32> = (0..prompt_tokens).map(|i| (1000 + (i * 7919) % (c.n_vocab - 2000)) as u32).collect();
+    let prompt = synthetic_prompt(engine, prompt_tokens);
     // Cold start: the first prefill also compiles the pipelines it uses.
     let t = Instant::now();
     let mut warm = engine.session();
@@ -158,7 +163,7 @@ pub struct StreamsRow {
 /// ways, then `gen_tokens` batched steps (greedy per stream).
 pub fn streams(engine: &Engine, prompt_tokens: usize, gen_tokens: usize, ns: &[usize]) -> Result<Vec<StreamsRow>> {
     let c = &engine.model.config;
-    let prompt: Vec<u32> = (0..prompt_tokens).map(|i| (1000 + (i * 7919) % (c.n_vocab - 2000)) as u32).collect();
+    let prompt = synthetic_prompt(engine, prompt_tokens);
     let mut out = Vec::new();
     for &n in ns {
         let block = crate::model::forward::BLOCK_SIZE;
@@ -270,8 +275,8 @@ pub fn random_adapter(engine: &Engine, name: &str, rank: usize) -> crate::adapte
 /// Median decode step after a `prompt_tokens` prompt, with the session's main stream on
 /// adapter `adapter` (index) for decoding.
 fn decode_step_ms(engine: &Engine, apply: crate::adapters::LoraApply, adapter: Option<usize>, prompt_tokens: usize, gen_tokens: usize) -> Result<f64> {
-    let c = &engine.model.config;
-    let prompt: Vec<u32> = (0..prompt_tokens).map(|i| (1000 + (i * 7919) % (c.n_vocab - 2000)) as u32).collect();
+
+    let prompt = synthetic_prompt(engine, prompt_tokens);
     let mut s = engine.session_with(engine.n_ctx(), apply);
     let mut logits = s.forward(&prompt)?;
     s.set_adapter(s.main, adapter)?;
@@ -333,7 +338,7 @@ pub fn adapter_ttft(engine: &Engine, prompt_tokens: usize, rank: usize, reps: us
     let idx = engine.adapter_set().and_then(|s| s.index("reasoning")).expect("just loaded");
     // A switcher that always chooses reasoning (bias 10): its cost is what is measured.
     let switcher = Switcher::from_weights(vec![0.01; 8 * d], vec![0.0; 8], vec![1.0; 8], 10.0, 0.5);
-    let prompt: Vec<u32> = (0..prompt_tokens).map(|i| (1000 + (i * 7919) % (c.n_vocab - 2000)) as u32).collect();
+    let prompt = synthetic_prompt(engine, prompt_tokens);
     let prefill = |adapter_on_prompt: bool, pooled: bool| -> Result<(f64, f32)> {
         let mut s = engine.session_with(engine.n_ctx(), LoraApply::Fused);
         if adapter_on_prompt {

@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use edgereason::engine::{Engine, EngineOptions, GenerateParams};
 use edgereason::sampling::SamplingParams;
+use edgereason::sched::best_of_n::VoteParams;
 use std::io::Write;
 
 #[derive(Parser)]
@@ -221,16 +222,10 @@ struct ReasoningArgs {
     adapter_on_prompt: bool,
 }
 
-/// What `ReasoningArgs` resolve to for one model.
-struct ReasoningSetup {
-    reasoning: edgereason::engine::Reasoning,
-    verifier: Option<std::sync::Arc<edgereason::adapters::Verifier>>,
-    budget: Option<edgereason::engine::Budget>,
-}
-
 impl ReasoningArgs {
-    /// Load the adapter and heads into `engine` (explicit paths, else the model's defaults).
-    fn setup(&self, engine: &Engine, model: &str) -> Result<ReasoningSetup> {
+    /// Load the adapter and heads into `engine` (explicit paths, else the model's defaults)
+    /// and say what to generate and how to vote.
+    fn params(&self, engine: &Engine, model: &str, max_tokens: usize, sampling: SamplingParams, answer_regex: Option<&str>) -> Result<(GenerateParams, VoteParams)> {
         use edgereason::adapters::{default_dir, Switcher, Verifier};
         use edgereason::engine::{Budget, Reasoning};
         use std::sync::Arc;
@@ -266,7 +261,9 @@ impl ReasoningArgs {
             None => None,
         };
         let budget = self.budget.map(|t| Budget { thinking_tokens: t, force: self.force.replace("\\n", "\n"), answer_tokens: self.answer_tokens, ..Budget::new(t) });
-        Ok(ReasoningSetup { reasoning, verifier, budget })
+        let params = GenerateParams { max_tokens, sampling, stop: vec![], reasoning, adapter_on_prompt: self.adapter_on_prompt, budget };
+        let vote = VoteParams { answer_regex: answer_regex.map(regex::Regex::new).transpose().context("--answer-regex")?, verifier, weighted: self.vote == "weighted" };
+        Ok((params, vote))
     }
 
     /// The user message with the budget stated, if asked.
@@ -298,24 +295,12 @@ fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
         Cmd::Run { prompt, model, raw, system, max_tokens, temperature, top_k, top_p, seed, json, best_of, answer_regex, reasoning } => {
             let engine = load(model, &cli)?;
-            let setup = reasoning.setup(&engine, model)?;
+            let sampling = SamplingParams { temperature: *temperature, top_k: *top_k, top_p: *top_p, seed: *seed };
+            let (params, vp) = reasoning.params(&engine, model, *max_tokens, sampling, answer_regex.as_deref())?;
             let prompt = prompt.clone().unwrap_or_else(|| "What is the capital of France? Answer in one sentence.".into());
             let user = reasoning.user_message(&prompt);
             let text = if *raw { user } else { engine.chat_prompt(system.as_deref(), &user)? };
             let ids = engine.encode(&text)?;
-            let params = GenerateParams {
-                max_tokens: *max_tokens,
-                sampling: SamplingParams { temperature: *temperature, top_k: *top_k, top_p: *top_p, seed: *seed },
-                stop: vec![],
-                reasoning: setup.reasoning,
-                adapter_on_prompt: reasoning.adapter_on_prompt,
-                budget: setup.budget,
-            };
-            let vp = edgereason::sched::best_of_n::VoteParams {
-                answer_regex: answer_regex.as_deref().map(regex::Regex::new).transpose().context("--answer-regex")?,
-                verifier: setup.verifier,
-                weighted: reasoning.vote == "weighted",
-            };
             let n = (*best_of).max(1);
             // Live view (not --json): one stream goes to stdout as it comes; several get one
             // line each on stderr (a terminal), redrawn after each batched step.
@@ -381,20 +366,8 @@ fn run(cli: Cli) -> Result<()> {
             let mut list = edgereason::sched::eval::read_tasks(tasks)?;
             list.truncate(limit.unwrap_or(usize::MAX));
             let engine = load(model, &cli)?;
-            let setup = reasoning.setup(&engine, model)?;
-            let params = GenerateParams {
-                max_tokens: *max_tokens,
-                sampling: SamplingParams { temperature: *temperature, top_k: *top_k, top_p: *top_p, seed: *seed },
-                stop: vec![],
-                reasoning: setup.reasoning,
-                adapter_on_prompt: reasoning.adapter_on_prompt,
-                budget: setup.budget,
-            };
-            let vp = edgereason::sched::best_of_n::VoteParams {
-                answer_regex: answer_regex.as_deref().map(regex::Regex::new).transpose().context("--answer-regex")?,
-                verifier: setup.verifier,
-                weighted: reasoning.vote == "weighted",
-            };
+            let sampling = SamplingParams { temperature: *temperature, top_k: *top_k, top_p: *top_p, seed: *seed };
+            let (params, vp) = reasoning.params(&engine, model, *max_tokens, sampling, answer_regex.as_deref())?;
             let total = list.len();
             let mut correct = 0;
             let r = edgereason::sched::eval::evaluate(&engine, &list, (*best_of).max(1), &params, &vp, reasoning.state_budget, |i, item| {

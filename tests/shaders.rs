@@ -16,8 +16,12 @@ fn check(name: &str, defines: &ShaderDefines) {
 
 #[test]
 fn every_shader_variant_validates_and_translates() {
-    for name in SHADER_FILES.iter().filter(|n| !["matmul_int4", "attention"].contains(n)) {
+    for name in SHADER_FILES.iter().filter(|n| !["matmul_int4", "attention", "lora"].contains(n)) {
         check(name, &ShaderDefines::new());
+    }
+    for rows in [1, 4, 16] {
+        check("lora", &ShaderDefines::new().with("ROWS", rows));
+        check("matmul_int4", &ShaderDefines::new().with("ROWS", rows).with("LORA", 1));
     }
     let queries = edgereason::ops::attention::PREFIX_QUERIES;
     check("attention", &ShaderDefines::new().with("ROWS", queries));
