@@ -96,7 +96,7 @@ pub struct StreamToken {
 ///
 /// ```no_run
 /// # fn main() -> anyhow::Result<()> {
-/// use edgereason::{Engine, EngineOptions, GenerateParams};
+/// use edgereason::engine::{Engine, EngineOptions, GenerateParams};
 /// use edgereason::sched::best_of_n::{Decoding, VoteParams};
 /// let engine = Engine::load("smollm2-135m", &EngineOptions::default())?;
 /// let prompt = engine.encode(&engine.chat_prompt(None, "What is 6*7?")?)?;
