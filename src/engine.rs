@@ -58,11 +58,17 @@ pub struct GenerateParams {
     pub adapter_on_prompt: bool,
     /// Cap on thinking tokens (budget forcing).
     pub budget: Option<Budget>,
+    /// Fed (not sampled) at the start of each stream when the reasoning adapter decodes, as
+    /// reasoning chat templates open the reply. With masked LoRA the first token after the
+    /// prompt is predicted at the prompt's last position, by the base model; the opener puts
+    /// the adapter in charge from the first sampled token, as in training, where the
+    /// response began with it.
+    pub think_prefix: String,
 }
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        Self { max_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new(), reasoning: Reasoning::Off, adapter_on_prompt: false, budget: None }
+        Self { max_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new(), reasoning: Reasoning::Off, adapter_on_prompt: false, budget: None, think_prefix: "<think>\n".into() }
     }
 }
 

@@ -220,6 +220,9 @@ struct ReasoningArgs {
     /// Apply the adapter to the prompt as well (unmasked; for comparison).
     #[arg(long)]
     adapter_on_prompt: bool,
+    /// Text fed at the start of the reply when reasoning is on ("" for none).
+    #[arg(long, default_value = "<think>\n")]
+    think_prefix: String,
 }
 
 impl ReasoningArgs {
@@ -261,7 +264,7 @@ impl ReasoningArgs {
             None => None,
         };
         let budget = self.budget.map(|t| Budget { thinking_tokens: t, force: self.force.replace("\\n", "\n"), answer_tokens: self.answer_tokens, ..Budget::new(t) });
-        let params = GenerateParams { max_tokens, sampling, stop: vec![], reasoning, adapter_on_prompt: self.adapter_on_prompt, budget };
+        let params = GenerateParams { max_tokens, sampling, reasoning, adapter_on_prompt: self.adapter_on_prompt, budget, think_prefix: self.think_prefix.replace("\\n", "\n"), ..Default::default() };
         let vote = VoteParams { answer_regex: answer_regex.map(regex::Regex::new).transpose().context("--answer-regex")?, verifier, weighted: self.vote == "weighted" };
         Ok((params, vote))
     }

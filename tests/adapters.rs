@@ -100,12 +100,16 @@ fn prompt_kv_is_bit_identical_with_and_without_an_adapter() {
     assert!(without != unmasked, "applying the adapter to the prompt must change its KV (else the test proves nothing)");
     // Through the generation API: the masked prompt's first-token logits are the base's.
     let greedy = |reasoning: Reasoning, on_prompt: bool| {
-        let params = GenerateParams { max_tokens: 4, reasoning, adapter_on_prompt: on_prompt, ..Default::default() };
+        let params = GenerateParams { max_tokens: 16, reasoning, adapter_on_prompt: on_prompt, ..Default::default() };
         e.generate(prompt, &params, |_, _| true).unwrap()
     };
     let base = greedy(Reasoning::Off, false);
     let with = greedy(Reasoning::On { adapter: "reasoning".into() }, false);
-    assert_eq!(base.tokens[0], with.tokens[0], "the first token comes from the base prompt's logits");
+    // Reasoning on: the reply opens with the think prefix (fed, so the adapter samples from
+    // the first free token on); off: nothing is fed.
+    let opener = e.tokenizer.encode("<think>\n", false).unwrap().get_ids().to_vec();
+    assert!(with.tokens.starts_with(&opener) && with.tokens.len() > opener.len(), "{:?}", with.tokens);
+    assert!(!base.tokens.starts_with(&opener));
     assert!(with.reasoning && !base.reasoning);
 }
 

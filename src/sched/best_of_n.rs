@@ -171,6 +171,11 @@ impl<'e> Decoding<'e> {
         session.set_adapter(session.main, if reasoning { adapter } else { None })?;
         let streams = session.fork(session.main, n)?;
         session.release(session.main)?;
+        let opener: Vec<u32> = if reasoning && !params.think_prefix.is_empty() {
+            engine.tokenizer.encode(params.think_prefix.as_str(), false).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?.get_ids().to_vec()
+        } else {
+            Vec::new()
+        };
         let live = streams
             .iter()
             .enumerate()
@@ -186,7 +191,7 @@ impl<'e> Decoding<'e> {
                 thinking_done: false,
                 thinking_tokens: 0,
                 forced: false,
-                force_queue: Default::default(),
+                force_queue: opener.iter().copied().collect(),
                 answer_from: None,
             })
             .collect();
@@ -270,7 +275,9 @@ impl<'e> Decoding<'e> {
             if !l.thinking_done {
                 l.thinking_tokens += 1;
                 let marker = budget.as_ref().map_or("</think>", |b| b.end_marker.as_str());
-                l.thinking_done = l.text.contains(marker);
+                // With special tokens kept: some tokenizers (SmolLM2's) make </think> one.
+                let raw = engine.tokenizer.decode(&l.tokens, false).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+                l.thinking_done = raw.contains(marker);
                 // Budget forcing: out of thinking tokens with the reasoning still open.
                 if let Some(b) = &budget {
                     if !l.thinking_done && !l.forced && l.thinking_tokens >= b.thinking_tokens {
