@@ -47,6 +47,19 @@ fn synthetic_prompt(engine: &Engine, n: usize) -> Vec<u32> {
     (0..n).map(|i| (1000 + (i * 7919) % (v - 2000)) as u32).collect()
 }
 
+/// `n` greedy decode steps of the main stream from `logits` (left at the last step's);
+/// each step's wall time in ms.
+fn greedy_steps(s: &mut crate::model::Session, logits: &mut Vec<f32>, n: usize) -> Result<Vec<f64>> {
+    let mut steps = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = crate::sampling::argmax(logits);
+        let t = Instant::now();
+        *logits = s.forward(&[id])?;
+        steps.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(steps)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -109,13 +122,7 @@ pub fn run(engine: &Engine, model_name: &str, prompt_tokens: usize, gen_tokens: 
     let t = Instant::now();
     let mut logits = s.forward(&prompt)?;
     let ttft = t.elapsed().as_secs_f64();
-    let mut steps = Vec::new();
-    for _ in 0..gen_tokens {
-        let id = crate::sampling::argmax(&logits);
-        let t = Instant::now();
-        logits = s.forward(&[id])?;
-        steps.push(t.elapsed().as_secs_f64() * 1e3);
-    }
+    let steps = greedy_steps(&mut s, &mut logits, gen_tokens)?;
     let total: f64 = steps.iter().sum();
     let decode_step_ms = median(steps.clone());
     // Per-kernel split of a few decode steps, each launch timed on its own.
@@ -280,14 +287,7 @@ fn decode_step_ms(engine: &Engine, apply: crate::adapters::LoraApply, adapter: O
     let mut s = engine.session_with(engine.n_ctx(), apply);
     let mut logits = s.forward(&prompt)?;
     s.set_adapter(s.main, adapter)?;
-    let mut steps = Vec::new();
-    for _ in 0..gen_tokens {
-        let id = crate::sampling::argmax(&logits);
-        let t = Instant::now();
-        logits = s.forward(&[id])?;
-        steps.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    Ok(median(steps))
+    Ok(median(greedy_steps(&mut s, &mut logits, gen_tokens)?))
 }
 
 /// `bench --lora-ranks`: base decode step, then each rank fused and separate, all in one

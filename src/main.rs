@@ -37,14 +37,8 @@ enum Cmd {
         system: Option<String>,
         #[arg(long, default_value_t = 256)]
         max_tokens: usize,
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        #[arg(long, default_value_t = 0)]
-        top_k: usize,
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f32,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        #[command(flatten)]
+        sampling: SamplingArgs,
         /// Print one JSON object instead of streaming.
         #[arg(long)]
         json: bool,
@@ -69,14 +63,8 @@ enum Cmd {
         limit: Option<usize>,
         #[arg(long, default_value_t = 512)]
         max_tokens: usize,
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        #[arg(long, default_value_t = 0)]
-        top_k: usize,
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f32,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        #[command(flatten)]
+        sampling: SamplingArgs,
         #[arg(long, default_value_t = 1)]
         best_of: usize,
         #[arg(long)]
@@ -181,6 +169,25 @@ impl StreamsView {
         }
         eprint!("{out}");
         self.drawn = true;
+    }
+}
+
+/// Sampling flags `run` and `eval` share.
+#[derive(clap::Args, Clone, Debug)]
+struct SamplingArgs {
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> SamplingParams {
+        SamplingParams { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed }
     }
 }
 
@@ -296,10 +303,9 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
-        Cmd::Run { prompt, model, raw, system, max_tokens, temperature, top_k, top_p, seed, json, best_of, answer_regex, reasoning } => {
+        Cmd::Run { prompt, model, raw, system, max_tokens, sampling, json, best_of, answer_regex, reasoning } => {
             let engine = load(model, &cli)?;
-            let sampling = SamplingParams { temperature: *temperature, top_k: *top_k, top_p: *top_p, seed: *seed };
-            let (params, vp) = reasoning.params(&engine, model, *max_tokens, sampling, answer_regex.as_deref())?;
+            let (params, vp) = reasoning.params(&engine, model, *max_tokens, sampling.params(), answer_regex.as_deref())?;
             let prompt = prompt.clone().unwrap_or_else(|| "What is the capital of France? Answer in one sentence.".into());
             let user = reasoning.user_message(&prompt);
             let text = if *raw { user } else { engine.chat_prompt(system.as_deref(), &user)? };
@@ -365,12 +371,11 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("[{n} candidates, TTFT {:.0} ms, {:.2} tok/s over all streams, KV {:.1} MiB, {mode}, {}]", out.ttft_ms, out.decode_tokens_per_s, out.kv_bytes_used as f64 / 1048576.0, engine.ctx.describe());
             }
         }
-        Cmd::Eval { tasks, model, limit, max_tokens, temperature, top_k, top_p, seed, best_of, answer_regex, json, reasoning } => {
+        Cmd::Eval { tasks, model, limit, max_tokens, sampling, best_of, answer_regex, json, reasoning } => {
             let mut list = edgereason::sched::eval::read_tasks(tasks)?;
             list.truncate(limit.unwrap_or(usize::MAX));
             let engine = load(model, &cli)?;
-            let sampling = SamplingParams { temperature: *temperature, top_k: *top_k, top_p: *top_p, seed: *seed };
-            let (params, vp) = reasoning.params(&engine, model, *max_tokens, sampling, answer_regex.as_deref())?;
+            let (params, vp) = reasoning.params(&engine, model, *max_tokens, sampling.params(), answer_regex.as_deref())?;
             let total = list.len();
             let mut correct = 0;
             let r = edgereason::sched::eval::evaluate(&engine, &list, (*best_of).max(1), &params, &vp, reasoning.state_budget, |i, item| {
