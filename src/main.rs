@@ -194,7 +194,8 @@ impl SamplingArgs {
 /// Adapters, heads, budget and vote: the flags `run` (and `eval`) share.
 #[derive(clap::Args, Clone, Debug)]
 struct ReasoningArgs {
-    /// Reasoning LoRA adapter (PEFT folder). Default: adapters/<model>/reasoning if present.
+    /// Reasoning LoRA adapter (PEFT folder). Default: adapters/<model>/reasoning if present,
+    /// or with --budget its budget-trained version adapters/<model>/reasoning-budget.
     #[arg(long)]
     adapter: Option<std::path::PathBuf>,
     /// auto: the switcher head decides per prompt (on if there is no switcher); on; off.
@@ -242,7 +243,10 @@ impl ReasoningArgs {
         let defaults = default_dir(model);
         let pick = |explicit: &Option<std::path::PathBuf>, name: &str| explicit.clone().or_else(|| defaults.as_ref().map(|d| d.join(name)).filter(|p| p.exists()));
         let d = engine.model.config.n_embd;
-        let adapter = pick(&self.adapter, "reasoning");
+        let adapter = match self.budget {
+            Some(_) => pick(&self.adapter, "reasoning-budget").or_else(|| pick(&None, "reasoning")),
+            None => pick(&self.adapter, "reasoning"),
+        };
         let reasoning = match (self.reasoning.as_str(), adapter) {
             ("off", _) | (_, None) => {
                 if self.reasoning == "on" {
@@ -397,6 +401,13 @@ fn run(cli: Cli) -> Result<()> {
                 println!("  reasoning on for {:.1}% of tasks{}", 100.0 * r.reasoning_fraction, r.routing_accuracy.map(|a| format!("; switcher routing accuracy {a:.3}")).unwrap_or_default());
                 for (label, (n, acc, len)) in &r.by_difficulty {
                     println!("  {label}: {n} tasks, accuracy {acc:.3}, mean tokens {len:.1}");
+                }
+                if r.vote_at.len() > 1 {
+                    let at = |f: &dyn Fn(&edgereason::sched::eval::VoteAt) -> Option<f64>| r.vote_at.iter().filter_map(|v| f(v).map(|a| format!("@{} {a:.3}", v.candidates))).collect::<Vec<_>>().join(", ");
+                    println!("  majority vote {}", at(&|v| Some(v.majority_accuracy)));
+                    if r.vote_at.iter().any(|v| v.weighted_accuracy.is_some()) {
+                        println!("  weighted vote {}", at(&|v| v.weighted_accuracy));
+                    }
                 }
                 println!("  {:.1} s on {}", r.seconds, engine.ctx.describe());
             }

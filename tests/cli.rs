@@ -131,10 +131,43 @@ fn eval_runs_the_trained_artifacts_of_the_tiny_pipeline() {
     for item in v["items"].as_array().unwrap() {
         assert!(item["switcher_probability"].as_f64().is_some(), "{item}");
         assert_eq!(item["candidates"], 2);
+        assert_eq!(item["candidate_answers"].as_array().unwrap().len(), 2, "{item}");
+        assert_eq!(item["verifier_scores"].as_array().map(Vec::len), Some(2), "{item}");
     }
+    // One best-of-2 run reports the vote over the first 1 and 2 streams, majority and weighted.
+    let at = v["vote_at"].as_array().unwrap();
+    assert_eq!(at.iter().map(|a| a["candidates"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2]);
+    for a in at {
+        assert!((0.0..=1.0).contains(&a["majority_accuracy"].as_f64().unwrap()) && a["weighted_accuracy"].as_f64().is_some(), "{a}");
+    }
+    assert_eq!(at[1]["weighted_accuracy"].as_f64().unwrap(), acc, "the weighted vote over all streams is the run's vote");
     // A bad task file is a one-line error naming file and line.
     let bad = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(bad.path(), "{\"prompt\": \"hi\", \"answer\": \"1\"}\n{\"prompt\": 3}\n").unwrap();
     let err = run_err(&["eval", "--model", &fixture("tiny-qwen2"), "--tasks", bad.path().to_str().unwrap()], &[]);
     assert!(err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn shipped_adapters_are_the_default_and_budget_runs_take_the_budget_adapter() {
+    // adapters/<model>/ under EDGEREASON_ADAPTERS: reasoning/ is good, reasoning-budget/ a
+    // truncated copy, so which one a run loaded shows in whether it fails.
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("tiny-qwen2");
+    let src = fixture("tiny-pipeline/reasoning");
+    for name in ["reasoning", "reasoning-budget"] {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        std::fs::copy(format!("{src}/adapter_config.json"), dir.join(name).join("adapter_config.json")).unwrap();
+        let weights = std::fs::read(format!("{src}/adapter_model.safetensors")).unwrap();
+        let keep = if name == "reasoning" { weights.len() } else { weights.len() / 2 };
+        std::fs::write(dir.join(name).join("adapter_model.safetensors"), &weights[..keep]).unwrap();
+    }
+    let env = [("EDGEREASON_ADAPTERS", root.path().to_str().unwrap())];
+    let model = fixture("tiny-qwen2");
+    let out = bin().args(["run", "--model", &model, "--raw", "hi", "--reasoning", "on", "--max-tokens", "3", "--json"]).envs(env).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["reasoning"], true, "adapters/tiny-qwen2/reasoning is picked up without --adapter: {v}");
+    let err = run_err(&["run", "--model", &model, "--raw", "hi", "--reasoning", "on", "--budget", "4", "--max-tokens", "3"], &env);
+    assert!(err.contains("reasoning-budget"), "--budget loads adapters/<model>/reasoning-budget: {err}");
 }

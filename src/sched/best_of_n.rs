@@ -345,14 +345,18 @@ impl<'e> Decoding<'e> {
             Some(v) => Some(self.verify(v)?),
             None => None,
         };
+        // A reply thinks if the reasoning adapter decoded it or it closed a think block itself;
+        // a plain chat reply is all answer.
+        let reasoning = self.reasoning;
+        let thinking = |l: &Live| if reasoning || l.thinking_done { l.thinking_tokens } else { 0 };
         let candidates: Vec<Candidate> = self
             .live
             .into_iter()
             .map(|l| Candidate {
                 index: l.index,
                 answer: extract_answer(&l.text, vote_params.answer_regex.as_ref()),
-                thinking_tokens: l.thinking_tokens,
-                answer_tokens: l.tokens.len() - l.thinking_tokens,
+                thinking_tokens: thinking(&l),
+                answer_tokens: l.tokens.len() - thinking(&l),
                 forced: l.forced,
                 verifier_score: scores.as_ref().map(|s| s[l.index]),
                 text: l.text,

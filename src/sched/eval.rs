@@ -4,7 +4,7 @@
 //! every figure comes from the engine's own generation, adapters, switcher and vote.
 
 use super::best_of_n::{BestOfN, Decoding, VoteParams};
-use super::vote::normalize;
+use super::vote::{normalize, vote};
 use crate::engine::{budget_statement, Engine, GenerateParams};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -50,6 +50,21 @@ pub struct EvalItem {
     pub answer_tokens: f64,
     pub forced: usize,
     pub candidates: usize,
+    /// Each candidate's extracted answer and verifier score, in stream order, so every
+    /// vote below can be recomputed from the report.
+    pub candidate_answers: Vec<Option<String>>,
+    pub verifier_scores: Option<Vec<f32>>,
+}
+
+/// Accuracy of the vote over the first `candidates` streams of every task (maj@k):
+/// streams are sampled independently (seed + stream index), so the first k of an N-stream
+/// run are a k-stream run, and one N=8 evaluation gives best-of-1, 2, 4 and 8.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct VoteAt {
+    pub candidates: usize,
+    pub majority_accuracy: f64,
+    /// With a verifier: the vote weighted by its scores.
+    pub weighted_accuracy: Option<f64>,
 }
 
 /// The whole run.
@@ -68,6 +83,8 @@ pub struct EvalReport {
     pub routing_accuracy: Option<f64>,
     /// Accuracy and mean length per difficulty label.
     pub by_difficulty: std::collections::BTreeMap<String, (usize, f64, f64)>,
+    /// Votes over 1, 2, 4, … and all candidates (see [`VoteAt`]).
+    pub vote_at: Vec<VoteAt>,
     pub seconds: f64,
     pub items: Vec<EvalItem>,
 }
@@ -101,6 +118,8 @@ pub fn evaluate(engine: &Engine, tasks: &[EvalTask], n: usize, params: &Generate
             answer_tokens: out.candidates.iter().map(|c| c.answer_tokens as f64).sum::<f64>() / k,
             forced: out.candidates.iter().filter(|c| c.forced).count(),
             candidates: out.candidates.len(),
+            candidate_answers: out.candidates.iter().map(|c| c.answer.clone()).collect(),
+            verifier_scores: out.candidates.iter().map(|c| c.verifier_score).collect(),
         };
         progress(i, &item);
         items.push(item);
@@ -118,6 +137,7 @@ pub fn evaluate(engine: &Engine, tasks: &[EvalTask], n: usize, params: &Generate
         let len = group.iter().map(|i| i.thinking_tokens + i.answer_tokens).sum::<f64>() / g;
         by_difficulty.insert(label, (group.len(), acc, len));
     }
+    let vote_at = vote_sizes(n).into_iter().map(|k| vote_accuracy(&items, k)).collect();
     Ok(EvalReport {
         tasks: items.len(),
         accuracy: items.iter().filter(|i| i.correct).count() as f64 / t,
@@ -128,7 +148,78 @@ pub fn evaluate(engine: &Engine, tasks: &[EvalTask], n: usize, params: &Generate
         reasoning_fraction: items.iter().filter(|i| i.reasoning).count() as f64 / t,
         routing_accuracy,
         by_difficulty,
+        vote_at,
         seconds: t0.elapsed().as_secs_f64(),
         items,
     })
+}
+
+/// 1, 2, 4, … below `n`, then `n`.
+fn vote_sizes(n: usize) -> Vec<usize> {
+    let mut ks: Vec<usize> = std::iter::successors(Some(1usize), |k| Some(k * 2)).take_while(|&k| k < n).collect();
+    ks.push(n.max(1));
+    ks
+}
+
+fn vote_accuracy(items: &[EvalItem], k: usize) -> VoteAt {
+    let correct = |item: &EvalItem, weights: &[f32]| {
+        let k = k.min(item.candidate_answers.len());
+        vote(&item.candidate_answers[..k], &weights[..k.min(weights.len())]).0.is_some_and(|a| a == normalize(&item.expected))
+    };
+    let t = items.len().max(1) as f64;
+    let majority = items.iter().filter(|i| correct(i, &vec![1.0; i.candidate_answers.len()])).count() as f64 / t;
+    let weighted = items
+        .iter()
+        .map(|i| i.verifier_scores.as_ref().map(|s| correct(i, s)))
+        .collect::<Option<Vec<bool>>>()
+        .map(|c| c.iter().filter(|&&b| b).count() as f64 / t);
+    VoteAt { candidates: k, majority_accuracy: majority, weighted_accuracy: weighted }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(expected: &str, answers: &[&str], scores: Option<&[f32]>) -> EvalItem {
+        EvalItem {
+            prompt: String::new(),
+            expected: expected.into(),
+            answer: None,
+            correct: false,
+            difficulty: None,
+            reasoning: true,
+            switcher_probability: None,
+            thinking_tokens: 0.0,
+            answer_tokens: 0.0,
+            forced: 0,
+            candidates: answers.len(),
+            candidate_answers: answers.iter().map(|a| (!a.is_empty()).then(|| a.to_string())).collect(),
+            verifier_scores: scores.map(|s| s.to_vec()),
+        }
+    }
+
+    #[test]
+    fn vote_sizes_are_powers_of_two_then_n() {
+        assert_eq!(vote_sizes(8), vec![1, 2, 4, 8]);
+        assert_eq!(vote_sizes(6), vec![1, 2, 4, 6]);
+        assert_eq!(vote_sizes(1), vec![1]);
+    }
+
+    #[test]
+    fn votes_over_the_first_k_candidates() {
+        // Task 1: the first candidate is wrong, the majority of 4 right, the verifier
+        // prefers the wrong one. Task 2: right only at k = 1.
+        let items = vec![
+            item("7", &["6", "7", "7", "5"], Some(&[0.9, 0.1, 0.1, 0.2])),
+            item("3", &["3", "4", "4", ""], Some(&[0.9, 0.2, 0.2, 0.9])),
+        ];
+        let at = |k| vote_accuracy(&items, k);
+        assert_eq!((at(1).majority_accuracy, at(1).weighted_accuracy), (0.5, Some(0.5)));
+        assert_eq!((at(4).majority_accuracy, at(4).weighted_accuracy), (0.5, Some(0.5)));
+        // k = 2: 6 vs 7 tie → first seen (6) wins for task 1; 3 vs 4 → 3 wins.
+        assert_eq!(at(2).majority_accuracy, 0.5);
+        let no_verifier = vec![item("7", &["6", "7", "7"], None)];
+        assert_eq!(vote_accuracy(&no_verifier, 3).weighted_accuracy, None);
+        assert_eq!(vote_accuracy(&no_verifier, 3).majority_accuracy, 1.0);
+    }
 }

@@ -34,6 +34,9 @@ PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 BUDGET_TEMPLATE = "\n(Reasoning budget: {B} tokens.)"
 FORCE_ANSWER = "</think>\n\nFinal answer:"  # what the engine injects when a budget runs out
 VERIFIER_PROMPT = "\nIs this solution correct? Answer yes or no:"
+# The engine feeds this after the prompt in reasoning mode (GenerateParams::think_prefix): with the
+# adapter off on the prompt, the first reply token would otherwise be the base model's choice.
+THINK_PREFIX = "<think>\n"
 SWITCHER_FORMAT = "edgereason-switcher-v1"
 VERIFIER_FORMAT = "edgereason-verifier-v1"
 
@@ -177,6 +180,10 @@ def response_ids(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
 
+def opener_ids(tok, text: str = THINK_PREFIX) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"] if text else []
+
+
 def budget_prompt(prompt: str, budget: int | None) -> str:
     return prompt if not budget else prompt + BUDGET_TEMPLATE.format(B=budget)
 
@@ -194,18 +201,26 @@ def stop_ids(tok, model=None) -> set[int]:
 
 @torch.no_grad()
 def sample(model, prompt_ids: list[int], n: int, max_new_tokens: int, temperature: float, stop: set[int],
-           masker: AdapterMask | None = None, generator: torch.Generator | None = None) -> list[list[int]]:
+           masker: AdapterMask | None = None, generator: torch.Generator | None = None,
+           opener: list[int] = ()) -> list[list[int]]:
     """Sample n continuations of one prompt with a KV cache: the prompt is prefilled with the
     adapter off (mask 0), every generated token runs with it on (mask 1) - the engine's schedule.
-    Each returned list ends with its stop token if one was produced (else it hit max_new_tokens).
-    temperature 0 = greedy."""
+    `opener` tokens are fed (not sampled) first, with the adapter on, and start every returned
+    list (the engine's think prefix). Each list ends with its stop token if one was produced (else
+    it hit max_new_tokens, which counts the opener). temperature 0 = greedy."""
     dev = next(model.parameters()).device
     ids = torch.tensor([prompt_ids] * n, device=dev)
     with maybe_mask(masker, torch.zeros(ids.shape, device=dev)):
         out = model(input_ids=ids, use_cache=True)
     past, logits = out.past_key_values, out.logits[:, -1, :].float()
+    if opener:
+        op = torch.tensor([list(opener)] * n, device=dev)
+        with maybe_mask(masker, torch.ones(op.shape, device=dev)):
+            out = model(input_ids=op, past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1, :].float()
     done = torch.zeros(n, dtype=torch.bool, device=dev)
-    seqs = [[] for _ in range(n)]
+    seqs = [list(opener) for _ in range(n)]
+    max_new_tokens -= len(opener)
     stop_t = torch.tensor(sorted(stop), device=dev)
     ones = torch.ones((n, 1), device=dev)
     for step in range(max_new_tokens):

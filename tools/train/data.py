@@ -94,6 +94,7 @@ FACTS = [
     ("Which day comes after Monday?", "Tuesday comes after Monday.", "Tuesday"),
 ]
 
+EASY_ARITH = ["What is {a} {op} {b}?", "Compute {a} {op} {b}.", "How much is {a} {op} {b}?", "Quick: {a} {op} {b} = ?"]
 ARITH_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
@@ -105,58 +106,80 @@ def direct_response(sentence: str, answer: str) -> str:
     return sentence + " \\boxed{" + answer + "}"
 
 
-def gen_hard(rng: random.Random) -> dict:
-    """A 2-4 step word problem; each step is one line `a op b = c` of the trace."""
+def gen_hard(rng: random.Random, max_value: int = 0, terse_frac: float = 0.0) -> dict:
+    """A 2-4 step word problem; each step is one line `a op b = c` of the trace.
+
+    max_value > 0 keeps every number in the problem and every intermediate result at or below it
+    (a 135M model cannot add two-digit numbers reliably; the reasoning has to be within its reach).
+    With probability terse_frac the trace is terse: the equations only, about 2/3 of the tokens.
+    Real reasoning-trace sets vary in length like this; budget RL needs that spread to select from.
+    """
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     pron = HE_SHE.get(name, "She")
-    cur = rng.randint(2, 20)
+    top = max_value or 10**9
+    cur = rng.randint(2, min(20, max(2, top // 2)))
     text = [START.format(name=name, n=cur, item=item)]
     steps = [f"{name} starts with {cur} {item}."]
+    terse = []
     for _ in range(rng.randint(2, 4)):
-        choices = ["add", "addmul", "mul"] + (["sub"] if cur > 1 else [])
+        choices = (["add"] if cur < top else []) + (["sub"] if cur > 1 else [])
+        if cur * 2 <= top:
+            choices.append("mul")
+        if cur + 4 <= top:
+            choices.append("addmul")
         divisors = [k for k in (2, 3, 4, 5) if cur % k == 0]
         if divisors:
             choices.append("div")
         op = rng.choice(choices)
         if op == "add":
-            k = rng.randint(1, 20)
+            k = rng.randint(1, min(20, top - cur))
             text.append(OPS[op].format(pron=pron, k=k, item=item))
             steps.append(f"Gets {k} more: {cur} + {k} = {cur + k}.")
+            terse.append(f"{cur} + {k} = {cur + k}")
             cur += k
         elif op == "sub":
             k = rng.randint(1, cur - 1)
             text.append(OPS[op].format(pron=pron, k=k, item=item))
             steps.append(f"Gives away {k}: {cur} - {k} = {cur - k}.")
+            terse.append(f"{cur} - {k} = {cur - k}")
             cur -= k
         elif op == "mul":
-            k = rng.randint(2, 4)
+            k = rng.randint(2, max(2, min(4, top // cur)))
             text.append(OPS[op].format(k=k, item=item))
             steps.append(f"{k} times as many: {cur} * {k} = {cur * k}.")
+            terse.append(f"{cur} * {k} = {cur * k}")
             cur *= k
         elif op == "div":
             k = rng.choice(divisors)
             text.append(OPS[op].format(pron=pron, k=k, item=item))
             steps.append(f"Keeps one of {k} groups: {cur} / {k} = {cur // k}.")
+            terse.append(f"{cur} / {k} = {cur // k}")
             cur //= k
         else:  # addmul: two arithmetic operations in one step
-            a, b = rng.randint(2, 6), rng.randint(2, 9)
+            a = rng.randint(2, max(2, min(6, (top - cur) // 2)))
+            b = rng.randint(2, max(2, min(9, (top - cur) // a)))
             text.append(OPS[op].format(pron=pron, a=a, b=b, item=item))
             steps.append(f"Buys {a} packs of {b}: {a} * {b} = {a * b}, and {cur} + {a * b} = {cur + a * b}.")
+            terse.append(f"{a} * {b} = {a * b}, {cur} + {a * b} = {cur + a * b}")
             cur += a * b
     prompt = " ".join(text) + QUESTION.format(item=item, name=name)
     ans = str(cur)
+    if terse_frac and rng.random() < terse_frac:
+        steps = terse
     return {"prompt": prompt, "response": think_response(steps, ans), "answer": ans, "difficulty": "hard"}
 
 
-def gen_easy_arith(rng: random.Random) -> dict:
+def gen_easy_arith(rng: random.Random, max_value: int = 0) -> dict:
     op = rng.choice(list(ARITH_OPS))
-    a, b = rng.randint(1, 50), rng.randint(1, 50)
+    top = max_value or 100
+    a, b = rng.randint(1, top // 2), rng.randint(1, top // 2)
     if op == "*":
-        a, b = rng.randint(2, 12), rng.randint(2, 12)
+        a = rng.randint(2, min(12, max(2, top // 2)))
+        b = rng.randint(2, min(12, max(2, top // a)))
     if op == "-" and b > a:
         a, b = b, a
     ans = str(ARITH_OPS[op](a, b))
-    return {"prompt": f"What is {a} {op} {b}?", "response": direct_response(f"{a} {op} {b} = {ans}.", ans),
+    return {"prompt": rng.choice(EASY_ARITH).format(a=a, op=op, b=b), "response": direct_response(f"{a} {op} {b} = {ans}.", ans),
             "answer": ans, "difficulty": "easy"}
 
 
@@ -165,8 +188,8 @@ def fact_item(fact) -> dict:
     return {"prompt": q, "response": direct_response(sentence, ans), "answer": ans, "difficulty": "easy"}
 
 
-def generate(n_hard: int, n_easy: int, test_frac: float, seed: int):
-    """Return (train, test) item lists, deterministic in the arguments."""
+def generate(n_hard: int, n_easy: int, test_frac: float, seed: int, max_value: int = 0, terse_frac: float = 0.0):
+    """Return (train, test) item lists, deterministic in the arguments (max_value: see gen_hard)."""
     rng = random.Random(seed)
     facts = list(FACTS)
     rng.shuffle(facts)
@@ -185,11 +208,11 @@ def generate(n_hard: int, n_easy: int, test_frac: float, seed: int):
             while made < n and tries < 100 * (n + 1):
                 tries += 1
                 if gen is not None:
-                    it = gen(rng)
+                    it = gen(rng, max_value, terse_frac)
                 elif fact_pool and rng.random() < 0.35:  # ~1/3 of easy items are facts
                     it = fact_item(fact_pool.pop(rng.randrange(len(fact_pool))))
                 else:
-                    it = gen_easy_arith(rng)
+                    it = gen_easy_arith(rng, max_value)
                 if it["prompt"] in seen:
                     continue
                 seen.add(it["prompt"])
@@ -235,8 +258,12 @@ def main():
     p.add_argument("--n-easy", type=int, default=2000, help="easy items in total (arithmetic + facts)")
     p.add_argument("--test-frac", type=float, default=0.1, help="held-out fraction")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-value", type=int, default=0,
+                   help="cap on every number and intermediate result (0 = none); 20 suits ~100M-parameter models")
+    p.add_argument("--terse-frac", type=float, default=0.0,
+                   help="fraction of hard traces written as bare equations (a spread of lengths for budget RL)")
     a = p.parse_args()
-    train, test = generate(a.n_hard, a.n_easy, a.test_frac, a.seed)
+    train, test = generate(a.n_hard, a.n_easy, a.test_frac, a.seed, a.max_value, a.terse_frac)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     write_jsonl(Path(a.out) / "train.jsonl", train)
     write_jsonl(Path(a.out) / "test.jsonl", test)

@@ -14,8 +14,10 @@ Per step, for each sampled prompt:
     carry no signal and are skipped.
 Loss (one on-policy update per batch of groups, so the importance ratio is 1 and only its
 gradient matters): per token -(ratio * A - beta * KL), KL = k3 estimator against the reference
-policy = the same model with the adapter disabled (the base model); averaged over each
-sequence's tokens, then over sequences.
+policy = the starting adapter (the SFT one; its weights are swapped in for the reference forward,
+with the same adapter mask); averaged over each sequence's tokens, then over sequences. (Not the
+base model: after SFT the base gives the trained format near-zero probability, and the k3
+estimator exp(ref - logp) explodes on it.)
 
 This is an explicit loop rather than trl's GRPOTrainer: the per-token adapter mask has to reach
 both generation (prefill off, decode on) and the scoring forward, which GRPOTrainer gives no hook
@@ -26,6 +28,7 @@ data-parallel, each process sampling its own prompts (--prompts-per-step is per 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import random
 import sys
@@ -46,7 +49,7 @@ def rollout(model, masker, tok, item, budget, a, stop, gen):
     """Sample a group for one prompt; return (prompt ids, completions, rewards, corrects)."""
     pids = common.chat_prompt_ids(tok, common.budget_prompt(item["prompt"], budget))
     cap = min(a.max_new_tokens, int(math.floor((1 + a.margin) * budget)) + 1)
-    seqs = common.sample(model, pids, a.group_size, cap, a.temperature, stop, masker, gen)
+    seqs = common.sample(model, pids, a.group_size, cap, a.temperature, stop, masker, gen, a.opener)
     rewards, corrects = [], []
     for s in seqs:
         ok = common.is_correct(tok.decode(common.strip_stop(s, stop)), item["answer"])
@@ -58,20 +61,20 @@ def rollout(model, masker, tok, item, budget, a, stop, gen):
 
 def build_batch(groups, pad_id, device):
     """Right-padded prompt+completion rows (no left padding: position ids must match sampling)."""
-    rows = [(p, s, adv) for p, seqs, advs in groups for s, adv in zip(seqs, advs)]
-    T = max(len(p) + len(s) for p, s, _ in rows)
+    rows = [(p, s, adv, k) for p, seqs, advs, k in groups for s, adv in zip(seqs, advs)]
+    T = max(len(p) + len(s) for p, s, _, _ in rows)
     n = len(rows)
     ids = torch.full((n, T), pad_id, dtype=torch.long)
     att = torch.zeros((n, T), dtype=torch.long)
     amask = torch.zeros((n, T))
     tmask = torch.zeros((n, T - 1))  # 1 where logits[:, t] predict a completion token ids[:, t+1]
     adv = torch.zeros(n)
-    for i, (p, s, a) in enumerate(rows):
+    for i, (p, s, a, k) in enumerate(rows):
         P, L = len(p), len(s)
         ids[i, : P + L] = torch.tensor(p + s)
         att[i, : P + L] = 1
         amask[i, P: P + L] = 1
-        tmask[i, P - 1: P + L - 1] = 1
+        tmask[i, P - 1 + k: P + L - 1] = 1  # not the k fed opener tokens: they were not sampled
         adv[i] = a
     return [t.to(device) for t in (ids, att, amask, tmask, adv)]
 
@@ -108,6 +111,8 @@ def main():
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward (less memory)")
     p.add_argument("--dtype", choices=["f32", "f16"], default="f32", help="tensor type of the saved adapter")
     p.add_argument("--log-every", type=int, default=1)
+    p.add_argument("--think-prefix", default=common.THINK_PREFIX,
+                   help="fed after the prompt before sampling, as the engine does in reasoning mode ('' = none)")
     a = p.parse_args()
 
     acc = Accelerator()
@@ -129,6 +134,7 @@ def main():
     if a.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     stop = common.stop_ids(tok, base)
+    a.opener = common.opener_ids(tok, a.think_prefix)
     budgets = [int(b) for b in a.budgets.split(",")]
     items = [it for it in load_jsonl(a.data, need_answer=True) if a.difficulty in ("all", it["difficulty"])]
     evals = load_jsonl(a.eval_data, need_answer=True)[: a.eval_n] if a.eval_data else []
@@ -138,6 +144,23 @@ def main():
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=a.lr, weight_decay=0.0)
     model, opt = acc.prepare(model, opt)
     core = acc.unwrap_model(model)
+    lora = {n_: q for n_, q in core.named_parameters() if q.requires_grad}
+    start = {n_: q.detach().clone() for n_, q in lora.items()}
+
+    @contextlib.contextmanager
+    def reference_weights():
+        """The starting adapter's weights in place of the current ones (no grad), then back."""
+        now = {n_: q.detach().clone() for n_, q in lora.items()}
+        with torch.no_grad():
+            for n_, q in lora.items():
+                q.copy_(start[n_])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n_, q in lora.items():
+                    q.copy_(now[n_])
+
     rng = random.Random(a.seed * 1000 + acc.process_index)  # each process draws its own prompts
     gen = torch.Generator().manual_seed(a.seed * 1000 + acc.process_index)
 
@@ -172,11 +195,11 @@ def main():
                 stats[4] += 1
                 continue
             adv = (r - r.mean()) / (r.std() + 1e-4)
-            groups.append((pids, seqs, adv.tolist()))
+            groups.append((pids, seqs, adv.tolist(), len(a.opener)))
 
         if groups:
             ids, att, amask, tmask, adv = build_batch(groups, tok.pad_token_id, acc.device)
-            with torch.no_grad(), core.disable_adapter():
+            with torch.no_grad(), reference_weights(), masker(amask):
                 ref = token_logps(core, ids, att, a.temperature)
             core.train()  # dropout is 0; train mode so gradient checkpointing (if on) applies
             with masker(amask):  # kept through backward: checkpointing re-runs the forward there

@@ -4,8 +4,9 @@
 #   tools/train/pipeline.sh --model BASE --out DIR [--tiny] [--fake-quant-int4] [--seed N]
 #
 #   BASE  an HF directory or a .gguf file (transformers dequantizes it)
-#   DIR   gets data/{train,test}.jsonl, sft/ (PEFT adapter), reasoning/ (the GRPO adapter, the one the
-#         engine loads), switcher.safetensors, verifier.safetensors, and one log per stage in logs/
+#   DIR   gets data/{train,test}.jsonl, reasoning/ (the SFT adapter), reasoning-budget/ (its budget-forced
+#         GRPO version), switcher.safetensors, verifier.safetensors (trained on reasoning/'s candidates), and
+#         one log per stage in logs/ - the layout of adapters/<model>/, which the engine loads by default
 #   --tiny  a smoke run (few items, few steps) that finishes in about a minute on one CPU; for
 #           tests/fixtures/tiny-qwen2. GRPO then uses --no-correctness (a random model never answers
 #           correctly, so every group would be skipped and the update path never run).
@@ -58,11 +59,11 @@ stage() {  # stage NAME CMD...: run, tee to logs/NAME.log, time it
 # shellcheck disable=SC2086  # the *_ARGS variables are word-split on purpose
 stage data "$PYTHON" "$HERE/data.py" --out "$OUT/data" --seed "$SEED" "${DATA_D[@]}" ${DATA_ARGS:-}
 stage sft $LAUNCH "$HERE/sft.py" "${COMMON[@]}" --data "$OUT/data/train.jsonl" --eval-data "$OUT/data/test.jsonl" \
-  --out "$OUT/sft" "${SFT_D[@]}" ${SFT_ARGS:-}
-stage grpo $LAUNCH "$HERE/grpo.py" "${COMMON[@]}" --adapter "$OUT/sft" --data "$OUT/data/train.jsonl" \
-  --eval-data "$OUT/data/test.jsonl" --out "$OUT/reasoning" "${GRPO_D[@]}" ${GRPO_ARGS:-}
+  --out "$OUT/reasoning" "${SFT_D[@]}" ${SFT_ARGS:-}
+stage grpo $LAUNCH "$HERE/grpo.py" "${COMMON[@]}" --adapter "$OUT/reasoning" --data "$OUT/data/train.jsonl" \
+  --eval-data "$OUT/data/test.jsonl" --out "$OUT/reasoning-budget" "${GRPO_D[@]}" ${GRPO_ARGS:-}
 stage switcher $LAUNCH "$HERE/switcher.py" "${COMMON[@]}" --data "$OUT/data/train.jsonl" \
   --test-data "$OUT/data/test.jsonl" --out "$OUT/switcher.safetensors" "${SW_D[@]}" ${SWITCHER_ARGS:-}
 stage verifier $LAUNCH "$HERE/verifier.py" "${COMMON[@]}" --adapter "$OUT/reasoning" --data "$OUT/data/train.jsonl" \
   --out "$OUT/verifier.safetensors" "${VER_D[@]}" ${VERIFIER_ARGS:-}
-echo "pipeline done: $OUT (reasoning adapter: $OUT/reasoning)"
+echo "pipeline done: $OUT (reasoning adapter: $OUT/reasoning, budget-forced: $OUT/reasoning-budget)"

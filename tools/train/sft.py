@@ -78,6 +78,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_model_args(p)
     p.add_argument("--data", required=True, help="training JSONL (prompt, response)")
+    p.add_argument("--difficulty", choices=["hard", "easy", "all"], default="all",
+                   help="train on these items only (the reasoning adapter: hard, the items with traces)")
     p.add_argument("--eval-data", default=None, help="held-out JSONL: response loss reported after each epoch")
     p.add_argument("--out", required=True, help="output adapter directory (PEFT format)")
     p.add_argument("--r", type=int, default=8, help="LoRA rank")
@@ -110,8 +112,11 @@ def main():
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     common.log(acc, f"base {name}: LoRA r={a.r} alpha={a.alpha} rslora={a.rslora}, {n_train} trainable parameters")
 
-    train = encode(tok, load_jsonl(a.data), a.max_len)
-    evals = encode(tok, load_jsonl(a.eval_data), a.max_len) if a.eval_data else []
+    def pick(items):
+        return [it for it in items if a.difficulty in ("all", it["difficulty"])]
+
+    train = encode(tok, pick(load_jsonl(a.data)), a.max_len)
+    evals = encode(tok, pick(load_jsonl(a.eval_data)), a.max_len) if a.eval_data else []
     common.log(acc, f"{len(train)} training examples, {len(evals)} eval examples")
     g = torch.Generator().manual_seed(a.seed)
     dl = torch.utils.data.DataLoader(train, batch_size=a.batch_size, shuffle=True, generator=g,

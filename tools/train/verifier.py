@@ -50,7 +50,8 @@ def candidate_features(model, masker, tok, items, a, acc, stop, verify_ids):
     rows, t0 = [], time.time()
     for j, it in enumerate(mine):
         pids = common.chat_prompt_ids(tok, common.budget_prompt(it["prompt"], a.budget))
-        seqs = common.sample(model, pids, a.samples, a.max_new_tokens, a.temperature, stop, masker, gen)
+        seqs = common.sample(model, pids, a.samples, a.max_new_tokens, a.temperature, stop, masker, gen,
+                             common.opener_ids(tok, a.think_prefix))
         for s in seqs:
             g = common.strip_stop(s, stop)
             ok = common.is_correct(tok.decode(g), it["answer"])
@@ -74,6 +75,8 @@ def main():
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--budget", type=int, default=0, help="append the budget statement with this B (0 = none)")
     p.add_argument("--prompt", default=common.VERIFIER_PROMPT, help="verification text appended to each candidate")
+    p.add_argument("--think-prefix", default=common.THINK_PREFIX,
+                   help="fed after the prompt before sampling, as the engine does in reasoning mode ('' = none)")
     p.add_argument("--out", required=True, help="output file (verifier.safetensors)")
     p.add_argument("--val-frac", type=float, default=0.2, help="held-out fraction of candidates for reporting")
     p.add_argument("--epochs", type=int, default=300)

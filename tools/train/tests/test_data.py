@@ -66,7 +66,7 @@ def test_items_are_correct():
         else:
             assert "<think>" not in it["response"]
             assert it["response"].endswith("\\boxed{" + it["answer"] + "}")
-            m = re.fullmatch(r"What is (\d+) ([-+*]) (\d+)\?", it["prompt"])
+            m = re.fullmatch(r"(?:What is|Compute|How much is|Quick:) (\d+) ([-+*]) (\d+)(?:\?|\.| = \?)", it["prompt"])
             if m:
                 a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
                 assert str({"+": a + b, "-": a - b, "*": a * b}[op]) == it["answer"]
@@ -74,6 +74,25 @@ def test_items_are_correct():
                 assert facts[it["prompt"]] == it["answer"]
                 n_fact += 1
     assert n_fact > 10
+
+
+def test_max_value_bounds_every_number():
+    train, test = data.generate(400, 400, 0.2, seed=3, max_value=20)
+    for it in train + test:
+        numbers = [int(x) for x in re.findall(r"\d+", it["prompt"] + " " + it["response"])]
+        assert max(numbers, default=0) <= 20, it
+        if it["difficulty"] == "hard":
+            assert it["answer"] == str(solve_hard(it["prompt"]))
+
+
+def test_terse_traces_are_shorter_and_still_correct():
+    train, _ = data.generate(200, 0, 0.0, seed=4, max_value=20, terse_frac=0.5)
+    terse = [it for it in train if "starts with" not in it["response"]]
+    assert 50 < len(terse) < 150
+    for it in terse:
+        m = HARD_RESPONSE.fullmatch(it["response"])
+        assert m and m.group(2) == it["answer"] == str(solve_hard(it["prompt"]))
+        check_steps(m.group(1))
 
 
 def test_split_and_determinism():

@@ -99,6 +99,23 @@ def test_sampling_matches_masked_forward(setup):
     assert a == b
 
 
+def test_sampling_with_opener_feeds_it_with_the_adapter_on(setup):
+    model, masker, tok, ids, P, _ = setup
+    prompt = ids[0, :P].tolist()
+    stop = common.stop_ids(tok, model)
+    opener = common.opener_ids(tok)
+    assert opener
+    seqs = common.sample(model, prompt, 2, 12, 0.0, stop, masker, opener=opener)
+    assert all(s[: len(opener)] == opener and len(s) <= 12 for s in seqs)
+    full = torch.tensor([prompt + seqs[0]])
+    mask = torch.ones(full.shape)
+    mask[:, :P] = 0
+    with torch.no_grad(), masker(mask):
+        logits = model(input_ids=full).logits[0]
+    k = len(opener)
+    assert logits[P - 1 + k: P - 1 + len(seqs[0])].argmax(-1).tolist() == seqs[0][k:]
+
+
 def test_mask_shape_mismatch_raises(setup):
     model, masker, _, ids, _, _ = setup
     with pytest.raises(RuntimeError):

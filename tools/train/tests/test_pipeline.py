@@ -24,9 +24,9 @@ def test_tiny_pipeline(tmp_path):
     lines = (tmp_path / "data" / "train.jsonl").read_text().splitlines()
     assert len(lines) == 64 and json.loads(lines[0])["difficulty"] in ("easy", "hard")
 
-    check_adapter_dir(tmp_path / "sft", 8)
-    cfg, grpo = check_adapter_dir(tmp_path / "reasoning", 8)
-    sft = load_file(str(tmp_path / "sft" / "adapter_model.safetensors"))
+    check_adapter_dir(tmp_path / "reasoning", 8)
+    cfg, grpo = check_adapter_dir(tmp_path / "reasoning-budget", 8)
+    sft = load_file(str(tmp_path / "reasoning" / "adapter_model.safetensors"))
     assert any(not torch.equal(sft[k], grpo[k]) for k in sft), "GRPO did not update the adapter"
     assert "skipped" in (tmp_path / "logs" / "grpo.log").read_text()
 
