@@ -187,7 +187,7 @@ pub fn load_hf_dir(dir: &Path) -> Result<HostModel, LoadError> {
     if let Some(id) = special_token(&tc, "eos_token").and_then(|t| tokenizer.token_to_id(&t)) {
         eos.insert(id);
     }
-    for t in ["<|im_end|>", "<|endoftext|>"] {
+    for t in super::tokenizer::END_OF_REPLY {
         eos.extend(tokenizer.token_to_id(t));
     }
     // HF adds BOS only where the tokenizer class does so by default (Llama) or the

@@ -17,6 +17,11 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 
+/// Tokens that end a reply wherever the vocabulary has them. `<|im_start|>` too: a ChatML
+/// model that opens a new turn has finished its own. (transformers 4.57 reads SmolLM2's GGUF
+/// end-of-sequence as `<|im_start|>`, so adapters fine-tuned through it end replies that way.)
+pub const END_OF_REPLY: [&str; 3] = ["<|im_end|>", "<|endoftext|>", "<|im_start|>"];
+
 /// Qwen2 pre-tokenizer split (HF Qwen2 tokenizer.json): numbers split into single digits.
 pub const QWEN2_REGEX: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -140,7 +145,7 @@ pub fn tokenizer_from_gguf(g: &GgufFile, path: &Path) -> Result<(Tokenizer, Toke
         .into_iter()
         .flatten()
         .collect();
-    for s in ["<|im_end|>", "<|endoftext|>"] {
+    for s in END_OF_REPLY {
         if let Some(i) = tok.token_to_id(s) {
             eos.push(i);
         }

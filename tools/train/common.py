@@ -76,6 +76,13 @@ def load_base(model_path: str, tokenizer_path: str | None = None, fake_quant: bo
         tok = AutoTokenizer.from_pretrained(tokenizer_path)
     else:
         tok = AutoTokenizer.from_pretrained(str(path), **kw)
+    if kw and tok.chat_template and "<|im_end|>" in tok.chat_template and tok.eos_token != "<|im_end|>":
+        # transformers 4.57's GGUF loader reads SmolLM2's end of sequence as <|im_start|>; an
+        # adapter trained on that ends its replies by opening a new turn. End them as the chat
+        # template does.
+        print(f"GGUF tokenizer: end of sequence {tok.eos_token!r} -> '<|im_end|>' (the chat template's)", flush=True)
+        tok.eos_token = "<|im_end|>"
+        model.generation_config.eos_token_id = tok.eos_token_id
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model.requires_grad_(False)

@@ -46,7 +46,7 @@ if [[ " $STAGES " == *" train "* ]]; then
   # to measure reasoning, not its multiplication table. Half the traces are terse.
   export DATA_ARGS="--n-hard 1200 --n-easy 1200 --test-frac 0.1 --max-value 20 --terse-frac 0.5"
   export SFT_ARGS="--difficulty hard --r 8 --alpha 16 --lr 1e-3 --batch-size 8 --max-steps 150 --epochs 3 --max-len 256 --dtype f16 --log-every 5"
-  export GRPO_ARGS="--budgets $BUDGETS --steps 40 --prompts-per-step 4 --group-size 8 --lr 1e-4 --beta 1e-3 --temperature 0.8 --eval-n 16 --dtype f16"
+  export GRPO_ARGS="--budgets $BUDGETS --steps 20 --prompts-per-step 4 --group-size 8 --lr 1e-4 --beta 1e-3 --temperature 0.8 --eval-n 8 --dtype f16"
   export VERIFIER_ARGS="--n-prompts 100 --samples 4 --max-new-tokens 160"
   PYTHON="$PYTHON" "$HERE/pipeline.sh" --model "$GGUF" --fake-quant-int4 --seed 1 --out "$OUT"
 fi
@@ -77,7 +77,9 @@ EOF
   ev budget$LOW --reasoning on --adapter "$RB" --budget $LOW --state-budget
   ev budget$HIGH --reasoning on --adapter "$RB" --budget $HIGH --state-budget
   ev auto --reasoning auto --adapter "$R" --switcher "$OUT/switcher.safetensors"
-  ev best8 --reasoning on --adapter "$R" --best-of 8 --temperature 0.8 --seed 1 \
+  # best-of-8 on the 24 hard tasks (eval.jsonl lists them first): one run gives the votes over
+  # the first 1, 2, 4 and 8 streams, majority and verifier-weighted
+  ev best8 --limit 24 --reasoning on --adapter "$R" --best-of 8 --temperature 0.8 --seed 1 \
     --verifier "$OUT/verifier.safetensors" --vote weighted
 fi
 

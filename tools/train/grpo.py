@@ -198,18 +198,27 @@ def main():
             groups.append((pids, seqs, adv.tolist(), len(a.opener)))
 
         if groups:
-            ids, att, amask, tmask, adv = build_batch(groups, tok.pad_token_id, acc.device)
-            with torch.no_grad(), reference_weights(), masker(amask):
-                ref = token_logps(core, ids, att, a.temperature)
-            core.train()  # dropout is 0; train mode so gradient checkpointing (if on) applies
-            with masker(amask):  # kept through backward: checkpointing re-runs the forward there
-                logp = token_logps(model, ids, att, a.temperature)
-                d = ref - logp
-                kl = torch.exp(d) - d - 1
-                per_tok = -(torch.exp(logp - logp.detach()) * adv[:, None] - a.beta * kl)
-                loss = ((per_tok * tmask).sum(1) / tmask.sum(1).clamp(min=1)).mean()
-                kl_mean = float((kl * tmask).sum() / tmask.sum())
-                acc.backward(loss)
+            # One group per forward/backward: the [rows, T, vocab] f32 log-softmax of a whole
+            # step's groups (32 x 225 x 49152 for SmolLM2) exceeded 24 GB.
+            n_rows = sum(len(g[1]) for g in groups)
+            loss, kl_sum, kl_n = 0.0, 0.0, 0.0
+            for g in groups:
+                ids, att, amask, tmask, adv = build_batch([g], tok.pad_token_id, acc.device)
+                with torch.no_grad(), reference_weights(), masker(amask):
+                    ref = token_logps(core, ids, att, a.temperature)
+                core.train()  # dropout is 0; train mode so gradient checkpointing (if on) applies
+                with masker(amask):  # kept through backward: checkpointing re-runs the forward there
+                    logp = token_logps(model, ids, att, a.temperature)
+                    d = ref - logp
+                    kl = torch.exp(d) - d - 1
+                    per_tok = -(torch.exp(logp - logp.detach()) * adv[:, None] - a.beta * kl)
+                    part = (per_tok * tmask).sum(1) / tmask.sum(1).clamp(min=1)
+                    part = part.sum() / n_rows  # the step's loss is the mean over all its rows
+                    acc.backward(part)
+                loss += float(part)
+                kl_sum += float((kl * tmask).sum())
+                kl_n += float(tmask.sum())
+            kl_mean = kl_sum / max(kl_n, 1.0)
         elif acc.num_processes > 1:
             # nothing to learn here, but DDP needs every process in the gradient all-reduce
             loss = model(input_ids=torch.full((1, 1), tok.pad_token_id, device=acc.device)).logits.sum() * 0.0
