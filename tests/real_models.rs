@@ -61,3 +61,29 @@ fn smollm2_135m_matches_transformers() {
 fn qwen25_05b_matches_transformers() {
     check_model("qwen2.5-0.5b");
 }
+
+#[test]
+fn shipped_smollm2_artifacts_load_and_route() {
+    // adapters/smollm2-135m: what `tools/train/demo.sh --ship` trained on this model. They
+    // load against it, and the switcher sends a fact question to the base model and a
+    // multi-step word problem (not in its training data) to the reasoning adapter.
+    use edgereason::adapters::{Switcher, Verifier};
+    use edgereason::engine::Reasoning;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("adapters/smollm2-135m");
+    let engine = Engine::load("smollm2-135m", &EngineOptions::default()).unwrap();
+    engine.load_adapter("reasoning", &dir.join("reasoning")).unwrap();
+    engine.load_adapter("reasoning-budget", &dir.join("reasoning-budget")).unwrap();
+    let d = engine.model.config.n_embd;
+    let switcher = std::sync::Arc::new(Switcher::load(&dir.join("switcher.safetensors"), d).unwrap());
+    Verifier::load(&dir.join("verifier.safetensors"), d).unwrap();
+    let cases = [
+        ("What is the capital of France?", false),
+        ("Zoe has 6 buttons. She gives away 2 buttons. Then the number of buttons becomes 3 times as large. How many buttons does Zoe have now?", true),
+    ];
+    for (prompt, hard) in cases {
+        let ids = engine.encode(&engine.chat_prompt(None, prompt).unwrap()).unwrap();
+        let params = GenerateParams { max_tokens: 2, reasoning: Reasoning::Auto { adapter: "reasoning".into(), switcher: switcher.clone() }, ..Default::default() };
+        let g = engine.generate(&ids, &params, |_, _| true).unwrap();
+        assert_eq!(g.reasoning, hard, "{prompt:?}: switcher p = {:?}", g.switcher_probability);
+    }
+}
