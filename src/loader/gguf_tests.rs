@@ -170,7 +170,8 @@ fn synthetic_llama_loads_and_unpermutes() {
         (Arch::Llama, 8, 64, 4, 2, 16)
     );
     assert_eq!((c.rope_theta, c.n_ff, c.n_ctx, c.tied_embeddings), (10000.0, 96, 256, true));
-    assert_eq!(m.eos_token_ids, vec![5]);
+    // <|im_end|> (the file's eos) and <|im_start|>: a ChatML turn opening ends a reply too.
+    assert_eq!(m.eos_token_ids, vec![4, 5]);
     assert!(!m.add_bos);
     let q = &m.tensors["blk.0.attn_q.weight"];
     assert_eq!(q.shape, vec![64, 64]);
