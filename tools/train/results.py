@@ -61,16 +61,18 @@ def main():
         r = reports[name]
         bd = r["by_difficulty"]
         h, e = bd.get("hard", [0, float("nan"), float("nan")]), bd.get("easy", [0, float("nan"), float("nan")])
+        fmt = lambda v, f: "–" if v != v else format(v, f)  # noqa: E731  (nan: no such tasks)
         ra = r.get("routing_accuracy")
         n = max(i["candidates"] for i in r["items"])
-        lab = label(name, r) if n == 1 else f"best-of-{n} (SFT adapter, T=0.8), vote over stream 1"
-        print(f"| {lab} | {r['accuracy']:.3f} | {h[1]:.3f} | {e[1]:.3f} | {h[2]:.1f} | {e[2]:.1f} "
+        vote = "weighted" if any(i.get("verifier_scores") for i in r["items"]) else "majority"
+        lab = label(name, r) if n == 1 else f"best-of-{n} (SFT adapter, T=0.8), {vote} vote of all {n}"
+        print(f"| {lab} | {r['accuracy']:.3f} | {fmt(h[1], '.3f')} | {fmt(e[1], '.3f')} | {fmt(h[2], '.1f')} | {fmt(e[2], '.1f')} "
               f"| {r['mean_thinking_tokens']:.1f} + {r['mean_answer_tokens']:.1f} | {100 * r['forced_fraction']:.0f}% "
               f"| {100 * r['reasoning_fraction']:.0f}% | {'' if ra is None else f'{ra:.3f}'} |")
     for name in sorted(reports, key=order):
         at = reports[name].get("vote_at", [])
         if len(at) > 1:
-            print(f"\nVotes over the first k streams of `{name}` (accuracy over all tasks):\n")
+            print(f"\nVotes over the first k streams of `{name}` ({reports[name]['tasks']} tasks):\n")
             print("| k | majority | weighted (verifier) |")
             print("|---|---|---|")
             for v in at:
