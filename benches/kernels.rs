@@ -85,6 +85,7 @@ fn attention(c: &mut Criterion) {
                 AttentionPlan {
                     keys_per_split: kps,
                     shared_prefix,
+                    flash_prefill: false,
                 },
             );
             let refs: Vec<_> = list.iter().collect();

@@ -327,3 +327,57 @@ fn merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
         out[m * p.n_head * hd + h * hd + d] = num / den;
     }
 }
+
+//#if HEAD_DIM
+// Flash prefill: steps of many rows of one stream (a prompt chunk). One invocation per
+// (query row, head): its query and output accumulator sit in private arrays and the keys
+// stream past in order through an online softmax, so no scores are stored and a 2k-8k
+// prompt costs O(keys) memory per row. A workgroup is 64 consecutive rows of one head:
+// they share the stream's block table, so every key and value load is the same address
+// for all lanes (a broadcast on GPUs; a scalar load on lavapipe). The loop runs to the
+// block's last row's keys; each lane masks keys past its own position (causal).
+@compute @workgroup_size(64)
+fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let h = wid.x;
+    let m0 = wid.y * 64u;
+    let m = min(m0 + lid.x, p.m - 1u);
+    let words = HEAD_DIM / 2u;
+    let kv_words = p.n_kv_head * words;
+    let kvh = h / (p.n_head / p.n_kv_head);
+    var q: array<f32, HEAD_DIM>;
+    var acc: array<f32, HEAD_DIM>;
+    for (var d = 0u; d < HEAD_DIM; d = d + 1u) {
+        q[d] = qkv[m * p.qkv_stride + h * HEAD_DIM + d] * p.scale;
+        acc[d] = 0.0;
+    }
+    let pos = positions[m];
+    let n_keys = positions[min(m0 + 63u, p.m - 1u)] + 1u;
+    var run_max = -3.0e38;
+    var run_sum = 0.0;
+    for (var t = 0u; t < n_keys; t = t + 1u) {
+        let kb = key_slot(m0, t) * kv_words + kvh * words;
+        var s = 0.0;
+        for (var w = 0u; w < words; w = w + 1u) {
+            let kk = unpack2x16float(k_cache[kb + w]);
+            s = s + q[2u * w] * kk.x + q[2u * w + 1u] * kk.y;
+        }
+        let valid = t <= pos;
+        let new_max = select(run_max, max(run_max, s), valid);
+        let correction = exp(run_max - new_max);
+        let e = select(0.0, exp(s - new_max), valid);
+        run_sum = run_sum * correction + e;
+        run_max = new_max;
+        for (var w = 0u; w < words; w = w + 1u) {
+            let vv = unpack2x16float(v_cache[kb + w]);
+            acc[2u * w] = acc[2u * w] * correction + e * vv.x;
+            acc[2u * w + 1u] = acc[2u * w + 1u] * correction + e * vv.y;
+        }
+    }
+    if (m0 + lid.x < p.m) {
+        let o = m * p.n_head * HEAD_DIM + h * HEAD_DIM;
+        for (var d = 0u; d < HEAD_DIM; d = d + 1u) {
+            out[o + d] = acc[d] / run_sum;
+        }
+    }
+}
+//#endif

@@ -183,3 +183,72 @@ fn reduce(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     finish(m, n, acc);
 }
+
+// ---- Prefill GEMM: f32 activations, for steps of many rows ----
+// Entries `gemm_int4` / `gemm_int8` read the activations as f32 rows x [m][k] through the
+// `xs` binding, viewed as vec4 (the GEMM has no int8 blocks): no activation rounding, and
+// no dot4I8Packed, which lavapipe emulates. Each invocation owns a register tile of COLS
+// columns (n = tile base + c·64 + lane: lanes read consecutive weight words) × ROWS rows
+// (the same for the whole workgroup, so every activation load is uniform: a broadcast on
+// GPUs). Each weight is dequantized once per tile and reused for ROWS rows; each vec4 of
+// activations is loaded once per tile and reused for COLS columns. On lavapipe the loads
+// are the cost, so wide tiles and vec4 loads win: SmolLM2's gate|up at 128 rows, one run
+// of `bench --prefill-matmul 128`: scalar loads 8x16 6-7 GFLOP/s, vec4 8x16 15-18, 16x16
+// 17-25, against 2-5 for the int8 path. No k split and no LoRA: prefill has row tiles
+// enough to fill a device, and steps with adapters take the int8 path (LoRA's `shrink`
+// reads its int8 blocks).
+
+//#if COLS
+// Four activations of row `row` from k = kk (a multiple of 4).
+fn x4(row: u32, kk: u32) -> vec4<f32> {
+    return xs[(row * p.k + kk) / 4u];
+}
+
+@compute @workgroup_size(64)
+fn gemm_int4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    // Columns past the end compute on the last column (no branches in the loop); their
+    // stores are skipped. Rows past the end repeat the last row.
+    let n{c} = wid.x * 64u * COLS + {c}u * 64u + lid.x;
+    let nc{c} = min(n{c}, p.n - 1u);
+    let m0 = wid.y * ROWS;
+    let row{r} = min(m0 + {r}u, p.m - 1u);
+    var acc{r}_{c}: f32 = 0.0;
+    let groups = p.k / 32u;
+    let nib = vec4<u32>(0u, 8u, 16u, 24u);
+    for (var g = 0u; g < groups; g = g + 1u) {
+        let sm{c} = unpack2x16float(scales[g * p.n + nc{c}]);
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            let w{c} = qweight[(g * 4u + j) * p.n + nc{c}];
+            // Word j holds k = 32g + 8j + e: e < 4 in the bytes' low nibbles, e ≥ 4 high.
+            let lo{c} = vec4<f32>((vec4<u32>(w{c}) >> nib) & vec4<u32>(0xFu)) * sm{c}.x + sm{c}.y;
+            let hi{c} = vec4<f32>((vec4<u32>(w{c}) >> (nib + 4u)) & vec4<u32>(0xFu)) * sm{c}.x + sm{c}.y;
+            let xlo{r} = x4(row{r}, g * 32u + j * 8u);
+            let xhi{r} = x4(row{r}, g * 32u + j * 8u + 4u);
+            acc{r}_{c} = acc{r}_{c} + dot(lo{c}, xlo{r}) + dot(hi{c}, xhi{r});
+        }
+    }
+    if (n{c} < p.n) { store(m0 + {r}u, n{c}, 0u, acc{r}_{c}); }
+}
+
+@compute @workgroup_size(64)
+fn gemm_int8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let n{c} = wid.x * 64u * COLS + {c}u * 64u + lid.x;
+    let nc{c} = min(n{c}, p.n - 1u);
+    let m0 = wid.y * ROWS;
+    let row{r} = min(m0 + {r}u, p.m - 1u);
+    var acc{r}_{c}: f32 = 0.0;
+    let groups = p.k / 32u;
+    let bytes = vec4<u32>(24u, 16u, 8u, 0u);
+    for (var g = 0u; g < groups; g = g + 1u) {
+        let sw{c} = unpack2x16float(scales[g * p.n + nc{c}]).x;
+        for (var j = 0u; j < 8u; j = j + 1u) {
+            // Word j holds k = 32g + 4j + e in byte e, signed: shift it to the top, then
+            // arithmetic-shift it back down.
+            let w{c} = vec4<f32>(vec4<i32>(vec4<u32>(qweight[(g * 8u + j) * p.n + nc{c}]) << bytes) >> vec4<u32>(24u)) * sw{c};
+            let xv{r} = x4(row{r}, g * 32u + j * 4u);
+            acc{r}_{c} = acc{r}_{c} + dot(w{c}, xv{r});
+        }
+    }
+    if (n{c} < p.n) { store(m0 + {r}u, n{c}, 0u, acc{r}_{c}); }
+}
+//#endif

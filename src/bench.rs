@@ -30,6 +30,9 @@ pub struct BenchReport {
     pub gpu_bytes: u64,
     /// Per kernel kind, ms per decode step (each launch timed alone).
     pub decode_kernel_ms: KernelProfile,
+    /// Per kernel kind, ms for one prefill chunk of `prefill_profile_tokens` tokens.
+    pub prefill_kernel_ms: KernelProfile,
+    pub prefill_profile_tokens: usize,
     pub gemv: GemvReport,
 }
 
@@ -169,6 +172,12 @@ pub fn run(
         logits = s.forward_profiled(&[id], &mut profile)?;
     }
     profile.ms.values_mut().for_each(|v| *v /= reps as f64);
+    // Per-kernel split of one prefill chunk (as many prompt tokens as one step takes).
+    let chunk = prompt.len().min(engine.options.max_rows);
+    let mut prefill_profile = KernelProfile::default();
+    engine
+        .session()
+        .forward_profiled(&prompt[..chunk], &mut prefill_profile)?;
     let gemv = gemv_vs_read(&engine.ctx, 2 * c.n_ff, c.n_embd, 7);
     Ok(BenchReport {
         device: engine.ctx.describe(),
@@ -184,6 +193,8 @@ pub fn run(
         kv_bytes: s.kv_bytes(),
         gpu_bytes: engine.model.weight_bytes() + s.kv_bytes() + s.activation_bytes(),
         decode_kernel_ms: profile,
+        prefill_kernel_ms: prefill_profile,
+        prefill_profile_tokens: chunk,
         gemv,
     })
 }
@@ -308,6 +319,7 @@ pub fn attention(
             AttentionPlan {
                 keys_per_split: 64,
                 shared_prefix: true,
+                flash_prefill: false,
             },
         ),
         per_stream_shared_cache_ms: time(
@@ -491,4 +503,88 @@ pub fn adapter_ttft(
         adapter_prefill_ms: median(adapted),
         switcher_probability: prob,
     })
+}
+
+/// One row of `bench --prefill-matmul`: a prefill-sized matmul by one path.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PrefillMatmulRow {
+    pub matrix: String,
+    pub n: usize,
+    pub k: usize,
+    pub m: usize,
+    /// "int8 GEMV path" or "f32 GEMM RxC".
+    pub path: String,
+    pub ms: f64,
+    pub gflop_per_s: f64,
+}
+
+/// Prefill-sized matmuls (`m` rows) on random int4 matrices of the model's gate|up and down
+/// shapes: the int8-activation path against the f32 GEMM with each register tile, in one run.
+pub fn prefill_matmul(
+    engine: &Engine,
+    m: usize,
+    tiles: &[(u32, u32)],
+    reps: usize,
+) -> Vec<PrefillMatmulRow> {
+    let ctx = &engine.ctx;
+    let c = &engine.model.config;
+    let mut out = Vec::new();
+    for (name, n, k) in [
+        ("gate_up", 2 * c.n_ff, c.n_embd),
+        ("down", c.n_embd, c.n_ff),
+    ] {
+        let groups: Vec<_> = (0..n * k / 32)
+            .map(|i| crate::loader::Q4Group {
+                scale: 0.01,
+                min: -0.08,
+                q: std::array::from_fn(|j| ((i * 7 + j * 3) % 16) as u8),
+            })
+            .collect();
+        let w = QuantMatrix::upload(ctx, name, n, k, QuantGroups::Int4(&groups));
+        let xq = ctx.storage("xq", (m * k * 4) as u64);
+        let xs = ctx.storage("xs", (m * k / 32 * 16) as u64);
+        let outb = ctx.storage("out", (m * n * 4) as u64);
+        let partials = ctx.storage("partials", ops::matmul_int4::partial_bytes(ctx, &w));
+        let io = MatmulIo {
+            xq: &xq,
+            xs: &xs,
+            out: &outb,
+            out_stride: n,
+            out_offset: 0,
+            bias: None,
+            accumulate: false,
+            partials: &partials,
+            lora: None,
+        };
+        let mut paths = vec![(
+            "int8 GEMV path".to_string(),
+            ops::matmul_int4::matmul_int4(ctx, name, &w, &io),
+        )];
+        for &(r, cl) in tiles {
+            paths.push((
+                format!("f32 GEMM {r}x{cl}"),
+                ops::matmul_int4::gemm(ctx, name, &w, &xq, &io, (r, cl)),
+            ));
+        }
+        let step = ops::Step {
+            rows: m as u32,
+            ..Default::default()
+        };
+        for (path, list) in &paths {
+            let refs: Vec<_> = list.iter().collect();
+            // Each list runs whatever path the step would take.
+            let ms = time_ms(ctx, reps, || ops::run_forced(ctx, &refs, &step));
+            let gflop_per_s = 2.0 * (m * n * k) as f64 / (ms / 1e3) / 1e9;
+            out.push(PrefillMatmulRow {
+                matrix: name.into(),
+                n,
+                k,
+                m,
+                path: path.clone(),
+                ms,
+                gflop_per_s,
+            });
+        }
+    }
+    out
 }

@@ -121,7 +121,14 @@ enum Cmd {
         adapter_ttft: bool,
         #[arg(long, default_value_t = 16)]
         lora_rank: usize,
-        /// Repetitions for --adapter-ttft (median).
+        /// Instead: prefill-sized matmuls of this many rows in the model's gate|up and down
+        /// shapes, the int8 path against the f32 GEMM with each --gemm-tiles tile (GFLOP/s).
+        #[arg(long)]
+        prefill_matmul: Option<usize>,
+        /// Register tiles (ROWSxCOLS) for --prefill-matmul.
+        #[arg(long, value_delimiter = ',', default_value = "8x2,4x8,8x8,8x16")]
+        gemm_tiles: Vec<String>,
+        /// Repetitions for --adapter-ttft and --prefill-matmul (median).
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
@@ -626,8 +633,32 @@ fn run(cli: Cli) -> Result<()> {
             adapter_ttft,
             lora_rank,
             reps,
+            prefill_matmul,
+            gemm_tiles,
         } => {
             let engine = load(model, &cli)?;
+            if let Some(m) = prefill_matmul {
+                let tiles = gemm_tiles
+                    .iter()
+                    .map(|t| parse_tile(t))
+                    .collect::<Result<Vec<_>>>()?;
+                let rows = edgereason::bench::prefill_matmul(&engine, *m, &tiles, (*reps).max(1));
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                } else {
+                    println!(
+                        "{} / {model}: prefill matmuls of {m} rows (median of {reps})",
+                        engine.ctx.describe()
+                    );
+                    for r in &rows {
+                        println!(
+                            "  {:<8} {:>5}x{:<5} {:<16} {:>9.2} ms {:>8.2} GFLOP/s",
+                            r.matrix, r.n, r.k, r.path, r.ms, r.gflop_per_s
+                        );
+                    }
+                }
+                return Ok(());
+            }
             if let Some(ranks) = lora_ranks {
                 let (base, base_again, rows) =
                     edgereason::bench::lora_ranks(&engine, *prompt_tokens, *gen_tokens, ranks)?;
@@ -752,16 +783,11 @@ fn run(cli: Cli) -> Result<()> {
                     "int4 GEMV     {}x{}: {:.2} ms = {:.2} GB/s; read kernel {:.2} GB/s; ratio {:.2}",
                     r.gemv.n, r.gemv.k, r.gemv.gemv_ms, r.gemv.gemv_gb_per_s, r.gemv.read_gb_per_s, r.gemv.ratio
                 );
-                let total: f64 = r.decode_kernel_ms.ms.values().sum();
-                println!(
-                    "decode step by kernel ({}, {total:.1} ms total):",
-                    r.decode_kernel_ms.source
+                print_kernel_split("decode step", &r.decode_kernel_ms);
+                print_kernel_split(
+                    &format!("prefill of {} tokens", r.prefill_profile_tokens),
+                    &r.prefill_kernel_ms,
                 );
-                let mut v: Vec<_> = r.decode_kernel_ms.ms.iter().collect();
-                v.sort_by(|a, b| b.1.total_cmp(a.1));
-                for (k, ms) in v {
-                    println!("  {k:<12} {ms:>8.2} ms  {:>5.1}%", 100.0 * ms / total);
-                }
             }
         }
         Cmd::Inspect { model } => {
@@ -822,4 +848,25 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One kernel-time split of `bench`, largest first.
+fn print_kernel_split(what: &str, p: &edgereason::model::KernelProfile) {
+    let total: f64 = p.ms.values().sum();
+    println!("{what} by kernel ({}, {total:.1} ms total):", p.source);
+    let mut v: Vec<_> = p.ms.iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(a.1));
+    for (k, ms) in v {
+        println!("  {k:<12} {ms:>8.2} ms  {:>5.1}%", 100.0 * ms / total);
+    }
+}
+
+/// "8x16" → (8, 16): a GEMM register tile of ROWS x COLS.
+fn parse_tile(t: &str) -> Result<(u32, u32)> {
+    let parsed = t
+        .split_once('x')
+        .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)));
+    parsed
+        .filter(|&(r, c)| (1..=32).contains(&r) && (1..=32).contains(&c))
+        .ok_or_else(|| anyhow::anyhow!("--gemm-tiles: '{t}' is not ROWSxCOLS with each in 1..=32"))
 }

@@ -179,6 +179,100 @@ fn matmul_int4_matches_reference() {
 }
 
 #[test]
+fn prefill_gemm_matches_reference() {
+    for ctx in contexts() {
+        // Awkward n, k, m and register tiles (ROWS x COLS), int4 and int8, several binding
+        // chunks; bias and residual accumulation in the epilogue.
+        let cases = [
+            (77usize, 96usize, 17usize, u64::MAX, (16u32, 16u32)),
+            (130, 160, 40, 2048, (3, 5)),
+            (67, 224, 5, u64::MAX, (4, 2)),
+            (45, 32, 33, 512, (8, 16)),
+        ];
+        for (i, &(n, k, m, limit, tile)) in cases.iter().enumerate() {
+            let x = rand_vec(m * k, 3 + m as u64);
+            let bias = rand_vec(n, 11);
+            let prev = rand_vec(m * n, 5);
+            let (mat, w) = if i % 2 == 0 {
+                let (groups, w) = quantized(n, k, 7 + n as u64);
+                (
+                    QuantMatrix::upload_with_limit(
+                        &ctx,
+                        "w",
+                        n,
+                        k,
+                        QuantGroups::Int4(&groups),
+                        limit.min(ctx.max_binding()),
+                    ),
+                    w,
+                )
+            } else {
+                let groups: Vec<_> = rand_vec(n * k, 17 + n as u64)
+                    .chunks(k)
+                    .flat_map(edgereason::loader::quantize_q8)
+                    .collect();
+                let w = HostTensor {
+                    shape: vec![n, k],
+                    data: TensorData::Q8(groups.clone()),
+                }
+                .to_f32();
+                (
+                    QuantMatrix::upload_with_limit(
+                        &ctx,
+                        "w8",
+                        n,
+                        k,
+                        QuantGroups::Int8(&groups),
+                        limit.min(ctx.max_binding()),
+                    ),
+                    w,
+                )
+            };
+            if limit < u64::MAX {
+                assert!(mat.chunks.len() > 1, "limit {limit} should split {n}x{k}");
+            }
+            let xb = ctx.storage_from("x", &x);
+            let (unused, scratch) = (ctx.storage("unused", 16), ctx.storage("scratch", 16));
+            let bb = ctx.storage_from("bias", &bias);
+            let out = ctx.storage_from("out", &prev);
+            let io = MatmulIo {
+                xq: &unused,
+                xs: &unused,
+                out: &out,
+                out_stride: n,
+                out_offset: 0,
+                bias: Some(&bb),
+                accumulate: true,
+                partials: &scratch,
+                lora: None,
+            };
+            let mm = ops::matmul_int4::gemm(&ctx, "gemm", &mat, &xb, &io, tile);
+            ops::run_forced(
+                &ctx,
+                &mm.iter().collect::<Vec<_>>(),
+                &ops::Step {
+                    rows: m as u32,
+                    ..Default::default()
+                },
+            );
+            let got: Vec<f32> = ctx.read(&out, 0, m * n).unwrap();
+            // f32 activations times the dequantized weights: only the summation order differs.
+            let want: Vec<f32> = ops::matmul_int4::reference(&w, n, k, &x, m, Some(&bias))
+                .iter()
+                .zip(&prev)
+                .map(|(a, b)| a + b)
+                .collect();
+            let what = format!(
+                "{} gemm {} n={n} k={k} m={m} tile {tile:?}",
+                path(&ctx),
+                if i % 2 == 0 { "int4" } else { "int8" }
+            );
+            assert_close(&what, &got, &want, 1e-4, 1e-4);
+        }
+    }
+}
+
+#[test]
 fn matmul_int8_matches_reference() {
     for ctx in contexts() {
         for &(n, k, m, limit) in &[
@@ -365,6 +459,7 @@ fn rope_and_attention_match_reference() {
         let plan = ops::attention::AttentionPlan {
             keys_per_split: 16,
             shared_prefix: true,
+            flash_prefill: false,
         };
         macro_rules! io {
             ($qkv:expr, $positions:expr, $tables:expr, $out:expr) => {
@@ -446,10 +541,66 @@ fn rope_and_attention_match_reference() {
             }
         }
 
+        // The flash prefill kernel on the same cache: all 80 rows as one stream's chunk (two
+        // workgroups of rows, the second partial), then the last 37 rows alone as a chunk
+        // continuing the stream (its keys include the earlier chunk's).
+        let rotated: Vec<f32> = ctx.read(&qkv, 0, n_ctx * stride).unwrap();
+        let flash_plan = ops::attention::AttentionPlan {
+            flash_prefill: true,
+            ..plan
+        };
+        for first in [0usize, 43] {
+            let rows: Vec<usize> = (first..n_ctx).collect();
+            let q3: Vec<f32> = rows
+                .iter()
+                .flat_map(|&t| rotated[t * stride..(t + 1) * stride].to_vec())
+                .collect();
+            let q3b = ctx.storage_from("q3", &q3);
+            let pos3 =
+                ctx.storage_from("pos3", &rows.iter().map(|&t| t as u32).collect::<Vec<_>>());
+            let out3 = ctx.storage("out3", (rows.len() * n_head * hd * 4) as u64);
+            let tables3 = table_rows(rows.len());
+            let att3 = ops::attention::attention(
+                &ctx,
+                "att3",
+                &io!(&q3b, &pos3, &tables3, &out3),
+                n_head,
+                n_kv,
+                hd,
+                flash_plan,
+            );
+            let step = ops::Step {
+                rows: rows.len() as u32,
+                row0: 0,
+                kv_len: n_ctx as u32,
+                one_stream: true,
+                ..Default::default()
+            };
+            assert!(
+                step.flash(),
+                "{} rows of one stream take the flash prefill kernel",
+                rows.len()
+            );
+            ops::run_step(&ctx, &att3.iter().collect::<Vec<_>>(), &step);
+            let got3: Vec<f32> = ctx.read(&out3, 0, rows.len() * n_head * hd).unwrap();
+            for &(t, h) in wanted.keys().filter(|(t, _)| *t >= first) {
+                let o = (t - first) * n_head * hd + h * hd;
+                assert_close(
+                    &format!(
+                        "{} flash prefill row {t} head {h} (chunk from {first})",
+                        path(&ctx)
+                    ),
+                    &got3[o..o + hd],
+                    &wanted[&(t, h)],
+                    2e-4,
+                    2e-3,
+                );
+            }
+        }
+
         // Decode-sized steps with 16-key splits: 5 rows at scattered positions (splits, empty
         // splits for short rows, merged by log-sum-exp), then 3 rows sharing their first 70
         // keys (the shared-prefix pass takes 4 whole splits once for all rows).
-        let rotated: Vec<f32> = ctx.read(&qkv, 0, n_ctx * stride).unwrap();
         for (rows, shared_len, want_prefix) in [
             (vec![79usize, 64, 63, 5, 0], 1u32, 0u32),
             (vec![79, 75, 70], 71, 4),
@@ -545,6 +696,7 @@ fn shared_prefix_attention_matches_reference() {
                         AttentionPlan {
                             keys_per_split,
                             shared_prefix,
+                            flash_prefill: false,
                         },
                     );
                     ops::run_step(&ctx, &att.iter().collect::<Vec<_>>(), &step);

@@ -5,10 +5,12 @@
 //! a line containing `{r}` is repeated for r in 0..ROWS with `{r}` replaced, so a kernel
 //! keeps one accumulator *variable* per activation row (LLVM-based drivers such as lavapipe
 //! spill private arrays indexed by a loop counter to memory; named variables stay in
-//! registers). Lines between `//#if NAME`, `//#else` and `//#endif` are kept or dropped
-//! by whether define NAME is non-zero, so a kernel can carry a subgroup variant next to
-//! its portable one (WGSL has no preprocessor, and a subgroup call must not even appear
-//! in a shader for a device without subgroups).
+//! registers); likewise `{c}` for c in 0..COLS, and a line with both is repeated for every
+//! (r, c) pair (one accumulator per row and column of a register tile). Lines between
+//! `//#if NAME`, `//#else` and `//#endif` are kept or dropped by whether define NAME is
+//! non-zero, so a kernel can carry a subgroup variant next to its portable one (WGSL has
+//! no preprocessor, and a subgroup call must not even appear in a shader for a device
+//! without subgroups).
 
 /// Compile-time constants for one pipeline variant, e.g. `ROWS = 4`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -67,6 +69,7 @@ pub const SHADER_FILES: &[&str] = &[
 /// Full WGSL for a kernel file: defines, prelude, body with `{r}` lines expanded.
 pub fn expand_shader(name: &str, defines: &ShaderDefines) -> String {
     let rows = defines.get("ROWS").unwrap_or(1);
+    let cols = defines.get("COLS").unwrap_or(1);
     let mut out = String::new();
     for (n, v) in &defines.0 {
         out.push_str(&format!("const {n}: u32 = {v}u;\n"));
@@ -92,14 +95,17 @@ pub fn expand_shader(name: &str, defines: &ShaderDefines) -> String {
         if conds.iter().any(|(on, _)| !on) {
             continue;
         }
-        if line.contains("{r}") {
-            for r in 0..rows {
-                out.push_str(&line.replace("{r}", &r.to_string()));
+        let rs = if line.contains("{r}") { 0..rows } else { 0..1 };
+        let cs = if line.contains("{c}") { 0..cols } else { 0..1 };
+        for r in rs {
+            for c in cs.clone() {
+                out.push_str(
+                    &line
+                        .replace("{r}", &r.to_string())
+                        .replace("{c}", &c.to_string()),
+                );
                 out.push('\n');
             }
-        } else {
-            out.push_str(line);
-            out.push('\n');
         }
     }
     out

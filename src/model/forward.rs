@@ -8,8 +8,8 @@ use crate::adapters::{LoraApply, LoraSet};
 use crate::kv::{BlockCopy, BlockPool, KvError, StreamId};
 use crate::ops::attention::{AttentionIo, BlockTables};
 use crate::ops::lora::LoraRows;
-use crate::ops::matmul_int4::{matmul_int4, MatmulIo, MatmulLora};
-use crate::ops::{self, Dispatch, Step};
+use crate::ops::matmul_int4::{gemm, matmul_int4, MatmulIo, MatmulLora};
+use crate::ops::{self, Dispatch, Step, When};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -116,6 +116,8 @@ impl Session {
         let qkv = ctx.storage("qkv", mr * qkv_dim as u64 * f);
         let attn = ctx.storage("attn", mr * q_dim as u64 * f);
         let gate_up = ctx.storage("gate_up", mr * 2 * c.n_ff as u64 * f);
+        // Prefill GEMM path: the normalized x, then the SwiGLU output, as f32 rows.
+        let xf = ctx.storage("xf", mr * c.n_embd.max(c.n_ff) as u64 * f);
         let logits = ctx.storage("logits", lm_rows as u64 * c.n_vocab as u64 * f);
         let unused = ctx.storage("unused", 16);
         let (po, pml) = ops::attention::partial_bytes(c.n_head, hd);
@@ -124,6 +126,7 @@ impl Session {
             ctx.storage("attn.part_ml", pml),
         );
         let plan = ops::attention::AttentionPlan::for_device(&ctx);
+        let gemm_tile = ops::matmul_int4::prefill_gemm(&ctx);
         let mm_part_bytes = model
             .layers
             .iter()
@@ -162,8 +165,17 @@ impl Session {
                          w: &ops::matmul_int4::QuantMatrix,
                          io: MatmulIo,
                          push: &mut dyn FnMut(Dispatch)| {
+            let int8_path = |ds: Vec<Dispatch>| {
+                ds.into_iter().map(|d| {
+                    if gemm_tile.is_some() {
+                        d.only(When::Gemm(false))
+                    } else {
+                        d
+                    }
+                })
+            };
             let Some(set) = &lora else {
-                return matmul_int4(&ctx, label, w, &io).into_iter().for_each(push);
+                return int8_path(matmul_int4(&ctx, label, w, &io)).for_each(push);
             };
             let m = &set.layers[l][f];
             push(ops::lora::shrink(
@@ -185,7 +197,7 @@ impl Session {
                         b: &m.b,
                         segments: m.segments,
                     };
-                    matmul_int4(
+                    int8_path(matmul_int4(
                         &ctx,
                         label,
                         w,
@@ -193,14 +205,11 @@ impl Session {
                             lora: Some(fused),
                             ..io
                         },
-                    )
-                    .into_iter()
+                    ))
                     .for_each(&mut *push);
                 }
                 LoraApply::Separate => {
-                    matmul_int4(&ctx, label, w, &io)
-                        .into_iter()
-                        .for_each(&mut *push);
+                    int8_path(matmul_int4(&ctx, label, w, &io)).for_each(&mut *push);
                     push(ops::lora::expand(
                         &ctx,
                         &format!("{label}.lora_b"),
@@ -230,21 +239,36 @@ impl Session {
         for d in ops::embedding::embedding(&ctx, "embedding", &model.token_embd, &tokens, &x) {
             body.push((0, d));
         }
+        // Where the device takes the prefill GEMM, each matmul has two launch lists: the
+        // int8 path (decode; steps with adapters) and the f32 GEMM (prefill-sized steps);
+        // `When::Gemm` picks one per step. `gemm_launches` is empty elsewhere.
+        let int8_launch = |d: Dispatch| {
+            if gemm_tile.is_some() {
+                d.only(When::Gemm(false))
+            } else {
+                d
+            }
+        };
+        let gemm_launches =
+            |label: &str, w: &ops::matmul_int4::QuantMatrix, x: &wgpu::Buffer, io: &MatmulIo| {
+                gemm_tile.map_or(Vec::new(), |t| gemm(&ctx, label, w, x, io, t))
+            };
+        let norm = |label: &str, weight: &wgpu::Buffer| {
+            let int8 = int8_launch(ops::rmsnorm::rmsnorm(
+                &ctx, label, &x, weight, c.n_embd, c.rms_eps, &unused, &xq, &xs, true,
+            ));
+            let f32_rows = gemm_tile.map(|_| {
+                ops::rmsnorm::rmsnorm(
+                    &ctx, label, &x, weight, c.n_embd, c.rms_eps, &xf, &xq, &xs, false,
+                )
+                .only(When::Gemm(true))
+            });
+            std::iter::once(int8).chain(f32_rows)
+        };
         for (l, layer) in model.layers.iter().enumerate() {
             let mut push = |d: Dispatch| body.push((l, d));
             // x = x + Wo · attention(rope(Wqkv · norm(x)))
-            push(ops::rmsnorm::rmsnorm(
-                &ctx,
-                "attn_norm",
-                &x,
-                &layer.attn_norm,
-                c.n_embd,
-                c.rms_eps,
-                &unused,
-                &xq,
-                &xs,
-                true,
-            ));
+            norm("attn_norm", &layer.attn_norm).for_each(&mut push);
             let qkv_io = MatmulIo {
                 out: &qkv,
                 out_stride: qkv_dim,
@@ -252,6 +276,9 @@ impl Session {
                 ..io
             };
             with_lora(l, 0, "qkv", &layer.wqkv, qkv_io, &mut push);
+            gemm_launches("qkv", &layer.wqkv, &xf, &qkv_io)
+                .into_iter()
+                .for_each(&mut push);
             push(ops::rope::rope_store_kv(
                 &ctx,
                 "rope",
@@ -282,7 +309,7 @@ impl Session {
             ops::attention::attention(&ctx, "attention", &att, c.n_head, c.n_kv_head, hd, plan)
                 .into_iter()
                 .for_each(&mut push);
-            push(ops::quantize_act::quantize_act(
+            push(int8_launch(ops::quantize_act::quantize_act(
                 &ctx,
                 "attn_quant",
                 &attn,
@@ -290,7 +317,7 @@ impl Session {
                 q_dim,
                 &xq,
                 &xs,
-            ));
+            )));
             with_lora(
                 l,
                 1,
@@ -302,34 +329,37 @@ impl Session {
                 },
                 &mut push,
             );
-            // x = x + W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))
-            push(ops::rmsnorm::rmsnorm(
-                &ctx,
-                "ffn_norm",
-                &x,
-                &layer.ffn_norm,
-                c.n_embd,
-                c.rms_eps,
-                &unused,
-                &xq,
-                &xs,
-                true,
-            ));
-            with_lora(
-                l,
-                2,
-                "gate_up",
-                &layer.w_gate_up,
-                MatmulIo {
-                    out: &gate_up,
-                    out_stride: 2 * c.n_ff,
+            gemm_launches(
+                "wo",
+                &layer.wo,
+                &attn,
+                &MatmulIo {
+                    accumulate: true,
                     ..io
                 },
-                &mut push,
-            );
-            push(ops::swiglu::swiglu(
+            )
+            .into_iter()
+            .for_each(&mut push);
+            // x = x + W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))
+            norm("ffn_norm", &layer.ffn_norm).for_each(&mut push);
+            let gate_up_io = MatmulIo {
+                out: &gate_up,
+                out_stride: 2 * c.n_ff,
+                ..io
+            };
+            with_lora(l, 2, "gate_up", &layer.w_gate_up, gate_up_io, &mut push);
+            gemm_launches("gate_up", &layer.w_gate_up, &xf, &gate_up_io)
+                .into_iter()
+                .for_each(&mut push);
+            push(int8_launch(ops::swiglu::swiglu(
                 &ctx, "swiglu", &gate_up, c.n_ff, &xq, &xs,
-            ));
+            )));
+            if gemm_tile.is_some() {
+                push(
+                    ops::swiglu::swiglu_f32(&ctx, "swiglu", &gate_up, c.n_ff, &xf, &unused)
+                        .only(When::Gemm(true)),
+                );
+            }
             with_lora(
                 l,
                 3,
@@ -341,6 +371,17 @@ impl Session {
                 },
                 &mut push,
             );
+            gemm_launches(
+                "down",
+                &layer.w_down,
+                &xf,
+                &MatmulIo {
+                    accumulate: true,
+                    ..io
+                },
+            )
+            .into_iter()
+            .for_each(&mut push);
         }
         // logits = W_out · norm(x), for the rows asked for
         let mut head = vec![ops::rmsnorm::rmsnorm(
@@ -399,7 +440,7 @@ impl Session {
             v_cache,
             block_scratch,
             _buffers: vec![
-                x, xq, xs, qkv, attn, gate_up, unused, part_o, part_ml, mm_part, lora_u,
+                x, xq, xs, xf, qkv, attn, gate_up, unused, part_o, part_ml, mm_part, lora_u,
             ],
             body,
             head,
@@ -602,12 +643,14 @@ impl Session {
         }
         let min_keys = positions.iter().min().map_or(0, |p| p + 1);
         let shared_len = ((shared_blocks * BLOCK_SIZE) as u32).min(min_keys);
+        let one_stream = rows.iter().all(|r| r.0 == rows[0].0);
         Ok(Step {
             rows: rows.len() as u32,
             row0: 0,
             kv_len: positions.iter().max().map_or(0, |p| p + 1),
             shared_len,
             adapters,
+            one_stream,
         })
     }
 
@@ -782,8 +825,7 @@ impl Session {
                         rows: 1,
                         row0: rows - 1,
                         kv_len,
-                        shared_len: 0,
-                        adapters: false,
+                        ..Default::default()
                     },
                 )
             }))

@@ -1,8 +1,9 @@
 //! Causal GQA attention over the f16 KV cache (`shaders/attention.wgsl`), one workgroup per
 //! (head, row, key split); row m sees cache slots `0..=positions[m]`. Decode steps on GPUs
-//! split the keys (flash-decoding) and a merge pass combines the splits.
+//! split the keys (flash-decoding) and a merge pass combines the splits. Prefill chunks
+//! (many rows of one stream) take the flash prefill kernel: one invocation per query row.
 
-use super::{Dispatch, DispatchSpec, Dyn, Grid};
+use super::{Dispatch, DispatchSpec, Dyn, Grid, When};
 use crate::gpu::{Binding, GpuContext, ShaderDefines};
 
 const KINDS: &[Binding] = &[
@@ -65,23 +66,30 @@ pub struct AttentionIo<'a> {
     pub partials: (&'a wgpu::Buffer, &'a wgpu::Buffer),
 }
 
-/// How a layer's attention is split: keys per split for decode steps (0 = never split) and
-/// whether decode steps over a common prompt take the shared-prefix pass.
+/// How a layer's attention is split: keys per split for decode steps (0 = never split),
+/// whether decode steps over a common prompt take the shared-prefix pass, and whether
+/// prefill chunks take the flash prefill kernel.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionPlan {
     pub keys_per_split: u32,
     pub shared_prefix: bool,
+    pub flash_prefill: bool,
 }
 
 impl AttentionPlan {
-    /// This device's plan: [`keys_per_split`] and the shared-prefix pass on.
-    /// EDGEREASON_KEYS_PER_SPLIT and EDGEREASON_SHARED_PREFIX=0|1 override them (for
-    /// measuring one against the other).
+    /// This device's plan: [`keys_per_split`], the shared-prefix pass on, and the flash
+    /// prefill kernel on CPU adapters. There it took SmolLM2's 128-token prefill attention
+    /// from 2607 to 612 ms (`bench`, lavapipe); on a GPU its one invocation per (row, head)
+    /// launches 64× fewer threads than the per-row kernel, so GPUs keep that one until it
+    /// is measured there. EDGEREASON_KEYS_PER_SPLIT, EDGEREASON_SHARED_PREFIX=0|1 and
+    /// EDGEREASON_FLASH_PREFILL=0|1 override them (for measuring one against the other).
     pub fn for_device(ctx: &GpuContext) -> Self {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
         AttentionPlan {
             keys_per_split: env("EDGEREASON_KEYS_PER_SPLIT").unwrap_or_else(|| keys_per_split(ctx)),
             shared_prefix: env("EDGEREASON_SHARED_PREFIX").is_none_or(|v| v != 0),
+            flash_prefill: env("EDGEREASON_FLASH_PREFILL")
+                .map_or(ctx.adapter.device_type == "Cpu", |v| v != 0),
         }
     }
 }
@@ -198,6 +206,12 @@ pub fn attention(
             },
         ),
     ));
+    if plan.flash_prefill {
+        out.iter_mut().for_each(|d| d.set_when(When::Flash(false)));
+        let mut flash = spec("prefill", Grid::Rows64 { x });
+        flash.defines = flash.defines.with("HEAD_DIM", head_dim as u32);
+        out.push(Dispatch::new(ctx, flash).only(When::Flash(true)));
+    }
     out
 }
 
@@ -416,6 +430,7 @@ impl StreamsOverPrompt {
             rows: self.suffix_lens.len() as u32,
             row0: 0,
             kv_len: max_keys as u32,
+            one_stream: false,
             shared_len: (common * self.block_size).min(min_keys) as u32,
             adapters: false,
         }

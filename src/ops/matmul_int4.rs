@@ -5,7 +5,7 @@
 //! chunks that each fit one storage binding (a 151936×896 LM head is one chunk at 4 bits on
 //! lavapipe's 128 MiB, but a bigger vocabulary or a phone's smaller limit is not).
 
-use super::{Dispatch, DispatchSpec, Dyn, Grid};
+use super::{Dispatch, DispatchSpec, Dyn, Grid, When};
 use crate::gpu::{Binding, GpuContext, ShaderDefines};
 use crate::loader::{Q4Group, Q8Group};
 
@@ -228,6 +228,7 @@ pub fn partial_bytes(ctx: &GpuContext, w: &QuantMatrix) -> u64 {
 }
 
 /// Buffers one matmul reads and writes.
+#[derive(Clone, Copy)]
 pub struct MatmulIo<'a> {
     /// Activations as int8 blocks (`quantize_act` or a fused norm): [m][k/4], [m][k/32].
     pub xq: &'a wgpu::Buffer,
@@ -357,6 +358,90 @@ fn matmul_dispatches(
         }
     }
     out_list
+}
+
+/// The prefill GEMM's register tile (ROWS, COLS) on this device, or `None` where prefill
+/// keeps the int8 path. Rows share each dequantized weight, columns each activation load.
+/// CPU adapters take the GEMM with a 16x16 tile: on lavapipe activation loads dominate,
+/// so the widest tile won (SmolLM2's gate|up at 128 rows, `bench --prefill-matmul 128`,
+/// two runs: 8x16 14-18 GFLOP/s, 16x16 17-25, 8x32 9-14, 16x8 10-13; int8 path 2-5).
+/// GPUs keep the int8 path, whose dot4I8Packed is native there, until the GEMM is
+/// measured on one (256 accumulators per invocation would spill there: try 4x4 to 8x8).
+/// EDGEREASON_PREFILL_GEMM=0|1 and EDGEREASON_GEMM_TILE=RxC override (for measuring).
+pub fn prefill_gemm(ctx: &GpuContext) -> Option<(u32, u32)> {
+    let forced = std::env::var("EDGEREASON_PREFILL_GEMM")
+        .ok()
+        .map(|v| v != "0");
+    if !forced.unwrap_or(ctx.adapter.device_type == "Cpu") {
+        return None;
+    }
+    let env = std::env::var("EDGEREASON_GEMM_TILE").ok().and_then(|v| {
+        let (r, c) = v.split_once('x')?;
+        Some((r.parse().ok()?, c.parse().ok()?))
+    });
+    Some(env.unwrap_or((16, 16)))
+}
+
+/// Prefill launches of `W·x` with f32 activations `x` [m][k] (the `gemm_*` entries: see
+/// the shader), one per chunk, recorded only in steps on the GEMM path ([`Step::gemm`]);
+/// output, bias and residual as `io` says (its int8 blocks and LoRA are not used);
+/// `(rows, cols)` is the register tile ([`prefill_gemm`]).
+///
+/// [`Step::gemm`]: super::Step::gemm
+pub fn gemm(
+    ctx: &GpuContext,
+    label: &str,
+    w: &QuantMatrix,
+    x: &wgpu::Buffer,
+    io: &MatmulIo,
+    (rows, cols): (u32, u32),
+) -> Vec<Dispatch> {
+    let flags =
+        if io.bias.is_some() { ADD_BIAS } else { 0 } | if io.accumulate { ACCUMULATE } else { 0 };
+    let defines = ShaderDefines::new().with("ROWS", rows).with("COLS", cols);
+    let entry = match w.format {
+        WeightFormat::Int4 => "gemm_int4",
+        WeightFormat::Int8 => "gemm_int8",
+    };
+    w.chunks
+        .iter()
+        .map(|c| {
+            let spec = DispatchSpec {
+                label: format!("{label}[{}..]", c.n0),
+                shader: "matmul_int4",
+                entry,
+                kinds: KINDS,
+                words: vec![
+                    c.n as u32,
+                    w.k as u32,
+                    0,
+                    flags,
+                    io.out_stride as u32,
+                    (io.out_offset + c.n0) as u32,
+                    1,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+                dynamic: vec![(2, Dyn::Rows)],
+                // The activations go in the `xs` slot, which the shader views as vec4<f32>.
+                buffers: vec![
+                    &c.qweight,
+                    &c.scales,
+                    io.xq,
+                    x,
+                    io.bias.unwrap_or(io.xs),
+                    io.out,
+                    io.partials,
+                ],
+                grid: Grid::Gemm { n: c.n as u32 },
+                defines: defines.clone(),
+            };
+            Dispatch::new(ctx, spec).only(When::Gemm(true))
+        })
+        .collect()
 }
 
 /// Plain f32 reference: `out[m, n] = Σ_k W[n, k]·x[m, k] + bias[n]` with W dequantized.

@@ -58,6 +58,50 @@ pub struct Step {
     pub shared_len: u32,
     /// Some row uses a LoRA adapter (LoRA launches are skipped otherwise).
     pub adapters: bool,
+    /// Every row is the next token of one stream, in order (a prefill chunk): the rows
+    /// share one block table.
+    pub one_stream: bool,
+}
+
+/// Rows above which a step is prefill-sized: matmuls take the f32 GEMM (when no row uses
+/// an adapter) and attention the flash prefill kernel (when the rows are one stream's).
+pub const PREFILL_ROWS: u32 = 16;
+
+impl Step {
+    /// Matmuls run as the tiled f32-activation GEMM (`gemm_*` entries) instead of the int8
+    /// GEMV path. Steps with adapters keep the int8 path: LoRA's shrink reads its blocks.
+    pub fn gemm(&self) -> bool {
+        self.rows > PREFILL_ROWS && !self.adapters
+    }
+
+    /// Attention runs as the flash prefill kernel (one invocation per query row, keys
+    /// streamed through an online softmax), which reads one block table for all rows.
+    pub fn flash(&self) -> bool {
+        self.rows > PREFILL_ROWS && self.one_stream
+    }
+}
+
+/// In which steps a launch is recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    Always,
+    /// Some row uses an adapter (LoRA's own kernels).
+    WithAdapters,
+    /// [`Step::gemm`] equals the flag (the GEMM path, or the int8 path's launches).
+    Gemm(bool),
+    /// [`Step::flash`] equals the flag.
+    Flash(bool),
+}
+
+impl When {
+    fn holds(self, step: &Step) -> bool {
+        match self {
+            When::Always => true,
+            When::WithAdapters => step.adapters,
+            When::Gemm(on) => step.gemm() == on,
+            When::Flash(on) => step.flash() == on,
+        }
+    }
 }
 
 /// How many workgroups split one (head, row)'s keys: decode-sized steps on GPUs split the
@@ -114,6 +158,11 @@ pub enum Grid {
         group: u32,
         keys_per_split: u32,
     },
+    /// x = ceil(n / (64·COLS)) column tiles, y = ceil(rows / ROWS) row tiles (ROWS and
+    /// COLS are the pipeline's defines).
+    Gemm { n: u32 },
+    /// x fixed, y = ceil(rows / 64): one invocation per row.
+    Rows64 { x: u32 },
 }
 
 /// One kernel launch with everything but the row count fixed.
@@ -129,7 +178,7 @@ pub struct Dispatch {
     last: Cell<Option<(u32, u32, u32, u32)>>,
     grid: Grid,
     defines: ShaderDefines,
-    only_with_adapters: bool,
+    when: When,
 }
 
 /// What a launcher hands to [`Dispatch::new`].
@@ -167,14 +216,24 @@ impl Dispatch {
             last: Cell::new(None),
             grid: spec.grid,
             defines: spec.defines,
-            only_with_adapters: false,
+            when: When::Always,
         }
     }
 
-    /// Launch only in steps where some row uses an adapter (LoRA's own kernels).
-    pub fn only_with_adapters(mut self) -> Self {
-        self.only_with_adapters = true;
+    /// Launch only in steps where `when` holds.
+    pub fn only(mut self, when: When) -> Self {
+        self.set_when(when);
         self
+    }
+
+    /// As [`only`](Self::only), in place.
+    pub fn set_when(&mut self, when: When) {
+        self.when = when;
+    }
+
+    /// Launch only in steps where some row uses an adapter (LoRA's own kernels).
+    pub fn only_with_adapters(self) -> Self {
+        self.only(When::WithAdapters)
     }
 
     /// Rows per workgroup-row for `rows` (matmul picks an exact register tile up to 16;
@@ -205,7 +264,15 @@ impl Dispatch {
 
     /// Record into `pass` for one step.
     pub fn record_step(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, step: &Step) {
-        if step.rows == 0 || (self.only_with_adapters && !step.adapters) {
+        if self.when.holds(step) {
+            self.record_forced(ctx, pass, step);
+        }
+    }
+
+    /// As [`record_step`](Self::record_step) whatever path the step takes (tests and
+    /// benchmarks run one path's launches on any step).
+    pub fn record_forced(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, step: &Step) {
+        if step.rows == 0 {
             return;
         }
         let (splits, shared) = match self.grid {
@@ -272,6 +339,17 @@ impl Dispatch {
                     [x, (rows * group).div_ceil(per), shared],
                 )
             }
+            Grid::Gemm { n } => {
+                let (per_row, per_col) = (
+                    self.defines.get("ROWS").unwrap_or(1),
+                    self.defines.get("COLS").unwrap_or(1),
+                );
+                (
+                    self.defines.clone(),
+                    [n.div_ceil(64 * per_col), rows.div_ceil(per_row), 1],
+                )
+            }
+            Grid::Rows64 { x } => (self.defines.clone(), [x, rows.div_ceil(64), 1]),
         };
         let pipeline = ctx.pipeline(self.shader, self.entry, &defines, &self.layout.1);
         pass.set_pipeline(&pipeline);
@@ -300,6 +378,20 @@ pub fn run_step(ctx: &GpuContext, dispatches: &[&Dispatch], step: &Step) {
         let mut pass = enc.begin_compute_pass(&Default::default());
         for d in dispatches {
             d.record_step(ctx, &mut pass, step);
+        }
+    }
+    ctx.queue.submit([enc.finish()]);
+    ctx.wait();
+}
+
+/// As [`run_step`], recording every launch whatever path the step takes (a test or a
+/// benchmark of one path's launches, e.g. the prefill GEMM at any row count).
+pub fn run_forced(ctx: &GpuContext, dispatches: &[&Dispatch], step: &Step) {
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for d in dispatches {
+            d.record_forced(ctx, &mut pass, step);
         }
     }
     ctx.queue.submit([enc.finish()]);

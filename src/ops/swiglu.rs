@@ -1,5 +1,6 @@
 //! SwiGLU (`shaders/swiglu.wgsl`): `h = silu(gate) · up` from one `[m][2·n_ff]` buffer,
-//! written as int8 blocks for the down projection.
+//! written as int8 blocks for the down projection ([`swiglu`]) or as f32 rows for the
+//! prefill GEMM ([`swiglu_f32`]).
 
 use super::{Dispatch, DispatchSpec, Dyn, Grid};
 use crate::gpu::{Binding, GpuContext};
@@ -7,6 +8,7 @@ use crate::gpu::{Binding, GpuContext};
 const KINDS: &[Binding] = &[
     Binding::Uniform,
     Binding::Read,
+    Binding::ReadWrite,
     Binding::ReadWrite,
     Binding::ReadWrite,
 ];
@@ -19,16 +21,39 @@ pub fn swiglu(
     xq: &wgpu::Buffer,
     xs: &wgpu::Buffer,
 ) -> Dispatch {
+    launch(ctx, label, "main", gate_up, n_ff, [xq, xs, xs])
+}
+
+/// As [`swiglu`], writing `h` [m][n_ff] f32 (`scratch` fills the unused int8 bindings).
+pub fn swiglu_f32(
+    ctx: &GpuContext,
+    label: &str,
+    gate_up: &wgpu::Buffer,
+    n_ff: usize,
+    h: &wgpu::Buffer,
+    scratch: &wgpu::Buffer,
+) -> Dispatch {
+    launch(ctx, label, "f32_out", gate_up, n_ff, [scratch, scratch, h])
+}
+
+fn launch(
+    ctx: &GpuContext,
+    label: &str,
+    entry: &'static str,
+    gate_up: &wgpu::Buffer,
+    n_ff: usize,
+    outs: [&wgpu::Buffer; 3],
+) -> Dispatch {
     Dispatch::new(
         ctx,
         DispatchSpec {
             label: label.into(),
             shader: "swiglu",
-            entry: "main",
+            entry,
             kinds: KINDS,
             words: vec![n_ff as u32, 0, 0, 0],
             dynamic: vec![(1, Dyn::Rows)],
-            buffers: vec![gate_up, xq, xs],
+            buffers: vec![gate_up, outs[0], outs[1], outs[2]],
             grid: Grid::PerRow {
                 x: super::wg64(n_ff / 32),
             },
