@@ -24,7 +24,8 @@ struct Params {
     block_size: u32,     // cache slots per block
     max_blocks: u32,     // block-table entries per row
     shared_splits: u32,  // leading splits whose keys every row shares (done by `prefix`)
-    _pad: u32,
+    quantize: u32,       // 1: also write the output as int8 blocks for the Wo matmul
+
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -38,6 +39,32 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> part_ml: array<vec2<f32>>;
 // Block table per row: [m][max_blocks] block ids.
 @group(0) @binding(8) var<storage, read> tables: array<u32>;
+// With p.quantize: the output again as matmul_int4's int8 blocks [m][n_head·head_dim / 4]
+// and stats [m][n_head·head_dim / 32] (head_dim a multiple of 32, so blocks never straddle
+// heads): the Wo matmul needs no quantization launch of its own.
+@group(0) @binding(9) var<storage, read_write> xq: array<u32>;
+@group(0) @binding(10) var<storage, read_write> xs: array<vec4<f32>>;
+
+// Quantize block g of head h of row m from `out`, which this workgroup has written.
+fn quantize_out(m: u32, h: u32, g: u32) {
+    let q_dim = p.n_head * p.head_dim;
+    let first = m * q_dim + h * p.head_dim + g * 32u;
+    var v: array<f32, 32>;
+    for (var i = 0u; i < 32u; i = i + 1u) {
+        v[i] = out[first + i];
+    }
+    store_block(m, h, g, &v);
+}
+
+fn store_block(m: u32, h: u32, g: u32, v: ptr<function, array<f32, 32>>) {
+    let q_dim = p.n_head * p.head_dim;
+    let blk = quantize_block(v);
+    let word = m * (q_dim / 4u) + (h * p.head_dim + g * 32u) / 4u;
+    for (var w = 0u; w < 8u; w = w + 1u) {
+        xq[word + w] = blk.words[w];
+    }
+    xs[m * (q_dim / 32u) + (h * p.head_dim) / 32u + g] = blk.stats;
+}
 
 fn key_slot(m: u32, t: u32) -> u32 {
     return tables[m * p.max_blocks + t / p.block_size] * p.block_size + t % p.block_size;
@@ -206,6 +233,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         out[o + 2u * (tid + WG)] = acc1.x / run_sum;
         out[o + 2u * (tid + WG) + 1u] = acc1.y / run_sum;
     }
+    if (p.quantize != 0u) {
+        storageBarrier();
+        if (tid < hd / 32u) {
+            quantize_out(m, h, tid);
+        }
+    }
 }
 
 // Shared-prefix (cascade) attention, as Hydragen / FlashInfer's cascade: the N streams'
@@ -326,6 +359,12 @@ fn merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
         }
         out[m * p.n_head * hd + h * hd + d] = num / den;
     }
+    if (p.quantize != 0u) {
+        storageBarrier();
+        if (lid.x < hd / 32u) {
+            quantize_out(m, h, lid.x);
+        }
+    }
 }
 
 //#if HEAD_DIM
@@ -376,7 +415,18 @@ fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     if (m0 + lid.x < p.m) {
         let o = m * p.n_head * HEAD_DIM + h * HEAD_DIM;
         for (var d = 0u; d < HEAD_DIM; d = d + 1u) {
-            out[o + d] = acc[d] / run_sum;
+            acc[d] = acc[d] / run_sum;
+            out[o + d] = acc[d];
+        }
+        // This invocation holds its row's whole head: quantize it straight from registers.
+        if (p.quantize != 0u) {
+            for (var g = 0u; g < HEAD_DIM / 32u; g = g + 1u) {
+                var v: array<f32, 32>;
+                for (var i = 0u; i < 32u; i = i + 1u) {
+                    v[i] = acc[g * 32u + i];
+                }
+                store_block(m, h, g, &v);
+            }
         }
     }
 }

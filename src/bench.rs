@@ -33,7 +33,68 @@ pub struct BenchReport {
     /// Per kernel kind, ms for one prefill chunk of `prefill_profile_tokens` tokens.
     pub prefill_kernel_ms: KernelProfile,
     pub prefill_profile_tokens: usize,
+    /// What one decode step asks of the GPU (median over a few steps).
+    pub decode_step_cost: StepCost,
     pub gemv: GemvReport,
+}
+
+/// The fixed cost of one decode step: launches, passes, submissions, bytes read back, the
+/// host time to prepare, record and submit it, and the GPU time of its pass.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct StepCost {
+    pub dispatches: u64,
+    /// Launches per layer: (dispatches − the head's) / layers.
+    pub dispatches_per_layer: f64,
+    pub passes: u64,
+    pub submits: u64,
+    pub readback_bytes: u64,
+    pub host_encode_us: f64,
+    /// GPU timestamps around the step's pass (None without timestamp queries).
+    pub gpu_ms: Option<f64>,
+    /// Wall time of the step, host and GPU (with timestamps on).
+    pub wall_ms: f64,
+}
+
+/// [`StepCost`] of `n` greedy decode steps of the main stream (medians).
+fn decode_step_cost(
+    engine: &Engine,
+    s: &mut crate::model::Session,
+    logits: &mut Vec<f32>,
+    n: usize,
+) -> Result<StepCost> {
+    let ctx = &engine.ctx;
+    s.time_steps(true);
+    let mut costs = Vec::new();
+    for _ in 0..n {
+        let id = crate::sampling::argmax(logits);
+        let before = ctx.stats.snapshot();
+        let t = Instant::now();
+        *logits = s.forward(&[id])?;
+        let wall_ms = t.elapsed().as_secs_f64() * 1e3;
+        let d = ctx.stats.snapshot() - before;
+        costs.push((d, wall_ms, s.last_step_gpu_ms()?));
+    }
+    s.time_steps(false);
+    let med = |f: &dyn Fn(&(crate::gpu::StatsSnapshot, f64, Option<f64>)) -> f64| {
+        median(costs.iter().map(f).collect())
+    };
+    let dispatches = med(&|c| c.0.dispatches as f64) as u64;
+    // The head: final norm and the LM head's launches (one per chunk of the matrix).
+    let head = 1 + engine.model.lm_head().chunks.len() as u64;
+    Ok(StepCost {
+        dispatches,
+        dispatches_per_layer: dispatches.saturating_sub(head) as f64
+            / engine.model.config.n_layer as f64,
+        passes: med(&|c| c.0.passes as f64) as u64,
+        submits: med(&|c| c.0.submits as f64) as u64,
+        readback_bytes: med(&|c| c.0.readback_bytes as f64) as u64,
+        host_encode_us: med(&|c| c.0.host_encode_ns as f64 / 1e3),
+        gpu_ms: costs
+            .iter()
+            .all(|c| c.2.is_some())
+            .then(|| med(&|c| c.2.unwrap_or(0.0))),
+        wall_ms: med(&|c| c.1),
+    })
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -164,6 +225,7 @@ pub fn run(
     let steps = greedy_steps(&mut s, &mut logits, gen_tokens)?;
     let total: f64 = steps.iter().sum();
     let decode_step_ms = median(steps.clone());
+    let decode_step_cost = decode_step_cost(engine, &mut s, &mut logits, 5)?;
     // Per-kernel split of a few decode steps, each launch timed on its own.
     let mut profile = KernelProfile::default();
     let reps = 3;
@@ -195,6 +257,7 @@ pub fn run(
         decode_kernel_ms: profile,
         prefill_kernel_ms: prefill_profile,
         prefill_profile_tokens: chunk,
+        decode_step_cost,
         gemv,
     })
 }

@@ -783,6 +783,18 @@ fn run(cli: Cli) -> Result<()> {
                     "int4 GEMV     {}x{}: {:.2} ms = {:.2} GB/s; read kernel {:.2} GB/s; ratio {:.2}",
                     r.gemv.n, r.gemv.k, r.gemv.gemv_ms, r.gemv.gemv_gb_per_s, r.gemv.read_gb_per_s, r.gemv.ratio
                 );
+                let c = &r.decode_step_cost;
+                println!(
+                    "decode step   {} launches ({:.1} per layer + head), {} pass, {} submit, {} B read back, host {:.0} us, GPU {}, wall {:.2} ms",
+                    c.dispatches,
+                    c.dispatches_per_layer,
+                    c.passes,
+                    c.submits,
+                    c.readback_bytes,
+                    c.host_encode_us,
+                    c.gpu_ms.map_or("n/a".into(), |g| format!("{g:.2} ms")),
+                    c.wall_ms
+                );
                 print_kernel_split("decode step", &r.decode_kernel_ms);
                 print_kernel_split(
                     &format!("prefill of {} tokens", r.prefill_profile_tokens),

@@ -476,6 +476,7 @@ fn rope_and_attention_match_reference() {
                     },
                     out: $out,
                     partials: (&parts.0, &parts.1),
+                    quantized: None,
                 }
             };
         }
@@ -949,5 +950,127 @@ fn read_bandwidth_reads_everything() {
         ops::run_once(&ctx, &[&d], 1, 0);
         let got: Vec<u32> = ctx.read(&dst, 0, 100).unwrap();
         assert_eq!(got, ops::read_bandwidth::reference(&src, 100));
+    }
+}
+
+#[test]
+fn attention_writes_the_int8_blocks_quantize_act_would() {
+    for ctx in contexts() {
+        // head_dim 64 (two blocks per head), GQA 4/2, 90 cached tokens in scrambled blocks.
+        let (n_head, n_kv, hd, n_ctx) = (4usize, 2usize, 64usize, 90usize);
+        let (stride, q_dim) = ((n_head + 2 * n_kv) * hd, n_head * hd);
+        let hist = rand_vec(n_ctx * stride, 21);
+        let positions: Vec<u32> = (0..n_ctx as u32).collect();
+        let (bs, perm) = (16u32, [4u32, 1, 5, 0, 3, 2]);
+        let slots: Vec<u32> = positions
+            .iter()
+            .map(|&t| perm[(t / bs) as usize] * bs + t % bs)
+            .collect();
+        let (kc, vc) = (
+            ctx.storage("k", (96 * n_kv * hd * 2) as u64),
+            ctx.storage("v", (96 * n_kv * hd * 2) as u64),
+        );
+        let qkv = ctx.storage_from("qkv", &hist);
+        let rope = ops::rope::rope_store_kv(
+            &ctx,
+            "rope",
+            &qkv,
+            &ctx.storage_from("pos", &positions),
+            &ctx.storage_from("slots", &slots),
+            &kc,
+            &vc,
+            n_head,
+            n_kv,
+            hd,
+            10000.0,
+        );
+        ops::run_once(&ctx, &[&rope], n_ctx as u32, 0);
+        let rotated: Vec<f32> = ctx.read(&qkv, 0, n_ctx * stride).unwrap();
+        let (po, pml) = ops::attention::partial_bytes(n_head, hd);
+        let parts = (ctx.storage("part_o", po), ctx.storage("part_ml", pml));
+        // (rows' positions, one stream, flash kernel): the per-row kernel writing directly,
+        // the flash prefill kernel, and a decode step whose 16-key splits the merge combines.
+        let cases = [
+            ((0..n_ctx).collect::<Vec<_>>(), false, false),
+            ((0..n_ctx).collect(), true, true),
+            (vec![89, 70, 10], false, false),
+        ];
+        for (rows, one_stream, flash) in cases {
+            let m = rows.len();
+            let q: Vec<f32> = rows
+                .iter()
+                .flat_map(|&t| rotated[t * stride..(t + 1) * stride].to_vec())
+                .collect();
+            let (qb, posb) = (
+                ctx.storage_from("q", &q),
+                ctx.storage_from("pos", &rows.iter().map(|&t| t as u32).collect::<Vec<_>>()),
+            );
+            let tables = ctx.storage_from("tables", &perm.repeat(m));
+            let out = ctx.storage("out", (m * q_dim * 4) as u64);
+            let (xq, xs) = (
+                ctx.storage("xq", (m * q_dim) as u64),
+                ctx.storage("xs", (m * q_dim / 32 * 16) as u64),
+            );
+            let io = ops::attention::AttentionIo {
+                qkv: &qb,
+                qkv_stride: stride,
+                positions: &posb,
+                k_cache: &kc,
+                v_cache: &vc,
+                tables: ops::attention::BlockTables {
+                    tables: &tables,
+                    block_size: bs,
+                    max_blocks: perm.len() as u32,
+                },
+                out: &out,
+                partials: (&parts.0, &parts.1),
+                quantized: Some((&xq, &xs)),
+            };
+            let plan = ops::attention::AttentionPlan {
+                keys_per_split: 16,
+                shared_prefix: false,
+                flash_prefill: flash,
+            };
+            let att = ops::attention::attention(&ctx, "att", &io, n_head, n_kv, hd, plan);
+            let step = ops::Step {
+                rows: m as u32,
+                kv_len: n_ctx as u32,
+                one_stream,
+                ..Default::default()
+            };
+            ops::run_step(&ctx, &att.iter().collect::<Vec<_>>(), &step);
+            let (xq2, xs2) = (
+                ctx.storage("xq2", (m * q_dim) as u64),
+                ctx.storage("xs2", (m * q_dim / 32 * 16) as u64),
+            );
+            ops::run_once(
+                &ctx,
+                &[&ops::quantize_act::quantize_act(
+                    &ctx, "q", &out, q_dim, q_dim, &xq2, &xs2,
+                )],
+                m as u32,
+                0,
+            );
+            let what = format!(
+                "{} {m} rows (flash {flash}, splits {})",
+                path(&ctx),
+                ops::attention_splits(&step, 16)
+            );
+            assert_eq!(
+                ctx.read::<u32>(&xq, 0, m * q_dim / 4).unwrap(),
+                ctx.read::<u32>(&xq2, 0, m * q_dim / 4).unwrap(),
+                "{what}: int8 words"
+            );
+            assert_eq!(
+                ctx.read::<f32>(&xs, 0, m * q_dim / 8).unwrap(),
+                ctx.read::<f32>(&xs2, 0, m * q_dim / 8).unwrap(),
+                "{what}: block stats"
+            );
+            let got: Vec<f32> = ctx.read(&out, 0, m * q_dim).unwrap();
+            assert!(
+                got.iter().any(|&v| v != 0.0),
+                "{what}: attention wrote its output"
+            );
+        }
     }
 }

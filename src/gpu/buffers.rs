@@ -153,7 +153,8 @@ impl GpuContext {
         });
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(buf, byte_off, &staging, 0, size.next_multiple_of(4));
-        self.queue.submit([enc.finish()]);
+        self.submit(enc);
+        self.stats.readback(size);
         let slice = staging.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {

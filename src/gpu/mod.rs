@@ -3,9 +3,11 @@
 
 mod buffers;
 mod shader;
+mod stats;
 
 pub use buffers::*;
 pub use shader::{expand_shader, ShaderDefines, SHADER_FILES};
+pub use stats::{GpuStats, StatsSnapshot};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -114,6 +116,8 @@ pub struct GpuContext {
     pub features: wgpu::Features,
     /// Kernels use subgroup operations (the adapter has SUBGROUP and it was not turned off).
     pub subgroups: bool,
+    /// Launches, passes, submissions and read-backs so far (see [`GpuStats`]).
+    pub stats: GpuStats,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     layouts: Mutex<HashMap<String, Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)>>>,
 }
@@ -199,9 +203,22 @@ impl GpuContext {
             limits,
             features,
             subgroups,
+            stats: GpuStats::default(),
             pipelines: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Begin a compute pass on `enc` (counted in [`stats`](Self::stats)).
+    pub fn compute_pass<'e>(&self, enc: &'e mut wgpu::CommandEncoder) -> wgpu::ComputePass<'e> {
+        self.stats.pass();
+        enc.begin_compute_pass(&Default::default())
+    }
+
+    /// Submit `enc`'s commands (counted in [`stats`](Self::stats)).
+    pub fn submit(&self, enc: wgpu::CommandEncoder) {
+        self.stats.submit();
+        self.queue.submit([enc.finish()]);
     }
 
     /// "llvmpipe (LLVM 15.0.6, 256 bits) / Vulkan"

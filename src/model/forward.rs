@@ -79,6 +79,8 @@ pub struct Session {
     pub lora: Option<Arc<LoraSet>>,
     lora_rows: wgpu::Buffer, // [max_rows] (rank, rank offset)
     stream_adapter: std::collections::HashMap<StreamId, usize>,
+    /// Timestamps bracketing each step's pass, and their resolve buffer (`time_steps`).
+    step_timer: Option<(wgpu::QuerySet, wgpu::Buffer)>,
 }
 
 impl Session {
@@ -127,6 +129,7 @@ impl Session {
         );
         let plan = ops::attention::AttentionPlan::for_device(&ctx);
         let gemm_tile = ops::matmul_int4::prefill_gemm(&ctx);
+        let fused_quant = ops::attention::quantizes_output(hd);
         let mm_part_bytes = model
             .layers
             .iter()
@@ -305,19 +308,23 @@ impl Session {
                 },
                 out: &attn,
                 partials: (&part_o, &part_ml),
+                quantized: fused_quant.then_some((&xq, &xs)),
             };
             ops::attention::attention(&ctx, "attention", &att, c.n_head, c.n_kv_head, hd, plan)
                 .into_iter()
                 .for_each(&mut push);
-            push(int8_launch(ops::quantize_act::quantize_act(
-                &ctx,
-                "attn_quant",
-                &attn,
-                q_dim,
-                q_dim,
-                &xq,
-                &xs,
-            )));
+            // Attention writes Wo's int8 blocks itself where heads hold whole blocks.
+            if !fused_quant {
+                push(int8_launch(ops::quantize_act::quantize_act(
+                    &ctx,
+                    "attn_quant",
+                    &attn,
+                    q_dim,
+                    q_dim,
+                    &xq,
+                    &xs,
+                )));
+            }
             with_lora(
                 l,
                 1,
@@ -449,6 +456,7 @@ impl Session {
             lora,
             lora_rows,
             stream_adapter: Default::default(),
+            step_timer: None,
         }
     }
 
@@ -557,6 +565,13 @@ impl Session {
     /// (copy-on-write), and upload tokens, positions, slots and block tables. Returns the
     /// step: its rows, longest key count and shared-prefix length.
     fn prepare_rows(&mut self, rows: &[(StreamId, u32)]) -> Result<Step, ForwardError> {
+        let started = Instant::now();
+        let step = self.upload_rows(rows)?;
+        self.model.ctx.stats.host_encode(started.elapsed());
+        Ok(step)
+    }
+
+    fn upload_rows(&mut self, rows: &[(StreamId, u32)]) -> Result<Step, ForwardError> {
         let mut positions = Vec::with_capacity(rows.len());
         let mut copies: Vec<BlockCopy> = Vec::new();
         // Count per stream first so a stream's rows are appended in one go.
@@ -606,7 +621,7 @@ impl Session {
                     );
                 }
             }
-            ctx.queue.submit([enc.finish()]);
+            ctx.submit(enc);
         }
         let toks: Vec<u32> = rows.iter().map(|r| r.1).collect();
         ctx.queue
@@ -690,22 +705,20 @@ impl Session {
         for (i, chunk) in tokens.chunks(self.max_rows).enumerate() {
             let step = self.prepare_rows(&self.main_rows(chunk))?;
             let rows = chunk.len() as u32;
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                for (_, d) in &self.body {
-                    d.record_step(&ctx, &mut pass, &step);
-                }
+            let last = i + 1 == n_chunks;
+            self.record_submit(|pass, ctx| {
+                self.body
+                    .iter()
+                    .for_each(|(_, d)| d.record_step(ctx, pass, &step));
                 if pool.is_some() {
-                    self.final_hidden.record(&ctx, &mut pass, rows, 0);
+                    self.final_hidden.record(ctx, pass, rows, 0);
                 }
-                if i + 1 == n_chunks {
-                    for d in &self.head {
-                        d.record(&ctx, &mut pass, 1, rows - 1);
-                    }
+                if last {
+                    self.head
+                        .iter()
+                        .for_each(|d| d.record(ctx, pass, 1, rows - 1));
                 }
-            }
-            ctx.queue.submit([enc.finish()]);
+            });
             self.pos += chunk.len();
             if let Some(pool) = &pool {
                 let h: Vec<f32> = ctx.read(&self.hidden, 0, chunk.len() * d)?;
@@ -789,14 +802,70 @@ impl Session {
         Ok(())
     }
 
+    /// Record one compute pass with `f` and submit it; its host time goes to the context's
+    /// stats, and with [`time_steps`](Self::time_steps) on, the pass is bracketed by GPU
+    /// timestamps.
     fn record_submit(&self, f: impl FnOnce(&mut wgpu::ComputePass<'_>, &crate::gpu::GpuContext)) {
         let ctx = &self.model.ctx;
+        let t = Instant::now();
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
-            let mut pass = enc.begin_compute_pass(&Default::default());
+            let mut pass = match &self.step_timer {
+                Some((set, _)) => {
+                    ctx.stats.pass();
+                    enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                            query_set: set,
+                            beginning_of_pass_write_index: Some(0),
+                            end_of_pass_write_index: Some(1),
+                        }),
+                    })
+                }
+                None => ctx.compute_pass(&mut enc),
+            };
             f(&mut pass, ctx);
         }
-        ctx.queue.submit([enc.finish()]);
+        if let Some((set, resolved)) = &self.step_timer {
+            enc.resolve_query_set(set, 0..2, resolved, 0);
+        }
+        ctx.submit(enc);
+        ctx.stats.host_encode(t.elapsed());
+    }
+
+    /// Bracket every step's pass with GPU timestamps (where the adapter has them) so
+    /// [`last_step_gpu_ms`](Self::last_step_gpu_ms) can report it (`bench`).
+    pub fn time_steps(&mut self, on: bool) {
+        let ctx = &self.model.ctx;
+        self.step_timer =
+            (on && ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY)).then(|| {
+                let set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("step.timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2,
+                });
+                let resolved = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("step.timestamps.resolve"),
+                    size: 16,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                (set, resolved)
+            });
+    }
+
+    /// GPU time of the last step's pass, if [`time_steps`](Self::time_steps) is on and the
+    /// adapter has timestamp queries.
+    pub fn last_step_gpu_ms(&self) -> Result<Option<f64>, ForwardError> {
+        let Some((_, resolved)) = &self.step_timer else {
+            return Ok(None);
+        };
+        let ctx = &self.model.ctx;
+        let ticks: Vec<u64> = ctx.read(resolved, 0, 2)?;
+        Ok(Some(
+            ticks[1].saturating_sub(ticks[0]) as f64 * ctx.queue.get_timestamp_period() as f64
+                / 1e6,
+        ))
     }
 
     /// Run one step of `tokens` and add each kernel kind's time to `profile`. With
@@ -859,7 +928,7 @@ impl Session {
                 d.record_step(&ctx, &mut pass, step);
             }
             enc.resolve_query_set(&set, 0..2 * n, &resolved, 0);
-            ctx.queue.submit([enc.finish()]);
+            ctx.submit(enc);
             let ticks: Vec<u64> = ctx.read(&resolved, 0, 2 * n as usize)?;
             let ns_per_tick = ctx.queue.get_timestamp_period() as f64;
             for (i, (d, _)) in launches.iter().enumerate() {

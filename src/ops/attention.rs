@@ -16,6 +16,8 @@ const KINDS: &[Binding] = &[
     Binding::ReadWrite,
     Binding::ReadWrite,
     Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
 ];
 
 /// Where each row's keys live: the paged cache's block tables, `[rows][max_blocks]`.
@@ -64,6 +66,16 @@ pub struct AttentionIo<'a> {
     pub out: &'a wgpu::Buffer,
     /// Split-K scratch (`part_o`, `part_ml`) of [`partial_bytes`].
     pub partials: (&'a wgpu::Buffer, &'a wgpu::Buffer),
+    /// Also write `out` as the Wo matmul's int8 blocks (`xq`, `xs`), saving its
+    /// quantization launch; only where [`quantizes_output`] says the shape allows it.
+    pub quantized: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
+}
+
+/// Whether attention can write its output as int8 blocks of 32 itself: each workgroup
+/// (and each flash prefill invocation) holds whole heads, so head_dim must be a multiple
+/// of 32 for no block to straddle two heads.
+pub fn quantizes_output(head_dim: usize) -> bool {
+    head_dim % 32 == 0
 }
 
 /// How a layer's attention is split: keys per split for decode steps (0 = never split),
@@ -124,7 +136,13 @@ pub fn attention(
         ref tables,
         out,
         partials,
+        quantized,
     } = *io;
+    assert!(
+        quantized.is_none() || quantizes_output(head_dim),
+        "head_dim {head_dim}: attention cannot write int8 blocks of 32"
+    );
+    let (xq, xs) = quantized.unwrap_or(partials);
     assert!(
         head_dim <= 256 && head_dim % 4 == 0,
         "head_dim {head_dim} unsupported (≤ 256, multiple of 4)"
@@ -141,7 +159,7 @@ pub fn attention(
         tables.block_size,
         tables.max_blocks,
         0,
-        0,
+        quantized.is_some() as u32,
     ];
     // The shared-prefix pass holds one split of K and V in workgroup memory (64 keys of
     // head_dim ≤ 64) next to its queries' scores: 20 KiB, more than some phones give.
@@ -162,6 +180,8 @@ pub fn attention(
             partials.0,
             partials.1,
             tables.tables,
+            xq,
+            xs,
         ],
         grid,
         defines: ShaderDefines::new()
@@ -403,6 +423,7 @@ impl StreamsOverPrompt {
             },
             out: &self.out,
             partials: (&self.partials.0, &self.partials.1),
+            quantized: None,
         };
         attention(
             ctx,

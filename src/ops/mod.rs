@@ -17,7 +17,7 @@ pub mod rope;
 pub mod swiglu;
 
 use crate::gpu::{Binding, GpuContext, ShaderDefines};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 /// A params word filled at record time.
@@ -176,6 +176,8 @@ pub struct Dispatch {
     words: Vec<u32>,
     dynamic: Vec<(usize, Dyn)>,
     last: Cell<Option<(u32, u32, u32, u32)>>,
+    /// Pipelines used so far, by row tile (see [`Dispatch::pipeline`]).
+    pipelines: RefCell<Vec<(Option<u32>, Arc<wgpu::ComputePipeline>)>>,
     grid: Grid,
     defines: ShaderDefines,
     when: When,
@@ -214,6 +216,7 @@ impl Dispatch {
             words: spec.words,
             dynamic: spec.dynamic,
             last: Cell::new(None),
+            pipelines: RefCell::new(Vec::new()),
             grid: spec.grid,
             defines: spec.defines,
             when: When::Always,
@@ -247,6 +250,23 @@ impl Dispatch {
                 .unwrap_or(16)
         });
         rows.clamp(1, cap.clamp(1, 16))
+    }
+
+    /// This launch's pipeline for a row tile, looked up in the context's cache once per
+    /// tile and then kept here: a decode step records hundreds of launches, and hashing a
+    /// key string for each was host time on every step.
+    fn pipeline(&self, ctx: &GpuContext, row_tile: Option<u32>) -> Arc<wgpu::ComputePipeline> {
+        let mut cache = self.pipelines.borrow_mut();
+        if let Some((_, p)) = cache.iter().find(|(t, _)| *t == row_tile) {
+            return p.clone();
+        }
+        let defines = match row_tile {
+            Some(per) => self.defines.clone().with("ROWS", per),
+            None => self.defines.clone(),
+        };
+        let p = ctx.pipeline(self.shader, self.entry, &defines, &self.layout.1);
+        cache.push((row_tile, p.clone()));
+        p
     }
 
     /// Record into `pass` for `rows` rows starting at input row `row0`.
@@ -320,38 +340,31 @@ impl Dispatch {
             self.last.set(Some(key));
         }
         let rows = step.rows;
-        let (defines, grid) = match self.grid {
+        // The row tile is the only define chosen per step (matmul's ROWS).
+        let (row_tile, grid) = match self.grid {
             Grid::RowTiles { x, .. } => {
                 let per = Self::rows_per_tile(rows);
-                (
-                    self.defines.clone().with("ROWS", per),
-                    [x, rows.div_ceil(per), splits],
-                )
+                (Some(per), [x, rows.div_ceil(per), splits])
             }
             // The reduce pass shares its module with the tiled matmul, which needs a ROWS.
-            Grid::IfKSplit { x, .. } => (self.defines.clone().with("ROWS", 1), [x, rows, 1]),
-            Grid::PerRow { x } | Grid::IfSplit { x, .. } => (self.defines.clone(), [x, rows, 1]),
-            Grid::PerRowSplits { x, .. } => (self.defines.clone(), [x, rows, splits - shared]),
+            Grid::IfKSplit { x, .. } => (Some(1), [x, rows, 1]),
+            Grid::PerRow { x } | Grid::IfSplit { x, .. } => (None, [x, rows, 1]),
+            Grid::PerRowSplits { x, .. } => (None, [x, rows, splits - shared]),
             Grid::Prefix { x, group, .. } => {
                 let per = self.defines.get("ROWS").unwrap_or(1);
-                (
-                    self.defines.clone(),
-                    [x, (rows * group).div_ceil(per), shared],
-                )
+                (None, [x, (rows * group).div_ceil(per), shared])
             }
             Grid::Gemm { n } => {
                 let (per_row, per_col) = (
                     self.defines.get("ROWS").unwrap_or(1),
                     self.defines.get("COLS").unwrap_or(1),
                 );
-                (
-                    self.defines.clone(),
-                    [n.div_ceil(64 * per_col), rows.div_ceil(per_row), 1],
-                )
+                (None, [n.div_ceil(64 * per_col), rows.div_ceil(per_row), 1])
             }
-            Grid::Rows64 { x } => (self.defines.clone(), [x, rows.div_ceil(64), 1]),
+            Grid::Rows64 { x } => (None, [x, rows.div_ceil(64), 1]),
         };
-        let pipeline = ctx.pipeline(self.shader, self.entry, &defines, &self.layout.1);
+        ctx.stats.dispatch();
+        let pipeline = self.pipeline(ctx, row_tile);
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
@@ -375,12 +388,12 @@ pub fn run_once(ctx: &GpuContext, dispatches: &[&Dispatch], rows: u32, row0: u32
 pub fn run_step(ctx: &GpuContext, dispatches: &[&Dispatch], step: &Step) {
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     {
-        let mut pass = enc.begin_compute_pass(&Default::default());
+        let mut pass = ctx.compute_pass(&mut enc);
         for d in dispatches {
             d.record_step(ctx, &mut pass, step);
         }
     }
-    ctx.queue.submit([enc.finish()]);
+    ctx.submit(enc);
     ctx.wait();
 }
 
@@ -389,12 +402,12 @@ pub fn run_step(ctx: &GpuContext, dispatches: &[&Dispatch], step: &Step) {
 pub fn run_forced(ctx: &GpuContext, dispatches: &[&Dispatch], step: &Step) {
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     {
-        let mut pass = enc.begin_compute_pass(&Default::default());
+        let mut pass = ctx.compute_pass(&mut enc);
         for d in dispatches {
             d.record_forced(ctx, &mut pass, step);
         }
     }
-    ctx.queue.submit([enc.finish()]);
+    ctx.submit(enc);
     ctx.wait();
 }
 
