@@ -38,6 +38,7 @@ fn kernels(c: &mut Criterion) {
         accumulate: false,
         partials: &partials,
         lora: None,
+        swiglu: None,
     };
     let mm = ops::matmul_int4::matmul_int4(&ctx, "gemv", &w, &io);
     let refs: Vec<_> = mm.iter().collect();

@@ -71,6 +71,41 @@ fn lora_delta(row: u32, col: u32) -> f32 {
 }
 //#endif
 
+//#if SWIGLU
+// gate|up with SwiGLU and int8 requantization in the epilogue (decode's int8 path): the
+// matrix is [gate; up] (columns 0..n/2 and n/2..n) and a workgroup takes 32 gate columns
+// (lanes 0..31) and the same 32 up columns (lanes 32..63), so it holds one whole block of
+// h = silu(gate) · up per row. The lanes leave their values in `gu`; then lane r writes
+// row r's block as the down projection's int8 input (`hq`, `hs`, as quantize_act would).
+// No f32 gate|up buffer and no SwiGLU launch. (Bindings 8..10 are LoRA's, bound or not.)
+@group(0) @binding(11) var<storage, read_write> hq: array<u32>;
+@group(0) @binding(12) var<storage, read_write> hs: array<vec4<f32>>;
+var<workgroup> gu: array<f32, 64 * ROWS>;
+var<private> lane: u32;
+
+fn swiglu_column(x: u32) -> u32 {
+    return select(p.n / 2u + x * 32u + lane - 32u, x * 32u + lane, lane < 32u);
+}
+
+// Block x of h for rows m0.. (call in uniform control flow, after every lane's `finish`).
+fn swiglu_store(m0: u32, x: u32) {
+    workgroupBarrier();
+    let half = p.n / 2u;
+    if (lane < ROWS && m0 + lane < p.m) {
+        var v: array<f32, 32>;
+        for (var i = 0u; i < 32u; i = i + 1u) {
+            v[i] = silu(gu[lane * 64u + i]) * gu[lane * 64u + 32u + i];
+        }
+        let blk = quantize_block(&v);
+        let row = m0 + lane;
+        for (var w = 0u; w < 8u; w = w + 1u) {
+            hq[row * (half / 4u) + x * 8u + w] = blk.words[w];
+        }
+        hs[row * (half / 32u) + x] = blk.stats;
+    }
+}
+//#endif
+
 // Output of (row, n): + bias, + LoRA, + old value when accumulating (the residual stream).
 fn finish(row: u32, n: u32, acc: f32) {
     var v = acc;
@@ -80,8 +115,12 @@ fn finish(row: u32, n: u32, acc: f32) {
     if ((p.flags & 1u) != 0u) {
         v = v + bias[p.out_offset + n];
     }
+//#if SWIGLU
+    gu[(row % ROWS) * 64u + lane] = v;
+//#else
     let o = row * p.out_stride + p.out_offset + n;
     out[o] = v + select(0.0, out[o], (p.flags & 2u) != 0u);
+//#endif
 }
 
 // A tile's result for (row, n): a partial sum when k is split, else the output.
@@ -104,11 +143,16 @@ fn split_range(groups: u32, z: u32) -> vec2<u32> {
 }
 
 @compute @workgroup_size(64)
-fn int4(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn int4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+//#if SWIGLU
+    lane = lid.x;
+    let n = swiglu_column(wid.x);
+//#else
     let n = gid.x;
     if (n >= p.n) {
         return;
     }
+//#endif
     let m0 = gid.y * ROWS;
     let groups = p.k / 32u;
     let xwords = p.k / 4u;
@@ -137,14 +181,24 @@ fn int4(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc{r} = acc{r} + sm.x * (s{r}.x * f32(d{r}) + 8.0 * s{r}.z) + sm.y * s{r}.y;
     }
     store(m0 + {r}u, n, gid.z, acc{r});
+//#if SWIGLU
+    if (p.splits == 1u) {
+        swiglu_store(m0, wid.x);
+    }
+//#endif
 }
 
 @compute @workgroup_size(64)
-fn int8(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn int8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+//#if SWIGLU
+    lane = lid.x;
+    let n = swiglu_column(wid.x);
+//#else
     let n = gid.x;
     if (n >= p.n) {
         return;
     }
+//#endif
     let m0 = gid.y * ROWS;
     let groups = p.k / 32u;
     let xwords = p.k / 4u;
@@ -167,21 +221,34 @@ fn int8(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc{r} = acc{r} + sw * xs[row{r} * groups + g].x * f32(d{r});
     }
     store(m0 + {r}u, n, gid.z, acc{r});
+//#if SWIGLU
+    if (p.splits == 1u) {
+        swiglu_store(m0, wid.x);
+    }
+//#endif
 }
 
 // Sum the k splits of one (row, column), then bias and residual as above.
 @compute @workgroup_size(64)
-fn reduce(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let n = gid.x;
+fn reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let m = gid.y;
+//#if SWIGLU
+    lane = lid.x;
+    let n = swiglu_column(wid.x);
+//#else
+    let n = gid.x;
     if (n >= p.n || m >= p.m) {
         return;
     }
+//#endif
     var acc = 0.0;
     for (var z = 0u; z < p.splits; z = z + 1u) {
         acc = acc + part[(z * p.m + m) * p.n + n];
     }
     finish(m, n, acc);
+//#if SWIGLU
+    swiglu_store(m, wid.x);
+//#endif
 }
 
 // ---- Prefill GEMM: f32 activations, for steps of many rows ----

@@ -178,6 +178,7 @@ pub fn gemv_vs_read(ctx: &crate::gpu::GpuContext, n: usize, k: usize, reps: usiz
         accumulate: false,
         partials: &partials,
         lora: None,
+        swiglu: None,
     };
     let mm = ops::matmul_int4::matmul_int4(ctx, "gemv", &w, &io);
     let refs: Vec<_> = mm.iter().collect();
@@ -618,6 +619,7 @@ pub fn prefill_matmul(
             accumulate: false,
             partials: &partials,
             lora: None,
+            swiglu: None,
         };
         let mut paths = vec![(
             "int8 GEMV path".to_string(),

@@ -127,6 +127,7 @@ fn matmul_int4_matches_reference() {
                 accumulate: true,
                 partials: &partials,
                 lora: None,
+                swiglu: None,
             };
             let mm =
                 ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm", &mat, &io, splits as u32);
@@ -245,6 +246,7 @@ fn prefill_gemm_matches_reference() {
                 accumulate: true,
                 partials: &scratch,
                 lora: None,
+                swiglu: None,
             };
             let mm = ops::matmul_int4::gemm(&ctx, "gemm", &mat, &xb, &io, tile);
             ops::run_forced(
@@ -314,6 +316,7 @@ fn matmul_int8_matches_reference() {
                 accumulate: false,
                 partials: &partials,
                 lora: None,
+                swiglu: None,
             };
             let mm =
                 ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm8", &mat, &io, splits as u32);
@@ -796,6 +799,7 @@ fn lora_matches_reference() {
                         accumulate: false,
                         partials: &partials,
                         lora: None,
+                        swiglu: None,
                     };
                     let mut list = vec![ops::quantize_act::quantize_act(
                         &ctx, "q", &xb, k, k, &xq, &xs,
@@ -1071,6 +1075,80 @@ fn attention_writes_the_int8_blocks_quantize_act_would() {
                 got.iter().any(|&v| v != 0.0),
                 "{what}: attention wrote its output"
             );
+        }
+    }
+}
+
+#[test]
+fn swiglu_epilogue_equals_matmul_then_swiglu() {
+    for ctx in contexts() {
+        // [gate; up] of 2·96 rows (three 32-column blocks per half), k = 160; m = 1, 5 and
+        // 16 rows (register tiles), with and without k splits (the reduce pass's epilogue).
+        let (n_ff, k) = (96usize, 160usize);
+        let (groups, _) = quantized(2 * n_ff, k, 29);
+        let mat = QuantMatrix::upload(&ctx, "gate_up", 2 * n_ff, k, QuantGroups::Int4(&groups));
+        assert!(ops::matmul_int4::swiglu_fusable(&mat));
+        for m in [1usize, 5, 16] {
+            for splits in [1u32, k_splits_for_test(k) as u32] {
+                let x = rand_vec(m * k, 31 + m as u64);
+                let xb = ctx.storage_from("x", &x);
+                let (xq, xs) = (
+                    ctx.storage("xq", (m * k) as u64),
+                    ctx.storage("xs", (m * k / 32 * 16) as u64),
+                );
+                let quant = ops::quantize_act::quantize_act(&ctx, "q", &xb, k, k, &xq, &xs);
+                let gate_up = ctx.storage("gate_up", (m * 2 * n_ff * 4) as u64);
+                let partials =
+                    ctx.storage("partials", (splits as usize * 16 * 2 * n_ff * 4) as u64);
+                let hblocks = |name: &str| {
+                    (
+                        ctx.storage(&format!("{name}.q"), (m * n_ff) as u64),
+                        ctx.storage(&format!("{name}.s"), (m * n_ff / 32 * 16) as u64),
+                    )
+                };
+                let (fused, separate) = (hblocks("fused"), hblocks("separate"));
+                let io = MatmulIo {
+                    xq: &xq,
+                    xs: &xs,
+                    out: &gate_up,
+                    out_stride: 2 * n_ff,
+                    out_offset: 0,
+                    bias: None,
+                    accumulate: false,
+                    partials: &partials,
+                    lora: None,
+                    swiglu: None,
+                };
+                let plain =
+                    ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm", &mat, &io, splits);
+                let swiglu =
+                    ops::swiglu::swiglu(&ctx, "sw", &gate_up, n_ff, &separate.0, &separate.1);
+                let with_epilogue = ops::matmul_int4::matmul_int4_with_splits(
+                    &ctx,
+                    "mm+sw",
+                    &mat,
+                    &MatmulIo {
+                        swiglu: Some((&fused.0, &fused.1)),
+                        ..io
+                    },
+                    splits,
+                );
+                let mut list = vec![&quant];
+                list.extend(plain.iter().chain([&swiglu]).chain(with_epilogue.iter()));
+                ops::run_once(&ctx, &list, m as u32, 0);
+                let what = format!("{} swiglu epilogue m={m} splits={splits}", path(&ctx));
+                assert_eq!(
+                    ctx.read::<u32>(&fused.0, 0, m * n_ff / 4).unwrap(),
+                    ctx.read::<u32>(&separate.0, 0, m * n_ff / 4).unwrap(),
+                    "{what}: int8 words"
+                );
+                let (got, want) = (
+                    ctx.read::<f32>(&fused.1, 0, m * n_ff / 8).unwrap(),
+                    ctx.read::<f32>(&separate.1, 0, m * n_ff / 8).unwrap(),
+                );
+                assert_close(&what, &got, &want, 1e-6, 1e-6);
+                assert!(want.iter().any(|&v| v != 0.0), "{what}: h is not all zero");
+            }
         }
     }
 }

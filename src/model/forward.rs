@@ -120,6 +120,9 @@ impl Session {
         let gate_up = ctx.storage("gate_up", mr * 2 * c.n_ff as u64 * f);
         // Prefill GEMM path: the normalized x, then the SwiGLU output, as f32 rows.
         let xf = ctx.storage("xf", mr * c.n_embd.max(c.n_ff) as u64 * f);
+        // h = silu(gate)·up as the down projection's int8 blocks (int8 path).
+        let hq = ctx.storage("hq", mr * c.n_ff as u64);
+        let hs = ctx.storage("hs", mr * (c.n_ff / 32) as u64 * 16);
         let logits = ctx.storage("logits", lm_rows as u64 * c.n_vocab as u64 * f);
         let unused = ctx.storage("unused", 16);
         let (po, pml) = ops::attention::partial_bytes(c.n_head, hd);
@@ -150,6 +153,7 @@ impl Session {
             accumulate: false,
             partials: &mm_part,
             lora: None,
+            swiglu: None,
         };
         // LoRA: each row's adapter and its low-rank activations A·x.
         let u_stride = lora.as_ref().map_or(1, |l| l.u_stride());
@@ -354,13 +358,29 @@ impl Session {
                 out_stride: 2 * c.n_ff,
                 ..io
             };
-            with_lora(l, 2, "gate_up", &layer.w_gate_up, gate_up_io, &mut push);
+            // On the int8 path gate|up's epilogue applies SwiGLU and writes h as the down
+            // projection's int8 blocks (hq, hs) where the matrix allows; else a launch does.
+            let fuse_swiglu = ops::matmul_int4::swiglu_fusable(&layer.w_gate_up);
+            let swiglu = fuse_swiglu.then_some((&hq, &hs));
+            with_lora(
+                l,
+                2,
+                "gate_up",
+                &layer.w_gate_up,
+                MatmulIo {
+                    swiglu,
+                    ..gate_up_io
+                },
+                &mut push,
+            );
             gemm_launches("gate_up", &layer.w_gate_up, &xf, &gate_up_io)
                 .into_iter()
                 .for_each(&mut push);
-            push(int8_launch(ops::swiglu::swiglu(
-                &ctx, "swiglu", &gate_up, c.n_ff, &xq, &xs,
-            )));
+            if !fuse_swiglu {
+                push(int8_launch(ops::swiglu::swiglu(
+                    &ctx, "swiglu", &gate_up, c.n_ff, &hq, &hs,
+                )));
+            }
             if gemm_tile.is_some() {
                 push(
                     ops::swiglu::swiglu_f32(&ctx, "swiglu", &gate_up, c.n_ff, &xf, &unused)
@@ -373,6 +393,8 @@ impl Session {
                 "down",
                 &layer.w_down,
                 MatmulIo {
+                    xq: &hq,
+                    xs: &hs,
                     accumulate: true,
                     ..io
                 },
@@ -447,7 +469,7 @@ impl Session {
             v_cache,
             block_scratch,
             _buffers: vec![
-                x, xq, xs, xf, qkv, attn, gate_up, unused, part_o, part_ml, mm_part, lora_u,
+                x, xq, xs, xf, hq, hs, qkv, attn, gate_up, unused, part_o, part_ml, mm_part, lora_u,
             ],
             body,
             head,

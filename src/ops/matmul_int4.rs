@@ -204,6 +204,29 @@ pub struct MatmulLora<'a> {
     pub segments: (usize, usize),
 }
 
+/// Whether a [gate; up] matrix can take SwiGLU in its epilogue: one chunk, and each
+/// half a whole number of 32-column blocks (a workgroup takes 32 gate and 32 up columns).
+pub fn swiglu_fusable(w: &QuantMatrix) -> bool {
+    w.chunks.len() == 1 && w.n % 64 == 0
+}
+
+/// The SwiGLU epilogue's bindings: LoRA's three (bound or not) and the int8 output blocks.
+const KINDS_SWIGLU: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+];
+
 /// Workgroups a decode matmul should launch to keep a GPU busy.
 const TARGET_WORKGROUPS: usize = 1024;
 
@@ -244,6 +267,10 @@ pub struct MatmulIo<'a> {
     pub partials: &'a wgpu::Buffer,
     /// Fused LoRA, if any adapter applies to this matrix.
     pub lora: Option<MatmulLora<'a>>,
+    /// For a [gate; up] matrix: write h = silu(gate)·up as the down projection's int8
+    /// blocks (`hq` [m][n/8] u32, `hs` [m][n/64] stats) instead of `out` (see
+    /// [`swiglu_fusable`]).
+    pub swiglu: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
 }
 
 /// Dispatches (one per chunk, plus a reduce pass where decode steps split k) computing
@@ -322,6 +349,14 @@ fn matmul_dispatches(
             ]);
             buffers.extend([l.rows.rows, l.rows.u, l.b]);
             (kinds, defines) = (KINDS_LORA, defines.with("LORA", 1));
+        }
+        if let Some((hq, hs)) = io.swiglu {
+            assert!(swiglu_fusable(w) && out_offset == 0, "{label}: the SwiGLU epilogue needs a one-chunk [gate; up] matrix of 64-column halves");
+            if io.lora.is_none() {
+                buffers.extend([io.xs, io.xs, io.xs]);
+            }
+            buffers.extend([hq, hs]);
+            (kinds, defines) = (KINDS_SWIGLU, defines.with("SWIGLU", 1));
         }
         let spec = |entry: &'static str, grid: Grid| DispatchSpec {
             label: format!("{label}[{}..]", c.n0),
