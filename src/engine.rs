@@ -407,7 +407,7 @@ impl Engine {
         adapter: &str,
         prompt_len: usize,
     ) -> Result<Score> {
-        self.score_inner(tokens, Some((adapter, prompt_len)))
+        self.score_inner(tokens, Some((Some(adapter), prompt_len)))
     }
 
     /// Teacher-forced log-probs of `tokens[1..]` given their prefixes.
@@ -415,7 +415,14 @@ impl Engine {
         self.score_inner(tokens, None)
     }
 
-    fn score_inner(&self, tokens: &[u32], adapter: Option<(&str, usize)>) -> Result<Score> {
+    /// As [`score`](Self::score), running the first `prompt_len` tokens as their own
+    /// prefill, as [`score_with_adapter`](Self::score_with_adapter) does: a chunk's kernel
+    /// path depends on its row count, so only equally split runs compare bit for bit.
+    pub fn score_split(&self, tokens: &[u32], prompt_len: usize) -> Result<Score> {
+        self.score_inner(tokens, Some((None, prompt_len)))
+    }
+
+    fn score_inner(&self, tokens: &[u32], split: Option<(Option<&str>, usize)>) -> Result<Score> {
         if tokens.len() < 2 {
             bail!("need at least 2 tokens to score, got {}", tokens.len());
         }
@@ -449,18 +456,20 @@ impl Engine {
             })
         };
         let last = tokens.len() - 1;
-        match adapter {
+        match split {
             None => score_from(&mut session, 0, last, &mut positions)?,
-            Some((name, prompt_len)) => {
-                let set = self
-                    .adapter_set()
-                    .with_context(|| format!("adapter '{name}' is not loaded"))?;
-                let index = set
-                    .index(name)
-                    .with_context(|| format!("adapter '{name}' is not loaded"))?;
+            Some((adapter, prompt_len)) => {
                 let p = prompt_len.min(last);
                 score_from(&mut session, 0, p, &mut positions)?;
-                session.set_adapter(session.main, Some(index))?;
+                if let Some(name) = adapter {
+                    let set = self
+                        .adapter_set()
+                        .with_context(|| format!("adapter '{name}' is not loaded"))?;
+                    let index = set
+                        .index(name)
+                        .with_context(|| format!("adapter '{name}' is not loaded"))?;
+                    session.set_adapter(session.main, Some(index))?;
+                }
                 score_from(&mut session, p, last, &mut positions)?;
             }
         }

@@ -89,7 +89,8 @@ enum Cmd {
         /// Score with this PEFT LoRA adapter (folder) on the tokens after --prompt-len.
         #[arg(long)]
         adapter: Option<std::path::PathBuf>,
-        /// Tokens encoded by the base model as the prompt (masked LoRA); the rest with the adapter.
+        /// Tokens that form the prompt, run as their own prefill by the base model (masked
+        /// LoRA); the rest with the adapter, if any.
         #[arg(long, default_value_t = 0)]
         prompt_len: usize,
     },
@@ -594,6 +595,7 @@ fn run(cli: Cli) -> Result<()> {
                         .with_context(|| format!("--adapter {}", path.display()))?;
                     engine.score_with_adapter(&ids, "adapter", *prompt_len)?
                 }
+                None if *prompt_len > 0 => engine.score_split(&ids, *prompt_len)?,
                 None => engine.score(&ids)?,
             };
             // Over the tokens after the prompt: what an adapter is trained on.
