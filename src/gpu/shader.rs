@@ -43,13 +43,14 @@ pub fn shader_file(name: &str) -> &'static str {
         "embedding" => include_str!("../../shaders/embedding.wgsl"),
         "read_bandwidth" => include_str!("../../shaders/read_bandwidth.wgsl"),
         "lora" => include_str!("../../shaders/lora.wgsl"),
+        "sampling" => include_str!("../../shaders/sampling.wgsl"),
         other => panic!("unknown shader '{other}'"),
     }
 }
 
 /// Every kernel file, for the validation test.
 pub const SHADER_FILES: &[&str] =
-    &["matmul_int4", "quantize_act", "rmsnorm", "rope", "attention", "swiglu", "embedding", "read_bandwidth", "lora"];
+    &["matmul_int4", "quantize_act", "rmsnorm", "rope", "attention", "swiglu", "embedding", "read_bandwidth", "lora", "sampling"];
 
 /// Full WGSL for a kernel file: defines, prelude, body with `{r}` lines expanded.
 pub fn expand_shader(name: &str, defines: &ShaderDefines) -> String {
