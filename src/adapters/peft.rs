@@ -12,7 +12,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The seven projections LoRA can target, in PEFT's module names.
-pub const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const PROJECTIONS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 /// Errors callers branch on when loading adapters.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +34,11 @@ pub enum AdapterError {
     #[error("{path}: {what}")]
     Malformed { path: String, what: String },
     #[error("{path}: tensor '{name}': {what}")]
-    BadTensor { path: String, name: String, what: String },
+    BadTensor {
+        path: String,
+        name: String,
+        what: String,
+    },
     #[error("{path}: missing {what}")]
     Missing { path: String, what: String },
     #[error("{path}: unsupported: {what}")]
@@ -74,7 +86,9 @@ fn parse_name(name: &str) -> Option<(usize, usize, bool)> {
     let rest = &name[name.find("layers.")? + "layers.".len()..];
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let p = PROJECTIONS.iter().position(|p| rest.contains(&format!(".{p}.")) || rest.starts_with(&format!("{p}.")))?;
+    let p = PROJECTIONS
+        .iter()
+        .position(|p| rest.contains(&format!(".{p}.")) || rest.starts_with(&format!("{p}.")))?;
     let is_b = if rest.contains(".lora_A.") || rest.contains(".lora_A.weight") {
         false
     } else if rest.contains(".lora_B.") {
@@ -90,28 +104,54 @@ impl LoraAdapter {
     pub fn load(dir: &Path, config: &ModelConfig) -> Result<Self, AdapterError> {
         let cfg_path = dir.join("adapter_config.json");
         let shown = |p: &Path| p.display().to_string();
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| AdapterError::Io { path: shown(&cfg_path), source: e })?;
-        let j: Value = serde_json::from_str(&text).map_err(|e| AdapterError::Malformed { path: shown(&cfg_path), what: format!("JSON: {e}") })?;
-        let bad = |what: String| AdapterError::Malformed { path: shown(&cfg_path), what };
-        let unsupported = |what: String| AdapterError::Unsupported { path: shown(&cfg_path), what };
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| AdapterError::Io {
+            path: shown(&cfg_path),
+            source: e,
+        })?;
+        let j: Value = serde_json::from_str(&text).map_err(|e| AdapterError::Malformed {
+            path: shown(&cfg_path),
+            what: format!("JSON: {e}"),
+        })?;
+        let bad = |what: String| AdapterError::Malformed {
+            path: shown(&cfg_path),
+            what,
+        };
+        let unsupported = |what: String| AdapterError::Unsupported {
+            path: shown(&cfg_path),
+            what,
+        };
         if let Some(t) = j.get("peft_type").and_then(Value::as_str) {
             if t != "LORA" {
                 return Err(unsupported(format!("peft_type '{t}' (only LORA)")));
             }
         }
-        let rank = j.get("r").and_then(Value::as_u64).ok_or_else(|| bad("field 'r': expected a positive integer".into()))? as usize;
+        let rank = j
+            .get("r")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| bad("field 'r': expected a positive integer".into()))?
+            as usize;
         if rank == 0 {
             return Err(bad("field 'r': must be > 0".into()));
         }
-        let alpha = j.get("lora_alpha").and_then(Value::as_f64).ok_or_else(|| bad("field 'lora_alpha': expected a number".into()))? as f32;
-        let rslora = j.get("use_rslora").and_then(Value::as_bool).unwrap_or(false);
+        let alpha = j
+            .get("lora_alpha")
+            .and_then(Value::as_f64)
+            .ok_or_else(|| bad("field 'lora_alpha': expected a number".into()))?
+            as f32;
+        let rslora = j
+            .get("use_rslora")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         for (field, what) in [("use_dora", "DoRA"), ("fan_in_fan_out", "fan_in_fan_out")] {
             if j.get(field).and_then(Value::as_bool).unwrap_or(false) {
                 return Err(unsupported(format!("{what} ('{field}': true)")));
             }
         }
         for field in ["rank_pattern", "alpha_pattern"] {
-            if j.get(field).and_then(Value::as_object).is_some_and(|o| !o.is_empty()) {
+            if j.get(field)
+                .and_then(Value::as_object)
+                .is_some_and(|o| !o.is_empty())
+            {
                 return Err(unsupported(format!("per-module '{field}'")));
             }
         }
@@ -125,43 +165,88 @@ impl LoraAdapter {
                 .iter()
                 .map(|v| {
                     let s = v.as_str().unwrap_or("");
-                    PROJECTIONS.iter().position(|p| *p == s).ok_or_else(|| unsupported(format!("target module '{s}' (supported: {})", PROJECTIONS.join(", "))))
+                    PROJECTIONS.iter().position(|p| *p == s).ok_or_else(|| {
+                        unsupported(format!(
+                            "target module '{s}' (supported: {})",
+                            PROJECTIONS.join(", ")
+                        ))
+                    })
                 })
                 .collect::<Result<_, _>>()?,
             Some(Value::String(s)) if s == "all-linear" => (0..7).collect(),
-            _ => return Err(bad("field 'target_modules': expected a list of module names".into())),
+            _ => {
+                return Err(bad(
+                    "field 'target_modules': expected a list of module names".into(),
+                ))
+            }
         };
-        let scale = if rslora { alpha / (rank as f32).sqrt() } else { alpha / rank as f32 };
+        let scale = if rslora {
+            alpha / (rank as f32).sqrt()
+        } else {
+            alpha / rank as f32
+        };
 
         let st_path = dir.join("adapter_model.safetensors");
-        let bytes = std::fs::read(&st_path).map_err(|e| AdapterError::Io { path: shown(&st_path), source: e })?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| AdapterError::Malformed { path: shown(&st_path), what: format!("safetensors header/data: {e}") })?;
-        let tensor_err = |name: &str, what: String| AdapterError::BadTensor { path: shown(&st_path), name: name.into(), what };
-        let mut found: BTreeMap<(usize, usize, bool), (String, Vec<f32>, Vec<usize>)> = BTreeMap::new();
+        let bytes = std::fs::read(&st_path).map_err(|e| AdapterError::Io {
+            path: shown(&st_path),
+            source: e,
+        })?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| AdapterError::Malformed {
+            path: shown(&st_path),
+            what: format!("safetensors header/data: {e}"),
+        })?;
+        let tensor_err = |name: &str, what: String| AdapterError::BadTensor {
+            path: shown(&st_path),
+            name: name.into(),
+            what,
+        };
+        let mut found: BTreeMap<(usize, usize, bool), (String, Vec<f32>, Vec<usize>)> =
+            BTreeMap::new();
         for (name, view) in st.tensors() {
             if !name.contains("lora_") {
                 continue; // e.g. modules_to_save copies
             }
-            let (layer, p, is_b) = parse_name(&name).ok_or_else(|| tensor_err(&name, "not a LoRA A/B weight of a known projection".into()))?;
+            let (layer, p, is_b) = parse_name(&name).ok_or_else(|| {
+                tensor_err(&name, "not a LoRA A/B weight of a known projection".into())
+            })?;
             if layer >= config.n_layer {
                 return Err(tensor_err(&name, format!("layer {layer}, but the base model has {} layers (an adapter for another model?)", config.n_layer)));
             }
-            let data = crate::loader::hf_dir::to_f32(view.dtype(), view.data()).map_err(|what| tensor_err(&name, what))?;
-            found.insert((layer, p, is_b), (name.clone(), data, view.shape().to_vec()));
+            let data = crate::loader::hf_dir::to_f32(view.dtype(), view.data())
+                .map_err(|what| tensor_err(&name, what))?;
+            found.insert(
+                (layer, p, is_b),
+                (name.clone(), data, view.shape().to_vec()),
+            );
         }
-        let mut layers: Vec<[Option<LoraPair>; 7]> = (0..config.n_layer).map(|_| Default::default()).collect();
+        let mut layers: Vec<[Option<LoraPair>; 7]> =
+            (0..config.n_layer).map(|_| Default::default()).collect();
         for (l, layer) in layers.iter_mut().enumerate() {
             for &p in &targets {
                 let (inp, out) = projection_shape(config, p);
                 let mut want = |is_b: bool| {
-                    let key = format!("base_model.model.model.layers.{l}.{}.{}.lora_{}.weight", if p < 4 { "self_attn" } else { "mlp" }, PROJECTIONS[p], if is_b { "B" } else { "A" });
-                    found.remove(&(l, p, is_b)).ok_or(AdapterError::Missing { path: shown(&st_path), what: format!("tensor '{key}' (target '{}' in adapter_config.json)", PROJECTIONS[p]) })
+                    let key = format!(
+                        "base_model.model.model.layers.{l}.{}.{}.lora_{}.weight",
+                        if p < 4 { "self_attn" } else { "mlp" },
+                        PROJECTIONS[p],
+                        if is_b { "B" } else { "A" }
+                    );
+                    found.remove(&(l, p, is_b)).ok_or(AdapterError::Missing {
+                        path: shown(&st_path),
+                        what: format!(
+                            "tensor '{key}' (target '{}' in adapter_config.json)",
+                            PROJECTIONS[p]
+                        ),
+                    })
                 };
                 let (a_name, a, a_shape) = want(false)?;
                 let (b_name, b, b_shape) = want(true)?;
                 if a_shape != [rank, inp] {
                     let what = if a_shape.len() == 2 && a_shape[0] != rank && a_shape[1] == inp {
-                        format!("rank {} but adapter_config.json says r = {rank}", a_shape[0])
+                        format!(
+                            "rank {} but adapter_config.json says r = {rank}",
+                            a_shape[0]
+                        )
                     } else {
                         format!("shape {a_shape:?}, expected [{rank}, {inp}] for this base model (an adapter for another model?)")
                     };
@@ -170,18 +255,36 @@ impl LoraAdapter {
                 if b_shape != [out, rank] {
                     return Err(tensor_err(&b_name, format!("shape {b_shape:?}, expected [{out}, {rank}] for this base model (an adapter for another model?)")));
                 }
-                layer[p] = Some(LoraPair { a, b, in_features: inp, out_features: out });
+                layer[p] = Some(LoraPair {
+                    a,
+                    b,
+                    in_features: inp,
+                    out_features: out,
+                });
             }
         }
         if let Some(((l, p, is_b), (name, ..))) = found.into_iter().next() {
-            return Err(tensor_err(&name, format!("layer {l} {} lora_{} is not among target_modules", PROJECTIONS[p], if is_b { "B" } else { "A" })));
+            return Err(tensor_err(
+                &name,
+                format!(
+                    "layer {l} {} lora_{} is not among target_modules",
+                    PROJECTIONS[p],
+                    if is_b { "B" } else { "A" }
+                ),
+            ));
         }
         Ok(LoraAdapter {
-            name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "adapter".into()),
+            name: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "adapter".into()),
             path: dir.to_path_buf(),
             rank,
             scale,
-            base_model: j.get("base_model_name_or_path").and_then(Value::as_str).map(str::to_string),
+            base_model: j
+                .get("base_model_name_or_path")
+                .and_then(Value::as_str)
+                .map(str::to_string),
             layers,
         })
     }
@@ -189,7 +292,11 @@ impl LoraAdapter {
     /// `y += scale · B·(A·x)` for projection `p` of layer `l` (CPU reference).
     pub fn apply(&self, l: usize, p: usize, x: &[f32], y: &mut [f32]) {
         if let Some(pair) = &self.layers[l][p] {
-            let u: Vec<f32> = pair.a.chunks(pair.in_features).map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum()).collect();
+            let u: Vec<f32> = pair
+                .a
+                .chunks(pair.in_features)
+                .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
+                .collect();
             for (o, yo) in y.iter_mut().enumerate() {
                 let b = &pair.b[o * self.rank..(o + 1) * self.rank];
                 *yo += self.scale * b.iter().zip(&u).map(|(a, b)| a * b).sum::<f32>();
@@ -201,12 +308,24 @@ impl LoraAdapter {
 impl LoraAdapter {
     /// A random adapter for `config` (benchmarks and tests): rank `rank` on the projections
     /// `targets` (indices into [`PROJECTIONS`]), entries uniform in ±`amplitude`.
-    pub fn random(config: &ModelConfig, name: &str, rank: usize, targets: &[usize], scale: f32, amplitude: f32, seed: u64) -> Self {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    pub fn random(
+        config: &ModelConfig,
+        name: &str,
+        rank: usize,
+        targets: &[usize],
+        scale: f32,
+        amplitude: f32,
+        seed: u64,
+    ) -> Self {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let mut rand = |n: usize| -> Vec<f32> {
             (0..n)
                 .map(|_| {
-                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * amplitude
                 })
                 .collect()
@@ -216,11 +335,23 @@ impl LoraAdapter {
                 std::array::from_fn(|p| {
                     targets.contains(&p).then(|| {
                         let (inp, out) = projection_shape(config, p);
-                        LoraPair { a: rand(rank * inp), b: rand(out * rank), in_features: inp, out_features: out }
+                        LoraPair {
+                            a: rand(rank * inp),
+                            b: rand(out * rank),
+                            in_features: inp,
+                            out_features: out,
+                        }
                     })
                 })
             })
             .collect();
-        LoraAdapter { name: name.into(), path: PathBuf::new(), rank, scale, base_model: None, layers }
+        LoraAdapter {
+            name: name.into(),
+            path: PathBuf::new(),
+            rank,
+            scale,
+            base_model: None,
+            layers,
+        }
     }
 }

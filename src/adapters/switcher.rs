@@ -21,28 +21,61 @@ pub(crate) struct HeadFile {
 impl HeadFile {
     pub fn read(path: &Path, format: &str) -> Result<Self, AdapterError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| AdapterError::Io { path: shown.clone(), source: e })?;
-        let malformed = |what: String| AdapterError::Malformed { path: shown.clone(), what };
-        let (_, md) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| malformed(format!("safetensors header: {e}")))?;
+        let bytes = std::fs::read(path).map_err(|e| AdapterError::Io {
+            path: shown.clone(),
+            source: e,
+        })?;
+        let malformed = |what: String| AdapterError::Malformed {
+            path: shown.clone(),
+            what,
+        };
+        let (_, md) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| malformed(format!("safetensors header: {e}")))?;
         let meta = md.metadata().clone().unwrap_or_default();
         match meta.get("format") {
             Some(f) if f == format => {}
-            other => return Err(malformed(format!("metadata 'format' is {other:?}, expected \"{format}\""))),
+            other => {
+                return Err(malformed(format!(
+                    "metadata 'format' is {other:?}, expected \"{format}\""
+                )))
+            }
         }
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| malformed(format!("safetensors data: {e}")))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| malformed(format!("safetensors data: {e}")))?;
         let mut tensors = std::collections::HashMap::new();
         for (name, view) in st.tensors() {
-            let data = crate::loader::hf_dir::to_f32(view.dtype(), view.data()).map_err(|what| AdapterError::BadTensor { path: shown.clone(), name: name.clone(), what })?;
+            let data =
+                crate::loader::hf_dir::to_f32(view.dtype(), view.data()).map_err(|what| {
+                    AdapterError::BadTensor {
+                        path: shown.clone(),
+                        name: name.clone(),
+                        what,
+                    }
+                })?;
             tensors.insert(name, (view.shape().to_vec(), data));
         }
-        Ok(HeadFile { path: shown, tensors, meta: meta.into_iter().collect() })
+        Ok(HeadFile {
+            path: shown,
+            tensors,
+            meta: meta.into_iter().collect(),
+        })
     }
 
     /// Tensor `name`, checked to have `shape`.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, AdapterError> {
-        let (s, data) = self.tensors.get(name).ok_or_else(|| AdapterError::Missing { path: self.path.clone(), what: format!("tensor '{name}'") })?;
+        let (s, data) = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| AdapterError::Missing {
+                path: self.path.clone(),
+                what: format!("tensor '{name}'"),
+            })?;
         if s != shape {
-            return Err(AdapterError::BadTensor { path: self.path.clone(), name: name.into(), what: format!("shape {s:?}, expected {shape:?} (a head for another model?)") });
+            return Err(AdapterError::BadTensor {
+                path: self.path.clone(),
+                name: name.into(),
+                what: format!("shape {s:?}, expected {shape:?} (a head for another model?)"),
+            });
         }
         Ok(data.clone())
     }
@@ -50,8 +83,14 @@ impl HeadFile {
     /// Numeric metadata field, or `default` when absent.
     pub fn number(&self, field: &str, default: Option<f32>) -> Result<f32, AdapterError> {
         match self.meta.get(field) {
-            Some(v) => v.trim().parse().map_err(|_| AdapterError::Malformed { path: self.path.clone(), what: format!("metadata '{field}': '{v}' is not a number") }),
-            None => default.ok_or_else(|| AdapterError::Missing { path: self.path.clone(), what: format!("metadata '{field}'") }),
+            Some(v) => v.trim().parse().map_err(|_| AdapterError::Malformed {
+                path: self.path.clone(),
+                what: format!("metadata '{field}': '{v}' is not a number"),
+            }),
+            None => default.ok_or_else(|| AdapterError::Missing {
+                path: self.path.clone(),
+                what: format!("metadata '{field}'"),
+            }),
         }
     }
 }
@@ -93,8 +132,22 @@ impl Switcher {
     }
 
     /// A switcher from weights in memory (tests).
-    pub fn from_weights(fc1_w: Vec<f32>, fc1_b: Vec<f32>, fc2_w: Vec<f32>, fc2_b: f32, threshold: f32) -> Self {
-        Switcher { hidden_size: fc1_w.len() / SWITCHER_HIDDEN, fc1_w, fc1_b, fc2_w, fc2_b, threshold, ema_alpha: 0.5 }
+    pub fn from_weights(
+        fc1_w: Vec<f32>,
+        fc1_b: Vec<f32>,
+        fc2_w: Vec<f32>,
+        fc2_b: f32,
+        threshold: f32,
+    ) -> Self {
+        Switcher {
+            hidden_size: fc1_w.len() / SWITCHER_HIDDEN,
+            fc1_w,
+            fc1_b,
+            fc2_w,
+            fc2_b,
+            threshold,
+            ema_alpha: 0.5,
+        }
     }
 
     /// Probability that the prompt whose pooled hidden state is `x` needs reasoning.
@@ -102,7 +155,12 @@ impl Switcher {
         let d = self.hidden_size;
         let z: f32 = (0..SWITCHER_HIDDEN)
             .map(|i| {
-                let h = self.fc1_w[i * d..(i + 1) * d].iter().zip(x).map(|(w, v)| w * v).sum::<f32>() + self.fc1_b[i];
+                let h = self.fc1_w[i * d..(i + 1) * d]
+                    .iter()
+                    .zip(x)
+                    .map(|(w, v)| w * v)
+                    .sum::<f32>()
+                    + self.fc1_b[i];
                 self.fc2_w[i] * h.max(0.0)
             })
             .sum::<f32>()
@@ -114,7 +172,11 @@ impl Switcher {
     pub fn pool(&self, pooled: Option<Vec<f32>>, chunk_mean: &[f32]) -> Vec<f32> {
         match pooled {
             None => chunk_mean.to_vec(),
-            Some(p) => p.iter().zip(chunk_mean).map(|(old, new)| self.ema_alpha * new + (1.0 - self.ema_alpha) * old).collect(),
+            Some(p) => p
+                .iter()
+                .zip(chunk_mean)
+                .map(|(old, new)| self.ema_alpha * new + (1.0 - self.ema_alpha) * old)
+                .collect(),
         }
     }
 }

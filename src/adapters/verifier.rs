@@ -35,13 +35,22 @@ impl Verifier {
             hidden_size: d,
             weight: f.tensor("linear.weight", &[1, d])?,
             bias: f.tensor("linear.bias", &[1])?[0],
-            prompt: f.meta.get("prompt").cloned().unwrap_or_else(|| DEFAULT_PROMPT.into()),
+            prompt: f
+                .meta
+                .get("prompt")
+                .cloned()
+                .unwrap_or_else(|| DEFAULT_PROMPT.into()),
         })
     }
 
     /// A verifier from weights in memory (tests).
     pub fn from_weights(weight: Vec<f32>, bias: f32, prompt: &str) -> Self {
-        Verifier { hidden_size: weight.len(), weight, bias, prompt: prompt.into() }
+        Verifier {
+            hidden_size: weight.len(),
+            weight,
+            bias,
+            prompt: prompt.into(),
+        }
     }
 
     /// σ(w·h + b) for the final-norm hidden state `h` at the verification prompt's end.

@@ -21,7 +21,11 @@ pub const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
 
 impl GpuContext {
     /// Bind-group and pipeline layout for a kernel whose bindings are `kinds` in order.
-    pub fn layout(&self, label: &str, kinds: &[Binding]) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+    pub fn layout(
+        &self,
+        label: &str,
+        kinds: &[Binding],
+    ) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
         let entries: Vec<_> = kinds
             .iter()
             .enumerate()
@@ -40,23 +44,41 @@ impl GpuContext {
                 count: None,
             })
             .collect();
-        let bgl = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(label), entries: &entries });
-        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(label),
-            bind_group_layouts: &[Some(&bgl)],
-            immediate_size: 0,
-        });
+        let bgl = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(label),
+                entries: &entries,
+            });
+        let pl = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(label),
+                bind_group_layouts: &[Some(&bgl)],
+                immediate_size: 0,
+            });
         (bgl, pl)
     }
 
     /// A bind group binding `buffers` (whole) at 0..n.
-    pub fn bind(&self, layout: &wgpu::BindGroupLayout, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    pub fn bind(
+        &self,
+        layout: &wgpu::BindGroupLayout,
+        buffers: &[&wgpu::Buffer],
+    ) -> wgpu::BindGroup {
         let entries: Vec<_> = buffers
             .iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
             .collect();
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout,
+            entries: &entries,
+        })
     }
 
     /// Zeroed storage buffer of `size` bytes (at least 16, so empty tensors still bind).
@@ -75,31 +97,49 @@ impl GpuContext {
         if bytes.len() < 16 {
             let mut padded = bytes.to_vec();
             padded.resize(16, 0);
-            return self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: &padded, usage: STORAGE });
+            return self
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: &padded,
+                    usage: STORAGE,
+                });
         }
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytes, usage: STORAGE })
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytes,
+                usage: STORAGE,
+            })
     }
 
     /// Uniform buffer holding one params struct.
     pub fn uniform_from<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytemuck::bytes_of(value),
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        })
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(value),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
     }
 
     /// Uniform buffer holding a params struct given as words.
     pub fn uniform_words(&self, label: &str, words: &[u32]) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytemuck::cast_slice(words),
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        })
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(words),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
     }
 
     /// Copy `len` elements of `T` starting at element `offset` out of `buf` (waits for the GPU).
-    pub fn read<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer, offset: usize, len: usize) -> Result<Vec<T>, GpuError> {
+    pub fn read<T: bytemuck::Pod>(
+        &self,
+        buf: &wgpu::Buffer,
+        offset: usize,
+        len: usize,
+    ) -> Result<Vec<T>, GpuError> {
         let size = (len * std::mem::size_of::<T>()) as u64;
         if size == 0 {
             return Ok(Vec::new());
@@ -120,10 +160,17 @@ impl GpuContext {
             let _ = tx.send(r);
         });
         self.device
-            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: None,
+            })
             .map_err(|e| GpuError::Readback(e.to_string()))?;
-        rx.recv().map_err(|e| GpuError::Readback(e.to_string()))?.map_err(|e| GpuError::Readback(e.to_string()))?;
-        let view = slice.get_mapped_range().map_err(|e| GpuError::Readback(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| GpuError::Readback(e.to_string()))?
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        let view = slice
+            .get_mapped_range()
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
         let out: Vec<T> = bytemuck::pod_collect_to_vec(&view[..size as usize]);
         drop(view);
         staging.unmap();
@@ -132,6 +179,9 @@ impl GpuContext {
 
     /// Block until all submitted work is done.
     pub fn wait(&self) {
-        let _ = self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None });
+        let _ = self.device.poll(wgpu::PollType::Wait {
+            submission_index: None,
+            timeout: None,
+        });
     }
 }

@@ -51,7 +51,9 @@ fn summarize(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
         name: info.name.clone(),
         backend: format!("{:?}", info.backend),
         device_type: format!("{:?}", info.device_type),
-        driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
         shader_f16: f.contains(wgpu::Features::SHADER_F16),
         subgroups: f.contains(wgpu::Features::SUBGROUP),
         subgroup_size: [info.subgroup_min_size, info.subgroup_max_size],
@@ -84,7 +86,11 @@ fn adapters() -> Vec<wgpu::Adapter> {
             wgpu::DeviceType::Other => 3,
             wgpu::DeviceType::Cpu => 4,
         };
-        let backend = if info.backend == wgpu::Backend::Gl { 1 } else { 0 };
+        let backend = if info.backend == wgpu::Backend::Gl {
+            1
+        } else {
+            0
+        };
         (backend, kind)
     });
     list
@@ -92,7 +98,11 @@ fn adapters() -> Vec<wgpu::Adapter> {
 
 /// All adapters wgpu finds, best first (the order `--device N` indexes).
 pub fn list_adapters() -> Vec<AdapterSummary> {
-    adapters().iter().enumerate().map(|(i, a)| summarize(i, a)).collect()
+    adapters()
+        .iter()
+        .enumerate()
+        .map(|(i, a)| summarize(i, a))
+        .collect()
 }
 
 /// One device and queue plus everything kernels need to know about them.
@@ -118,9 +128,15 @@ impl GpuContext {
 
     /// As [`new`](Self::new); `allow_subgroups: false` forces the portable kernels (what
     /// the GL backend and devices without subgroups run) on any device, for tests.
-    pub fn with_subgroups(selector: Option<&str>, allow_subgroups: bool) -> Result<Arc<Self>, GpuError> {
+    pub fn with_subgroups(
+        selector: Option<&str>,
+        allow_subgroups: bool,
+    ) -> Result<Arc<Self>, GpuError> {
         let env_sel = std::env::var("EDGEREASON_DEVICE").ok();
-        let selector = selector.map(str::to_string).or(env_sel).filter(|s| !s.is_empty());
+        let selector = selector
+            .map(str::to_string)
+            .or(env_sel)
+            .filter(|s| !s.is_empty());
         let all = adapters();
         if all.is_empty() {
             return Err(GpuError::NoAdapter);
@@ -129,12 +145,17 @@ impl GpuContext {
             None => 0,
             Some(s) => {
                 let s_low = s.to_lowercase();
-                let found = s.parse::<usize>().ok().filter(|&i| i < all.len()).or_else(|| {
-                    all.iter().position(|a| {
-                        let sum = summarize(0, a);
-                        sum.name.to_lowercase().contains(&s_low) || sum.backend.to_lowercase() == s_low
-                    })
-                });
+                let found = s
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&i| i < all.len())
+                    .or_else(|| {
+                        all.iter().position(|a| {
+                            let sum = summarize(0, a);
+                            sum.name.to_lowercase().contains(&s_low)
+                                || sum.backend.to_lowercase() == s_low
+                        })
+                    });
                 found.ok_or_else(|| GpuError::NoMatch {
                     wanted: s.clone(),
                     available: all
@@ -166,9 +187,21 @@ impl GpuContext {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
-        .map_err(|e| GpuError::RequestDevice { name: summary.name.clone(), reason: e.to_string() })?;
+        .map_err(|e| GpuError::RequestDevice {
+            name: summary.name.clone(),
+            reason: e.to_string(),
+        })?;
         let subgroups = allow_subgroups && features.contains(wgpu::Features::SUBGROUP);
-        Ok(Arc::new(Self { device, queue, adapter: summary, limits, features, subgroups, pipelines: Mutex::new(HashMap::new()), layouts: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Self {
+            device,
+            queue,
+            adapter: summary,
+            limits,
+            features,
+            subgroups,
+            pipelines: Mutex::new(HashMap::new()),
+            layouts: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// "llvmpipe (LLVM 15.0.6, 256 bits) / Vulkan"
@@ -182,10 +215,17 @@ impl GpuContext {
     }
 
     /// The (shared) layout of a kernel entry whose bindings are `kinds`.
-    pub fn cached_layout(&self, shader: &str, entry: &str, kinds: &[Binding]) -> Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)> {
+    pub fn cached_layout(
+        &self,
+        shader: &str,
+        entry: &str,
+        kinds: &[Binding],
+    ) -> Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)> {
         let key = format!("{shader}:{entry}:{}", kinds.len());
         let mut map = self.layouts.lock().unwrap();
-        map.entry(key.clone()).or_insert_with(|| Arc::new(self.layout(&key, kinds))).clone()
+        map.entry(key.clone())
+            .or_insert_with(|| Arc::new(self.layout(&key, kinds)))
+            .clone()
     }
 
     /// A compute pipeline for `entry` of shader `name` (a file in `shaders/`) with
@@ -202,18 +242,23 @@ impl GpuContext {
             return p.clone();
         }
         let source = expand_shader(name, defines);
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(name),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
-        let p = Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(&key),
-            layout: Some(layout),
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache: None,
-        }));
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        let p = Arc::new(
+            self.device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(&key),
+                    layout: Some(layout),
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                }),
+        );
         self.pipelines.lock().unwrap().insert(key, p.clone());
         p
     }

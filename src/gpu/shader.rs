@@ -26,7 +26,11 @@ impl ShaderDefines {
         self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
     }
     pub fn key(&self) -> String {
-        self.0.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(",")
+        self.0
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -49,8 +53,18 @@ pub fn shader_file(name: &str) -> &'static str {
 }
 
 /// Every kernel file, for the validation test.
-pub const SHADER_FILES: &[&str] =
-    &["matmul_int4", "quantize_act", "rmsnorm", "rope", "attention", "swiglu", "embedding", "read_bandwidth", "lora", "sampling"];
+pub const SHADER_FILES: &[&str] = &[
+    "matmul_int4",
+    "quantize_act",
+    "rmsnorm",
+    "rope",
+    "attention",
+    "swiglu",
+    "embedding",
+    "read_bandwidth",
+    "lora",
+    "sampling",
+];
 
 /// Full WGSL for a kernel file: defines, prelude, body with `{r}` lines expanded.
 pub fn expand_shader(name: &str, defines: &ShaderDefines) -> String {

@@ -24,7 +24,12 @@ pub struct BlockCopy {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KvError {
     #[error("KV cache full: stream {stream} needs {needed} more blocks, {free} of {total} free (raise the cache size or run fewer streams)")]
-    OutOfBlocks { stream: u32, needed: usize, free: usize, total: usize },
+    OutOfBlocks {
+        stream: u32,
+        needed: usize,
+        free: usize,
+        total: usize,
+    },
     #[error("unknown stream {0}")]
     UnknownStream(u32),
 }
@@ -77,7 +82,13 @@ impl BlockPool {
     pub fn create(&mut self) -> StreamId {
         let id = StreamId(self.next_id);
         self.next_id += 1;
-        self.streams.insert(id, Stream { blocks: Vec::new(), len: 0 });
+        self.streams.insert(
+            id,
+            Stream {
+                blocks: Vec::new(),
+                len: 0,
+            },
+        );
         id
     }
 
@@ -98,7 +109,8 @@ impl BlockPool {
     /// Cache slot of token `pos` of stream `s`.
     pub fn slot(&self, s: StreamId, pos: usize) -> Result<u32, KvError> {
         let st = self.stream(s)?;
-        Ok(st.blocks[pos / self.block_size] * self.block_size as u32 + (pos % self.block_size) as u32)
+        Ok(st.blocks[pos / self.block_size] * self.block_size as u32
+            + (pos % self.block_size) as u32)
     }
 
     /// `n` new streams sharing every block of `s` (its prompt).
@@ -114,7 +126,13 @@ impl BlockPool {
             }
             let id = StreamId(self.next_id);
             self.next_id += 1;
-            self.streams.insert(id, Stream { blocks: blocks.clone(), len });
+            self.streams.insert(
+                id,
+                Stream {
+                    blocks: blocks.clone(),
+                    len,
+                },
+            );
             out.push(id);
         }
         Ok(out)
@@ -128,12 +146,21 @@ impl BlockPool {
         let (len, have, last_shared) = {
             let st = self.stream(s)?;
             let last = st.blocks.last().copied();
-            (st.len, st.blocks.len(), last.is_some_and(|b| st.len % bs != 0 && self.refs[b as usize] > 1))
+            (
+                st.len,
+                st.blocks.len(),
+                last.is_some_and(|b| st.len % bs != 0 && self.refs[b as usize] > 1),
+            )
         };
         let needed_total = (len + n).div_ceil(bs);
         let new_blocks = needed_total.saturating_sub(have) + last_shared as usize;
         if new_blocks > self.free.len() {
-            return Err(KvError::OutOfBlocks { stream: s.0, needed: new_blocks, free: self.free.len(), total: self.total_blocks() });
+            return Err(KvError::OutOfBlocks {
+                stream: s.0,
+                needed: new_blocks,
+                free: self.free.len(),
+                total: self.total_blocks(),
+            });
         }
         let mut copies = Vec::new();
         if last_shared {
@@ -188,10 +215,19 @@ mod tests {
         assert_eq!(copies, n - 1);
         let expected = p / bs + n * (p % bs + s).div_ceil(bs);
         assert_eq!(pool.used_blocks(), expected);
-        assert!(pool.used_blocks() * bs < n * (p + s) / 2, "shared prefix must not be copied per stream");
+        assert!(
+            pool.used_blocks() * bs < n * (p + s) / 2,
+            "shared prefix must not be copied per stream"
+        );
         // Shared prompt slots agree; generated slots differ.
-        assert_eq!(pool.slot(kids[0], 10).unwrap(), pool.slot(kids[7], 10).unwrap());
-        assert_ne!(pool.slot(kids[0], p + 1).unwrap(), pool.slot(kids[1], p + 1).unwrap());
+        assert_eq!(
+            pool.slot(kids[0], 10).unwrap(),
+            pool.slot(kids[7], 10).unwrap()
+        );
+        assert_ne!(
+            pool.slot(kids[0], p + 1).unwrap(),
+            pool.slot(kids[1], p + 1).unwrap()
+        );
     }
 
     #[test]
@@ -224,9 +260,31 @@ mod tests {
         let mut pool = BlockPool::new(3, 4);
         let a = pool.create();
         pool.append(a, 10).unwrap();
-        let before = (pool.free_blocks(), pool.len(a).unwrap(), pool.table(a).unwrap().to_vec());
+        let before = (
+            pool.free_blocks(),
+            pool.len(a).unwrap(),
+            pool.table(a).unwrap().to_vec(),
+        );
         let err = pool.append(a, 5).unwrap_err();
-        assert!(matches!(err, KvError::OutOfBlocks { needed: 1, free: 0, total: 3, .. }), "{err}");
-        assert_eq!((pool.free_blocks(), pool.len(a).unwrap(), pool.table(a).unwrap().to_vec()), before);
+        assert!(
+            matches!(
+                err,
+                KvError::OutOfBlocks {
+                    needed: 1,
+                    free: 0,
+                    total: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            (
+                pool.free_blocks(),
+                pool.len(a).unwrap(),
+                pool.table(a).unwrap().to_vec()
+            ),
+            before
+        );
     }
 }

@@ -36,7 +36,10 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
-            Err(Error::new(ErrorKind::InvalidOperation, format!("chat template: {msg}")))
+            Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("chat template: {msg}"),
+            ))
         });
         env.add_function("strftime_now", |fmt: String| strftime(&fmt, now_utc()));
         env.add_template_owned("chat", source.to_string())
@@ -86,7 +89,15 @@ fn civil(secs: i64) -> Civil {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + (m <= 2) as i64;
     let wd = (days + 3).rem_euclid(7) as u32; // 1970-01-01 was a Thursday
-    (y, m, d, (rem / 3600) as u32, (rem / 60 % 60) as u32, (rem % 60) as u32, wd)
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem / 60 % 60) as u32,
+        (rem % 60) as u32,
+        wd,
+    )
 }
 
 /// The subset of C `strftime` chat templates use (llama 3 writes `%d %b %Y`).
@@ -105,7 +116,15 @@ fn strftime(fmt: &str, (y, mo, d, h, mi, s, wd): Civil) -> String {
         "November",
         "December",
     ];
-    const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+    const DAYS: [&str; 7] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ];
     let mut out = String::new();
     let mut it = fmt.chars();
     while let Some(c) = it.next() {
@@ -165,9 +184,16 @@ mod tests {
         let Some(t) = template_of("SmolLM2-135M-Instruct.Q4_1.gguf") else {
             return;
         };
-        assert_eq!(t.render(&sys_user(), true, "<|im_start|>", "<|im_end|>").unwrap(), EXPECTED);
+        assert_eq!(
+            t.render(&sys_user(), true, "<|im_start|>", "<|im_end|>")
+                .unwrap(),
+            EXPECTED
+        );
         let no_sys = t.render(&sys_user()[1..], false, "", "").unwrap();
-        assert!(no_sys.ends_with("<|im_start|>user\nWhat is 2+2?<|im_end|>\n"), "{no_sys:?}");
+        assert!(
+            no_sys.ends_with("<|im_start|>user\nWhat is 2+2?<|im_end|>\n"),
+            "{no_sys:?}"
+        );
     }
 
     #[test]
@@ -175,11 +201,19 @@ mod tests {
         let Some(t) = template_of("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else {
             return;
         };
-        assert_eq!(t.render(&sys_user(), true, "", "<|im_end|>").unwrap(), EXPECTED);
+        assert_eq!(
+            t.render(&sys_user(), true, "", "<|im_end|>").unwrap(),
+            EXPECTED
+        );
         // Without a system turn Qwen's template injects its default one.
         let no_sys = t.render(&sys_user()[1..], true, "", "").unwrap();
-        assert!(no_sys.starts_with("<|im_start|>system\nYou are Qwen"), "{no_sys:?}");
-        assert!(no_sys.ends_with("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"));
+        assert!(
+            no_sys.starts_with("<|im_start|>system\nYou are Qwen"),
+            "{no_sys:?}"
+        );
+        assert!(
+            no_sys.ends_with("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
+        );
     }
 
     #[test]
@@ -188,7 +222,11 @@ mod tests {
             "{{ messages[0].content.strip() | upper }}{% if messages|length > 1 %}{{ raise_exception('one message only') }}{% endif %}",
         )
         .unwrap();
-        assert_eq!(t.render(&[ChatMessage::new("user", "  hi ")], false, "", "").unwrap(), "HI");
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "  hi ")], false, "", "")
+                .unwrap(),
+            "HI"
+        );
         let e = t.render(&sys_user(), false, "", "").unwrap_err();
         assert!(format!("{e:#}").contains("one message only"), "{e:#}");
         assert_eq!(

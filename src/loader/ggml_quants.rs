@@ -153,7 +153,10 @@ pub fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -177,7 +180,11 @@ pub fn q4_k_groups(b: &[u8]) -> [Q4Group; 8] {
             g.scale = d * sc as f32;
             g.min = -(dmin * m as f32);
             for l in 0..32 {
-                g.q[l] = if half == 0 { chunk[l] & 0xF } else { chunk[l] >> 4 };
+                g.q[l] = if half == 0 {
+                    chunk[l] & 0xF
+                } else {
+                    chunk[l] >> 4
+                };
             }
         }
     }
@@ -301,8 +308,22 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
                     .collect(),
             )
         }
-        GgmlType::F16 => return Some(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
-        GgmlType::BF16 => return Some(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+        GgmlType::F16 => {
+            return Some(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            )
+        }
+        GgmlType::BF16 => {
+            return Some(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            )
+        }
         _ => {}
     }
     let f: fn(&[u8], &mut [f32]) = match ty {
@@ -337,7 +358,10 @@ pub fn to_q4_groups(ty: GgmlType, bytes: &[u8]) -> Option<Vec<Q4Group>> {
 /// Types stored at 5 to 8 bits: the engine keeps them at int8 rather than lose a bit or
 /// more to int4 (see `to_q8_groups`).
 pub fn is_int8_class(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5K | GgmlType::Q6K)
+    matches!(
+        ty,
+        GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5K | GgmlType::Q6K
+    )
 }
 
 /// Q8_0 blocks as [`Q8Group`]s exactly (`d: f16, qs: [i8; 32]`); the other int8-class
@@ -348,7 +372,10 @@ pub fn to_q8_groups(ty: GgmlType, bytes: &[u8]) -> Option<Vec<Q8Group>> {
         return Some(
             bytes
                 .chunks_exact(34)
-                .map(|b| Q8Group { scale: f16::from_le_bytes([b[0], b[1]]).to_f32(), q: std::array::from_fn(|i| b[2 + i] as i8) })
+                .map(|b| Q8Group {
+                    scale: f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                    q: std::array::from_fn(|i| b[2 + i] as i8),
+                })
                 .collect(),
         );
     }
@@ -385,7 +412,11 @@ mod tests {
         b5.extend([0x12u8, 0x34, 0x56, 0x78]);
         b5.extend((0..16).map(|i| (i * 17) as u8));
         let want = dequantize(GgmlType::Q5_0, &b5).unwrap();
-        let got: Vec<f32> = to_q8_groups(GgmlType::Q5_0, &b5).unwrap().iter().flat_map(|g| g.q.map(|q| q as f32 * g.scale)).collect();
+        let got: Vec<f32> = to_q8_groups(GgmlType::Q5_0, &b5)
+            .unwrap()
+            .iter()
+            .flat_map(|g| g.q.map(|q| q as f32 * g.scale))
+            .collect();
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() <= 0.025, "{a} vs {b}");
         }
@@ -477,8 +508,14 @@ mod tests {
         let y = dequantize(GgmlType::Q4K, &b).unwrap();
         // weight 64+32+5: chunk 1, high nibbles, sub-block 3
         let qb = b[16 + 32 + 5];
-        assert_eq!(y[101], 0.125 * sc[3] as f32 * (qb >> 4) as f32 - 0.0625 * mn[3] as f32);
-        assert_eq!(y[64 + 5], 0.125 * sc[2] as f32 * (qb & 0xF) as f32 - 0.0625 * mn[2] as f32);
+        assert_eq!(
+            y[101],
+            0.125 * sc[3] as f32 * (qb >> 4) as f32 - 0.0625 * mn[3] as f32
+        );
+        assert_eq!(
+            y[64 + 5],
+            0.125 * sc[2] as f32 * (qb & 0xF) as f32 - 0.0625 * mn[2] as f32
+        );
     }
 
     #[test]

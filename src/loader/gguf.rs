@@ -135,10 +135,17 @@ impl<'a> Reader<'a> {
     }
     /// A count that must fit in the rest of the file at `min_size` bytes per item.
     fn count(&mut self, min_size: usize, what: &dyn Fn() -> String) -> Result<usize, String> {
-        let n = if self.v1 { self.u32(what)? as u64 } else { self.u64(what)? };
+        let n = if self.v1 {
+            self.u32(what)? as u64
+        } else {
+            self.u64(what)?
+        };
         let left = (self.b.len() - self.pos) as u64;
         if n.saturating_mul(min_size as u64) > left {
-            return Err(format!("{} is {n}, more than the {left} bytes left in the file can hold", what()));
+            return Err(format!(
+                "{} is {n}, more than the {left} bytes left in the file can hold",
+                what()
+            ));
         }
         Ok(n as usize)
     }
@@ -148,7 +155,12 @@ impl<'a> Reader<'a> {
         // Lossy rather than an error: a few real vocabularies hold invalid UTF-8 pieces.
         Ok(String::from_utf8_lossy(s).into_owned())
     }
-    fn value(&mut self, ty: u32, depth: usize, what: &dyn Fn() -> String) -> Result<GgufValue, String> {
+    fn value(
+        &mut self,
+        ty: u32,
+        depth: usize,
+        what: &dyn Fn() -> String,
+    ) -> Result<GgufValue, String> {
         use GgufValue as V;
         Ok(match ty {
             0 => V::U8(self.arr::<1>(what)?[0]),
@@ -191,7 +203,10 @@ impl GgufFile {
     /// Map and parse a GGUF file's header, metadata and tensor table.
     pub fn open(path: &Path) -> Result<Self, LoadError> {
         let p = path.display().to_string();
-        let io = |source| LoadError::Io { path: p.clone(), source };
+        let io = |source| LoadError::Io {
+            path: p.clone(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: the map is read-only; a file changed underneath us could give wrong
         // bytes, never unsafety beyond what every mmap-based loader accepts.
@@ -200,7 +215,10 @@ impl GgufFile {
     }
 
     fn parse(path: String, mmap: memmap2::Mmap) -> Result<Self, LoadError> {
-        let bad = |what: String| LoadError::Malformed { path: path.clone(), what };
+        let bad = |what: String| LoadError::Malformed {
+            path: path.clone(),
+            what,
+        };
         let mut r = Reader {
             b: &mmap,
             pos: 0,
@@ -221,7 +239,9 @@ impl GgufFile {
 
         let mut metadata = BTreeMap::new();
         for i in 0..n_kv {
-            let key = r.string(&|| format!("key of metadata entry #{i}")).map_err(bad)?;
+            let key = r
+                .string(&|| format!("key of metadata entry #{i}"))
+                .map_err(bad)?;
             let what = || format!("metadata '{key}'");
             let ty = r.u32(&|| format!("type of {}", what())).map_err(bad)?;
             let v = r.value(ty, 0, &what).map_err(bad)?;
@@ -234,7 +254,10 @@ impl GgufFile {
             let what = |f: &str| format!("{f} of tensor '{name}'");
             let n_dims = r.u32(&|| what("dimension count")).map_err(bad)?;
             if n_dims > 4 {
-                return Err(bad(format!("{} is {n_dims} (max 4)", what("dimension count"))));
+                return Err(bad(format!(
+                    "{} is {n_dims} (max 4)",
+                    what("dimension count")
+                )));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -260,14 +283,20 @@ impl GgufFile {
             None => 32,
             Some(v) => match v.as_i64() {
                 Some(a) if a > 0 && (a as u64).is_power_of_two() => a as usize,
-                _ => return Err(bad(format!("metadata 'general.alignment' is {v:?}, not a power of two"))),
+                _ => {
+                    return Err(bad(format!(
+                        "metadata 'general.alignment' is {v:?}, not a power of two"
+                    )))
+                }
             },
         };
         let data_offset = r.pos.div_ceil(alignment) * alignment;
         let data_len = mmap.len().saturating_sub(data_offset) as u64;
 
         for t in &mut tensors {
-            let Some((be, bs)) = t.ty.block_layout() else { continue };
+            let Some((be, bs)) = t.ty.block_layout() else {
+                continue;
+            };
             let ne0 = t.dims.first().copied().unwrap_or(1);
             if ne0 % be as u64 != 0 {
                 return Err(bad(format!(
@@ -282,7 +311,12 @@ impl GgufFile {
                 .try_fold(1u64, |a, &d| a.checked_mul(d))
                 .and_then(|n| (n / be as u64).checked_mul(bs as u64))
                 .filter(|&n| n <= data_len)
-                .ok_or_else(|| bad(format!("tensor '{}' dims {:?} are larger than the file", t.name, t.dims)))?;
+                .ok_or_else(|| {
+                    bad(format!(
+                        "tensor '{}' dims {:?} are larger than the file",
+                        t.name, t.dims
+                    ))
+                })?;
             if t.offset % alignment as u64 != 0 {
                 return Err(bad(format!(
                     "tensor '{}' data offset {} is not aligned to {alignment}",
@@ -299,7 +333,11 @@ impl GgufFile {
             }
             t.n_bytes = n_bytes as usize;
         }
-        let index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        let index = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         Ok(Self {
             path,
             version,
@@ -421,7 +459,11 @@ pub fn load_gguf(path: &Path) -> Result<HostModel, LoadError> {
     }
     let expected = expected_tensors(&config);
     let tensors = load_tensors(&g, &config, &expected)?;
-    let hist: Vec<String> = g.type_histogram().iter().map(|(t, n)| format!("{}×{n}", t.name())).collect();
+    let hist: Vec<String> = g
+        .type_histogram()
+        .iter()
+        .map(|(t, n)| format!("{}×{n}", t.name()))
+        .collect();
     Ok(HostModel {
         source: format!("{} (GGUF v{}, {})", g.path, g.version, hist.join(", ")),
         config,
@@ -436,10 +478,12 @@ pub fn load_gguf(path: &Path) -> Result<HostModel, LoadError> {
 
 /// Hyper-parameters from `{arch}.*` metadata.
 fn read_config(g: &GgufFile) -> Result<ModelConfig, LoadError> {
-    let arch_name = g.get_str("general.architecture")?.ok_or_else(|| LoadError::Missing {
-        path: g.path.clone(),
-        what: "metadata 'general.architecture'".into(),
-    })?;
+    let arch_name = g
+        .get_str("general.architecture")?
+        .ok_or_else(|| LoadError::Missing {
+            path: g.path.clone(),
+            what: "metadata 'general.architecture'".into(),
+        })?;
     let arch = match arch_name {
         "qwen2" => Arch::Qwen2,
         "llama" => Arch::Llama,
@@ -453,14 +497,18 @@ fn read_config(g: &GgufFile) -> Result<ModelConfig, LoadError> {
     let k = |s: &str| format!("{arch_name}.{s}");
     let n_embd = g.require_usize(&k("embedding_length"))?;
     let n_head = g.require_usize(&k("attention.head_count"))?;
-    let n_kv_head = g.get_usize(&k("attention.head_count_kv"))?.unwrap_or(n_head);
+    let n_kv_head = g
+        .get_usize(&k("attention.head_count_kv"))?
+        .unwrap_or(n_head);
     if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
         return Err(LoadError::Malformed {
             path: g.path.clone(),
             what: format!("head counts {n_head}/{n_kv_head} are not a valid GQA layout"),
         });
     }
-    let head_dim = g.get_usize(&k("attention.key_length"))?.unwrap_or(n_embd / n_head);
+    let head_dim = g
+        .get_usize(&k("attention.key_length"))?
+        .unwrap_or(n_embd / n_head);
     // RoPE rotates pairs, and the llama un-permute splits each head in two halves.
     if head_dim == 0 || head_dim % 2 != 0 {
         return Err(LoadError::Malformed {
@@ -545,7 +593,11 @@ pub fn expected_tensors(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 }
 
 /// Check and convert the expected tensors, spread over the available cores.
-fn load_tensors(g: &GgufFile, c: &ModelConfig, expected: &[(String, Vec<usize>)]) -> Result<HashMap<String, HostTensor>, LoadError> {
+fn load_tensors(
+    g: &GgufFile,
+    c: &ModelConfig,
+    expected: &[(String, Vec<usize>)],
+) -> Result<HashMap<String, HostTensor>, LoadError> {
     for (name, shape) in expected {
         let t = g.tensor_info(name).ok_or_else(|| LoadError::Missing {
             path: g.path.clone(),
@@ -570,7 +622,9 @@ fn load_tensors(g: &GgufFile, c: &ModelConfig, expected: &[(String, Vec<usize>)]
                     let mut out = vec![];
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((name, shape)) = expected.get(i) else { break };
+                        let Some((name, shape)) = expected.get(i) else {
+                            break;
+                        };
                         out.push(convert_tensor(g, c, name, shape).map(|t| (name.clone(), t)));
                     }
                     out
@@ -585,15 +639,22 @@ fn load_tensors(g: &GgufFile, c: &ModelConfig, expected: &[(String, Vec<usize>)]
     results.into_iter().flatten().collect()
 }
 
-fn convert_tensor(g: &GgufFile, c: &ModelConfig, name: &str, shape: &[usize]) -> Result<HostTensor, LoadError> {
+fn convert_tensor(
+    g: &GgufFile,
+    c: &ModelConfig,
+    name: &str,
+    shape: &[usize],
+) -> Result<HostTensor, LoadError> {
     let t = g.tensor_info(name).expect("checked by load_tensors");
     let bytes = g.tensor_bytes(name)?;
     let mut data = match ggml_quants::to_q4_groups(t.ty, bytes) {
         Some(groups) if shape.len() == 2 => TensorData::Q4(groups),
-        _ if shape.len() == 2 && ggml_quants::is_int8_class(t.ty) => {
-            TensorData::Q8(ggml_quants::to_q8_groups(t.ty, bytes).expect("type checked by tensor_bytes"))
-        }
-        _ => TensorData::F32(ggml_quants::dequantize(t.ty, bytes).expect("type checked by tensor_bytes")),
+        _ if shape.len() == 2 && ggml_quants::is_int8_class(t.ty) => TensorData::Q8(
+            ggml_quants::to_q8_groups(t.ty, bytes).expect("type checked by tensor_bytes"),
+        ),
+        _ => TensorData::F32(
+            ggml_quants::dequantize(t.ty, bytes).expect("type checked by tensor_bytes"),
+        ),
     };
     // llama.cpp's converter interleaves the two rotary halves of each Q/K head; undo it
     // so the engine has one (HF rotate-half) RoPE convention.

@@ -70,7 +70,12 @@ impl Writer {
     }
     fn f32_tensor(&mut self, name: &str, dims: &[u64], f: impl Fn(usize) -> f32) {
         let n: u64 = dims.iter().product();
-        self.tensor(name, dims, 0, (0..n as usize).flat_map(|i| f(i).to_le_bytes()).collect());
+        self.tensor(
+            name,
+            dims,
+            0,
+            (0..n as usize).flat_map(|i| f(i).to_le_bytes()).collect(),
+        );
     }
     fn bytes(&self) -> Vec<u8> {
         let mut b = b"GGUF".to_vec();
@@ -133,7 +138,9 @@ fn tiny_llama() -> Writer {
         }
     }
     w.tensor("blk.0.attn_q.weight", &[E, q_rows as u64], 2, q);
-    w.f32_tensor("blk.0.attn_k.weight", &[E, NKV * HD as u64], |i| (i / E as usize) as f32);
+    w.f32_tensor("blk.0.attn_k.weight", &[E, NKV * HD as u64], |i| {
+        (i / E as usize) as f32
+    });
     w.f32_tensor("blk.0.attn_v.weight", &[E, NKV * HD as u64], |i| i as f32);
     w.f32_tensor("blk.0.attn_output.weight", &[q_rows as u64, E], |_| 0.5);
     w.f32_tensor("blk.0.ffn_gate.weight", &[E, 96], |_| 0.0);
@@ -152,7 +159,10 @@ fn expect_malformed(r: Result<HostModel, LoadError>, path: &Path, needle: &str) 
     match r {
         Err(e @ LoadError::Malformed { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains(&path.display().to_string()), "path missing in: {msg}");
+            assert!(
+                msg.contains(&path.display().to_string()),
+                "path missing in: {msg}"
+            );
             assert!(msg.contains(needle), "'{needle}' missing in: {msg}");
         }
         Err(e) => panic!("expected Malformed, got {e}"),
@@ -166,10 +176,20 @@ fn synthetic_llama_loads_and_unpermutes() {
     let m = load_gguf(&p).unwrap();
     let c = &m.config;
     assert_eq!(
-        (c.arch, c.n_vocab, c.n_embd, c.n_head, c.n_kv_head, c.head_dim),
+        (
+            c.arch,
+            c.n_vocab,
+            c.n_embd,
+            c.n_head,
+            c.n_kv_head,
+            c.head_dim
+        ),
         (Arch::Llama, 8, 64, 4, 2, 16)
     );
-    assert_eq!((c.rope_theta, c.n_ff, c.n_ctx, c.tied_embeddings), (10000.0, 96, 256, true));
+    assert_eq!(
+        (c.rope_theta, c.n_ff, c.n_ctx, c.tied_embeddings),
+        (10000.0, 96, 256, true)
+    );
     // <|im_end|> (the file's eos) and <|im_start|>: a ChatML turn opening ends a reply too.
     assert_eq!(m.eos_token_ids, vec![4, 5]);
     assert!(!m.add_bos);
@@ -182,15 +202,34 @@ fn synthetic_llama_loads_and_unpermutes() {
         let (h, w) = (hf_row / HD, hf_row % HD);
         let (j, i) = (w / (HD / 2), w % (HD / 2));
         let gguf_row = h * HD + 2 * i + j;
-        assert_eq!(groups[hf_row * 2].scale, gguf_row as f32 + 1.0, "q row {hf_row}");
+        assert_eq!(
+            groups[hf_row * 2].scale,
+            gguf_row as f32 + 1.0,
+            "q row {hf_row}"
+        );
         assert_eq!(groups[hf_row * 2].min, -8.0 * (gguf_row as f32 + 1.0));
-        assert_eq!(groups[hf_row * 2 + 1].q[0], 1, "group order inside a row kept");
+        assert_eq!(
+            groups[hf_row * 2 + 1].q[0],
+            1,
+            "group order inside a row kept"
+        );
     }
     let k = m.tensors["blk.0.attn_k.weight"].to_f32();
     // HF row 1 (head 0, first half, i=1) is GGUF row 2; HF row 8 (second half, i=0) is 1.
-    assert_eq!((k[64], k[8 * 64], k[16 * 64 + 9 * 64]), (2.0, 1.0, 16.0 + 3.0));
-    assert_eq!(m.tensors["blk.0.attn_v.weight"].to_f32()[70], 70.0, "V is not permuted");
-    assert!(m.source.contains("GGUF v3") && m.source.contains("Q4_0×1"), "{}", m.source);
+    assert_eq!(
+        (k[64], k[8 * 64], k[16 * 64 + 9 * 64]),
+        (2.0, 1.0, 16.0 + 3.0)
+    );
+    assert_eq!(
+        m.tensors["blk.0.attn_v.weight"].to_f32()[70],
+        70.0,
+        "V is not permuted"
+    );
+    assert!(
+        m.source.contains("GGUF v3") && m.source.contains("Q4_0×1"),
+        "{}",
+        m.source
+    );
     let enc = m.tokenizer.encode("<|im_start|>ab", false).unwrap();
     assert_eq!(enc.get_ids(), &[4, 2]);
 }
@@ -226,8 +265,17 @@ fn synthetic_errors_name_file_and_field() {
     );
     // Misshaped tensor.
     let mut w = tiny_llama();
-    w.tensors.iter_mut().find(|t| t.0 == "output_norm.weight").unwrap().1 = vec![32];
-    w.tensors.iter_mut().find(|t| t.0 == "output_norm.weight").unwrap().3.truncate(128);
+    w.tensors
+        .iter_mut()
+        .find(|t| t.0 == "output_norm.weight")
+        .unwrap()
+        .1 = vec![32];
+    w.tensors
+        .iter_mut()
+        .find(|t| t.0 == "output_norm.weight")
+        .unwrap()
+        .3
+        .truncate(128);
     let p = write("shape.gguf", &w.bytes());
     let e = load_gguf(&p).err().unwrap();
     assert!(
@@ -262,16 +310,28 @@ fn load_real(name: &str) -> Option<HostModel> {
         by_type.entry(t.ty.name()).or_default().push(t.name.clone());
     }
     for (ty, names) in &by_type {
-        let shown: Vec<_> = names.iter().filter(|n| !n.starts_with("blk.") || n.starts_with("blk.0.")).collect();
+        let shown: Vec<_> = names
+            .iter()
+            .filter(|n| !n.starts_with("blk.") || n.starts_with("blk.0."))
+            .collect();
         println!(
             "{name}: {ty} ×{}: {shown:?}{}",
             names.len(),
-            if shown.len() < names.len() { " (+ other layers)" } else { "" }
+            if shown.len() < names.len() {
+                " (+ other layers)"
+            } else {
+                ""
+            }
         );
     }
     let t0 = std::time::Instant::now();
     let m = load_gguf(&p).unwrap();
-    println!("{name}: load_gguf {:.2?}; {}\n{:?}", t0.elapsed(), m.source, m.config);
+    println!(
+        "{name}: load_gguf {:.2?}; {}\n{:?}",
+        t0.elapsed(),
+        m.source,
+        m.config
+    );
     Some(m)
 }
 
@@ -285,7 +345,11 @@ fn check_q4_matches_file(m: &HostModel, path: &Path, name: &str) {
         "{name} is {} and must stay int4",
         info.ty.name()
     );
-    assert_eq!(t.to_f32(), reference, "{name}: int4 groups equal ggml dequant");
+    assert_eq!(
+        t.to_f32(),
+        reference,
+        "{name}: int4 groups equal ggml dequant"
+    );
 }
 
 #[test]
@@ -295,12 +359,24 @@ fn real_smollm2_loads() {
     };
     let c = &m.config;
     assert_eq!(
-        (c.arch, c.n_embd, c.n_layer, c.n_head, c.n_kv_head, c.head_dim, c.n_ff),
+        (
+            c.arch,
+            c.n_embd,
+            c.n_layer,
+            c.n_head,
+            c.n_kv_head,
+            c.head_dim,
+            c.n_ff
+        ),
         (Arch::Llama, 576, 30, 9, 3, 64, 1536)
     );
     assert_eq!(c.n_vocab, 49152);
     assert!(c.tied_embeddings);
-    check_q4_matches_file(&m, &real_gguf("SmolLM2-135M-Instruct.Q4_1.gguf").unwrap(), "blk.0.ffn_up.weight");
+    check_q4_matches_file(
+        &m,
+        &real_gguf("SmolLM2-135M-Instruct.Q4_1.gguf").unwrap(),
+        "blk.0.ffn_up.weight",
+    );
 }
 
 #[test]
@@ -309,14 +385,26 @@ fn real_qwen2_loads() {
     let Some(m) = load_real(name) else { return };
     let c = &m.config;
     assert_eq!(
-        (c.arch, c.n_embd, c.n_layer, c.n_head, c.n_kv_head, c.head_dim, c.n_ff),
+        (
+            c.arch,
+            c.n_embd,
+            c.n_layer,
+            c.n_head,
+            c.n_kv_head,
+            c.head_dim,
+            c.n_ff
+        ),
         (Arch::Qwen2, 896, 24, 14, 2, 64, 4864)
     );
     assert_eq!(c.rope_theta, 1e6);
     assert!(m.tensors.contains_key("blk.0.attn_q.bias"));
     let path = real_gguf(name).unwrap();
     let g = GgufFile::open(&path).unwrap();
-    let q4k = g.tensors.iter().find(|t| t.ty == GgmlType::Q4K && t.dims.len() == 2).unwrap();
+    let q4k = g
+        .tensors
+        .iter()
+        .find(|t| t.ty == GgmlType::Q4K && t.dims.len() == 2)
+        .unwrap();
     check_q4_matches_file(&m, &path, &q4k.name.clone());
 }
 
@@ -324,7 +412,10 @@ fn real_qwen2_loads() {
 #[test]
 #[ignore]
 fn load_phases() {
-    for name in ["SmolLM2-135M-Instruct.Q4_1.gguf", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"] {
+    for name in [
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    ] {
         let Some(p) = real_gguf(name) else { continue };
         let t = std::time::Instant::now();
         let g = GgufFile::open(&p).unwrap();
@@ -338,7 +429,13 @@ fn load_phases() {
         let t_tensors = t.elapsed();
         let f32_bytes: usize = ts
             .values()
-            .map(|t| if let TensorData::F32(v) = &t.data { v.len() * 4 } else { 0 })
+            .map(|t| {
+                if let TensorData::F32(v) = &t.data {
+                    v.len() * 4
+                } else {
+                    0
+                }
+            })
             .sum();
         println!(
             "{name}: open+metadata {t_open:.2?}, tokenizer {t_tok:.2?}, tensors {t_tensors:.2?} ({} MB as f32)",

@@ -31,8 +31,17 @@ pub struct ExpectedTensor {
 /// Every tensor a model with this config uses, with its shape. Shared by all loaders so
 /// they validate the same way. Q/K/V biases are required for Qwen2, optional for Llama.
 pub fn expected_tensors(cfg: &ModelConfig) -> Vec<ExpectedTensor> {
-    let e = |name: String, shape: Vec<usize>, required: bool| ExpectedTensor { name, shape, required };
-    let (d, q, kv, ff) = (cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim, cfg.n_ff);
+    let e = |name: String, shape: Vec<usize>, required: bool| ExpectedTensor {
+        name,
+        shape,
+        required,
+    };
+    let (d, q, kv, ff) = (
+        cfg.n_embd,
+        cfg.n_head * cfg.head_dim,
+        cfg.n_kv_head * cfg.head_dim,
+        cfg.n_ff,
+    );
     let bias_required = cfg.arch == Arch::Qwen2;
     let mut v = vec![
         e("token_embd.weight".into(), vec![cfg.n_vocab, d], true),
@@ -73,7 +82,10 @@ pub fn validate_tensors(
     for ex in &expected {
         match tensors.get(&ex.name) {
             None if ex.required => {
-                return Err(LoadError::Missing { path: fallback_path.into(), what: format!("tensor '{}'", ex.name) })
+                return Err(LoadError::Missing {
+                    path: fallback_path.into(),
+                    what: format!("tensor '{}'", ex.name),
+                })
             }
             None => {}
             Some(t) if t.shape != ex.shape => {
@@ -118,8 +130,10 @@ pub fn load_hf_dir(dir: &Path) -> Result<HostModel, LoadError> {
         // Safety: the map is read-only and dropped before returning; a file truncated
         // under us would fault, which is the same risk every mmap-based loader takes.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io(file, e))?;
-        let st = SafeTensors::deserialize(&map)
-            .map_err(|e| LoadError::Malformed { path: shown.clone(), what: format!("safetensors header/data: {e}") })?;
+        let st = SafeTensors::deserialize(&map).map_err(|e| LoadError::Malformed {
+            path: shown.clone(),
+            what: format!("safetensors header/data: {e}"),
+        })?;
         for (hf_name, view) in st.iter() {
             let Some(name) = canonical_name(hf_name) else {
                 skipped += 1; // e.g. rotary_emb.inv_freq: recomputed by the engine
@@ -129,18 +143,33 @@ pub fn load_hf_dir(dir: &Path) -> Result<HostModel, LoadError> {
                 continue; // tied: the LM head is token_embd
             }
             dtypes.insert(format!("{:?}", view.dtype()));
-            let data = to_f32(view.dtype(), view.data())
-                .map_err(|what| LoadError::BadTensor { path: shown.clone(), name: hf_name.into(), what })?;
-            tensors.insert(name.clone(), HostTensor { shape: view.shape().to_vec(), data: TensorData::F32(data) });
+            let data = to_f32(view.dtype(), view.data()).map_err(|what| LoadError::BadTensor {
+                path: shown.clone(),
+                name: hf_name.into(),
+                what,
+            })?;
+            tensors.insert(
+                name.clone(),
+                HostTensor {
+                    shape: view.shape().to_vec(),
+                    data: TensorData::F32(data),
+                },
+            );
             origin.insert(name, shown.clone());
         }
     }
     if let Some(map) = &weight_map {
         // The index promises these; a shard that lacks one is corrupt or mismatched.
         for (hf_name, shard) in map {
-            let Some(name) = canonical_name(hf_name) else { continue };
-            if !tensors.contains_key(&name) && !(name == "output.weight" && config.tied_embeddings) {
-                return Err(LoadError::Missing { path: dir.join(shard).display().to_string(), what: format!("tensor '{hf_name}' (listed in model.safetensors.index.json)") });
+            let Some(name) = canonical_name(hf_name) else {
+                continue;
+            };
+            if !tensors.contains_key(&name) && !(name == "output.weight" && config.tied_embeddings)
+            {
+                return Err(LoadError::Missing {
+                    path: dir.join(shard).display().to_string(),
+                    what: format!("tensor '{hf_name}' (listed in model.safetensors.index.json)"),
+                });
             }
         }
     }
@@ -149,21 +178,35 @@ pub fn load_hf_dir(dir: &Path) -> Result<HostModel, LoadError> {
         config.tied_embeddings = true;
         notes.push("no lm_head.weight: tied embeddings".to_string());
     }
-    let first_file = files.first().map(|f| f.display().to_string()).unwrap_or_default();
-    validate_tensors(&config, &tensors, &|n| origin.get(n).cloned().unwrap_or_else(|| first_file.clone()), &first_file)?;
+    let first_file = files
+        .first()
+        .map(|f| f.display().to_string())
+        .unwrap_or_default();
+    validate_tensors(
+        &config,
+        &tensors,
+        &|n| origin.get(n).cloned().unwrap_or_else(|| first_file.clone()),
+        &first_file,
+    )?;
 
     let tok_path = dir.join("tokenizer.json");
     if !tok_path.is_file() {
         return Err(missing(dir, "tokenizer.json"));
     }
-    let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
-        .map_err(|e| LoadError::Tokenizer { path: tok_path.display().to_string(), what: e.to_string() })?;
+    let tokenizer =
+        tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| LoadError::Tokenizer {
+            path: tok_path.display().to_string(),
+            what: e.to_string(),
+        })?;
 
     let tc_path = dir.join("tokenizer_config.json");
     let tc = read_json(&tc_path)?;
     let gc_path = dir.join("generation_config.json");
     let gc = read_json(&gc_path)?;
-    for (v, n) in [(&tc, "tokenizer_config.json"), (&gc, "generation_config.json")] {
+    for (v, n) in [
+        (&tc, "tokenizer_config.json"),
+        (&gc, "generation_config.json"),
+    ] {
         if v.is_none() {
             notes.push(format!("no {n}"));
         }
@@ -179,8 +222,17 @@ pub fn load_hf_dir(dir: &Path) -> Result<HostModel, LoadError> {
     }
     let bos_token_id = special_token(&tc, "bos_token")
         .and_then(|t| tokenizer.token_to_id(&t))
-        .or_else(|| gc.get("bos_token_id").and_then(Value::as_u64).map(|v| v as u32))
-        .or_else(|| cfg_json.get("bos_token_id").and_then(Value::as_u64).map(|v| v as u32));
+        .or_else(|| {
+            gc.get("bos_token_id")
+                .and_then(Value::as_u64)
+                .map(|v| v as u32)
+        })
+        .or_else(|| {
+            cfg_json
+                .get("bos_token_id")
+                .and_then(Value::as_u64)
+                .map(|v| v as u32)
+        });
     let mut eos: BTreeSet<u32> = BTreeSet::new();
     eos.extend(id_list(gc.get("eos_token_id")));
     eos.extend(id_list(cfg_json.get("eos_token_id")));
@@ -194,10 +246,18 @@ pub fn load_hf_dir(dir: &Path) -> Result<HostModel, LoadError> {
     // config says so explicitly; Qwen2 and GPT-2 style tokenizers do not.
     let add_bos = match tc.get("add_bos_token").and_then(Value::as_bool) {
         Some(b) => b,
-        None => tc.get("tokenizer_class").and_then(Value::as_str).is_some_and(|c| c.contains("Llama")),
+        None => tc
+            .get("tokenizer_class")
+            .and_then(Value::as_str)
+            .is_some_and(|c| c.contains("Llama")),
     } && bos_token_id.is_some();
 
-    let mut source = format!("{} (HF safetensors, {} file(s), {})", dir.display(), files.len(), dtypes.into_iter().collect::<Vec<_>>().join("/"));
+    let mut source = format!(
+        "{} (HF safetensors, {} file(s), {})",
+        dir.display(),
+        files.len(),
+        dtypes.into_iter().collect::<Vec<_>>().join("/")
+    );
     if skipped > 0 {
         notes.push(format!("{skipped} unused tensor(s) skipped"));
     }
@@ -217,11 +277,17 @@ pub fn load_hf_dir(dir: &Path) -> Result<HostModel, LoadError> {
 }
 
 fn io(path: &Path, source: std::io::Error) -> LoadError {
-    LoadError::Io { path: path.display().to_string(), source }
+    LoadError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 fn missing(dir: &Path, file: &str) -> LoadError {
-    LoadError::Missing { path: dir.display().to_string(), what: format!("{file} (required)") }
+    LoadError::Missing {
+        path: dir.display().to_string(),
+        what: format!("{file} (required)"),
+    }
 }
 
 /// Parse a JSON file; `Ok(None)` when it does not exist.
@@ -233,23 +299,44 @@ fn read_json(path: &Path) -> Result<Option<Value>, LoadError> {
     };
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| LoadError::Malformed { path: path.display().to_string(), what: format!("JSON: {e}") })
+        .map_err(|e| LoadError::Malformed {
+            path: path.display().to_string(),
+            what: format!("JSON: {e}"),
+        })
 }
 
 /// config.json → ModelConfig, plus whether `tie_word_embeddings` was given explicitly.
 fn parse_config(j: &Value, path: &Path) -> Result<(ModelConfig, bool), LoadError> {
     let p = || path.display().to_string();
     let model_type = j.get("model_type").and_then(Value::as_str).unwrap_or("");
-    let first_arch = j.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str).unwrap_or("");
+    let first_arch = j
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let arch = match (model_type, first_arch) {
         ("qwen2", _) | ("", "Qwen2ForCausalLM") => Arch::Qwen2,
         ("llama", _) | ("", "LlamaForCausalLM") => Arch::Llama,
         _ => {
-            let arch = if model_type.is_empty() { first_arch } else { model_type };
-            return Err(LoadError::UnknownArch { path: p(), arch: if arch.is_empty() { "<no model_type>".into() } else { arch.into() } });
+            let arch = if model_type.is_empty() {
+                first_arch
+            } else {
+                model_type
+            };
+            return Err(LoadError::UnknownArch {
+                path: p(),
+                arch: if arch.is_empty() {
+                    "<no model_type>".into()
+                } else {
+                    arch.into()
+                },
+            });
         }
     };
-    let bad = |field: &str, what: String| LoadError::Malformed { path: p(), what: format!("{field}: {what}") };
+    let bad = |field: &str, what: String| LoadError::Malformed {
+        path: p(),
+        what: format!("{field}: {what}"),
+    };
     let uint = |field: &str| -> Result<Option<usize>, LoadError> {
         match j.get(field) {
             None | Some(Value::Null) => Ok(None),
@@ -259,13 +346,24 @@ fn parse_config(j: &Value, path: &Path) -> Result<(ModelConfig, bool), LoadError
             },
         }
     };
-    let req = |field: &str| uint(field)?.ok_or_else(|| LoadError::Missing { path: p(), what: format!("field '{field}'") });
+    let req = |field: &str| {
+        uint(field)?.ok_or_else(|| LoadError::Missing {
+            path: p(),
+            what: format!("field '{field}'"),
+        })
+    };
     let float = |field: &str, default: Option<f64>| -> Result<f32, LoadError> {
         match j.get(field) {
-            None | Some(Value::Null) => default
-                .map(|d| d as f32)
-                .ok_or_else(|| LoadError::Missing { path: p(), what: format!("field '{field}'") }),
-            Some(v) => v.as_f64().map(|f| f as f32).ok_or_else(|| bad(field, format!("expected a number, got {v}"))),
+            None | Some(Value::Null) => {
+                default.map(|d| d as f32).ok_or_else(|| LoadError::Missing {
+                    path: p(),
+                    what: format!("field '{field}'"),
+                })
+            }
+            Some(v) => v
+                .as_f64()
+                .map(|f| f as f32)
+                .ok_or_else(|| bad(field, format!("expected a number, got {v}"))),
         }
     };
     let n_embd = req("hidden_size")?;
@@ -289,15 +387,28 @@ fn parse_config(j: &Value, path: &Path) -> Result<(ModelConfig, bool), LoadError
         tied_embeddings: tie.unwrap_or(false),
     };
     if n_head % n_kv_head != 0 {
-        return Err(bad("num_key_value_heads", format!("{n_kv_head} does not divide num_attention_heads {n_head}")));
+        return Err(bad(
+            "num_key_value_heads",
+            format!("{n_kv_head} does not divide num_attention_heads {n_head}"),
+        ));
     }
     if head_dim * n_head != n_embd && j.get("head_dim").is_none() {
-        return Err(bad("hidden_size", format!("{n_embd} is not divisible by num_attention_heads {n_head}")));
+        return Err(bad(
+            "hidden_size",
+            format!("{n_embd} is not divisible by num_attention_heads {n_head}"),
+        ));
     }
     // Every matrix's columns are one of these; int4 groups must not straddle rows.
-    for (field, v) in [("hidden_size", n_embd), ("intermediate_size", cfg.n_ff), ("num_attention_heads*head_dim", n_head * head_dim)] {
+    for (field, v) in [
+        ("hidden_size", n_embd),
+        ("intermediate_size", cfg.n_ff),
+        ("num_attention_heads*head_dim", n_head * head_dim),
+    ] {
         if v % GROUP != 0 {
-            return Err(bad(field, format!("{v} is not a multiple of {GROUP} (the int4 group size)")));
+            return Err(bad(
+                field,
+                format!("{v} is not a multiple of {GROUP} (the int4 group size)"),
+            ));
         }
     }
     Ok((cfg, tie.is_some()))
@@ -311,23 +422,40 @@ fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<BTreeMap<String, Str
     }
     let index = dir.join("model.safetensors.index.json");
     let Some(j) = read_json(&index)? else {
-        return Err(missing(dir, "model.safetensors or model.safetensors.index.json"));
+        return Err(missing(
+            dir,
+            "model.safetensors or model.safetensors.index.json",
+        ));
     };
     let map: BTreeMap<String, String> = j
         .get("weight_map")
         .and_then(|m| serde_json::from_value(m.clone()).ok())
-        .ok_or_else(|| LoadError::Malformed { path: index.display().to_string(), what: "weight_map: expected an object of tensor → file".into() })?;
-    let mut shards: Vec<String> = map.values().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+        .ok_or_else(|| LoadError::Malformed {
+            path: index.display().to_string(),
+            what: "weight_map: expected an object of tensor → file".into(),
+        })?;
+    let mut shards: Vec<String> = map
+        .values()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     shards.retain(|s| !s.is_empty());
     let mut files = Vec::new();
     for s in shards {
         // Shard names are plain file names; refuse anything that escapes the directory.
         if s.contains('/') || s.contains('\\') || s == ".." {
-            return Err(LoadError::Malformed { path: index.display().to_string(), what: format!("weight_map: bad shard file name '{s}'") });
+            return Err(LoadError::Malformed {
+                path: index.display().to_string(),
+                what: format!("weight_map: bad shard file name '{s}'"),
+            });
         }
         let f = dir.join(&s);
         if !f.is_file() {
-            return Err(LoadError::Missing { path: index.display().to_string(), what: format!("shard file '{s}'") });
+            return Err(LoadError::Missing {
+                path: index.display().to_string(),
+                what: format!("shard file '{s}'"),
+            });
         }
         files.push(f);
     }
@@ -367,10 +495,23 @@ pub fn canonical_name(hf: &str) -> Option<String> {
 /// Little-endian tensor bytes → f32. Reads byte-wise: mmap offsets need not be aligned.
 pub(crate) fn to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, String> {
     Ok(match dtype {
-        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        other => return Err(format!("unsupported dtype {other:?} (supported: F32, F16, BF16)")),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(format!(
+                "unsupported dtype {other:?} (supported: F32, F16, BF16)"
+            ))
+        }
     })
 }
 
@@ -385,11 +526,17 @@ fn chat_template_of(tc: &Value, path: &Path) -> Result<Option<String>, LoadError
                 .iter()
                 .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
                 .or_else(|| list.first());
-            Ok(pick.and_then(|t| t.get("template")).and_then(Value::as_str).map(str::to_owned))
+            Ok(pick
+                .and_then(|t| t.get("template"))
+                .and_then(Value::as_str)
+                .map(str::to_owned))
         }
         Some(v) => Err(LoadError::Malformed {
             path: path.display().to_string(),
-            what: format!("chat_template: expected a string or a list of {{name, template}}, got {}", type_name(v)),
+            what: format!(
+                "chat_template: expected a string or a list of {{name, template}}, got {}",
+                type_name(v)
+            ),
         }),
     }
 }
@@ -418,7 +565,11 @@ fn special_token(tc: &Value, key: &str) -> Option<String> {
 fn id_list(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|n| n as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|n| n as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }

@@ -74,7 +74,10 @@ impl HostTensor {
                 .iter()
                 .flat_map(|g| g.q.iter().map(move |&q| g.scale * q as f32 + g.min))
                 .collect(),
-            TensorData::Q8(groups) => groups.iter().flat_map(|g| g.q.iter().map(move |&q| g.scale * q as f32)).collect(),
+            TensorData::Q8(groups) => groups
+                .iter()
+                .flat_map(|g| g.q.iter().map(move |&q| g.scale * q as f32))
+                .collect(),
         }
     }
 }
@@ -140,7 +143,11 @@ pub enum LoadError {
     #[error("{path}: unsupported architecture '{arch}' (supported: qwen2, llama)")]
     UnknownArch { path: String, arch: String },
     #[error("{path}: tensor '{name}': {what}")]
-    BadTensor { path: String, name: String, what: String },
+    BadTensor {
+        path: String,
+        name: String,
+        what: String,
+    },
     #[error("{path}: missing {what}")]
     Missing { path: String, what: String },
     #[error("{path}: tokenizer: {what}")]
@@ -151,10 +158,18 @@ pub enum LoadError {
 /// asymmetric min/max per group, scale and min rounded to f16 (what the GPU stores), so
 /// quantizing already-quantized values gives them back.
 pub fn quantize_q4(row: &[f32]) -> Vec<Q4Group> {
-    assert!(row.len() % 32 == 0, "row length {} is not a multiple of 32", row.len());
+    assert!(
+        row.len() % 32 == 0,
+        "row length {} is not a multiple of 32",
+        row.len()
+    );
     row.chunks_exact(32)
         .map(|g| {
-            let (mn, mx) = g.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &w| (a.min(w), b.max(w)));
+            let (mn, mx) = g
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &w| {
+                    (a.min(w), b.max(w))
+                });
             let min = half::f16::from_f32(mn).to_f32();
             let scale = half::f16::from_f32((mx - min) / 15.0).to_f32();
             let mut q = [0u8; 32];
@@ -171,7 +186,11 @@ pub fn quantize_q4(row: &[f32]) -> Vec<Q4Group> {
 /// Quantize one row (length a multiple of 32) to symmetric int8 groups, scale rounded to
 /// f16 as the GPU stores it.
 pub fn quantize_q8(row: &[f32]) -> Vec<Q8Group> {
-    assert!(row.len() % 32 == 0, "row length {} is not a multiple of 32", row.len());
+    assert!(
+        row.len() % 32 == 0,
+        "row length {} is not a multiple of 32",
+        row.len()
+    );
     row.chunks_exact(32)
         .map(|g| {
             let absmax = g.iter().fold(0f32, |a, w| a.max(w.abs()));
@@ -233,7 +252,10 @@ pub fn load_model(path: &Path) -> anyhow::Result<HostModel> {
     if !path.exists() {
         anyhow::bail!("{}: no such file or directory", path.display());
     }
-    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
     if ext.as_deref() == Some("gguf") || has_gguf_magic(path) {
         return Ok(gguf::load_gguf(path)?);
     }
@@ -247,11 +269,17 @@ pub fn load_model(path: &Path) -> anyhow::Result<HostModel> {
             prequant::FORMAT_KEY
         );
     }
-    anyhow::bail!("{}: unrecognized model file (expected a directory, .gguf or edgereason .safetensors)", path.display())
+    anyhow::bail!(
+        "{}: unrecognized model file (expected a directory, .gguf or edgereason .safetensors)",
+        path.display()
+    )
 }
 
 /// Whether a file starts with the GGUF magic (so misnamed GGUF files still load).
 fn has_gguf_magic(path: &Path) -> bool {
     let mut magic = [0u8; 4];
-    std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok() && &magic == b"GGUF"
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
 }

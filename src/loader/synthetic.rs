@@ -44,7 +44,10 @@ fn config(name: &str) -> Option<ModelConfig> {
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) as u32
     }
 }
@@ -52,11 +55,29 @@ impl Lcg {
 fn matrix(rows: usize, cols: usize, int8: bool, rng: &mut Lcg) -> HostTensor {
     let groups = rows * cols / 32;
     let data = if int8 {
-        TensorData::Q8((0..groups).map(|_| Q8Group { scale: 0.002, q: std::array::from_fn(|_| (rng.next() % 255) as i8) }).collect())
+        TensorData::Q8(
+            (0..groups)
+                .map(|_| Q8Group {
+                    scale: 0.002,
+                    q: std::array::from_fn(|_| (rng.next() % 255) as i8),
+                })
+                .collect(),
+        )
     } else {
-        TensorData::Q4((0..groups).map(|_| Q4Group { scale: 0.004, min: -0.03, q: std::array::from_fn(|_| (rng.next() % 16) as u8) }).collect())
+        TensorData::Q4(
+            (0..groups)
+                .map(|_| Q4Group {
+                    scale: 0.004,
+                    min: -0.03,
+                    q: std::array::from_fn(|_| (rng.next() % 16) as u8),
+                })
+                .collect(),
+        )
     };
-    HostTensor { shape: vec![rows, cols], data }
+    HostTensor {
+        shape: vec![rows, cols],
+        data,
+    }
 }
 
 /// `synthetic:<registry name>` → a model of that shape. Matrices take the format the real
@@ -69,10 +90,19 @@ pub fn synthetic_model(spec: &str) -> Option<HostModel> {
     let qwen = c.arch == Arch::Qwen2;
     let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
     let mut t = HashMap::new();
-    let ones = |n: usize| HostTensor { shape: vec![n], data: TensorData::F32(vec![1.0; n]) };
-    t.insert("token_embd.weight".to_string(), matrix(c.n_vocab, c.n_embd, true, &mut rng));
+    let ones = |n: usize| HostTensor {
+        shape: vec![n],
+        data: TensorData::F32(vec![1.0; n]),
+    };
+    t.insert(
+        "token_embd.weight".to_string(),
+        matrix(c.n_vocab, c.n_embd, true, &mut rng),
+    );
     if !c.tied_embeddings {
-        t.insert("output.weight".to_string(), matrix(c.n_vocab, c.n_embd, true, &mut rng));
+        t.insert(
+            "output.weight".to_string(),
+            matrix(c.n_vocab, c.n_embd, true, &mut rng),
+        );
     }
     t.insert("output_norm.weight".to_string(), ones(c.n_embd));
     for l in 0..c.n_layer {
@@ -82,18 +112,41 @@ pub fn synthetic_model(spec: &str) -> Option<HostModel> {
         t.insert(p("attn_q.weight"), matrix(q_dim, c.n_embd, qwen, &mut rng));
         t.insert(p("attn_k.weight"), matrix(kv_dim, c.n_embd, qwen, &mut rng));
         t.insert(p("attn_v.weight"), matrix(kv_dim, c.n_embd, qwen, &mut rng));
-        t.insert(p("attn_output.weight"), matrix(c.n_embd, q_dim, qwen, &mut rng));
-        t.insert(p("ffn_gate.weight"), matrix(c.n_ff, c.n_embd, qwen, &mut rng));
+        t.insert(
+            p("attn_output.weight"),
+            matrix(c.n_embd, q_dim, qwen, &mut rng),
+        );
+        t.insert(
+            p("ffn_gate.weight"),
+            matrix(c.n_ff, c.n_embd, qwen, &mut rng),
+        );
         t.insert(p("ffn_up.weight"), matrix(c.n_ff, c.n_embd, qwen, &mut rng));
-        t.insert(p("ffn_down.weight"), matrix(c.n_embd, c.n_ff, qwen && l % 2 == 0, &mut rng));
+        t.insert(
+            p("ffn_down.weight"),
+            matrix(c.n_embd, c.n_ff, qwen && l % 2 == 0, &mut rng),
+        );
         if qwen {
-            for (n, d) in [("attn_q.bias", q_dim), ("attn_k.bias", kv_dim), ("attn_v.bias", kv_dim)] {
-                t.insert(p(n), HostTensor { shape: vec![d], data: TensorData::F32(vec![0.0; d]) });
+            for (n, d) in [
+                ("attn_q.bias", q_dim),
+                ("attn_k.bias", kv_dim),
+                ("attn_v.bias", kv_dim),
+            ] {
+                t.insert(
+                    p(n),
+                    HostTensor {
+                        shape: vec![d],
+                        data: TensorData::F32(vec![0.0; d]),
+                    },
+                );
             }
         }
     }
     let vocab: HashMap<String, u32> = [("<unk>".to_string(), 0u32)].into_iter().collect();
-    let wl = tokenizers::models::wordlevel::WordLevel::builder().vocab(vocab.into_iter().collect()).unk_token("<unk>".into()).build().ok()?;
+    let wl = tokenizers::models::wordlevel::WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token("<unk>".into())
+        .build()
+        .ok()?;
     Some(HostModel {
         config: c,
         tensors: t,

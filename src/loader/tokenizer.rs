@@ -23,12 +23,10 @@ use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokeni
 pub const END_OF_REPLY: [&str; 3] = ["<|im_end|>", "<|endoftext|>", "<|im_start|>"];
 
 /// Qwen2 pre-tokenizer split (HF Qwen2 tokenizer.json): numbers split into single digits.
-pub const QWEN2_REGEX: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Llama 3 pre-tokenizer split: numbers in runs of up to three digits.
-pub const LLAMA3_REGEX: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// ggml token types (`llama_token_type`).
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -46,9 +44,15 @@ pub struct TokenizerInfo {
 }
 
 /// Build the tokenizer described by a GGUF file's metadata.
-pub fn tokenizer_from_gguf(g: &GgufFile, path: &Path) -> Result<(Tokenizer, TokenizerInfo), LoadError> {
+pub fn tokenizer_from_gguf(
+    g: &GgufFile,
+    path: &Path,
+) -> Result<(Tokenizer, TokenizerInfo), LoadError> {
     let p = path.display().to_string();
-    let err = |what: String| LoadError::Tokenizer { path: p.clone(), what };
+    let err = |what: String| LoadError::Tokenizer {
+        path: p.clone(),
+        what,
+    };
     let missing = |key: &str| LoadError::Missing {
         path: p.clone(),
         what: format!("metadata '{key}'"),
@@ -56,7 +60,11 @@ pub fn tokenizer_from_gguf(g: &GgufFile, path: &Path) -> Result<(Tokenizer, Toke
 
     match g.get_str("tokenizer.ggml.model")? {
         Some("gpt2") => {}
-        Some(other) => return Err(err(format!("model '{other}' is not supported (only byte-level BPE 'gpt2')"))),
+        Some(other) => {
+            return Err(err(format!(
+                "model '{other}' is not supported (only byte-level BPE 'gpt2')"
+            )))
+        }
         None => return Err(missing("tokenizer.ggml.model")),
     }
     let tokens = g
@@ -70,7 +78,9 @@ pub fn tokenizer_from_gguf(g: &GgufFile, path: &Path) -> Result<(Tokenizer, Toke
     let mut vocab = ahash::AHashMap::with_capacity(tokens.len());
     let mut pieces = Vec::with_capacity(tokens.len());
     for (id, t) in tokens.iter().enumerate() {
-        let s = t.as_str().ok_or_else(|| err(format!("token {id} is not a string")))?;
+        let s = t
+            .as_str()
+            .ok_or_else(|| err(format!("token {id} is not a string")))?;
         // First occurrence wins, as in llama.cpp's text → id map.
         vocab.entry(s.to_string()).or_insert(id as u32);
         pieces.push(s);
@@ -79,7 +89,9 @@ pub fn tokenizer_from_gguf(g: &GgufFile, path: &Path) -> Result<(Tokenizer, Toke
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let s = m.as_str().ok_or_else(|| err(format!("merge {i} is not a string")))?;
+            let s = m
+                .as_str()
+                .ok_or_else(|| err(format!("merge {i} is not a string")))?;
             let (a, b) = s
                 .split_once(' ')
                 .ok_or_else(|| err(format!("merge {i} '{s}' is not two space-separated pieces")))?;
@@ -90,9 +102,13 @@ pub fn tokenizer_from_gguf(g: &GgufFile, path: &Path) -> Result<(Tokenizer, Toke
     let pre = g.get_str("tokenizer.ggml.pre")?.unwrap_or("default");
     let byte_level = ByteLevel::new(false, false, false);
     let split = |re: &str| -> Result<PreTokenizerWrapper, LoadError> {
-        Ok(Split::new(SplitPattern::Regex(re.into()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| err(format!("pre-tokenizer regex: {e}")))?
-            .into())
+        Ok(Split::new(
+            SplitPattern::Regex(re.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| err(format!("pre-tokenizer regex: {e}")))?
+        .into())
     };
     // Mirrors each model's HF tokenizer.json pre_tokenizer.
     let (pre_tokenizer, nfc, ignore_merges): (Vec<PreTokenizerWrapper>, bool, bool) = match pre {
@@ -100,7 +116,10 @@ pub fn tokenizer_from_gguf(g: &GgufFile, path: &Path) -> Result<(Tokenizer, Toke
         "llama-bpe" | "llama3" => (vec![split(LLAMA3_REGEX)?, byte_level.into()], false, true),
         // SmolLM / SmolLM2: Sequence[Digits(individual_digits), ByteLevel(use_regex)].
         "smollm" => (
-            vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()],
+            vec![
+                Digits::new(true).into(),
+                ByteLevel::new(false, true, true).into(),
+            ],
             false,
             false,
         ),
@@ -128,7 +147,12 @@ pub fn tokenizer_from_gguf(g: &GgufFile, path: &Path) -> Result<(Tokenizer, Toke
         let special: Vec<AddedToken> = types
             .iter()
             .zip(&pieces)
-            .filter(|(t, _)| matches!(t.as_i64(), Some(TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED)))
+            .filter(|(t, _)| {
+                matches!(
+                    t.as_i64(),
+                    Some(TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED)
+                )
+            })
             .map(|(_, s)| AddedToken::from(s.to_string(), true))
             .collect();
         tok.add_special_tokens(&special);
@@ -141,10 +165,13 @@ pub fn tokenizer_from_gguf(g: &GgufFile, path: &Path) -> Result<(Tokenizer, Toke
             None => Ok(None),
         }
     };
-    let mut eos: Vec<u32> = [id("tokenizer.ggml.eos_token_id")?, id("tokenizer.ggml.eot_token_id")?]
-        .into_iter()
-        .flatten()
-        .collect();
+    let mut eos: Vec<u32> = [
+        id("tokenizer.ggml.eos_token_id")?,
+        id("tokenizer.ggml.eot_token_id")?,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     for s in END_OF_REPLY {
         if let Some(i) = tok.token_to_id(s) {
             eos.push(i);
@@ -203,8 +230,15 @@ mod tests {
         assert_eq!(e.iter().filter(|&&i| i == im_start).count(), 2);
         assert_eq!(e.iter().filter(|&&i| i == im_end).count(), 1);
         assert_eq!(t.decode(&e, false).unwrap(), chat);
-        assert!(info.eos_token_ids.contains(&im_end), "<|im_end|> ends a turn");
-        assert!(info.chat_template.as_deref().unwrap_or("").contains("im_start"));
+        assert!(
+            info.eos_token_ids.contains(&im_end),
+            "<|im_end|> ends a turn"
+        );
+        assert!(info
+            .chat_template
+            .as_deref()
+            .unwrap_or("")
+            .contains("im_start"));
         assert_eq!(ids(t, "12345").len(), 5, "digits split one per token");
     }
 
@@ -233,11 +267,18 @@ mod tests {
         assert_eq!(ids(&t, "Hello world"), vec![9707, 1879]);
         let chat = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
         let want = [
-            151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198, 151644, 872, 198, 13048, 151645, 198, 151644, 77091, 198,
+            151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198, 151644, 872, 198,
+            13048, 151645, 198, 151644, 77091, 198,
         ];
         assert_eq!(ids(&t, chat), want);
-        assert_eq!(ids(&t, "12345 x\n\n  y"), vec![16, 17, 18, 19, 20, 856, 271, 220, 379]);
+        assert_eq!(
+            ids(&t, "12345 x\n\n  y"),
+            vec![16, 17, 18, 19, 20, 856, 271, 220, 379]
+        );
         assert!(!info.add_bos);
-        println!("qwen2: eos {:?} bos {:?}", info.eos_token_ids, info.bos_token_id);
+        println!(
+            "qwen2: eos {:?} bos {:?}",
+            info.eos_token_ids, info.bos_token_id
+        );
     }
 }

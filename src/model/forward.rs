@@ -21,7 +21,11 @@ use std::time::Instant;
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error("context full: {needed} tokens needed, the KV cache holds {n_ctx} (raise --ctx, up to the model's {model_ctx})")]
-    ContextFull { needed: usize, n_ctx: usize, model_ctx: usize },
+    ContextFull {
+        needed: usize,
+        n_ctx: usize,
+        model_ctx: usize,
+    },
     #[error("token id {id} is outside the vocabulary ({n_vocab})")]
     BadToken { id: u32, n_vocab: usize },
     #[error("{rows} rows in one step; this session takes at most {max}")]
@@ -91,7 +95,13 @@ impl Session {
 
     /// A session whose rows can use the adapters of `lora` (each stream picks one with
     /// [`set_adapter`](Self::set_adapter), or none), applied as `apply` says.
-    pub fn with_adapters(model: Arc<GpuModel>, n_ctx: usize, max_rows: usize, lora: Option<Arc<LoraSet>>, apply: LoraApply) -> Self {
+    pub fn with_adapters(
+        model: Arc<GpuModel>,
+        n_ctx: usize,
+        max_rows: usize,
+        lora: Option<Arc<LoraSet>>,
+        apply: LoraApply,
+    ) -> Self {
         let lora = lora.filter(|l| !l.adapters.is_empty());
         let ctx = model.ctx.clone();
         let c = &model.config;
@@ -116,40 +126,111 @@ impl Session {
         let logits = ctx.storage("logits", lm_rows as u64 * c.n_vocab as u64 * f);
         let unused = ctx.storage("unused", 16);
         let (po, pml) = ops::attention::partial_bytes(c.n_head, hd);
-        let (part_o, part_ml) = (ctx.storage("attn.part_o", po), ctx.storage("attn.part_ml", pml));
+        let (part_o, part_ml) = (
+            ctx.storage("attn.part_o", po),
+            ctx.storage("attn.part_ml", pml),
+        );
         let plan = ops::attention::AttentionPlan::for_device(&ctx);
-        let mm_part_bytes = model.layers.iter().flat_map(|l| [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]).chain([model.lm_head()]).map(|w| ops::matmul_int4::partial_bytes(&ctx, w)).max().unwrap_or(0);
+        let mm_part_bytes = model
+            .layers
+            .iter()
+            .flat_map(|l| [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down])
+            .chain([model.lm_head()])
+            .map(|w| ops::matmul_int4::partial_bytes(&ctx, w))
+            .max()
+            .unwrap_or(0);
         let mm_part = ctx.storage("matmul.partials", mm_part_bytes);
         // Every matmul reads the shared int8 activation blocks; each call names its output.
-        let io = MatmulIo { xq: &xq, xs: &xs, out: &x, out_stride: c.n_embd, out_offset: 0, bias: None, accumulate: false, partials: &mm_part, lora: None };
+        let io = MatmulIo {
+            xq: &xq,
+            xs: &xs,
+            out: &x,
+            out_stride: c.n_embd,
+            out_offset: 0,
+            bias: None,
+            accumulate: false,
+            partials: &mm_part,
+            lora: None,
+        };
         // LoRA: each row's adapter and its low-rank activations A·x.
         let u_stride = lora.as_ref().map_or(1, |l| l.u_stride());
         let lora_rows = ctx.storage("lora.rows", mr * 8);
         let lora_u = ctx.storage("lora.u", mr * u_stride as u64 * f);
-        let rows_io = LoraRows { rows: &lora_rows, u: &lora_u, u_stride };
+        let rows_io = LoraRows {
+            rows: &lora_rows,
+            u: &lora_u,
+            u_stride,
+        };
         // Matmul `f` of layer `l` with its LoRA (see adapters::FUSED): the low-rank shrink,
         // then the int4 matmul adding s·B·u in its output pass, or (Separate) a pass of its own.
-        let with_lora = |l: usize, f: usize, label: &str, w: &ops::matmul_int4::QuantMatrix, io: MatmulIo, push: &mut dyn FnMut(Dispatch)| {
+        let with_lora = |l: usize,
+                         f: usize,
+                         label: &str,
+                         w: &ops::matmul_int4::QuantMatrix,
+                         io: MatmulIo,
+                         push: &mut dyn FnMut(Dispatch)| {
             let Some(set) = &lora else {
                 return matmul_int4(&ctx, label, w, &io).into_iter().for_each(push);
             };
             let m = &set.layers[l][f];
-            push(ops::lora::shrink(&ctx, &format!("{label}.lora_a"), &m.a, m.k, m.segs, m.a_cols, set.max_rank, &rows_io, io.xq, io.xs));
+            push(ops::lora::shrink(
+                &ctx,
+                &format!("{label}.lora_a"),
+                &m.a,
+                m.k,
+                m.segs,
+                m.a_cols,
+                set.max_rank,
+                &rows_io,
+                io.xq,
+                io.xs,
+            ));
             match apply {
                 LoraApply::Fused => {
-                    let fused = MatmulLora { rows: rows_io, b: &m.b, segments: m.segments };
-                    matmul_int4(&ctx, label, w, &MatmulIo { lora: Some(fused), ..io }).into_iter().for_each(&mut *push);
+                    let fused = MatmulLora {
+                        rows: rows_io,
+                        b: &m.b,
+                        segments: m.segments,
+                    };
+                    matmul_int4(
+                        &ctx,
+                        label,
+                        w,
+                        &MatmulIo {
+                            lora: Some(fused),
+                            ..io
+                        },
+                    )
+                    .into_iter()
+                    .for_each(&mut *push);
                 }
                 LoraApply::Separate => {
-                    matmul_int4(&ctx, label, w, &io).into_iter().for_each(&mut *push);
-                    push(ops::lora::expand(&ctx, &format!("{label}.lora_b"), &m.b, m.n, m.segments, &rows_io, io.out, io.out_stride, io.xq, io.xs));
+                    matmul_int4(&ctx, label, w, &io)
+                        .into_iter()
+                        .for_each(&mut *push);
+                    push(ops::lora::expand(
+                        &ctx,
+                        &format!("{label}.lora_b"),
+                        &m.b,
+                        m.n,
+                        m.segments,
+                        &rows_io,
+                        io.out,
+                        io.out_stride,
+                        io.xq,
+                        io.xs,
+                    ));
                 }
             }
         };
         let kv_bytes = (n_blocks * BLOCK_SIZE * kv_dim * 2) as u64; // f16
         let block_scratch = ctx.storage("kv.block_copy", (BLOCK_SIZE * kv_dim * 2) as u64);
-        let k_cache: Vec<_> = (0..c.n_layer).map(|l| ctx.storage(&format!("k_cache.{l}"), kv_bytes)).collect();
-        let v_cache: Vec<_> = (0..c.n_layer).map(|l| ctx.storage(&format!("v_cache.{l}"), kv_bytes)).collect();
+        let k_cache: Vec<_> = (0..c.n_layer)
+            .map(|l| ctx.storage(&format!("k_cache.{l}"), kv_bytes))
+            .collect();
+        let v_cache: Vec<_> = (0..c.n_layer)
+            .map(|l| ctx.storage(&format!("v_cache.{l}"), kv_bytes))
+            .collect();
 
         let mut body: Vec<(usize, Dispatch)> = Vec::new();
         // x = embed(tokens)
@@ -159,38 +240,156 @@ impl Session {
         for (l, layer) in model.layers.iter().enumerate() {
             let mut push = |d: Dispatch| body.push((l, d));
             // x = x + Wo · attention(rope(Wqkv · norm(x)))
-            push(ops::rmsnorm::rmsnorm(&ctx, "attn_norm", &x, &layer.attn_norm, c.n_embd, c.rms_eps, &unused, &xq, &xs, true));
-            let qkv_io = MatmulIo { out: &qkv, out_stride: qkv_dim, bias: layer.bqkv.as_ref(), ..io };
+            push(ops::rmsnorm::rmsnorm(
+                &ctx,
+                "attn_norm",
+                &x,
+                &layer.attn_norm,
+                c.n_embd,
+                c.rms_eps,
+                &unused,
+                &xq,
+                &xs,
+                true,
+            ));
+            let qkv_io = MatmulIo {
+                out: &qkv,
+                out_stride: qkv_dim,
+                bias: layer.bqkv.as_ref(),
+                ..io
+            };
             with_lora(l, 0, "qkv", &layer.wqkv, qkv_io, &mut push);
-            push(ops::rope::rope_store_kv(&ctx, "rope", &qkv, &positions, &slots, &k_cache[l], &v_cache[l], c.n_head, c.n_kv_head, hd, c.rope_theta));
+            push(ops::rope::rope_store_kv(
+                &ctx,
+                "rope",
+                &qkv,
+                &positions,
+                &slots,
+                &k_cache[l],
+                &v_cache[l],
+                c.n_head,
+                c.n_kv_head,
+                hd,
+                c.rope_theta,
+            ));
             let att = AttentionIo {
                 qkv: &qkv,
                 qkv_stride: qkv_dim,
                 positions: &positions,
                 k_cache: &k_cache[l],
                 v_cache: &v_cache[l],
-                tables: BlockTables { tables: &tables, block_size: BLOCK_SIZE as u32, max_blocks: max_blocks as u32 },
+                tables: BlockTables {
+                    tables: &tables,
+                    block_size: BLOCK_SIZE as u32,
+                    max_blocks: max_blocks as u32,
+                },
                 out: &attn,
                 partials: (&part_o, &part_ml),
             };
-            ops::attention::attention(&ctx, "attention", &att, c.n_head, c.n_kv_head, hd, plan).into_iter().for_each(&mut push);
-            push(ops::quantize_act::quantize_act(&ctx, "attn_quant", &attn, q_dim, q_dim, &xq, &xs));
-            with_lora(l, 1, "wo", &layer.wo, MatmulIo { accumulate: true, ..io }, &mut push);
+            ops::attention::attention(&ctx, "attention", &att, c.n_head, c.n_kv_head, hd, plan)
+                .into_iter()
+                .for_each(&mut push);
+            push(ops::quantize_act::quantize_act(
+                &ctx,
+                "attn_quant",
+                &attn,
+                q_dim,
+                q_dim,
+                &xq,
+                &xs,
+            ));
+            with_lora(
+                l,
+                1,
+                "wo",
+                &layer.wo,
+                MatmulIo {
+                    accumulate: true,
+                    ..io
+                },
+                &mut push,
+            );
             // x = x + W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))
-            push(ops::rmsnorm::rmsnorm(&ctx, "ffn_norm", &x, &layer.ffn_norm, c.n_embd, c.rms_eps, &unused, &xq, &xs, true));
-            with_lora(l, 2, "gate_up", &layer.w_gate_up, MatmulIo { out: &gate_up, out_stride: 2 * c.n_ff, ..io }, &mut push);
-            push(ops::swiglu::swiglu(&ctx, "swiglu", &gate_up, c.n_ff, &xq, &xs));
-            with_lora(l, 3, "down", &layer.w_down, MatmulIo { accumulate: true, ..io }, &mut push);
+            push(ops::rmsnorm::rmsnorm(
+                &ctx,
+                "ffn_norm",
+                &x,
+                &layer.ffn_norm,
+                c.n_embd,
+                c.rms_eps,
+                &unused,
+                &xq,
+                &xs,
+                true,
+            ));
+            with_lora(
+                l,
+                2,
+                "gate_up",
+                &layer.w_gate_up,
+                MatmulIo {
+                    out: &gate_up,
+                    out_stride: 2 * c.n_ff,
+                    ..io
+                },
+                &mut push,
+            );
+            push(ops::swiglu::swiglu(
+                &ctx, "swiglu", &gate_up, c.n_ff, &xq, &xs,
+            ));
+            with_lora(
+                l,
+                3,
+                "down",
+                &layer.w_down,
+                MatmulIo {
+                    accumulate: true,
+                    ..io
+                },
+                &mut push,
+            );
         }
         // logits = W_out · norm(x), for the rows asked for
-        let mut head = vec![ops::rmsnorm::rmsnorm(&ctx, "output_norm", &x, &model.output_norm, c.n_embd, c.rms_eps, &unused, &xq, &xs, true)];
-        head.extend(matmul_int4(&ctx, "lm_head", model.lm_head(), &MatmulIo { out: &logits, out_stride: c.n_vocab, ..io }));
+        let mut head = vec![ops::rmsnorm::rmsnorm(
+            &ctx,
+            "output_norm",
+            &x,
+            &model.output_norm,
+            c.n_embd,
+            c.rms_eps,
+            &unused,
+            &xq,
+            &xs,
+            true,
+        )];
+        head.extend(matmul_int4(
+            &ctx,
+            "lm_head",
+            model.lm_head(),
+            &MatmulIo {
+                out: &logits,
+                out_stride: c.n_vocab,
+                ..io
+            },
+        ));
         let hidden = ctx.storage("hidden", mr * c.n_embd as u64 * f);
-        let final_hidden = ops::rmsnorm::rmsnorm(&ctx, "final_hidden", &x, &model.output_norm, c.n_embd, c.rms_eps, &hidden, &xq, &xs, false);
+        let final_hidden = ops::rmsnorm::rmsnorm(
+            &ctx,
+            "final_hidden",
+            &x,
+            &model.output_norm,
+            c.n_embd,
+            c.rms_eps,
+            &hidden,
+            &xq,
+            &xs,
+            false,
+        );
         // next token of each logits row, sampled on the GPU: settings in, (id, log-prob) out
         let sample_rows = ctx.storage("sampling.rows", lm_rows as u64 * ops::sampling::ROW_BYTES);
         let sampled = ctx.storage("sampling.out", lm_rows as u64 * ops::sampling::OUT_BYTES);
-        let sampling = ops::sampling::sampling(&ctx, "sampling", &logits, c.n_vocab, &sample_rows, &sampled);
+        let sampling =
+            ops::sampling::sampling(&ctx, "sampling", &logits, c.n_vocab, &sample_rows, &sampled);
 
         let mut pool = BlockPool::new(n_blocks, BLOCK_SIZE);
         let main = pool.create();
@@ -211,7 +410,9 @@ impl Session {
             k_cache,
             v_cache,
             block_scratch,
-            _buffers: vec![x, xq, xs, qkv, attn, gate_up, unused, part_o, part_ml, mm_part, lora_u],
+            _buffers: vec![
+                x, xq, xs, qkv, attn, gate_up, unused, part_o, part_ml, mm_part, lora_u,
+            ],
             body,
             head,
             final_hidden,
@@ -248,7 +449,10 @@ impl Session {
     pub fn read_kv(&self, l: usize) -> Result<(Vec<u16>, Vec<u16>), ForwardError> {
         let ctx = &self.model.ctx;
         let n = (self.k_cache[l].size() / 2) as usize;
-        Ok((ctx.read(&self.k_cache[l], 0, n)?, ctx.read(&self.v_cache[l], 0, n)?))
+        Ok((
+            ctx.read(&self.k_cache[l], 0, n)?,
+            ctx.read(&self.v_cache[l], 0, n)?,
+        ))
     }
 
     /// The adapter stream `s` uses, if any.
@@ -258,12 +462,26 @@ impl Session {
 
     /// Bytes of activation buffers (residual, int8 blocks, qkv, ffn, logits, tables).
     pub fn activation_bytes(&self) -> u64 {
-        self._buffers.iter().chain([&self.logits, &self.tables, &self.tokens, &self.positions, &self.slots]).map(|b| b.size()).sum()
+        self._buffers
+            .iter()
+            .chain([
+                &self.logits,
+                &self.tables,
+                &self.tokens,
+                &self.positions,
+                &self.slots,
+            ])
+            .map(|b| b.size())
+            .sum()
     }
 
     /// Bytes of the KV cache (all blocks, used or not).
     pub fn kv_bytes(&self) -> u64 {
-        self.k_cache.iter().chain(&self.v_cache).map(|b| b.size()).sum()
+        self.k_cache
+            .iter()
+            .chain(&self.v_cache)
+            .map(|b| b.size())
+            .sum()
     }
 
     /// Bytes of KV cache one token slot takes (all layers, K and V).
@@ -293,10 +511,17 @@ impl Session {
     fn check(&self, tokens: &[u32]) -> Result<(), ForwardError> {
         let c = &self.model.config;
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
-            return Err(ForwardError::BadToken { id, n_vocab: c.n_vocab });
+            return Err(ForwardError::BadToken {
+                id,
+                n_vocab: c.n_vocab,
+            });
         }
         if self.pos + tokens.len() > self.n_ctx {
-            return Err(ForwardError::ContextFull { needed: self.pos + tokens.len(), n_ctx: self.n_ctx, model_ctx: c.n_ctx });
+            return Err(ForwardError::ContextFull {
+                needed: self.pos + tokens.len(),
+                n_ctx: self.n_ctx,
+                model_ctx: c.n_ctx,
+            });
         }
         Ok(())
     }
@@ -333,22 +558,39 @@ impl Session {
         }
         let ctx = &self.model.ctx;
         if !copies.is_empty() {
-            let row_bytes = (BLOCK_SIZE * self.model.config.n_kv_head * self.model.config.head_dim * 2) as u64;
+            let row_bytes =
+                (BLOCK_SIZE * self.model.config.n_kv_head * self.model.config.head_dim * 2) as u64;
             let mut enc = ctx.device.create_command_encoder(&Default::default());
             for c in &copies {
                 // A buffer cannot be both source and destination of one copy: go through scratch.
                 for cache in self.k_cache.iter().chain(&self.v_cache) {
-                    enc.copy_buffer_to_buffer(cache, c.src as u64 * row_bytes, &self.block_scratch, 0, row_bytes);
-                    enc.copy_buffer_to_buffer(&self.block_scratch, 0, cache, c.dst as u64 * row_bytes, row_bytes);
+                    enc.copy_buffer_to_buffer(
+                        cache,
+                        c.src as u64 * row_bytes,
+                        &self.block_scratch,
+                        0,
+                        row_bytes,
+                    );
+                    enc.copy_buffer_to_buffer(
+                        &self.block_scratch,
+                        0,
+                        cache,
+                        c.dst as u64 * row_bytes,
+                        row_bytes,
+                    );
                 }
             }
             ctx.queue.submit([enc.finish()]);
         }
         let toks: Vec<u32> = rows.iter().map(|r| r.1).collect();
-        ctx.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(&toks));
-        ctx.queue.write_buffer(&self.positions, 0, bytemuck::cast_slice(&positions));
-        ctx.queue.write_buffer(&self.slots, 0, bytemuck::cast_slice(&slots));
-        ctx.queue.write_buffer(&self.tables, 0, bytemuck::cast_slice(&tables));
+        ctx.queue
+            .write_buffer(&self.tokens, 0, bytemuck::cast_slice(&toks));
+        ctx.queue
+            .write_buffer(&self.positions, 0, bytemuck::cast_slice(&positions));
+        ctx.queue
+            .write_buffer(&self.slots, 0, bytemuck::cast_slice(&slots));
+        ctx.queue
+            .write_buffer(&self.tables, 0, bytemuck::cast_slice(&tables));
         // Each row's adapter as the LoRA kernels read it: (rank, rank offset), rank 0 = none.
         let mut adapters = false;
         if let Some(set) = &self.lora {
@@ -362,18 +604,26 @@ impl Session {
                     None => [0, 0],
                 })
                 .collect();
-            ctx.queue.write_buffer(&self.lora_rows, 0, bytemuck::cast_slice(&per_row));
+            ctx.queue
+                .write_buffer(&self.lora_rows, 0, bytemuck::cast_slice(&per_row));
         }
         // Keys all rows read from the very same blocks (a forked prompt), and attend to.
         let first = self.pool.table(rows[0].0)?;
         let mut shared_blocks = first.len();
         for &(s, _) in &rows[1..] {
             let t = self.pool.table(s)?;
-            shared_blocks = shared_blocks.min(first.iter().zip(t).take_while(|(a, b)| a == b).count());
+            shared_blocks =
+                shared_blocks.min(first.iter().zip(t).take_while(|(a, b)| a == b).count());
         }
         let min_keys = positions.iter().min().map_or(0, |p| p + 1);
         let shared_len = ((shared_blocks * BLOCK_SIZE) as u32).min(min_keys);
-        Ok(Step { rows: rows.len() as u32, row0: 0, kv_len: positions.iter().max().map_or(0, |p| p + 1), shared_len, adapters })
+        Ok(Step {
+            rows: rows.len() as u32,
+            row0: 0,
+            kv_len: positions.iter().max().map_or(0, |p| p + 1),
+            shared_len,
+            adapters,
+        })
     }
 
     fn main_rows(&self, tokens: &[u32]) -> Vec<(StreamId, u32)> {
@@ -382,18 +632,28 @@ impl Session {
 
     /// Append `tokens` to the stream and return the logits after the last one.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ForwardError> {
-        Ok(self.forward_chunks(tokens, None::<fn(Option<Vec<f32>>, &[f32]) -> Vec<f32>>)?.0)
+        Ok(self
+            .forward_chunks(tokens, None::<fn(Option<Vec<f32>>, &[f32]) -> Vec<f32>>)?
+            .0)
     }
 
     /// As [`forward`](Self::forward), also pooling the final-norm hidden states of the
     /// tokens: each prefill chunk's mean folded in by `pool(pooled so far, chunk mean)` (the
     /// switcher's moving average). Costs one f32 norm and a read-back per chunk.
-    pub fn forward_pooled(&mut self, tokens: &[u32], pool: impl Fn(Option<Vec<f32>>, &[f32]) -> Vec<f32>) -> Result<(Vec<f32>, Vec<f32>), ForwardError> {
+    pub fn forward_pooled(
+        &mut self,
+        tokens: &[u32],
+        pool: impl Fn(Option<Vec<f32>>, &[f32]) -> Vec<f32>,
+    ) -> Result<(Vec<f32>, Vec<f32>), ForwardError> {
         let (logits, pooled) = self.forward_chunks(tokens, Some(pool))?;
         Ok((logits, pooled.unwrap_or_default()))
     }
 
-    fn forward_chunks(&mut self, tokens: &[u32], pool: Option<impl Fn(Option<Vec<f32>>, &[f32]) -> Vec<f32>>) -> Result<(Vec<f32>, Option<Vec<f32>>), ForwardError> {
+    fn forward_chunks(
+        &mut self,
+        tokens: &[u32],
+        pool: Option<impl Fn(Option<Vec<f32>>, &[f32]) -> Vec<f32>>,
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>), ForwardError> {
         self.check(tokens)?;
         let ctx = self.model.ctx.clone();
         let d = self.model.config.n_embd;
@@ -422,12 +682,16 @@ impl Session {
             if let Some(pool) = &pool {
                 let h: Vec<f32> = ctx.read(&self.hidden, 0, chunk.len() * d)?;
                 let mut mean = vec![0f32; d];
-                h.chunks(d).for_each(|row| mean.iter_mut().zip(row).for_each(|(m, v)| *m += v));
+                h.chunks(d)
+                    .for_each(|row| mean.iter_mut().zip(row).for_each(|(m, v)| *m += v));
                 mean.iter_mut().for_each(|m| *m /= chunk.len() as f32);
                 pooled = Some(pool(pooled, &mean));
             }
         }
-        Ok((ctx.read(&self.logits, 0, self.model.config.n_vocab)?, pooled))
+        Ok((
+            ctx.read(&self.logits, 0, self.model.config.n_vocab)?,
+            pooled,
+        ))
     }
 
     /// Advance streams by `rows` (a stream may take several consecutive rows) and return
@@ -438,11 +702,16 @@ impl Session {
             return Err(ForwardError::BadToken { id, n_vocab });
         }
         if rows.len() > self.max_rows {
-            return Err(ForwardError::TooManyRows { rows: rows.len(), max: self.max_rows });
+            return Err(ForwardError::TooManyRows {
+                rows: rows.len(),
+                max: self.max_rows,
+            });
         }
         let step = self.prepare_rows(rows)?;
         self.record_submit(|pass, ctx| {
-            self.body.iter().for_each(|(_, d)| d.record_step(ctx, pass, &step));
+            self.body
+                .iter()
+                .for_each(|(_, d)| d.record_step(ctx, pass, &step));
             self.final_hidden.record(ctx, pass, step.rows, 0);
         });
         if rows.iter().any(|r| r.0 == self.main) {
@@ -455,20 +724,35 @@ impl Session {
 
     /// Append `tokens` and hand the logits after every one of them to `each(i, logits)`
     /// (teacher-forced scoring).
-    pub fn forward_all(&mut self, tokens: &[u32], mut each: impl FnMut(usize, &[f32])) -> Result<(), ForwardError> {
+    pub fn forward_all(
+        &mut self,
+        tokens: &[u32],
+        mut each: impl FnMut(usize, &[f32]),
+    ) -> Result<(), ForwardError> {
         self.check(tokens)?;
         let ctx = self.model.ctx.clone();
         let n_vocab = self.model.config.n_vocab;
         for (ci, chunk) in tokens.chunks(self.max_rows).enumerate() {
             let step = self.prepare_rows(&self.main_rows(chunk))?;
-            self.record_submit(|pass, ctx| self.body.iter().for_each(|(_, d)| d.record_step(ctx, pass, &step)));
+            self.record_submit(|pass, ctx| {
+                self.body
+                    .iter()
+                    .for_each(|(_, d)| d.record_step(ctx, pass, &step))
+            });
             let mut r0 = 0;
             while r0 < chunk.len() {
                 let n = (chunk.len() - r0).min(self.lm_rows);
-                self.record_submit(|pass, ctx| self.head.iter().for_each(|d| d.record(ctx, pass, n as u32, r0 as u32)));
+                self.record_submit(|pass, ctx| {
+                    self.head
+                        .iter()
+                        .for_each(|d| d.record(ctx, pass, n as u32, r0 as u32))
+                });
                 let logits: Vec<f32> = ctx.read(&self.logits, 0, n * n_vocab)?;
                 for j in 0..n {
-                    each(ci * self.max_rows + r0 + j, &logits[j * n_vocab..(j + 1) * n_vocab]);
+                    each(
+                        ci * self.max_rows + r0 + j,
+                        &logits[j * n_vocab..(j + 1) * n_vocab],
+                    );
                 }
                 r0 += n;
             }
@@ -493,7 +777,11 @@ impl Session {
     /// gets its own pass with GPU timestamps at its start and end, all in one submission;
     /// without them each launch is submitted and waited for alone and wall time is taken
     /// (slower, and includes submission overhead). For `bench`.
-    pub fn forward_profiled(&mut self, tokens: &[u32], profile: &mut KernelProfile) -> Result<Vec<f32>, ForwardError> {
+    pub fn forward_profiled(
+        &mut self,
+        tokens: &[u32],
+        profile: &mut KernelProfile,
+    ) -> Result<Vec<f32>, ForwardError> {
         self.check(tokens)?;
         assert!(tokens.len() <= self.max_rows);
         let ctx = self.model.ctx.clone();
@@ -505,15 +793,36 @@ impl Session {
             .body
             .iter()
             .map(|(_, d)| (d, step))
-            .chain(self.head.iter().map(|d| (d, Step { rows: 1, row0: rows - 1, kv_len, shared_len: 0, adapters: false })))
-            .chain((!crate::sampling::cpu_sampling()).then_some((&self.sampling, Step { rows: 1, ..Default::default() })))
+            .chain(self.head.iter().map(|d| {
+                (
+                    d,
+                    Step {
+                        rows: 1,
+                        row0: rows - 1,
+                        kv_len,
+                        shared_len: 0,
+                        adapters: false,
+                    },
+                )
+            }))
+            .chain((!crate::sampling::cpu_sampling()).then_some((
+                &self.sampling,
+                Step {
+                    rows: 1,
+                    ..Default::default()
+                },
+            )))
             .collect();
         let kind = |d: &Dispatch| d.label.split('[').next().unwrap_or(&d.label).to_string();
         ctx.wait();
         if ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
             profile.source = "timestamp queries".into();
             let n = launches.len() as u32;
-            let set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count: 2 * n });
+            let set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("profile"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * n,
+            });
             let resolved = ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("profile.resolve"),
                 size: 16 * n as u64,
@@ -555,13 +864,20 @@ impl Session {
 
     /// Advance several streams by one token each in one batched step (every weight is
     /// read once for all rows) and return each row's logits, in row order.
-    pub fn forward_rows(&mut self, rows: &[(StreamId, u32)]) -> Result<Vec<Vec<f32>>, ForwardError> {
+    pub fn forward_rows(
+        &mut self,
+        rows: &[(StreamId, u32)],
+    ) -> Result<Vec<Vec<f32>>, ForwardError> {
         let n_vocab = self.model.config.n_vocab;
         self.check_rows(rows)?;
         let step = self.prepare_rows(rows)?;
         self.record_submit(|pass, ctx| {
-            self.body.iter().for_each(|(_, d)| d.record_step(ctx, pass, &step));
-            self.head.iter().for_each(|d| d.record_step(ctx, pass, &step));
+            self.body
+                .iter()
+                .for_each(|(_, d)| d.record_step(ctx, pass, &step));
+            self.head
+                .iter()
+                .for_each(|d| d.record_step(ctx, pass, &step));
         });
         if rows.iter().any(|r| r.0 == self.main) {
             self.pos = self.pool.len(self.main)?;
@@ -577,12 +893,19 @@ impl Session {
             return Err(ForwardError::BadToken { id, n_vocab });
         }
         if rows.len() > self.lm_rows {
-            return Err(ForwardError::TooManyRows { rows: rows.len(), max: self.lm_rows });
+            return Err(ForwardError::TooManyRows {
+                rows: rows.len(),
+                max: self.lm_rows,
+            });
         }
         for &(s, _) in rows {
             let len = self.pool.len(s)?;
             if len + 1 > self.n_ctx {
-                return Err(ForwardError::ContextFull { needed: len + 1, n_ctx: self.n_ctx, model_ctx: self.model.config.n_ctx });
+                return Err(ForwardError::ContextFull {
+                    needed: len + 1,
+                    n_ctx: self.n_ctx,
+                    model_ctx: self.model.config.n_ctx,
+                });
             }
         }
         Ok(())
@@ -592,14 +915,22 @@ impl Session {
     /// GPU in the same submission (`sampling[i]` for row i: its stream's settings and
     /// step, see [`ops::sampling`]); reads back only (id, log-prob) per row, 8 bytes
     /// instead of `n_vocab` floats.
-    pub fn forward_rows_sampled(&mut self, rows: &[(StreamId, u32)], sampling: &[RowSampling]) -> Result<Vec<(u32, f32)>, ForwardError> {
+    pub fn forward_rows_sampled(
+        &mut self,
+        rows: &[(StreamId, u32)],
+        sampling: &[RowSampling],
+    ) -> Result<Vec<(u32, f32)>, ForwardError> {
         assert_eq!(rows.len(), sampling.len(), "one sampling setting per row");
         self.check_rows(rows)?;
         let step = self.prepare_rows(rows)?;
         self.write_sample_rows(sampling.iter().enumerate().map(|(i, s)| s.row(i as u32)));
         self.record_submit(|pass, ctx| {
-            self.body.iter().for_each(|(_, d)| d.record_step(ctx, pass, &step));
-            self.head.iter().for_each(|d| d.record_step(ctx, pass, &step));
+            self.body
+                .iter()
+                .for_each(|(_, d)| d.record_step(ctx, pass, &step));
+            self.head
+                .iter()
+                .for_each(|d| d.record_step(ctx, pass, &step));
             self.sampling.record(ctx, pass, step.rows, 0);
         });
         if rows.iter().any(|r| r.0 == self.main) {
@@ -611,9 +942,15 @@ impl Session {
     /// Sample `sampling.len()` tokens (at most `lm_rows`) on the GPU, all from the logits
     /// the last [`forward`](Self::forward) left (its last position): the first token of
     /// each stream forked from a prompt. Reads back only (id, log-prob) per row.
-    pub fn sample_last_logits(&mut self, sampling: &[RowSampling]) -> Result<Vec<(u32, f32)>, ForwardError> {
+    pub fn sample_last_logits(
+        &mut self,
+        sampling: &[RowSampling],
+    ) -> Result<Vec<(u32, f32)>, ForwardError> {
         if sampling.len() > self.lm_rows {
-            return Err(ForwardError::TooManyRows { rows: sampling.len(), max: self.lm_rows });
+            return Err(ForwardError::TooManyRows {
+                rows: sampling.len(),
+                max: self.lm_rows,
+            });
         }
         self.write_sample_rows(sampling.iter().map(|s| s.row(0)));
         self.record_submit(|pass, ctx| self.sampling.record(ctx, pass, sampling.len() as u32, 0));
@@ -622,7 +959,10 @@ impl Session {
 
     fn write_sample_rows(&self, rows: impl Iterator<Item = SampleRow>) {
         let rows: Vec<SampleRow> = rows.collect();
-        self.model.ctx.queue.write_buffer(&self.sample_rows, 0, bytemuck::cast_slice(&rows));
+        self.model
+            .ctx
+            .queue
+            .write_buffer(&self.sample_rows, 0, bytemuck::cast_slice(&rows));
     }
 
     fn read_sampled(&self, rows: usize) -> Result<Vec<(u32, f32)>, ForwardError> {

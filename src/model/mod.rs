@@ -8,7 +8,9 @@ pub mod reference;
 pub use forward::{ForwardError, KernelProfile, Session};
 
 use crate::gpu::GpuContext;
-use crate::loader::{quantize_q4, quantize_q8, HostModel, HostTensor, LoadError, ModelConfig, TensorData};
+use crate::loader::{
+    quantize_q4, quantize_q8, HostModel, HostTensor, LoadError, ModelConfig, TensorData,
+};
 use crate::ops::matmul_int4::{QuantGroups, QuantMatrix};
 use std::sync::Arc;
 
@@ -16,12 +18,12 @@ use std::sync::Arc;
 /// gate and up (rows gate | up): one matmul each instead of three and two.
 pub struct GpuLayer {
     pub attn_norm: wgpu::Buffer, // [n_embd]
-    pub wqkv: QuantMatrix,        // [(n_head + 2·n_kv_head)·head_dim, n_embd]
+    pub wqkv: QuantMatrix,       // [(n_head + 2·n_kv_head)·head_dim, n_embd]
     pub bqkv: Option<wgpu::Buffer>,
-    pub wo: QuantMatrix,          // [n_embd, n_head·head_dim]
-    pub ffn_norm: wgpu::Buffer,  // [n_embd]
-    pub w_gate_up: QuantMatrix,   // [2·n_ff, n_embd]
-    pub w_down: QuantMatrix,      // [n_embd, n_ff]
+    pub wo: QuantMatrix,        // [n_embd, n_head·head_dim]
+    pub ffn_norm: wgpu::Buffer, // [n_embd]
+    pub w_gate_up: QuantMatrix, // [2·n_ff, n_embd]
+    pub w_down: QuantMatrix,    // [n_embd, n_ff]
 }
 
 /// Model weights resident on one GPU.
@@ -36,7 +38,10 @@ pub struct GpuModel {
 }
 
 fn tensor<'a>(host: &'a HostModel, name: &str) -> Result<&'a HostTensor, LoadError> {
-    host.tensors.get(name).ok_or_else(|| LoadError::Missing { path: host.source.clone(), what: format!("tensor '{name}'") })
+    host.tensors.get(name).ok_or_else(|| LoadError::Missing {
+        path: host.source.clone(),
+        what: format!("tensor '{name}'"),
+    })
 }
 
 /// A matrix tensor checked to be [rows, cols] with cols a multiple of 32.
@@ -46,7 +51,10 @@ fn matrix_tensor<'a>(host: &'a HostModel, name: &str) -> Result<&'a HostTensor, 
         return Err(LoadError::BadTensor {
             path: host.source.clone(),
             name: name.into(),
-            what: format!("shape {:?}: expected a matrix with a multiple of 32 columns", t.shape),
+            what: format!(
+                "shape {:?}: expected a matrix with a multiple of 32 columns",
+                t.shape
+            ),
         });
     }
     Ok(t)
@@ -54,8 +62,15 @@ fn matrix_tensor<'a>(host: &'a HostModel, name: &str) -> Result<&'a HostTensor, 
 
 /// Upload the row-concatenation of `names` as one matrix. Int8 if any part is stored at
 /// int8 (a fused matrix has one format), else int4 (f32 parts are quantized here).
-fn upload_matrix(ctx: &GpuContext, host: &HostModel, names: &[String]) -> Result<QuantMatrix, LoadError> {
-    let parts: Vec<&HostTensor> = names.iter().map(|n| matrix_tensor(host, n)).collect::<Result<_, _>>()?;
+fn upload_matrix(
+    ctx: &GpuContext,
+    host: &HostModel,
+    names: &[String],
+) -> Result<QuantMatrix, LoadError> {
+    let parts: Vec<&HostTensor> = names
+        .iter()
+        .map(|n| matrix_tensor(host, n))
+        .collect::<Result<_, _>>()?;
     let k = parts[0].shape[1];
     let n: usize = parts.iter().map(|t| t.shape[0]).sum();
     let int8 = parts.iter().any(|t| matches!(t.data, TensorData::Q8(_)));
@@ -86,11 +101,19 @@ fn vector(ctx: &GpuContext, host: &HostModel, name: &str) -> Result<wgpu::Buffer
 
 impl GpuModel {
     /// Upload `host` to the GPU (int4 for every matrix).
-    pub fn upload(ctx: Arc<GpuContext>, host: &HostModel, mut progress: impl FnMut(usize, usize)) -> Result<Self, LoadError> {
+    pub fn upload(
+        ctx: Arc<GpuContext>,
+        host: &HostModel,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Self, LoadError> {
         let c = &host.config;
         let matrix = |names: &[String]| upload_matrix(&ctx, host, names);
         let token_embd = matrix(&["token_embd.weight".into()])?;
-        let output = if c.tied_embeddings { None } else { Some(matrix(&["output.weight".into()])?) };
+        let output = if c.tied_embeddings {
+            None
+        } else {
+            Some(matrix(&["output.weight".into()])?)
+        };
         let output_norm = vector(&ctx, host, "output_norm.weight")?;
         let mut layers = Vec::with_capacity(c.n_layer);
         for l in 0..c.n_layer {
@@ -114,7 +137,14 @@ impl GpuModel {
             });
             progress(l + 1, c.n_layer);
         }
-        Ok(GpuModel { ctx, config: c.clone(), token_embd, output, output_norm, layers })
+        Ok(GpuModel {
+            ctx,
+            config: c.clone(),
+            token_embd,
+            output,
+            output_norm,
+            layers,
+        })
     }
 
     /// The LM head matrix (tied or not).
@@ -124,7 +154,11 @@ impl GpuModel {
 
     /// Bytes of weights on the GPU.
     pub fn weight_bytes(&self) -> u64 {
-        let l: u64 = self.layers.iter().map(|l| l.wqkv.bytes() + l.wo.bytes() + l.w_gate_up.bytes() + l.w_down.bytes()).sum();
+        let l: u64 = self
+            .layers
+            .iter()
+            .map(|l| l.wqkv.bytes() + l.wo.bytes() + l.w_gate_up.bytes() + l.w_down.bytes())
+            .sum();
         l + self.token_embd.bytes() + self.output.as_ref().map_or(0, |o| o.bytes())
     }
 }

@@ -79,7 +79,10 @@ impl AttentionPlan {
     /// measuring one against the other).
     pub fn for_device(ctx: &GpuContext) -> Self {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
-        AttentionPlan { keys_per_split: env("EDGEREASON_KEYS_PER_SPLIT").unwrap_or_else(|| keys_per_split(ctx)), shared_prefix: env("EDGEREASON_SHARED_PREFIX").is_none_or(|v| v != 0) }
+        AttentionPlan {
+            keys_per_split: env("EDGEREASON_KEYS_PER_SPLIT").unwrap_or_else(|| keys_per_split(ctx)),
+            shared_prefix: env("EDGEREASON_SHARED_PREFIX").is_none_or(|v| v != 0),
+        }
     }
 }
 
@@ -87,15 +90,37 @@ impl AttentionPlan {
 /// (≤ 64 keys of head_dim ≤ 64) sits in workgroup memory next to its queries' scores, 20 KiB
 /// in all, more than some phones give.
 pub fn shared_prefix_supported(ctx: &GpuContext, head_dim: usize, keys_per_split: u32) -> bool {
-    head_dim <= 64 && (1..=64).contains(&keys_per_split) && ctx.device.limits().max_compute_workgroup_storage_size >= PREFIX_WORKGROUP_BYTES
+    head_dim <= 64
+        && (1..=64).contains(&keys_per_split)
+        && ctx.device.limits().max_compute_workgroup_storage_size >= PREFIX_WORKGROUP_BYTES
 }
 
 /// The attention launches: the shared-prefix pass (only for decode steps of several rows
 /// over a common prompt), the per-row pass, and the split merge (only when a step splits).
-pub fn attention(ctx: &GpuContext, label: &str, io: &AttentionIo, n_head: usize, n_kv_head: usize, head_dim: usize, plan: AttentionPlan) -> Vec<Dispatch> {
+pub fn attention(
+    ctx: &GpuContext,
+    label: &str,
+    io: &AttentionIo,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    plan: AttentionPlan,
+) -> Vec<Dispatch> {
     let keys_per_split = plan.keys_per_split;
-    let AttentionIo { qkv, qkv_stride, positions, k_cache, v_cache, ref tables, out, partials } = *io;
-    assert!(head_dim <= 256 && head_dim % 4 == 0, "head_dim {head_dim} unsupported (≤ 256, multiple of 4)");
+    let AttentionIo {
+        qkv,
+        qkv_stride,
+        positions,
+        k_cache,
+        v_cache,
+        ref tables,
+        out,
+        partials,
+    } = *io;
+    assert!(
+        head_dim <= 256 && head_dim % 4 == 0,
+        "head_dim {head_dim} unsupported (≤ 256, multiple of 4)"
+    );
     let words = vec![
         n_head as u32,
         n_kv_head as u32,
@@ -120,18 +145,59 @@ pub fn attention(ctx: &GpuContext, label: &str, io: &AttentionIo, n_head: usize,
         kinds: KINDS,
         words: words.clone(),
         dynamic: vec![(3, Dyn::Rows), (6, Dyn::Splits), (10, Dyn::SharedSplits)],
-        buffers: vec![qkv, positions, k_cache, v_cache, out, partials.0, partials.1, tables.tables],
+        buffers: vec![
+            qkv,
+            positions,
+            k_cache,
+            v_cache,
+            out,
+            partials.0,
+            partials.1,
+            tables.tables,
+        ],
         grid,
-        defines: ShaderDefines::new().with("SUBGROUPS", (ctx.subgroups && entry == "main") as u32).with("ROWS", PREFIX_QUERIES),
+        defines: ShaderDefines::new()
+            .with("SUBGROUPS", (ctx.subgroups && entry == "main") as u32)
+            .with("ROWS", PREFIX_QUERIES),
     };
     let x = n_head as u32;
     let mut out = Vec::new();
     if cascade {
         let group = (n_head / n_kv_head) as u32;
-        out.push(Dispatch::new(ctx, spec("prefix", Grid::Prefix { x: n_kv_head as u32, group, keys_per_split })));
+        out.push(Dispatch::new(
+            ctx,
+            spec(
+                "prefix",
+                Grid::Prefix {
+                    x: n_kv_head as u32,
+                    group,
+                    keys_per_split,
+                },
+            ),
+        ));
     }
-    out.push(Dispatch::new(ctx, spec("main", Grid::PerRowSplits { x, keys_per_split, cascade })));
-    out.push(Dispatch::new(ctx, spec("merge", Grid::IfSplit { x, keys_per_split, cascade })));
+    out.push(Dispatch::new(
+        ctx,
+        spec(
+            "main",
+            Grid::PerRowSplits {
+                x,
+                keys_per_split,
+                cascade,
+            },
+        ),
+    ));
+    out.push(Dispatch::new(
+        ctx,
+        spec(
+            "merge",
+            Grid::IfSplit {
+                x,
+                keys_per_split,
+                cascade,
+            },
+        ),
+    ));
     out
 }
 
@@ -139,11 +205,15 @@ pub fn attention(ctx: &GpuContext, label: &str, io: &AttentionIo, n_head: usize,
 pub fn reference(q: &[f32], k: &[f32], v: &[f32], hd: usize) -> Vec<f32> {
     let n = k.len() / hd;
     let scale = 1.0 / (hd as f32).sqrt();
-    let s: Vec<f32> = (0..n).map(|t| (0..hd).map(|d| q[d] * k[t * hd + d]).sum::<f32>() * scale).collect();
+    let s: Vec<f32> = (0..n)
+        .map(|t| (0..hd).map(|d| q[d] * k[t * hd + d]).sum::<f32>() * scale)
+        .collect();
     let mx = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let e: Vec<f32> = s.iter().map(|x| (x - mx).exp()).collect();
     let z: f32 = e.iter().sum();
-    (0..hd).map(|d| (0..n).map(|t| e[t] * v[t * hd + d]).sum::<f32>() / z).collect()
+    (0..hd)
+        .map(|d| (0..n).map(|t| e[t] * v[t * hd + d]).sum::<f32>() / z)
+        .collect()
 }
 
 /// N decode streams forked from one prompt, laid out in a paged cache as the engine lays
@@ -179,14 +249,27 @@ pub struct StreamsOverPrompt {
 
 impl StreamsOverPrompt {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(ctx: &GpuContext, (n_head, n_kv_head, head_dim): (usize, usize, usize), prompt_len: usize, suffix_lens: &[usize], block_size: usize, shared: bool, seed: u64) -> Self {
+    pub fn new(
+        ctx: &GpuContext,
+        (n_head, n_kv_head, head_dim): (usize, usize, usize),
+        prompt_len: usize,
+        suffix_lens: &[usize],
+        block_size: usize,
+        shared: bool,
+        seed: u64,
+    ) -> Self {
         let kv = n_kv_head * head_dim;
-        let mut rng = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut rng = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let mut rand = |n: usize| -> Vec<f32> {
             (0..n)
                 .map(|_| {
-                    rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    half::f16::from_f32(((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0).to_f32()
+                    rng = rng
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    half::f16::from_f32(((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+                        .to_f32()
                 })
                 .collect()
         };
@@ -223,24 +306,46 @@ impl StreamsOverPrompt {
             for pos in 0..prompt_len + suffix_lens[i] {
                 let slot = t[pos / block_size] as usize * block_size + pos % block_size;
                 let (k, v) = if pos < prompt_len {
-                    (&prompt_k[pos * kv..(pos + 1) * kv], &prompt_v[pos * kv..(pos + 1) * kv])
+                    (
+                        &prompt_k[pos * kv..(pos + 1) * kv],
+                        &prompt_v[pos * kv..(pos + 1) * kv],
+                    )
                 } else {
                     let j = pos - prompt_len;
-                    (&suffix_k[i][j * kv..(j + 1) * kv], &suffix_v[i][j * kv..(j + 1) * kv])
+                    (
+                        &suffix_k[i][j * kv..(j + 1) * kv],
+                        &suffix_v[i][j * kv..(j + 1) * kv],
+                    )
                 };
                 k_words[slot * kv..(slot + 1) * kv].copy_from_slice(k);
                 v_words[slot * kv..(slot + 1) * kv].copy_from_slice(v);
             }
         }
-        let f16s = |x: &[f32]| -> Vec<u16> { x.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect() };
+        let f16s = |x: &[f32]| -> Vec<u16> {
+            x.iter()
+                .map(|&v| half::f16::from_f32(v).to_bits())
+                .collect()
+        };
         // qkv rows carry Q heads first; the K/V part of each row is unused by attention.
         let stride = (n_head + 2 * n_kv_head) * head_dim;
         let mut qkv = vec![0f32; n * stride];
         for i in 0..n {
-            qkv[i * stride..i * stride + n_head * head_dim].copy_from_slice(&queries[i * n_head * head_dim..(i + 1) * n_head * head_dim]);
+            qkv[i * stride..i * stride + n_head * head_dim]
+                .copy_from_slice(&queries[i * n_head * head_dim..(i + 1) * n_head * head_dim]);
         }
-        let positions: Vec<u32> = suffix_lens.iter().map(|&s| (prompt_len + s - 1) as u32).collect();
-        let flat_tables: Vec<u32> = tables.iter().flat_map(|t| t.iter().copied().chain(std::iter::repeat(0)).take(max_blocks)).collect();
+        let positions: Vec<u32> = suffix_lens
+            .iter()
+            .map(|&s| (prompt_len + s - 1) as u32)
+            .collect();
+        let flat_tables: Vec<u32> = tables
+            .iter()
+            .flat_map(|t| {
+                t.iter()
+                    .copied()
+                    .chain(std::iter::repeat(0))
+                    .take(max_blocks)
+            })
+            .collect();
         let (po, pml) = partial_bytes(n_head, head_dim);
         StreamsOverPrompt {
             n_head,
@@ -255,7 +360,10 @@ impl StreamsOverPrompt {
             v_cache: ctx.storage_from("case v", &f16s(&v_words)),
             tables_buf: ctx.storage_from("case tables", &flat_tables),
             out: ctx.storage("case out", (n * n_head * head_dim * 4) as u64),
-            partials: (ctx.storage("case part_o", po), ctx.storage("case part_ml", pml)),
+            partials: (
+                ctx.storage("case part_o", po),
+                ctx.storage("case part_ml", pml),
+            ),
             prompt_k,
             prompt_v,
             suffix_k,
@@ -274,21 +382,43 @@ impl StreamsOverPrompt {
             positions: &self.positions,
             k_cache: &self.k_cache,
             v_cache: &self.v_cache,
-            tables: BlockTables { tables: &self.tables_buf, block_size: self.block_size as u32, max_blocks: self.max_blocks as u32 },
+            tables: BlockTables {
+                tables: &self.tables_buf,
+                block_size: self.block_size as u32,
+                max_blocks: self.max_blocks as u32,
+            },
             out: &self.out,
             partials: (&self.partials.0, &self.partials.1),
         };
-        attention(ctx, "attention case", &io, self.n_head, self.n_kv_head, self.head_dim, plan)
+        attention(
+            ctx,
+            "attention case",
+            &io,
+            self.n_head,
+            self.n_kv_head,
+            self.head_dim,
+            plan,
+        )
     }
 
     /// The decode step, with the shared length computed as the engine computes it: keys in
     /// leading blocks every stream's table has in common.
     pub fn step(&self) -> super::Step {
         let first = &self.tables[0];
-        let common = self.tables[1..].iter().map(|t| first.iter().zip(t).take_while(|(a, b)| a == b).count()).min().unwrap_or(first.len());
+        let common = self.tables[1..]
+            .iter()
+            .map(|t| first.iter().zip(t).take_while(|(a, b)| a == b).count())
+            .min()
+            .unwrap_or(first.len());
         let min_keys = self.prompt_len + self.suffix_lens.iter().min().unwrap();
         let max_keys = self.prompt_len + self.suffix_lens.iter().max().unwrap();
-        super::Step { rows: self.suffix_lens.len() as u32, row0: 0, kv_len: max_keys as u32, shared_len: (common * self.block_size).min(min_keys) as u32, adapters: false }
+        super::Step {
+            rows: self.suffix_lens.len() as u32,
+            row0: 0,
+            kv_len: max_keys as u32,
+            shared_len: (common * self.block_size).min(min_keys) as u32,
+            adapters: false,
+        }
     }
 
     /// Bytes of K and V the streams attend to (prompt counted once per stream).
@@ -302,7 +432,11 @@ impl StreamsOverPrompt {
         let (hd, kv) = (self.head_dim, self.n_kv_head * self.head_dim);
         let kvh = h / (self.n_head / self.n_kv_head);
         let gather = |prompt: &[f32], suffix: &[f32]| -> Vec<f32> {
-            prompt.chunks(kv).chain(suffix.chunks(kv)).flat_map(|row| row[kvh * hd..(kvh + 1) * hd].to_vec()).collect()
+            prompt
+                .chunks(kv)
+                .chain(suffix.chunks(kv))
+                .flat_map(|row| row[kvh * hd..(kvh + 1) * hd].to_vec())
+                .collect()
         };
         let k = gather(&self.prompt_k, &self.suffix_k[i]);
         let v = gather(&self.prompt_v, &self.suffix_v[i]);

@@ -5,9 +5,21 @@ use super::matmul_int4::{QuantMatrix, WeightFormat};
 use super::{Dispatch, DispatchSpec, Dyn, Grid};
 use crate::gpu::{Binding, GpuContext};
 
-const KINDS: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite];
+const KINDS: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+];
 
-pub fn embedding(ctx: &GpuContext, label: &str, table: &QuantMatrix, tokens: &wgpu::Buffer, out: &wgpu::Buffer) -> Vec<Dispatch> {
+pub fn embedding(
+    ctx: &GpuContext,
+    label: &str,
+    table: &QuantMatrix,
+    tokens: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Vec<Dispatch> {
     table
         .chunks
         .iter()
@@ -22,7 +34,16 @@ pub fn embedding(ctx: &GpuContext, label: &str, table: &QuantMatrix, tokens: &wg
                     words: vec![c.n as u32, table.k as u32, 0, c.n0 as u32],
                     dynamic: vec![(2, Dyn::Rows)],
                     buffers: vec![&c.qweight, &c.scales, tokens, out],
-                    grid: Grid::PerRow { x: super::wg64(table.k / if table.format == WeightFormat::Int4 { 8 } else { 4 }) },
+                    grid: Grid::PerRow {
+                        x: super::wg64(
+                            table.k
+                                / if table.format == WeightFormat::Int4 {
+                                    8
+                                } else {
+                                    4
+                                },
+                        ),
+                    },
                     defines: Default::default(),
                 },
             )

@@ -6,7 +6,15 @@
 use super::{Dispatch, DispatchSpec, Dyn, Grid};
 use crate::gpu::{Binding, GpuContext, ShaderDefines};
 
-const KINDS: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::Read, Binding::Read, Binding::Read, Binding::ReadWrite, Binding::ReadWrite];
+const KINDS: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+];
 
 /// Per-step LoRA state every launch shares: which adapter each row uses and the low-rank
 /// activations.
@@ -23,7 +31,18 @@ pub struct LoraRows<'a> {
 /// `a` holds `a_cols` = segs · (total rank) columns ([`pack_a_transposed`]); `max_rank`
 /// (even) is the largest adapter rank in it.
 #[allow(clippy::too_many_arguments)]
-pub fn shrink(ctx: &GpuContext, label: &str, a: &wgpu::Buffer, k: usize, segs: usize, a_cols: usize, max_rank: usize, lora: &LoraRows, xq: &wgpu::Buffer, xs: &wgpu::Buffer) -> Dispatch {
+pub fn shrink(
+    ctx: &GpuContext,
+    label: &str,
+    a: &wgpu::Buffer,
+    k: usize,
+    segs: usize,
+    a_cols: usize,
+    max_rank: usize,
+    lora: &LoraRows,
+    xq: &wgpu::Buffer,
+    xs: &wgpu::Buffer,
+) -> Dispatch {
     Dispatch::new(
         ctx,
         DispatchSpec {
@@ -31,10 +50,22 @@ pub fn shrink(ctx: &GpuContext, label: &str, a: &wgpu::Buffer, k: usize, segs: u
             shader: "lora",
             entry: "shrink",
             kinds: KINDS,
-            words: vec![k as u32, 0, a_cols as u32, segs as u32, lora.u_stride as u32, 0, 0, 0],
+            words: vec![
+                k as u32,
+                0,
+                a_cols as u32,
+                segs as u32,
+                lora.u_stride as u32,
+                0,
+                0,
+                0,
+            ],
             dynamic: vec![(1, Dyn::Rows)],
             buffers: vec![xq, xs, lora.rows, a, lora.u, lora.u],
-            grid: Grid::RowTiles { x: super::wg64(segs * max_rank), k_splits: 1 },
+            grid: Grid::RowTiles {
+                x: super::wg64(segs * max_rank),
+                k_splits: 1,
+            },
             defines: ShaderDefines::new(),
         },
     )
@@ -44,7 +75,18 @@ pub fn shrink(ctx: &GpuContext, label: &str, a: &wgpu::Buffer, k: usize, segs: u
 /// out[m][n] += s·B·u[m] as its own pass (the unfused path). `seg1`/`seg2` split the
 /// output columns into the stacked projections.
 #[allow(clippy::too_many_arguments)]
-pub fn expand(ctx: &GpuContext, label: &str, b: &wgpu::Buffer, n: usize, (seg1, seg2): (usize, usize), lora: &LoraRows, out: &wgpu::Buffer, out_stride: usize, xq: &wgpu::Buffer, xs: &wgpu::Buffer) -> Dispatch {
+pub fn expand(
+    ctx: &GpuContext,
+    label: &str,
+    b: &wgpu::Buffer,
+    n: usize,
+    (seg1, seg2): (usize, usize),
+    lora: &LoraRows,
+    out: &wgpu::Buffer,
+    out_stride: usize,
+    xq: &wgpu::Buffer,
+    xs: &wgpu::Buffer,
+) -> Dispatch {
     Dispatch::new(
         ctx,
         DispatchSpec {
@@ -52,7 +94,16 @@ pub fn expand(ctx: &GpuContext, label: &str, b: &wgpu::Buffer, n: usize, (seg1, 
             shader: "lora",
             entry: "expand",
             kinds: KINDS,
-            words: vec![0, 0, n as u32, 0, lora.u_stride as u32, seg1 as u32, seg2 as u32, out_stride as u32],
+            words: vec![
+                0,
+                0,
+                n as u32,
+                0,
+                lora.u_stride as u32,
+                seg1 as u32,
+                seg2 as u32,
+                out_stride as u32,
+            ],
             dynamic: vec![(1, Dyn::Rows)],
             buffers: vec![xq, xs, lora.rows, b, lora.u, out],
             grid: Grid::PerRow { x: super::wg64(n) },

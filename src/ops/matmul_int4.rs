@@ -63,7 +63,8 @@ pub struct QuantMatrix {
 }
 
 fn pack_scale(scale: f32, min: f32) -> u32 {
-    half::f16::from_f32(scale).to_bits() as u32 | ((half::f16::from_f32(min).to_bits() as u32) << 16)
+    half::f16::from_f32(scale).to_bits() as u32
+        | ((half::f16::from_f32(min).to_bits() as u32) << 16)
 }
 
 /// Pack rows `n0..n1` of row-major int8 groups into the kernel layout.
@@ -78,7 +79,8 @@ pub fn pack_rows_int8(groups: &[Q8Group], k: usize, n0: usize, n1: usize) -> (Ve
             scales[g * n + r] = pack_scale(grp.scale, 0.0);
             for j in 0..8 {
                 let b = &grp.q[j * 4..j * 4 + 4];
-                qweight[(g * 8 + j) * n + r] = u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]);
+                qweight[(g * 8 + j) * n + r] =
+                    u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]);
             }
         }
     }
@@ -117,12 +119,23 @@ impl QuantMatrix {
 
     /// As [`upload`](Self::upload) with an explicit per-binding byte limit (tests force
     /// several chunks with a small one).
-    pub fn upload_with_limit(ctx: &GpuContext, label: &str, n: usize, k: usize, groups: QuantGroups, max_binding: u64) -> Self {
+    pub fn upload_with_limit(
+        ctx: &GpuContext,
+        label: &str,
+        n: usize,
+        k: usize,
+        groups: QuantGroups,
+        max_binding: u64,
+    ) -> Self {
         let (format, len) = match groups {
             QuantGroups::Int4(g) => (WeightFormat::Int4, g.len()),
             QuantGroups::Int8(g) => (WeightFormat::Int8, g.len()),
         };
-        assert_eq!(len, n * k / 32, "{label}: group count does not match [{n}, {k}]");
+        assert_eq!(
+            len,
+            n * k / 32,
+            "{label}: group count does not match [{n}, {k}]"
+        );
         let bytes_per_row = (k * format.bits() / 8) as u64; // qweight is the larger buffer
         let rows_per_chunk = ((max_binding / bytes_per_row.max(1)) as usize).clamp(1, n.max(1));
         let mut chunks = Vec::new();
@@ -141,7 +154,12 @@ impl QuantMatrix {
             });
             n0 = n1;
         }
-        QuantMatrix { n, k, format, chunks }
+        QuantMatrix {
+            n,
+            k,
+            format,
+            chunks,
+        }
     }
 
     /// GPU bytes of the weights (for bandwidth figures).
@@ -202,7 +220,11 @@ pub fn k_splits(ctx: &GpuContext, n: usize, k: usize) -> u32 {
 
 /// Bytes of split-K partials `w` needs for decode steps (≤ 16 rows) on this device.
 pub fn partial_bytes(ctx: &GpuContext, w: &QuantMatrix) -> u64 {
-    w.chunks.iter().map(|c| k_splits(ctx, c.n, w.k) as u64 * 16 * c.n as u64 * 4).max().unwrap_or(0)
+    w.chunks
+        .iter()
+        .map(|c| k_splits(ctx, c.n, w.k) as u64 * 16 * c.n as u64 * 4)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Buffers one matmul reads and writes.
@@ -226,32 +248,77 @@ pub struct MatmulIo<'a> {
 /// Dispatches (one per chunk, plus a reduce pass where decode steps split k) computing
 /// `out[m, out_offset + n] (+)= W·x + bias`.
 pub fn matmul_int4(ctx: &GpuContext, label: &str, w: &QuantMatrix, io: &MatmulIo) -> Vec<Dispatch> {
-    let splits = w.chunks.iter().map(|c| k_splits(ctx, c.n, w.k)).collect::<Vec<_>>();
+    let splits = w
+        .chunks
+        .iter()
+        .map(|c| k_splits(ctx, c.n, w.k))
+        .collect::<Vec<_>>();
     matmul_dispatches(ctx, label, w, io, &splits)
 }
 
 /// As [`matmul_int4`] with a fixed number of k splits for decode steps (tests force the
 /// split-K path on devices that would not take it).
-pub fn matmul_int4_with_splits(ctx: &GpuContext, label: &str, w: &QuantMatrix, io: &MatmulIo, splits: u32) -> Vec<Dispatch> {
+pub fn matmul_int4_with_splits(
+    ctx: &GpuContext,
+    label: &str,
+    w: &QuantMatrix,
+    io: &MatmulIo,
+    splits: u32,
+) -> Vec<Dispatch> {
     matmul_dispatches(ctx, label, w, io, &vec![splits; w.chunks.len()])
 }
 
-fn matmul_dispatches(ctx: &GpuContext, label: &str, w: &QuantMatrix, io: &MatmulIo, chunk_splits: &[u32]) -> Vec<Dispatch> {
-    let flags = if io.bias.is_some() { ADD_BIAS } else { 0 } | if io.accumulate { ACCUMULATE } else { 0 };
+fn matmul_dispatches(
+    ctx: &GpuContext,
+    label: &str,
+    w: &QuantMatrix,
+    io: &MatmulIo,
+    chunk_splits: &[u32],
+) -> Vec<Dispatch> {
+    let flags =
+        if io.bias.is_some() { ADD_BIAS } else { 0 } | if io.accumulate { ACCUMULATE } else { 0 };
     // Without a bias any read-only buffer fills the binding: the activations' scales.
     let bias = io.bias.unwrap_or(io.xs);
     let (out_stride, out_offset) = (io.out_stride, io.out_offset);
     if io.lora.is_some() {
         // B is laid out over the whole output: LoRA matrices are one chunk, written from column 0.
-        assert!(w.chunks.len() == 1 && out_offset == 0, "{label}: fused LoRA needs a one-chunk matrix at output column 0");
+        assert!(
+            w.chunks.len() == 1 && out_offset == 0,
+            "{label}: fused LoRA needs a one-chunk matrix at output column 0"
+        );
     }
     let mut out_list = Vec::new();
     for (c, &splits) in w.chunks.iter().zip(chunk_splits) {
-        let mut words = vec![c.n as u32, w.k as u32, 0, flags, out_stride as u32, (out_offset + c.n0) as u32, 1, 0, 0, 0, 0, 0];
-        let mut buffers = vec![&c.qweight, &c.scales, io.xq, io.xs, bias, io.out, io.partials];
+        let mut words = vec![
+            c.n as u32,
+            w.k as u32,
+            0,
+            flags,
+            out_stride as u32,
+            (out_offset + c.n0) as u32,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
+        let mut buffers = vec![
+            &c.qweight,
+            &c.scales,
+            io.xq,
+            io.xs,
+            bias,
+            io.out,
+            io.partials,
+        ];
         let (mut kinds, mut defines) = (KINDS, ShaderDefines::new());
         if let Some(l) = &io.lora {
-            words[8..11].copy_from_slice(&[l.segments.0 as u32, l.segments.1 as u32, l.rows.u_stride as u32]);
+            words[8..11].copy_from_slice(&[
+                l.segments.0 as u32,
+                l.segments.1 as u32,
+                l.rows.u_stride as u32,
+            ]);
             buffers.extend([l.rows.rows, l.rows.u, l.b]);
             (kinds, defines) = (KINDS_LORA, defines.with("LORA", 1));
         }
@@ -266,16 +333,41 @@ fn matmul_dispatches(ctx: &GpuContext, label: &str, w: &QuantMatrix, io: &Matmul
             grid,
             defines: defines.clone(),
         };
-        out_list.push(Dispatch::new(ctx, spec(w.format.entry(), Grid::RowTiles { x: super::wg64(c.n), k_splits: splits })));
+        out_list.push(Dispatch::new(
+            ctx,
+            spec(
+                w.format.entry(),
+                Grid::RowTiles {
+                    x: super::wg64(c.n),
+                    k_splits: splits,
+                },
+            ),
+        ));
         if splits > 1 {
-            out_list.push(Dispatch::new(ctx, spec("reduce", Grid::IfKSplit { x: super::wg64(c.n), k_splits: splits })));
+            out_list.push(Dispatch::new(
+                ctx,
+                spec(
+                    "reduce",
+                    Grid::IfKSplit {
+                        x: super::wg64(c.n),
+                        k_splits: splits,
+                    },
+                ),
+            ));
         }
     }
     out_list
 }
 
 /// Plain f32 reference: `out[m, n] = Σ_k W[n, k]·x[m, k] + bias[n]` with W dequantized.
-pub fn reference(w: &[f32], n: usize, k: usize, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
+pub fn reference(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     for r in 0..m {
         let xr = &x[r * k..(r + 1) * k];

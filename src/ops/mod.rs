@@ -97,12 +97,24 @@ pub enum Grid {
     /// x fixed, y = rows.
     PerRow { x: u32 },
     /// x fixed, y = rows, z = attention splits after those the shared-prefix pass took.
-    PerRowSplits { x: u32, keys_per_split: u32, cascade: bool },
+    PerRowSplits {
+        x: u32,
+        keys_per_split: u32,
+        cascade: bool,
+    },
     /// x fixed, y = rows; launched only when attention was split (the merge pass).
-    IfSplit { x: u32, keys_per_split: u32, cascade: bool },
+    IfSplit {
+        x: u32,
+        keys_per_split: u32,
+        cascade: bool,
+    },
     /// x = KV heads, y = chunks of ROWS queries (rows × group heads), z = shared-prefix
     /// splits; launched only when there are some.
-    Prefix { x: u32, group: u32, keys_per_split: u32 },
+    Prefix {
+        x: u32,
+        group: u32,
+        keys_per_split: u32,
+    },
 }
 
 /// One kernel launch with everything but the row count fixed.
@@ -170,13 +182,26 @@ impl Dispatch {
     /// EDGEREASON_MAX_TILE caps it, for measuring register pressure).
     fn rows_per_tile(rows: u32) -> u32 {
         static CAP: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-        let cap = *CAP.get_or_init(|| std::env::var("EDGEREASON_MAX_TILE").ok().and_then(|v| v.parse().ok()).unwrap_or(16));
+        let cap = *CAP.get_or_init(|| {
+            std::env::var("EDGEREASON_MAX_TILE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(16)
+        });
         rows.clamp(1, cap.clamp(1, 16))
     }
 
     /// Record into `pass` for `rows` rows starting at input row `row0`.
     pub fn record(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, rows: u32, row0: u32) {
-        self.record_step(ctx, pass, &Step { rows, row0, ..Default::default() });
+        self.record_step(
+            ctx,
+            pass,
+            &Step {
+                rows,
+                row0,
+                ..Default::default()
+            },
+        );
     }
 
     /// Record into `pass` for one step.
@@ -185,11 +210,26 @@ impl Dispatch {
             return;
         }
         let (splits, shared) = match self.grid {
-            Grid::PerRowSplits { keys_per_split, cascade, .. } | Grid::IfSplit { keys_per_split, cascade, .. } => {
-                (attention_splits(step, keys_per_split), prefix_splits(step, keys_per_split, cascade))
+            Grid::PerRowSplits {
+                keys_per_split,
+                cascade,
+                ..
             }
-            Grid::Prefix { keys_per_split, .. } => (attention_splits(step, keys_per_split), prefix_splits(step, keys_per_split, true)),
-            Grid::RowTiles { k_splits, .. } | Grid::IfKSplit { k_splits, .. } => (matmul_splits(step, k_splits), 0),
+            | Grid::IfSplit {
+                keys_per_split,
+                cascade,
+                ..
+            } => (
+                attention_splits(step, keys_per_split),
+                prefix_splits(step, keys_per_split, cascade),
+            ),
+            Grid::Prefix { keys_per_split, .. } => (
+                attention_splits(step, keys_per_split),
+                prefix_splits(step, keys_per_split, true),
+            ),
+            Grid::RowTiles { k_splits, .. } | Grid::IfKSplit { k_splits, .. } => {
+                (matmul_splits(step, k_splits), 0)
+            }
             _ => (1, 0),
         };
         if matches!(self.grid, Grid::IfSplit { .. } | Grid::IfKSplit { .. }) && splits == 1 {
@@ -209,14 +249,18 @@ impl Dispatch {
                     Dyn::SharedSplits => shared,
                 };
             }
-            ctx.queue.write_buffer(&self.params, 0, bytemuck::cast_slice(&words));
+            ctx.queue
+                .write_buffer(&self.params, 0, bytemuck::cast_slice(&words));
             self.last.set(Some(key));
         }
         let rows = step.rows;
         let (defines, grid) = match self.grid {
             Grid::RowTiles { x, .. } => {
                 let per = Self::rows_per_tile(rows);
-                (self.defines.clone().with("ROWS", per), [x, rows.div_ceil(per), splits])
+                (
+                    self.defines.clone().with("ROWS", per),
+                    [x, rows.div_ceil(per), splits],
+                )
             }
             // The reduce pass shares its module with the tiled matmul, which needs a ROWS.
             Grid::IfKSplit { x, .. } => (self.defines.clone().with("ROWS", 1), [x, rows, 1]),
@@ -224,7 +268,10 @@ impl Dispatch {
             Grid::PerRowSplits { x, .. } => (self.defines.clone(), [x, rows, splits - shared]),
             Grid::Prefix { x, group, .. } => {
                 let per = self.defines.get("ROWS").unwrap_or(1);
-                (self.defines.clone(), [x, (rows * group).div_ceil(per), shared])
+                (
+                    self.defines.clone(),
+                    [x, (rows * group).div_ceil(per), shared],
+                )
             }
         };
         let pipeline = ctx.pipeline(self.shader, self.entry, &defines, &self.layout.1);
@@ -236,7 +283,15 @@ impl Dispatch {
 
 /// Run dispatches once, in order, in one compute pass and wait (tests and benches).
 pub fn run_once(ctx: &GpuContext, dispatches: &[&Dispatch], rows: u32, row0: u32) {
-    run_step(ctx, dispatches, &Step { rows, row0, ..Default::default() });
+    run_step(
+        ctx,
+        dispatches,
+        &Step {
+            rows,
+            row0,
+            ..Default::default()
+        },
+    );
 }
 
 /// As [`run_once`] for a full [`Step`] (attention tests set `kv_len`).

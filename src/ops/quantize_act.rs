@@ -4,9 +4,22 @@
 use super::{Dispatch, DispatchSpec, Dyn, Grid};
 use crate::gpu::{Binding, GpuContext};
 
-const KINDS: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::ReadWrite, Binding::ReadWrite];
+const KINDS: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+];
 
-pub fn quantize_act(ctx: &GpuContext, label: &str, x: &wgpu::Buffer, k: usize, in_stride: usize, xq: &wgpu::Buffer, xs: &wgpu::Buffer) -> Dispatch {
+pub fn quantize_act(
+    ctx: &GpuContext,
+    label: &str,
+    x: &wgpu::Buffer,
+    k: usize,
+    in_stride: usize,
+    xq: &wgpu::Buffer,
+    xs: &wgpu::Buffer,
+) -> Dispatch {
     Dispatch::new(
         ctx,
         DispatchSpec {
@@ -17,7 +30,9 @@ pub fn quantize_act(ctx: &GpuContext, label: &str, x: &wgpu::Buffer, k: usize, i
             words: vec![k as u32, 0, in_stride as u32, 0],
             dynamic: vec![(1, Dyn::Rows)],
             buffers: vec![x, xq, xs],
-            grid: Grid::PerRow { x: super::wg64(k / 32) },
+            grid: Grid::PerRow {
+                x: super::wg64(k / 32),
+            },
             defines: Default::default(),
         },
     )

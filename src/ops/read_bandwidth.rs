@@ -7,7 +7,13 @@ use crate::gpu::{Binding, GpuContext};
 const KINDS: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::ReadWrite];
 
 /// Read all of `src` (`words` u32) with `threads` invocations into `dst` [threads].
-pub fn read_bandwidth(ctx: &GpuContext, src: &wgpu::Buffer, words: usize, threads: usize, dst: &wgpu::Buffer) -> Dispatch {
+pub fn read_bandwidth(
+    ctx: &GpuContext,
+    src: &wgpu::Buffer,
+    words: usize,
+    threads: usize,
+    dst: &wgpu::Buffer,
+) -> Dispatch {
     Dispatch::new(
         ctx,
         DispatchSpec {
@@ -18,7 +24,9 @@ pub fn read_bandwidth(ctx: &GpuContext, src: &wgpu::Buffer, words: usize, thread
             words: vec![words as u32, threads as u32, 0, 0],
             dynamic: vec![],
             buffers: vec![src, dst],
-            grid: Grid::PerRow { x: super::wg64(threads) },
+            grid: Grid::PerRow {
+                x: super::wg64(threads),
+            },
             defines: Default::default(),
         },
     )
@@ -26,5 +34,7 @@ pub fn read_bandwidth(ctx: &GpuContext, src: &wgpu::Buffer, words: usize, thread
 
 /// XOR of every `threads`-th word from each start: what `dst` must hold.
 pub fn reference(src: &[u32], threads: usize) -> Vec<u32> {
-    (0..threads).map(|t| src.iter().skip(t).step_by(threads).fold(0, |a, w| a ^ w)).collect()
+    (0..threads)
+        .map(|t| src.iter().skip(t).step_by(threads).fold(0, |a, w| a ^ w))
+        .collect()
 }

@@ -4,18 +4,40 @@
 use super::{Dispatch, DispatchSpec, Dyn, Grid};
 use crate::gpu::{Binding, GpuContext};
 
-const KINDS: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::Read, Binding::ReadWrite, Binding::ReadWrite, Binding::ReadWrite];
+const KINDS: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+];
 
 /// Normalize rows `row0..row0+rows` of `x` [.., k] into rows `0..rows` of the outputs.
 /// With `quantized`, writes `xq`/`xs` (and `y` is unused); else writes `y`.
 #[allow(clippy::too_many_arguments)]
-pub fn rmsnorm(ctx: &GpuContext, label: &str, x: &wgpu::Buffer, weight: &wgpu::Buffer, k: usize, eps: f32, y: &wgpu::Buffer, xq: &wgpu::Buffer, xs: &wgpu::Buffer, quantized: bool) -> Dispatch {
+pub fn rmsnorm(
+    ctx: &GpuContext,
+    label: &str,
+    x: &wgpu::Buffer,
+    weight: &wgpu::Buffer,
+    k: usize,
+    eps: f32,
+    y: &wgpu::Buffer,
+    xq: &wgpu::Buffer,
+    xs: &wgpu::Buffer,
+    quantized: bool,
+) -> Dispatch {
     Dispatch::new(
         ctx,
         DispatchSpec {
             label: label.into(),
             shader: "rmsnorm",
-            entry: if quantized { "rmsnorm_quant" } else { "rmsnorm" },
+            entry: if quantized {
+                "rmsnorm_quant"
+            } else {
+                "rmsnorm"
+            },
             kinds: KINDS,
             words: vec![k as u32, 0, super::f32w(eps), 0],
             dynamic: vec![(1, Dyn::Rows), (3, Dyn::Row0)],

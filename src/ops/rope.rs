@@ -4,7 +4,14 @@
 use super::{Dispatch, DispatchSpec, Dyn, Grid};
 use crate::gpu::{Binding, GpuContext};
 
-const KINDS: &[Binding] = &[Binding::Uniform, Binding::ReadWrite, Binding::Read, Binding::Read, Binding::ReadWrite, Binding::ReadWrite];
+const KINDS: &[Binding] = &[
+    Binding::Uniform,
+    Binding::ReadWrite,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+];
 
 #[allow(clippy::too_many_arguments)]
 pub fn rope_store_kv(
@@ -28,10 +35,21 @@ pub fn rope_store_kv(
             shader: "rope",
             entry: "main",
             kinds: KINDS,
-            words: vec![n_head as u32, n_kv_head as u32, head_dim as u32, 0, super::f32w(theta), 0, 0, 0],
+            words: vec![
+                n_head as u32,
+                n_kv_head as u32,
+                head_dim as u32,
+                0,
+                super::f32w(theta),
+                0,
+                0,
+                0,
+            ],
             dynamic: vec![(3, Dyn::Rows)],
             buffers: vec![qkv, positions, slots, k_cache, v_cache],
-            grid: Grid::PerRow { x: super::wg64(items) },
+            grid: Grid::PerRow {
+                x: super::wg64(items),
+            },
             defines: Default::default(),
         },
     )

@@ -141,13 +141,21 @@ const VERIFY_SLOTS: usize = 64;
 impl<'e> Decoding<'e> {
     /// Prefill `prompt` once and fork `n` streams over its KV blocks. Stream `i` samples
     /// with seed `params.sampling.seed + i`, so results are reproducible.
-    pub fn start(engine: &'e Engine, prompt: &[u32], n: usize, params: &GenerateParams) -> Result<Self> {
+    pub fn start(
+        engine: &'e Engine,
+        prompt: &[u32],
+        n: usize,
+        params: &GenerateParams,
+    ) -> Result<Self> {
         if prompt.is_empty() || n == 0 {
             bail!("need a prompt and at least one candidate");
         }
         let n_ctx = engine.n_ctx();
         if prompt.len() >= n_ctx {
-            bail!("prompt is {} tokens, longer than the context ({n_ctx}); shorten it or raise --ctx", prompt.len());
+            bail!(
+                "prompt is {} tokens, longer than the context ({n_ctx}); shorten it or raise --ctx",
+                prompt.len()
+            );
         }
         let mut params = params.clone();
         params.max_tokens = params.max_tokens.min(n_ctx - prompt.len() - VERIFY_SLOTS);
@@ -157,13 +165,26 @@ impl<'e> Decoding<'e> {
         let slots = prompt.len() + n * (max_new + VERIFY_SLOTS + BLOCK_SIZE) + BLOCK_SIZE;
         let mut session = engine.session_with(slots, Default::default());
         let adapter_index = |name: &str| -> Result<usize> {
-            let set = session.lora.as_ref().ok_or_else(|| anyhow::anyhow!("adapter '{name}' is not loaded (no adapters are)"))?;
-            set.index(name).ok_or_else(|| anyhow::anyhow!("adapter '{name}' is not loaded (loaded: {})", set.adapters.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")))
+            let set = session.lora.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("adapter '{name}' is not loaded (no adapters are)")
+            })?;
+            set.index(name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "adapter '{name}' is not loaded (loaded: {})",
+                    set.adapters
+                        .iter()
+                        .map(|a| a.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
         };
         let (adapter, switcher) = match &params.reasoning {
             Reasoning::Off => (None, None),
             Reasoning::On { adapter } => (Some(adapter_index(adapter)?), None),
-            Reasoning::Auto { adapter, switcher } => (Some(adapter_index(adapter)?), Some(switcher.clone())),
+            Reasoning::Auto { adapter, switcher } => {
+                (Some(adapter_index(adapter)?), Some(switcher.clone()))
+            }
         };
         // Masked LoRA: the prompt is encoded by the base model unless asked otherwise.
         if params.adapter_on_prompt {
@@ -172,18 +193,28 @@ impl<'e> Decoding<'e> {
         let t0 = Instant::now();
         let (logits, switcher_probability) = match &switcher {
             Some(sw) => {
-                let (logits, pooled) = session.forward_pooled(prompt, |old, mean| sw.pool(old, mean))?;
+                let (logits, pooled) =
+                    session.forward_pooled(prompt, |old, mean| sw.pool(old, mean))?;
                 (logits, Some(sw.probability(&pooled)))
             }
             None => (session.forward(prompt)?, None),
         };
         let ttft_s = t0.elapsed().as_secs_f64();
-        let reasoning = adapter.is_some() && switcher.as_ref().zip(switcher_probability).is_none_or(|(sw, p)| p >= sw.threshold);
+        let reasoning = adapter.is_some()
+            && switcher
+                .as_ref()
+                .zip(switcher_probability)
+                .is_none_or(|(sw, p)| p >= sw.threshold);
         session.set_adapter(session.main, if reasoning { adapter } else { None })?;
         let streams = session.fork(session.main, n)?;
         session.release(session.main)?;
         let opener: Vec<u32> = if reasoning && !params.think_prefix.is_empty() {
-            engine.tokenizer.encode(params.think_prefix.as_str(), false).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?.get_ids().to_vec()
+            engine
+                .tokenizer
+                .encode(params.think_prefix.as_str(), false)
+                .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?
+                .get_ids()
+                .to_vec()
         } else {
             Vec::new()
         };
@@ -193,7 +224,10 @@ impl<'e> Decoding<'e> {
             .map(|(i, &s)| Live {
                 index: i,
                 stream: s,
-                sampler: Sampler::new(SamplingParams { seed: params.sampling.seed.wrapping_add(i as u64), ..params.sampling.clone() }),
+                sampler: Sampler::new(SamplingParams {
+                    seed: params.sampling.seed.wrapping_add(i as u64),
+                    ..params.sampling.clone()
+                }),
                 sampled: 0,
                 tokens: Vec::new(),
                 text: String::new(),
@@ -212,7 +246,13 @@ impl<'e> Decoding<'e> {
         let mut next_of = Vec::new();
         if gpu_sampling {
             for chunk in live.chunks(session.lm_rows) {
-                let settings: Vec<RowSampling> = chunk.iter().map(|l| RowSampling { params: l.sampler.params.clone(), step: 0 }).collect();
+                let settings: Vec<RowSampling> = chunk
+                    .iter()
+                    .map(|l| RowSampling {
+                        params: l.sampler.params.clone(),
+                        step: 0,
+                    })
+                    .collect();
                 next_of.extend(session.sample_last_logits(&settings)?);
             }
         }
@@ -225,7 +265,11 @@ impl<'e> Decoding<'e> {
             live,
             gpu_sampling,
             next_of,
-            logits_of: if gpu_sampling { Vec::new() } else { vec![logits; n] },
+            logits_of: if gpu_sampling {
+                Vec::new()
+            } else {
+                vec![logits; n]
+            },
             pending: Default::default(),
             prompt_tokens: prompt.len(),
             ttft_s,
@@ -302,18 +346,30 @@ impl<'e> Decoding<'e> {
                 new = full.get(l.text.len()..).unwrap_or("").to_string();
                 l.text = full;
             }
-            produced.push(StreamToken { stream: l.index, id, text: new });
+            produced.push(StreamToken {
+                stream: l.index,
+                id,
+                text: new,
+            });
             if !l.thinking_done {
                 l.thinking_tokens += 1;
-                let marker = budget.as_ref().map_or("</think>", |b| b.end_marker.as_str());
+                let marker = budget
+                    .as_ref()
+                    .map_or("</think>", |b| b.end_marker.as_str());
                 // With special tokens kept: some tokenizers (SmolLM2's) make </think> one.
-                let raw = engine.tokenizer.decode(&l.tokens, false).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+                let raw = engine
+                    .tokenizer
+                    .decode(&l.tokens, false)
+                    .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
                 l.thinking_done = raw.contains(marker);
                 // Budget forcing: out of thinking tokens with the reasoning still open.
                 if let Some(b) = &budget {
                     if !l.thinking_done && !l.forced && l.thinking_tokens >= b.thinking_tokens {
                         l.forced = true;
-                        let enc = engine.tokenizer.encode(b.force.as_str(), false).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+                        let enc = engine
+                            .tokenizer
+                            .encode(b.force.as_str(), false)
+                            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
                         l.force_queue.extend(enc.get_ids());
                     }
                 }
@@ -322,11 +378,19 @@ impl<'e> Decoding<'e> {
                 l.answer_from = Some(l.tokens.len());
             }
             let answering = l.answer_from.map_or(0, |from| l.tokens.len() - from);
-            if self.params.stop.iter().any(|s| l.text.ends_with(s.as_str())) {
+            if self
+                .params
+                .stop
+                .iter()
+                .any(|s| l.text.ends_with(s.as_str()))
+            {
                 l.finish = Some("stop");
             } else if l.tokens.len() >= max_new {
                 l.finish = Some("length");
-            } else if budget.as_ref().is_some_and(|b| answering >= b.answer_tokens) {
+            } else if budget
+                .as_ref()
+                .is_some_and(|b| answering >= b.answer_tokens)
+            {
                 l.finish = Some("answer_length");
             }
             if l.finish.is_none() {
@@ -340,7 +404,13 @@ impl<'e> Decoding<'e> {
         for chunk in rows.chunks(self.session.lm_rows) {
             let batch: Vec<_> = chunk.iter().map(|&(_, s, id)| (s, id)).collect();
             if self.gpu_sampling {
-                let settings: Vec<RowSampling> = chunk.iter().map(|&(i, _, _)| RowSampling { params: self.live[i].sampler.params.clone(), step: self.live[i].sampled }).collect();
+                let settings: Vec<RowSampling> = chunk
+                    .iter()
+                    .map(|&(i, _, _)| RowSampling {
+                        params: self.live[i].sampler.params.clone(),
+                        step: self.live[i].sampled,
+                    })
+                    .collect();
                 let out = self.session.forward_rows_sampled(&batch, &settings)?;
                 for (&(i, _, _), next) in chunk.iter().zip(out) {
                     self.next_of[i] = next;
@@ -360,28 +430,46 @@ impl<'e> Decoding<'e> {
     /// decoding), all streams in one batched pass, and the head reads the final-norm hidden
     /// state at each stream's last row.
     fn verify(&mut self, verifier: &Verifier) -> Result<Vec<f32>> {
-        let enc = self.engine.tokenizer.encode(verifier.prompt.as_str(), false).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        let enc = self
+            .engine
+            .tokenizer
+            .encode(verifier.prompt.as_str(), false)
+            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
         let prompt_ids = enc.get_ids();
         if prompt_ids.len() + 1 > VERIFY_SLOTS {
-            bail!("verification prompt is {} tokens; at most {} fit", prompt_ids.len(), VERIFY_SLOTS - 1);
+            bail!(
+                "verification prompt is {} tokens; at most {} fit",
+                prompt_ids.len(),
+                VERIFY_SLOTS - 1
+            );
         }
         let mut rows = Vec::new();
         let mut last_row = Vec::new();
         for l in &self.live {
-            rows.extend(l.tokens[l.fed..].iter().chain(prompt_ids).map(|&t| (l.stream, t)));
+            rows.extend(
+                l.tokens[l.fed..]
+                    .iter()
+                    .chain(prompt_ids)
+                    .map(|&t| (l.stream, t)),
+            );
             last_row.push(rows.len() - 1);
         }
         let mut hidden = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(self.session.max_rows) {
             hidden.extend(self.session.hidden_rows(chunk)?);
         }
-        Ok(last_row.iter().map(|&r| verifier.score(&hidden[r])).collect())
+        Ok(last_row
+            .iter()
+            .map(|&r| verifier.score(&hidden[r]))
+            .collect())
     }
 
     /// Every candidate with its answer and verifier score, and the vote.
     pub fn finish(mut self, vote_params: &VoteParams) -> Result<BestOfN> {
         let decode_s = self.decode_start.elapsed().as_secs_f64();
-        let kv_bytes_used = self.session.pool.used_blocks() as u64 * BLOCK_SIZE as u64 * self.session.kv_bytes_per_token();
+        let kv_bytes_used = self.session.pool.used_blocks() as u64
+            * BLOCK_SIZE as u64
+            * self.session.kv_bytes_per_token();
         let scores = match &vote_params.verifier {
             Some(v) => Some(self.verify(v)?),
             None => None,
@@ -389,7 +477,13 @@ impl<'e> Decoding<'e> {
         // A reply thinks if the reasoning adapter decoded it or it closed a think block itself;
         // a plain chat reply is all answer.
         let reasoning = self.reasoning;
-        let thinking = |l: &Live| if reasoning || l.thinking_done { l.thinking_tokens } else { 0 };
+        let thinking = |l: &Live| {
+            if reasoning || l.thinking_done {
+                l.thinking_tokens
+            } else {
+                0
+            }
+        };
         let candidates: Vec<Candidate> = self
             .live
             .into_iter()
@@ -438,7 +532,9 @@ impl Iterator for Decoding<'_> {
             match self.step() {
                 Ok(toks) => self.pending.extend(toks),
                 Err(e) => {
-                    self.live.iter_mut().for_each(|l| l.finish = l.finish.or(Some("error")));
+                    self.live
+                        .iter_mut()
+                        .for_each(|l| l.finish = l.finish.or(Some("error")));
                     return Some(Err(e));
                 }
             }

@@ -26,7 +26,13 @@ pub fn read_tasks(path: &Path) -> Result<Vec<EvalTask>> {
         if line.trim().is_empty() {
             continue;
         }
-        let task: EvalTask = serde_json::from_str(line).with_context(|| format!("{}: line {}: expected {{\"prompt\": ..., \"answer\": ...}}", path.display(), i + 1))?;
+        let task: EvalTask = serde_json::from_str(line).with_context(|| {
+            format!(
+                "{}: line {}: expected {{\"prompt\": ..., \"answer\": ...}}",
+                path.display(),
+                i + 1
+            )
+        })?;
         out.push(task);
     }
     if out.is_empty() {
@@ -91,7 +97,15 @@ pub struct EvalReport {
 
 /// Evaluate `tasks`: each prompt through the chat template (the budget stated when
 /// `state_budget`), `n` candidates, the vote of `vote_params`.
-pub fn evaluate(engine: &Engine, tasks: &[EvalTask], n: usize, params: &GenerateParams, vote_params: &VoteParams, state_budget: bool, mut progress: impl FnMut(usize, &EvalItem)) -> Result<EvalReport> {
+pub fn evaluate(
+    engine: &Engine,
+    tasks: &[EvalTask],
+    n: usize,
+    params: &GenerateParams,
+    vote_params: &VoteParams,
+    state_budget: bool,
+    mut progress: impl FnMut(usize, &EvalItem),
+) -> Result<EvalReport> {
     let t0 = std::time::Instant::now();
     let mut items = Vec::with_capacity(tasks.len());
     for (i, task) in tasks.iter().enumerate() {
@@ -109,13 +123,26 @@ pub fn evaluate(engine: &Engine, tasks: &[EvalTask], n: usize, params: &Generate
         let item = EvalItem {
             prompt: task.prompt.clone(),
             expected: task.answer.clone(),
-            correct: out.answer.as_deref().is_some_and(|a| a == normalize(&task.answer)),
+            correct: out
+                .answer
+                .as_deref()
+                .is_some_and(|a| a == normalize(&task.answer)),
             answer: out.answer.clone(),
             difficulty: task.difficulty.clone(),
             reasoning: out.reasoning,
             switcher_probability: out.switcher_probability,
-            thinking_tokens: out.candidates.iter().map(|c| c.thinking_tokens as f64).sum::<f64>() / k,
-            answer_tokens: out.candidates.iter().map(|c| c.answer_tokens as f64).sum::<f64>() / k,
+            thinking_tokens: out
+                .candidates
+                .iter()
+                .map(|c| c.thinking_tokens as f64)
+                .sum::<f64>()
+                / k,
+            answer_tokens: out
+                .candidates
+                .iter()
+                .map(|c| c.answer_tokens as f64)
+                .sum::<f64>()
+                / k,
             forced: out.candidates.iter().filter(|c| c.forced).count(),
             candidates: out.candidates.len(),
             candidate_answers: out.candidates.iter().map(|c| c.answer.clone()).collect(),
@@ -126,18 +153,47 @@ pub fn evaluate(engine: &Engine, tasks: &[EvalTask], n: usize, params: &Generate
     }
     let t = items.len() as f64;
     let total_c: f64 = items.iter().map(|i| i.candidates as f64).sum();
-    let mean = |f: &dyn Fn(&EvalItem) -> f64| items.iter().map(|i| f(i) * i.candidates as f64).sum::<f64>() / total_c;
-    let labelled: Vec<&EvalItem> = items.iter().filter(|i| i.difficulty.is_some() && i.switcher_probability.is_some()).collect();
-    let routing_accuracy = (!labelled.is_empty()).then(|| labelled.iter().filter(|i| i.reasoning == (i.difficulty.as_deref() == Some("hard"))).count() as f64 / labelled.len() as f64);
+    let mean = |f: &dyn Fn(&EvalItem) -> f64| {
+        items
+            .iter()
+            .map(|i| f(i) * i.candidates as f64)
+            .sum::<f64>()
+            / total_c
+    };
+    let labelled: Vec<&EvalItem> = items
+        .iter()
+        .filter(|i| i.difficulty.is_some() && i.switcher_probability.is_some())
+        .collect();
+    let routing_accuracy = (!labelled.is_empty()).then(|| {
+        labelled
+            .iter()
+            .filter(|i| i.reasoning == (i.difficulty.as_deref() == Some("hard")))
+            .count() as f64
+            / labelled.len() as f64
+    });
     let mut by_difficulty = std::collections::BTreeMap::new();
-    for label in items.iter().filter_map(|i| i.difficulty.clone()).collect::<std::collections::BTreeSet<_>>() {
-        let group: Vec<&EvalItem> = items.iter().filter(|i| i.difficulty.as_deref() == Some(&label)).collect();
+    for label in items
+        .iter()
+        .filter_map(|i| i.difficulty.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let group: Vec<&EvalItem> = items
+            .iter()
+            .filter(|i| i.difficulty.as_deref() == Some(&label))
+            .collect();
         let g = group.len() as f64;
         let acc = group.iter().filter(|i| i.correct).count() as f64 / g;
-        let len = group.iter().map(|i| i.thinking_tokens + i.answer_tokens).sum::<f64>() / g;
+        let len = group
+            .iter()
+            .map(|i| i.thinking_tokens + i.answer_tokens)
+            .sum::<f64>()
+            / g;
         by_difficulty.insert(label, (group.len(), acc, len));
     }
-    let vote_at = vote_sizes(n).into_iter().map(|k| vote_accuracy(&items, k)).collect();
+    let vote_at = vote_sizes(n)
+        .into_iter()
+        .map(|k| vote_accuracy(&items, k))
+        .collect();
     Ok(EvalReport {
         tasks: items.len(),
         accuracy: items.iter().filter(|i| i.correct).count() as f64 / t,
@@ -156,7 +212,9 @@ pub fn evaluate(engine: &Engine, tasks: &[EvalTask], n: usize, params: &Generate
 
 /// 1, 2, 4, … below `n`, then `n`.
 fn vote_sizes(n: usize) -> Vec<usize> {
-    let mut ks: Vec<usize> = std::iter::successors(Some(1usize), |k| Some(k * 2)).take_while(|&k| k < n).collect();
+    let mut ks: Vec<usize> = std::iter::successors(Some(1usize), |k| Some(k * 2))
+        .take_while(|&k| k < n)
+        .collect();
     ks.push(n.max(1));
     ks
 }
@@ -164,16 +222,29 @@ fn vote_sizes(n: usize) -> Vec<usize> {
 fn vote_accuracy(items: &[EvalItem], k: usize) -> VoteAt {
     let correct = |item: &EvalItem, weights: &[f32]| {
         let k = k.min(item.candidate_answers.len());
-        vote(&item.candidate_answers[..k], &weights[..k.min(weights.len())]).0.is_some_and(|a| a == normalize(&item.expected))
+        vote(
+            &item.candidate_answers[..k],
+            &weights[..k.min(weights.len())],
+        )
+        .0
+        .is_some_and(|a| a == normalize(&item.expected))
     };
     let t = items.len().max(1) as f64;
-    let majority = items.iter().filter(|i| correct(i, &vec![1.0; i.candidate_answers.len()])).count() as f64 / t;
+    let majority = items
+        .iter()
+        .filter(|i| correct(i, &vec![1.0; i.candidate_answers.len()]))
+        .count() as f64
+        / t;
     let weighted = items
         .iter()
         .map(|i| i.verifier_scores.as_ref().map(|s| correct(i, s)))
         .collect::<Option<Vec<bool>>>()
         .map(|c| c.iter().filter(|&&b| b).count() as f64 / t);
-    VoteAt { candidates: k, majority_accuracy: majority, weighted_accuracy: weighted }
+    VoteAt {
+        candidates: k,
+        majority_accuracy: majority,
+        weighted_accuracy: weighted,
+    }
 }
 
 #[cfg(test)]
@@ -193,7 +264,10 @@ mod tests {
             answer_tokens: 0.0,
             forced: 0,
             candidates: answers.len(),
-            candidate_answers: answers.iter().map(|a| (!a.is_empty()).then(|| a.to_string())).collect(),
+            candidate_answers: answers
+                .iter()
+                .map(|a| (!a.is_empty()).then(|| a.to_string()))
+                .collect(),
             verifier_scores: scores.map(|s| s.to_vec()),
         }
     }
@@ -214,8 +288,14 @@ mod tests {
             item("3", &["3", "4", "4", ""], Some(&[0.9, 0.2, 0.2, 0.9])),
         ];
         let at = |k| vote_accuracy(&items, k);
-        assert_eq!((at(1).majority_accuracy, at(1).weighted_accuracy), (0.5, Some(0.5)));
-        assert_eq!((at(4).majority_accuracy, at(4).weighted_accuracy), (0.5, Some(0.5)));
+        assert_eq!(
+            (at(1).majority_accuracy, at(1).weighted_accuracy),
+            (0.5, Some(0.5))
+        );
+        assert_eq!(
+            (at(4).majority_accuracy, at(4).weighted_accuracy),
+            (0.5, Some(0.5))
+        );
         // k = 2: 6 vs 7 tie → first seen (6) wins for task 1; 3 vs 4 → 3 wins.
         assert_eq!(at(2).majority_accuracy, 0.5);
         let no_verifier = vec![item("7", &["6", "7", "7"], None)];

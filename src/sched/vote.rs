@@ -50,7 +50,13 @@ fn last_boxed(text: &str) -> Option<String> {
 /// Canonical form for comparing answers: trimmed, lower case, no `$`, no trailing period,
 /// no thousands separators, `12.0` → `12`.
 pub fn normalize(answer: &str) -> String {
-    let mut a = answer.trim().trim_end_matches('.').trim_matches('$').trim().trim_end_matches('.').to_lowercase();
+    let mut a = answer
+        .trim()
+        .trim_end_matches('.')
+        .trim_matches('$')
+        .trim()
+        .trim_end_matches('.')
+        .to_lowercase();
     if let Some(inner) = a.strip_prefix("\\text{").and_then(|s| s.strip_suffix('}')) {
         a = inner.to_string();
     }
@@ -78,7 +84,10 @@ pub fn vote(answers: &[Option<String>], weights: &[f32]) -> (Option<String>, Vec
     let mut ranked: Vec<(String, (f32, usize))> = scores.into_iter().collect();
     ranked.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0).then(a.1 .1.cmp(&b.1 .1)));
     let winner = ranked.first().map(|r| r.0.clone());
-    (winner, ranked.into_iter().map(|(a, (s, _))| (a, s)).collect())
+    (
+        winner,
+        ranked.into_iter().map(|(a, (s, _))| (a, s)).collect(),
+    )
 }
 
 #[cfg(test)]
@@ -87,12 +96,24 @@ mod tests {
 
     #[test]
     fn extraction_prefers_boxed_then_answer_is_then_last_number() {
-        assert_eq!(extract_answer("so 3+4 = 7, thus \\boxed{\\frac{1}{2}} ok", None).as_deref(), Some("\\frac{1}{2}"));
-        assert_eq!(extract_answer("First 12, then 13. The answer is 391.\nDone 5", None).as_deref(), Some("391"));
-        assert_eq!(extract_answer("17 * 23 = 391", None).as_deref(), Some("391"));
+        assert_eq!(
+            extract_answer("so 3+4 = 7, thus \\boxed{\\frac{1}{2}} ok", None).as_deref(),
+            Some("\\frac{1}{2}")
+        );
+        assert_eq!(
+            extract_answer("First 12, then 13. The answer is 391.\nDone 5", None).as_deref(),
+            Some("391")
+        );
+        assert_eq!(
+            extract_answer("17 * 23 = 391", None).as_deref(),
+            Some("391")
+        );
         assert_eq!(extract_answer("no digits here", None), None);
         let re = regex::Regex::new(r"ANSWER: (\w+)").unwrap();
-        assert_eq!(extract_answer("ANSWER: foo ... ANSWER: bar", Some(&re)).as_deref(), Some("bar"));
+        assert_eq!(
+            extract_answer("ANSWER: foo ... ANSWER: bar", Some(&re)).as_deref(),
+            Some("bar")
+        );
     }
 
     #[test]
