@@ -1,8 +1,10 @@
 //! Kernel microbenchmarks: the int4 GEMV at M = 1..16 rows (decode with N streams reads
 //! each weight once for all rows) against the plain read kernel over the same bytes, and
 //! decode attention for N = 1..16 streams over a shared 2048-token prompt: the shared-prefix
-//! pass against the per-stream kernel over copied KV. Throughput is reported in bytes of
-//! weights (GEMV) and of K/V attended (attention), so criterion prints GB/s.
+//! pass against the per-stream kernel over copied KV; and GPU sampling over Qwen2.5's
+//! 151,936 logits for 1 and 8 rows, greedy and top-p. Throughput is reported in bytes of
+//! weights (GEMV), of K/V attended (attention) and of logits read (sampling), so criterion
+//! prints GB/s.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use edgereason::gpu::GpuContext;
@@ -99,5 +101,49 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernels, attention);
+fn sampling(c: &mut Criterion) {
+    use edgereason::ops::sampling::{SampleRow, OUT_BYTES, ROW_BYTES};
+    let ctx = GpuContext::new(None).expect("a GPU adapter");
+    // Qwen2.5's vocabulary; logits spread like a model's (a few tokens carry most mass).
+    let n_vocab = 151_936usize;
+    let logits: Vec<f32> = (0..8 * n_vocab)
+        .map(|i| ((i as u64).wrapping_mul(2654435761) % 4096) as f32 / 4096.0 * 24.0 - 12.0)
+        .collect();
+    let lb = ctx.storage_from("logits", &logits);
+    let rows = ctx.storage("rows", 8 * ROW_BYTES);
+    let out = ctx.storage("out", 8 * OUT_BYTES);
+    let d = ops::sampling::sampling(&ctx, "sampling", &lb, n_vocab, &rows, &out);
+    let mut g = c.benchmark_group(format!(
+        "sampling over {n_vocab} logits on {}",
+        ctx.describe()
+    ));
+    g.sample_size(10);
+    for m in [1u32, 8] {
+        g.throughput(Throughput::Bytes(m as u64 * n_vocab as u64 * 4));
+        for (name, temperature, top_p) in
+            [("greedy", 0.0f32, 1.0f32), ("top-p 0.9, T 0.8", 0.8, 0.9)]
+        {
+            let settings: Vec<SampleRow> = (0..m)
+                .map(|r| SampleRow {
+                    temperature,
+                    top_k: 0,
+                    top_p,
+                    seed_lo: r,
+                    seed_hi: 0,
+                    step: 0,
+                    logits_row: r,
+                    _pad: 0,
+                })
+                .collect();
+            ctx.queue
+                .write_buffer(&rows, 0, bytemuck::cast_slice(&settings));
+            g.bench_function(format!("rows={m} {name}"), |b| {
+                b.iter(|| ops::run_once(&ctx, &[&d], m, 0))
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernels, attention, sampling);
 criterion_main!(benches);

@@ -1,12 +1,17 @@
 //! `edgereason bench`: prefill and decode throughput, TTFT, memory, the per-kernel time
 //! split, and the int4 GEMV's bandwidth against a plain read kernel on the same device.
+//! Decode steps choose their tokens on the GPU (8 bytes read back per row), or from
+//! read-back logits on the CPU with `EDGEREASON_CPU_SAMPLING=1`, for comparison.
 
 use crate::engine::Engine;
 use crate::model::KernelProfile;
+use crate::model::Session;
+use crate::ops::sampling::RowSampling;
 use crate::ops::{
     self,
     matmul_int4::{MatmulIo, QuantGroups, QuantMatrix},
 };
+use crate::sampling::{argmax, cpu_sampling};
 use anyhow::Result;
 use std::time::Instant;
 
@@ -24,6 +29,9 @@ pub struct BenchReport {
     pub decode_tokens_per_s: f64,
     /// Median decode step.
     pub decode_step_ms: f64,
+    /// Bytes a decode step reads back from the GPU: the sampled (id, log-prob), or the
+    /// logits row with `EDGEREASON_CPU_SAMPLING=1`.
+    pub readback_bytes_per_step: u64,
     pub weight_bytes: u64,
     pub kv_bytes: u64,
     /// Weights + KV cache + activations allocated by the engine (wgpu reports no usage).
@@ -58,18 +66,17 @@ pub struct StepCost {
 /// [`StepCost`] of `n` greedy decode steps of the main stream (medians).
 fn decode_step_cost(
     engine: &Engine,
-    s: &mut crate::model::Session,
-    logits: &mut Vec<f32>,
+    s: &mut Session,
+    next: &mut u32,
     n: usize,
 ) -> Result<StepCost> {
     let ctx = &engine.ctx;
     s.time_steps(true);
     let mut costs = Vec::new();
     for _ in 0..n {
-        let id = crate::sampling::argmax(logits);
         let before = ctx.stats.snapshot();
         let t = Instant::now();
-        *logits = s.forward(&[id])?;
+        greedy_step(s, next)?;
         let wall_ms = t.elapsed().as_secs_f64() * 1e3;
         let d = ctx.stats.snapshot() - before;
         costs.push((d, wall_ms, s.last_step_gpu_ms()?));
@@ -116,21 +123,42 @@ fn synthetic_prompt(engine: &Engine, n: usize) -> Vec<u32> {
         .collect()
 }
 
-/// `n` greedy decode steps of the main stream from `logits` (left at the last step's);
-/// each step's wall time in ms.
-fn greedy_steps(
-    s: &mut crate::model::Session,
-    logits: &mut Vec<f32>,
-    n: usize,
-) -> Result<Vec<f64>> {
+/// `n` greedy decode steps of the main stream from token `next` (left at the last step's
+/// choice); each step's wall time in ms, choosing the token included.
+fn greedy_steps(s: &mut Session, next: &mut u32, n: usize) -> Result<Vec<f64>> {
     let mut steps = Vec::with_capacity(n);
     for _ in 0..n {
-        let id = crate::sampling::argmax(logits);
         let t = Instant::now();
-        *logits = s.forward(&[id])?;
+        greedy_step(s, next)?;
         steps.push(t.elapsed().as_secs_f64() * 1e3);
     }
     Ok(steps)
+}
+
+/// One decode step of the main stream from `next`, leaving the greedy choice in `next`.
+fn greedy_step(s: &mut Session, next: &mut u32) -> Result<()> {
+    *next = if cpu_sampling() {
+        argmax(&s.forward(&[*next])?)
+    } else {
+        s.forward_rows_sampled(&[(s.main, *next)], &[greedy()])?[0].0
+    };
+    Ok(())
+}
+
+fn greedy() -> RowSampling {
+    RowSampling {
+        params: Default::default(),
+        step: 0,
+    }
+}
+
+/// Bytes one decode row reads back: (id, log-prob) sampled on the GPU, or the logits.
+fn readback_bytes_per_row(engine: &Engine) -> u64 {
+    if cpu_sampling() {
+        engine.model.config.n_vocab as u64 * 4
+    } else {
+        ops::sampling::OUT_BYTES
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -218,21 +246,23 @@ pub fn run(
     warm.forward(&prompt)?;
     warm.forward(&prompt[..1])?;
     let cold_ttft = t.elapsed().as_secs_f64();
+    if !cpu_sampling() {
+        warm.sample_last_logits(&[greedy()])?; // its pipeline compiled outside the timed steps
+    }
     drop(warm);
     let mut s = engine.session();
     let t = Instant::now();
-    let mut logits = s.forward(&prompt)?;
+    let mut next = argmax(&s.forward(&prompt)?);
     let ttft = t.elapsed().as_secs_f64();
-    let steps = greedy_steps(&mut s, &mut logits, gen_tokens)?;
+    let steps = greedy_steps(&mut s, &mut next, gen_tokens)?;
     let total: f64 = steps.iter().sum();
     let decode_step_ms = median(steps.clone());
-    let decode_step_cost = decode_step_cost(engine, &mut s, &mut logits, 5)?;
+    let decode_step_cost = decode_step_cost(engine, &mut s, &mut next, 5)?;
     // Per-kernel split of a few decode steps, each launch timed on its own.
     let mut profile = KernelProfile::default();
     let reps = 3;
     for _ in 0..reps {
-        let id = crate::sampling::argmax(&logits);
-        logits = s.forward_profiled(&[id], &mut profile)?;
+        next = argmax(&s.forward_profiled(&[next], &mut profile)?);
     }
     profile.ms.values_mut().for_each(|v| *v /= reps as f64);
     // Per-kernel split of one prefill chunk (as many prompt tokens as one step takes).
@@ -252,6 +282,7 @@ pub fn run(
         prefill_tokens_per_s: prompt_tokens as f64 / ttft,
         decode_tokens_per_s: gen_tokens as f64 / (total / 1e3),
         decode_step_ms,
+        readback_bytes_per_step: readback_bytes_per_row(engine),
         weight_bytes: engine.model.weight_bytes(),
         kv_bytes: s.kv_bytes(),
         gpu_bytes: engine.model.weight_bytes() + s.kv_bytes() + s.activation_bytes(),
@@ -275,6 +306,8 @@ pub struct StreamsRow {
     pub kv_bytes_used: u64,
     /// What N independent caches would hold instead: N·(P + S) tokens.
     pub kv_bytes_unshared: u64,
+    /// Bytes a step reads back (each stream's sampled token, or its logits on the CPU path).
+    pub readback_bytes_per_step: u64,
 }
 
 /// Decode step time for each N in `ns`: a `prompt_tokens` prompt prefilled once, forked N
@@ -291,12 +324,10 @@ pub fn streams(
     for &n in ns {
         let block = crate::model::forward::BLOCK_SIZE;
         let slots = prompt_tokens + n * (gen_tokens + 2 * block) + block;
-        let mut s =
-            crate::model::Session::new(engine.model.clone(), slots, engine.options.max_rows);
-        let logits = s.forward(&prompt)?;
+        let mut s = Session::new(engine.model.clone(), slots, engine.options.max_rows);
+        let first = argmax(&s.forward(&prompt)?);
         let kids = s.fork(s.main, n)?;
         s.release(s.main)?;
-        let first = crate::sampling::argmax(&logits);
         // Streams start from different tokens so they do not stay identical.
         let mut next: Vec<u32> = (0..n)
             .map(|i| (first + i as u32) % c.n_vocab as u32)
@@ -305,12 +336,19 @@ pub fn streams(
         for _ in 0..gen_tokens {
             let rows: Vec<_> = kids.iter().zip(&next).map(|(&k, &t)| (k, t)).collect();
             let t = Instant::now();
-            let mut all = Vec::new();
+            next.clear();
             for chunk in rows.chunks(s.lm_rows) {
-                all.extend(s.forward_rows(chunk)?);
+                if cpu_sampling() {
+                    next.extend(s.forward_rows(chunk)?.iter().map(|l| argmax(l)));
+                } else {
+                    next.extend(
+                        s.forward_rows_sampled(chunk, &vec![greedy(); chunk.len()])?
+                            .iter()
+                            .map(|r| r.0),
+                    );
+                }
             }
             steps.push(t.elapsed().as_secs_f64() * 1e3);
-            next = all.iter().map(|l| crate::sampling::argmax(l)).collect();
         }
         let step_ms = median(steps);
         let per_token = s.kv_bytes_per_token();
@@ -320,6 +358,7 @@ pub fn streams(
             tokens_per_s: n as f64 / (step_ms / 1e3),
             kv_bytes_used: s.pool.used_blocks() as u64 * block as u64 * per_token,
             kv_bytes_unshared: (n * (prompt_tokens + gen_tokens)) as u64 * per_token,
+            readback_bytes_per_step: n as u64 * readback_bytes_per_row(engine),
         });
     }
     Ok(out)
@@ -449,9 +488,9 @@ fn decode_step_ms(
 ) -> Result<f64> {
     let prompt = synthetic_prompt(engine, prompt_tokens);
     let mut s = engine.session_with(engine.n_ctx(), apply);
-    let mut logits = s.forward(&prompt)?;
+    let mut next = argmax(&s.forward(&prompt)?);
     s.set_adapter(s.main, adapter)?;
-    Ok(median(greedy_steps(&mut s, &mut logits, gen_tokens)?))
+    Ok(median(greedy_steps(&mut s, &mut next, gen_tokens)?))
 }
 
 /// `bench --lora-ranks`: base decode step, then each rank fused and separate, all in one

@@ -771,10 +771,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("device        {}", r.device);
                 println!("model         {}", r.model);
                 println!("prefill       {:.1} tok/s ({} tokens, TTFT {:.0} ms; {:.0} ms cold, with pipeline compilation)", r.prefill_tokens_per_s, r.prompt_tokens, r.ttft_ms, r.cold_ttft_ms);
-                println!(
-                    "decode        {:.2} tok/s (median step {:.1} ms over {} tokens)",
-                    r.decode_tokens_per_s, r.decode_step_ms, r.gen_tokens
-                );
+                println!("decode        {:.2} tok/s (median step {:.1} ms over {} tokens; {} B read back per step)", r.decode_tokens_per_s, r.decode_step_ms, r.gen_tokens, r.readback_bytes_per_step);
                 println!(
                     "gpu memory    {:.1} MiB (weights {:.1}, KV {:.1})",
                     r.gpu_bytes as f64 / 1048576.0,

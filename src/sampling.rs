@@ -1,9 +1,10 @@
 //! Next-token choice on the CPU from one row of logits: greedy, or temperature with
 //! top-k / top-p, from a seeded RNG so runs are reproducible.
 //!
-//! On the CPU because the logits are read back anyway (scoring, the vote later) and on
-//! lavapipe a sort over 152k floats costs well under a millisecond against ~100 ms of
-//! forward pass per token.
+//! Decoding samples on the GPU instead ([`crate::ops::sampling`]: the same rules, greedy
+//! bit-identical, its own counter-based RNG), so a decode step reads back token ids, not
+//! [rows × n_vocab] logits. This sampler is the reference it is tested against, and the
+//! decode path with `EDGEREASON_CPU_SAMPLING=1` (see [`cpu_sampling`]), for comparison.
 
 use rand::{Rng, SeedableRng};
 
@@ -34,6 +35,13 @@ impl Default for SamplingParams {
 pub struct Sampler {
     pub params: SamplingParams,
     rng: rand::rngs::StdRng,
+}
+
+/// Whether decoding samples on the CPU from read-back logits (`EDGEREASON_CPU_SAMPLING=1`)
+/// instead of on the GPU. Sampled (T > 0) streams differ between the two (each has its
+/// own RNG); greedy ones are identical.
+pub fn cpu_sampling() -> bool {
+    std::env::var("EDGEREASON_CPU_SAMPLING").is_ok_and(|v| v == "1")
 }
 
 /// Index of the largest value (first one on ties, as torch.argmax).

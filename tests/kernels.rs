@@ -605,6 +605,7 @@ fn rope_and_attention_match_reference() {
         // Decode-sized steps with 16-key splits: 5 rows at scattered positions (splits, empty
         // splits for short rows, merged by log-sum-exp), then 3 rows sharing their first 70
         // keys (the shared-prefix pass takes 4 whole splits once for all rows).
+        let rotated: Vec<f32> = ctx.read(&qkv, 0, n_ctx * stride).unwrap();
         for (rows, shared_len, want_prefix) in [
             (vec![79usize, 64, 63, 5, 0], 1u32, 0u32),
             (vec![79, 75, 70], 71, 4),

@@ -5,7 +5,23 @@
 # and adapter tests on the GPU through Vulkan, and benches synthetic models of the real
 # shapes (decode/prefill, N streams, shared-prefix attention, LoRA ranks, adapter TTFT).
 # Output lands in $OUT.
+#
+# Here (the CPU machine): `bash tools/gpu_check.sh --prepare` builds and strips what to carry.
+# Then, with the device tool: run `bash tools/gpu_check.sh` with carry [".dev", ".gl"].
 set -u
+if [ "${1:-}" = --prepare ]; then
+  set -e
+  cargo build --release --bin edgereason
+  mkdir -p .dev .gl
+  cp target/release/edgereason .dev/ && strip .dev/edgereason
+  for t in kernels forward best_of_n adapters; do
+    bin=$(cargo test --release --test $t --no-run --message-format=json 2>/dev/null | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
+    cp "$bin" .dev/$t && strip .dev/$t
+  done
+  (cd .gl && apt-get download -qq libvulkan1 >/dev/null)
+  du -sh .dev .gl
+  exit 0
+fi
 OUT=${OUT:-/tmp/gpu_check}; mkdir -p "$OUT"
 if ls .gl/*.deb >/dev/null 2>&1 && ! ldconfig -p | grep -q libvulkan.so.1; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
@@ -33,3 +49,12 @@ EDGEREASON_SHARED_PREFIX=0 run streams-noprefix $B bench --model $Q --streams 1,
 run streams-2048 $B bench --model $Q --streams 1,8,16 --prompt-tokens 2048 --gen-tokens 32 --ctx 8192
 run lora $B bench --model $Q --lora-ranks 8,16,64,128 --prompt-tokens 512 --gen-tokens 64
 run ttft $B bench --model $Q --adapter-ttft --prompt-tokens 512
+# Issue 10: what a decode step costs (launches per layer, host encode µs, GPU ms, bytes read
+# back: the "decode step" line of each bench above), the prefill paths measured against each
+# other (int8 GEMV path vs the f32 GEMM at several register tiles; flash prefill
+# attention against the per-row kernel at 2048 tokens). Figures decide the per-device defaults in prefill_gemm() and
+# AttentionPlan::for_device().
+run prefill-matmul $B bench --model $Q --prefill-matmul 512 --gemm-tiles 1x1,2x2,4x2,4x4,8x4,8x8 --reps 7
+EDGEREASON_PREFILL_GEMM=1 EDGEREASON_GEMM_TILE=4x4 run bench-qwen-gemm $B bench --model $Q --prompt-tokens 512 --gen-tokens 32
+EDGEREASON_FLASH_PREFILL=1 run bench-qwen-flash $B bench --model $Q --prompt-tokens 2048 --gen-tokens 8 --ctx 4096
+run bench-qwen-2048 $B bench --model $Q --prompt-tokens 2048 --gen-tokens 8 --ctx 4096

@@ -49,6 +49,7 @@ pub fn shader_file(name: &str) -> &'static str {
         "embedding" => include_str!("../../shaders/embedding.wgsl"),
         "read_bandwidth" => include_str!("../../shaders/read_bandwidth.wgsl"),
         "lora" => include_str!("../../shaders/lora.wgsl"),
+        "sampling" => include_str!("../../shaders/sampling.wgsl"),
         other => panic!("unknown shader '{other}'"),
     }
 }
@@ -64,6 +65,7 @@ pub const SHADER_FILES: &[&str] = &[
     "embedding",
     "read_bandwidth",
     "lora",
+    "sampling",
 ];
 
 /// Full WGSL for a kernel file: defines, prelude, body with `{r}` lines expanded.

@@ -1,7 +1,9 @@
 //! The forward pass over a paged KV cache: activation buffers, the cache's blocks, and the
 //! list of kernel launches that is the model's math, built once and replayed every step.
 //! A [`Session`] holds one main stream; `fork` adds streams that share its prompt blocks,
-//! and `forward_rows` advances several streams by one token each in one batched step.
+//! and `forward_rows` advances several streams by one token each in one batched step
+//! (`forward_rows_sampled` also samples their next tokens on the GPU, reading back 8 bytes
+//! per row instead of the logits).
 
 use super::GpuModel;
 use crate::adapters::{LoraApply, LoraSet};
@@ -9,6 +11,7 @@ use crate::kv::{BlockCopy, BlockPool, KvError, StreamId};
 use crate::ops::attention::{AttentionIo, BlockTables};
 use crate::ops::lora::LoraRows;
 use crate::ops::matmul_int4::{gemm, matmul_int4, MatmulIo, MatmulLora};
+use crate::ops::sampling::{RowSampling, SampleRow, Sampled};
 use crate::ops::{self, Dispatch, Step, When};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -81,6 +84,10 @@ pub struct Session {
     stream_adapter: std::collections::HashMap<StreamId, usize>,
     /// Timestamps bracketing each step's pass, and their resolve buffer (`time_steps`).
     step_timer: Option<(wgpu::QuerySet, wgpu::Buffer)>,
+    /// Token sampling over the logits rows ([`forward_rows_sampled`](Self::forward_rows_sampled)).
+    sampling: Dispatch,
+    sample_rows: wgpu::Buffer, // [lm_rows] ops::sampling::SampleRow
+    sampled: wgpu::Buffer,     // [lm_rows] (id, log-prob)
 }
 
 impl Session {
@@ -448,6 +455,11 @@ impl Session {
             &xs,
             false,
         );
+        // next token of each logits row, sampled on the GPU: settings in, (id, log-prob) out
+        let sample_rows = ctx.storage("sampling.rows", lm_rows as u64 * ops::sampling::ROW_BYTES);
+        let sampled = ctx.storage("sampling.out", lm_rows as u64 * ops::sampling::OUT_BYTES);
+        let sampling =
+            ops::sampling::sampling(&ctx, "sampling", &logits, c.n_vocab, &sample_rows, &sampled);
 
         let mut pool = BlockPool::new(n_blocks, BLOCK_SIZE);
         let main = pool.create();
@@ -479,6 +491,9 @@ impl Session {
             lora_rows,
             stream_adapter: Default::default(),
             step_timer: None,
+            sampling,
+            sample_rows,
+            sampled,
         }
     }
 
@@ -890,11 +905,12 @@ impl Session {
         ))
     }
 
-    /// Run one step of `tokens` and add each kernel kind's time to `profile`. With
-    /// timestamp queries (most adapters, lavapipe included) every launch gets its own pass
-    /// with GPU timestamps at its start and end, all in one submission; without them each
-    /// launch is submitted and waited for alone and wall time is taken (slower, and
-    /// includes submission overhead). For `bench`.
+    /// Run one step of `tokens` (and the greedy GPU sampling launch a decode step ends
+    /// with, unless `EDGEREASON_CPU_SAMPLING=1`) and add each kernel kind's time to
+    /// `profile`. With timestamp queries (most adapters, lavapipe included) every launch
+    /// gets its own pass with GPU timestamps at its start and end, all in one submission;
+    /// without them each launch is submitted and waited for alone and wall time is taken
+    /// (slower, and includes submission overhead). For `bench`.
     pub fn forward_profiled(
         &mut self,
         tokens: &[u32],
@@ -905,6 +921,8 @@ impl Session {
         let ctx = self.model.ctx.clone();
         let step = self.prepare_rows(&self.main_rows(tokens))?;
         let (rows, kv_len) = (step.rows, step.kv_len);
+        // the GPU sampling launch too (greedy), as a decode step runs it
+        self.write_sample_rows(std::iter::once(SampleRow::default()));
         let launches: Vec<(&Dispatch, Step)> = self
             .body
             .iter()
@@ -920,6 +938,13 @@ impl Session {
                     },
                 )
             }))
+            .chain((!crate::sampling::cpu_sampling()).then_some((
+                &self.sampling,
+                Step {
+                    rows: 1,
+                    ..Default::default()
+                },
+            )))
             .collect();
         let kind = |d: &Dispatch| d.label.split('[').next().unwrap_or(&d.label).to_string();
         ctx.wait();
@@ -977,6 +1002,26 @@ impl Session {
         rows: &[(StreamId, u32)],
     ) -> Result<Vec<Vec<f32>>, ForwardError> {
         let n_vocab = self.model.config.n_vocab;
+        self.check_rows(rows)?;
+        let step = self.prepare_rows(rows)?;
+        self.record_submit(|pass, ctx| {
+            self.body
+                .iter()
+                .for_each(|(_, d)| d.record_step(ctx, pass, &step));
+            self.head
+                .iter()
+                .for_each(|d| d.record_step(ctx, pass, &step));
+        });
+        if rows.iter().any(|r| r.0 == self.main) {
+            self.pos = self.pool.len(self.main)?;
+        }
+        let logits: Vec<f32> = self.model.ctx.read(&self.logits, 0, rows.len() * n_vocab)?;
+        Ok(logits.chunks(n_vocab).map(|r| r.to_vec()).collect())
+    }
+
+    /// Checks of a decode step: known tokens, at most `lm_rows` rows, room in each stream.
+    fn check_rows(&self, rows: &[(StreamId, u32)]) -> Result<(), ForwardError> {
+        let n_vocab = self.model.config.n_vocab;
         if let Some(&(_, id)) = rows.iter().find(|r| r.1 as usize >= n_vocab) {
             return Err(ForwardError::BadToken { id, n_vocab });
         }
@@ -996,7 +1041,22 @@ impl Session {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// As [`forward_rows`](Self::forward_rows), then each row's next token sampled on the
+    /// GPU in the same submission (`sampling[i]` for row i: its stream's settings and
+    /// step, see [`ops::sampling`]); reads back only (id, log-prob) per row, 8 bytes
+    /// instead of `n_vocab` floats.
+    pub fn forward_rows_sampled(
+        &mut self,
+        rows: &[(StreamId, u32)],
+        sampling: &[RowSampling],
+    ) -> Result<Vec<(u32, f32)>, ForwardError> {
+        assert_eq!(rows.len(), sampling.len(), "one sampling setting per row");
+        self.check_rows(rows)?;
         let step = self.prepare_rows(rows)?;
+        self.write_sample_rows(sampling.iter().enumerate().map(|(i, s)| s.row(i as u32)));
         self.record_submit(|pass, ctx| {
             self.body
                 .iter()
@@ -1004,11 +1064,42 @@ impl Session {
             self.head
                 .iter()
                 .for_each(|d| d.record_step(ctx, pass, &step));
+            self.sampling.record(ctx, pass, step.rows, 0);
         });
         if rows.iter().any(|r| r.0 == self.main) {
             self.pos = self.pool.len(self.main)?;
         }
-        let logits: Vec<f32> = self.model.ctx.read(&self.logits, 0, rows.len() * n_vocab)?;
-        Ok(logits.chunks(n_vocab).map(|r| r.to_vec()).collect())
+        self.read_sampled(rows.len())
+    }
+
+    /// Sample `sampling.len()` tokens (at most `lm_rows`) on the GPU, all from the logits
+    /// the last [`forward`](Self::forward) left (its last position): the first token of
+    /// each stream forked from a prompt. Reads back only (id, log-prob) per row.
+    pub fn sample_last_logits(
+        &mut self,
+        sampling: &[RowSampling],
+    ) -> Result<Vec<(u32, f32)>, ForwardError> {
+        if sampling.len() > self.lm_rows {
+            return Err(ForwardError::TooManyRows {
+                rows: sampling.len(),
+                max: self.lm_rows,
+            });
+        }
+        self.write_sample_rows(sampling.iter().map(|s| s.row(0)));
+        self.record_submit(|pass, ctx| self.sampling.record(ctx, pass, sampling.len() as u32, 0));
+        self.read_sampled(sampling.len())
+    }
+
+    fn write_sample_rows(&self, rows: impl Iterator<Item = SampleRow>) {
+        let rows: Vec<SampleRow> = rows.collect();
+        self.model
+            .ctx
+            .queue
+            .write_buffer(&self.sample_rows, 0, bytemuck::cast_slice(&rows));
+    }
+
+    fn read_sampled(&self, rows: usize) -> Result<Vec<(u32, f32)>, ForwardError> {
+        let out: Vec<Sampled> = self.model.ctx.read(&self.sampled, 0, rows)?;
+        Ok(out.iter().map(|s| (s.id, s.logprob)).collect())
     }
 }

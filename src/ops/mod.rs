@@ -14,6 +14,7 @@ pub mod quantize_act;
 pub mod read_bandwidth;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sampling;
 pub mod swiglu;
 
 use crate::gpu::{Binding, GpuContext, ShaderDefines};

@@ -1,15 +1,17 @@
 //! Best-of-N over one prompt: prefill once with the base model (the switcher head, if any,
 //! decides there whether the reasoning adapter decodes), fork N streams that share the
 //! prompt's KV blocks, decode every live stream in one batched step per token (each weight
-//! read once for all of them), sample each with its own seed, force the end of thinking at
-//! the budget, stop each on EOS / stop string / its token cap, score finished candidates
+//! read once for all of them), sample each with its own seed (on the GPU, in the step's
+//! own submission, so a step reads back token ids rather than logits), force the end of
+//! thinking at the budget, stop each on EOS / stop string / its token cap, score finished candidates
 //! with the verifier head on their own KV, and vote on the final answers.
 
 use super::vote::{extract_answer, vote};
 use crate::adapters::Verifier;
 use crate::engine::{Engine, GenerateParams, Reasoning};
 use crate::model::forward::BLOCK_SIZE;
-use crate::sampling::{log_prob, Sampler, SamplingParams};
+use crate::ops::sampling::RowSampling;
+use crate::sampling::{cpu_sampling, log_prob, Sampler, SamplingParams};
 use anyhow::{bail, Result};
 use std::time::Instant;
 
@@ -65,7 +67,11 @@ pub struct BestOfN {
 struct Live {
     index: usize,
     stream: crate::kv::StreamId,
+    /// Its settings (own seed); it samples with them on the CPU only under
+    /// `EDGEREASON_CPU_SAMPLING=1`.
     sampler: Sampler,
+    /// Tokens sampled so far (not forced): the GPU draw's step counter.
+    sampled: u32,
     tokens: Vec<u32>,
     text: String,
     logprob: f32,
@@ -114,6 +120,11 @@ pub struct Decoding<'e> {
     session: crate::model::Session,
     params: GenerateParams,
     live: Vec<Live>,
+    /// Sampling on the GPU (the default): each stream's next token and its log-prob, drawn
+    /// in the step that fed its last token.
+    gpu_sampling: bool,
+    next_of: Vec<(u32, f32)>,
+    /// Sampling on the CPU: each stream's logits after its last token.
     logits_of: Vec<Vec<f32>>,
     pending: std::collections::VecDeque<StreamToken>,
     prompt_tokens: usize,
@@ -217,6 +228,7 @@ impl<'e> Decoding<'e> {
                     seed: params.sampling.seed.wrapping_add(i as u64),
                     ..params.sampling.clone()
                 }),
+                sampled: 0,
                 tokens: Vec::new(),
                 text: String::new(),
                 logprob: 0.0,
@@ -228,7 +240,22 @@ impl<'e> Decoding<'e> {
                 force_queue: opener.iter().copied().collect(),
                 answer_from: None,
             })
-            .collect();
+            .collect::<Vec<Live>>();
+        // Each stream's first token, from the prompt's last logits (still on the GPU).
+        let gpu_sampling = !cpu_sampling();
+        let mut next_of = Vec::new();
+        if gpu_sampling {
+            for chunk in live.chunks(session.lm_rows) {
+                let settings: Vec<RowSampling> = chunk
+                    .iter()
+                    .map(|l| RowSampling {
+                        params: l.sampler.params.clone(),
+                        step: 0,
+                    })
+                    .collect();
+                next_of.extend(session.sample_last_logits(&settings)?);
+            }
+        }
         Ok(Decoding {
             engine,
             session,
@@ -236,7 +263,13 @@ impl<'e> Decoding<'e> {
             reasoning,
             switcher_probability,
             live,
-            logits_of: vec![logits; n],
+            gpu_sampling,
+            next_of,
+            logits_of: if gpu_sampling {
+                Vec::new()
+            } else {
+                vec![logits; n]
+            },
             pending: Default::default(),
             prompt_tokens: prompt.len(),
             ttft_s,
@@ -272,24 +305,32 @@ impl<'e> Decoding<'e> {
         &self.live[i].text
     }
 
-    /// One batched step: sample every live stream from its logits (or take its next
-    /// forced token), then advance all that go on in one forward pass. Returns the tokens
-    /// added (empty once all finished).
+    /// One batched step: take every live stream's next token (its next forced token, or
+    /// the one the GPU sampled in the last step; from its logits on the CPU with
+    /// `EDGEREASON_CPU_SAMPLING=1`), then advance all that go on in one forward pass, which
+    /// also samples their next tokens. Returns the tokens added (empty once all finished).
     pub fn step(&mut self) -> Result<Vec<StreamToken>> {
         let engine = self.engine;
         let max_new = self.params.max_tokens;
         let budget = self.params.budget.clone();
         let mut produced = Vec::new();
         let mut rows = Vec::new();
-        for (l, lg) in self.live.iter_mut().zip(&self.logits_of) {
+        for l in self.live.iter_mut() {
             if l.finish.is_some() {
                 continue;
             }
             let id = match l.force_queue.pop_front() {
                 Some(id) => id,
                 None => {
-                    let id = l.sampler.sample(lg);
-                    l.logprob += log_prob(lg, id);
+                    let (id, lp) = if self.gpu_sampling {
+                        self.next_of[l.index]
+                    } else {
+                        let lg = &self.logits_of[l.index];
+                        let id = l.sampler.sample(lg);
+                        (id, log_prob(lg, id))
+                    };
+                    l.sampled += 1;
+                    l.logprob += lp;
                     if engine.eos_token_ids.contains(&id) {
                         l.finish = Some("eos");
                         continue;
@@ -358,11 +399,27 @@ impl<'e> Decoding<'e> {
             }
         }
         // One batched step for all live streams (in chunks of the LM head's row count).
+        // With GPU sampling the step also draws each row's next token (step counter: tokens
+        // the stream has sampled; a draw a forced token replaces is drawn again next step).
         for chunk in rows.chunks(self.session.lm_rows) {
             let batch: Vec<_> = chunk.iter().map(|&(_, s, id)| (s, id)).collect();
-            let out = self.session.forward_rows(&batch)?;
-            for (&(i, _, _), lg) in chunk.iter().zip(out) {
-                self.logits_of[i] = lg;
+            if self.gpu_sampling {
+                let settings: Vec<RowSampling> = chunk
+                    .iter()
+                    .map(|&(i, _, _)| RowSampling {
+                        params: self.live[i].sampler.params.clone(),
+                        step: self.live[i].sampled,
+                    })
+                    .collect();
+                let out = self.session.forward_rows_sampled(&batch, &settings)?;
+                for (&(i, _, _), next) in chunk.iter().zip(out) {
+                    self.next_of[i] = next;
+                }
+            } else {
+                let out = self.session.forward_rows(&batch)?;
+                for (&(i, _, _), lg) in chunk.iter().zip(out) {
+                    self.logits_of[i] = lg;
+                }
             }
         }
         Ok(produced)
