@@ -106,6 +106,78 @@ fn swiglu_store(m0: u32, x: u32) {
 }
 //#endif
 
+//#if ROPE
+// QKV with RoPE and the KV-cache store in the epilogue (decode's int8 path): the matrix is
+// [Q heads | K heads | V heads] of head_dim HEAD_DIM (a multiple of 64), and a workgroup
+// takes dims 32j..32j+31 of one head (lanes 0..31) and their rotation partners
+// HEAD_DIM/2 + 32j.. (lanes 32..63), so it holds whole rotate-half pairs. Q is rotated in
+// place in `out` (attention reads it there), K rotated and V as they are go to this
+// layer's f16 cache at each row's slot. No separate RoPE launch. (Bindings 8..10 are
+// LoRA's, bound or not; the constants follow rope.wgsl.)
+struct Rope {
+    n_head: u32,
+    n_kv_head: u32,
+    theta: f32,
+    _pad: u32,
+}
+@group(0) @binding(11) var<uniform> rope: Rope;
+@group(0) @binding(12) var<storage, read> positions: array<u32>;
+@group(0) @binding(13) var<storage, read> slots: array<u32>;
+@group(0) @binding(14) var<storage, read_write> k_cache: array<u32>;
+@group(0) @binding(15) var<storage, read_write> v_cache: array<u32>;
+var<workgroup> gu: array<f32, 64 * ROWS>;
+var<private> lane: u32;
+
+fn rope_column(x: u32) -> u32 {
+    let per_head = HEAD_DIM / 64u;
+    let head = x / per_head;
+    let j = x % per_head;
+    return head * HEAD_DIM + select(HEAD_DIM / 2u + 32u * j + lane - 32u, 32u * j + lane, lane < 32u);
+}
+
+// Rows m0.. of workgroup x (call in uniform control flow, after every lane's `finish`).
+fn rope_store(m0: u32, x: u32) {
+    workgroupBarrier();
+    let per_head = HEAD_DIM / 64u;
+    let head = x / per_head;
+    let i = 32u * (x % per_head) + lane % 32u; // this lane's dim in the first half
+    let kv_dim = rope.n_kv_head * HEAD_DIM;
+    for (var r = 0u; r < ROWS; r = r + 1u) {
+        let row = m0 + r;
+        let valid = row < p.m;
+        let pos = positions[min(row, p.m - 1u)];
+        // Rotate this lane's pair (lanes 32.. take the second halves of the same pairs).
+        let a = gu[r * 64u + lane % 32u];
+        let b = gu[r * 64u + 32u + lane % 32u];
+        // As rope.wgsl's `rotate`, operation for operation.
+        let inv_freq = 1.0 / pow(rope.theta, f32(2u * i) / f32(HEAD_DIM));
+        let angle = f32(pos) * inv_freq;
+        let c = cos(angle);
+        let sn = sin(angle);
+        let rot = vec2<f32>(a * c - b * sn, b * c + a * sn);
+        var v = select(rot.x, rot.y, lane >= 32u);
+        if (head >= rope.n_head + rope.n_kv_head) {
+            v = gu[r * 64u + lane]; // V: not rotated
+        }
+        workgroupBarrier();
+        gu[r * 64u + lane] = v;
+        workgroupBarrier();
+        if (valid && head < rope.n_head) {
+            out[row * p.out_stride + rope_column(x)] = v;
+        } else if (valid && lane % 2u == 0u) {
+            // K or V: dims (d, d + 1) of this lane and the next as one f16 pair.
+            let d = rope_column(x) % HEAD_DIM;
+            let word = pack2x16float(vec2<f32>(v, gu[r * 64u + lane + 1u]));
+            if (head < rope.n_head + rope.n_kv_head) {
+                k_cache[(slots[row] * kv_dim + (head - rope.n_head) * HEAD_DIM + d) / 2u] = word;
+            } else {
+                v_cache[(slots[row] * kv_dim + (head - rope.n_head - rope.n_kv_head) * HEAD_DIM + d) / 2u] = word;
+            }
+        }
+    }
+}
+//#endif
+
 // Output of (row, n): + bias, + LoRA, + old value when accumulating (the residual stream).
 fn finish(row: u32, n: u32, acc: f32) {
     var v = acc;
@@ -118,8 +190,12 @@ fn finish(row: u32, n: u32, acc: f32) {
 //#if SWIGLU
     gu[(row % ROWS) * 64u + lane] = v;
 //#else
+//#if ROPE
+    gu[(row % ROWS) * 64u + lane] = v;
+//#else
     let o = row * p.out_stride + p.out_offset + n;
     out[o] = v + select(0.0, out[o], (p.flags & 2u) != 0u);
+//#endif
 //#endif
 }
 
@@ -148,10 +224,15 @@ fn int4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
     lane = lid.x;
     let n = swiglu_column(wid.x);
 //#else
+//#if ROPE
+    lane = lid.x;
+    let n = rope_column(wid.x);
+//#else
     let n = gid.x;
     if (n >= p.n) {
         return;
     }
+//#endif
 //#endif
     let m0 = gid.y * ROWS;
     let groups = p.k / 32u;
@@ -186,6 +267,11 @@ fn int4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
         swiglu_store(m0, wid.x);
     }
 //#endif
+//#if ROPE
+    if (p.splits == 1u) {
+        rope_store(m0, wid.x);
+    }
+//#endif
 }
 
 @compute @workgroup_size(64)
@@ -194,10 +280,15 @@ fn int8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
     lane = lid.x;
     let n = swiglu_column(wid.x);
 //#else
+//#if ROPE
+    lane = lid.x;
+    let n = rope_column(wid.x);
+//#else
     let n = gid.x;
     if (n >= p.n) {
         return;
     }
+//#endif
 //#endif
     let m0 = gid.y * ROWS;
     let groups = p.k / 32u;
@@ -226,6 +317,11 @@ fn int8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
         swiglu_store(m0, wid.x);
     }
 //#endif
+//#if ROPE
+    if (p.splits == 1u) {
+        rope_store(m0, wid.x);
+    }
+//#endif
 }
 
 // Sum the k splits of one (row, column), then bias and residual as above.
@@ -236,10 +332,15 @@ fn reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocati
     lane = lid.x;
     let n = swiglu_column(wid.x);
 //#else
+//#if ROPE
+    lane = lid.x;
+    let n = rope_column(wid.x);
+//#else
     let n = gid.x;
     if (n >= p.n || m >= p.m) {
         return;
     }
+//#endif
 //#endif
     var acc = 0.0;
     for (var z = 0u; z < p.splits; z = z + 1u) {
@@ -248,6 +349,9 @@ fn reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocati
     finish(m, n, acc);
 //#if SWIGLU
     swiglu_store(m, wid.x);
+//#endif
+//#if ROPE
+    rope_store(m, wid.x);
 //#endif
 }
 

@@ -207,6 +207,7 @@ pub fn gemv_vs_read(ctx: &crate::gpu::GpuContext, n: usize, k: usize, reps: usiz
         partials: &partials,
         lora: None,
         swiglu: None,
+        rope: None,
     };
     let mm = ops::matmul_int4::matmul_int4(ctx, "gemv", &w, &io);
     let refs: Vec<_> = mm.iter().collect();
@@ -659,6 +660,7 @@ pub fn prefill_matmul(
             partials: &partials,
             lora: None,
             swiglu: None,
+            rope: None,
         };
         let mut paths = vec![(
             "int8 GEMV path".to_string(),

@@ -128,6 +128,7 @@ fn matmul_int4_matches_reference() {
                 partials: &partials,
                 lora: None,
                 swiglu: None,
+                rope: None,
             };
             let mm =
                 ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm", &mat, &io, splits as u32);
@@ -247,6 +248,7 @@ fn prefill_gemm_matches_reference() {
                 partials: &scratch,
                 lora: None,
                 swiglu: None,
+                rope: None,
             };
             let mm = ops::matmul_int4::gemm(&ctx, "gemm", &mat, &xb, &io, tile);
             ops::run_forced(
@@ -317,6 +319,7 @@ fn matmul_int8_matches_reference() {
                 partials: &partials,
                 lora: None,
                 swiglu: None,
+                rope: None,
             };
             let mm =
                 ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm8", &mat, &io, splits as u32);
@@ -801,6 +804,7 @@ fn lora_matches_reference() {
                         partials: &partials,
                         lora: None,
                         swiglu: None,
+                        rope: None,
                     };
                     let mut list = vec![ops::quantize_act::quantize_act(
                         &ctx, "q", &xb, k, k, &xq, &xs,
@@ -1119,6 +1123,7 @@ fn swiglu_epilogue_equals_matmul_then_swiglu() {
                     partials: &partials,
                     lora: None,
                     swiglu: None,
+                    rope: None,
                 };
                 let plain =
                     ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm", &mat, &io, splits);
@@ -1149,6 +1154,146 @@ fn swiglu_epilogue_equals_matmul_then_swiglu() {
                 );
                 assert_close(&what, &got, &want, 1e-6, 1e-6);
                 assert!(want.iter().any(|&v| v != 0.0), "{what}: h is not all zero");
+            }
+        }
+    }
+}
+
+#[test]
+fn rope_epilogue_equals_matmul_then_rope() {
+    for ctx in contexts() {
+        // [Q | K | V] with GQA 4/2 at head_dim 64 and 2/1 at 128 (two workgroups per head),
+        // k = 96 with a bias; m = 1, 5 and 16 rows at scattered positions and slots, with and
+        // without k splits (the reduce pass's epilogue).
+        for (n_head, n_kv, hd) in [(4usize, 2usize, 64usize), (2, 1, 128)] {
+            let (k, slots_total) = (96usize, 40usize);
+            let n = (n_head + 2 * n_kv) * hd;
+            let (groups, _) = quantized(n, k, 41 + hd as u64);
+            let mat = QuantMatrix::upload(&ctx, "qkv", n, k, QuantGroups::Int4(&groups));
+            assert!(ops::matmul_int4::rope_fusable(&mat, hd));
+            let bias = ctx.storage_from("bias", &rand_vec(n, 43));
+            let params = ops::matmul_int4::rope_params(&ctx, n_head, n_kv, 10000.0);
+            for m in [1usize, 5, 16] {
+                for splits in [1u32, k_splits_for_test(k) as u32] {
+                    let x = rand_vec(m * k, 47 + m as u64);
+                    let xb = ctx.storage_from("x", &x);
+                    let (xq, xs) = (
+                        ctx.storage("xq", (m * k) as u64),
+                        ctx.storage("xs", (m * k / 32 * 16) as u64),
+                    );
+                    let quant = ops::quantize_act::quantize_act(&ctx, "q", &xb, k, k, &xq, &xs);
+                    let positions: Vec<u32> = (0..m as u32).map(|i| 3 + 7 * i).collect();
+                    let slots: Vec<u32> = (0..m as u32)
+                        .map(|i| (11 * i + 5) % slots_total as u32)
+                        .collect();
+                    let (pos_b, slots_b) = (
+                        ctx.storage_from("pos", &positions),
+                        ctx.storage_from("slots", &slots),
+                    );
+                    let partials = ctx.storage("partials", (splits as usize * 16 * n * 4) as u64);
+                    let cache =
+                        |name: &str| ctx.storage(name, (slots_total * n_kv * hd * 2) as u64);
+                    let (k_sep, v_sep, k_fused, v_fused) = (
+                        cache("k_sep"),
+                        cache("v_sep"),
+                        cache("k_fused"),
+                        cache("v_fused"),
+                    );
+                    let (out_sep, out_fused) = (
+                        ctx.storage("out_sep", (m * n * 4) as u64),
+                        ctx.storage("out_fused", (m * n * 4) as u64),
+                    );
+                    let io = |out| MatmulIo {
+                        xq: &xq,
+                        xs: &xs,
+                        out,
+                        out_stride: n,
+                        out_offset: 0,
+                        bias: Some(&bias),
+                        accumulate: false,
+                        partials: &partials,
+                        lora: None,
+                        swiglu: None,
+                        rope: None,
+                    };
+                    let plain = ops::matmul_int4::matmul_int4_with_splits(
+                        &ctx,
+                        "mm",
+                        &mat,
+                        &io(&out_sep),
+                        splits,
+                    );
+                    let rope = ops::rope::rope_store_kv(
+                        &ctx, "rope", &out_sep, &pos_b, &slots_b, &k_sep, &v_sep, n_head, n_kv, hd,
+                        10000.0,
+                    );
+                    let fused_rope = ops::matmul_int4::MatmulRope {
+                        params: &params,
+                        head_dim: hd,
+                        positions: &pos_b,
+                        slots: &slots_b,
+                        k_cache: &k_fused,
+                        v_cache: &v_fused,
+                    };
+                    let fused = ops::matmul_int4::matmul_int4_with_splits(
+                        &ctx,
+                        "mm+rope",
+                        &mat,
+                        &MatmulIo {
+                            rope: Some(fused_rope),
+                            ..io(&out_fused)
+                        },
+                        splits,
+                    );
+                    let mut list = vec![&quant];
+                    list.extend(plain.iter().chain([&rope]).chain(fused.iter()));
+                    ops::run_once(&ctx, &list, m as u32, 0);
+                    let what = format!(
+                        "{} rope epilogue {n_head}/{n_kv}x{hd} m={m} splits={splits}",
+                        path(&ctx)
+                    );
+                    let q_len = n_head * hd;
+                    let (got_q, want_q): (Vec<f32>, Vec<f32>) = (
+                        ctx.read(&out_fused, 0, m * n).unwrap(),
+                        ctx.read(&out_sep, 0, m * n).unwrap(),
+                    );
+                    for r in 0..m {
+                        assert_close(
+                            &format!("{what}: rotated Q row {r}"),
+                            &got_q[r * n..r * n + q_len],
+                            &want_q[r * n..r * n + q_len],
+                            1e-6,
+                            1e-6,
+                        );
+                    }
+                    let words = slots_total * n_kv * hd / 2;
+                    for (name, got, want) in
+                        [("K cache", &k_fused, &k_sep), ("V cache", &v_fused, &v_sep)]
+                    {
+                        let (got, want) = (
+                            ctx.read::<u32>(got, 0, words).unwrap(),
+                            ctx.read::<u32>(want, 0, words).unwrap(),
+                        );
+                        assert!(want.iter().any(|&w| w != 0), "{what}: {name} written");
+                        let halves = |v: &[u32]| {
+                            v.iter()
+                                .flat_map(|&w| {
+                                    [
+                                        half::f16::from_bits(w as u16).to_f32(),
+                                        half::f16::from_bits((w >> 16) as u16).to_f32(),
+                                    ]
+                                })
+                                .collect::<Vec<f32>>()
+                        };
+                        assert_close(
+                            &format!("{what}: {name}"),
+                            &halves(&got),
+                            &halves(&want),
+                            1e-3,
+                            1e-3,
+                        );
+                    }
+                }
             }
         }
     }

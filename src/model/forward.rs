@@ -10,7 +10,7 @@ use crate::adapters::{LoraApply, LoraSet};
 use crate::kv::{BlockCopy, BlockPool, KvError, StreamId};
 use crate::ops::attention::{AttentionIo, BlockTables};
 use crate::ops::lora::LoraRows;
-use crate::ops::matmul_int4::{gemm, matmul_int4, MatmulIo, MatmulLora};
+use crate::ops::matmul_int4::{gemm, matmul_int4, MatmulIo, MatmulLora, MatmulRope};
 use crate::ops::sampling::{RowSampling, SampleRow, Sampled};
 use crate::ops::{self, Dispatch, Step, When};
 use std::collections::BTreeMap;
@@ -140,6 +140,7 @@ impl Session {
         let plan = ops::attention::AttentionPlan::for_device(&ctx);
         let gemm_tile = ops::matmul_int4::prefill_gemm(&ctx);
         let fused_quant = ops::attention::quantizes_output(hd);
+        let rope_params = ops::matmul_int4::rope_params(&ctx, c.n_head, c.n_kv_head, c.rope_theta);
         let mm_part_bytes = model
             .layers
             .iter()
@@ -161,6 +162,7 @@ impl Session {
             partials: &mm_part,
             lora: None,
             swiglu: None,
+            rope: None,
         };
         // LoRA: each row's adapter and its low-rank activations A·x.
         let u_stride = lora.as_ref().map_or(1, |l| l.u_stride());
@@ -289,11 +291,29 @@ impl Session {
                 bias: layer.bqkv.as_ref(),
                 ..io
             };
-            with_lora(l, 0, "qkv", &layer.wqkv, qkv_io, &mut push);
+            // On the int8 path the QKV epilogue rotates Q and K and stores K and V in the
+            // cache where the head size allows; else (and for the GEMM) a RoPE launch does.
+            let fuse_rope = ops::matmul_int4::rope_fusable(&layer.wqkv, hd);
+            let rope = fuse_rope.then_some(MatmulRope {
+                params: &rope_params,
+                head_dim: hd,
+                positions: &positions,
+                slots: &slots,
+                k_cache: &k_cache[l],
+                v_cache: &v_cache[l],
+            });
+            with_lora(
+                l,
+                0,
+                "qkv",
+                &layer.wqkv,
+                MatmulIo { rope, ..qkv_io },
+                &mut push,
+            );
             gemm_launches("qkv", &layer.wqkv, &xf, &qkv_io)
                 .into_iter()
                 .for_each(&mut push);
-            push(ops::rope::rope_store_kv(
+            let rope_launch = ops::rope::rope_store_kv(
                 &ctx,
                 "rope",
                 &qkv,
@@ -305,7 +325,12 @@ impl Session {
                 c.n_kv_head,
                 hd,
                 c.rope_theta,
-            ));
+            );
+            if !fuse_rope {
+                push(rope_launch);
+            } else if gemm_tile.is_some() {
+                push(rope_launch.only(When::Gemm(true)));
+            }
             let att = AttentionIo {
                 qkv: &qkv,
                 qkv_stride: qkv_dim,

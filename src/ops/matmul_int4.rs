@@ -271,7 +271,57 @@ pub struct MatmulIo<'a> {
     /// blocks (`hq` [m][n/8] u32, `hs` [m][n/64] stats) instead of `out` (see
     /// [`swiglu_fusable`]).
     pub swiglu: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
+    /// For a [Q | K | V] matrix: rotate Q in place and store rotated K and V in the cache
+    /// (see [`rope_fusable`]).
+    pub rope: Option<MatmulRope<'a>>,
 }
+
+/// RoPE and the KV-cache store in the QKV epilogue: what `rope::rope_store_kv` takes.
+#[derive(Clone, Copy)]
+pub struct MatmulRope<'a> {
+    /// Uniform (n_head, n_kv_head, theta, 0), see [`rope_params`].
+    pub params: &'a wgpu::Buffer,
+    pub head_dim: usize,
+    pub positions: &'a wgpu::Buffer,
+    pub slots: &'a wgpu::Buffer,
+    pub k_cache: &'a wgpu::Buffer,
+    pub v_cache: &'a wgpu::Buffer,
+}
+
+/// The RoPE epilogue's uniform: (n_head, n_kv_head, theta, 0) as the shader's `Rope`.
+pub fn rope_params(ctx: &GpuContext, n_head: usize, n_kv_head: usize, theta: f32) -> wgpu::Buffer {
+    ctx.uniform_words(
+        "rope.params",
+        &[n_head as u32, n_kv_head as u32, theta.to_bits(), 0],
+    )
+}
+
+/// Whether a [Q | K | V] matrix can take RoPE in its epilogue: one chunk, and head_dim a
+/// multiple of 64 (a workgroup takes 32 dims of a head and their 32 rotation partners).
+pub fn rope_fusable(w: &QuantMatrix, head_dim: usize) -> bool {
+    w.chunks.len() == 1 && head_dim % 64 == 0 && w.n % head_dim == 0
+}
+
+/// The RoPE epilogue's bindings: LoRA's three (bound or not), its uniform, positions,
+/// slots and the layer's K and V cache.
+const KINDS_ROPE: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+];
 
 /// Dispatches (one per chunk, plus a reduce pass where decode steps split k) computing
 /// `out[m, out_offset + n] (+)= W·x + bias`.
@@ -357,6 +407,17 @@ fn matmul_dispatches(
             }
             buffers.extend([hq, hs]);
             (kinds, defines) = (KINDS_SWIGLU, defines.with("SWIGLU", 1));
+        }
+        if let Some(r) = io.rope {
+            assert!(rope_fusable(w, r.head_dim) && out_offset == 0, "{label}: the RoPE epilogue needs a one-chunk [Q | K | V] matrix with head_dim a multiple of 64");
+            if io.lora.is_none() {
+                buffers.extend([io.xs, io.xs, io.xs]);
+            }
+            buffers.extend([r.params, r.positions, r.slots, r.k_cache, r.v_cache]);
+            (kinds, defines) = (
+                KINDS_ROPE,
+                defines.with("ROPE", 1).with("HEAD_DIM", r.head_dim as u32),
+            );
         }
         let spec = |entry: &'static str, grid: Grid| DispatchSpec {
             label: format!("{label}[{}..]", c.n0),
