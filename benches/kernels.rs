@@ -41,6 +41,7 @@ fn kernels(c: &mut Criterion) {
         partials: &partials,
         lora: None,
         swiglu: None,
+        rope: None,
     };
     let mm = ops::matmul_int4::matmul_int4(&ctx, "gemv", &w, &io);
     let refs: Vec<_> = mm.iter().collect();
