@@ -51,7 +51,8 @@ pub struct BenchReport {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct StepCost {
     pub dispatches: u64,
-    /// Launches per layer: (dispatches − the head's) / layers.
+    /// Launches per layer: (dispatches − final norm − LM head) / layers; the embedding
+    /// and the sampling launch count in.
     pub dispatches_per_layer: f64,
     pub passes: u64,
     pub submits: u64,
@@ -63,6 +64,9 @@ pub struct StepCost {
     pub wall_ms: f64,
 }
 
+/// One step's counters, wall ms and GPU ms.
+type StepSample = (crate::gpu::StatsSnapshot, f64, Option<f64>);
+
 /// [`StepCost`] of `n` greedy decode steps of the main stream (medians).
 fn decode_step_cost(
     engine: &Engine,
@@ -72,7 +76,7 @@ fn decode_step_cost(
 ) -> Result<StepCost> {
     let ctx = &engine.ctx;
     s.time_steps(true);
-    let mut costs = Vec::new();
+    let mut costs: Vec<StepSample> = Vec::new();
     for _ in 0..n {
         let before = ctx.stats.snapshot();
         let t = Instant::now();
@@ -82,9 +86,7 @@ fn decode_step_cost(
         costs.push((d, wall_ms, s.last_step_gpu_ms()?));
     }
     s.time_steps(false);
-    let med = |f: &dyn Fn(&(crate::gpu::StatsSnapshot, f64, Option<f64>)) -> f64| {
-        median(costs.iter().map(f).collect())
-    };
+    let med = |f: &dyn Fn(&StepSample) -> f64| median(costs.iter().map(f).collect());
     let dispatches = med(&|c| c.0.dispatches as f64) as u64;
     // The head: final norm and the LM head's launches (one per chunk of the matrix).
     let head = 1 + engine.model.lm_head().chunks.len() as u64;

@@ -79,7 +79,6 @@ fn lora_matches_peft_in_transformers() {
         let e = engine("tiny-qwen2", 20);
         e.load_adapter("a", &fixture(&format!("lora/{variant}")))
             .unwrap();
-        let gpu_base = gpu_logits(&e, &tokens, tokens.len(), false);
         for (from, want, what) in [(0, &full, "full"), (p, &masked, "masked")] {
             // The base model over the same chunks: a prefill chunk's path (int8 GEMV or f32
             // GEMM) depends on its row count, so only equal chunking is bit-comparable.

@@ -61,7 +61,7 @@ fn summarize(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
         subgroup_size: [info.subgroup_min_size, info.subgroup_max_size],
         timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
         max_buffer_size: l.max_buffer_size,
-        max_storage_buffer_binding_size: l.max_storage_buffer_binding_size as u64,
+        max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
         max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
         max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
     }
@@ -228,7 +228,9 @@ impl GpuContext {
 
     /// Largest byte size one storage binding may have on this device.
     pub fn max_binding(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     /// The (shared) layout of a kernel entry whose bindings are `kinds`.

@@ -159,7 +159,7 @@ pub enum LoadError {
 /// quantizing already-quantized values gives them back.
 pub fn quantize_q4(row: &[f32]) -> Vec<Q4Group> {
     assert!(
-        row.len() % 32 == 0,
+        row.len().is_multiple_of(32),
         "row length {} is not a multiple of 32",
         row.len()
     );
@@ -187,7 +187,7 @@ pub fn quantize_q4(row: &[f32]) -> Vec<Q4Group> {
 /// f16 as the GPU stores it.
 pub fn quantize_q8(row: &[f32]) -> Vec<Q8Group> {
     assert!(
-        row.len() % 32 == 0,
+        row.len().is_multiple_of(32),
         "row length {} is not a multiple of 32",
         row.len()
     );

@@ -75,7 +75,7 @@ pub struct AttentionIo<'a> {
 /// (and each flash prefill invocation) holds whole heads, so head_dim must be a multiple
 /// of 32 for no block to straddle two heads.
 pub fn quantizes_output(head_dim: usize) -> bool {
-    head_dim % 32 == 0
+    head_dim.is_multiple_of(32)
 }
 
 /// How a layer's attention is split: keys per split for decode steps (0 = never split),
@@ -144,7 +144,7 @@ pub fn attention(
     );
     let (xq, xs) = quantized.unwrap_or(partials);
     assert!(
-        head_dim <= 256 && head_dim % 4 == 0,
+        head_dim <= 256 && head_dim.is_multiple_of(4),
         "head_dim {head_dim} unsupported (≤ 256, multiple of 4)"
     );
     let words = vec![

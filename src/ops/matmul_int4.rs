@@ -207,7 +207,7 @@ pub struct MatmulLora<'a> {
 /// Whether a [gate; up] matrix can take SwiGLU in its epilogue: one chunk, and each
 /// half a whole number of 32-column blocks (a workgroup takes 32 gate and 32 up columns).
 pub fn swiglu_fusable(w: &QuantMatrix) -> bool {
-    w.chunks.len() == 1 && w.n % 64 == 0
+    w.chunks.len() == 1 && w.n.is_multiple_of(64)
 }
 
 /// The SwiGLU epilogue's bindings: LoRA's three (bound or not) and the int8 output blocks.
@@ -299,7 +299,7 @@ pub fn rope_params(ctx: &GpuContext, n_head: usize, n_kv_head: usize, theta: f32
 /// Whether a [Q | K | V] matrix can take RoPE in its epilogue: one chunk, and head_dim a
 /// multiple of 64 (a workgroup takes 32 dims of a head and their 32 rotation partners).
 pub fn rope_fusable(w: &QuantMatrix, head_dim: usize) -> bool {
-    w.chunks.len() == 1 && head_dim % 64 == 0 && w.n % head_dim == 0
+    w.chunks.len() == 1 && head_dim.is_multiple_of(64) && w.n.is_multiple_of(head_dim)
 }
 
 /// The RoPE epilogue's bindings: LoRA's three (bound or not), its uniform, positions,
