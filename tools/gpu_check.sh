@@ -12,16 +12,19 @@ set -u
 if [ "${1:-}" = --prepare ]; then
   set -e
   cargo build --release --bin edgereason
-  mkdir -p .dev .gl
-  cp target/release/edgereason .dev/ && strip .dev/edgereason
-  for t in kernels forward best_of_n adapters; do
+  rm -rf .dev && mkdir -p .dev/bin .gl
+  cp target/release/edgereason .dev/bin/ && strip .dev/bin/edgereason
+  for t in kernels sampling forward best_of_n adapters; do
     bin=$(cargo test --release --test $t --no-run --message-format=json 2>/dev/null | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
-    cp "$bin" .dev/$t && strip .dev/$t
+    cp "$bin" .dev/bin/$t && strip .dev/bin/$t
   done
-  (cd .gl && apt-get download -qq libvulkan1 >/dev/null)
+  # Six stripped binaries are ~80 MB; a device call carries 64 MiB in all: compress.
+  tar -cJf .dev/bins.tar.xz -C .dev/bin . && rm -r .dev/bin
+  (cd .gl && apt-get download -qq libvulkan1 >/dev/null 2>&1)
   du -sh .dev .gl
   exit 0
 fi
+[ -f .dev/bins.tar.xz ] && tar -xJf .dev/bins.tar.xz -C .dev
 OUT=${OUT:-/tmp/gpu_check}; mkdir -p "$OUT"
 if ls .gl/*.deb >/dev/null 2>&1 && ! ldconfig -p | grep -q libvulkan.so.1; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
@@ -36,8 +39,8 @@ fi
 $B devices 2>&1 | grep -v XDG | tee "$OUT/devices.txt"
 # The test binaries read fixtures from the path they were built at.
 [ -d /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
-for t in kernels forward best_of_n adapters; do
-  timeout 120 .dev/$t --test-threads 1 2>&1 | grep -E "^test |test result|panicked|worst" | tee "$OUT/test-$t.txt"
+for t in kernels sampling forward best_of_n adapters; do
+  timeout 300 .dev/$t --test-threads 1 2>&1 | grep -E "^test |test result|panicked|worst" | tee "$OUT/test-$t.txt"
 done
 Q=synthetic:qwen2.5-0.5b
 run() { local name=$1; shift; echo "== $name: $*" | tee -a "$OUT/bench.txt"; timeout 150 "$@" 2>"$OUT/$name.err" | tee -a "$OUT/bench.txt"; }
