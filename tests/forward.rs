@@ -171,3 +171,42 @@ fn forked_streams_decoded_together_match_separate_runs() {
         }
     }
 }
+
+#[test]
+fn a_decode_step_is_one_pass_and_reads_back_only_the_sampled_ids() {
+    let host = load_model(&fixture("tiny-qwen2")).unwrap();
+    let engine = Engine::from_host(host, &EngineOptions::default()).unwrap();
+    let mut s = engine.session();
+    let prompt: Vec<u32> = (1..40).collect();
+    s.forward(&prompt).unwrap();
+    let kids = s.fork(s.main, 3).unwrap();
+    let rows: Vec<_> = kids.iter().map(|&k| (k, 5u32)).collect();
+    let greedy: Vec<_> = (0..3)
+        .map(|_| edgereason::ops::sampling::RowSampling {
+            params: Default::default(),
+            step: 0,
+        })
+        .collect();
+    // The first step after the fork also copies the prompt's partly filled last block for
+    // each stream (copy-on-write): in the same command buffer as the step.
+    for _ in 0..2 {
+        let before = engine.ctx.stats.snapshot();
+        let sampled = s.forward_rows_sampled(&rows, &greedy).unwrap();
+        let d = engine.ctx.stats.snapshot() - before;
+        assert_eq!(sampled.len(), 3);
+        // The step's launches in one pass of one submission, then the ids' read-back (a
+        // copy submitted on its own): 8 bytes per row, no logits.
+        assert_eq!(
+            (d.passes, d.submits, d.readback_bytes),
+            (1, 2, 3 * 8),
+            "{d:?}"
+        );
+        let layers = engine.model.config.n_layer as u64;
+        assert!(
+            d.dispatches >= 5 * layers && d.dispatches <= 12 * layers + 4,
+            "{} launches for {layers} layers",
+            d.dispatches
+        );
+        assert!(d.host_encode_ns > 0);
+    }
+}

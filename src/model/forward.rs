@@ -84,6 +84,8 @@ pub struct Session {
     stream_adapter: std::collections::HashMap<StreamId, usize>,
     /// Timestamps bracketing each step's pass, and their resolve buffer (`time_steps`).
     step_timer: Option<(wgpu::QuerySet, wgpu::Buffer)>,
+    /// Copy-on-write block copies for the next step's command buffer.
+    pending_copies: std::cell::RefCell<Vec<BlockCopy>>,
     /// Token sampling over the logits rows ([`forward_rows_sampled`](Self::forward_rows_sampled)).
     sampling: Dispatch,
     sample_rows: wgpu::Buffer, // [lm_rows] ops::sampling::SampleRow
@@ -516,6 +518,7 @@ impl Session {
             lora_rows,
             stream_adapter: Default::default(),
             step_timer: None,
+            pending_copies: Default::default(),
             sampling,
             sample_rows,
             sampled,
@@ -660,31 +663,8 @@ impl Session {
             tables[i * self.max_blocks..i * self.max_blocks + t.len()].copy_from_slice(t);
         }
         let ctx = &self.model.ctx;
-        if !copies.is_empty() {
-            let row_bytes =
-                (BLOCK_SIZE * self.model.config.n_kv_head * self.model.config.head_dim * 2) as u64;
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
-            for c in &copies {
-                // A buffer cannot be both source and destination of one copy: go through scratch.
-                for cache in self.k_cache.iter().chain(&self.v_cache) {
-                    enc.copy_buffer_to_buffer(
-                        cache,
-                        c.src as u64 * row_bytes,
-                        &self.block_scratch,
-                        0,
-                        row_bytes,
-                    );
-                    enc.copy_buffer_to_buffer(
-                        &self.block_scratch,
-                        0,
-                        cache,
-                        c.dst as u64 * row_bytes,
-                        row_bytes,
-                    );
-                }
-            }
-            ctx.submit(enc);
-        }
+        // Copied at the head of the step's own command buffer (no submission of their own).
+        self.pending_copies.borrow_mut().extend(copies);
         let toks: Vec<u32> = rows.iter().map(|r| r.1).collect();
         ctx.queue
             .write_buffer(&self.tokens, 0, bytemuck::cast_slice(&toks));
@@ -871,6 +851,7 @@ impl Session {
         let ctx = &self.model.ctx;
         let t = Instant::now();
         let mut enc = ctx.device.create_command_encoder(&Default::default());
+        self.encode_block_copies(&mut enc);
         {
             let mut pass = match &self.step_timer {
                 Some((set, _)) => {
@@ -893,6 +874,31 @@ impl Session {
         }
         ctx.submit(enc);
         ctx.stats.host_encode(t.elapsed());
+    }
+
+    /// Encode the copy-on-write block copies `prepare_rows` queued (before the step's pass).
+    fn encode_block_copies(&self, enc: &mut wgpu::CommandEncoder) {
+        let c = &self.model.config;
+        let row_bytes = (BLOCK_SIZE * c.n_kv_head * c.head_dim * 2) as u64;
+        for copy in self.pending_copies.borrow_mut().drain(..) {
+            // A buffer cannot be both source and destination of one copy: go through scratch.
+            for cache in self.k_cache.iter().chain(&self.v_cache) {
+                enc.copy_buffer_to_buffer(
+                    cache,
+                    copy.src as u64 * row_bytes,
+                    &self.block_scratch,
+                    0,
+                    row_bytes,
+                );
+                enc.copy_buffer_to_buffer(
+                    &self.block_scratch,
+                    0,
+                    cache,
+                    copy.dst as u64 * row_bytes,
+                    row_bytes,
+                );
+            }
+        }
     }
 
     /// Bracket every step's pass with GPU timestamps (where the adapter has them) so
@@ -988,6 +994,7 @@ impl Session {
                 mapped_at_creation: false,
             });
             let mut enc = ctx.device.create_command_encoder(&Default::default());
+            self.encode_block_copies(&mut enc);
             for (i, (d, step)) in launches.iter().enumerate() {
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: None,
