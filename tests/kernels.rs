@@ -2,58 +2,15 @@
 //! tile sizes, on each backend present (Vulkan = lavapipe here, and the GL backend, which
 //! has neither f16 nor subgroups).
 
-use edgereason::gpu::{list_adapters, GpuContext};
+mod common;
+
+use common::{contexts, path, rand_vec};
 use edgereason::loader::{quantize_q4, HostTensor, TensorData};
 use edgereason::ops::{
     self,
     matmul_int4::{MatmulIo, QuantGroups, QuantMatrix},
 };
 use std::sync::Arc;
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-/// Contexts for each path present: Vulkan with subgroups, Vulkan forced onto the portable
-/// kernels, and the GL backend (no f16, no subgroups).
-fn contexts() -> Vec<Arc<GpuContext>> {
-    let mut out = Vec::new();
-    let adapters = list_adapters();
-    assert!(
-        !adapters.is_empty(),
-        "no GPU adapter: install mesa-vulkan-drivers"
-    );
-    for backend in ["Vulkan", "Gl"] {
-        if let Some(a) = adapters.iter().find(|a| a.backend == backend) {
-            let ctx = GpuContext::new(Some(&a.index.to_string())).unwrap();
-            if ctx.subgroups {
-                out.push(GpuContext::with_subgroups(Some(&a.index.to_string()), false).unwrap());
-            }
-            out.push(ctx);
-        }
-    }
-    out
-}
-
-/// "Vulkan+subgroups", "Vulkan", "Gl": names the path in failure messages.
-fn path(ctx: &GpuContext) -> String {
-    format!(
-        "{}{}",
-        ctx.adapter.backend,
-        if ctx.subgroups { "+subgroups" } else { "" }
-    )
-}
 
 /// k splits the matmul tests force: uneven (k/32 groups not a multiple of 3) and more
 /// than one, so the split-K path and its reduce pass run on every backend.

@@ -4,58 +4,16 @@
 //! `sampling::log_prob`, draws reproducible per (seed, step), and the draw equal to the
 //! CPU reference of the kernel's rules.
 
-use edgereason::gpu::{list_adapters, GpuContext};
+mod common;
+
+use common::{contexts, path, rand_vec};
+use edgereason::gpu::GpuContext;
 use edgereason::ops::{
     self,
     sampling::{SampleRow, Sampled},
 };
 use edgereason::sampling::{argmax, log_prob};
 use std::sync::Arc;
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-/// Contexts for each path present: Vulkan with subgroups, Vulkan forced onto the portable
-/// kernels, and the GL backend (no f16, no subgroups).
-fn contexts() -> Vec<Arc<GpuContext>> {
-    let mut out = Vec::new();
-    let adapters = list_adapters();
-    assert!(
-        !adapters.is_empty(),
-        "no GPU adapter: install mesa-vulkan-drivers"
-    );
-    for backend in ["Vulkan", "Gl"] {
-        if let Some(a) = adapters.iter().find(|a| a.backend == backend) {
-            let ctx = GpuContext::new(Some(&a.index.to_string())).unwrap();
-            if ctx.subgroups {
-                out.push(GpuContext::with_subgroups(Some(&a.index.to_string()), false).unwrap());
-            }
-            out.push(ctx);
-        }
-    }
-    out
-}
-
-/// "Vulkan+subgroups", "Vulkan", "Gl": names the path in failure messages.
-fn path(ctx: &GpuContext) -> String {
-    format!(
-        "{}{}",
-        ctx.adapter.backend,
-        if ctx.subgroups { "+subgroups" } else { "" }
-    )
-}
 
 /// The sampling launch over fixed logits, relaunched with new row settings.
 struct Launch {
@@ -406,8 +364,6 @@ fn same_seed_and_step_give_the_same_token() {
         );
     }
 }
-
-mod common;
 
 /// A session over the tiny Qwen2 fixture with `n` streams forked from one prompt.
 fn forked(
