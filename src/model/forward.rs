@@ -175,6 +175,16 @@ impl Session {
             u: &lora_u,
             u_stride,
         };
+        // Where the device takes the prefill GEMM, each matmul has two launch lists: the
+        // int8 path (decode; steps with adapters) and the f32 GEMM (prefill-sized steps);
+        // `When::Gemm` picks one per step.
+        let int8_launch = |d: Dispatch| {
+            if gemm_tile.is_some() {
+                d.only(When::Gemm(false))
+            } else {
+                d
+            }
+        };
         // Matmul `f` of layer `l` with its LoRA (see adapters::FUSED): the low-rank shrink,
         // then the int4 matmul adding s·B·u in its output pass, or (Separate) a pass of its own.
         let with_lora = |l: usize,
@@ -183,15 +193,7 @@ impl Session {
                          w: &ops::matmul_int4::QuantMatrix,
                          io: MatmulIo,
                          push: &mut dyn FnMut(Dispatch)| {
-            let int8_path = |ds: Vec<Dispatch>| {
-                ds.into_iter().map(|d| {
-                    if gemm_tile.is_some() {
-                        d.only(When::Gemm(false))
-                    } else {
-                        d
-                    }
-                })
-            };
+            let int8_path = |ds: Vec<Dispatch>| ds.into_iter().map(int8_launch);
             let Some(set) = &lora else {
                 return int8_path(matmul_int4(&ctx, label, w, &io)).for_each(push);
             };
@@ -257,16 +259,7 @@ impl Session {
         for d in ops::embedding::embedding(&ctx, "embedding", &model.token_embd, &tokens, &x) {
             body.push((0, d));
         }
-        // Where the device takes the prefill GEMM, each matmul has two launch lists: the
-        // int8 path (decode; steps with adapters) and the f32 GEMM (prefill-sized steps);
-        // `When::Gemm` picks one per step. `gemm_launches` is empty elsewhere.
-        let int8_launch = |d: Dispatch| {
-            if gemm_tile.is_some() {
-                d.only(When::Gemm(false))
-            } else {
-                d
-            }
-        };
+        // `gemm_launches` is empty where the device keeps the int8 path for prefill.
         let gemm_launches =
             |label: &str, w: &ops::matmul_int4::QuantMatrix, x: &wgpu::Buffer, io: &MatmulIo| {
                 gemm_tile.map_or(Vec::new(), |t| gemm(&ctx, label, w, x, io, t))
