@@ -30,19 +30,7 @@ fn kernels(c: &mut Criterion) {
     let xs = ctx.storage("xs", (16 * k / 32 * 16) as u64);
     let out = ctx.storage("out", (16 * n * 4) as u64);
     let partials = ctx.storage("partials", ops::matmul_int4::partial_bytes(&ctx, &w));
-    let io = MatmulIo {
-        xq: &xq,
-        xs: &xs,
-        out: &out,
-        out_stride: n,
-        out_offset: 0,
-        bias: None,
-        accumulate: false,
-        partials: &partials,
-        lora: None,
-        swiglu: None,
-        rope: None,
-    };
+    let io = MatmulIo::new(&xq, &xs, &out, n, &partials);
     let mm = ops::matmul_int4::matmul_int4(&ctx, "gemv", &w, &io);
     let refs: Vec<_> = mm.iter().collect();
     let mut g = c.benchmark_group(format!("matmul_int4 {n}x{k} on {}", ctx.describe()));

@@ -184,8 +184,8 @@ pub fn time_ms(ctx: &crate::gpu::GpuContext, reps: usize, mut f: impl FnMut()) -
     )
 }
 
-/// int4 GEMV (M = 1) on an `n`×`k` random matrix against reading the same bytes.
-pub fn gemv_vs_read(ctx: &crate::gpu::GpuContext, n: usize, k: usize, reps: usize) -> GemvReport {
+/// An `n`×`k` int4 matrix of arbitrary quants (benchmarks time it, nothing reads results).
+fn random_int4(ctx: &crate::gpu::GpuContext, label: &str, n: usize, k: usize) -> QuantMatrix {
     let groups: Vec<_> = (0..n * k / 32)
         .map(|i| crate::loader::Q4Group {
             scale: 0.01,
@@ -193,24 +193,17 @@ pub fn gemv_vs_read(ctx: &crate::gpu::GpuContext, n: usize, k: usize, reps: usiz
             q: std::array::from_fn(|j| ((i * 7 + j * 3) % 16) as u8),
         })
         .collect();
-    let w = QuantMatrix::upload(ctx, "bench.w", n, k, QuantGroups::Int4(&groups));
+    QuantMatrix::upload(ctx, label, n, k, QuantGroups::Int4(&groups))
+}
+
+/// int4 GEMV (M = 1) on an `n`×`k` random matrix against reading the same bytes.
+pub fn gemv_vs_read(ctx: &crate::gpu::GpuContext, n: usize, k: usize, reps: usize) -> GemvReport {
+    let w = random_int4(ctx, "bench.w", n, k);
     let xq = ctx.storage("xq", k as u64);
     let xs = ctx.storage("xs", (k / 32 * 16) as u64);
     let out = ctx.storage("out", (n * 4) as u64);
     let partials = ctx.storage("partials", ops::matmul_int4::partial_bytes(ctx, &w));
-    let io = MatmulIo {
-        xq: &xq,
-        xs: &xs,
-        out: &out,
-        out_stride: n,
-        out_offset: 0,
-        bias: None,
-        accumulate: false,
-        partials: &partials,
-        lora: None,
-        swiglu: None,
-        rope: None,
-    };
+    let io = MatmulIo::new(&xq, &xs, &out, n, &partials);
     let mm = ops::matmul_int4::matmul_int4(ctx, "gemv", &w, &io);
     let refs: Vec<_> = mm.iter().collect();
     let gemv_ms = time_ms(ctx, reps, || ops::run_once(ctx, &refs, 1, 0));
@@ -639,31 +632,12 @@ pub fn prefill_matmul(
         ("gate_up", 2 * c.n_ff, c.n_embd),
         ("down", c.n_embd, c.n_ff),
     ] {
-        let groups: Vec<_> = (0..n * k / 32)
-            .map(|i| crate::loader::Q4Group {
-                scale: 0.01,
-                min: -0.08,
-                q: std::array::from_fn(|j| ((i * 7 + j * 3) % 16) as u8),
-            })
-            .collect();
-        let w = QuantMatrix::upload(ctx, name, n, k, QuantGroups::Int4(&groups));
+        let w = random_int4(ctx, name, n, k);
         let xq = ctx.storage("xq", (m * k * 4) as u64);
         let xs = ctx.storage("xs", (m * k / 32 * 16) as u64);
         let outb = ctx.storage("out", (m * n * 4) as u64);
         let partials = ctx.storage("partials", ops::matmul_int4::partial_bytes(ctx, &w));
-        let io = MatmulIo {
-            xq: &xq,
-            xs: &xs,
-            out: &outb,
-            out_stride: n,
-            out_offset: 0,
-            bias: None,
-            accumulate: false,
-            partials: &partials,
-            lora: None,
-            swiglu: None,
-            rope: None,
-        };
+        let io = MatmulIo::new(&xq, &xs, &outb, n, &partials);
         let mut paths = vec![(
             "int8 GEMV path".to_string(),
             ops::matmul_int4::matmul_int4(ctx, name, &w, &io),

@@ -265,19 +265,7 @@ fn matmul_int8_matches_reference() {
             let quant = ops::quantize_act::quantize_act(&ctx, "q", &xb, k, k, &xq, &xs);
             let splits = k_splits_for_test(k);
             let partials = ctx.storage("partials", (splits * m.max(16) * n * 4) as u64);
-            let io = MatmulIo {
-                xq: &xq,
-                xs: &xs,
-                out: &out,
-                out_stride: n,
-                out_offset: 0,
-                bias: None,
-                accumulate: false,
-                partials: &partials,
-                lora: None,
-                swiglu: None,
-                rope: None,
-            };
+            let io = MatmulIo::new(&xq, &xs, &out, n, &partials);
             let mm =
                 ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm8", &mat, &io, splits as u32);
             let mut list = vec![&quant];
@@ -505,37 +493,55 @@ fn rope_and_attention_match_reference() {
             }
         }
 
+        let rotated: Vec<f32> = ctx.read(&qkv, 0, n_ctx * stride).unwrap();
+        // Attention for query rows at cached positions `rows` under `plan`, as `step` says,
+        // checked against the reference above.
+        let check_rows = |rows: &[usize], plan, step: &ops::Step, what: &str| {
+            let q: Vec<f32> = rows
+                .iter()
+                .flat_map(|&t| rotated[t * stride..(t + 1) * stride].to_vec())
+                .collect();
+            let (qb, pos) = (
+                ctx.storage_from("q", &q),
+                ctx.storage_from("pos", &rows.iter().map(|&t| t as u32).collect::<Vec<_>>()),
+            );
+            let out = ctx.storage("out", (rows.len() * n_head * hd * 4) as u64);
+            let tables = table_rows(rows.len());
+            let att = ops::attention::attention(
+                &ctx,
+                "att",
+                &io!(&qb, &pos, &tables, &out),
+                n_head,
+                n_kv,
+                hd,
+                plan,
+            );
+            ops::run_step(&ctx, &att.iter().collect::<Vec<_>>(), step);
+            let got: Vec<f32> = ctx.read(&out, 0, rows.len() * n_head * hd).unwrap();
+            // The reference covers a sample of positions.
+            for (i, &t) in rows
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| wanted.contains_key(&(**t, 0)))
+            {
+                for h in 0..n_head {
+                    let o = i * n_head * hd + h * hd;
+                    let msg = format!("{} {what} row {t} head {h}", path(&ctx));
+                    assert_close(&msg, &got[o..o + hd], &wanted[&(t, h)], 2e-4, 2e-3);
+                }
+            }
+        };
         // The flash prefill kernel on the same cache: all 80 rows as one stream's chunk (two
         // workgroups of rows, the second partial), then the last 37 rows alone as a chunk
         // continuing the stream (its keys include the earlier chunk's).
-        let rotated: Vec<f32> = ctx.read(&qkv, 0, n_ctx * stride).unwrap();
         let flash_plan = ops::attention::AttentionPlan {
             flash_prefill: true,
             ..plan
         };
         for first in [0usize, 43] {
             let rows: Vec<usize> = (first..n_ctx).collect();
-            let q3: Vec<f32> = rows
-                .iter()
-                .flat_map(|&t| rotated[t * stride..(t + 1) * stride].to_vec())
-                .collect();
-            let q3b = ctx.storage_from("q3", &q3);
-            let pos3 =
-                ctx.storage_from("pos3", &rows.iter().map(|&t| t as u32).collect::<Vec<_>>());
-            let out3 = ctx.storage("out3", (rows.len() * n_head * hd * 4) as u64);
-            let tables3 = table_rows(rows.len());
-            let att3 = ops::attention::attention(
-                &ctx,
-                "att3",
-                &io!(&q3b, &pos3, &tables3, &out3),
-                n_head,
-                n_kv,
-                hd,
-                flash_plan,
-            );
             let step = ops::Step {
                 rows: rows.len() as u32,
-                row0: 0,
                 kv_len: n_ctx as u32,
                 one_stream: true,
                 ..Default::default()
@@ -545,75 +551,35 @@ fn rope_and_attention_match_reference() {
                 "{} rows of one stream take the flash prefill kernel",
                 rows.len()
             );
-            ops::run_step(&ctx, &att3.iter().collect::<Vec<_>>(), &step);
-            let got3: Vec<f32> = ctx.read(&out3, 0, rows.len() * n_head * hd).unwrap();
-            for &(t, h) in wanted.keys().filter(|(t, _)| *t >= first) {
-                let o = (t - first) * n_head * hd + h * hd;
-                assert_close(
-                    &format!(
-                        "{} flash prefill row {t} head {h} (chunk from {first})",
-                        path(&ctx)
-                    ),
-                    &got3[o..o + hd],
-                    &wanted[&(t, h)],
-                    2e-4,
-                    2e-3,
-                );
-            }
+            check_rows(
+                &rows,
+                flash_plan,
+                &step,
+                &format!("flash prefill (chunk from {first})"),
+            );
         }
 
         // Decode-sized steps with 16-key splits: 5 rows at scattered positions (splits, empty
         // splits for short rows, merged by log-sum-exp), then 3 rows sharing their first 70
         // keys (the shared-prefix pass takes 4 whole splits once for all rows).
-        let rotated: Vec<f32> = ctx.read(&qkv, 0, n_ctx * stride).unwrap();
         for (rows, shared_len, want_prefix) in [
             (vec![79usize, 64, 63, 5, 0], 1u32, 0u32),
             (vec![79, 75, 70], 71, 4),
         ] {
-            let q2: Vec<f32> = rows
-                .iter()
-                .flat_map(|&t| rotated[t * stride..(t + 1) * stride].to_vec())
-                .collect();
-            let q2b = ctx.storage_from("q2", &q2);
-            let pos2 =
-                ctx.storage_from("pos2", &rows.iter().map(|&t| t as u32).collect::<Vec<_>>());
-            let out2 = ctx.storage("out2", (rows.len() * n_head * hd * 4) as u64);
-            let tables2 = table_rows(rows.len());
-            let att2 = ops::attention::attention(
-                &ctx,
-                "att2",
-                &io!(&q2b, &pos2, &tables2, &out2),
-                n_head,
-                n_kv,
-                hd,
-                plan,
-            );
             let step = ops::Step {
                 rows: rows.len() as u32,
-                row0: 0,
                 kv_len: n_ctx as u32,
                 shared_len,
                 ..Default::default()
             };
             assert_eq!(ops::attention_splits(&step, 16), 5);
             assert_eq!(ops::prefix_splits(&step, 16, true), want_prefix);
-            ops::run_step(&ctx, &att2.iter().collect::<Vec<_>>(), &step);
-            let got2: Vec<f32> = ctx.read(&out2, 0, rows.len() * n_head * hd).unwrap();
-            for (i, &t) in rows.iter().enumerate() {
-                for h in 0..n_head {
-                    let o = i * n_head * hd + h * hd;
-                    assert_close(
-                        &format!(
-                            "{} split attention row {t} head {h} (prefix splits {want_prefix})",
-                            path(&ctx)
-                        ),
-                        &got2[o..o + hd],
-                        &wanted[&(t, h)],
-                        2e-4,
-                        2e-3,
-                    );
-                }
-            }
+            check_rows(
+                &rows,
+                plan,
+                &step,
+                &format!("split attention (prefix splits {want_prefix})"),
+            );
         }
     }
 }
@@ -750,19 +716,7 @@ fn lora_matches_reference() {
                 let partials = ctx.storage("partials", 16);
                 let run = |apply: Option<LoraApply>| -> Vec<f32> {
                     let out = ctx.storage("out", (m * n * 4) as u64);
-                    let io = MatmulIo {
-                        xq: &xq,
-                        xs: &xs,
-                        out: &out,
-                        out_stride: n,
-                        out_offset: 0,
-                        bias: None,
-                        accumulate: false,
-                        partials: &partials,
-                        lora: None,
-                        swiglu: None,
-                        rope: None,
-                    };
+                    let io = MatmulIo::new(&xq, &xs, &out, n, &partials);
                     let mut list = vec![ops::quantize_act::quantize_act(
                         &ctx, "q", &xb, k, k, &xq, &xs,
                     )];
@@ -1069,19 +1023,7 @@ fn swiglu_epilogue_equals_matmul_then_swiglu() {
                     )
                 };
                 let (fused, separate) = (hblocks("fused"), hblocks("separate"));
-                let io = MatmulIo {
-                    xq: &xq,
-                    xs: &xs,
-                    out: &gate_up,
-                    out_stride: 2 * n_ff,
-                    out_offset: 0,
-                    bias: None,
-                    accumulate: false,
-                    partials: &partials,
-                    lora: None,
-                    swiglu: None,
-                    rope: None,
-                };
+                let io = MatmulIo::new(&xq, &xs, &gate_up, 2 * n_ff, &partials);
                 let plain =
                     ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm", &mat, &io, splits);
                 let swiglu =

@@ -153,19 +153,7 @@ impl Session {
             .unwrap_or(0);
         let mm_part = ctx.storage("matmul.partials", mm_part_bytes);
         // Every matmul reads the shared int8 activation blocks; each call names its output.
-        let io = MatmulIo {
-            xq: &xq,
-            xs: &xs,
-            out: &x,
-            out_stride: c.n_embd,
-            out_offset: 0,
-            bias: None,
-            accumulate: false,
-            partials: &mm_part,
-            lora: None,
-            swiglu: None,
-            rope: None,
-        };
+        let io = MatmulIo::new(&xq, &xs, &x, c.n_embd, &mm_part);
         // LoRA: each row's adapter and its low-rank activations A·x.
         let u_stride = lora.as_ref().map_or(1, |l| l.u_stride());
         let lora_rows = ctx.storage("lora.rows", mr * 8);

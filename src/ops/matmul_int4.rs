@@ -276,6 +276,32 @@ pub struct MatmulIo<'a> {
     pub rope: Option<MatmulRope<'a>>,
 }
 
+impl<'a> MatmulIo<'a> {
+    /// `out[m, 0..n] = W·x` from the int8 blocks `xq`/`xs`: no bias, no residual, no LoRA
+    /// and no epilogue variant (set those fields with struct update syntax).
+    pub fn new(
+        xq: &'a wgpu::Buffer,
+        xs: &'a wgpu::Buffer,
+        out: &'a wgpu::Buffer,
+        out_stride: usize,
+        partials: &'a wgpu::Buffer,
+    ) -> Self {
+        MatmulIo {
+            xq,
+            xs,
+            out,
+            out_stride,
+            out_offset: 0,
+            bias: None,
+            accumulate: false,
+            partials,
+            lora: None,
+            swiglu: None,
+            rope: None,
+        }
+    }
+}
+
 /// RoPE and the KV-cache store in the QKV epilogue: what `rope::rope_store_kv` takes.
 #[derive(Clone, Copy)]
 pub struct MatmulRope<'a> {
