@@ -78,6 +78,7 @@ fn attention(c: &mut Criterion) {
                     keys_per_split: kps,
                     shared_prefix,
                     flash_prefill: false,
+                    split_one_stream: true,
                 },
             );
             let refs: Vec<_> = list.iter().collect();

@@ -23,6 +23,10 @@ struct Params {
     seg1: u32,      // expand: segment boundaries over the output columns
     seg2: u32,
     out_stride: u32,
+    folded_norm: u32, // shrink: xs carries a folded RMSNorm's Σx² (matmul_int4's NORM)
+    rms_eps: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -35,6 +39,19 @@ struct Params {
 
 fn i8(w: u32, byte: u32) -> f32 {
     return f32((i32(w << (24u - 8u * byte))) >> 24u);
+}
+
+// 1/rms of `row` where its blocks hold x ⊙ g of a folded norm, else 1: u must be
+// A · norm(x), whatever the matmul does with its own product.
+fn row_scale(row: u32) -> f32 {
+    if (p.folded_norm == 0u) {
+        return 1.0;
+    }
+    var ss = 0.0;
+    for (var g = 0u; g < p.k / 32u; g = g + 1u) {
+        ss = ss + xs[row * (p.k / 32u) + g].w;
+    }
+    return inverseSqrt(ss / f32(p.k) + p.rms_eps);
 }
 
 @compute @workgroup_size(64)
@@ -51,7 +68,7 @@ fn shrink(@builtin(global_invocation_id) gid: vec3<u32>) {
         let g = kw / 8u;
         if (on{r}) { let x = xq[row{r} * (p.k / 4u) + kw]; let sc = xs[row{r} * (p.k / 32u) + g].x; let a0 = unpack2x16float(lora_w[(2u * kw) * p.n + col{r}]); let a1 = unpack2x16float(lora_w[(2u * kw + 1u) * p.n + col{r}]); acc{r} = acc{r} + sc * (a0.x * i8(x, 0u) + a0.y * i8(x, 1u) + a1.x * i8(x, 2u) + a1.y * i8(x, 3u)); }
     }
-    if (on{r} && m0 + {r}u < p.m) { u[(m0 + {r}u) * p.u_stride + j] = acc{r}; }
+    if (on{r} && m0 + {r}u < p.m) { u[(m0 + {r}u) * p.u_stride + j] = acc{r} * row_scale(row{r}); }
 }
 
 @compute @workgroup_size(64)

@@ -24,7 +24,7 @@ struct Params {
     out_stride: u32, // floats between output rows
     out_offset: u32, // first output column of this chunk
     splits: u32,     // k splits (grid z); > 1 writes partials for `reduce`
-    _pad: u32,
+    rms_eps: f32,    // flags bit 2: eps of the RMSNorm folded into the input blocks
     // LoRA variant: output columns [0, seg1) take segment 0 of a fused matrix (Q of QKV,
     // gate of gate|up), [seg1, seg2) segment 1, the rest segment 2; u_stride = floats per
     // row of the low-rank activations.
@@ -178,7 +178,51 @@ fn rope_store(m0: u32, x: u32) {
 }
 //#endif
 
+//#if NORM
+// A matmul into the residual stream that also writes the next RMSNorm's input (decode's
+// int8 path): y = x / rms(x) · g is never formed. Its 1/rms is one number per row, so it
+// commutes with the next matmul: this epilogue writes x ⊙ g as int8 blocks, with Σx² of
+// each block in the stats' fourth lane, and the consumer (flags bit 2) sums those and
+// scales its dot products by 1/sqrt(mean(x²) + eps). No norm launch between the two.
+// A workgroup's 64 columns are two whole blocks (n is a multiple of 64); lanes 2r and
+// 2r + 1 quantize row r's two. (Bindings 8..10 are LoRA's, bound or not.)
+@group(0) @binding(11) var<storage, read> norm_weight: array<f32>;
+@group(0) @binding(12) var<storage, read_write> nq: array<u32>;
+@group(0) @binding(13) var<storage, read_write> ns: array<vec4<f32>>;
+var<workgroup> gu: array<f32, 64 * ROWS>;
+var<private> lane: u32;
+
+// Rows m0.. of workgroup x (call in uniform control flow, after every lane's `finish`).
+fn norm_store(m0: u32, x: u32) {
+    workgroupBarrier();
+    let r = lane / 2u;
+    let blk = 2u * x + lane % 2u;
+    let row = m0 + r;
+    if (r < ROWS && row < p.m) {
+        var v: array<f32, 32>;
+        var ss = 0.0;
+        for (var i = 0u; i < 32u; i = i + 1u) {
+            let xv = gu[r * 64u + (lane % 2u) * 32u + i];
+            ss = ss + xv * xv;
+            v[i] = xv * norm_weight[blk * 32u + i];
+        }
+        var b = quantize_block(&v);
+        b.stats.w = ss;
+        for (var w = 0u; w < 8u; w = w + 1u) {
+            nq[row * (p.n / 4u) + blk * 8u + w] = b.words[w];
+        }
+        ns[row * (p.n / 32u) + blk] = b.stats;
+    }
+}
+//#endif
+
+// 1/rms of a row whose input blocks carry a folded norm's Σx² (see NORM), else 1.
+fn rms_scale(ss: f32) -> f32 {
+    return select(1.0, inverseSqrt(ss / f32(p.k) + p.rms_eps), (p.flags & 4u) != 0u);
+}
+
 // Output of (row, n): + bias, + LoRA, + old value when accumulating (the residual stream).
+// `acc` is already scaled by the row's 1/rms; LoRA's u was too (lora.wgsl's shrink).
 fn finish(row: u32, n: u32, acc: f32) {
     var v = acc;
 //#if LORA
@@ -194,20 +238,25 @@ fn finish(row: u32, n: u32, acc: f32) {
     gu[(row % ROWS) * 64u + lane] = v;
 //#else
     let o = row * p.out_stride + p.out_offset + n;
-    out[o] = v + select(0.0, out[o], (p.flags & 2u) != 0u);
+    let y = v + select(0.0, out[o], (p.flags & 2u) != 0u);
+    out[o] = y;
+//#if NORM
+    gu[(row % ROWS) * 64u + lane] = y;
+//#endif
 //#endif
 //#endif
 }
 
-// A tile's result for (row, n): a partial sum when k is split, else the output.
-fn store(row: u32, n: u32, z: u32, acc: f32) {
+// A tile's result for (row, n): a partial sum when k is split, else the output. `ss`:
+// the row's Σx² over the groups this invocation read (all of them when k is not split).
+fn store(row: u32, n: u32, z: u32, acc: f32, ss: f32) {
     if (row >= p.m) {
         return;
     }
     if (p.splits > 1u) {
         part[(z * p.m + row) * p.n + n] = acc;
     } else {
-        finish(row, n, acc);
+        finish(row, n, acc * rms_scale(ss));
     }
 }
 
@@ -228,10 +277,15 @@ fn int4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
     lane = lid.x;
     let n = rope_column(wid.x);
 //#else
+//#if NORM
+    lane = lid.x;
+    let n = gid.x;
+//#else
     let n = gid.x;
     if (n >= p.n) {
         return;
     }
+//#endif
 //#endif
 //#endif
     let m0 = gid.y * ROWS;
@@ -240,6 +294,7 @@ fn int4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
     // Rows past the end repeat the last row: no branches in the hot loop.
     let row{r} = min(m0 + {r}u, p.m - 1u);
     var acc{r}: f32 = 0.0;
+    var ss{r}: f32 = 0.0;
     let gr = split_range(groups, gid.z);
     for (var g = gr.x; g < gr.y; g = g + 1u) {
         let sm = unpack2x16float(scales[g * p.n + n]);
@@ -260,11 +315,17 @@ fn int4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
         let d{r} = dot4I8Packed(lo0, xq[xb{r}]) + dot4I8Packed(hi0, xq[xb{r} + 1u]) + dot4I8Packed(lo1, xq[xb{r} + 2u]) + dot4I8Packed(hi1, xq[xb{r} + 3u]) + dot4I8Packed(lo2, xq[xb{r} + 4u]) + dot4I8Packed(hi2, xq[xb{r} + 5u]) + dot4I8Packed(lo3, xq[xb{r} + 6u]) + dot4I8Packed(hi3, xq[xb{r} + 7u]);
         let s{r} = xs[row{r} * groups + g];
         acc{r} = acc{r} + sm.x * (s{r}.x * f32(d{r}) + 8.0 * s{r}.z) + sm.y * s{r}.y;
+        ss{r} = ss{r} + s{r}.w;
     }
-    store(m0 + {r}u, n, gid.z, acc{r});
+    store(m0 + {r}u, n, gid.z, acc{r}, ss{r});
 //#if SWIGLU
     if (p.splits == 1u) {
         swiglu_store(m0, wid.x);
+    }
+//#endif
+//#if NORM
+    if (p.splits == 1u) {
+        norm_store(m0, wid.x);
     }
 //#endif
 //#if ROPE
@@ -284,10 +345,15 @@ fn int8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
     lane = lid.x;
     let n = rope_column(wid.x);
 //#else
+//#if NORM
+    lane = lid.x;
+    let n = gid.x;
+//#else
     let n = gid.x;
     if (n >= p.n) {
         return;
     }
+//#endif
 //#endif
 //#endif
     let m0 = gid.y * ROWS;
@@ -295,6 +361,7 @@ fn int8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
     let xwords = p.k / 4u;
     let row{r} = min(m0 + {r}u, p.m - 1u);
     var acc{r}: f32 = 0.0;
+    var ss{r}: f32 = 0.0;
     let gr = split_range(groups, gid.z);
     for (var g = gr.x; g < gr.y; g = g + 1u) {
         let sw = unpack2x16float(scales[g * p.n + n]).x;
@@ -309,12 +376,19 @@ fn int8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
         let w7 = qweight[wbase + 7u * p.n];
         let xb{r} = row{r} * xwords + g * 8u;
         let d{r} = dot4I8Packed(w0, xq[xb{r}]) + dot4I8Packed(w1, xq[xb{r} + 1u]) + dot4I8Packed(w2, xq[xb{r} + 2u]) + dot4I8Packed(w3, xq[xb{r} + 3u]) + dot4I8Packed(w4, xq[xb{r} + 4u]) + dot4I8Packed(w5, xq[xb{r} + 5u]) + dot4I8Packed(w6, xq[xb{r} + 6u]) + dot4I8Packed(w7, xq[xb{r} + 7u]);
-        acc{r} = acc{r} + sw * xs[row{r} * groups + g].x * f32(d{r});
+        let s{r} = xs[row{r} * groups + g];
+        acc{r} = acc{r} + sw * s{r}.x * f32(d{r});
+        ss{r} = ss{r} + s{r}.w;
     }
-    store(m0 + {r}u, n, gid.z, acc{r});
+    store(m0 + {r}u, n, gid.z, acc{r}, ss{r});
 //#if SWIGLU
     if (p.splits == 1u) {
         swiglu_store(m0, wid.x);
+    }
+//#endif
+//#if NORM
+    if (p.splits == 1u) {
+        norm_store(m0, wid.x);
     }
 //#endif
 //#if ROPE
@@ -336,22 +410,36 @@ fn reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocati
     lane = lid.x;
     let n = rope_column(wid.x);
 //#else
+//#if NORM
+    lane = lid.x;
+    let n = gid.x;
+//#else
     let n = gid.x;
     if (n >= p.n || m >= p.m) {
         return;
     }
 //#endif
 //#endif
+//#endif
     var acc = 0.0;
     for (var z = 0u; z < p.splits; z = z + 1u) {
         acc = acc + part[(z * p.m + m) * p.n + n];
     }
-    finish(m, n, acc);
+    var ss = 0.0;
+    if ((p.flags & 4u) != 0u) {
+        for (var g = 0u; g < p.k / 32u; g = g + 1u) {
+            ss = ss + xs[m * (p.k / 32u) + g].w;
+        }
+    }
+    finish(m, n, acc * rms_scale(ss));
 //#if SWIGLU
     swiglu_store(m, wid.x);
 //#endif
 //#if ROPE
     rope_store(m, wid.x);
+//#endif
+//#if NORM
+    norm_store(m, wid.x);
 //#endif
 }
 
@@ -401,7 +489,7 @@ fn gemm_int4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
             acc{r}_{c} = acc{r}_{c} + dot(hi{c}, xhi{r});
         }
     }
-    if (n{c} < p.n) { store(m0 + {r}u, n{c}, 0u, acc{r}_{c}); }
+    if (n{c} < p.n) { store(m0 + {r}u, n{c}, 0u, acc{r}_{c}, 0.0); }
 }
 
 @compute @workgroup_size(64)
@@ -423,6 +511,6 @@ fn gemm_int8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
             acc{r}_{c} = acc{r}_{c} + dot(w{c}, xv{r});
         }
     }
-    if (n{c} < p.n) { store(m0 + {r}u, n{c}, 0u, acc{r}_{c}); }
+    if (n{c} < p.n) { store(m0 + {r}u, n{c}, 0u, acc{r}_{c}, 0.0); }
 }
 //#endif

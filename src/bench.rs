@@ -419,6 +419,7 @@ pub fn attention(
                 keys_per_split: 64,
                 shared_prefix: true,
                 flash_prefill: false,
+                split_one_stream: true,
             },
         ),
         per_stream_shared_cache_ms: time(

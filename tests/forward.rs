@@ -210,3 +210,30 @@ fn a_decode_step_is_one_pass_and_reads_back_only_the_sampled_ids() {
         assert!(d.host_encode_ns > 0);
     }
 }
+
+#[test]
+fn a_one_stream_decode_step_has_no_norm_or_merge_launches() {
+    // tiny-qwen2's head_dim (16) is too small for the RoPE and int8-output epilogues, so a
+    // layer is: qkv, rope, attention, quantize, wo (+ next norm), gate|up (+ SwiGLU), down
+    // (+ next norm) = 7, plus the embedding, the first layer's norm, and the head's norm,
+    // LM head and sampling. A norm launch per layer, or a split merge, would show.
+    let host = load_model(&fixture("tiny-qwen2")).unwrap();
+    let engine = Engine::from_host(host, &EngineOptions::default()).unwrap();
+    let mut s = engine.session();
+    let prompt: Vec<u32> = (1..100).collect();
+    s.forward(&prompt).unwrap();
+    let greedy = [edgereason::ops::sampling::RowSampling {
+        params: Default::default(),
+        step: 0,
+    }];
+    let before = engine.ctx.stats.snapshot();
+    s.forward_rows_sampled(&[(s.main, 7)], &greedy).unwrap();
+    let d = engine.ctx.stats.snapshot() - before;
+    let layers = engine.model.config.n_layer as u64;
+    if engine.ctx.adapter.device_type == "Cpu" {
+        assert_eq!(d.dispatches, 7 * layers + 5, "{d:?}");
+    } else {
+        // GPUs split k (a reduce launch per matmul) and the keys (a merge) to fill the device.
+        assert!(d.dispatches >= 7 * layers + 5, "{d:?}");
+    }
+}

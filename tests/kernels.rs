@@ -75,17 +75,9 @@ fn matmul_int4_matches_reference() {
             let splits = k_splits_for_test(k);
             let partials = ctx.storage("partials", (splits * m.max(16) * n * 4) as u64);
             let io = MatmulIo {
-                xq: &xq,
-                xs: &xs,
-                out: &out,
-                out_stride: n,
-                out_offset: 0,
                 bias: Some(&bb),
                 accumulate: true,
-                partials: &partials,
-                lora: None,
-                swiglu: None,
-                rope: None,
+                ..MatmulIo::new(&xq, &xs, &out, n, &partials)
             };
             let mm =
                 ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm", &mat, &io, splits as u32);
@@ -195,17 +187,9 @@ fn prefill_gemm_matches_reference() {
             let bb = ctx.storage_from("bias", &bias);
             let out = ctx.storage_from("out", &prev);
             let io = MatmulIo {
-                xq: &unused,
-                xs: &unused,
-                out: &out,
-                out_stride: n,
-                out_offset: 0,
                 bias: Some(&bb),
                 accumulate: true,
-                partials: &scratch,
-                lora: None,
-                swiglu: None,
-                rope: None,
+                ..MatmulIo::new(&unused, &unused, &out, n, &scratch)
             };
             let mm = ops::matmul_int4::gemm(&ctx, "gemm", &mat, &xb, &io, tile);
             ops::run_forced(
@@ -411,6 +395,7 @@ fn rope_and_attention_match_reference() {
             keys_per_split: 16,
             shared_prefix: true,
             flash_prefill: false,
+            split_one_stream: true,
         };
         macro_rules! io {
             ($qkv:expr, $positions:expr, $tables:expr, $out:expr) => {
@@ -628,6 +613,7 @@ fn shared_prefix_attention_matches_reference() {
                             keys_per_split,
                             shared_prefix,
                             flash_prefill: false,
+                            split_one_stream: true,
                         },
                     );
                     ops::run_step(&ctx, &att.iter().collect::<Vec<_>>(), &step);
@@ -734,6 +720,7 @@ fn lora_matches_reference() {
                                 &lr,
                                 &xq,
                                 &xs,
+                                None,
                             ));
                             if apply == LoraApply::Fused {
                                 let lora = Some(MatmulLora {
@@ -950,6 +937,7 @@ fn attention_writes_the_int8_blocks_quantize_act_would() {
                 keys_per_split: 16,
                 shared_prefix: false,
                 flash_prefill: flash,
+                split_one_stream: true,
             };
             let att = ops::attention::attention(&ctx, "att", &io, n_head, n_kv, hd, plan);
             let step = ops::Step {
@@ -1103,17 +1091,9 @@ fn rope_epilogue_equals_matmul_then_rope() {
                         ctx.storage("out_fused", (m * n * 4) as u64),
                     );
                     let io = |out| MatmulIo {
-                        xq: &xq,
-                        xs: &xs,
-                        out,
-                        out_stride: n,
-                        out_offset: 0,
                         bias: Some(&bias),
                         accumulate: false,
-                        partials: &partials,
-                        lora: None,
-                        swiglu: None,
-                        rope: None,
+                        ..MatmulIo::new(&xq, &xs, out, n, &partials)
                     };
                     let plain = ops::matmul_int4::matmul_int4_with_splits(
                         &ctx,
@@ -1192,6 +1172,128 @@ fn rope_epilogue_equals_matmul_then_rope() {
                             1e-3,
                         );
                     }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn norm_epilogue_equals_matmul_then_rmsnorm() {
+    // Wo-like residual matmul [192, 160] then a consumer [100, 192] with a bias: unfused
+    // (matmul, rmsnorm_quant, matmul) against fused (the residual matmul writes x ⊙ g
+    // blocks with Σx², the consumer scales by 1/rms). Int4 and int8 weights; m = 1, 13 and
+    // 40 rows (register tiles, a partial last tile); with and without k splits on both
+    // (the reduce pass's epilogue); an eps large enough to matter against mean(x²).
+    let (n_embd, k, n2, eps) = (192usize, 160usize, 100usize, 0.25f32);
+    for ctx in contexts() {
+        for int8 in [false, true] {
+            let upload = |label: &str, n: usize, k: usize, seed: u64| {
+                let w = rand_vec(n * k, seed);
+                if int8 {
+                    let g: Vec<_> = w
+                        .chunks(k)
+                        .flat_map(edgereason::loader::quantize_q8)
+                        .collect();
+                    QuantMatrix::upload(&ctx, label, n, k, QuantGroups::Int8(&g))
+                } else {
+                    let g: Vec<_> = w.chunks(k).flat_map(quantize_q4).collect();
+                    QuantMatrix::upload(&ctx, label, n, k, QuantGroups::Int4(&g))
+                }
+            };
+            let (w1, w2) = (upload("w1", n_embd, k, 41), upload("w2", n2, n_embd, 43));
+            assert!(ops::matmul_int4::norm_foldable(&w1));
+            let g = ctx.storage_from("g", &rand_vec(n_embd, 47));
+            let bias = ctx.storage_from("bias", &rand_vec(n2, 53));
+            for m in [1usize, 13, 40] {
+                for splits in [1u32, k_splits_for_test(k) as u32] {
+                    let what = format!(
+                        "{} norm epilogue int8={int8} m={m} splits={splits}",
+                        path(&ctx)
+                    );
+                    let a = ctx.storage_from("a", &rand_vec(m * k, 59 + m as u64));
+                    let blocks = |name: &str, k: usize| {
+                        (
+                            ctx.storage(&format!("{name}.q"), (m * k) as u64),
+                            ctx.storage(&format!("{name}.s"), (m * k / 32 * 16) as u64),
+                        )
+                    };
+                    let (aq, (nq, ns), (fq, fs)) = (
+                        blocks("a", k),
+                        blocks("norm", n_embd),
+                        blocks("fused", n_embd),
+                    );
+                    let quant = ops::quantize_act::quantize_act(&ctx, "q", &a, k, k, &aq.0, &aq.1);
+                    let x0 = rand_vec(m * n_embd, 61);
+                    let (x_sep, x_fused) = (ctx.storage_from("x", &x0), ctx.storage_from("x", &x0));
+                    let (y_sep, y_fused) = (
+                        ctx.storage("y", (m * n2 * 4) as u64),
+                        ctx.storage("y", (m * n2 * 4) as u64),
+                    );
+                    let partials =
+                        ctx.storage("partials", (splits as usize * 16 * n_embd * 4) as u64);
+                    let mm = |label: &str, w: &QuantMatrix, io: MatmulIo| {
+                        ops::matmul_int4::matmul_int4_with_splits(&ctx, label, w, &io, splits)
+                    };
+                    let residual = |x| MatmulIo {
+                        accumulate: true,
+                        ..MatmulIo::new(&aq.0, &aq.1, x, n_embd, &partials)
+                    };
+                    let consumer = |xq, xs, y| MatmulIo {
+                        bias: Some(&bias),
+                        ..MatmulIo::new(xq, xs, y, n2, &partials)
+                    };
+                    let unused = ctx.storage("unused", 16);
+                    let mut list = vec![];
+                    list.extend(mm("wo", &w1, residual(&x_sep)));
+                    list.push(ops::rmsnorm::rmsnorm(
+                        &ctx, "norm", &x_sep, &g, n_embd, eps, &unused, &nq, &ns, true,
+                    ));
+                    list.extend(mm("next", &w2, consumer(&nq, &ns, &y_sep)));
+                    let norm_out = ops::matmul_int4::NormOut {
+                        weight: &g,
+                        xq: &fq,
+                        xs: &fs,
+                    };
+                    list.extend(mm(
+                        "wo+norm",
+                        &w1,
+                        MatmulIo {
+                            norm_out: Some(norm_out),
+                            ..residual(&x_fused)
+                        },
+                    ));
+                    list.extend(mm(
+                        "next/rms",
+                        &w2,
+                        MatmulIo {
+                            folded_norm: Some(eps),
+                            ..consumer(&fq, &fs, &y_fused)
+                        },
+                    ));
+                    let mut all = vec![&quant];
+                    all.extend(list.iter());
+                    ops::run_once(&ctx, &all, m as u32, 0);
+                    let read = |b| ctx.read::<f32>(b, 0, m * n_embd).unwrap();
+                    assert_eq!(read(&x_fused), read(&x_sep), "{what}: residual stream");
+                    // The blocks stand for x ⊙ g instead of x ⊙ g / rms: the same int8
+                    // values (rounding is scale-invariant up to the last bit of a tie).
+                    let (qa, qb) = (
+                        ctx.read::<u32>(&nq, 0, m * n_embd / 4).unwrap(),
+                        ctx.read::<u32>(&fq, 0, m * n_embd / 4).unwrap(),
+                    );
+                    let differ = qa.iter().zip(&qb).filter(|(a, b)| a != b).count();
+                    assert!(
+                        differ * 50 <= qa.len(),
+                        "{what}: {differ}/{} int8 words differ",
+                        qa.len()
+                    );
+                    let (got, want) = (
+                        ctx.read::<f32>(&y_fused, 0, m * n2).unwrap(),
+                        ctx.read::<f32>(&y_sep, 0, m * n2).unwrap(),
+                    );
+                    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    assert_close(&what, &got, &want, 2e-3 * scale, 1e-3);
                 }
             }
         }

@@ -10,7 +10,7 @@ use crate::adapters::{LoraApply, LoraSet};
 use crate::kv::{BlockCopy, BlockPool, KvError, StreamId};
 use crate::ops::attention::{AttentionIo, BlockTables};
 use crate::ops::lora::LoraRows;
-use crate::ops::matmul_int4::{gemm, matmul_int4, MatmulIo, MatmulLora, MatmulRope};
+use crate::ops::matmul_int4::{gemm, matmul_int4, MatmulIo, MatmulLora, MatmulRope, NormOut};
 use crate::ops::sampling::{RowSampling, SampleRow, Sampled};
 use crate::ops::{self, Dispatch, Step, When};
 use std::collections::BTreeMap;
@@ -132,6 +132,9 @@ impl Session {
         // h = silu(gate)·up as the down projection's int8 blocks (int8 path).
         let hq = ctx.storage("hq", mr * c.n_ff as u64);
         let hs = ctx.storage("hs", mr * (c.n_ff / 32) as u64 * 16);
+        // Attention's output as Wo's int8 blocks: Wo's epilogue writes xq/xs meanwhile.
+        let attn_q = ctx.storage("attn_q", mr * q_dim as u64);
+        let attn_s = ctx.storage("attn_s", mr * (q_dim / 32) as u64 * 16);
         let logits = ctx.storage("logits", lm_rows as u64 * c.n_vocab as u64 * f);
         let unused = ctx.storage("unused", 16);
         let (po, pml) = ops::attention::partial_bytes(c.n_head, hd);
@@ -197,6 +200,7 @@ impl Session {
                 &rows_io,
                 io.xq,
                 io.xs,
+                io.folded_norm,
             ));
             match apply {
                 LoraApply::Fused => {
@@ -264,10 +268,27 @@ impl Session {
             });
             std::iter::once(int8).chain(f32_rows)
         };
+        // On the int8 path each residual matmul (Wo, down) also writes the next RMSNorm's
+        // input blocks and the next matmul applies its 1/rms: no norm launches but the first.
+        let fold_norms = std::env::var("EDGEREASON_FOLD_NORMS").map_or(true, |v| v != "0")
+            && model.layers.iter().all(|l| {
+                ops::matmul_int4::norm_foldable(&l.wo) && ops::matmul_int4::norm_foldable(&l.w_down)
+            });
+        let eps = fold_norms.then_some(c.rms_eps);
+        let folded_into = |weight| {
+            fold_norms.then_some(NormOut {
+                weight,
+                xq: &xq,
+                xs: &xs,
+            })
+        };
         for (l, layer) in model.layers.iter().enumerate() {
             let mut push = |d: Dispatch| body.push((l, d));
+            let norm_folded = fold_norms && l > 0;
             // x = x + Wo · attention(rope(Wqkv · norm(x)))
-            norm("attn_norm", &layer.attn_norm).for_each(&mut push);
+            norm("attn_norm", &layer.attn_norm)
+                .skip(norm_folded as usize)
+                .for_each(&mut push);
             let qkv_io = MatmulIo {
                 out: &qkv,
                 out_stride: qkv_dim,
@@ -290,7 +311,11 @@ impl Session {
                 0,
                 "qkv",
                 &layer.wqkv,
-                MatmulIo { rope, ..qkv_io },
+                MatmulIo {
+                    rope,
+                    folded_norm: eps.filter(|_| norm_folded),
+                    ..qkv_io
+                },
                 &mut push,
             );
             gemm_launches("qkv", &layer.wqkv, &xf, &qkv_io)
@@ -327,7 +352,7 @@ impl Session {
                 },
                 out: &attn,
                 partials: (&part_o, &part_ml),
-                quantized: fused_quant.then_some((&xq, &xs)),
+                quantized: fused_quant.then_some((&attn_q, &attn_s)),
             };
             ops::attention::attention(&ctx, "attention", &att, c.n_head, c.n_kv_head, hd, plan)
                 .into_iter()
@@ -340,8 +365,8 @@ impl Session {
                     &attn,
                     q_dim,
                     q_dim,
-                    &xq,
-                    &xs,
+                    &attn_q,
+                    &attn_s,
                 )));
             }
             with_lora(
@@ -350,7 +375,10 @@ impl Session {
                 "wo",
                 &layer.wo,
                 MatmulIo {
+                    xq: &attn_q,
+                    xs: &attn_s,
                     accumulate: true,
+                    norm_out: folded_into(&layer.ffn_norm),
                     ..io
                 },
                 &mut push,
@@ -367,7 +395,9 @@ impl Session {
             .into_iter()
             .for_each(&mut push);
             // x = x + W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))
-            norm("ffn_norm", &layer.ffn_norm).for_each(&mut push);
+            norm("ffn_norm", &layer.ffn_norm)
+                .skip(fold_norms as usize)
+                .for_each(&mut push);
             let gate_up_io = MatmulIo {
                 out: &gate_up,
                 out_stride: 2 * c.n_ff,
@@ -384,6 +414,7 @@ impl Session {
                 &layer.w_gate_up,
                 MatmulIo {
                     swiglu,
+                    folded_norm: eps,
                     ..gate_up_io
                 },
                 &mut push,
@@ -411,6 +442,10 @@ impl Session {
                     xq: &hq,
                     xs: &hs,
                     accumulate: true,
+                    norm_out: model
+                        .layers
+                        .get(l + 1)
+                        .and_then(|next| folded_into(&next.attn_norm)),
                     ..io
                 },
                 &mut push,
@@ -489,7 +524,8 @@ impl Session {
             v_cache,
             block_scratch,
             _buffers: vec![
-                x, xq, xs, xf, hq, hs, qkv, attn, gate_up, unused, part_o, part_ml, mm_part, lora_u,
+                x, xq, xs, xf, hq, hs, attn_q, attn_s, qkv, attn, gate_up, unused, part_o, part_ml,
+                mm_part, lora_u,
             ],
             body,
             head,

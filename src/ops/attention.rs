@@ -86,6 +86,10 @@ pub struct AttentionPlan {
     pub keys_per_split: u32,
     pub shared_prefix: bool,
     pub flash_prefill: bool,
+    /// Whether steps of one stream's rows (single-stream decode) split their keys too.
+    /// GPUs need the workgroups; on a CPU adapter the heads alone outnumber the cores,
+    /// so the split's only effect there is the merge launch.
+    pub split_one_stream: bool,
 }
 
 impl AttentionPlan {
@@ -94,14 +98,17 @@ impl AttentionPlan {
     /// from 2607 to 612 ms (`bench`, lavapipe); on a GPU its one invocation per (row, head)
     /// launches 64× fewer threads than the per-row kernel, so GPUs keep that one until it
     /// is measured there. EDGEREASON_KEYS_PER_SPLIT, EDGEREASON_SHARED_PREFIX=0|1 and
-    /// EDGEREASON_FLASH_PREFILL=0|1 override them (for measuring one against the other).
+    /// EDGEREASON_FLASH_PREFILL=0|1 override them (for measuring one against the other);
+    /// [`split_one_stream`](Self::split_one_stream) is on for GPUs, off on CPU adapters
+    /// (EDGEREASON_SPLIT_ONE_STREAM=0|1).
     pub fn for_device(ctx: &GpuContext) -> Self {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+        let cpu = ctx.adapter.device_type == "Cpu";
         AttentionPlan {
+            split_one_stream: env("EDGEREASON_SPLIT_ONE_STREAM").map_or(!cpu, |v| v != 0),
             keys_per_split: env("EDGEREASON_KEYS_PER_SPLIT").unwrap_or_else(|| keys_per_split(ctx)),
             shared_prefix: env("EDGEREASON_SHARED_PREFIX").is_none_or(|v| v != 0),
-            flash_prefill: env("EDGEREASON_FLASH_PREFILL")
-                .map_or(ctx.adapter.device_type == "Cpu", |v| v != 0),
+            flash_prefill: env("EDGEREASON_FLASH_PREFILL").map_or(cpu, |v| v != 0),
         }
     }
 }
@@ -212,6 +219,7 @@ pub fn attention(
                 x,
                 keys_per_split,
                 cascade,
+                split_one_stream: plan.split_one_stream,
             },
         ),
     ));
@@ -223,6 +231,7 @@ pub fn attention(
                 x,
                 keys_per_split,
                 cascade,
+                split_one_stream: plan.split_one_stream,
             },
         ),
     ));

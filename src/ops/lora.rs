@@ -29,7 +29,9 @@ pub struct LoraRows<'a> {
 
 /// u[m][j] = A·x̂[m] for a matrix of `segs` stacked projections with input width `k`;
 /// `a` holds `a_cols` = segs · (total rank) columns ([`pack_a_transposed`]); `max_rank`
-/// (even) is the largest adapter rank in it.
+/// (even) is the largest adapter rank in it. With `rms_eps`, the blocks hold a folded
+/// RMSNorm's x ⊙ g (see [`NormOut`](super::matmul_int4::NormOut)) and u is scaled by
+/// each row's 1/rms, so it is A·norm(x) as without the fold.
 #[allow(clippy::too_many_arguments)]
 pub fn shrink(
     ctx: &GpuContext,
@@ -42,6 +44,7 @@ pub fn shrink(
     lora: &LoraRows,
     xq: &wgpu::Buffer,
     xs: &wgpu::Buffer,
+    rms_eps: Option<f32>,
 ) -> Dispatch {
     Dispatch::new(
         ctx,
@@ -57,6 +60,10 @@ pub fn shrink(
                 segs as u32,
                 lora.u_stride as u32,
                 0,
+                0,
+                0,
+                rms_eps.is_some() as u32,
+                super::f32w(rms_eps.unwrap_or(0.0)),
                 0,
                 0,
             ],
@@ -103,6 +110,10 @@ pub fn expand(
                 seg1 as u32,
                 seg2 as u32,
                 out_stride as u32,
+                0,
+                0,
+                0,
+                0,
             ],
             dynamic: vec![(1, Dyn::Rows)],
             buffers: vec![xq, xs, lora.rows, b, lora.u, out],

@@ -43,6 +43,8 @@ pub enum QuantGroups<'a> {
 /// Flags word of the kernel's params.
 pub const ADD_BIAS: u32 = 1;
 pub const ACCUMULATE: u32 = 2;
+/// The input blocks carry a folded RMSNorm (see [`NormOut`]): scale by each row's 1/rms.
+pub const FOLDED_NORM: u32 = 4;
 
 /// Rows `n0..n0+n` of a matrix, packed for the kernel.
 pub struct QuantChunk {
@@ -274,7 +276,49 @@ pub struct MatmulIo<'a> {
     /// For a [Q | K | V] matrix: rotate Q in place and store rotated K and V in the cache
     /// (see [`rope_fusable`]).
     pub rope: Option<MatmulRope<'a>>,
+    /// For a matmul accumulating into the residual stream: also write the next RMSNorm's
+    /// input blocks (see [`NormOut`] and [`norm_foldable`]).
+    pub norm_out: Option<NormOut<'a>>,
+    /// The input blocks are a [`NormOut`]'s (x ⊙ g with Σx² per block): the RMSNorm of
+    /// this eps is applied here, by scaling each row's product by its 1/rms.
+    pub folded_norm: Option<f32>,
 }
+
+/// The next RMSNorm folded into a residual matmul's epilogue: it writes x ⊙ `weight` as
+/// int8 blocks (`xq` [m][n/4], `xs` [m][n/32], Σx² of each block in the stats' fourth
+/// lane) for a consumer with [`MatmulIo::folded_norm`], which applies 1/rms (a per-row
+/// scalar, so it commutes with the matmul). Saves the norm's launch.
+#[derive(Clone, Copy)]
+pub struct NormOut<'a> {
+    pub weight: &'a wgpu::Buffer,
+    pub xq: &'a wgpu::Buffer,
+    pub xs: &'a wgpu::Buffer,
+}
+
+/// Whether a residual matmul can write the next norm's blocks: one chunk, and n a
+/// multiple of 64 (a workgroup's 64 columns are two whole blocks).
+pub fn norm_foldable(w: &QuantMatrix) -> bool {
+    w.chunks.len() == 1 && w.n.is_multiple_of(64)
+}
+
+/// The norm epilogue's bindings: LoRA's three (bound or not), the norm weight and the
+/// int8 blocks it writes.
+const KINDS_NORM: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+];
 
 impl<'a> MatmulIo<'a> {
     /// `out[m, 0..n] = W·x` from the int8 blocks `xq`/`xs`: no bias, no residual, no LoRA
@@ -298,7 +342,17 @@ impl<'a> MatmulIo<'a> {
             lora: None,
             swiglu: None,
             rope: None,
+            norm_out: None,
+            folded_norm: None,
         }
+    }
+
+    /// The flags word of the kernel's params (bias, residual, folded norm).
+    fn flags(&self) -> u32 {
+        let bit = |on: bool, flag: u32| if on { flag } else { 0 };
+        bit(self.bias.is_some(), ADD_BIAS)
+            | bit(self.accumulate, ACCUMULATE)
+            | bit(self.folded_norm.is_some(), FOLDED_NORM)
     }
 }
 
@@ -379,8 +433,7 @@ fn matmul_dispatches(
     io: &MatmulIo,
     chunk_splits: &[u32],
 ) -> Vec<Dispatch> {
-    let flags =
-        if io.bias.is_some() { ADD_BIAS } else { 0 } | if io.accumulate { ACCUMULATE } else { 0 };
+    let flags = io.flags();
     // Without a bias any read-only buffer fills the binding: the activations' scales.
     let bias = io.bias.unwrap_or(io.xs);
     let (out_stride, out_offset) = (io.out_stride, io.out_offset);
@@ -401,7 +454,7 @@ fn matmul_dispatches(
             out_stride as u32,
             (out_offset + c.n0) as u32,
             1,
-            0,
+            super::f32w(io.folded_norm.unwrap_or(0.0)),
             0,
             0,
             0,
@@ -444,6 +497,21 @@ fn matmul_dispatches(
                 KINDS_ROPE,
                 defines.with("ROPE", 1).with("HEAD_DIM", r.head_dim as u32),
             );
+        }
+        if let Some(norm) = io.norm_out {
+            assert!(
+                norm_foldable(w)
+                    && out_offset == 0
+                    && io.accumulate
+                    && io.swiglu.is_none()
+                    && io.rope.is_none(),
+                "{label}: the norm epilogue needs a one-chunk residual matmul of 64-column blocks"
+            );
+            if io.lora.is_none() {
+                buffers.extend([io.xs, io.xs, io.xs]);
+            }
+            buffers.extend([norm.weight, norm.xq, norm.xs]);
+            (kinds, defines) = (KINDS_NORM, defines.with("NORM", 1));
         }
         let spec = |entry: &'static str, grid: Grid| DispatchSpec {
             label: format!("{label}[{}..]", c.n0),
@@ -518,8 +586,8 @@ pub fn gemm(
     io: &MatmulIo,
     (rows, cols): (u32, u32),
 ) -> Vec<Dispatch> {
-    let flags =
-        if io.bias.is_some() { ADD_BIAS } else { 0 } | if io.accumulate { ACCUMULATE } else { 0 };
+    // The GEMM's f32 rows come from its own norm launch: no folded norm.
+    let flags = io.flags() & !FOLDED_NORM;
     let defines = ShaderDefines::new().with("ROWS", rows).with("COLS", cols);
     let entry = match w.format {
         WeightFormat::Int4 => "gemm_int4",

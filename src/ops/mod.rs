@@ -145,12 +145,14 @@ pub enum Grid {
         x: u32,
         keys_per_split: u32,
         cascade: bool,
+        split_one_stream: bool,
     },
     /// x fixed, y = rows; launched only when attention was split (the merge pass).
     IfSplit {
         x: u32,
         keys_per_split: u32,
         cascade: bool,
+        split_one_stream: bool,
     },
     /// x = KV heads, y = chunks of ROWS queries (rows × group heads), z = shared-prefix
     /// splits; launched only when there are some.
@@ -297,6 +299,16 @@ impl Dispatch {
             return;
         }
         let (splits, shared) = match self.grid {
+            // Without `split_one_stream` a step of one stream's rows takes its keys whole
+            // (no merge launch): see `AttentionPlan::split_one_stream`.
+            Grid::PerRowSplits {
+                split_one_stream: false,
+                ..
+            }
+            | Grid::IfSplit {
+                split_one_stream: false,
+                ..
+            } if step.one_stream => (1, 0),
             Grid::PerRowSplits {
                 keys_per_split,
                 cascade,
