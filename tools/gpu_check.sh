@@ -45,6 +45,14 @@ done
 Q=synthetic:qwen2.5-0.5b
 run() { local name=$1; shift; echo "== $name: $*" | tee -a "$OUT/bench.txt"; timeout 150 "$@" 2>"$OUT/$name.err" | tee -a "$OUT/bench.txt"; }
 run bench-qwen $B bench --model $Q --prompt-tokens 512 --gen-tokens 128
+# Decode launches: each saving against its absence, same run (the "decode" and "decode step"
+# lines). Norms folded into the residual epilogues (default) vs norm launches; split-K
+# matmuls with their reduce launches (default on GPUs) vs one pass; one-stream attention
+# split over keys with a merge (default on GPUs) vs whole.
+EDGEREASON_FOLD_NORMS=0 run decode-nofold $B bench --model $Q --prompt-tokens 512 --gen-tokens 128
+EDGEREASON_K_SPLITS=0 run decode-no-ksplit $B bench --model $Q --prompt-tokens 512 --gen-tokens 128
+EDGEREASON_SPLIT_ONE_STREAM=0 run decode-attn-whole $B bench --model $Q --prompt-tokens 512 --gen-tokens 128
+EDGEREASON_K_SPLITS=0 EDGEREASON_SPLIT_ONE_STREAM=0 run decode-5-per-layer $B bench --model $Q --prompt-tokens 512 --gen-tokens 128
 run bench-smollm2 $B bench --model synthetic:smollm2-135m --prompt-tokens 512 --gen-tokens 128
 run attention $B bench --model $Q --attention 8 --prompt-tokens 2048 --gen-tokens 64 --ctx 4096
 run streams $B bench --model $Q --streams 1,2,4,8,16 --prompt-tokens 512 --gen-tokens 64

@@ -235,8 +235,12 @@ const TARGET_WORKGROUPS: usize = 1024;
 /// k splits for decode-sized steps of an `n`×`k` chunk on this device: enough for about
 /// [`TARGET_WORKGROUPS`] workgroups on GPUs, each split keeping ≥ 4 groups of 32; CPU
 /// adapters (lavapipe) already have more workgroups than cores and never split.
+/// EDGEREASON_K_SPLITS=0 turns splitting off (one pass, no reduce launch: for measuring
+/// one against the other on a GPU).
 pub fn k_splits(ctx: &GpuContext, n: usize, k: usize) -> u32 {
-    if ctx.adapter.device_type == "Cpu" {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("EDGEREASON_K_SPLITS").is_ok_and(|v| v == "0"));
+    if off || ctx.adapter.device_type == "Cpu" {
         return 1;
     }
     let wgs = n.div_ceil(64);
