@@ -188,9 +188,28 @@ def fact_item(fact) -> dict:
     return {"prompt": q, "response": direct_response(sentence, ans), "answer": ans, "difficulty": "easy"}
 
 
-def generate(n_hard: int, n_easy: int, test_frac: float, seed: int, max_value: int = 0, terse_frac: float = 0.0):
-    """Return (train, test) item lists, deterministic in the arguments (max_value: see gen_hard)."""
+def hard_generator(style: str):
+    """The hard-item generator of --style: classic (gen_hard), broad (broad.py), or mixed."""
+    from broad import gen_hard_broad
+
+    def broad(rng, max_value=0, terse_frac=0.0):
+        return gen_hard_broad(rng, max_value if max_value >= 100 else 0, terse_frac)
+
+    if style == "classic":
+        return gen_hard
+    if style == "broad":
+        return broad
+    if style == "mixed":  # a quarter classic (max_value applies), the rest broad
+        return lambda rng, *a: (gen_hard if rng.random() < 0.25 else broad)(rng, *a)
+    raise ValueError(f"--style {style}: expected classic, broad or mixed")
+
+
+def generate(n_hard: int, n_easy: int, test_frac: float, seed: int, max_value: int = 0, terse_frac: float = 0.0,
+             style: str = "classic"):
+    """Return (train, test) item lists, deterministic in the arguments (max_value: see gen_hard;
+    style: see hard_generator; broad items ignore max_value <= 20 as too small for them)."""
     rng = random.Random(seed)
+    hard = hard_generator(style)
     facts = list(FACTS)
     rng.shuffle(facts)
     n_fact_test = max(1, round(len(facts) * test_frac))
@@ -202,7 +221,7 @@ def generate(n_hard: int, n_easy: int, test_frac: float, seed: int, max_value: i
     # test first, so the train split is what avoids collisions
     for split, nh, ne in (("test", n_test_hard, n_test_easy), ("train", n_hard - n_test_hard, n_easy - n_test_easy)):
         items = []
-        for gen, n in ((gen_hard, nh), (None, ne)):
+        for gen, n in ((hard, nh), (None, ne)):
             made, tries = 0, 0
             fact_pool = list(fact_split[split])
             while made < n and tries < 100 * (n + 1):
@@ -262,8 +281,11 @@ def main():
                    help="cap on every number and intermediate result (0 = none); 20 suits ~100M-parameter models")
     p.add_argument("--terse-frac", type=float, default=0.0,
                    help="fraction of hard traces written as bare equations (a spread of lengths for budget RL)")
+    p.add_argument("--style", default="classic", choices=["classic", "broad", "mixed"],
+                   help="hard items: classic (one template family), broad (broad.py: many shapes and "
+                        "phrasings, 3-digit numbers, distractors) or mixed (a quarter classic)")
     a = p.parse_args()
-    train, test = generate(a.n_hard, a.n_easy, a.test_frac, a.seed, a.max_value, a.terse_frac)
+    train, test = generate(a.n_hard, a.n_easy, a.test_frac, a.seed, a.max_value, a.terse_frac, a.style)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     write_jsonl(Path(a.out) / "train.jsonl", train)
     write_jsonl(Path(a.out) / "test.jsonl", test)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -97,6 +98,10 @@ def main():
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward (less memory)")
     p.add_argument("--dtype", choices=["f32", "f16"], default="f32", help="tensor type of the saved adapter")
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--save-every", type=int, default=0,
+                   help="every N steps write the adapter and OUT/trainer_state.pt (optimizer, schedule, step)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT's adapter and trainer_state.pt (same data and flags)")
     a = p.parse_args()
 
     acc = Accelerator(gradient_accumulation_steps=a.grad_accum)
@@ -132,10 +137,20 @@ def main():
     model, opt, dl, edl, sched = acc.prepare(model, opt, dl, edl, sched)
 
     step, t0, run_s, run_n = 0, time.time(), 0.0, 0
-    epoch = 0
+    state_path = os.path.join(a.out, "trainer_state.pt")
+    if a.resume:
+        step = resume(acc, model, opt, sched, a.out, state_path)
+    # Each epoch's order comes from (seed, epoch), so a resumed run sees the batches the
+    # interrupted one would have: skip those of the current epoch already trained on.
+    epoch, skip = divmod(step, steps_per_epoch)
+    skip *= a.grad_accum
     while step < total:
         model.train()
+        g.manual_seed(a.seed + epoch)
         for batch in dl:
+            if skip:
+                skip -= 1
+                continue
             # the mask stays set through backward: gradient checkpointing re-runs the forward there
             with acc.accumulate(model), masker(batch["adapter_mask"]):
                 s, n = batch_loss(model, batch)
@@ -154,6 +169,8 @@ def main():
                     common.log(acc, f"step {step}/{total} epoch {epoch} loss {run_s / max(run_n, 1):.4f} "
                                     f"lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f}s")
                     run_s, run_n = 0.0, 0
+                if a.save_every and step % a.save_every == 0 and step < total:
+                    checkpoint(acc, model, opt, sched, step, a, state_path)
                 if step >= total:
                     break
         epoch += 1
@@ -174,6 +191,31 @@ def main():
         unwrapped = acc.unwrap_model(model)
         path = common.save_adapter(unwrapped, a.out, a.dtype)
         common.log(acc, f"saved adapter -> {path} ({a.dtype})")
+
+
+def checkpoint(acc, model, opt, sched, step, a, state_path):
+    """The adapter so far (a usable PEFT folder) and what --resume needs to go on."""
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        common.save_adapter(acc.unwrap_model(model), a.out, "f32")
+        torch.save({"step": step, "opt": opt.state_dict(), "sched": sched.state_dict()}, state_path)
+        common.log(acc, f"checkpoint at step {step} -> {a.out}")
+
+
+def resume(acc, model, opt, sched, out, state_path) -> int:
+    """Load OUT's adapter weights and trainer state; returns the step to continue from."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if not os.path.exists(state_path):
+        raise SystemExit(f"--resume: no {state_path} (was the run started with --save-every?)")
+    weights = load_file(os.path.join(out, "adapter_model.safetensors"))
+    set_peft_model_state_dict(acc.unwrap_model(model), {k: v.float() for k, v in weights.items()})
+    state = torch.load(state_path, weights_only=False)
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    common.log(acc, f"resumed from {out} at step {state['step']}")
+    return state["step"]
 
 
 if __name__ == "__main__":
