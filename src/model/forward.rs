@@ -1,18 +1,17 @@
-//! The forward pass over a paged KV cache: activation buffers, the cache's blocks, and the
-//! list of kernel launches that is the model's math, built once and replayed every step.
+//! The forward pass over a paged KV cache: a [`Session`] owns the activation buffers, the
+//! cache's blocks, and the list of kernel launches that is the model's math (written out
+//! in `launches.rs`), built once and replayed every step.
 //! A [`Session`] holds one main stream; `fork` adds streams that share its prompt blocks,
 //! and `forward_rows` advances several streams by one token each in one batched step
 //! (`forward_rows_sampled` also samples their next tokens on the GPU, reading back 8 bytes
 //! per row instead of the logits).
 
+use super::launches::{Activations, KvCache, Launches, StepInputs};
 use super::GpuModel;
 use crate::adapters::{LoraApply, LoraSet};
 use crate::kv::{BlockCopy, BlockPool, KvError, StreamId};
-use crate::ops::attention::{AttentionIo, BlockTables};
-use crate::ops::lora::LoraRows;
-use crate::ops::matmul_int4::{gemm, matmul_int4, MatmulIo, MatmulLora, MatmulRope, NormOut};
 use crate::ops::sampling::{RowSampling, SampleRow, Sampled};
-use crate::ops::{self, Dispatch, Step, When};
+use crate::ops::{self, Dispatch, Step};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,16 +60,11 @@ pub struct Session {
     /// The stream `forward` and `forward_all` extend.
     pub main: StreamId,
     pub pool: BlockPool,
-    max_blocks: usize,
-    tokens: wgpu::Buffer,    // [max_rows] u32
-    positions: wgpu::Buffer, // [max_rows] u32
-    slots: wgpu::Buffer,     // [max_rows] u32: cache slot each row's K/V is written to
-    tables: wgpu::Buffer,    // [max_rows][max_blocks] u32: each row's block table
-    logits: wgpu::Buffer,    // [lm_rows][n_vocab]
-    k_cache: Vec<wgpu::Buffer>,
-    v_cache: Vec<wgpu::Buffer>,
+    inputs: StepInputs,
+    logits: wgpu::Buffer, // [lm_rows][n_vocab]
+    kv: KvCache,
     block_scratch: wgpu::Buffer,
-    _buffers: Vec<wgpu::Buffer>,
+    acts: Activations,
     /// Transformer body: embedding, then every layer.
     body: Vec<(usize, Dispatch)>,
     /// Final norm + LM head over a row range.
@@ -80,7 +74,6 @@ pub struct Session {
     hidden: wgpu::Buffer, // [max_rows][n_embd]
     /// Adapters this session's rows can use, and each stream's choice (index into the set).
     pub lora: Option<Arc<LoraSet>>,
-    lora_rows: wgpu::Buffer, // [max_rows] (rank, rank offset)
     stream_adapter: std::collections::HashMap<StreamId, usize>,
     /// Timestamps bracketing each step's pass, and their resolve buffer (`time_steps`).
     step_timer: Option<(wgpu::QuerySet, wgpu::Buffer)>,
@@ -109,393 +102,43 @@ impl Session {
         let lora = lora.filter(|l| !l.adapters.is_empty());
         let ctx = model.ctx.clone();
         let c = &model.config;
-        let (hd, q_dim, kv_dim) = (c.head_dim, c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
-        let qkv_dim = q_dim + 2 * kv_dim;
         let lm_rows = 16.min(max_rows);
-        let max_k = c.n_embd.max(c.n_ff).max(q_dim);
-        let f = 4u64;
         let mr = max_rows as u64;
-        let tokens = ctx.storage("tokens", mr * 4);
-        let positions = ctx.storage("positions", mr * 4);
-        let slots = ctx.storage("slots", mr * 4);
         let n_blocks = n_ctx.div_ceil(BLOCK_SIZE);
-        let max_blocks = n_blocks;
-        let tables = ctx.storage("tables", mr * max_blocks as u64 * 4);
-        let x = ctx.storage("x", mr * c.n_embd as u64 * f); // residual stream [m][n_embd]
-        let xq = ctx.storage("xq", mr * max_k as u64); // int8 blocks [m][k/4] u32
-        let xs = ctx.storage("xs", mr * (max_k / 32) as u64 * 16); // [m][k/32] (scale, Σx, Σx − Σx̂, 0)
-        let qkv = ctx.storage("qkv", mr * qkv_dim as u64 * f);
-        let attn = ctx.storage("attn", mr * q_dim as u64 * f);
-        let gate_up = ctx.storage("gate_up", mr * 2 * c.n_ff as u64 * f);
-        // Prefill GEMM path: the normalized x, then the SwiGLU output, as f32 rows.
-        let xf = ctx.storage("xf", mr * c.n_embd.max(c.n_ff) as u64 * f);
-        // h = silu(gate)·up as the down projection's int8 blocks (int8 path).
-        let hq = ctx.storage("hq", mr * c.n_ff as u64);
-        let hs = ctx.storage("hs", mr * (c.n_ff / 32) as u64 * 16);
-        // Attention's output as Wo's int8 blocks: Wo's epilogue writes xq/xs meanwhile.
-        let attn_q = ctx.storage("attn_q", mr * q_dim as u64);
-        let attn_s = ctx.storage("attn_s", mr * (q_dim / 32) as u64 * 16);
-        let logits = ctx.storage("logits", lm_rows as u64 * c.n_vocab as u64 * f);
-        let unused = ctx.storage("unused", 16);
-        let (po, pml) = ops::attention::partial_bytes(c.n_head, hd);
-        let (part_o, part_ml) = (
-            ctx.storage("attn.part_o", po),
-            ctx.storage("attn.part_ml", pml),
-        );
-        let plan = ops::attention::AttentionPlan::for_device(&ctx);
-        let gemm_tile = ops::matmul_int4::prefill_gemm(&ctx);
-        let fused_quant = ops::attention::quantizes_output(hd);
-        let rope_params = ops::matmul_int4::rope_params(&ctx, c.n_head, c.n_kv_head, c.rope_theta);
-        let mm_part_bytes = model
-            .layers
-            .iter()
-            .flat_map(|l| [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down])
-            .chain([model.lm_head()])
-            .map(|w| ops::matmul_int4::partial_bytes(&ctx, w))
-            .max()
-            .unwrap_or(0);
-        let mm_part = ctx.storage("matmul.partials", mm_part_bytes);
-        // Every matmul reads the shared int8 activation blocks; each call names its output.
-        let io = MatmulIo::new(&xq, &xs, &x, c.n_embd, &mm_part);
-        // LoRA: each row's adapter and its low-rank activations A·x.
-        let u_stride = lora.as_ref().map_or(1, |l| l.u_stride());
-        let lora_rows = ctx.storage("lora.rows", mr * 8);
-        let lora_u = ctx.storage("lora.u", mr * u_stride as u64 * f);
-        let rows_io = LoraRows {
-            rows: &lora_rows,
-            u: &lora_u,
-            u_stride,
+        let inputs = StepInputs {
+            tokens: ctx.storage("tokens", mr * 4),
+            positions: ctx.storage("positions", mr * 4),
+            slots: ctx.storage("slots", mr * 4),
+            tables: ctx.storage("tables", mr * n_blocks as u64 * 4),
+            max_blocks: n_blocks,
         };
-        // Where the device takes the prefill GEMM, each matmul has two launch lists: the
-        // int8 path (decode; steps with adapters) and the f32 GEMM (prefill-sized steps);
-        // `When::Gemm` picks one per step.
-        let int8_launch = |d: Dispatch| {
-            if gemm_tile.is_some() {
-                d.only(When::Gemm(false))
-            } else {
-                d
-            }
-        };
-        // Matmul `f` of layer `l` with its LoRA (see adapters::FUSED): the low-rank shrink,
-        // then the int4 matmul adding s·B·u in its output pass, or (Separate) a pass of its own.
-        let with_lora = |l: usize,
-                         f: usize,
-                         label: &str,
-                         w: &ops::matmul_int4::QuantMatrix,
-                         io: MatmulIo,
-                         push: &mut dyn FnMut(Dispatch)| {
-            let int8_path = |ds: Vec<Dispatch>| ds.into_iter().map(int8_launch);
-            let Some(set) = &lora else {
-                return int8_path(matmul_int4(&ctx, label, w, &io)).for_each(push);
-            };
-            let m = &set.layers[l][f];
-            push(ops::lora::shrink(
-                &ctx,
-                &format!("{label}.lora_a"),
-                &m.a,
-                m.k,
-                m.segs,
-                m.a_cols,
-                set.max_rank,
-                &rows_io,
-                io.xq,
-                io.xs,
-                io.folded_norm,
-            ));
-            match apply {
-                LoraApply::Fused => {
-                    let fused = MatmulLora {
-                        rows: rows_io,
-                        b: &m.b,
-                        segments: m.segments,
-                    };
-                    int8_path(matmul_int4(
-                        &ctx,
-                        label,
-                        w,
-                        &MatmulIo {
-                            lora: Some(fused),
-                            ..io
-                        },
-                    ))
-                    .for_each(&mut *push);
-                }
-                LoraApply::Separate => {
-                    int8_path(matmul_int4(&ctx, label, w, &io)).for_each(&mut *push);
-                    push(ops::lora::expand(
-                        &ctx,
-                        &format!("{label}.lora_b"),
-                        &m.b,
-                        m.n,
-                        m.segments,
-                        &rows_io,
-                        io.out,
-                        io.out_stride,
-                        io.xq,
-                        io.xs,
-                    ));
-                }
-            }
-        };
+        let kv_dim = c.n_kv_head * c.head_dim;
         let kv_bytes = (n_blocks * BLOCK_SIZE * kv_dim * 2) as u64; // f16
-        let block_scratch = ctx.storage("kv.block_copy", (BLOCK_SIZE * kv_dim * 2) as u64);
-        let k_cache: Vec<_> = (0..c.n_layer)
-            .map(|l| ctx.storage(&format!("k_cache.{l}"), kv_bytes))
-            .collect();
-        let v_cache: Vec<_> = (0..c.n_layer)
-            .map(|l| ctx.storage(&format!("v_cache.{l}"), kv_bytes))
-            .collect();
-
-        let mut body: Vec<(usize, Dispatch)> = Vec::new();
-        // x = embed(tokens)
-        for d in ops::embedding::embedding(&ctx, "embedding", &model.token_embd, &tokens, &x) {
-            body.push((0, d));
-        }
-        // `gemm_launches` is empty where the device keeps the int8 path for prefill.
-        let gemm_launches =
-            |label: &str, w: &ops::matmul_int4::QuantMatrix, x: &wgpu::Buffer, io: &MatmulIo| {
-                gemm_tile.map_or(Vec::new(), |t| gemm(&ctx, label, w, x, io, t))
-            };
-        let norm = |label: &str, weight: &wgpu::Buffer| {
-            let int8 = int8_launch(ops::rmsnorm::rmsnorm(
-                &ctx, label, &x, weight, c.n_embd, c.rms_eps, &unused, &xq, &xs, true,
-            ));
-            let f32_rows = gemm_tile.map(|_| {
-                ops::rmsnorm::rmsnorm(
-                    &ctx, label, &x, weight, c.n_embd, c.rms_eps, &xf, &xq, &xs, false,
-                )
-                .only(When::Gemm(true))
-            });
-            std::iter::once(int8).chain(f32_rows)
+        let cache = |kind: &str| {
+            (0..c.n_layer)
+                .map(|l| ctx.storage(&format!("{kind}_cache.{l}"), kv_bytes))
+                .collect()
         };
-        // On the int8 path each residual matmul (Wo, down) also writes the next RMSNorm's
-        // input blocks and the next matmul applies its 1/rms: no norm launches but the first.
-        let fold_norms = std::env::var("EDGEREASON_FOLD_NORMS").map_or(true, |v| v != "0")
-            && model.layers.iter().all(|l| {
-                ops::matmul_int4::norm_foldable(&l.wo) && ops::matmul_int4::norm_foldable(&l.w_down)
-            });
-        let eps = fold_norms.then_some(c.rms_eps);
-        let folded_into = |weight| {
-            fold_norms.then_some(NormOut {
-                weight,
-                xq: &xq,
-                xs: &xs,
-            })
+        let kv = KvCache {
+            k: cache("k"),
+            v: cache("v"),
         };
-        for (l, layer) in model.layers.iter().enumerate() {
-            let mut push = |d: Dispatch| body.push((l, d));
-            let norm_folded = fold_norms && l > 0;
-            // x = x + Wo · attention(rope(Wqkv · norm(x)))
-            norm("attn_norm", &layer.attn_norm)
-                .skip(norm_folded as usize)
-                .for_each(&mut push);
-            let qkv_io = MatmulIo {
-                out: &qkv,
-                out_stride: qkv_dim,
-                bias: layer.bqkv.as_ref(),
-                ..io
-            };
-            // On the int8 path the QKV epilogue rotates Q and K and stores K and V in the
-            // cache where the head size allows; else (and for the GEMM) a RoPE launch does.
-            let fuse_rope = ops::matmul_int4::rope_fusable(&layer.wqkv, hd);
-            let rope = fuse_rope.then_some(MatmulRope {
-                params: &rope_params,
-                head_dim: hd,
-                positions: &positions,
-                slots: &slots,
-                k_cache: &k_cache[l],
-                v_cache: &v_cache[l],
-            });
-            with_lora(
-                l,
-                0,
-                "qkv",
-                &layer.wqkv,
-                MatmulIo {
-                    rope,
-                    folded_norm: eps.filter(|_| norm_folded),
-                    ..qkv_io
-                },
-                &mut push,
-            );
-            gemm_launches("qkv", &layer.wqkv, &xf, &qkv_io)
-                .into_iter()
-                .for_each(&mut push);
-            let rope_launch = ops::rope::rope_store_kv(
-                &ctx,
-                "rope",
-                &qkv,
-                &positions,
-                &slots,
-                &k_cache[l],
-                &v_cache[l],
-                c.n_head,
-                c.n_kv_head,
-                hd,
-                c.rope_theta,
-            );
-            if !fuse_rope {
-                push(rope_launch);
-            } else if gemm_tile.is_some() {
-                push(rope_launch.only(When::Gemm(true)));
-            }
-            let att = AttentionIo {
-                qkv: &qkv,
-                qkv_stride: qkv_dim,
-                positions: &positions,
-                k_cache: &k_cache[l],
-                v_cache: &v_cache[l],
-                tables: BlockTables {
-                    tables: &tables,
-                    block_size: BLOCK_SIZE as u32,
-                    max_blocks: max_blocks as u32,
-                },
-                out: &attn,
-                partials: (&part_o, &part_ml),
-                quantized: fused_quant.then_some((&attn_q, &attn_s)),
-            };
-            ops::attention::attention(&ctx, "attention", &att, c.n_head, c.n_kv_head, hd, plan)
-                .into_iter()
-                .for_each(&mut push);
-            // Attention writes Wo's int8 blocks itself where heads hold whole blocks.
-            if !fused_quant {
-                push(int8_launch(ops::quantize_act::quantize_act(
-                    &ctx,
-                    "attn_quant",
-                    &attn,
-                    q_dim,
-                    q_dim,
-                    &attn_q,
-                    &attn_s,
-                )));
-            }
-            with_lora(
-                l,
-                1,
-                "wo",
-                &layer.wo,
-                MatmulIo {
-                    xq: &attn_q,
-                    xs: &attn_s,
-                    accumulate: true,
-                    norm_out: folded_into(&layer.ffn_norm),
-                    ..io
-                },
-                &mut push,
-            );
-            gemm_launches(
-                "wo",
-                &layer.wo,
-                &attn,
-                &MatmulIo {
-                    accumulate: true,
-                    ..io
-                },
-            )
-            .into_iter()
-            .for_each(&mut push);
-            // x = x + W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))
-            norm("ffn_norm", &layer.ffn_norm)
-                .skip(fold_norms as usize)
-                .for_each(&mut push);
-            let gate_up_io = MatmulIo {
-                out: &gate_up,
-                out_stride: 2 * c.n_ff,
-                ..io
-            };
-            // On the int8 path gate|up's epilogue applies SwiGLU and writes h as the down
-            // projection's int8 blocks (hq, hs) where the matrix allows; else a launch does.
-            let fuse_swiglu = ops::matmul_int4::swiglu_fusable(&layer.w_gate_up);
-            let swiglu = fuse_swiglu.then_some((&hq, &hs));
-            with_lora(
-                l,
-                2,
-                "gate_up",
-                &layer.w_gate_up,
-                MatmulIo {
-                    swiglu,
-                    folded_norm: eps,
-                    ..gate_up_io
-                },
-                &mut push,
-            );
-            gemm_launches("gate_up", &layer.w_gate_up, &xf, &gate_up_io)
-                .into_iter()
-                .for_each(&mut push);
-            if !fuse_swiglu {
-                push(int8_launch(ops::swiglu::swiglu(
-                    &ctx, "swiglu", &gate_up, c.n_ff, &hq, &hs,
-                )));
-            }
-            if gemm_tile.is_some() {
-                push(
-                    ops::swiglu::swiglu_f32(&ctx, "swiglu", &gate_up, c.n_ff, &xf, &unused)
-                        .only(When::Gemm(true)),
-                );
-            }
-            with_lora(
-                l,
-                3,
-                "down",
-                &layer.w_down,
-                MatmulIo {
-                    xq: &hq,
-                    xs: &hs,
-                    accumulate: true,
-                    norm_out: model
-                        .layers
-                        .get(l + 1)
-                        .and_then(|next| folded_into(&next.attn_norm)),
-                    ..io
-                },
-                &mut push,
-            );
-            gemm_launches(
-                "down",
-                &layer.w_down,
-                &xf,
-                &MatmulIo {
-                    accumulate: true,
-                    ..io
-                },
-            )
-            .into_iter()
-            .for_each(&mut push);
-        }
-        // logits = W_out · norm(x), for the rows asked for
-        let mut head = vec![ops::rmsnorm::rmsnorm(
-            &ctx,
-            "output_norm",
-            &x,
-            &model.output_norm,
-            c.n_embd,
-            c.rms_eps,
-            &unused,
-            &xq,
-            &xs,
-            true,
-        )];
-        head.extend(matmul_int4(
-            &ctx,
-            "lm_head",
-            model.lm_head(),
-            &MatmulIo {
-                out: &logits,
-                out_stride: c.n_vocab,
-                ..io
-            },
-        ));
-        let hidden = ctx.storage("hidden", mr * c.n_embd as u64 * f);
+        let acts = Activations::new(&model, max_rows, lora.as_deref());
+        let logits = ctx.storage("logits", lm_rows as u64 * c.n_vocab as u64 * 4);
+        let hidden = ctx.storage("hidden", mr * c.n_embd as u64 * 4);
+        let launches = Launches::new(&model, &acts, &inputs, &kv, lora.as_deref(), apply);
+        let (body, head) = (launches.body(), launches.head(&logits));
+        // The final norm as f32 rows (switcher and verifier features).
         let final_hidden = ops::rmsnorm::rmsnorm(
             &ctx,
             "final_hidden",
-            &x,
+            &acts.x,
             &model.output_norm,
             c.n_embd,
             c.rms_eps,
             &hidden,
-            &xq,
-            &xs,
+            &acts.xq,
+            &acts.xs,
             false,
         );
         // next token of each logits row, sampled on the GPU: settings in, (id, log-prob) out
@@ -503,10 +146,10 @@ impl Session {
         let sampled = ctx.storage("sampling.out", lm_rows as u64 * ops::sampling::OUT_BYTES);
         let sampling =
             ops::sampling::sampling(&ctx, "sampling", &logits, c.n_vocab, &sample_rows, &sampled);
-
         let mut pool = BlockPool::new(n_blocks, BLOCK_SIZE);
         let main = pool.create();
         Session {
+            block_scratch: ctx.storage("kv.block_copy", (BLOCK_SIZE * kv_dim * 2) as u64),
             model,
             n_ctx,
             max_rows,
@@ -514,25 +157,15 @@ impl Session {
             pos: 0,
             main,
             pool,
-            max_blocks,
-            tokens,
-            positions,
-            slots,
-            tables,
+            inputs,
             logits,
-            k_cache,
-            v_cache,
-            block_scratch,
-            _buffers: vec![
-                x, xq, xs, xf, hq, hs, attn_q, attn_s, qkv, attn, gate_up, unused, part_o, part_ml,
-                mm_part, lora_u,
-            ],
+            kv,
+            acts,
             body,
             head,
             final_hidden,
             hidden,
             lora,
-            lora_rows,
             stream_adapter: Default::default(),
             step_timer: None,
             pending_copies: Default::default(),
@@ -564,10 +197,10 @@ impl Session {
     /// Layer `l`'s whole K and V cache as f16 bits (tests compare caches bit for bit).
     pub fn read_kv(&self, l: usize) -> Result<(Vec<u16>, Vec<u16>), ForwardError> {
         let ctx = &self.model.ctx;
-        let n = (self.k_cache[l].size() / 2) as usize;
+        let n = (self.kv.k[l].size() / 2) as usize;
         Ok((
-            ctx.read(&self.k_cache[l], 0, n)?,
-            ctx.read(&self.v_cache[l], 0, n)?,
+            ctx.read(&self.kv.k[l], 0, n)?,
+            ctx.read(&self.kv.v[l], 0, n)?,
         ))
     }
 
@@ -578,26 +211,17 @@ impl Session {
 
     /// Bytes of activation buffers (residual, int8 blocks, qkv, ffn, logits, tables).
     pub fn activation_bytes(&self) -> u64 {
-        self._buffers
+        let i = &self.inputs;
+        [&self.logits, &i.tables, &i.tokens, &i.positions, &i.slots]
             .iter()
-            .chain([
-                &self.logits,
-                &self.tables,
-                &self.tokens,
-                &self.positions,
-                &self.slots,
-            ])
             .map(|b| b.size())
-            .sum()
+            .sum::<u64>()
+            + self.acts.bytes()
     }
 
     /// Bytes of the KV cache (all blocks, used or not).
     pub fn kv_bytes(&self) -> u64 {
-        self.k_cache
-            .iter()
-            .chain(&self.v_cache)
-            .map(|b| b.size())
-            .sum()
+        self.kv.k.iter().chain(&self.kv.v).map(|b| b.size()).sum()
     }
 
     /// Bytes of KV cache one token slot takes (all layers, K and V).
@@ -670,27 +294,28 @@ impl Session {
             copies.extend(self.pool.append(s, n)?);
         }
         let mut slots = Vec::with_capacity(rows.len());
-        let mut tables = vec![0u32; rows.len() * self.max_blocks];
+        let mut tables = vec![0u32; rows.len() * self.inputs.max_blocks];
         for (i, &(s, _)) in rows.iter().enumerate() {
             let p = start.get_mut(&s).unwrap();
             positions.push(*p as u32);
             slots.push(self.pool.slot(s, *p)?);
             *p += 1;
             let t = self.pool.table(s)?;
-            tables[i * self.max_blocks..i * self.max_blocks + t.len()].copy_from_slice(t);
+            tables[i * self.inputs.max_blocks..i * self.inputs.max_blocks + t.len()]
+                .copy_from_slice(t);
         }
         let ctx = &self.model.ctx;
         // Copied at the head of the step's own command buffer (no submission of their own).
         self.pending_copies.borrow_mut().extend(copies);
         let toks: Vec<u32> = rows.iter().map(|r| r.1).collect();
         ctx.queue
-            .write_buffer(&self.tokens, 0, bytemuck::cast_slice(&toks));
+            .write_buffer(&self.inputs.tokens, 0, bytemuck::cast_slice(&toks));
         ctx.queue
-            .write_buffer(&self.positions, 0, bytemuck::cast_slice(&positions));
+            .write_buffer(&self.inputs.positions, 0, bytemuck::cast_slice(&positions));
         ctx.queue
-            .write_buffer(&self.slots, 0, bytemuck::cast_slice(&slots));
+            .write_buffer(&self.inputs.slots, 0, bytemuck::cast_slice(&slots));
         ctx.queue
-            .write_buffer(&self.tables, 0, bytemuck::cast_slice(&tables));
+            .write_buffer(&self.inputs.tables, 0, bytemuck::cast_slice(&tables));
         // Each row's adapter as the LoRA kernels read it: (rank, rank offset), rank 0 = none.
         let mut adapters = false;
         if let Some(set) = &self.lora {
@@ -705,7 +330,7 @@ impl Session {
                 })
                 .collect();
             ctx.queue
-                .write_buffer(&self.lora_rows, 0, bytemuck::cast_slice(&per_row));
+                .write_buffer(&self.acts.lora_rows, 0, bytemuck::cast_slice(&per_row));
         }
         // Keys all rows read from the very same blocks (a forked prompt), and attend to.
         let first = self.pool.table(rows[0].0)?;
@@ -899,7 +524,7 @@ impl Session {
         let row_bytes = (BLOCK_SIZE * c.n_kv_head * c.head_dim * 2) as u64;
         for copy in self.pending_copies.borrow_mut().drain(..) {
             // A buffer cannot be both source and destination of one copy: go through scratch.
-            for cache in self.k_cache.iter().chain(&self.v_cache) {
+            for cache in self.kv.k.iter().chain(&self.kv.v) {
                 enc.copy_buffer_to_buffer(
                     cache,
                     copy.src as u64 * row_bytes,

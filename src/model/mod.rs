@@ -1,8 +1,10 @@
 //! The model on the GPU: weights in the int4 kernel layout ([`GpuModel`]), the per-stream
-//! KV cache and activations ([`Session`], in `forward.rs`), and the plain-Rust f32
-//! reference forward the tests hold it to (`reference.rs`).
+//! KV cache and activations ([`Session`], in `forward.rs`), the forward pass as launches
+//! block by block (`launches.rs`), and the plain-Rust f32 reference forward the tests
+//! hold it to (`reference.rs`).
 
 pub mod forward;
+mod launches;
 pub mod reference;
 
 pub use forward::{ForwardError, KernelProfile, Session};

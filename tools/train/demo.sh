@@ -61,14 +61,21 @@ with open(sys.argv[2], "w") as f:
     for i in pick:
         f.write(json.dumps({"prompt": i["prompt"], "answer": i["answer"], "difficulty": i["difficulty"]}) + "\n")
 EOF
-  mkdir -p "$OUT/eval"
-  ev() {  # ev NAME FLAGS...: one row of the table
+  # The second held-out set: heldout.py's independent problems (40 hard, 16 easy), which no
+  # training stage reads. Every row is measured on both sets.
+  "$PYTHON" "$HERE/heldout.py" --out "$OUT/data/heldout.jsonl" --seed 7
+  mkdir -p "$OUT/eval" "$OUT/eval-heldout"
+  ev() {  # ev NAME FLAGS...: one row of both tables
     local name="$1"; shift
-    echo "== eval $name: $*"
-    # shellcheck disable=SC2086  # EVAL_ARGS is word-split on purpose
-    "$BIN" eval --model "$MODEL" --tasks "$OUT/data/eval.jsonl" --max-tokens 192 --json ${EVAL_ARGS:-} "$@" \
-      > "$OUT/eval/$name.json" 2> "$OUT/eval/$name.log"
-    tail -1 "$OUT/eval/$name.log"
+    for set in eval eval-heldout; do
+      local tasks="$OUT/data/eval.jsonl"
+      [ "$set" = eval-heldout ] && tasks="$OUT/data/heldout.jsonl"
+      echo "== $set $name: $*"
+      # shellcheck disable=SC2086  # EVAL_ARGS is word-split on purpose
+      "$BIN" eval --model "$MODEL" --tasks "$tasks" --max-tokens 192 --json ${EVAL_ARGS:-} "$@" \
+        > "$OUT/$set/$name.json" 2> "$OUT/$set/$name.log"
+      tail -1 "$OUT/$set/$name.log"
+    done
   }
   R="$OUT/reasoning" RB="$OUT/reasoning-budget"
   ev base --reasoning off
@@ -84,7 +91,10 @@ EOF
 fi
 
 if [[ " $STAGES " == *" table "* ]]; then
-  "$PYTHON" "$HERE/results.py" "$OUT/eval" | tee "$OUT/results.md"
+  { echo "### Held-out set 1: data.py's test split"; echo
+    "$PYTHON" "$HERE/results.py" "$OUT/eval"; echo
+    echo "### Held-out set 2: heldout.py (independent problems, never trained on)"; echo
+    "$PYTHON" "$HERE/results.py" "$OUT/eval-heldout"; } | tee "$OUT/results.md"
 fi
 
 if [ "$SHIP" = 1 ]; then
