@@ -12,6 +12,11 @@ Writes JSONL lines {"prompt", "answer", "difficulty"} ("hard": the word problems
 one-step arithmetic in other phrasings and short facts not in data.py's table):
 
     heldout.py --out runs/heldout.jsonl [--n-hard 40] [--n-easy 16] [--seed 7]
+
+`--probe N` writes instead N single arithmetic steps of the sizes these problems need (sums
+and differences of 2-3 digit numbers, products of a 2-digit and a 1-digit number, ...), as
+bare "What is a op b?" questions: how often a model gets one step right bounds what any
+trace of 2-4 such steps can score.
 """
 
 from __future__ import annotations
@@ -175,6 +180,27 @@ def easy_item(rng) -> dict:
     return {"prompt": form.format(a=a, b=b), "answer": str(ans), "difficulty": "easy"}
 
 
+# (op, range of a, range of b) of the steps the scenarios above take.
+PROBE_STEPS = [
+    ("+", (100, 480), (100, 390)), ("-", (200, 870), (90, 199)), ("+", (25, 99), (6, 30)),
+    ("-", (30, 99), (5, 29)), ("*", (12, 60), (3, 12)), ("*", (3, 12), (12, 40)), ("+", (100, 500), (20, 200)),
+]
+
+
+def probe(n: int, seed: int) -> list[dict]:
+    """n distinct single steps, a op b with operands as the held-out problems' steps have."""
+    rng = random.Random(seed)
+    out, seen = [], set()
+    while len(out) < n:
+        op, ra, rb = PROBE_STEPS[len(out) % len(PROBE_STEPS)]
+        a, b = rng.randint(*ra), rng.randint(*rb)
+        q = f"What is {a} {op} {b}?"
+        if q not in seen:
+            seen.add(q)
+            out.append({"prompt": q, "answer": str({"+": a + b, "-": a - b, "*": a * b}[op]), "difficulty": "easy"})
+    return out
+
+
 def generate(n_hard: int, n_easy: int, seed: int) -> list[dict]:
     """Distinct prompts, hard first then easy (as demo.sh's eval sets), deterministic in seed."""
     rng = random.Random(seed)
@@ -198,8 +224,9 @@ def main():
     p.add_argument("--n-hard", type=int, default=40)
     p.add_argument("--n-easy", type=int, default=16)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--probe", type=int, default=0, help="write N single arithmetic steps instead (see above)")
     a = p.parse_args()
-    items = generate(a.n_hard, a.n_easy, a.seed)
+    items = probe(a.probe, a.seed) if a.probe else generate(a.n_hard, a.n_easy, a.seed)
     with open(a.out, "w") as f:
         for it in items:
             f.write(json.dumps(it) + "\n")

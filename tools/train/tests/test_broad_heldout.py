@@ -70,3 +70,12 @@ def test_heldout_is_deterministic_correct_and_apart_from_training():
     train_sents = {s for it in train for s in re.split(r"(?<=[.?]) ", it["prompt"])}
     held_sents = {s for it in a for s in re.split(r"(?<=[.?]) ", it["prompt"]) if it["difficulty"] == "hard"}
     assert not train_sents & held_sents, train_sents & held_sents
+
+
+def test_probe_steps_are_correct_and_sized_like_the_problems():
+    items = heldout.probe(42, 7)
+    assert items == heldout.probe(42, 7) and len({it["prompt"] for it in items}) == 42
+    for it in items:
+        a, op, b = re.match(r"What is (\d+) ([-+*]) (\d+)\?$", it["prompt"]).groups()
+        assert OPS[op](int(a), int(b)) == int(it["answer"])
+    assert sum(int(it["answer"]) >= 100 for it in items) > 20
