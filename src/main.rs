@@ -35,9 +35,11 @@ enum Cmd {
         /// Registry name (`edgereason pull --list`) or a path (GGUF, HF dir, .safetensors).
         #[arg(long, default_value = "qwen2.5-0.5b")]
         model: String,
+        /// Feed the prompt as it is, without the chat template.
         #[arg(long)]
         raw: bool,
-        #[arg(long)]
+        /// System message for the chat template.
+        #[arg(long, conflicts_with = "raw")]
         system: Option<String>,
         #[arg(long, default_value_t = 256)]
         max_tokens: usize,
@@ -95,6 +97,9 @@ enum Cmd {
         prompt_len: usize,
     },
     /// Prefill/decode throughput, TTFT, memory and the per-kernel split.
+    #[command(group(clap::ArgGroup::new("mode").multiple(false).args(
+        ["streams", "attention", "lora_ranks", "adapter_ttft", "prefill_matmul"]
+    )))]
     Bench {
         #[arg(long, default_value = "qwen2.5-0.5b")]
         model: String,
@@ -200,24 +205,44 @@ impl StreamsView {
 /// Sampling flags `run` and `eval` share.
 #[derive(clap::Args, Clone, Debug)]
 struct SamplingArgs {
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
+    /// Softmax temperature; 0 = greedy. Default: 0 for one candidate, and
+    /// BEST_OF_TEMPERATURE (0.8) with --best-of > 1 (N greedy streams would be identical).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Keep the k most likely tokens; 0 = off (every token).
     #[arg(long, default_value_t = 0)]
     top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p, in (0, 1]; 1 = off.
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
+    /// Seed of the draws; candidate i of --best-of uses seed + i.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
 
+/// Temperature of --best-of > 1 when none is given: the paper's sampling temperature for
+/// parallel candidates.
+const BEST_OF_TEMPERATURE: f32 = 0.8;
+
 impl SamplingArgs {
-    fn params(&self) -> SamplingParams {
-        SamplingParams {
-            temperature: self.temperature,
+    /// The settings for `best_of` candidates; greedy with several is refused.
+    fn params(&self, best_of: usize) -> Result<SamplingParams> {
+        let default = if best_of > 1 {
+            BEST_OF_TEMPERATURE
+        } else {
+            0.0
+        };
+        let params = SamplingParams {
+            temperature: self.temperature.unwrap_or(default),
             top_k: self.top_k,
             top_p: self.top_p,
             seed: self.seed,
+        };
+        params.validate()?;
+        if best_of > 1 && params.temperature == 0.0 {
+            anyhow::bail!("--best-of {best_of} with --temperature 0 decodes {best_of} identical greedy streams: give a temperature > 0 (default {BEST_OF_TEMPERATURE})");
         }
+        Ok(params)
     }
 }
 
@@ -247,13 +272,13 @@ struct ReasoningArgs {
     #[arg(long)]
     budget: Option<usize>,
     /// Tokens allowed for the answer after forcing (or after the reasoning closes).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, requires = "budget")]
     answer_tokens: usize,
     /// The answer-forcing text injected at the budget.
-    #[arg(long, default_value = "</think>\n\nFinal answer:")]
+    #[arg(long, default_value = "</think>\n\nFinal answer:", requires = "budget")]
     force: String,
     /// State the budget in the prompt, as the budget-trained adapters expect.
-    #[arg(long)]
+    #[arg(long, requires = "budget")]
     state_budget: bool,
     /// Apply the adapter to the prompt as well (unmasked; for comparison).
     #[arg(long)]
@@ -398,12 +423,13 @@ fn run(cli: Cli) -> Result<()> {
             answer_regex,
             reasoning,
         } => {
+            let sampling = sampling.params(*best_of)?; // bad values fail before the load
             let engine = load(model, &cli)?;
             let (params, vp) = reasoning.params(
                 &engine,
                 model,
                 *max_tokens,
-                sampling.params(),
+                sampling,
                 answer_regex.as_deref(),
             )?;
             let prompt = prompt
@@ -505,6 +531,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             reasoning,
         } => {
+            let sampling = sampling.params(*best_of)?; // bad values fail before the load
             let mut list = edgereason::sched::eval::read_tasks(tasks)?;
             list.truncate(limit.unwrap_or(usize::MAX));
             let engine = load(model, &cli)?;
@@ -512,7 +539,7 @@ fn run(cli: Cli) -> Result<()> {
                 &engine,
                 model,
                 *max_tokens,
-                sampling.params(),
+                sampling,
                 answer_regex.as_deref(),
             )?;
             let total = list.len();

@@ -31,6 +31,35 @@ impl Default for SamplingParams {
     }
 }
 
+/// Sampling settings no sampler can honour.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SamplingError {
+    #[error("temperature {0}: must be a finite number >= 0 (0 = greedy)")]
+    Temperature(f32),
+    #[error("top_p {0}: must be in (0, 1] (1 = off)")]
+    TopP(f32),
+}
+
+impl SamplingParams {
+    /// Check the settings: temperature finite and ≥ 0, top_p in (0, 1]. (top_k 0 means
+    /// off: every token is kept.)
+    ///
+    /// ```
+    /// use edgereason::sampling::SamplingParams;
+    /// assert!(SamplingParams { top_p: 0.0, ..Default::default() }.validate().is_err());
+    /// assert!(SamplingParams { temperature: 0.7, ..Default::default() }.validate().is_ok());
+    /// ```
+    pub fn validate(&self) -> Result<(), SamplingError> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(SamplingError::Temperature(self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(SamplingError::TopP(self.top_p));
+        }
+        Ok(())
+    }
+}
+
 /// A sampler holding its RNG state.
 pub struct Sampler {
     pub params: SamplingParams,

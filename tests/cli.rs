@@ -447,3 +447,56 @@ fn shipped_adapters_are_the_default_and_budget_runs_take_the_budget_adapter() {
         "--budget loads adapters/<model>/reasoning-budget: {err}"
     );
 }
+
+#[test]
+fn flags_that_would_be_ignored_or_cannot_work_are_errors() {
+    // Each fails at argument checking, before any model is loaded, with a line naming
+    // the flag.
+    for (args, says) in [
+        (
+            &["run", "--raw", "--system", "be brief", "hi"][..],
+            "--system",
+        ),
+        (&["run", "--state-budget", "hi"], "--budget"),
+        (&["run", "--answer-tokens", "9", "hi"], "--budget"),
+        (&["run", "--force", "Answer:", "hi"], "--budget"),
+        (
+            &["bench", "--streams", "1,8", "--attention", "8"],
+            "--attention",
+        ),
+        (&["run", "--top-p", "0", "hi"], "top_p 0"),
+        (&["run", "--temperature=-0.5", "hi"], "temperature -0.5"),
+        (
+            &["run", "--best-of", "4", "--temperature", "0", "hi"],
+            "identical greedy",
+        ),
+        (
+            &[
+                "eval",
+                "--tasks",
+                "t.jsonl",
+                "--best-of",
+                "2",
+                "--temperature",
+                "0",
+            ],
+            "identical greedy",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgereason"))
+            .args(args)
+            .args(["--model", "/nonexistent/model.gguf"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains(says),
+            "{args:?}: stderr does not name {says:?}: {err}"
+        );
+        assert!(
+            !err.contains("loading model"),
+            "{args:?} loaded a model first: {err}"
+        );
+    }
+}
