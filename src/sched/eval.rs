@@ -60,6 +60,8 @@ pub struct EvalItem {
     /// vote below can be recomputed from the report.
     pub candidate_answers: Vec<Option<String>>,
     pub verifier_scores: Option<Vec<f32>>,
+    /// Each candidate's reply, in stream order (to read traces: which steps went wrong).
+    pub candidate_texts: Vec<String>,
 }
 
 /// Accuracy of the vote over the first `candidates` streams of every task (maj@k):
@@ -147,6 +149,7 @@ pub fn evaluate(
             candidates: out.candidates.len(),
             candidate_answers: out.candidates.iter().map(|c| c.answer.clone()).collect(),
             verifier_scores: out.candidates.iter().map(|c| c.verifier_score).collect(),
+            candidate_texts: out.candidates.iter().map(|c| c.text.clone()).collect(),
         };
         progress(i, &item);
         items.push(item);
@@ -269,6 +272,7 @@ mod tests {
                 .map(|a| (!a.is_empty()).then(|| a.to_string()))
                 .collect(),
             verifier_scores: scores.map(|s| s.to_vec()),
+            candidate_texts: vec![String::new(); answers.len()],
         }
     }
 
