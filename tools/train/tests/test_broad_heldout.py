@@ -79,3 +79,14 @@ def test_probe_steps_are_correct_and_sized_like_the_problems():
         a, op, b = re.match(r"What is (\d+) ([-+*]) (\d+)\?$", it["prompt"]).groups()
         assert OPS[op](int(a), int(b)) == int(it["answer"])
     assert sum(int(it["answer"]) >= 100 for it in items) > 20
+
+
+def test_trace_steps_checks_arithmetic_and_grounding():
+    import trace_steps
+
+    steps = trace_steps.steps_of("Tom has 12 cards and buys 3 packs of 5.",
+                                 "3 * 5 = 15.\n12 + 15 = 27.\n27 - 4 = 22.")
+    assert [(s[4], s[5]) for s in steps] == [(True, True), (True, True), (False, False)]
+    report = {"items": [{"prompt": "Tom has 12 cards.", "candidate_texts": ["12 + 3 = 15", "12 * 2 = 25"]}]}
+    s = trace_steps.summarize(report)
+    assert s["steps"] == 2 and s["right"] == 0.5 and s["by_op"] == {"*": 0.0, "+": 1.0}
