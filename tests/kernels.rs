@@ -313,6 +313,21 @@ fn matmul_int8_matches_reference() {
     }
 }
 
+/// The first `n` values of int8 blocks, dequantized on the CPU, and each block's Σx.
+fn dequantize(
+    ctx: &edgereason::gpu::GpuContext,
+    xq: &wgpu::Buffer,
+    xs: &wgpu::Buffer,
+    n: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let q: Vec<u32> = ctx.read(xq, 0, n / 4).unwrap();
+    let s: Vec<[f32; 4]> = ctx.read(xs, 0, n / 32).unwrap();
+    let values = (0..n)
+        .map(|i| (q[i / 4].to_le_bytes()[i % 4] as i8) as f32 * s[i / 32][0])
+        .collect();
+    (values, s.iter().map(|v| v[1]).collect())
+}
+
 #[test]
 fn rmsnorm_and_swiglu_match_reference() {
     for ctx in contexts() {
@@ -331,7 +346,23 @@ fn rmsnorm_and_swiglu_match_reference() {
         let want = ops::rmsnorm::reference(&x[k..4 * k], &wt, 1e-6);
         assert_close(&format!("{} rmsnorm", path(&ctx)), &got, &want, 1e-5, 1e-4);
 
-        // fused norm + quantization == quantize(norm(x)), checked through a matmul with I
+        // rmsnorm_quant: the same rows straight into int8 blocks == quantize(norm(x)),
+        // block sums included (the int4 kernel's min term reads them).
+        let dq = ops::rmsnorm::rmsnorm(&ctx, "nq", &xb, &wb, k, 1e-6, &y, &xq, &xs, true);
+        ops::run_once(&ctx, &[&dq], 3, 1);
+        let (got, sums) = dequantize(&ctx, &xq, &xs, 3 * k);
+        let what = format!("{} rmsnorm_quant", path(&ctx));
+        assert_close(
+            &what,
+            &got,
+            &ops::quantize_act::reference(&want),
+            1e-5,
+            1e-4,
+        );
+        let want_sums: Vec<f32> = want.chunks(32).map(|c| c.iter().sum()).collect();
+        assert_close(&what, &sums, &want_sums, 1e-4, 1e-4);
+
+        // SwiGLU into int8 blocks == quantize(silu(gate) · up)
         let n_ff = 160;
         let gu = rand_vec(m * 2 * n_ff, 9);
         let gub = ctx.storage_from("gu", &gu);
@@ -340,12 +371,7 @@ fn rmsnorm_and_swiglu_match_reference() {
         let sw = ops::swiglu::swiglu(&ctx, "sw", &gub, n_ff, &xq2, &xs2);
         ops::run_once(&ctx, &[&sw], m as u32, 0);
         let h = ops::swiglu::reference(&gu, n_ff);
-        // Dequantize the kernel's int8 blocks on the CPU.
-        let q: Vec<u32> = ctx.read(&xq2, 0, m * n_ff / 4).unwrap();
-        let s: Vec<[f32; 4]> = ctx.read(&xs2, 0, m * n_ff / 32).unwrap();
-        let got: Vec<f32> = (0..m * n_ff)
-            .map(|i| (q[i / 4].to_le_bytes()[i % 4] as i8) as f32 * s[i / 32][0])
-            .collect();
+        let (got, sums) = dequantize(&ctx, &xq2, &xs2, m * n_ff);
         assert_close(
             &format!("{} swiglu", path(&ctx)),
             &got,
@@ -353,7 +379,6 @@ fn rmsnorm_and_swiglu_match_reference() {
             1e-5,
             1e-4,
         );
-        let sums: Vec<f32> = s.iter().map(|v| v[1]).collect();
         let want_sums: Vec<f32> = h.chunks(32).map(|c| c.iter().sum()).collect();
         assert_close("swiglu group sums", &sums, &want_sums, 1e-4, 1e-4);
     }

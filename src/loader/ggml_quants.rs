@@ -179,12 +179,8 @@ pub fn q4_k_groups(b: &[u8]) -> [Q4Group; 8] {
             let g = &mut out[2 * c + half];
             g.scale = d * sc as f32;
             g.min = -(dmin * m as f32);
-            for l in 0..32 {
-                g.q[l] = if half == 0 {
-                    chunk[l] & 0xF
-                } else {
-                    chunk[l] >> 4
-                };
+            for (q, &byte) in g.q.iter_mut().zip(chunk) {
+                *q = if half == 0 { byte & 0xF } else { byte >> 4 };
             }
         }
     }

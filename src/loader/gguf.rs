@@ -439,7 +439,7 @@ impl GgufFile {
             *h.entry(t.ty).or_default() += 1;
         }
         let mut v: Vec<_> = h.into_iter().collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
         v
     }
 }

@@ -164,8 +164,8 @@ pub fn load_hf_dir(dir: &Path) -> Result<HostModel, LoadError> {
             let Some(name) = canonical_name(hf_name) else {
                 continue;
             };
-            if !tensors.contains_key(&name) && !(name == "output.weight" && config.tied_embeddings)
-            {
+            let tied_head = name == "output.weight" && config.tied_embeddings;
+            if !(tensors.contains_key(&name) || tied_head) {
                 return Err(LoadError::Missing {
                     path: dir.join(shard).display().to_string(),
                     what: format!("tensor '{hf_name}' (listed in model.safetensors.index.json)"),
@@ -414,8 +414,11 @@ fn parse_config(j: &Value, path: &Path) -> Result<(ModelConfig, bool), LoadError
     Ok((cfg, tie.is_some()))
 }
 
+/// Tensor name → shard file, from a sharded checkpoint's index.
+type WeightMap = BTreeMap<String, String>;
+
 /// The safetensors files of a checkpoint, and the index's weight map when sharded.
-fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<BTreeMap<String, String>>), LoadError> {
+fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<WeightMap>), LoadError> {
     let single = dir.join("model.safetensors");
     if single.is_file() {
         return Ok((vec![single], None));
