@@ -46,4 +46,28 @@ fn every_shader_variant_validates_and_translates() {
     for rows in 1..=16 {
         check("matmul_int4", &ShaderDefines::new().with("ROWS", rows));
     }
+    // The epilogue variants (SwiGLU, RoPE + KV store, the next norm's blocks), each with
+    // and without fused LoRA; the prefill GEMM's register tiles; flash prefill attention.
+    for rows in [1, 4, 16] {
+        for lora in [0, 1] {
+            let base = || ShaderDefines::new().with("ROWS", rows).with("LORA", lora);
+            check("matmul_int4", &base().with("SWIGLU", 1));
+            check("matmul_int4", &base().with("ROPE", 1).with("HEAD_DIM", 64));
+            check("matmul_int4", &base().with("NORM", 1));
+        }
+    }
+    for (rows, cols) in [(1, 1), (4, 4), (8, 8), (16, 16)] {
+        check(
+            "matmul_int4",
+            &ShaderDefines::new().with("ROWS", rows).with("COLS", cols),
+        );
+    }
+    for hd in [64, 128] {
+        check(
+            "attention",
+            &ShaderDefines::new()
+                .with("ROWS", queries)
+                .with("HEAD_DIM", hd),
+        );
+    }
 }
