@@ -247,6 +247,20 @@ fn finish(row: u32, n: u32, acc: f32) {
 //#endif
 }
 
+// The epilogue variant's block stores for rows m0.. of workgroup x, once every lane's
+// `finish` is done (call in uniform control flow); nothing for the plain matmul.
+fn epilogue(m0: u32, x: u32) {
+//#if SWIGLU
+    swiglu_store(m0, x);
+//#endif
+//#if ROPE
+    rope_store(m0, x);
+//#endif
+//#if NORM
+    norm_store(m0, x);
+//#endif
+}
+
 // A tile's result for (row, n): a partial sum when k is split, else the output. `ss`:
 // the row's Σx² over the groups this invocation read (all of them when k is not split).
 fn store(row: u32, n: u32, z: u32, acc: f32, ss: f32) {
@@ -318,21 +332,9 @@ fn int4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
         ss{r} = ss{r} + s{r}.w;
     }
     store(m0 + {r}u, n, gid.z, acc{r}, ss{r});
-//#if SWIGLU
     if (p.splits == 1u) {
-        swiglu_store(m0, wid.x);
+        epilogue(m0, wid.x);
     }
-//#endif
-//#if NORM
-    if (p.splits == 1u) {
-        norm_store(m0, wid.x);
-    }
-//#endif
-//#if ROPE
-    if (p.splits == 1u) {
-        rope_store(m0, wid.x);
-    }
-//#endif
 }
 
 @compute @workgroup_size(64)
@@ -381,21 +383,9 @@ fn int8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
         ss{r} = ss{r} + s{r}.w;
     }
     store(m0 + {r}u, n, gid.z, acc{r}, ss{r});
-//#if SWIGLU
     if (p.splits == 1u) {
-        swiglu_store(m0, wid.x);
+        epilogue(m0, wid.x);
     }
-//#endif
-//#if NORM
-    if (p.splits == 1u) {
-        norm_store(m0, wid.x);
-    }
-//#endif
-//#if ROPE
-    if (p.splits == 1u) {
-        rope_store(m0, wid.x);
-    }
-//#endif
 }
 
 // Sum the k splits of one (row, column), then bias and residual as above.
@@ -432,15 +422,7 @@ fn reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocati
         }
     }
     finish(m, n, acc * rms_scale(ss));
-//#if SWIGLU
-    swiglu_store(m, wid.x);
-//#endif
-//#if ROPE
-    rope_store(m, wid.x);
-//#endif
-//#if NORM
-    norm_store(m, wid.x);
-//#endif
+    epilogue(m, wid.x);
 }
 
 // ---- Prefill GEMM: f32 activations, for steps of many rows ----
