@@ -138,6 +138,31 @@ impl BlockPool {
         Ok(out)
     }
 
+    /// A new stream holding the first `len` tokens of `s` (sharing their blocks: a cached
+    /// prompt prefix). A partly used last block is shared too; appending copies it first.
+    pub fn fork_prefix(&mut self, s: StreamId, len: usize) -> Result<StreamId, KvError> {
+        let st = self.stream(s)?;
+        let len = len.min(st.len);
+        let blocks = st.blocks[..len.div_ceil(self.block_size)].to_vec();
+        for &b in &blocks {
+            self.refs[b as usize] += 1;
+        }
+        let id = StreamId(self.next_id);
+        self.next_id += 1;
+        self.streams.insert(id, Stream { blocks, len });
+        Ok(id)
+    }
+
+    /// Blocks that only stream `s` holds (what releasing it would free).
+    pub fn exclusive_blocks(&self, s: StreamId) -> Result<usize, KvError> {
+        let st = self.stream(s)?;
+        Ok(st
+            .blocks
+            .iter()
+            .filter(|&&b| self.refs[b as usize] == 1)
+            .count())
+    }
+
     /// Make room for `n` more tokens in `s`: allocate blocks, and un-share a shared,
     /// partly filled last block (returned as a copy to perform before writing). On error
     /// nothing changes.

@@ -45,6 +45,9 @@ pub struct KernelProfile {
     pub source: String,
 }
 
+/// A callback that sees each prefill chunk's mean final-norm hidden state.
+pub type ChunkMean<'a> = dyn FnMut(&[f32]) + 'a;
+
 /// Cache slots per KV block.
 pub const BLOCK_SIZE: usize = 16;
 
@@ -242,6 +245,17 @@ impl Session {
         Ok(kids)
     }
 
+    /// A new, empty stream (no adapter).
+    pub fn create_stream(&mut self) -> StreamId {
+        self.pool.create()
+    }
+
+    /// A new stream holding the first `len` tokens of `s`'s cache (shared blocks, no copy):
+    /// a later prompt that starts the same way continues from there.
+    pub fn fork_prefix(&mut self, s: StreamId, len: usize) -> Result<StreamId, ForwardError> {
+        Ok(self.pool.fork_prefix(s, len)?)
+    }
+
     /// End stream `s`, returning the blocks only it held.
     pub fn release(&mut self, s: StreamId) -> Result<(), ForwardError> {
         self.stream_adapter.remove(&s);
@@ -355,6 +369,67 @@ impl Session {
 
     fn main_rows(&self, tokens: &[u32]) -> Vec<(StreamId, u32)> {
         tokens.iter().map(|&t| (self.main, t)).collect()
+    }
+
+    /// Append `tokens` to stream `s` (any stream, not only `main`), leaving the logits after
+    /// the last one on the GPU for [`sample_last_logits`](Self::sample_last_logits): a
+    /// prompt, or one chunk of it, as a server interleaves prompts with other streams'
+    /// decoding. `on_chunk_mean`, if given, sees the mean final-norm hidden state of each
+    /// chunk of `max_rows` tokens (the switcher's features; a read-back per chunk).
+    pub fn prefill(
+        &mut self,
+        s: StreamId,
+        tokens: &[u32],
+        mut on_chunk_mean: Option<&mut ChunkMean>,
+    ) -> Result<(), ForwardError> {
+        self.check_stream(s, tokens)?;
+        let d = self.model.config.n_embd;
+        for chunk in tokens.chunks(self.max_rows) {
+            let rows: Vec<_> = chunk.iter().map(|&t| (s, t)).collect();
+            let step = self.prepare_rows(&rows)?;
+            let n = chunk.len() as u32;
+            let pool = on_chunk_mean.is_some();
+            self.record_submit(|pass, ctx| {
+                self.body
+                    .iter()
+                    .for_each(|(_, d)| d.record_step(ctx, pass, &step));
+                if pool {
+                    self.final_hidden.record(ctx, pass, n, 0);
+                }
+                self.head.iter().for_each(|d| d.record(ctx, pass, 1, n - 1));
+            });
+            if let Some(f) = on_chunk_mean.as_mut() {
+                let h: Vec<f32> = self.model.ctx.read(&self.hidden, 0, chunk.len() * d)?;
+                let mut mean = vec![0f32; d];
+                h.chunks(d)
+                    .for_each(|row| mean.iter_mut().zip(row).for_each(|(m, v)| *m += v));
+                mean.iter_mut().for_each(|m| *m /= chunk.len() as f32);
+                f(&mean);
+            }
+        }
+        if s == self.main {
+            self.pos = self.pool.len(s)?;
+        }
+        Ok(())
+    }
+
+    fn check_stream(&self, s: StreamId, tokens: &[u32]) -> Result<(), ForwardError> {
+        let c = &self.model.config;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
+            return Err(ForwardError::BadToken {
+                id,
+                n_vocab: c.n_vocab,
+            });
+        }
+        let needed = self.pool.len(s)? + tokens.len();
+        if needed > self.n_ctx.min(c.n_ctx) {
+            return Err(ForwardError::ContextFull {
+                needed,
+                n_ctx: self.n_ctx,
+                model_ctx: c.n_ctx,
+            });
+        }
+        Ok(())
     }
 
     /// Append `tokens` to the stream and return the logits after the last one.

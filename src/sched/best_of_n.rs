@@ -8,7 +8,7 @@
 
 use super::vote::{extract_answer, vote};
 use crate::adapters::Verifier;
-use crate::engine::{Engine, GenerateParams, Reasoning};
+use crate::engine::{Budget, Engine, GenerateParams, Reasoning};
 use crate::model::forward::BLOCK_SIZE;
 use crate::ops::sampling::RowSampling;
 use crate::sampling::{cpu_sampling, log_prob, Sampler, SamplingParams};
@@ -64,26 +64,156 @@ pub struct BestOfN {
     pub switcher_probability: Option<f32>,
 }
 
-struct Live {
-    index: usize,
-    stream: crate::kv::StreamId,
+/// One stream's text, stop and budget state: what [`Decoding`] and the server's scheduler
+/// ([`super::serving`]) both keep per candidate.
+pub(crate) struct StreamState {
+    pub(crate) index: usize,
+    pub(crate) stream: crate::kv::StreamId,
     /// Its settings (own seed); it samples with them on the CPU only under
     /// `EDGEREASON_CPU_SAMPLING=1`.
-    sampler: Sampler,
+    pub(crate) sampler: Sampler,
     /// Tokens sampled so far (not forced): the GPU draw's step counter.
-    sampled: u32,
-    tokens: Vec<u32>,
-    text: String,
-    logprob: f32,
-    finish: Option<&'static str>,
+    pub(crate) sampled: u32,
+    pub(crate) tokens: Vec<u32>,
+    pub(crate) text: String,
+    pub(crate) logprob: f32,
+    pub(crate) finish: Option<&'static str>,
     /// Tokens sampled (or forced) but not yet run through the model.
-    fed: usize,
-    thinking_done: bool,
-    thinking_tokens: usize,
-    forced: bool,
+    pub(crate) fed: usize,
+    pub(crate) thinking_done: bool,
+    pub(crate) thinking_tokens: usize,
+    pub(crate) forced: bool,
     force_queue: std::collections::VecDeque<u32>,
     /// Tokens when the answer began (thinking closed, forcing text all in).
     answer_from: Option<usize>,
+}
+
+impl StreamState {
+    /// Candidate `index` on cache stream `stream`, sampling with seed `sampling.seed +
+    /// index`; `opener` is fed before anything is sampled.
+    pub(crate) fn new(
+        index: usize,
+        stream: crate::kv::StreamId,
+        sampling: &SamplingParams,
+        opener: &[u32],
+    ) -> Self {
+        StreamState {
+            index,
+            stream,
+            sampler: Sampler::new(SamplingParams {
+                seed: sampling.seed.wrapping_add(index as u64),
+                ..sampling.clone()
+            }),
+            sampled: 0,
+            tokens: Vec::new(),
+            text: String::new(),
+            logprob: 0.0,
+            finish: None,
+            fed: 0,
+            thinking_done: false,
+            thinking_tokens: 0,
+            forced: false,
+            force_queue: opener.iter().copied().collect(),
+            answer_from: None,
+        }
+    }
+
+    /// Take the stream's next token: the next forced one, else `draw(sampler)` (the token
+    /// sampled after its last one, with its log-prob). Ends the stream on EOS, a stop
+    /// string, its token cap or the budget's answer cap (`finish`); returns the token it
+    /// added, if any. While `finish` is `None` that token is to be fed to the model.
+    pub(crate) fn advance(
+        &mut self,
+        engine: &Engine,
+        params: &GenerateParams,
+        draw: impl FnOnce(&mut Sampler) -> (u32, f32),
+    ) -> Result<Option<StreamToken>> {
+        let (id, logprob) = match self.force_queue.pop_front() {
+            Some(id) => (id, None),
+            None => {
+                let (id, lp) = draw(&mut self.sampler);
+                self.sampled += 1;
+                self.logprob += lp;
+                if engine.eos_token_ids.contains(&id) {
+                    self.finish = Some("eos");
+                    return Ok(None);
+                }
+                (id, Some(lp))
+            }
+        };
+        self.tokens.push(id);
+        let full = engine.decode(&self.tokens)?;
+        let mut new = String::new();
+        if !full.ends_with('\u{FFFD}') {
+            new = full.get(self.text.len()..).unwrap_or("").to_string();
+            self.text = full;
+        }
+        let budget = params.budget.as_ref();
+        if !self.thinking_done {
+            self.track_thinking(engine, budget)?;
+        }
+        if self.thinking_done && self.force_queue.is_empty() && self.answer_from.is_none() {
+            self.answer_from = Some(self.tokens.len());
+        }
+        let answering = self.answer_from.map_or(0, |from| self.tokens.len() - from);
+        if params.stop.iter().any(|s| self.text.ends_with(s.as_str())) {
+            self.finish = Some("stop");
+        } else if self.tokens.len() >= params.max_tokens {
+            self.finish = Some("length");
+        } else if budget.is_some_and(|b| answering >= b.answer_tokens) {
+            self.finish = Some("answer_length");
+        }
+        if self.finish.is_none() {
+            self.fed = self.tokens.len();
+        }
+        Ok(Some(StreamToken {
+            stream: self.index,
+            id,
+            text: new,
+            logprob,
+        }))
+    }
+
+    /// Count a thinking token; notice the end-of-thinking marker, or force it at the budget.
+    fn track_thinking(&mut self, engine: &Engine, budget: Option<&Budget>) -> Result<()> {
+        self.thinking_tokens += 1;
+        let marker = budget.map_or("</think>", |b| b.end_marker.as_str());
+        // With special tokens kept: some tokenizers (SmolLM2's) make </think> one.
+        let raw = engine
+            .tokenizer
+            .decode(&self.tokens, false)
+            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        self.thinking_done = raw.contains(marker);
+        // Budget forcing: out of thinking tokens with the reasoning still open.
+        if let Some(b) = budget {
+            if !self.thinking_done && !self.forced && self.thinking_tokens >= b.thinking_tokens {
+                self.forced = true;
+                let enc = engine
+                    .tokenizer
+                    .encode(b.force.as_str(), false)
+                    .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+                self.force_queue.extend(enc.get_ids());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The tokens fed at the start of a reply the reasoning adapter decodes (its think opener).
+pub(crate) fn think_opener(
+    engine: &Engine,
+    params: &GenerateParams,
+    reasoning: bool,
+) -> Result<Vec<u32>> {
+    if !reasoning || params.think_prefix.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(engine
+        .tokenizer
+        .encode(params.think_prefix.as_str(), false)
+        .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?
+        .get_ids()
+        .to_vec())
 }
 
 /// One token of one stream, as [`Decoding`] yields them.
@@ -94,6 +224,9 @@ pub struct StreamToken {
     pub id: u32,
     /// Text this token completes (empty while it ends inside a UTF-8 character).
     pub text: String,
+    /// Its log-probability when sampled (`None` for a forced token: the think opener or
+    /// the budget's answer forcing).
+    pub logprob: Option<f32>,
 }
 
 /// N candidates being decoded together: an iterator over every stream's tokens, one
@@ -119,7 +252,7 @@ pub struct Decoding<'e> {
     engine: &'e Engine,
     session: crate::model::Session,
     params: GenerateParams,
-    live: Vec<Live>,
+    live: Vec<StreamState>,
     /// Sampling on the GPU (the default): each stream's next token and its log-prob, drawn
     /// in the step that fed its last token.
     gpu_sampling: bool,
@@ -208,39 +341,12 @@ impl<'e> Decoding<'e> {
         session.set_adapter(session.main, if reasoning { adapter } else { None })?;
         let streams = session.fork(session.main, n)?;
         session.release(session.main)?;
-        let opener: Vec<u32> = if reasoning && !params.think_prefix.is_empty() {
-            engine
-                .tokenizer
-                .encode(params.think_prefix.as_str(), false)
-                .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?
-                .get_ids()
-                .to_vec()
-        } else {
-            Vec::new()
-        };
+        let opener = think_opener(engine, &params, reasoning)?;
         let live = streams
             .iter()
             .enumerate()
-            .map(|(i, &s)| Live {
-                index: i,
-                stream: s,
-                sampler: Sampler::new(SamplingParams {
-                    seed: params.sampling.seed.wrapping_add(i as u64),
-                    ..params.sampling.clone()
-                }),
-                sampled: 0,
-                tokens: Vec::new(),
-                text: String::new(),
-                logprob: 0.0,
-                finish: None,
-                fed: 0,
-                thinking_done: false,
-                thinking_tokens: 0,
-                forced: false,
-                force_queue: opener.iter().copied().collect(),
-                answer_from: None,
-            })
-            .collect::<Vec<Live>>();
+            .map(|(i, &s)| StreamState::new(i, s, &params.sampling, &opener))
+            .collect::<Vec<StreamState>>();
         // Each stream's first token, from the prompt's last logits (still on the GPU).
         let gpu_sampling = !cpu_sampling();
         let mut next_of = Vec::new();
@@ -311,91 +417,29 @@ impl<'e> Decoding<'e> {
     /// also samples their next tokens. Returns the tokens added (empty once all finished).
     pub fn step(&mut self) -> Result<Vec<StreamToken>> {
         let engine = self.engine;
-        let max_new = self.params.max_tokens;
-        let budget = self.params.budget.clone();
         let mut produced = Vec::new();
         let mut rows = Vec::new();
         for l in self.live.iter_mut() {
             if l.finish.is_some() {
                 continue;
             }
-            let id = match l.force_queue.pop_front() {
-                Some(id) => id,
-                None => {
-                    let (id, lp) = if self.gpu_sampling {
-                        self.next_of[l.index]
-                    } else {
-                        let lg = &self.logits_of[l.index];
-                        let id = l.sampler.sample(lg);
-                        (id, log_prob(lg, id))
-                    };
-                    l.sampled += 1;
-                    l.logprob += lp;
-                    if engine.eos_token_ids.contains(&id) {
-                        l.finish = Some("eos");
-                        continue;
-                    }
-                    id
+            let (next, logits) = (self.next_of.get(l.index), self.logits_of.get(l.index));
+            let draw = |sampler: &mut Sampler| match (next, logits) {
+                (Some(&next), _) => next,
+                (None, Some(lg)) => {
+                    let id = sampler.sample(lg);
+                    (id, log_prob(lg, id))
                 }
+                (None, None) => unreachable!("a stream has a sampled token or logits"),
             };
-            l.tokens.push(id);
+            let Some(tok) = l.advance(engine, &self.params, draw)? else {
+                continue;
+            };
             self.generated += 1;
-            let full = engine.decode(&l.tokens)?;
-            let mut new = String::new();
-            if !full.ends_with('\u{FFFD}') {
-                new = full.get(l.text.len()..).unwrap_or("").to_string();
-                l.text = full;
-            }
-            produced.push(StreamToken {
-                stream: l.index,
-                id,
-                text: new,
-            });
-            if !l.thinking_done {
-                l.thinking_tokens += 1;
-                let marker = budget
-                    .as_ref()
-                    .map_or("</think>", |b| b.end_marker.as_str());
-                // With special tokens kept: some tokenizers (SmolLM2's) make </think> one.
-                let raw = engine
-                    .tokenizer
-                    .decode(&l.tokens, false)
-                    .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
-                l.thinking_done = raw.contains(marker);
-                // Budget forcing: out of thinking tokens with the reasoning still open.
-                if let Some(b) = &budget {
-                    if !l.thinking_done && !l.forced && l.thinking_tokens >= b.thinking_tokens {
-                        l.forced = true;
-                        let enc = engine
-                            .tokenizer
-                            .encode(b.force.as_str(), false)
-                            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
-                        l.force_queue.extend(enc.get_ids());
-                    }
-                }
-            }
-            if l.thinking_done && l.force_queue.is_empty() && l.answer_from.is_none() {
-                l.answer_from = Some(l.tokens.len());
-            }
-            let answering = l.answer_from.map_or(0, |from| l.tokens.len() - from);
-            if self
-                .params
-                .stop
-                .iter()
-                .any(|s| l.text.ends_with(s.as_str()))
-            {
-                l.finish = Some("stop");
-            } else if l.tokens.len() >= max_new {
-                l.finish = Some("length");
-            } else if budget
-                .as_ref()
-                .is_some_and(|b| answering >= b.answer_tokens)
-            {
-                l.finish = Some("answer_length");
-            }
+            let id = tok.id;
+            produced.push(tok);
             if l.finish.is_none() {
                 rows.push((l.index, l.stream, id));
-                l.fed = l.tokens.len();
             }
         }
         // One batched step for all live streams (in chunks of the LM head's row count).
@@ -425,43 +469,9 @@ impl<'e> Decoding<'e> {
         Ok(produced)
     }
 
-    /// Verifier scores of the finished candidates: each stream is continued by the
-    /// verification prompt (after any token it has not run yet; the adapter as while
-    /// decoding), all streams in one batched pass, and the head reads the final-norm hidden
-    /// state at each stream's last row.
+    /// Verifier scores of the finished candidates (see [`verify_streams`]).
     fn verify(&mut self, verifier: &Verifier) -> Result<Vec<f32>> {
-        let enc = self
-            .engine
-            .tokenizer
-            .encode(verifier.prompt.as_str(), false)
-            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
-        let prompt_ids = enc.get_ids();
-        if prompt_ids.len() + 1 > VERIFY_SLOTS {
-            bail!(
-                "verification prompt is {} tokens; at most {} fit",
-                prompt_ids.len(),
-                VERIFY_SLOTS - 1
-            );
-        }
-        let mut rows = Vec::new();
-        let mut last_row = Vec::new();
-        for l in &self.live {
-            rows.extend(
-                l.tokens[l.fed..]
-                    .iter()
-                    .chain(prompt_ids)
-                    .map(|&t| (l.stream, t)),
-            );
-            last_row.push(rows.len() - 1);
-        }
-        let mut hidden = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(self.session.max_rows) {
-            hidden.extend(self.session.hidden_rows(chunk)?);
-        }
-        Ok(last_row
-            .iter()
-            .map(|&r| verifier.score(&hidden[r]))
-            .collect())
+        verify_streams(&mut self.session, self.engine, verifier, &self.live)
     }
 
     /// Every candidate with its answer and verifier score, and the vote.
@@ -474,39 +484,7 @@ impl<'e> Decoding<'e> {
             Some(v) => Some(self.verify(v)?),
             None => None,
         };
-        // A reply thinks if the reasoning adapter decoded it or it closed a think block itself;
-        // a plain chat reply is all answer.
-        let reasoning = self.reasoning;
-        let thinking = |l: &Live| {
-            if reasoning || l.thinking_done {
-                l.thinking_tokens
-            } else {
-                0
-            }
-        };
-        let candidates: Vec<Candidate> = self
-            .live
-            .into_iter()
-            .map(|l| Candidate {
-                index: l.index,
-                answer: extract_answer(&l.text, vote_params.answer_regex.as_ref()),
-                thinking_tokens: thinking(&l),
-                answer_tokens: l.tokens.len() - thinking(&l),
-                forced: l.forced,
-                verifier_score: scores.as_ref().map(|s| s[l.index]),
-                text: l.text,
-                tokens: l.tokens,
-                logprob: l.logprob,
-                finish_reason: l.finish.unwrap_or("length").to_string(),
-            })
-            .collect();
-        let answers: Vec<Option<String>> = candidates.iter().map(|c| c.answer.clone()).collect();
-        let weights: Vec<f32> = match (&scores, vote_params.weighted) {
-            (Some(s), true) => s.clone(),
-            (None, true) => bail!("a weighted vote needs a verifier"),
-            _ => vec![1.0; answers.len()],
-        };
-        let (answer, votes) = vote(&answers, &weights);
+        let (candidates, answer, votes) = conclude(self.live, self.reasoning, scores, vote_params)?;
         Ok(BestOfN {
             candidates,
             answer,
@@ -519,6 +497,95 @@ impl<'e> Decoding<'e> {
             switcher_probability: self.switcher_probability,
         })
     }
+}
+
+/// Verifier scores of finished candidates: each stream is continued by the verification
+/// prompt (after any token it has not run yet; the adapter as while decoding), all streams
+/// in one batched pass, and the head reads the final-norm hidden state at each stream's
+/// last row.
+pub(crate) fn verify_streams(
+    session: &mut crate::model::Session,
+    engine: &Engine,
+    verifier: &Verifier,
+    live: &[StreamState],
+) -> Result<Vec<f32>> {
+    let enc = engine
+        .tokenizer
+        .encode(verifier.prompt.as_str(), false)
+        .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+    let prompt_ids = enc.get_ids();
+    if prompt_ids.len() + 1 > VERIFY_SLOTS {
+        bail!(
+            "verification prompt is {} tokens; at most {} fit",
+            prompt_ids.len(),
+            VERIFY_SLOTS - 1
+        );
+    }
+    let mut rows = Vec::new();
+    let mut last_row = Vec::new();
+    for l in live {
+        rows.extend(
+            l.tokens[l.fed..]
+                .iter()
+                .chain(prompt_ids)
+                .map(|&t| (l.stream, t)),
+        );
+        last_row.push(rows.len() - 1);
+    }
+    let mut hidden = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(session.max_rows) {
+        hidden.extend(session.hidden_rows(chunk)?);
+    }
+    Ok(last_row
+        .iter()
+        .map(|&r| verifier.score(&hidden[r]))
+        .collect())
+}
+
+/// Candidates, the winning answer and every answer's votes (best first).
+pub(crate) type Concluded = (Vec<Candidate>, Option<String>, Vec<(String, f32)>);
+
+/// The candidates of finished streams with their answers and verifier `scores`, and the
+/// vote over them: (candidates, winning answer, votes best first).
+pub(crate) fn conclude(
+    live: Vec<StreamState>,
+    reasoning: bool,
+    scores: Option<Vec<f32>>,
+    vote_params: &VoteParams,
+) -> Result<Concluded> {
+    // A reply thinks if the reasoning adapter decoded it or it closed a think block itself;
+    // a plain chat reply is all answer.
+    let thinking = |l: &StreamState| {
+        if reasoning || l.thinking_done {
+            l.thinking_tokens
+        } else {
+            0
+        }
+    };
+    let candidates: Vec<Candidate> = live
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| Candidate {
+            index: l.index,
+            answer: extract_answer(&l.text, vote_params.answer_regex.as_ref()),
+            thinking_tokens: thinking(&l),
+            answer_tokens: l.tokens.len() - thinking(&l),
+            forced: l.forced,
+            verifier_score: scores.as_ref().map(|s| s[i]),
+            text: l.text,
+            tokens: l.tokens,
+            logprob: l.logprob,
+            finish_reason: l.finish.unwrap_or("length").to_string(),
+        })
+        .collect();
+    let answers: Vec<Option<String>> = candidates.iter().map(|c| c.answer.clone()).collect();
+    let weights: Vec<f32> = match (&scores, vote_params.weighted) {
+        (Some(s), true) => s.clone(),
+        (None, true) => bail!("a weighted vote needs a verifier"),
+        _ => vec![1.0; answers.len()],
+    };
+    let (answer, votes) = vote(&answers, &weights);
+    Ok((candidates, answer, votes))
 }
 
 impl Iterator for Decoding<'_> {

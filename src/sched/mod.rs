@@ -3,4 +3,5 @@
 
 pub mod best_of_n;
 pub mod eval;
+pub mod serving;
 pub mod vote;

@@ -1,0 +1,224 @@
+//! Counters, gauges and latency histograms of a [`super::Scheduler`], rendered as
+//! Prometheus text.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// Cumulative histogram with fixed bucket bounds (seconds).
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    pub bounds: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &[f64]) -> Self {
+        Histogram {
+            bounds: bounds.to_vec(),
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    pub fn observe(&mut self, v: f64) {
+        for (b, c) in self.bounds.iter().zip(self.counts.iter_mut()) {
+            if v <= *b {
+                *c += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", self.sum, self.count);
+    }
+}
+
+const LATENCY_BOUNDS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// What the scheduler has done and holds now.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub admitted: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    /// Refused with a full queue.
+    pub rejected: u64,
+    pub prompt_tokens: u64,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_prompt_tokens: u64,
+    pub generated_tokens: u64,
+    pub running: usize,
+    pub queued: usize,
+    pub live_streams: usize,
+    pub kv_blocks_total: usize,
+    pub kv_blocks_free: usize,
+    /// Blocks only the prefix cache holds (free once evicted).
+    pub kv_blocks_cached_only: usize,
+    pub prefix_cache_entries: usize,
+    /// Requests by adapter ("none" for the base model).
+    pub per_adapter: BTreeMap<String, u64>,
+    /// Submission to the first token's logits (seconds).
+    pub ttft: Histogram,
+    /// Between a request's consecutive decode steps (seconds).
+    pub inter_token: Histogram,
+    pub started: std::time::Instant,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            admitted: 0,
+            completed: 0,
+            failed: 0,
+            cancelled: 0,
+            rejected: 0,
+            prompt_tokens: 0,
+            cached_prompt_tokens: 0,
+            generated_tokens: 0,
+            running: 0,
+            queued: 0,
+            live_streams: 0,
+            kv_blocks_total: 0,
+            kv_blocks_free: 0,
+            kv_blocks_cached_only: 0,
+            prefix_cache_entries: 0,
+            per_adapter: BTreeMap::new(),
+            ttft: Histogram::new(&LATENCY_BOUNDS),
+            inter_token: Histogram::new(&LATENCY_BOUNDS),
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        counter(
+            "edgereason_requests_admitted_total",
+            "Requests admitted.",
+            self.admitted,
+        );
+        counter(
+            "edgereason_requests_completed_total",
+            "Requests answered.",
+            self.completed,
+        );
+        counter(
+            "edgereason_requests_failed_total",
+            "Requests that failed.",
+            self.failed,
+        );
+        counter(
+            "edgereason_requests_cancelled_total",
+            "Requests cancelled by their client.",
+            self.cancelled,
+        );
+        counter(
+            "edgereason_requests_rejected_total",
+            "Requests refused with a full queue.",
+            self.rejected,
+        );
+        counter(
+            "edgereason_prompt_tokens_total",
+            "Prompt tokens.",
+            self.prompt_tokens,
+        );
+        counter(
+            "edgereason_prompt_tokens_cached_total",
+            "Prompt tokens served from the prefix cache.",
+            self.cached_prompt_tokens,
+        );
+        counter(
+            "edgereason_generated_tokens_total",
+            "Tokens decoded.",
+            self.generated_tokens,
+        );
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let mut gauge = |name: &str, help: &str, v: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            "edgereason_requests_running",
+            "Requests being encoded or decoded.",
+            self.running as f64,
+        );
+        gauge(
+            "edgereason_requests_queued",
+            "Requests waiting for admission.",
+            self.queued as f64,
+        );
+        gauge(
+            "edgereason_streams_live",
+            "Candidate streams of running requests.",
+            self.live_streams as f64,
+        );
+        gauge(
+            "edgereason_generated_tokens_per_second",
+            "Decoded tokens per second since start.",
+            self.generated_tokens as f64 / secs,
+        );
+        gauge(
+            "edgereason_kv_blocks_total",
+            "KV cache blocks.",
+            self.kv_blocks_total as f64,
+        );
+        gauge(
+            "edgereason_kv_blocks_free",
+            "KV cache blocks free.",
+            self.kv_blocks_free as f64,
+        );
+        gauge(
+            "edgereason_kv_blocks_used",
+            "KV cache blocks in use.",
+            (self.kv_blocks_total - self.kv_blocks_free) as f64,
+        );
+        gauge(
+            "edgereason_kv_blocks_cached_only",
+            "KV cache blocks only the prefix cache holds.",
+            self.kv_blocks_cached_only as f64,
+        );
+        gauge(
+            "edgereason_prefix_cache_entries",
+            "Prompts in the prefix cache.",
+            self.prefix_cache_entries as f64,
+        );
+        let _ = writeln!(out, "# HELP edgereason_requests_by_adapter_total Requests by adapter.\n# TYPE edgereason_requests_by_adapter_total counter");
+        for (a, n) in &self.per_adapter {
+            let _ = writeln!(
+                out,
+                "edgereason_requests_by_adapter_total{{adapter=\"{a}\"}} {n}"
+            );
+        }
+        self.ttft.render(
+            &mut out,
+            "edgereason_time_to_first_token_seconds",
+            "Submission to the first token.",
+        );
+        self.inter_token.render(
+            &mut out,
+            "edgereason_inter_token_seconds",
+            "Between a request's decode steps.",
+        );
+        out
+    }
+}

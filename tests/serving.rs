@@ -1,0 +1,273 @@
+//! The continuous-batching scheduler: requests with different adapters decoded in one
+//! batch give the tokens each gives alone; a shared prompt prefix comes from the prefix
+//! cache and changes nothing; cancelled requests free their blocks; limits are checked
+//! before any work.
+
+mod common;
+use common::*;
+use edgereason::engine::{Budget, Engine, EngineOptions, GenerateParams, Reasoning};
+use edgereason::loader::load_model;
+use edgereason::sampling::SamplingParams;
+use edgereason::sched::best_of_n::BestOfN;
+use edgereason::sched::serving::{
+    Event, Request, Scheduler, SchedulerOptions, SubmitError, Submitted,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn engine(max_rows: usize) -> Arc<Engine> {
+    let e = Engine::from_host(
+        load_model(&fixture("tiny-qwen2")).unwrap(),
+        &EngineOptions {
+            max_rows,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    e.load_adapter("a", &fixture("lora/lora")).unwrap();
+    e.load_adapter("b", &fixture("lora/lora-rslora")).unwrap();
+    Arc::new(e)
+}
+
+fn params(max_tokens: usize, adapter: Option<&str>) -> GenerateParams {
+    GenerateParams {
+        max_tokens,
+        reasoning: match adapter {
+            Some(a) => Reasoning::On { adapter: a.into() },
+            None => Reasoning::Off,
+        },
+        think_prefix: String::new(),
+        ..Default::default()
+    }
+}
+
+fn prompt(len: usize, seed: u32) -> Vec<u32> {
+    (0..len as u32)
+        .map(|i| 5 + (i * 17 + seed * 31) % 200)
+        .collect()
+}
+
+/// Every event of a request until it ends: (started event's cached tokens, tokens per
+/// candidate from the token events, the final result).
+fn collect(mut s: Submitted) -> (usize, Vec<Vec<u32>>, BestOfN) {
+    let mut cached = usize::MAX;
+    let mut streamed: Vec<Vec<u32>> = Vec::new();
+    while let Some(ev) = s.events.blocking_recv() {
+        match ev {
+            Event::Started { cached_tokens, .. } => cached = cached_tokens,
+            Event::Token { stream, id, .. } => {
+                if streamed.len() <= stream {
+                    streamed.resize(stream + 1, Vec::new());
+                }
+                streamed[stream].push(id);
+            }
+            Event::Done(out) => return (cached, streamed, *out),
+            Event::Failed(e) => panic!("request failed: {e}"),
+        }
+    }
+    panic!("the event channel closed without Done")
+}
+
+fn settle(s: &Scheduler) -> edgereason::sched::serving::Metrics {
+    let t = Instant::now();
+    loop {
+        let m = s.metrics();
+        if m.running == 0 && m.queued == 0 {
+            return m;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "scheduler never went idle: {m:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn requests_with_different_adapters_batch_together_and_match_each_alone() {
+    let e = engine(16);
+    let sched = Scheduler::start(e.clone(), SchedulerOptions::default()).unwrap();
+    let reqs = [
+        (prompt(21, 0), Some("a")),
+        (prompt(9, 1), None),
+        (prompt(30, 2), Some("b")),
+    ];
+    // All submitted before the loop admits any: their decode steps are one batch.
+    let handles: Vec<_> = reqs
+        .iter()
+        .map(|(p, a)| {
+            sched
+                .submit(Request::new(p.clone(), params(12, *a)))
+                .unwrap()
+        })
+        .collect();
+    for (h, (p, a)) in handles.into_iter().zip(&reqs) {
+        let (_, streamed, out) = collect(h);
+        let alone = e.generate(p, &params(12, *a), |_, _| true).unwrap();
+        assert_eq!(out.candidates[0].tokens, alone.tokens, "adapter {a:?}");
+        assert_eq!(
+            streamed[0], alone.tokens,
+            "token events carry the same tokens"
+        );
+        assert_eq!(out.reasoning, a.is_some());
+    }
+    let m = settle(&sched);
+    assert_eq!(m.completed, 3);
+    assert_eq!(m.per_adapter.get("a"), Some(&1));
+    assert_eq!(m.per_adapter.get("none"), Some(&1));
+}
+
+#[test]
+fn a_shared_prefix_comes_from_the_cache_and_changes_nothing() {
+    let e = engine(16);
+    let sched = Scheduler::start(e.clone(), SchedulerOptions::default()).unwrap();
+    let first = prompt(45, 3);
+    let (cached, _, _) = collect(
+        sched
+            .submit(Request::new(first.clone(), params(4, None)))
+            .unwrap(),
+    );
+    assert_eq!(cached, 0, "nothing cached yet");
+    // Same first 40 tokens, another tail: two full blocks (32 tokens) are reused.
+    let mut second = first[..40].to_vec();
+    second.extend(prompt(7, 9));
+    let (cached, _, out) = collect(
+        sched
+            .submit(Request::new(second.clone(), params(8, Some("a"))))
+            .unwrap(),
+    );
+    assert_eq!(cached, 32);
+    let alone = e
+        .generate(&second, &params(8, Some("a")), |_, _| true)
+        .unwrap();
+    assert_eq!(out.candidates[0].tokens, alone.tokens);
+    // The whole first prompt again: all but its last (partial) block's tokens are reused.
+    let (cached, _, _) = collect(
+        sched
+            .submit(Request::new(first.clone(), params(4, None)))
+            .unwrap(),
+    );
+    assert_eq!(cached, 32);
+    let m = settle(&sched);
+    assert_eq!(m.cached_prompt_tokens, 64);
+    assert!(m.prefix_cache_entries >= 1);
+}
+
+#[test]
+fn best_of_n_budget_and_cancellation_leave_no_blocks_behind() {
+    let e = engine(16);
+    let opts = SchedulerOptions {
+        max_streams: 8,
+        ..Default::default()
+    };
+    let sched = Scheduler::start(e.clone(), opts).unwrap();
+    let sampled = GenerateParams {
+        sampling: SamplingParams {
+            temperature: 0.9,
+            seed: 7,
+            ..Default::default()
+        },
+        budget: Some(Budget {
+            answer_tokens: 3,
+            ..Budget::new(5)
+        }),
+        ..params(30, Some("a"))
+    };
+    let n4 = Request {
+        n: 4,
+        ..Request::new(prompt(20, 4), sampled.clone())
+    };
+    let kept = sched.submit(n4.clone()).unwrap();
+    // Cancelled at once, cancelled after its first event, and one that waits in the queue
+    // behind the stream cap and is dropped there.
+    let gone = sched
+        .submit(Request::new(prompt(50, 5), params(40, None)))
+        .unwrap();
+    drop(gone);
+    let mut later = sched
+        .submit(Request::new(prompt(33, 6), params(40, Some("b"))))
+        .unwrap();
+    let _ = later.events.blocking_recv();
+    later.cancel();
+    let queued = sched.submit(Request { n: 8, ..n4.clone() }).unwrap();
+    drop(queued);
+    let (_, _, out) = collect(kept);
+    assert_eq!(out.candidates.len(), 4);
+    for c in &out.candidates {
+        // Budget 5: a candidate that thinks 5 tokens without closing is forced.
+        let open = c.thinking_tokens >= 5 && !c.text.contains("</think>");
+        assert!(c.forced || !open || c.finish_reason == "eos", "{c:?}");
+    }
+    assert!(
+        out.candidates.iter().any(|c| c.forced),
+        "{:?}",
+        out.candidates
+    );
+    // Same seed, same candidates (each stream's seed is seed + index).
+    let (_, _, again) = collect(sched.submit(n4).unwrap());
+    for (a, b) in out.candidates.iter().zip(&again.candidates) {
+        assert_eq!(a.tokens, b.tokens);
+    }
+    let m = settle(&sched);
+    assert!(m.cancelled >= 2, "{m:?}");
+    assert_eq!(
+        m.kv_blocks_free + m.kv_blocks_cached_only,
+        m.kv_blocks_total,
+        "every block not held by the prefix cache is free again: {m:?}"
+    );
+}
+
+#[test]
+fn bad_requests_and_a_full_queue_are_refused_before_any_work() {
+    let e = engine(16);
+    let opts = SchedulerOptions {
+        max_queue: 1,
+        max_streams: 1,
+        max_n: 4,
+        ..Default::default()
+    };
+    let sched = Scheduler::start(e.clone(), opts).unwrap();
+    let err = |r: Request| match sched.submit(r) {
+        Err(SubmitError::Invalid(m)) => m,
+        other => panic!("expected Invalid, got {:?}", other.map(|_| ())),
+    };
+    assert!(err(Request::new(vec![], params(4, None))).contains("empty"));
+    assert!(err(Request {
+        n: 5,
+        ..Request::new(prompt(4, 0), params(4, None))
+    })
+    .contains("n = 5"));
+    assert!(err(Request {
+        n: 2,
+        ..Request::new(prompt(4, 0), params(4, None))
+    })
+    .contains("temperature"));
+    assert!(
+        err(Request::new(prompt(4, 0), params(4, Some("nope")))).contains("'nope' is not loaded")
+    );
+    assert!(err(Request::new(prompt(4, 0), params(e.n_ctx(), None))).contains("context"));
+    let mut hot = params(4, None);
+    hot.sampling.top_p = 0.0;
+    assert!(err(Request::new(prompt(4, 0), hot)).contains("top_p"));
+    // One running (the stream cap is 1), one queued, the next refused.
+    let long = params(200, None);
+    let a = sched
+        .submit(Request::new(prompt(8, 1), long.clone()))
+        .unwrap();
+    let mut refused = false;
+    let mut held = vec![a];
+    for i in 0..4 {
+        match sched.submit(Request::new(prompt(8, 2 + i), long.clone())) {
+            Ok(h) => held.push(h),
+            Err(SubmitError::QueueFull(_)) => {
+                refused = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refused, "a queue of 1 behind a stream cap of 1 fills up");
+    drop(held);
+    let m = settle(&sched);
+    assert!(m.rejected >= 1);
+}
