@@ -342,14 +342,20 @@ impl Engine {
 
     /// The chat template applied to one user turn (and an optional system prompt).
     pub fn chat_prompt(&self, system: Option<&str>, user: &str) -> Result<String> {
-        let Some(t) = &self.chat_template else {
-            bail!("{}: the model has no chat template; use --raw", self.source);
-        };
         let mut msgs = Vec::new();
         if let Some(s) = system {
             msgs.push(ChatMessage::new("system", s));
         }
         msgs.push(ChatMessage::new("user", user));
+        self.chat(&msgs)
+    }
+
+    /// The chat template applied to a conversation (system, user and assistant turns),
+    /// opening the assistant's next reply.
+    pub fn chat(&self, msgs: &[ChatMessage]) -> Result<String> {
+        let Some(t) = &self.chat_template else {
+            bail!("{}: the model has no chat template; use --raw", self.source);
+        };
         let bos = self
             .bos_token_id
             .map(|i| self.token_text(i))
@@ -359,7 +365,7 @@ impl Engine {
             .first()
             .map(|&i| self.token_text(i))
             .unwrap_or_default();
-        t.render(&msgs, true, &bos, &eos)
+        t.render(msgs, true, &bos, &eos)
     }
 
     /// Generate after `prompt`, calling `on_token(id, new_text)` for each token; return

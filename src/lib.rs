@@ -14,3 +14,4 @@ pub mod ops;
 pub mod pull;
 pub mod sampling;
 pub mod sched;
+pub mod server;

@@ -156,6 +156,47 @@ enum Cmd {
         input: String,
         output: std::path::PathBuf,
     },
+    /// OpenAI-compatible HTTP server with continuous batching (see README: Serving).
+    Serve(ServeArgs),
+}
+
+/// `serve`: where to listen, how many streams and requests, which adapters and heads.
+#[derive(clap::Args, Clone, Debug)]
+struct ServeArgs {
+    #[arg(long, default_value = "qwen2.5-0.5b")]
+    model: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0: any free one; the chosen address is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Candidate streams decoded per step at most (all requests together).
+    #[arg(long, default_value_t = 16)]
+    max_streams: usize,
+    /// Requests waiting beyond the running ones; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Largest `n` a request may ask for.
+    #[arg(long, default_value_t = 16)]
+    max_n: usize,
+    /// KV cache slots shared by all streams and the prefix cache.
+    #[arg(long, default_value_t = 16384)]
+    kv_tokens: usize,
+    /// max_tokens of requests that give none (capped by the context left).
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    /// Require `Authorization: Bearer <KEY>` (env EDGEREASON_API_KEY).
+    #[arg(long, env = "EDGEREASON_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Do not keep earlier prompts' KV blocks for later requests.
+    #[arg(long)]
+    no_prefix_cache: bool,
+    /// Extra LoRA adapter as NAME=PEFT_DIR (repeatable); requests pick it with "adapter".
+    #[arg(long = "adapter", value_name = "NAME=DIR")]
+    adapters: Vec<String>,
+    /// Do not load adapters/<model>/ (reasoning, reasoning-budget, switcher, verifier).
+    #[arg(long)]
+    no_default_adapters: bool,
 }
 
 /// The live view of `run --best-of N`: the last line's worth of each stream's text.
@@ -409,8 +450,90 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Load the model and its adapters and heads, start the scheduler, serve until Ctrl-C.
+fn serve(a: &ServeArgs, cli: &Cli) -> Result<()> {
+    use edgereason::adapters::{default_dir, Switcher, Verifier};
+    use edgereason::sched::serving::{Scheduler, SchedulerOptions};
+    use edgereason::server::{openai::ServingDefaults, ServerState};
+    use std::sync::Arc;
+    let engine = load(&a.model, cli)?;
+    let d = engine.model.config.n_embd;
+    let mut defaults = ServingDefaults {
+        max_tokens: a.max_tokens,
+        n_ctx: engine.n_ctx(),
+        ..Default::default()
+    };
+    let dir = (!a.no_default_adapters)
+        .then(|| default_dir(&a.model))
+        .flatten();
+    let mut named: Vec<(String, std::path::PathBuf)> = Vec::new();
+    if let Some(dir) = &dir {
+        for n in ["reasoning", "reasoning-budget"] {
+            if dir.join(n).exists() {
+                named.push((n.into(), dir.join(n)));
+            }
+        }
+        let sw = dir.join("switcher.safetensors");
+        defaults.switcher = sw
+            .exists()
+            .then(|| Switcher::load(&sw, d))
+            .transpose()?
+            .map(Arc::new);
+        let vf = dir.join("verifier.safetensors");
+        defaults.verifier = vf
+            .exists()
+            .then(|| Verifier::load(&vf, d))
+            .transpose()?
+            .map(Arc::new);
+    }
+    for spec in &a.adapters {
+        let (n, p) = spec
+            .split_once('=')
+            .with_context(|| format!("--adapter {spec}: expected NAME=DIR"))?;
+        named.push((n.into(), p.into()));
+    }
+    for (n, p) in &named {
+        engine
+            .load_adapter(n, p)
+            .with_context(|| format!("adapter {n} ({})", p.display()))?;
+        eprintln!("adapter {n}: {}", p.display());
+    }
+    for (what, on) in [
+        ("switcher", defaults.switcher.is_some()),
+        ("verifier", defaults.verifier.is_some()),
+    ] {
+        if on {
+            eprintln!("{what}: {}", dir.as_ref().unwrap().display());
+        }
+    }
+    defaults.adapters = engine.adapter_names();
+    let options = SchedulerOptions {
+        max_streams: a.max_streams,
+        max_queue: a.max_queue,
+        max_n: a.max_n,
+        kv_tokens: a.kv_tokens,
+        prefix_cache: !a.no_prefix_cache,
+    };
+    let scheduler = Scheduler::start(Arc::new(engine), options)?;
+    let state = Arc::new(ServerState::new(
+        scheduler,
+        defaults,
+        &a.model,
+        a.api_key.clone(),
+    ));
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
+            .await
+            .with_context(|| format!("binding {}:{}", a.host, a.port))?;
+        eprintln!("serving {} on http://{}", a.model, listener.local_addr()?);
+        edgereason::server::serve(state, listener).await
+    })
+}
+
 fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
+        Cmd::Serve(a) => serve(a, &cli)?,
         Cmd::Run {
             prompt,
             model,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: every test tier (kernels vs references on Vulkan and GL,
 # shaders through naga, loaders, the forward pass vs HF fixtures and the f32 reference,
-# adapters vs PEFT, the real models end to end), then the training pipeline's Python tests.
+# adapters vs PEFT, the real models end to end), then the training pipeline's Python tests
+# and the server's (the official openai client against `edgereason serve`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1; then
@@ -31,3 +32,12 @@ train_python() {
   echo "$HOME/venv-train/bin/python"
 }
 PYTHON="$(train_python)" bash tools/train/run_tests.sh
+
+# The OpenAI-compatible server with real clients (a small venv: openai + pytest).
+SERVE_PY="${SERVE_PYTHON:-$HOME/venv-serve/bin/python}"
+if ! "$SERVE_PY" -c "import openai, pytest" 2>/dev/null; then
+  python3 -m venv "$HOME/venv-serve"
+  "$HOME/venv-serve/bin/pip" install -q --disable-pip-version-check -r tools/requirements-serve.txt
+  SERVE_PY="$HOME/venv-serve/bin/python"
+fi
+"$SERVE_PY" -m pytest -q -p no:cacheprovider tests/python

@@ -153,14 +153,17 @@ impl BlockPool {
         Ok(id)
     }
 
-    /// Blocks that only stream `s` holds (what releasing it would free).
-    pub fn exclusive_blocks(&self, s: StreamId) -> Result<usize, KvError> {
-        let st = self.stream(s)?;
-        Ok(st
-            .blocks
-            .iter()
-            .filter(|&&b| self.refs[b as usize] == 1)
-            .count())
+    /// Blocks held by `streams` and no other stream (what releasing them all would free).
+    pub fn blocks_only_held_by(&self, streams: &[StreamId]) -> usize {
+        let mut held: HashMap<u32, u32> = HashMap::new();
+        for st in streams.iter().filter_map(|s| self.streams.get(s)) {
+            for &b in &st.blocks {
+                *held.entry(b).or_default() += 1;
+            }
+        }
+        held.iter()
+            .filter(|&(&b, &n)| self.refs[b as usize] == n)
+            .count()
     }
 
     /// Make room for `n` more tokens in `s`: allocate blocks, and un-share a shared,

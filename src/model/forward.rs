@@ -284,6 +284,16 @@ impl Session {
     /// take consecutive positions — copy any shared block that is about to be written
     /// (copy-on-write), and upload tokens, positions, slots and block tables. Returns the
     /// step: its rows, longest key count and shared-prefix length.
+    /// As [`prepare_rows`](Self::prepare_rows) for rows that encode a prompt (one stream's
+    /// next tokens): the step takes the prompt path whatever its row count, so a prompt's
+    /// cache is the same however it is chunked or how much of it came from a cached prefix.
+    fn prepare_prompt_rows(&mut self, rows: &[(StreamId, u32)]) -> Result<Step, ForwardError> {
+        Ok(Step {
+            prompt: true,
+            ..self.prepare_rows(rows)?
+        })
+    }
+
     fn prepare_rows(&mut self, rows: &[(StreamId, u32)]) -> Result<Step, ForwardError> {
         let started = Instant::now();
         let step = self.upload_rows(rows)?;
@@ -364,6 +374,7 @@ impl Session {
             shared_len,
             adapters,
             one_stream,
+            prompt: false,
         })
     }
 
@@ -386,7 +397,7 @@ impl Session {
         let d = self.model.config.n_embd;
         for chunk in tokens.chunks(self.max_rows) {
             let rows: Vec<_> = chunk.iter().map(|&t| (s, t)).collect();
-            let step = self.prepare_rows(&rows)?;
+            let step = self.prepare_prompt_rows(&rows)?;
             let n = chunk.len() as u32;
             let pool = on_chunk_mean.is_some();
             self.record_submit(|pass, ctx| {
@@ -462,7 +473,7 @@ impl Session {
         let n_chunks = tokens.len().div_ceil(self.max_rows);
         let mut pooled = None;
         for (i, chunk) in tokens.chunks(self.max_rows).enumerate() {
-            let step = self.prepare_rows(&self.main_rows(chunk))?;
+            let step = self.prepare_prompt_rows(&self.main_rows(chunk))?;
             let rows = chunk.len() as u32;
             let last = i + 1 == n_chunks;
             self.record_submit(|pass, ctx| {
@@ -533,7 +544,7 @@ impl Session {
         let ctx = self.model.ctx.clone();
         let n_vocab = self.model.config.n_vocab;
         for (ci, chunk) in tokens.chunks(self.max_rows).enumerate() {
-            let step = self.prepare_rows(&self.main_rows(chunk))?;
+            let step = self.prepare_prompt_rows(&self.main_rows(chunk))?;
             self.record_submit(|pass, ctx| {
                 self.body
                     .iter()
@@ -667,7 +678,7 @@ impl Session {
         self.check(tokens)?;
         assert!(tokens.len() <= self.max_rows);
         let ctx = self.model.ctx.clone();
-        let step = self.prepare_rows(&self.main_rows(tokens))?;
+        let step = self.prepare_prompt_rows(&self.main_rows(tokens))?;
         let (rows, kv_len) = (step.rows, step.kv_len);
         // the GPU sampling launch too (greedy), as a decode step runs it
         self.write_sample_rows(std::iter::once(SampleRow::default()));

@@ -463,6 +463,7 @@ impl StreamsOverPrompt {
             one_stream: false,
             shared_len: (common * self.block_size).min(min_keys) as u32,
             adapters: false,
+            prompt: false,
         }
     }
 

@@ -39,7 +39,7 @@ pub enum Dyn {
 /// Effective k splits of a matmul launched with `k_splits`: only decode-sized steps split
 /// (prefill has row tiles enough to fill a device).
 pub fn matmul_splits(step: &Step, k_splits: u32) -> u32 {
-    if step.rows > 16 {
+    if step.rows > 16 || step.prompt {
         1
     } else {
         k_splits
@@ -62,23 +62,28 @@ pub struct Step {
     /// Every row is the next token of one stream, in order (a prefill chunk): the rows
     /// share one block table.
     pub one_stream: bool,
+    /// The rows encode a prompt: the step takes the prefill kernels (GEMM where the device
+    /// has it, flash attention, no splits) at any row count, so each row's result does not
+    /// depend on how the prompt was chunked (a cached prefix leaves a short tail).
+    pub prompt: bool,
 }
 
 /// Rows above which a step is prefill-sized: matmuls take the f32 GEMM (when no row uses
 /// an adapter) and attention the flash prefill kernel (when the rows are one stream's).
+/// Prompt steps ([`Step::prompt`]) take them at any row count.
 pub const PREFILL_ROWS: u32 = 16;
 
 impl Step {
     /// Matmuls run as the tiled f32-activation GEMM (`gemm_*` entries) instead of the int8
     /// GEMV path. Steps with adapters keep the int8 path: LoRA's shrink reads its blocks.
     pub fn gemm(&self) -> bool {
-        self.rows > PREFILL_ROWS && !self.adapters
+        (self.rows > PREFILL_ROWS || self.prompt) && !self.adapters
     }
 
     /// Attention runs as the flash prefill kernel (one invocation per query row, keys
     /// streamed through an online softmax), which reads one block table for all rows.
     pub fn flash(&self) -> bool {
-        self.rows > PREFILL_ROWS && self.one_stream
+        (self.rows > PREFILL_ROWS || self.prompt) && self.one_stream
     }
 }
 
@@ -109,7 +114,7 @@ impl When {
 /// context into runs of `keys_per_split` (flash-decoding) so a long context fills the
 /// device; prefill has rows enough, and `keys_per_split == 0` (CPU adapters) never splits.
 pub fn attention_splits(step: &Step, keys_per_split: u32) -> u32 {
-    if keys_per_split == 0 || step.rows > 16 {
+    if keys_per_split == 0 || step.rows > 16 || step.prompt {
         1
     } else {
         step.kv_len.div_ceil(keys_per_split).clamp(1, MAX_SPLITS)

@@ -500,13 +500,6 @@ impl Loop {
         m.admitted += 1;
         m.prompt_tokens += job.req.prompt.len() as u64;
         m.cached_prompt_tokens += cached as u64;
-        *m.per_adapter
-            .entry(
-                adapter_name(&job.req.params.reasoning)
-                    .unwrap_or("none")
-                    .to_string(),
-            )
-            .or_default() += 1;
         drop(m);
         self.running.push(Running {
             job,
@@ -623,7 +616,14 @@ impl Loop {
         }
         r.prompt_done = Instant::now();
         let ttft = r.job.submitted.elapsed().as_secs_f64();
-        self.metrics.lock().unwrap().ttft.observe(ttft);
+        let decoder = match r.reasoning {
+            true => adapter_name(&params.reasoning).unwrap_or("none"),
+            false => "none",
+        };
+        let mut m = self.metrics.lock().unwrap();
+        m.ttft.observe(ttft);
+        *m.per_adapter.entry(decoder.to_string()).or_default() += 1;
+        drop(m);
         let _ = r.job.events.send(Event::Started {
             prompt_tokens: r.job.req.prompt.len(),
             cached_tokens: cached,

@@ -68,7 +68,7 @@ pub struct Metrics {
     /// Blocks only the prefix cache holds (free once evicted).
     pub kv_blocks_cached_only: usize,
     pub prefix_cache_entries: usize,
-    /// Requests by adapter ("none" for the base model).
+    /// Requests by the adapter that decoded them ("none": the base model).
     pub per_adapter: BTreeMap<String, u64>,
     /// Submission to the first token's logits (seconds).
     pub ttft: Histogram,

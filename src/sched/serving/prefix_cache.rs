@@ -138,9 +138,7 @@ impl PrefixCache {
 
     /// Blocks only the cache holds (freed if it were cleared).
     pub fn exclusive_blocks(&self, session: &Session) -> usize {
-        self.entries
-            .iter()
-            .map(|e| session.pool.exclusive_blocks(e.stream).unwrap_or(0))
-            .sum()
+        let streams: Vec<StreamId> = self.entries.iter().map(|e| e.stream).collect();
+        session.pool.blocks_only_held_by(&streams)
     }
 }
