@@ -443,3 +443,13 @@ fn load_phases() {
         );
     }
 }
+
+/// Writes the synthetic llama as the GGUF fuzzer's seed (`fuzz/regressions/gguf/`); run by
+/// hand: `cargo test --release --lib write_gguf_fuzz_seed -- --ignored`.
+#[test]
+#[ignore]
+fn write_gguf_fuzz_seed() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/gguf");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("seed-tiny-llama.gguf"), tiny_llama().bytes()).unwrap();
+}

@@ -475,11 +475,13 @@ mod tests {
             let e = err(&format!("{{{msgs},\"{f}\":{v}}}"));
             assert_eq!(e.param.as_deref(), Some(f), "{f}: {}", e.message);
         }
+        let n3 = parse(format!("{{{msgs},\"n\":3}}").as_bytes(), true, &defaults()).unwrap();
         assert_eq!(
-            err(&format!("{{{msgs},\"n\":3}}")).param,
-            None,
+            n3.params.sampling.temperature, 0.8,
             "n > 1 samples by default"
         );
+        let e = err(&format!("{{{msgs},\"n\":3,\"temperature\":0}}"));
+        assert_eq!(e.param.as_deref(), Some("n"), "n > 1 greedy is refused");
     }
 
     #[test]
