@@ -9,16 +9,6 @@ use edgereason::loader::{load_model, ModelConfig};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// The targets, by name (the file names under `fuzz/fuzz_targets/`).
-pub const TARGETS: [&str; 6] = [
-    "gguf",
-    "hf_dir",
-    "peft",
-    "heads",
-    "prequant",
-    "chat_template",
-];
-
 /// The repository's root (fixtures live under tests/fixtures): this file is compiled by
 /// the fuzz crate (in fuzz/) and by the root crate's replay test.
 pub fn root() -> PathBuf {
