@@ -31,6 +31,7 @@ struct Cli {
 enum Cmd {
     /// Generate a reply (chat template applied unless --raw), streamed to stdout.
     Run {
+        /// The prompt; `-` (or none, with stdin a pipe) reads it from stdin.
         prompt: Option<String>,
         /// Registry name (`edgereason pull --list`) or a path (GGUF, HF dir, .safetensors).
         #[arg(long, default_value = "qwen2.5-0.5b")]
@@ -158,6 +159,21 @@ enum Cmd {
     },
     /// OpenAI-compatible HTTP server with continuous batching (see README: Serving).
     Serve(ServeArgs),
+    /// Interactive multi-turn chat on stdin: replies stream; earlier turns' KV is reused.
+    /// Commands: /reset, /reasoning on|off|auto, /quit.
+    Chat {
+        #[arg(long, default_value = "qwen2.5-0.5b")]
+        model: String,
+        /// System message for the chat template.
+        #[arg(long)]
+        system: Option<String>,
+        #[arg(long, default_value_t = 512)]
+        max_tokens: usize,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        #[command(flatten)]
+        reasoning: ReasoningArgs,
+    },
 }
 
 /// `serve`: where to listen, how many streams and requests, which adapters and heads.
@@ -370,6 +386,7 @@ impl ReasoningArgs {
                 engine
                     .load_adapter("reasoning", &path)
                     .with_context(|| format!("--adapter {}", path.display()))?;
+                eprintln!("reasoning adapter: {}", path.display());
                 let switcher = pick(&self.switcher, "switcher.safetensors");
                 match (mode, switcher) {
                     ("auto", Some(sw)) => {
@@ -377,19 +394,28 @@ impl ReasoningArgs {
                         if let Some(t) = self.switch_threshold {
                             s.threshold = t;
                         }
+                        eprintln!("switcher: {} (threshold {:.2})", sw.display(), s.threshold);
                         Reasoning::Auto {
                             adapter: "reasoning".into(),
                             switcher: Arc::new(s),
                         }
                     }
-                    _ => Reasoning::On {
-                        adapter: "reasoning".into(),
-                    },
+                    (m, _) => {
+                        if m == "auto" {
+                            eprintln!("no switcher head: --reasoning auto means on (--reasoning off to decode with the base model)");
+                        }
+                        Reasoning::On {
+                            adapter: "reasoning".into(),
+                        }
+                    }
                 }
             }
         };
         let verifier = match pick(&self.verifier, "verifier.safetensors") {
-            Some(p) => Some(Arc::new(Verifier::load(&p, d)?)),
+            Some(p) => {
+                eprintln!("verifier: {}", p.display());
+                Some(Arc::new(Verifier::load(&p, d)?))
+            }
             None if self.vote == "weighted" => anyhow::bail!("--vote weighted needs --verifier (no adapters/{model}/verifier.safetensors either)"),
             None => None,
         };
@@ -531,9 +557,171 @@ fn serve(a: &ServeArgs, cli: &Cli) -> Result<()> {
     })
 }
 
+/// The prompt: the argument; `-`, or no argument with stdin not a terminal, reads stdin;
+/// else a sample question.
+fn prompt_text(arg: Option<&str>) -> Result<String> {
+    let piped = !std::io::IsTerminal::is_terminal(&std::io::stdin());
+    match arg {
+        Some("-") => read_stdin(),
+        None if piped => read_stdin(),
+        Some(p) => Ok(p.to_string()),
+        None => Ok("What is the capital of France? Answer in one sentence.".into()),
+    }
+}
+
+fn read_stdin() -> Result<String> {
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+        .context("reading the prompt from stdin")?;
+    if s.trim().is_empty() {
+        anyhow::bail!("the prompt on stdin is empty");
+    }
+    Ok(s.trim_end_matches('\n').to_string())
+}
+
+/// `chat`: a conversation through the scheduler, whose prefix cache keeps each turn's KV
+/// blocks, so the next turn encodes only what is new (and the last partial block).
+fn chat(
+    model: &str,
+    system: Option<&str>,
+    params: edgereason::engine::GenerateParams,
+    modes: ChatModes,
+    cli: &Cli,
+    engine: Engine,
+) -> Result<()> {
+    use edgereason::loader::chat_template::ChatMessage;
+    use edgereason::sched::serving::{Event, Request, Scheduler, SchedulerOptions};
+    use std::io::BufRead;
+    let engine = std::sync::Arc::new(engine);
+    let sched = Scheduler::start(
+        engine.clone(),
+        SchedulerOptions {
+            max_streams: 1,
+            ..Default::default()
+        },
+    )?;
+    let mut params = params;
+    let mut history: Vec<ChatMessage> = system
+        .map(|s| ChatMessage::new("system", s))
+        .into_iter()
+        .collect();
+    let first = history.clone();
+    eprintln!(
+        "chat with {model} on {} (/reset, /reasoning on|off|auto, /quit)",
+        engine.ctx.describe()
+    );
+    let _ = cli;
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/quit" | "/exit" => return Ok(()),
+            "/reset" => {
+                history = first.clone();
+                eprintln!("[history cleared]");
+                continue;
+            }
+            l if l.starts_with("/reasoning") => {
+                match modes.pick(l.trim_start_matches("/reasoning").trim()) {
+                    Ok(r) => params.reasoning = r,
+                    Err(e) => eprintln!("{e}"),
+                }
+                continue;
+            }
+            _ => {}
+        }
+        history.push(ChatMessage::new("user", line));
+        let ids = engine.encode(&engine.chat(&history)?)?;
+        let limit = engine.n_ctx().saturating_sub(ids.len());
+        if limit == 0 {
+            eprintln!("[the conversation fills the context: /reset]");
+            history.pop();
+            continue;
+        }
+        let req = Request::new(
+            ids,
+            edgereason::engine::GenerateParams {
+                max_tokens: params.max_tokens.min(limit),
+                ..params.clone()
+            },
+        );
+        let mut sub = sched.submit(req).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut cached = 0;
+        let mut stdout = std::io::stdout();
+        while let Some(ev) = sub.events.blocking_recv() {
+            match ev {
+                Event::Started { cached_tokens, .. } => cached = cached_tokens,
+                Event::Token { text, .. } => {
+                    let _ = write!(stdout, "{text}");
+                    let _ = stdout.flush();
+                }
+                Event::Failed(e) => anyhow::bail!(e),
+                Event::Done(out) => {
+                    let c = &out.candidates[0];
+                    println!();
+                    eprintln!("[{} prompt tokens ({cached} reused), TTFT {:.0} ms, {} tokens at {:.2} tok/s, reasoning {}]", out.prompt_tokens, out.ttft_ms, c.tokens.len(), out.decode_tokens_per_s, if out.reasoning { "on" } else { "off" });
+                    history.push(ChatMessage::new("assistant", c.text.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// What `/reasoning on|off|auto` switches between in `chat`.
+struct ChatModes {
+    adapter: Option<String>,
+    switcher: Option<std::sync::Arc<edgereason::adapters::Switcher>>,
+}
+
+impl ChatModes {
+    fn pick(&self, mode: &str) -> Result<edgereason::engine::Reasoning> {
+        use edgereason::engine::Reasoning;
+        match (mode, &self.adapter, &self.switcher) {
+            ("off", _, _) => Ok(Reasoning::Off),
+            ("on", Some(a), _) => Ok(Reasoning::On { adapter: a.clone() }),
+            ("auto", Some(a), Some(sw)) => Ok(Reasoning::Auto {
+                adapter: a.clone(),
+                switcher: sw.clone(),
+            }),
+            ("auto", Some(_), None) => {
+                anyhow::bail!("no switcher head loaded: /reasoning on or off")
+            }
+            ("on" | "auto", None, _) => {
+                anyhow::bail!("no reasoning adapter loaded (--adapter DIR)")
+            }
+            _ => anyhow::bail!("/reasoning on|off|auto"),
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
         Cmd::Serve(a) => serve(a, &cli)?,
+        Cmd::Chat {
+            model,
+            system,
+            max_tokens,
+            sampling,
+            reasoning,
+        } => {
+            let sampling = sampling.params(1)?;
+            let engine = load(model, &cli)?;
+            let (params, _) = reasoning.params(&engine, model, *max_tokens, sampling, None)?;
+            let modes = ChatModes {
+                adapter: engine.adapter_names().first().cloned(),
+                switcher: match &params.reasoning {
+                    edgereason::engine::Reasoning::Auto { switcher, .. } => Some(switcher.clone()),
+                    _ => None,
+                },
+            };
+            chat(model, system.as_deref(), params, modes, &cli, engine)?
+        }
         Cmd::Run {
             prompt,
             model,
@@ -555,9 +743,7 @@ fn run(cli: Cli) -> Result<()> {
                 sampling,
                 answer_regex.as_deref(),
             )?;
-            let prompt = prompt
-                .clone()
-                .unwrap_or_else(|| "What is the capital of France? Answer in one sentence.".into());
+            let prompt = prompt_text(prompt.as_deref())?;
             let user = reasoning.user_message(&prompt);
             let text = if *raw {
                 user

@@ -271,3 +271,42 @@ fn bad_requests_and_a_full_queue_are_refused_before_any_work() {
     let m = settle(&sched);
     assert!(m.rejected >= 1);
 }
+
+#[test]
+fn a_reply_the_base_model_decoded_is_reused_by_the_next_turn() {
+    let e = engine(16);
+    let sched = Scheduler::start(e.clone(), SchedulerOptions::default()).unwrap();
+    let first = prompt(20, 8);
+    let (_, _, out) = collect(
+        sched
+            .submit(Request::new(first.clone(), params(30, None)))
+            .unwrap(),
+    );
+    let reply = &out.candidates[0].tokens;
+    // The next turn: the whole first exchange, then more.
+    let mut next = first.clone();
+    next.extend(reply);
+    next.extend(prompt(9, 10));
+    let (cached, _, _) = collect(
+        sched
+            .submit(Request::new(next.clone(), params(4, None)))
+            .unwrap(),
+    );
+    // Everything in full blocks the first request's stream held (the prompt and the reply
+    // but a last token that ended it by length, never fed) comes from the cache.
+    let unfed = usize::from(out.candidates[0].finish_reason != "eos");
+    let held = first.len() + reply.len() - unfed;
+    assert_eq!(cached, held / 16 * 16, "reply of {} tokens", reply.len());
+    assert!(cached > 16, "more than the first prompt's one full block");
+    // A reply the adapter decoded is not kept: the next prompt is the base model's.
+    let (_, _, out) = collect(
+        sched
+            .submit(Request::new(prompt(20, 11), params(30, Some("a"))))
+            .unwrap(),
+    );
+    let mut after = prompt(20, 11);
+    after.extend(&out.candidates[0].tokens);
+    after.extend(prompt(9, 12));
+    let (cached, _, _) = collect(sched.submit(Request::new(after, params(4, None))).unwrap());
+    assert_eq!(cached, 16, "only the prompt's full block");
+}

@@ -730,6 +730,7 @@ impl Loop {
         let kv_bytes_used = self.session.pool.used_blocks() as u64
             * BLOCK_SIZE as u64
             * self.session.kv_bytes_per_token();
+        self.cache_reply(r, scores.is_some())?;
         let streams: Vec<StreamState> = std::mem::take(&mut r.streams);
         let ids: Vec<StreamId> = streams.iter().map(|s| s.stream).collect();
         let (candidates, answer, votes) = conclude(streams, r.reasoning, scores, &r.job.req.vote)?;
@@ -748,6 +749,22 @@ impl Loop {
             reasoning: r.reasoning,
             switcher_probability: r.switcher_probability,
         })
+    }
+
+    /// A reply the base model decoded extends its prompt in the prefix cache, so the next
+    /// turn of a conversation reuses it rather than encoding it again. (Its KV is the
+    /// decode steps'; replies an adapter decoded are not kept: prompts are the base model's.)
+    fn cache_reply(&mut self, r: &Running, verified: bool) -> Result<()> {
+        let params = &r.job.req.params;
+        if !self.options.prefix_cache || r.reasoning || params.adapter_on_prompt || verified {
+            return Ok(());
+        }
+        let [s] = r.streams.as_slice() else {
+            return Ok(());
+        };
+        let mut tokens = r.job.req.prompt.clone();
+        tokens.extend(&s.tokens[..s.fed]);
+        self.cache.insert(&mut self.session, s.stream, &tokens)
     }
 
     /// A failed decode step fails the requests that were decoding.
