@@ -1,19 +1,27 @@
-//! Tests for the GGUF reader: a synthetic tiny llama file (always runs) and the real
-//! model files under `~/.cache/edgereason` (skipped with a note when absent).
+//! Tests for the GGUF reader: a synthetic tiny llama file, and the real model files in
+//! `pull`'s cache (tools/test.sh pulls them first; a missing one fails the test unless
+//! `EDGEREASON_SKIP_MISSING_MODELS=1`).
 
 use super::*;
 use half::f16;
 use std::path::PathBuf;
 
-/// Path of a real test model, or `None` (with a note) when it is not downloaded.
+/// Path of a real test model in `pull`'s cache (`$EDGEREASON_CACHE`, else the platform
+/// cache dir): `None` only when `EDGEREASON_SKIP_MISSING_MODELS=1` allows skipping.
 pub fn real_gguf(name: &str) -> Option<PathBuf> {
-    let p = dirs::home_dir()?.join(".cache/edgereason").join(name);
+    let p = crate::pull::cache_dir().unwrap().join(name);
     if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping: {} not present", p.display());
-        None
+        return Some(p);
     }
+    let why = format!(
+        "{} not present: run `edgereason pull` (tools/test.sh does)",
+        p.display()
+    );
+    if std::env::var("EDGEREASON_SKIP_MISSING_MODELS").is_ok_and(|v| v == "1") {
+        eprintln!("skipping: {why}");
+        return None;
+    }
+    panic!("{why}, or set EDGEREASON_SKIP_MISSING_MODELS=1 to skip");
 }
 
 fn tmp(name: &str) -> PathBuf {
