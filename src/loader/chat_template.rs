@@ -23,6 +23,9 @@ impl ChatMessage {
     }
 }
 
+/// Instructions one render may execute (minijinja's fuel).
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -35,6 +38,9 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        // Templates come with model files from strangers: a render is bounded (real ones
+        // take ~100 instructions a message), so a looping template errors instead of hanging.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(
                 ErrorKind::InvalidOperation,
@@ -214,6 +220,24 @@ mod tests {
         assert!(
             no_sys.ends_with("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
         );
+    }
+
+    #[test]
+    fn a_looping_template_runs_out_of_fuel_and_real_ones_do_not() {
+        let t = ChatTemplate::new(
+            "{% for i in range(10000) %}{% for j in range(10000) %}{{ j }}{% endfor %}{% endfor %}",
+        )
+        .unwrap();
+        let err = format!("{:#}", t.render(&sys_user(), true, "", "").unwrap_err());
+        assert!(err.contains("fuel"), "{err}");
+        // Qwen's template (the larger of the two) over a 2000-message conversation.
+        let Some(q) = template_of("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else {
+            return;
+        };
+        let long: Vec<ChatMessage> = (0..2000)
+            .map(|i| ChatMessage::new(["user", "assistant"][i % 2], format!("turn {i}")))
+            .collect();
+        assert!(q.render(&long, true, "", "").unwrap().contains("turn 1999"));
     }
 
     #[test]
