@@ -395,11 +395,12 @@ impl Session {
     ) -> Result<(), ForwardError> {
         self.check_stream(s, tokens)?;
         let d = self.model.config.n_embd;
-        for chunk in tokens.chunks(self.max_rows) {
+        let n_chunks = tokens.len().div_ceil(self.max_rows);
+        for (i, chunk) in tokens.chunks(self.max_rows).enumerate() {
             let rows: Vec<_> = chunk.iter().map(|&t| (s, t)).collect();
             let step = self.prepare_prompt_rows(&rows)?;
             let n = chunk.len() as u32;
-            let pool = on_chunk_mean.is_some();
+            let (pool, last) = (on_chunk_mean.is_some(), i + 1 == n_chunks);
             self.record_submit(|pass, ctx| {
                 self.body
                     .iter()
@@ -407,7 +408,9 @@ impl Session {
                 if pool {
                     self.final_hidden.record(ctx, pass, n, 0);
                 }
-                self.head.iter().for_each(|d| d.record(ctx, pass, 1, n - 1));
+                if last {
+                    self.head.iter().for_each(|d| d.record(ctx, pass, 1, n - 1));
+                }
             });
             if let Some(f) = on_chunk_mean.as_mut() {
                 let h: Vec<f32> = self.model.ctx.read(&self.hidden, 0, chunk.len() * d)?;
@@ -468,41 +471,22 @@ impl Session {
         pool: Option<impl Fn(Option<Vec<f32>>, &[f32]) -> Vec<f32>>,
     ) -> Result<(Vec<f32>, Option<Vec<f32>>), ForwardError> {
         self.check(tokens)?;
-        let ctx = self.model.ctx.clone();
-        let d = self.model.config.n_embd;
-        let n_chunks = tokens.len().div_ceil(self.max_rows);
         let mut pooled = None;
-        for (i, chunk) in tokens.chunks(self.max_rows).enumerate() {
-            let step = self.prepare_prompt_rows(&self.main_rows(chunk))?;
-            let rows = chunk.len() as u32;
-            let last = i + 1 == n_chunks;
-            self.record_submit(|pass, ctx| {
-                self.body
-                    .iter()
-                    .for_each(|(_, d)| d.record_step(ctx, pass, &step));
-                if pool.is_some() {
-                    self.final_hidden.record(ctx, pass, rows, 0);
-                }
-                if last {
-                    self.head
-                        .iter()
-                        .for_each(|d| d.record(ctx, pass, 1, rows - 1));
-                }
-            });
-            self.pos += chunk.len();
+        let mut fold = |mean: &[f32]| {
             if let Some(pool) = &pool {
-                let h: Vec<f32> = ctx.read(&self.hidden, 0, chunk.len() * d)?;
-                let mut mean = vec![0f32; d];
-                h.chunks(d)
-                    .for_each(|row| mean.iter_mut().zip(row).for_each(|(m, v)| *m += v));
-                mean.iter_mut().for_each(|m| *m /= chunk.len() as f32);
-                pooled = Some(pool(pooled, &mean));
+                pooled = Some(pool(pooled.take(), mean));
             }
-        }
-        Ok((
-            ctx.read(&self.logits, 0, self.model.config.n_vocab)?,
-            pooled,
-        ))
+        };
+        let on_chunk: Option<&mut ChunkMean> = match pool.is_some() {
+            true => Some(&mut fold),
+            false => None,
+        };
+        self.prefill(self.main, tokens, on_chunk)?;
+        let logits = self
+            .model
+            .ctx
+            .read(&self.logits, 0, self.model.config.n_vocab)?;
+        Ok((logits, pooled))
     }
 
     /// Advance streams by `rows` (a stream may take several consecutive rows) and return
