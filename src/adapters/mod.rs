@@ -158,10 +158,17 @@ pub enum LoraApply {
 /// `reasoning-budget/`, `switcher.safetensors`, `verifier.safetensors`), looked up under
 /// `EDGEREASON_ADAPTERS`, then `./adapters`, then the source tree's `adapters/`.
 pub fn default_dir(model: &str) -> Option<std::path::PathBuf> {
-    let name = std::path::Path::new(model)
-        .file_name()?
-        .to_string_lossy()
-        .to_string();
+    // A registry model by any of its names (or its file) uses the pull name's folder.
+    let known = crate::pull::known_models()
+        .iter()
+        .find(|m| m.answers_to(model));
+    let name = match known {
+        Some(m) => m.name.to_string(),
+        None => std::path::Path::new(model)
+            .file_name()?
+            .to_string_lossy()
+            .to_string(),
+    };
     let roots = [
         std::env::var_os("EDGEREASON_ADAPTERS").map(Into::into),
         Some("adapters".into()),

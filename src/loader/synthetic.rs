@@ -1,6 +1,6 @@
 //! Synthetic models: the exact shapes and weight formats of the registry's real models,
 //! filled with pseudo-random weights. Decode and prefill cost do not depend on the
-//! values, so `edgereason bench --model synthetic:qwen2.5-0.5b` measures a machine that
+//! values, so `edgereason bench --model synthetic:qwen2.5-coder-0.5b` measures a machine that
 //! cannot download the model (a GPU box with no network) and nothing else.
 
 use super::{Arch, HostModel, HostTensor, ModelConfig, Q4Group, Q8Group, TensorData};
@@ -9,7 +9,7 @@ use std::collections::HashMap;
 /// Shapes of the registry's models, as their GGUF files give them.
 fn config(name: &str) -> Option<ModelConfig> {
     Some(match name {
-        "qwen2.5-0.5b" => ModelConfig {
+        "qwen2.5-coder-0.5b" | "qwen2.5-0.5b" => ModelConfig {
             arch: Arch::Qwen2,
             n_vocab: 151936,
             n_embd: 896,
