@@ -118,6 +118,14 @@ impl StreamState {
         }
     }
 
+    /// Its GPU sampling settings for the next draw (step: tokens sampled so far).
+    pub(crate) fn row_sampling(&self) -> RowSampling {
+        RowSampling {
+            params: self.sampler.params.clone(),
+            step: self.sampled,
+        }
+    }
+
     /// Take the stream's next token: the next forced one, else `draw(sampler)` (the token
     /// sampled after its last one, with its log-prob). Ends the stream on EOS, a stop
     /// string, its token cap or the budget's answer cap (`finish`); returns the token it
@@ -197,6 +205,20 @@ impl StreamState {
         }
         Ok(())
     }
+}
+
+/// Each stream's first token, drawn on the GPU from the logits the prompt's prefill left
+/// (every stream forked from that prompt, in chunks of the LM head's rows).
+pub(crate) fn first_tokens(
+    session: &mut crate::model::Session,
+    live: &[StreamState],
+) -> Result<Vec<(u32, f32)>> {
+    let mut next_of = Vec::with_capacity(live.len());
+    for chunk in live.chunks(session.lm_rows) {
+        let settings: Vec<RowSampling> = chunk.iter().map(StreamState::row_sampling).collect();
+        next_of.extend(session.sample_last_logits(&settings)?);
+    }
+    Ok(next_of)
 }
 
 /// The tokens fed at the start of a reply the reasoning adapter decodes (its think opener).
@@ -351,16 +373,7 @@ impl<'e> Decoding<'e> {
         let gpu_sampling = !cpu_sampling();
         let mut next_of = Vec::new();
         if gpu_sampling {
-            for chunk in live.chunks(session.lm_rows) {
-                let settings: Vec<RowSampling> = chunk
-                    .iter()
-                    .map(|l| RowSampling {
-                        params: l.sampler.params.clone(),
-                        step: 0,
-                    })
-                    .collect();
-                next_of.extend(session.sample_last_logits(&settings)?);
-            }
+            next_of = first_tokens(&mut session, &live)?;
         }
         Ok(Decoding {
             engine,
@@ -450,10 +463,7 @@ impl<'e> Decoding<'e> {
             if self.gpu_sampling {
                 let settings: Vec<RowSampling> = chunk
                     .iter()
-                    .map(|&(i, _, _)| RowSampling {
-                        params: self.live[i].sampler.params.clone(),
-                        step: self.live[i].sampled,
-                    })
+                    .map(|&(i, _, _)| self.live[i].row_sampling())
                     .collect();
                 let out = self.session.forward_rows_sampled(&batch, &settings)?;
                 for (&(i, _, _), next) in chunk.iter().zip(out) {

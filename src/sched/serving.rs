@@ -29,7 +29,9 @@
 //! # Ok(()) }
 //! ```
 
-use super::best_of_n::{conclude, think_opener, verify_streams, BestOfN, StreamState, VoteParams};
+use super::best_of_n::{
+    conclude, first_tokens, think_opener, verify_streams, BestOfN, StreamState, VoteParams,
+};
 use crate::engine::{Engine, GenerateParams, Reasoning};
 use crate::kv::StreamId;
 use crate::model::forward::BLOCK_SIZE;
@@ -602,18 +604,7 @@ impl Loop {
         }
         r.phase = Phase::Decode;
         self.session.release(stream)?;
-        r.next_of.clear();
-        for chunk in r.streams.chunks(self.session.lm_rows) {
-            let settings: Vec<RowSampling> = chunk
-                .iter()
-                .map(|s| RowSampling {
-                    params: s.sampler.params.clone(),
-                    step: 0,
-                })
-                .collect();
-            r.next_of
-                .extend(self.session.sample_last_logits(&settings)?);
-        }
+        r.next_of = first_tokens(&mut self.session, &r.streams)?;
         r.prompt_done = Instant::now();
         let ttft = r.job.submitted.elapsed().as_secs_f64();
         let decoder = match r.reasoning {
@@ -671,13 +662,7 @@ impl Loop {
             let batch: Vec<_> = chunk.iter().map(|&(_, _, s, id)| (s, id)).collect();
             let settings: Vec<RowSampling> = chunk
                 .iter()
-                .map(|&(ri, k, _, _)| {
-                    let s = &self.running[ri].streams[k];
-                    RowSampling {
-                        params: s.sampler.params.clone(),
-                        step: s.sampled,
-                    }
-                })
+                .map(|&(ri, k, _, _)| self.running[ri].streams[k].row_sampling())
                 .collect();
             let out = self.session.forward_rows_sampled(&batch, &settings)?;
             for (&(ri, k, _, _), next) in chunk.iter().zip(out) {
