@@ -180,3 +180,33 @@ pub fn default_dir(model: &str) -> Option<std::path::PathBuf> {
         .map(|r: std::path::PathBuf| r.join(&name))
         .find(|d| d.is_dir())
 }
+
+/// What [`default_dir`] ships for a model, each path present on disk or `None`.
+#[derive(Clone, Debug, Default)]
+pub struct Shipped {
+    /// The folder they were found in.
+    pub dir: Option<std::path::PathBuf>,
+    /// The masked-LoRA SFT adapter (`reasoning/`).
+    pub reasoning: Option<std::path::PathBuf>,
+    /// Its budget-forced GRPO version (`reasoning-budget/`).
+    pub reasoning_budget: Option<std::path::PathBuf>,
+    pub switcher: Option<std::path::PathBuf>,
+    pub verifier: Option<std::path::PathBuf>,
+}
+
+impl Shipped {
+    /// Look up `model`'s shipped artifacts (a registry name, alias or model path).
+    pub fn find(model: &str) -> Self {
+        let Some(dir) = default_dir(model) else {
+            return Self::default();
+        };
+        let at = |name: &str| Some(dir.join(name)).filter(|p| p.exists());
+        Shipped {
+            reasoning: at("reasoning"),
+            reasoning_budget: at("reasoning-budget"),
+            switcher: at("switcher.safetensors"),
+            verifier: at("verifier.safetensors"),
+            dir: Some(dir),
+        }
+    }
+}

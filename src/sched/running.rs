@@ -1,0 +1,128 @@
+//! A generation on its own thread: tokens arrive through a channel as they are decoded, and
+//! any thread may cancel it. This is what the C ABI's `er_request` and the Python package's
+//! token iterator are built on (a caller that pulls tokens must not hold the GPU loop).
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use edgereason::engine::{Engine, EngineOptions, GenerateParams};
+//! use edgereason::sched::{best_of_n::VoteParams, running::RunningRequest};
+//! use std::sync::Arc;
+//! let engine = Arc::new(Engine::load("smollm2-135m", &EngineOptions::default())?);
+//! let prompt = engine.encode(&engine.chat_prompt(None, "What is 6*7?")?)?;
+//! let run = RunningRequest::spawn(engine, prompt, 1, GenerateParams::default(), VoteParams::default());
+//! let cancel = run.canceller(); // e.g. for a "stop" button on another thread
+//! while let Some(tok) = run.next_token() {
+//!     print!("{}", tok.text);
+//! }
+//! # drop(cancel);
+//! println!("\n{:?}", run.wait()?.candidates[0].finish_reason);
+//! # Ok(()) }
+//! ```
+
+use super::best_of_n::{BestOfN, Decoding, StreamToken, VoteParams};
+use crate::engine::{Engine, GenerateParams};
+use anyhow::{anyhow, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+/// Stops a [`RunningRequest`] from any thread: every stream ends at the next step, with
+/// finish reason "cancelled". Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Canceller(Arc<AtomicBool>);
+
+impl Canceller {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// `n` candidates for one prompt (best-of-N with the vote, or one stream for `n` = 1)
+/// decoding on a worker thread. Dropping it cancels the work and waits for the thread.
+pub struct RunningRequest {
+    tokens: mpsc::Receiver<StreamToken>,
+    cancel: Canceller,
+    worker: Option<JoinHandle<Result<BestOfN>>>,
+}
+
+impl RunningRequest {
+    /// Start decoding. Errors (a prompt longer than the context, an adapter that is not
+    /// loaded, ...) come from [`wait`](Self::wait), after the token channel closes.
+    pub fn spawn(
+        engine: Arc<Engine>,
+        prompt: Vec<u32>,
+        n: usize,
+        params: GenerateParams,
+        vote: VoteParams,
+    ) -> Self {
+        let (tx, tokens) = mpsc::channel();
+        let cancel = Canceller::default();
+        let flag = cancel.clone();
+        let worker = std::thread::spawn(move || {
+            let mut run = Decoding::start(&engine, &prompt, n, &params)?;
+            while !run.is_finished() {
+                if flag.is_cancelled() {
+                    (0..n).for_each(|i| run.stop_stream_with(i, "cancelled"));
+                    break;
+                }
+                for t in run.step()? {
+                    // A closed receiver (the caller stopped reading) does not stop
+                    // decoding: `wait` still gets the whole result.
+                    let _ = tx.send(t);
+                }
+            }
+            run.finish(&vote)
+        });
+        RunningRequest {
+            tokens,
+            cancel,
+            worker: Some(worker),
+        }
+    }
+
+    /// A handle that cancels this request from elsewhere.
+    pub fn canceller(&self) -> Canceller {
+        self.cancel.clone()
+    }
+
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// The next token of any stream, blocking until one is decoded; `None` once every
+    /// stream has finished (or failed).
+    pub fn next_token(&self) -> Option<StreamToken> {
+        self.tokens.recv().ok()
+    }
+
+    /// The next token if one is ready now.
+    pub fn try_next_token(&self) -> Option<StreamToken> {
+        self.tokens.try_recv().ok()
+    }
+
+    /// Wait for the end and return the candidates and the vote (tokens not yet read are
+    /// dropped).
+    pub fn wait(mut self) -> Result<BestOfN> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<BestOfN> {
+        let worker = self.worker.take().ok_or_else(|| anyhow!("already waited"))?;
+        worker
+            .join()
+            .map_err(|_| anyhow!("the generation thread panicked"))?
+    }
+}
+
+impl Drop for RunningRequest {
+    fn drop(&mut self) {
+        if self.worker.is_some() {
+            self.cancel.cancel();
+            let _ = self.join();
+        }
+    }
+}
