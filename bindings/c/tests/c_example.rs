@@ -59,12 +59,14 @@ fn compile_example(out: &Path) {
     assert!(status.success(), "cc failed: {status}");
 }
 
-fn ids_after<'a>(stdout: &'a str, label: &str) -> Vec<u32> {
+fn ids_after(stdout: &str, label: &str) -> Vec<u32> {
     let line = stdout
         .lines()
         .find_map(|l| l.strip_prefix(label))
         .unwrap_or_else(|| panic!("no '{label}' line in:\n{stdout}"));
-    line.split_whitespace().map(|t| t.parse().unwrap()).collect()
+    line.split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect()
 }
 
 #[test]
@@ -83,7 +85,9 @@ fn c_example_greedy_tokens_equal_the_rust_apis() {
     assert!(out.status.success(), "example failed:\n{stdout}\n{stderr}");
 
     let engine = Engine::load(model.to_str().unwrap(), &EngineOptions::default()).unwrap();
-    let prompt = engine.encode(&engine.chat_prompt(None, QUESTION).unwrap()).unwrap();
+    let prompt = engine
+        .encode(&engine.chat_prompt(None, QUESTION).unwrap())
+        .unwrap();
     let params = GenerateParams {
         max_tokens: 24,
         ..Default::default()
