@@ -183,16 +183,26 @@ mod tests {
 
     #[test]
     fn top_p_keeps_only_the_nucleus() {
-        // One token has 0.9+ of the mass: top_p 0.5 must always pick it.
+        // Tokens 3 and 7 hold 0.23 of the mass each, the 48 others 0.011 each: without
+        // top_p, 400 draws pick one of the 48 about 220 times. top_p 0.4 needs both (0.23 <
+        // 0.4 <= 0.46) and nothing else, so every draw is 3 or 7, and both come up.
         let mut logits = vec![0.0f32; 50];
-        logits[7] = 10.0;
-        let mut s = Sampler::new(SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 0.5,
-            seed: 1,
-        });
-        assert!((0..50).all(|_| s.sample(&logits) == 7));
+        logits[3] = 3.0;
+        logits[7] = 3.0;
+        let draws = |top_p: f32| {
+            let mut s = Sampler::new(SamplingParams {
+                temperature: 1.0,
+                top_k: 0,
+                top_p,
+                seed: 1,
+            });
+            (0..400).map(|_| s.sample(&logits)).collect::<Vec<u32>>()
+        };
+        let nucleus = draws(0.4);
+        assert!(nucleus.iter().all(|&t| t == 3 || t == 7), "{nucleus:?}");
+        assert!(nucleus.contains(&3) && nucleus.contains(&7));
+        let outside = draws(1.0).iter().filter(|&&t| t != 3 && t != 7).count();
+        assert!(outside > 150, "top_p 1 keeps every token: {outside} of 400 outside");
     }
 
     #[test]

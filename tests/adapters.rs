@@ -496,10 +496,17 @@ fn rows_with_different_adapters_batch_together_and_adapters_hot_swap() {
         .to_string()
         .contains("not loaded"));
     let mut s = e.session();
-    s.set_adapter(s.main, Some(0)).unwrap(); // now "b"
+    s.forward(&prompt).unwrap();
+    s.set_adapter(s.main, Some(0)).unwrap(); // index 0 is "b" now
     assert!(
         s.set_adapter(s.main, Some(1)).is_err(),
         "only one adapter left"
     );
+    // ... and computes b: the same logits as the batched stream that ran b.
+    let swapped = s.forward_rows(&[(s.main, 40)]).unwrap().remove(0);
+    let err = rel_max_err(&batched[0][2], &swapped);
+    assert!(err < 1e-4, "index 0 after the swap vs adapter b: {err}");
+    let err_a = rel_max_err(&batched[0][0], &swapped);
+    assert!(err_a > 1e-3, "index 0 still computes a ({err_a})");
     assert_eq!(e.session().forward(&prompt).unwrap(), base_before);
 }
