@@ -238,7 +238,7 @@ pub fn run(
     let prompt = synthetic_prompt(engine, prompt_tokens);
     // Cold start: the first prefill also compiles the pipelines it uses.
     let t = Instant::now();
-    let mut warm = engine.session();
+    let mut warm = engine.session()?;
     warm.forward(&prompt)?;
     warm.forward(&prompt[..1])?;
     let cold_ttft = t.elapsed().as_secs_f64();
@@ -246,7 +246,7 @@ pub fn run(
         warm.sample_last_logits(&[greedy()])?; // its pipeline compiled outside the timed steps
     }
     drop(warm);
-    let mut s = engine.session();
+    let mut s = engine.session()?;
     let t = Instant::now();
     let mut next = argmax(&s.forward(&prompt)?);
     let ttft = t.elapsed().as_secs_f64();
@@ -265,7 +265,7 @@ pub fn run(
     let chunk = prompt.len().min(engine.options.max_rows);
     let mut prefill_profile = KernelProfile::default();
     engine
-        .session()
+        .session()?
         .forward_profiled(&prompt[..chunk], &mut prefill_profile)?;
     let gemv = gemv_vs_read(&engine.ctx, 2 * c.n_ff, c.n_embd, 7);
     Ok(BenchReport {
@@ -320,7 +320,7 @@ pub fn streams(
     for &n in ns {
         let block = crate::model::forward::BLOCK_SIZE;
         let slots = prompt_tokens + n * (gen_tokens + 2 * block) + block;
-        let mut s = Session::new(engine.model.clone(), slots, engine.options.max_rows);
+        let mut s = Session::new(engine.model.clone(), slots, engine.options.max_rows)?;
         let first = argmax(&s.forward(&prompt)?);
         let kids = s.fork(s.main, n)?;
         s.release(s.main)?;
@@ -484,7 +484,7 @@ fn decode_step_ms(
     gen_tokens: usize,
 ) -> Result<f64> {
     let prompt = synthetic_prompt(engine, prompt_tokens);
-    let mut s = engine.session_with(engine.n_ctx(), apply);
+    let mut s = engine.session_with(engine.n_ctx(), apply)?;
     let mut next = argmax(&s.forward(&prompt)?);
     s.set_adapter(s.main, adapter)?;
     Ok(median(greedy_steps(&mut s, &mut next, gen_tokens)?))
@@ -566,7 +566,7 @@ pub fn adapter_ttft(
     let switcher = Switcher::from_weights(vec![0.01; 8 * d], vec![0.0; 8], vec![1.0; 8], 10.0, 0.5);
     let prompt = synthetic_prompt(engine, prompt_tokens);
     let prefill = |adapter_on_prompt: bool, pooled: bool| -> Result<(f64, f32)> {
-        let mut s = engine.session_with(engine.n_ctx(), LoraApply::Fused);
+        let mut s = engine.session_with(engine.n_ctx(), LoraApply::Fused)?;
         if adapter_on_prompt {
             s.set_adapter(s.main, Some(idx))?;
         }

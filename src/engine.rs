@@ -14,7 +14,7 @@
 //! ```
 
 use crate::adapters::{LoraAdapter, LoraApply, LoraSet, Switcher};
-use crate::gpu::GpuContext;
+use crate::gpu::{GpuContext, GpuError};
 use crate::loader::chat_template::{ChatMessage, ChatTemplate};
 use crate::loader::HostModel;
 use crate::model::{GpuModel, Session};
@@ -300,12 +300,13 @@ impl Engine {
     }
 
     /// A fresh stream (its own KV cache) that can use the resident adapters.
-    pub fn session(&self) -> Session {
+    pub fn session(&self) -> Result<Session, GpuError> {
         self.session_with(self.n_ctx(), LoraApply::Fused)
     }
 
-    /// A session of `slots` cache slots, adapters applied as `apply` says.
-    pub fn session_with(&self, slots: usize, apply: LoraApply) -> Session {
+    /// A session of `slots` cache slots, adapters applied as `apply` says (an error,
+    /// naming the limit, when the device cannot hold it).
+    pub fn session_with(&self, slots: usize, apply: LoraApply) -> Result<Session, GpuError> {
         Session::with_adapters(
             self.model.clone(),
             slots,
@@ -439,7 +440,7 @@ impl Engine {
                 self.n_ctx()
             );
         }
-        let mut session = self.session();
+        let mut session = self.session()?;
         let mut positions = Vec::with_capacity(tokens.len() - 1);
         let score_from = |session: &mut Session,
                           from: usize,

@@ -202,7 +202,10 @@ mod tests {
         assert!(nucleus.iter().all(|&t| t == 3 || t == 7), "{nucleus:?}");
         assert!(nucleus.contains(&3) && nucleus.contains(&7));
         let outside = draws(1.0).iter().filter(|&&t| t != 3 && t != 7).count();
-        assert!(outside > 150, "top_p 1 keeps every token: {outside} of 400 outside");
+        assert!(
+            outside > 150,
+            "top_p 1 keeps every token: {outside} of 400 outside"
+        );
     }
 
     #[test]

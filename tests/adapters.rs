@@ -31,7 +31,7 @@ fn rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
 /// Logits at every position: the first `prompt_len` tokens by the base model, the rest with
 /// adapter 0 (prompt_len 0: the adapter everywhere).
 fn gpu_logits(e: &Engine, tokens: &[u32], prompt_len: usize, adapter: bool) -> Vec<Vec<f32>> {
-    let mut s = e.session();
+    let mut s = e.session().unwrap();
     let mut out = Vec::new();
     s.forward_all(&tokens[..prompt_len], |_, l| out.push(l.to_vec()))
         .unwrap();
@@ -121,7 +121,7 @@ fn prompt_kv_is_bit_identical_with_and_without_an_adapter() {
     let p = expected["prompt_len"].as_u64().unwrap() as usize;
     let prompt = &tokens[..p];
     let kv = |e: &Engine, adapter: Option<usize>| {
-        let mut s = e.session();
+        let mut s = e.session().unwrap();
         s.set_adapter(s.main, adapter).unwrap();
         s.forward(prompt).unwrap();
         (0..e.model.config.n_layer)
@@ -272,7 +272,7 @@ fn switcher_pools_the_prompt_and_gates_the_adapter() {
             0.5,
         ))
     };
-    let mut s = e.session();
+    let mut s = e.session().unwrap();
     let (_, pooled) = s
         .forward_pooled(prompt, |old, mean| sw(0.0).pool(old, mean))
         .unwrap();
@@ -360,7 +360,7 @@ fn verifier_scores_each_candidate_on_its_own_kv() {
     for c in &out.candidates {
         // Independently: a fresh session, the prompt by the base model, then the candidate's
         // tokens (minus a final EOS, never fed) and the verification prompt with the adapter.
-        let mut s = e.session();
+        let mut s = e.session().unwrap();
         s.forward(prompt).unwrap();
         s.set_adapter(s.main, Some(0)).unwrap();
         let rest: Vec<(edgereason::kv::StreamId, u32)> = c
@@ -457,7 +457,7 @@ fn rows_with_different_adapters_batch_together_and_adapters_hot_swap() {
     let prompt: Vec<u32> = (0..21).map(|i| 5 + (i * 17) % 200).collect();
     // One batch: stream 0 on adapter a, stream 1 on none, stream 2 on adapter b.
     let choice = [Some(0usize), None, Some(1)];
-    let mut s = e.session();
+    let mut s = e.session().unwrap();
     s.forward(&prompt).unwrap();
     let kids = s.fork(s.main, 3).unwrap();
     for (&k, &c) in kids.iter().zip(&choice) {
@@ -470,7 +470,7 @@ fn rows_with_different_adapters_batch_together_and_adapters_hot_swap() {
     }
     // Each against its own session with only that choice.
     for (i, &c) in choice.iter().enumerate() {
-        let mut alone = e.session();
+        let mut alone = e.session().unwrap();
         alone.forward(&prompt).unwrap();
         alone.set_adapter(alone.main, c).unwrap();
         for (step, b) in batched.iter().enumerate() {
@@ -487,7 +487,7 @@ fn rows_with_different_adapters_batch_together_and_adapters_hot_swap() {
         }
     }
     // Hot swap: unloading one adapter keeps the other working and the base untouched.
-    let base_before = e.session().forward(&prompt).unwrap();
+    let base_before = e.session().unwrap().forward(&prompt).unwrap();
     e.unload_adapter("a").unwrap();
     assert_eq!(e.adapter_names(), vec!["b".to_string()]);
     assert!(e
@@ -495,7 +495,7 @@ fn rows_with_different_adapters_batch_together_and_adapters_hot_swap() {
         .unwrap_err()
         .to_string()
         .contains("not loaded"));
-    let mut s = e.session();
+    let mut s = e.session().unwrap();
     s.forward(&prompt).unwrap();
     s.set_adapter(s.main, Some(0)).unwrap(); // index 0 is "b" now
     assert!(
@@ -508,5 +508,5 @@ fn rows_with_different_adapters_batch_together_and_adapters_hot_swap() {
     assert!(err < 1e-4, "index 0 after the swap vs adapter b: {err}");
     let err_a = rel_max_err(&batched[0][0], &swapped);
     assert!(err_a > 1e-3, "index 0 still computes a ({err_a})");
-    assert_eq!(e.session().forward(&prompt).unwrap(), base_before);
+    assert_eq!(e.session().unwrap().forward(&prompt).unwrap(), base_before);
 }

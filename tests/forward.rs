@@ -9,7 +9,7 @@ use edgereason::loader::load_model;
 use edgereason::model::reference::ReferenceModel;
 
 fn engine_logits(engine: &Engine, ids: &[u32]) -> Vec<Vec<f32>> {
-    let mut s = engine.session();
+    let mut s = engine.session().unwrap();
     let mut out = vec![Vec::new(); ids.len()];
     s.forward_all(ids, |i, l| out[i] = l.to_vec()).unwrap();
     out
@@ -100,7 +100,7 @@ fn a_prompt_fed_one_token_at_a_time_equals_one_prefill() {
     let engine = Engine::from_host(host, &EngineOptions::default()).unwrap();
     let ids = engine.encode("The capital of France is Paris.").unwrap();
     let all = engine_logits(&engine, &ids);
-    let mut s = engine.session();
+    let mut s = engine.session().unwrap();
     for (t, &id) in ids.iter().enumerate() {
         let l = s.forward(&[id]).unwrap();
         let e = rel_max_err(&l, &all[t]);
@@ -128,7 +128,7 @@ fn prompt_longer_than_context_is_a_clear_error() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("longer than the context"), "{err}");
-    let mut s = engine.session();
+    let mut s = engine.session().unwrap();
     let err = s.forward(&ids).unwrap_err().to_string();
     assert!(err.contains("context full"), "{err}");
     let err = s.forward(&[100_000]).unwrap_err().to_string();
@@ -150,7 +150,7 @@ fn forked_streams_decoded_together_match_separate_runs() {
     .unwrap();
     let prompt: Vec<u32> = (0..13).map(|i| 20 + 7 * i).collect();
     let nexts: [[u32; 3]; 2] = [[5, 77, 300], [42, 42, 9]];
-    let mut s = engine.session();
+    let mut s = engine.session().unwrap();
     s.forward(&prompt).unwrap();
     let kids = s.fork(s.main, 3).unwrap();
     let used_before = s.pool.used_blocks();
@@ -163,7 +163,7 @@ fn forked_streams_decoded_together_match_separate_runs() {
     assert_eq!(used_before, 1);
     assert_eq!(s.pool.used_blocks(), 1 + 3);
     for (i, _) in kids.iter().enumerate() {
-        let mut alone = engine.session();
+        let mut alone = engine.session().unwrap();
         alone.forward(&prompt).unwrap();
         for (step, want_rows) in nexts.iter().zip(&batched) {
             // A one-row decode step (`forward` would encode the token as a prompt).
@@ -181,7 +181,7 @@ fn forked_streams_decoded_together_match_separate_runs() {
 fn a_decode_step_is_one_pass_and_reads_back_only_the_sampled_ids() {
     let host = load_model(&fixture("tiny-qwen2")).unwrap();
     let engine = Engine::from_host(host, &EngineOptions::default()).unwrap();
-    let mut s = engine.session();
+    let mut s = engine.session().unwrap();
     let prompt: Vec<u32> = (1..40).collect();
     s.forward(&prompt).unwrap();
     let kids = s.fork(s.main, 3).unwrap();
@@ -224,7 +224,7 @@ fn a_one_stream_decode_step_has_no_norm_or_merge_launches() {
     // LM head and sampling. A norm launch per layer, or a split merge, would show.
     let host = load_model(&fixture("tiny-qwen2")).unwrap();
     let engine = Engine::from_host(host, &EngineOptions::default()).unwrap();
-    let mut s = engine.session();
+    let mut s = engine.session().unwrap();
     let prompt: Vec<u32> = (1..100).collect();
     s.forward(&prompt).unwrap();
     let greedy = [edgereason::ops::sampling::RowSampling {

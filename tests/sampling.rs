@@ -370,7 +370,7 @@ fn forked(
     engine: &edgereason::engine::Engine,
     n: usize,
 ) -> (edgereason::model::Session, Vec<edgereason::kv::StreamId>) {
-    let mut s = engine.session();
+    let mut s = engine.session().unwrap();
     let prompt: Vec<u32> = (0..13).map(|i| 20 + 7 * i).collect();
     s.forward(&prompt).unwrap();
     let kids = s.fork(s.main, n).unwrap();
@@ -441,7 +441,7 @@ fn forward_rows_sampled_samples_the_rows_forward_rows_returns() {
         assert_eq!(sampled[0].0, argmax(&logits[0]), "greedy row");
     }
     // The first token of forked streams: from the prompt's logits left on the GPU.
-    let mut c = engine.session();
+    let mut c = engine.session().unwrap();
     let prompt: Vec<u32> = (0..13).map(|i| 20 + 7 * i).collect();
     let last = c.forward(&prompt).unwrap();
     let first = c.sample_last_logits(&settings).unwrap();

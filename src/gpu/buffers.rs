@@ -144,6 +144,7 @@ impl GpuContext {
         if size == 0 {
             return Ok(Vec::new());
         }
+        self.fault()?;
         let byte_off = (offset * std::mem::size_of::<T>()) as u64;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -175,6 +176,8 @@ impl GpuContext {
         let out: Vec<T> = bytemuck::pod_collect_to_vec(&view[..size as usize]);
         drop(view);
         staging.unmap();
+        // A failed submission leaves the buffer as it was: report the fault, not stale data.
+        self.fault()?;
         Ok(out)
     }
 

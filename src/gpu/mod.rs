@@ -24,6 +24,27 @@ pub enum GpuError {
     RequestDevice { name: String, reason: String },
     #[error("GPU readback failed: {0}")]
     Readback(String),
+    /// Allocating or recording `what` failed inside an error scope.
+    #[error("{what}: the GPU is out of memory ({reason})")]
+    OutOfMemory { what: String, reason: String },
+    #[error("{what}: rejected by the GPU driver ({reason})")]
+    Rejected { what: String, reason: String },
+    /// An error outside any scope, or the device lost: the context is unusable.
+    #[error("GPU failure: {0}")]
+    Fault(String),
+    /// A buffer larger than the device allows, found before allocating.
+    #[error("{what} needs {} in one buffer, over this device's {limit} ({}){hint}", mib(*.bytes), mib(*.max))]
+    TooLarge {
+        what: String,
+        bytes: u64,
+        limit: &'static str,
+        max: u64,
+        hint: String,
+    },
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
 /// What `edgereason devices` prints for one adapter.
@@ -118,6 +139,8 @@ pub struct GpuContext {
     pub subgroups: bool,
     /// Launches, passes, submissions and read-backs so far (see [`GpuStats`]).
     pub stats: GpuStats,
+    /// The first error no scope caught, or the device's loss: every read-back reports it.
+    fault: Arc<Mutex<Option<String>>>,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     layouts: Mutex<HashMap<String, Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)>>>,
 }
@@ -196,6 +219,20 @@ impl GpuContext {
             reason: e.to_string(),
         })?;
         let subgroups = allow_subgroups && features.contains(wgpu::Features::SUBGROUP);
+        // wgpu's default handler panics; record the fault instead and fail the next read.
+        let fault: Arc<Mutex<Option<String>>> = Default::default();
+        let record = |fault: &Arc<Mutex<Option<String>>>| {
+            let fault = fault.clone();
+            move |msg: String| {
+                fault.lock().unwrap().get_or_insert(msg);
+            }
+        };
+        let on_error = record(&fault);
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| on_error(e.to_string())));
+        let on_lost = record(&fault);
+        device.set_device_lost_callback(move |reason, msg| {
+            on_lost(format!("device lost ({reason:?}): {msg}"))
+        });
         Ok(Arc::new(Self {
             device,
             queue,
@@ -204,9 +241,62 @@ impl GpuContext {
             features,
             subgroups,
             stats: GpuStats::default(),
+            fault,
             pipelines: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// The device's first uncaught error or its loss, if any.
+    pub fn fault(&self) -> Result<(), GpuError> {
+        match self.fault.lock().unwrap().as_ref() {
+            Some(msg) => Err(GpuError::Fault(msg.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Run `f` (allocations, pipeline or bind-group creation) with the device's
+    /// out-of-memory and validation errors caught: they come back as an error naming
+    /// `what` rather than a fault.
+    pub fn checked<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T, GpuError> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let rejected = pollster::block_on(validation.pop());
+        let out_of_memory = pollster::block_on(oom.pop());
+        let what = what.to_string();
+        match (out_of_memory, rejected) {
+            (Some(e), _) => Err(GpuError::OutOfMemory {
+                what,
+                reason: e.to_string(),
+            }),
+            (None, Some(e)) => Err(GpuError::Rejected {
+                what,
+                reason: e.to_string(),
+            }),
+            (None, None) => Ok(out),
+        }
+    }
+
+    /// `bytes` in one bound storage buffer fits this device, else [`GpuError::TooLarge`]
+    /// naming `what` and the limit (checked before allocating); `hint` says what to lower.
+    pub fn check_binding(&self, what: &str, bytes: u64, hint: &str) -> Result<(), GpuError> {
+        let binding = self.limits.max_storage_buffer_binding_size as u64;
+        let (limit, max) = if binding <= self.limits.max_buffer_size {
+            ("max_storage_buffer_binding_size", binding)
+        } else {
+            ("max_buffer_size", self.limits.max_buffer_size)
+        };
+        if bytes <= max {
+            return Ok(());
+        }
+        Err(GpuError::TooLarge {
+            what: what.to_string(),
+            bytes,
+            limit,
+            max,
+            hint: hint.to_string(),
+        })
     }
 
     /// Begin a compute pass on `enc` (counted in [`stats`](Self::stats)).

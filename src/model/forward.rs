@@ -9,6 +9,7 @@
 use super::launches::{Activations, KvCache, Launches, StepInputs};
 use super::GpuModel;
 use crate::adapters::{LoraApply, LoraSet};
+use crate::gpu::GpuError;
 use crate::kv::{BlockCopy, BlockPool, KvError, StreamId};
 use crate::ops::sampling::{RowSampling, SampleRow, Sampled};
 use crate::ops::{self, Dispatch, Step};
@@ -89,13 +90,38 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(model: Arc<GpuModel>, n_ctx: usize, max_rows: usize) -> Self {
+    pub fn new(model: Arc<GpuModel>, n_ctx: usize, max_rows: usize) -> Result<Self, GpuError> {
         Self::with_adapters(model, n_ctx, max_rows, None, LoraApply::Fused)
     }
 
     /// A session whose rows can use the adapters of `lora` (each stream picks one with
-    /// [`set_adapter`](Self::set_adapter), or none), applied as `apply` says.
+    /// [`set_adapter`](Self::set_adapter), or none), applied as `apply` says. A cache
+    /// larger than the device can bind is refused before anything is allocated; an
+    /// allocation the device cannot make is an error, not a fault.
     pub fn with_adapters(
+        model: Arc<GpuModel>,
+        n_ctx: usize,
+        max_rows: usize,
+        lora: Option<Arc<LoraSet>>,
+        apply: LoraApply,
+    ) -> Result<Self, GpuError> {
+        let ctx = model.ctx.clone();
+        let c = &model.config;
+        let n_blocks = n_ctx.div_ceil(BLOCK_SIZE) as u64;
+        let kv_dim = (c.n_kv_head * c.head_dim) as u64;
+        let slots = n_blocks * BLOCK_SIZE as u64;
+        let hint = "; lower --ctx, --best-of or --max-tokens (or the server's --kv-tokens)";
+        let what = format!("the KV cache ({slots} token slots, one layer's K)");
+        ctx.check_binding(&what, slots * kv_dim * 2, hint)?;
+        let what = format!("the block tables ({max_rows} rows × {n_blocks} blocks)");
+        ctx.check_binding(&what, max_rows as u64 * n_blocks * 4, hint)?;
+        let what = format!("a session of {slots} KV slots and {max_rows} rows per step");
+        ctx.checked(&what, || {
+            Self::allocate(model, n_ctx, max_rows, lora, apply)
+        })
+    }
+
+    fn allocate(
         model: Arc<GpuModel>,
         n_ctx: usize,
         max_rows: usize,

@@ -318,7 +318,7 @@ impl<'e> Decoding<'e> {
         // Prompt once, then each stream's own tokens (+ a block each for copy-on-write, and
         // room for the verification prompt).
         let slots = prompt.len() + n * (max_new + VERIFY_SLOTS + BLOCK_SIZE) + BLOCK_SIZE;
-        let mut session = engine.session_with(slots, Default::default());
+        let mut session = engine.session_with(slots, Default::default())?;
         let adapter_index = |name: &str| -> Result<usize> {
             let set = session.lora.as_ref().ok_or_else(|| {
                 anyhow::anyhow!("adapter '{name}' is not loaded (no adapters are)")

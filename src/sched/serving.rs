@@ -180,7 +180,7 @@ impl Scheduler {
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let metrics = Arc::new(Mutex::new(Metrics::default()));
-        let session = engine.session_with(options.kv_tokens, Default::default());
+        let session = engine.session_with(options.kv_tokens, Default::default())?;
         let kv_blocks = session.pool.total_blocks();
         let mut lp = Loop {
             engine: engine.clone(),

@@ -1,0 +1,91 @@
+//! GPU faults become errors: a cache too large for the device is refused before anything
+//! is allocated, naming the limit and the flag to lower; a driver error inside a checked
+//! scope is an error naming what was being made; an error outside any scope (wgpu's
+//! default handler would panic) fails the next read-back instead.
+
+mod common;
+use common::*;
+use edgereason::engine::{Engine, EngineOptions, GenerateParams};
+use edgereason::gpu::{GpuContext, GpuError};
+use edgereason::loader::load_model;
+use edgereason::sampling::SamplingParams;
+use edgereason::sched::best_of_n::Decoding;
+
+fn engine() -> Engine {
+    Engine::from_host(
+        load_model(&fixture("tiny-llama")).unwrap(),
+        &EngineOptions::default(),
+    )
+    .unwrap()
+}
+
+/// A buffer one byte over what the device may allocate.
+fn oversized(ctx: &GpuContext) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("oversized"),
+        size: ctx.limits.max_buffer_size.saturating_add(4),
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    })
+}
+
+#[test]
+fn best_of_n_too_large_for_the_device_names_the_limit() {
+    let e = engine();
+    let prompt = e.encode("The capital of France is").unwrap();
+    let c = &e.model.config;
+    // Enough candidates that one layer's K cache exceeds the largest binding.
+    let per_slot = (c.n_kv_head * c.head_dim * 2) as u64;
+    let n = (e.ctx.max_binding() / per_slot / 64) as usize + 1;
+    let params = GenerateParams {
+        max_tokens: 8,
+        sampling: SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let err = match Decoding::start(&e, &prompt, n, &params) {
+        Ok(_) => panic!("{n} candidates should not fit"),
+        Err(err) => err,
+    };
+    let msg = edgereason::error_line(&err);
+    assert!(
+        msg.contains("max_storage_buffer_binding_size") || msg.contains("max_buffer_size"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("--best-of") && msg.contains("KV cache"),
+        "{msg}"
+    );
+    // Nothing was allocated or broken: the engine still generates.
+    let ok = e.generate(&prompt, &params, |_, _| true).unwrap();
+    assert!(!ok.tokens.is_empty());
+}
+
+#[test]
+fn a_driver_error_in_a_checked_scope_is_an_error() {
+    let ctx = GpuContext::new(None).unwrap();
+    match ctx.checked("the oversized buffer", || oversized(&ctx)) {
+        Err(GpuError::Rejected { what, .. }) | Err(GpuError::OutOfMemory { what, .. }) => {
+            assert_eq!(what, "the oversized buffer")
+        }
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a buffer over max_buffer_size was accepted"),
+    }
+    // Caught in the scope: the context is fine.
+    ctx.fault().unwrap();
+    let buf = ctx.storage_from("ok", &[1u32, 2, 3, 4]);
+    assert_eq!(ctx.read::<u32>(&buf, 0, 4).unwrap(), vec![1, 2, 3, 4]);
+}
+
+#[test]
+fn an_uncaught_driver_error_fails_the_next_read_instead_of_panicking() {
+    let ctx = GpuContext::new(None).unwrap();
+    let buf = ctx.storage_from("ok", &[7u32; 4]);
+    drop(oversized(&ctx)); // no scope: wgpu's default handler would panic here
+    match ctx.read::<u32>(&buf, 0, 4) {
+        Err(GpuError::Fault(msg)) => assert!(!msg.is_empty()),
+        other => panic!("expected a fault, got {other:?}"),
+    }
+}
