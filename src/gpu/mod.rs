@@ -281,7 +281,7 @@ impl GpuContext {
     /// `bytes` in one bound storage buffer fits this device, else [`GpuError::TooLarge`]
     /// naming `what` and the limit (checked before allocating); `hint` says what to lower.
     pub fn check_binding(&self, what: &str, bytes: u64, hint: &str) -> Result<(), GpuError> {
-        let binding = self.limits.max_storage_buffer_binding_size as u64;
+        let binding = self.limits.max_storage_buffer_binding_size;
         let (limit, max) = if binding <= self.limits.max_buffer_size {
             ("max_storage_buffer_binding_size", binding)
         } else {
