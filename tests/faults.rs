@@ -89,3 +89,23 @@ fn an_uncaught_driver_error_fails_the_next_read_instead_of_panicking() {
         other => panic!("expected a fault, got {other:?}"),
     }
 }
+
+#[test]
+fn shapes_the_kernels_cannot_run_are_refused_at_upload() {
+    for (field, edit) in [
+        (
+            "head_dim",
+            (|c| c.head_dim = 260) as fn(&mut edgereason::loader::ModelConfig),
+        ),
+        ("vocabulary", |c| c.n_vocab = 1 << 24),
+        ("n_ff", |c| c.n_ff = 100),
+    ] {
+        let mut host = load_model(&fixture("tiny-llama")).unwrap();
+        edit(&mut host.config);
+        let err = match Engine::from_host(host, &EngineOptions::default()) {
+            Ok(_) => panic!("{field}: accepted"),
+            Err(e) => edgereason::error_line(&e),
+        };
+        assert!(err.contains("unsupported") && err.contains(field), "{err}");
+    }
+}

@@ -152,6 +152,34 @@ pub enum LoadError {
     Missing { path: String, what: String },
     #[error("{path}: tokenizer: {what}")]
     Tokenizer { path: String, what: String },
+    /// A valid model the kernels cannot run.
+    #[error("{path}: unsupported: {what}")]
+    Unsupported { path: String, what: String },
+}
+
+impl ModelConfig {
+    /// What in this configuration the GPU kernels cannot run, if anything (checked when a
+    /// model is uploaded: a file can claim any shape, and the launchers assume these).
+    pub fn unsupported(&self) -> Option<String> {
+        let hd = self.head_dim;
+        if hd == 0 || hd > 256 || !hd.is_multiple_of(4) {
+            return Some(format!(
+                "head_dim {hd} (attention takes a multiple of 4 up to 256)"
+            ));
+        }
+        if self.n_vocab == 0 || self.n_vocab >= 1 << 24 {
+            return Some(format!(
+                "vocabulary of {} tokens (the GPU sampler takes 1 to 2^24 - 1)",
+                self.n_vocab
+            ));
+        }
+        for (name, v) in [("n_embd", self.n_embd), ("n_ff", self.n_ff)] {
+            if v == 0 || !v.is_multiple_of(32) {
+                return Some(format!("{name} {v} (int4 groups need a multiple of 32)"));
+            }
+        }
+        None
+    }
 }
 
 /// Quantize one row of f32 weights (length a multiple of 32) to int4 groups:

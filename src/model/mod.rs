@@ -109,6 +109,12 @@ impl GpuModel {
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Self, LoadError> {
         let c = &host.config;
+        if let Some(what) = c.unsupported() {
+            return Err(LoadError::Unsupported {
+                path: host.source.clone(),
+                what,
+            });
+        }
         let matrix = |names: &[String]| upload_matrix(&ctx, host, names);
         let token_embd = matrix(&["token_embd.weight".into()])?;
         let output = if c.tied_embeddings {

@@ -150,6 +150,7 @@ pub fn attention(
         "head_dim {head_dim}: attention cannot write int8 blocks of 32"
     );
     let (xq, xs) = quantized.unwrap_or(partials);
+    // Invariant: ModelConfig::unsupported refuses other head sizes at upload.
     assert!(
         head_dim <= 256 && head_dim.is_multiple_of(4),
         "head_dim {head_dim} unsupported (≤ 256, multiple of 4)"

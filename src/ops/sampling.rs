@@ -99,7 +99,8 @@ pub fn sampling(
     rows: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Dispatch {
-    // Indices travel as f32 in the reduction.
+    // Indices travel as f32 in the reduction (invariant: ModelConfig::unsupported refuses
+    // larger vocabularies at upload).
     assert!(
         n_vocab > 0 && n_vocab < 1 << 24,
         "n_vocab {n_vocab} unsupported (1..2^24)"
