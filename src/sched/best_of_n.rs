@@ -6,6 +6,7 @@
 //! thinking at the budget, stop each on EOS / stop string / its token cap, score finished candidates
 //! with the verifier head on their own KV, and vote on the final answers.
 
+use super::detokenize::IncrementalText;
 use super::vote::{extract_answer, vote};
 use crate::adapters::Verifier;
 use crate::engine::{Budget, Engine, GenerateParams, Reasoning};
@@ -75,7 +76,10 @@ pub(crate) struct StreamState {
     /// Tokens sampled so far (not forced): the GPU draw's step counter.
     pub(crate) sampled: u32,
     pub(crate) tokens: Vec<u32>,
-    pub(crate) text: String,
+    /// The reply's text (special tokens left out), and with them (where the
+    /// end-of-thinking marker is looked for), both decoded incrementally.
+    pub(crate) text: IncrementalText,
+    raw_text: IncrementalText,
     pub(crate) logprob: f32,
     pub(crate) finish: Option<&'static str>,
     /// Tokens sampled (or forced) but not yet run through the model.
@@ -106,7 +110,8 @@ impl StreamState {
             }),
             sampled: 0,
             tokens: Vec::new(),
-            text: String::new(),
+            text: IncrementalText::new(true),
+            raw_text: IncrementalText::new(false),
             logprob: 0.0,
             finish: None,
             fed: 0,
@@ -150,12 +155,7 @@ impl StreamState {
             }
         };
         self.tokens.push(id);
-        let full = engine.decode(&self.tokens)?;
-        let mut new = String::new();
-        if !full.ends_with('\u{FFFD}') {
-            new = full.get(self.text.len()..).unwrap_or("").to_string();
-            self.text = full;
-        }
+        let new = self.text.push(&engine.tokenizer, &self.tokens)?.to_string();
         let budget = params.budget.as_ref();
         if !self.thinking_done {
             self.track_thinking(engine, budget)?;
@@ -164,7 +164,11 @@ impl StreamState {
             self.answer_from = Some(self.tokens.len());
         }
         let answering = self.answer_from.map_or(0, |from| self.tokens.len() - from);
-        if params.stop.iter().any(|s| self.text.ends_with(s.as_str())) {
+        if params
+            .stop
+            .iter()
+            .any(|s| self.text.text.ends_with(s.as_str()))
+        {
             self.finish = Some("stop");
         } else if self.tokens.len() >= params.max_tokens {
             self.finish = Some("length");
@@ -187,11 +191,8 @@ impl StreamState {
         self.thinking_tokens += 1;
         let marker = budget.map_or("</think>", |b| b.end_marker.as_str());
         // With special tokens kept: some tokenizers (SmolLM2's) make </think> one.
-        let raw = engine
-            .tokenizer
-            .decode(&self.tokens, false)
-            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
-        self.thinking_done = raw.contains(marker);
+        self.raw_text.push(&engine.tokenizer, &self.tokens)?;
+        self.thinking_done = self.raw_text.text.contains(marker);
         // Budget forcing: out of thinking tokens with the reasoning still open.
         if let Some(b) = budget {
             if !self.thinking_done && !self.forced && self.thinking_tokens >= b.thinking_tokens {
@@ -421,7 +422,7 @@ impl<'e> Decoding<'e> {
 
     /// Text of stream `i` so far.
     pub fn text(&self, i: usize) -> &str {
-        &self.live[i].text
+        &self.live[i].text.text
     }
 
     /// One batched step: take every live stream's next token (its next forced token, or
@@ -577,12 +578,12 @@ pub(crate) fn conclude(
         .enumerate()
         .map(|(i, l)| Candidate {
             index: l.index,
-            answer: extract_answer(&l.text, vote_params.answer_regex.as_ref()),
+            answer: extract_answer(&l.text.text, vote_params.answer_regex.as_ref()),
             thinking_tokens: thinking(&l),
             answer_tokens: l.tokens.len() - thinking(&l),
             forced: l.forced,
             verifier_score: scores.as_ref().map(|s| s[i]),
-            text: l.text,
+            text: l.text.text,
             tokens: l.tokens,
             logprob: l.logprob,
             finish_reason: l.finish.unwrap_or("length").to_string(),

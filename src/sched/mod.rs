@@ -3,6 +3,7 @@
 //! server ([`serving`]) and one request on a worker thread for embedders ([`running`]).
 
 pub mod best_of_n;
+pub mod detokenize;
 pub mod eval;
 pub mod heads;
 pub mod running;
