@@ -1,10 +1,23 @@
 //! Final-answer extraction and the majority vote over candidates.
 //!
 //! An answer is, in order of preference: the first capture group (or whole match) of a
-//! user regex, the last `\boxed{…}`, the text after the last "answer is", or the last
-//! number. Answers are compared after [`normalize`].
+//! user regex, the last `\boxed{…}`, the phrase after the last "answer is", or the last
+//! number. Answers are compared after [`normalize`]. The rules are a spec shared with the
+//! training reward (tools/train/common.py): both test suites read the same table,
+//! tests/fixtures/spec/answers.json.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
+
+static ANSWER_IS: LazyLock<regex::Regex> =
+    LazyLock::new(|| regex::Regex::new(r"(?i)answer is").unwrap());
+static NUMBER: LazyLock<regex::Regex> =
+    LazyLock::new(|| regex::Regex::new(r"-?\d[\d,]*(?:\.\d+)?").unwrap());
+static ARTICLE: LazyLock<regex::Regex> =
+    LazyLock::new(|| regex::Regex::new(r"^(the|a|an)\s+").unwrap());
+static TEXT: LazyLock<regex::Regex> =
+    LazyLock::new(|| regex::Regex::new(r"\\text\{([^}]*)\}").unwrap());
+static SPACES: LazyLock<regex::Regex> = LazyLock::new(|| regex::Regex::new(r"\s+").unwrap());
 
 /// The final answer in `text`, if any.
 pub fn extract_answer(text: &str, user_regex: Option<&regex::Regex>) -> Option<String> {
@@ -15,17 +28,22 @@ pub fn extract_answer(text: &str, user_regex: Option<&regex::Regex>) -> Option<S
     if let Some(b) = last_boxed(text) {
         return Some(b);
     }
-    let lower = text.to_lowercase();
-    if let Some(i) = lower.rfind("answer is") {
-        let rest = text[i + "answer is".len()..].trim_start_matches([':', ' ']);
-        let end = rest.find(['\n']).unwrap_or(rest.len());
-        let ans = rest[..end].trim().trim_end_matches('.');
+    if let Some(m) = ANSWER_IS.find_iter(text).last() {
+        let rest = text[m.end()..].trim_start_matches([':', ' ']);
+        // The phrase: up to the end of its line or sentence.
+        let mut end = rest.find('\n').unwrap_or(rest.len());
+        for stop in [". ", "! ", "? ", ", ", "; "] {
+            end = end.min(rest.find(stop).unwrap_or(end));
+        }
+        let ans = rest[..end].trim().trim_end_matches(['.', ':']).trim();
         if !ans.is_empty() {
             return Some(ans.to_string());
         }
     }
-    let num = regex::Regex::new(r"-?\d[\d,]*(?:\.\d+)?").unwrap();
-    num.find_iter(text).last().map(|m| m.as_str().to_string())
+    NUMBER
+        .find_iter(text)
+        .last()
+        .map(|m| m.as_str().to_string())
 }
 
 /// Contents of the last `\boxed{...}` (braces balanced).
@@ -47,27 +65,28 @@ fn last_boxed(text: &str) -> Option<String> {
     None
 }
 
-/// Canonical form for comparing answers: trimmed, lower case, no `$`, no trailing period,
-/// no thousands separators, `12.0` → `12`.
+/// Canonical form for comparing answers: trimmed, no `$`, no trailing period, lower case,
+/// `\text{x}` → `x`, no leading article, single spaces, and numbers without thousands
+/// separators in their shortest form (`12.0` → `12`).
 pub fn normalize(answer: &str) -> String {
-    let mut a = answer
+    let a = answer
         .trim()
         .trim_end_matches('.')
+        .trim()
         .trim_matches('$')
         .trim()
         .trim_end_matches('.')
+        .trim()
         .to_lowercase();
-    if let Some(inner) = a.strip_prefix("\\text{").and_then(|s| s.strip_suffix('}')) {
-        a = inner.to_string();
-    }
+    let a = TEXT.replace_all(&a, "$1");
+    let a = ARTICLE.replace(&a, "");
+    let a = SPACES.replace_all(&a, " ").into_owned();
     let no_commas: String = a.chars().filter(|&c| c != ',').collect();
-    if let Ok(v) = no_commas.parse::<f64>() {
-        if v.fract() == 0.0 && v.abs() < 1e15 {
-            return format!("{}", v as i64);
-        }
-        return format!("{v}");
+    match no_commas.parse::<f64>() {
+        Ok(v) if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 => format!("{}", v as i64),
+        Ok(v) if v.is_finite() => format!("{v}"),
+        _ => a,
     }
-    a
 }
 
 /// Majority vote: each distinct normalized answer scores the sum of its candidates'
@@ -114,6 +133,35 @@ mod tests {
             extract_answer("ANSWER: foo ... ANSWER: bar", Some(&re)).as_deref(),
             Some("bar")
         );
+    }
+
+    #[test]
+    fn the_answer_spec_shared_with_the_training_reward() {
+        // tools/train/tests/test_reward.py checks common.py against the same table.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/spec/answers.json"
+        );
+        let table: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let cases = table["cases"].as_array().unwrap();
+        assert!(cases.len() >= 20);
+        for c in cases {
+            let text = c["text"].as_str().unwrap();
+            let got = extract_answer(text, None);
+            assert_eq!(
+                got.as_deref(),
+                c["answer"].as_str(),
+                "extract from {text:?}"
+            );
+            if let Some(a) = got {
+                assert_eq!(
+                    Some(normalize(&a).as_str()),
+                    c["normalized"].as_str(),
+                    "{a:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -274,7 +274,10 @@ _BOXED = "\\boxed{"
 
 
 def extract_answer(text: str) -> str | None:
-    """Content of the last \\boxed{...} (braces may nest); else the last number; else None."""
+    """The final answer, as the engine's vote extracts it (src/sched/vote.rs; the shared table
+    is tests/fixtures/spec/answers.json): the last \\boxed{...} (braces may nest); else the
+    phrase after the last "answer is" (to the end of its line or sentence); else the last
+    number; else None."""
     start = text.rfind(_BOXED)
     if start >= 0:
         i, depth = start + len(_BOXED), 1
@@ -285,16 +288,30 @@ def extract_answer(text: str) -> str | None:
                 depth -= 1
                 if depth == 0:
                     return text[i:j]
+    said = list(re.finditer(r"answer is", text, re.IGNORECASE))
+    if said:
+        rest = text[said[-1].end():].lstrip(": ")
+        end = rest.find("\n") if "\n" in rest else len(rest)
+        for stop in (". ", "! ", "? ", ", ", "; "):
+            k = rest.find(stop)
+            if k >= 0:
+                end = min(end, k)
+        ans = rest[:end].strip().rstrip(".:").strip()
+        if ans:
+            return ans
     nums = re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)
     return nums[-1] if nums else None
 
 
 def normalize_answer(s: str) -> str:
-    s = s.strip().strip("$").strip().rstrip(".").strip().lower()
+    """Canonical form for comparing answers (the engine's `normalize`)."""
+    s = s.strip().rstrip(".").strip().strip("$").strip().rstrip(".").strip().lower()
     s = re.sub(r"\\text\{([^}]*)\}", r"\1", s)
     s = re.sub(r"^(the|a|an)\s+", "", s)
     s = re.sub(r"\s+", " ", s)
     num = s.replace(",", "")
+    if "_" in num:  # float() reads 1_000; the engine does not
+        return s
     try:
         v = float(num)
         return str(int(v)) if v == int(v) else repr(v)

@@ -63,3 +63,17 @@ def test_is_correct_normalisation():
     assert not is_correct("\\boxed{41}", "42")
     assert not is_correct("", "42")
     assert normalize_answer("The cow") == "cow"
+
+
+def test_answer_spec_shared_with_the_engine():
+    """tests/fixtures/spec/answers.json: the table src/sched/vote.rs's tests also read."""
+    import json
+    from pathlib import Path
+    table = Path(__file__).resolve().parents[3] / "tests/fixtures/spec/answers.json"
+    cases = json.loads(table.read_text())["cases"]
+    assert len(cases) >= 20
+    for c in cases:
+        got = extract_answer(c["text"])
+        assert got == c["answer"], (c["text"], got)
+        if got is not None:
+            assert normalize_answer(got) == c["normalized"], (got, normalize_answer(got))
