@@ -71,3 +71,77 @@ fn every_shader_variant_validates_and_translates() {
         );
     }
 }
+
+/// The Rust side of a kernel's uniform against naga's reflection of the WGSL struct:
+/// same field names in the same order, same byte offsets, same size.
+fn check_params<P: edgereason::ops::KernelParams>() {
+    // Every optional struct compiled in (the RoPE epilogue's uniform is under ROPE).
+    let defines = ShaderDefines::new().with("ROWS", 1);
+    let defines = match P::STRUCT {
+        "Rope" => defines.with("ROPE", 1).with("HEAD_DIM", 64),
+        _ => defines,
+    };
+    let src = expand_shader(P::SHADER, &defines);
+    let module = naga::front::wgsl::parse_str(&src).unwrap();
+    let (members, span) = module
+        .types
+        .iter()
+        .find_map(|(_, ty)| match &ty.inner {
+            naga::TypeInner::Struct { members, span } if ty.name.as_deref() == Some(P::STRUCT) => {
+                Some((members.clone(), *span))
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{}: no struct {}", P::SHADER, P::STRUCT));
+    let wgsl: Vec<(String, usize)> = members
+        .iter()
+        .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize))
+        .collect();
+    let rust: Vec<(String, usize)> = P::FIELDS.iter().map(|&(n, o)| (n.to_string(), o)).collect();
+    assert_eq!(rust, wgsl, "{}::{} fields", P::SHADER, P::STRUCT);
+    assert_eq!(
+        std::mem::size_of::<P>(),
+        span as usize,
+        "{}::{} size",
+        P::SHADER,
+        P::STRUCT
+    );
+}
+
+#[test]
+fn kernel_params_structs_match_their_wgsl_layouts() {
+    use edgereason::ops::*;
+    check_params::<attention::AttentionParams>();
+    check_params::<embedding::EmbeddingParams>();
+    check_params::<lora::LoraParams>();
+    check_params::<matmul_int4::MatmulParams>();
+    check_params::<matmul_int4::RopeEpilogue>();
+    check_params::<quantize_act::QuantizeParams>();
+    check_params::<read_bandwidth::ReadParams>();
+    check_params::<rmsnorm::NormParams>();
+    check_params::<rope::RopeParams>();
+    check_params::<sampling::Params>();
+    check_params::<swiglu::SwigluParams>();
+    // Every shader with a Params struct is covered (a new kernel must add its check).
+    let covered = [
+        "attention",
+        "embedding",
+        "lora",
+        "matmul_int4",
+        "quantize_act",
+        "read_bandwidth",
+        "rmsnorm",
+        "rope",
+        "sampling",
+        "swiglu",
+    ];
+    for name in SHADER_FILES {
+        let src = expand_shader(name, &ShaderDefines::new().with("ROWS", 1));
+        if src.contains("struct Params") {
+            assert!(
+                covered.contains(name),
+                "{name}: its Params struct has no Rust check"
+            );
+        }
+    }
+}

@@ -3,8 +3,33 @@
 //! split the keys (flash-decoding) and a merge pass combines the splits. Prefill chunks
 //! (many rows of one stream) take the flash prefill kernel: one invocation per query row.
 
-use super::{Dispatch, DispatchSpec, Dyn, Grid, When};
+use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams, When};
 use crate::gpu::{Binding, GpuContext, ShaderDefines};
+
+crate::kernel_params!(
+    /// `struct Params` of shaders/attention.wgsl.
+    AttentionParams for "attention"::Params {
+        n_head: u32,
+        n_kv_head: u32,
+        head_dim: u32,
+        /// Rows (set per step).
+        m: u32,
+        qkv_stride: u32,
+        /// 1 / sqrt(head_dim).
+        scale: f32,
+        /// Workgroups per (head, row) along the keys (set per step).
+        n_splits: u32,
+        keys_per_split: u32,
+        /// Cache slots per block.
+        block_size: u32,
+        /// Block-table entries per row.
+        max_blocks: u32,
+        /// Leading splits whose keys every row shares (set per step).
+        shared_splits: u32,
+        /// 1: also write the output as int8 blocks for the Wo matmul.
+        quantize: u32,
+    }
+);
 
 const KINDS: &[Binding] = &[
     Binding::Uniform,
@@ -155,20 +180,18 @@ pub fn attention(
         head_dim <= 256 && head_dim.is_multiple_of(4),
         "head_dim {head_dim} unsupported (≤ 256, multiple of 4)"
     );
-    let words = vec![
-        n_head as u32,
-        n_kv_head as u32,
-        head_dim as u32,
-        0,
-        qkv_stride as u32,
-        super::f32w(1.0 / (head_dim as f32).sqrt()),
-        0,
+    let params = AttentionParams {
+        n_head: n_head as u32,
+        n_kv_head: n_kv_head as u32,
+        head_dim: head_dim as u32,
+        qkv_stride: qkv_stride as u32,
+        scale: 1.0 / (head_dim as f32).sqrt(),
         keys_per_split,
-        tables.block_size,
-        tables.max_blocks,
-        0,
-        quantized.is_some() as u32,
-    ];
+        block_size: tables.block_size,
+        max_blocks: tables.max_blocks,
+        quantize: quantized.is_some() as u32,
+        ..Default::default()
+    };
     // The shared-prefix pass holds one split of K and V in workgroup memory (64 keys of
     // head_dim ≤ 64) next to its queries' scores: 20 KiB, more than some phones give.
     let cascade = plan.shared_prefix && shared_prefix_supported(ctx, head_dim, keys_per_split);
@@ -177,8 +200,15 @@ pub fn attention(
         shader: "attention",
         entry,
         kinds: KINDS,
-        words: words.clone(),
-        dynamic: vec![(3, Dyn::Rows), (6, Dyn::Splits), (10, Dyn::SharedSplits)],
+        words: params.words(),
+        dynamic: vec![
+            (crate::params_word!(AttentionParams, m), Dyn::Rows),
+            (crate::params_word!(AttentionParams, n_splits), Dyn::Splits),
+            (
+                crate::params_word!(AttentionParams, shared_splits),
+                Dyn::SharedSplits,
+            ),
+        ],
         buffers: vec![
             qkv,
             positions,

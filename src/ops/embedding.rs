@@ -2,8 +2,22 @@
 //! of the table; each writes the rows of the tokens it holds.
 
 use super::matmul_int4::{QuantMatrix, WeightFormat};
-use super::{Dispatch, DispatchSpec, Dyn, Grid};
+use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams};
 use crate::gpu::{Binding, GpuContext};
+
+crate::kernel_params!(
+    /// `struct Params` of shaders/embedding.wgsl.
+    EmbeddingParams for "embedding"::Params {
+        /// Vocabulary rows in this chunk.
+        n: u32,
+        /// n_embd.
+        k: u32,
+        /// Tokens (set per step).
+        m: u32,
+        /// First vocabulary row of this chunk.
+        n0: u32,
+    }
+);
 
 const KINDS: &[Binding] = &[
     Binding::Uniform,
@@ -31,8 +45,14 @@ pub fn embedding(
                     shader: "embedding",
                     entry: table.format.entry(),
                     kinds: KINDS,
-                    words: vec![c.n as u32, table.k as u32, 0, c.n0 as u32],
-                    dynamic: vec![(2, Dyn::Rows)],
+                    words: EmbeddingParams {
+                        n: c.n as u32,
+                        k: table.k as u32,
+                        m: 0,
+                        n0: c.n0 as u32,
+                    }
+                    .words(),
+                    dynamic: vec![(crate::params_word!(EmbeddingParams, m), Dyn::Rows)],
                     buffers: vec![&c.qweight, &c.scales, tokens, out],
                     grid: Grid::PerRow {
                         x: super::wg64(

@@ -3,8 +3,32 @@
 //! output pass ([`MatmulLora`](super::matmul_int4::MatmulLora)). `expand` adds s·B·u as a
 //! separate pass over y — the unfused path, for comparison.
 
-use super::{Dispatch, DispatchSpec, Dyn, Grid};
+use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams};
 use crate::gpu::{Binding, GpuContext, ShaderDefines};
+
+crate::kernel_params!(
+    /// `struct Params` of shaders/lora.wgsl (both entries).
+    LoraParams for "lora"::Params {
+        /// Input features (a multiple of 32).
+        k: u32,
+        /// Rows (set per step).
+        m: u32,
+        /// Output features (expand); A's columns, segs × total rank (shrink).
+        n: u32,
+        /// Projections stacked in this matrix (1..3).
+        segs: u32,
+        u_stride: u32,
+        /// Expand: segment boundaries over the output columns.
+        seg1: u32,
+        seg2: u32,
+        out_stride: u32,
+        /// Shrink: xs carries a folded RMSNorm's sum of squares.
+        folded_norm: u32,
+        rms_eps: f32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+);
 
 const KINDS: &[Binding] = &[
     Binding::Uniform,
@@ -53,21 +77,17 @@ pub fn shrink(
             shader: "lora",
             entry: "shrink",
             kinds: KINDS,
-            words: vec![
-                k as u32,
-                0,
-                a_cols as u32,
-                segs as u32,
-                lora.u_stride as u32,
-                0,
-                0,
-                0,
-                rms_eps.is_some() as u32,
-                super::f32w(rms_eps.unwrap_or(0.0)),
-                0,
-                0,
-            ],
-            dynamic: vec![(1, Dyn::Rows)],
+            words: LoraParams {
+                k: k as u32,
+                n: a_cols as u32,
+                segs: segs as u32,
+                u_stride: lora.u_stride as u32,
+                folded_norm: rms_eps.is_some() as u32,
+                rms_eps: rms_eps.unwrap_or(0.0),
+                ..Default::default()
+            }
+            .words(),
+            dynamic: vec![(crate::params_word!(LoraParams, m), Dyn::Rows)],
             buffers: vec![xq, xs, lora.rows, a, lora.u, lora.u],
             grid: Grid::RowTiles {
                 x: super::wg64(segs * max_rank),
@@ -101,21 +121,16 @@ pub fn expand(
             shader: "lora",
             entry: "expand",
             kinds: KINDS,
-            words: vec![
-                0,
-                0,
-                n as u32,
-                0,
-                lora.u_stride as u32,
-                seg1 as u32,
-                seg2 as u32,
-                out_stride as u32,
-                0,
-                0,
-                0,
-                0,
-            ],
-            dynamic: vec![(1, Dyn::Rows)],
+            words: LoraParams {
+                n: n as u32,
+                u_stride: lora.u_stride as u32,
+                seg1: seg1 as u32,
+                seg2: seg2 as u32,
+                out_stride: out_stride as u32,
+                ..Default::default()
+            }
+            .words(),
+            dynamic: vec![(crate::params_word!(LoraParams, m), Dyn::Rows)],
             buffers: vec![xq, xs, lora.rows, b, lora.u, out],
             grid: Grid::PerRow { x: super::wg64(n) },
             defines: ShaderDefines::new().with("ROWS", 1),

@@ -5,9 +5,47 @@
 //! chunks that each fit one storage binding (a 151936×896 LM head is one chunk at 4 bits on
 //! lavapipe's 128 MiB, but a bigger vocabulary or a phone's smaller limit is not).
 
-use super::{Dispatch, DispatchSpec, Dyn, Grid, When};
+use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams, When};
 use crate::gpu::{Binding, GpuContext, ShaderDefines};
 use crate::loader::{Q4Group, Q8Group};
+
+crate::kernel_params!(
+    /// `struct Params` of shaders/matmul_int4.wgsl.
+    MatmulParams for "matmul_int4"::Params {
+        /// Output features of this matrix chunk.
+        n: u32,
+        /// Input features (a multiple of 32).
+        k: u32,
+        /// Activation rows (set per step).
+        m: u32,
+        /// Bit 0: add bias; bit 1: accumulate into out (residual); bit 2: folded RMSNorm.
+        flags: u32,
+        /// Floats between output rows.
+        out_stride: u32,
+        /// First output column of this chunk.
+        out_offset: u32,
+        /// K splits (set per step); > 1 writes partials for `reduce`.
+        splits: u32,
+        /// Eps of the RMSNorm folded into the input blocks.
+        rms_eps: f32,
+        /// Fused LoRA: output columns [0, seg1) take segment 0, [seg1, seg2) segment 1.
+        seg1: u32,
+        seg2: u32,
+        /// Floats per row of the low-rank activations.
+        u_stride: u32,
+        _pad2: u32,
+    }
+);
+
+crate::kernel_params!(
+    /// `struct Rope` of shaders/matmul_int4.wgsl: the RoPE epilogue's uniform.
+    RopeEpilogue for "matmul_int4"::Rope {
+        n_head: u32,
+        n_kv_head: u32,
+        theta: f32,
+        _pad: u32,
+    }
+);
 
 /// How a matrix's weights are stored on the GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -374,10 +412,13 @@ pub struct MatmulRope<'a> {
 
 /// The RoPE epilogue's uniform: (n_head, n_kv_head, theta, 0) as the shader's `Rope`.
 pub fn rope_params(ctx: &GpuContext, n_head: usize, n_kv_head: usize, theta: f32) -> wgpu::Buffer {
-    ctx.uniform_words(
-        "rope.params",
-        &[n_head as u32, n_kv_head as u32, theta.to_bits(), 0],
-    )
+    let rope = RopeEpilogue {
+        n_head: n_head as u32,
+        n_kv_head: n_kv_head as u32,
+        theta,
+        _pad: 0,
+    };
+    ctx.uniform_words("rope.params", &rope.words())
 }
 
 /// Whether a [Q | K | V] matrix can take RoPE in its epilogue: one chunk, and head_dim a
@@ -450,20 +491,16 @@ fn matmul_dispatches(
     }
     let mut out_list = Vec::new();
     for (c, &splits) in w.chunks.iter().zip(chunk_splits) {
-        let mut words = vec![
-            c.n as u32,
-            w.k as u32,
-            0,
+        let mut params = MatmulParams {
+            n: c.n as u32,
+            k: w.k as u32,
             flags,
-            out_stride as u32,
-            (out_offset + c.n0) as u32,
-            1,
-            super::f32w(io.folded_norm.unwrap_or(0.0)),
-            0,
-            0,
-            0,
-            0,
-        ];
+            out_stride: out_stride as u32,
+            out_offset: (out_offset + c.n0) as u32,
+            splits: 1,
+            rms_eps: io.folded_norm.unwrap_or(0.0),
+            ..Default::default()
+        };
         let mut buffers = vec![
             &c.qweight,
             &c.scales,
@@ -475,11 +512,9 @@ fn matmul_dispatches(
         ];
         let (mut kinds, mut defines) = (KINDS, ShaderDefines::new());
         if let Some(l) = &io.lora {
-            words[8..11].copy_from_slice(&[
-                l.segments.0 as u32,
-                l.segments.1 as u32,
-                l.rows.u_stride as u32,
-            ]);
+            params.seg1 = l.segments.0 as u32;
+            params.seg2 = l.segments.1 as u32;
+            params.u_stride = l.rows.u_stride as u32;
             buffers.extend([l.rows.rows, l.rows.u, l.b]);
             (kinds, defines) = (KINDS_LORA, defines.with("LORA", 1));
         }
@@ -522,8 +557,11 @@ fn matmul_dispatches(
             shader: "matmul_int4",
             entry,
             kinds,
-            words: words.clone(),
-            dynamic: vec![(2, Dyn::Rows), (6, Dyn::KSplits)],
+            words: params.words(),
+            dynamic: vec![
+                (crate::params_word!(MatmulParams, m), Dyn::Rows),
+                (crate::params_word!(MatmulParams, splits), Dyn::KSplits),
+            ],
             buffers: buffers.clone(),
             grid,
             defines: defines.clone(),
@@ -605,21 +643,17 @@ pub fn gemm(
                 shader: "matmul_int4",
                 entry,
                 kinds: KINDS,
-                words: vec![
-                    c.n as u32,
-                    w.k as u32,
-                    0,
+                words: MatmulParams {
+                    n: c.n as u32,
+                    k: w.k as u32,
                     flags,
-                    io.out_stride as u32,
-                    (io.out_offset + c.n0) as u32,
-                    1,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                ],
-                dynamic: vec![(2, Dyn::Rows)],
+                    out_stride: io.out_stride as u32,
+                    out_offset: (io.out_offset + c.n0) as u32,
+                    splits: 1,
+                    ..Default::default()
+                }
+                .words(),
+                dynamic: vec![(crate::params_word!(MatmulParams, m), Dyn::Rows)],
                 // The activations go in the `xs` slot, which the shader views as vec4<f32>.
                 buffers: vec![
                     &c.qweight,

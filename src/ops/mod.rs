@@ -1,5 +1,6 @@
 //! Kernel launchers: one module per `shaders/*.wgsl` file, each with a `#[repr(C)]`
-//! params struct mirroring the WGSL one, a constructor that builds a [`Dispatch`] with its
+//! params struct mirroring the WGSL one ([`kernel_params!`]; tests/shaders.rs checks the
+//! two layouts agree through naga), a constructor that builds a [`Dispatch`] with its
 //! bind group made once, and a plain-Rust reference the tests compare against.
 //!
 //! A [`Dispatch`] is recorded many times (every decode step) with only the row count
@@ -20,6 +21,51 @@ pub mod swiglu;
 use crate::gpu::{Binding, GpuContext, ShaderDefines};
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
+
+/// A kernel's uniform struct on the Rust side: `#[repr(C)]`, 4-byte fields in the order
+/// of the WGSL struct it mirrors, which tests/shaders.rs compares field by field (name,
+/// offset) and in size with naga's reflection of the shader.
+pub trait KernelParams: bytemuck::Pod {
+    /// The shader file and the WGSL struct this mirrors.
+    const SHADER: &'static str;
+    const STRUCT: &'static str;
+    /// (field name, byte offset), in declaration order.
+    const FIELDS: &'static [(&'static str, usize)];
+
+    /// The struct as the u32 words a [`DispatchSpec`] uploads.
+    fn words(&self) -> Vec<u32> {
+        bytemuck::cast_slice(std::slice::from_ref(self)).to_vec()
+    }
+}
+
+/// Declare a [`KernelParams`] struct: `kernel_params!(Name for "shader"::WgslStruct { field: u32, ... })`.
+#[macro_export]
+macro_rules! kernel_params {
+    ($(#[$m:meta])* $name:ident for $shader:literal :: $wgsl:ident {
+        $($(#[$fm:meta])* $field:ident : $ty:ty),* $(,)?
+    }) => {
+        $(#[$m])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+        pub struct $name {
+            $($(#[$fm])* pub $field: $ty),*
+        }
+        impl $crate::ops::KernelParams for $name {
+            const SHADER: &'static str = $shader;
+            const STRUCT: &'static str = stringify!($wgsl);
+            const FIELDS: &'static [(&'static str, usize)] =
+                &[$((stringify!($field), std::mem::offset_of!($name, $field))),*];
+        }
+    };
+}
+
+/// Index of a params field among the struct's u32 words (for [`Dyn`] updates).
+#[macro_export]
+macro_rules! params_word {
+    ($name:ty, $field:ident) => {
+        std::mem::offset_of!($name, $field) / 4
+    };
+}
 
 /// A params word filled at record time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -427,11 +473,6 @@ pub fn run_forced(ctx: &GpuContext, dispatches: &[&Dispatch], step: &Step) {
     }
     ctx.submit(enc);
     ctx.wait();
-}
-
-/// f32 bit pattern as a params word.
-pub fn f32w(v: f32) -> u32 {
-    v.to_bits()
 }
 
 /// Workgroups of 64 to cover `n` items.

@@ -1,8 +1,21 @@
 //! Activation quantization (`shaders/quantize_act.wgsl`): f32 rows → int8 blocks of 32
 //! (`xq` [m][k/4] i8x4, `xs` [m][k/32] = (scale, Σx)) for `matmul_int4`.
 
-use super::{Dispatch, DispatchSpec, Dyn, Grid};
+use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams};
 use crate::gpu::{Binding, GpuContext};
+
+crate::kernel_params!(
+    /// `struct Params` of shaders/quantize_act.wgsl.
+    QuantizeParams for "quantize_act"::Params {
+        /// Features per row (a multiple of 32).
+        k: u32,
+        /// Rows (set per step).
+        m: u32,
+        /// Floats between input rows.
+        in_stride: u32,
+        _pad: u32,
+    }
+);
 
 const KINDS: &[Binding] = &[
     Binding::Uniform,
@@ -27,8 +40,13 @@ pub fn quantize_act(
             shader: "quantize_act",
             entry: "main",
             kinds: KINDS,
-            words: vec![k as u32, 0, in_stride as u32, 0],
-            dynamic: vec![(1, Dyn::Rows)],
+            words: QuantizeParams {
+                k: k as u32,
+                in_stride: in_stride as u32,
+                ..Default::default()
+            }
+            .words(),
+            dynamic: vec![(crate::params_word!(QuantizeParams, m), Dyn::Rows)],
             buffers: vec![x, xq, xs],
             grid: Grid::PerRow {
                 x: super::wg64(k / 32),

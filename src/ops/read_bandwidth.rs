@@ -1,8 +1,20 @@
 //! Plain buffer-read kernel (`shaders/read_bandwidth.wgsl`): the GB/s yardstick the int4
 //! GEMV is compared with in `edgereason bench` and `benches/kernels.rs`.
 
-use super::{Dispatch, DispatchSpec, Grid};
+use super::{Dispatch, DispatchSpec, Grid, KernelParams};
 use crate::gpu::{Binding, GpuContext};
+
+crate::kernel_params!(
+    /// `struct Params` of shaders/read_bandwidth.wgsl.
+    ReadParams for "read_bandwidth"::Params {
+        /// Words in `src`.
+        words: u32,
+        /// Invocations launched.
+        threads: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+);
 
 const KINDS: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::ReadWrite];
 
@@ -21,7 +33,12 @@ pub fn read_bandwidth(
             shader: "read_bandwidth",
             entry: "main",
             kinds: KINDS,
-            words: vec![words as u32, threads as u32, 0, 0],
+            words: ReadParams {
+                words: words as u32,
+                threads: threads as u32,
+                ..Default::default()
+            }
+            .words(),
             dynamic: vec![],
             buffers: vec![src, dst],
             grid: Grid::PerRow {

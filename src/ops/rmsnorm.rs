@@ -1,8 +1,21 @@
 //! RMSNorm (`shaders/rmsnorm.wgsl`): `y = x / sqrt(mean(x²) + eps) · weight`, as f32
 //! (`rmsnorm`) or straight into matmul_int4's int8 blocks (`rmsnorm_quant`).
 
-use super::{Dispatch, DispatchSpec, Dyn, Grid};
+use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams};
 use crate::gpu::{Binding, GpuContext};
+
+crate::kernel_params!(
+    /// `struct Params` of shaders/rmsnorm.wgsl.
+    NormParams for "rmsnorm"::Params {
+        /// Features per row.
+        k: u32,
+        /// Rows (set per step).
+        m: u32,
+        eps: f32,
+        /// First input row (set per step: the LM head normalizes only the rows it scores).
+        row0: u32,
+    }
+);
 
 const KINDS: &[Binding] = &[
     Binding::Uniform,
@@ -39,8 +52,16 @@ pub fn rmsnorm(
                 "rmsnorm"
             },
             kinds: KINDS,
-            words: vec![k as u32, 0, super::f32w(eps), 0],
-            dynamic: vec![(1, Dyn::Rows), (3, Dyn::Row0)],
+            words: NormParams {
+                k: k as u32,
+                eps,
+                ..Default::default()
+            }
+            .words(),
+            dynamic: vec![
+                (crate::params_word!(NormParams, m), Dyn::Rows),
+                (crate::params_word!(NormParams, row0), Dyn::Row0),
+            ],
             buffers: vec![x, weight, y, xq, xs],
             grid: Grid::PerRow { x: 1 },
             defines: Default::default(),

@@ -1,8 +1,23 @@
 //! RoPE + KV store (`shaders/rope.wgsl`): rotates Q in place and K (HF rotate-half), and
 //! writes K and V as f16 into the cache at each row's slot.
 
-use super::{Dispatch, DispatchSpec, Dyn, Grid};
+use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams};
 use crate::gpu::{Binding, GpuContext};
+
+crate::kernel_params!(
+    /// `struct Params` of shaders/rope.wgsl.
+    RopeParams for "rope"::Params {
+        n_head: u32,
+        n_kv_head: u32,
+        head_dim: u32,
+        /// Rows (set per step).
+        m: u32,
+        theta: f32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
+);
 
 const KINDS: &[Binding] = &[
     Binding::Uniform,
@@ -35,17 +50,15 @@ pub fn rope_store_kv(
             shader: "rope",
             entry: "main",
             kinds: KINDS,
-            words: vec![
-                n_head as u32,
-                n_kv_head as u32,
-                head_dim as u32,
-                0,
-                super::f32w(theta),
-                0,
-                0,
-                0,
-            ],
-            dynamic: vec![(3, Dyn::Rows)],
+            words: RopeParams {
+                n_head: n_head as u32,
+                n_kv_head: n_kv_head as u32,
+                head_dim: head_dim as u32,
+                theta,
+                ..Default::default()
+            }
+            .words(),
+            dynamic: vec![(crate::params_word!(RopeParams, m), Dyn::Rows)],
             buffers: vec![qkv, positions, slots, k_cache, v_cache],
             grid: Grid::PerRow {
                 x: super::wg64(items),

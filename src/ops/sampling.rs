@@ -9,7 +9,7 @@
 //!
 //! logits: [rows][n_vocab] f32   rows: [m] [`SampleRow`]   out: [m] [`Sampled`]
 
-use super::{Dispatch, DispatchSpec, Dyn, Grid};
+use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams};
 use crate::gpu::{Binding, GpuContext};
 use crate::sampling::SamplingParams;
 
@@ -20,17 +20,17 @@ const KINDS: &[Binding] = &[
     Binding::ReadWrite,
 ];
 
-/// `Params` of the shader.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct Params {
-    pub n_vocab: u32,
-    /// Rows in this launch (filled at record time).
-    pub m: u32,
-    /// Floats from one logits row to the next.
-    pub row_stride: u32,
-    pub _pad: u32,
-}
+crate::kernel_params!(
+    /// `struct Params` of shaders/sampling.wgsl.
+    Params for "sampling"::Params {
+        n_vocab: u32,
+        /// Rows in this launch (filled at record time).
+        m: u32,
+        /// Floats from one logits row to the next.
+        row_stride: u32,
+        _pad: u32,
+    }
+);
 
 /// One row's settings (`SampleRow` of the shader), an element of the launch's `rows` buffer.
 #[repr(C)]
@@ -118,8 +118,8 @@ pub fn sampling(
             shader: "sampling",
             entry: "main",
             kinds: KINDS,
-            words: bytemuck::cast_slice(&[params]).to_vec(),
-            dynamic: vec![(1, Dyn::Rows)],
+            words: params.words(),
+            dynamic: vec![(crate::params_word!(Params, m), Dyn::Rows)],
             buffers: vec![logits, rows, out],
             grid: Grid::PerRow { x: 1 },
             defines: Default::default(),

@@ -2,8 +2,19 @@
 //! written as int8 blocks for the down projection ([`swiglu`]) or as f32 rows for the
 //! prefill GEMM ([`swiglu_f32`]).
 
-use super::{Dispatch, DispatchSpec, Dyn, Grid};
+use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams};
 use crate::gpu::{Binding, GpuContext};
+
+crate::kernel_params!(
+    /// `struct Params` of shaders/swiglu.wgsl.
+    SwigluParams for "swiglu"::Params {
+        n_ff: u32,
+        /// Rows (set per step).
+        m: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+);
 
 const KINDS: &[Binding] = &[
     Binding::Uniform,
@@ -51,8 +62,12 @@ fn launch(
             shader: "swiglu",
             entry,
             kinds: KINDS,
-            words: vec![n_ff as u32, 0, 0, 0],
-            dynamic: vec![(1, Dyn::Rows)],
+            words: SwigluParams {
+                n_ff: n_ff as u32,
+                ..Default::default()
+            }
+            .words(),
+            dynamic: vec![(crate::params_word!(SwigluParams, m), Dyn::Rows)],
             buffers: vec![gate_up, outs[0], outs[1], outs[2]],
             grid: Grid::PerRow {
                 x: super::wg64(n_ff / 32),
