@@ -30,115 +30,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Generate a reply (chat template applied unless --raw), streamed to stdout.
-    Run {
-        /// The prompt; `-` (or none, with stdin a pipe) reads it from stdin.
-        prompt: Option<String>,
-        /// Registry name (`edgereason pull --list`) or a path (GGUF, HF dir, .safetensors).
-        #[arg(long, default_value = "qwen2.5-coder-0.5b")]
-        model: String,
-        /// Feed the prompt as it is, without the chat template.
-        #[arg(long)]
-        raw: bool,
-        /// System message for the chat template.
-        #[arg(long, conflicts_with = "raw")]
-        system: Option<String>,
-        #[arg(long, default_value_t = 256)]
-        max_tokens: usize,
-        #[command(flatten)]
-        sampling: SamplingArgs,
-        /// Print one JSON object instead of streaming.
-        #[arg(long)]
-        json: bool,
-        /// Decode N candidates together over the shared prompt and vote on their answers.
-        #[arg(long, default_value_t = 1)]
-        best_of: usize,
-        /// Regex whose first group is a candidate's answer (default: \boxed{}, "answer is", last number).
-        #[arg(long)]
-        answer_regex: Option<String>,
-        #[command(flatten)]
-        reasoning: ReasoningArgs,
-    },
+    Run(RunArgs),
     /// Accuracy on a JSONL task file (`{"prompt", "answer"[, "difficulty"]}` per line), with
     /// the same adapter, reasoning, budget and best-of flags as `run`.
-    Eval {
-        #[arg(long)]
-        tasks: std::path::PathBuf,
-        #[arg(long, default_value = "qwen2.5-coder-0.5b")]
-        model: String,
-        /// Evaluate only the first N tasks.
-        #[arg(long)]
-        limit: Option<usize>,
-        #[arg(long, default_value_t = 512)]
-        max_tokens: usize,
-        #[command(flatten)]
-        sampling: SamplingArgs,
-        #[arg(long, default_value_t = 1)]
-        best_of: usize,
-        #[arg(long)]
-        answer_regex: Option<String>,
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        reasoning: ReasoningArgs,
-    },
+    Eval(EvalArgs),
     /// Teacher-forced log-probs, mean NLL and perplexity of a text.
-    Score {
-        #[arg(long, default_value = "qwen2.5-coder-0.5b")]
-        model: String,
-        #[arg(long)]
-        text: String,
-        #[arg(long)]
-        json: bool,
-        /// Score with this PEFT LoRA adapter (folder) on the tokens after --prompt-len.
-        #[arg(long)]
-        adapter: Option<std::path::PathBuf>,
-        /// Tokens that form the prompt, run as their own prefill by the base model (masked
-        /// LoRA); the rest with the adapter, if any.
-        #[arg(long, default_value_t = 0)]
-        prompt_len: usize,
-    },
+    Score(ScoreArgs),
     /// Prefill/decode throughput, TTFT, memory and the per-kernel split.
-    #[command(group(clap::ArgGroup::new("mode").multiple(false).args(
-        ["streams", "attention", "lora_ranks", "adapter_ttft", "prefill_matmul"]
-    )))]
-    Bench {
-        #[arg(long, default_value = "qwen2.5-coder-0.5b")]
-        model: String,
-        #[arg(long, default_value_t = 128)]
-        prompt_tokens: usize,
-        #[arg(long, default_value_t = 32)]
-        gen_tokens: usize,
-        #[arg(long)]
-        json: bool,
-        /// Instead: batched decode step time for these stream counts over one shared prompt.
-        #[arg(long, value_delimiter = ',')]
-        streams: Option<Vec<usize>>,
-        /// Instead: one layer's decode attention for this many streams over a shared prompt
-        /// of --prompt-tokens tokens (--gen-tokens own tokens each): the shared-prefix pass
-        /// against the per-stream kernel, over the shared cache and over copied KV.
-        #[arg(long)]
-        attention: Option<usize>,
-        /// Instead: decode step with a random LoRA of each rank on all seven projections, fused
-        /// and as separate passes, against the base model.
-        #[arg(long, value_delimiter = ',')]
-        lora_ranks: Option<Vec<usize>>,
-        /// Instead: TTFT with the switcher-chosen adapter over the shared base prompt KV against
-        /// re-encoding the prompt with the adapter (random adapter of --lora-rank).
-        #[arg(long)]
-        adapter_ttft: bool,
-        #[arg(long, default_value_t = 16)]
-        lora_rank: usize,
-        /// Instead: prefill-sized matmuls of this many rows in the model's gate|up and down
-        /// shapes, the int8 path against the f32 GEMM with each --gemm-tiles tile (GFLOP/s).
-        #[arg(long)]
-        prefill_matmul: Option<usize>,
-        /// Register tiles (ROWSxCOLS) for --prefill-matmul.
-        #[arg(long, value_delimiter = ',', default_value = "8x2,4x8,8x8,8x16")]
-        gemm_tiles: Vec<String>,
-        /// Repetitions for --adapter-ttft and --prefill-matmul (median).
-        #[arg(long, default_value_t = 3)]
-        reps: usize,
-    },
+    Bench(BenchArgs),
     /// Print a model's configuration and tensors.
     Inspect { model: String },
     /// List GPU adapters with backend, features and limits.
@@ -161,19 +60,140 @@ enum Cmd {
     Serve(ServeArgs),
     /// Interactive multi-turn chat on stdin: replies stream; earlier turns' KV is reused.
     /// Commands: /reset, /reasoning on|off|auto, /quit.
-    Chat {
-        #[arg(long, default_value = "qwen2.5-coder-0.5b")]
-        model: String,
-        /// System message for the chat template.
-        #[arg(long)]
-        system: Option<String>,
-        #[arg(long, default_value_t = 512)]
-        max_tokens: usize,
-        #[command(flatten)]
-        sampling: SamplingArgs,
-        #[command(flatten)]
-        reasoning: ReasoningArgs,
-    },
+    Chat(ChatArgs),
+}
+
+/// `run`'s flags.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The prompt; `-` (or none, with stdin a pipe) reads it from stdin.
+    prompt: Option<String>,
+    /// Registry name (`edgereason pull --list`) or a path (GGUF, HF dir, .safetensors).
+    #[arg(long, default_value = "qwen2.5-coder-0.5b")]
+    model: String,
+    /// Feed the prompt as it is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// System message for the chat template.
+    #[arg(long, conflicts_with = "raw")]
+    system: Option<String>,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Print one JSON object instead of streaming.
+    #[arg(long)]
+    json: bool,
+    /// Decode N candidates together over the shared prompt and vote on their answers.
+    #[arg(long, default_value_t = 1)]
+    best_of: usize,
+    /// Regex whose first group is a candidate's answer (default: \boxed{}, "answer is", last number).
+    #[arg(long)]
+    answer_regex: Option<String>,
+    #[command(flatten)]
+    reasoning: ReasoningArgs,
+}
+
+/// `eval`'s flags.
+#[derive(clap::Args)]
+struct EvalArgs {
+    #[arg(long)]
+    tasks: std::path::PathBuf,
+    #[arg(long, default_value = "qwen2.5-coder-0.5b")]
+    model: String,
+    /// Evaluate only the first N tasks.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[arg(long, default_value_t = 1)]
+    best_of: usize,
+    #[arg(long)]
+    answer_regex: Option<String>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    reasoning: ReasoningArgs,
+}
+
+/// `score`'s flags.
+#[derive(clap::Args)]
+struct ScoreArgs {
+    #[arg(long, default_value = "qwen2.5-coder-0.5b")]
+    model: String,
+    #[arg(long)]
+    text: String,
+    #[arg(long)]
+    json: bool,
+    /// Score with this PEFT LoRA adapter (folder) on the tokens after --prompt-len.
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
+    /// Tokens that form the prompt, run as their own prefill by the base model (masked
+    /// LoRA); the rest with the adapter, if any.
+    #[arg(long, default_value_t = 0)]
+    prompt_len: usize,
+}
+
+/// `bench`'s flags.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").multiple(false).args(
+    ["streams", "attention", "lora_ranks", "adapter_ttft", "prefill_matmul"]
+)))]
+struct BenchArgs {
+    #[arg(long, default_value = "qwen2.5-coder-0.5b")]
+    model: String,
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 32)]
+    gen_tokens: usize,
+    #[arg(long)]
+    json: bool,
+    /// Instead: batched decode step time for these stream counts over one shared prompt.
+    #[arg(long, value_delimiter = ',')]
+    streams: Option<Vec<usize>>,
+    /// Instead: one layer's decode attention for this many streams over a shared prompt
+    /// of --prompt-tokens tokens (--gen-tokens own tokens each): the shared-prefix pass
+    /// against the per-stream kernel, over the shared cache and over copied KV.
+    #[arg(long)]
+    attention: Option<usize>,
+    /// Instead: decode step with a random LoRA of each rank on all seven projections, fused
+    /// and as separate passes, against the base model.
+    #[arg(long, value_delimiter = ',')]
+    lora_ranks: Option<Vec<usize>>,
+    /// Instead: TTFT with the switcher-chosen adapter over the shared base prompt KV against
+    /// re-encoding the prompt with the adapter (random adapter of --lora-rank).
+    #[arg(long)]
+    adapter_ttft: bool,
+    #[arg(long, default_value_t = 16)]
+    lora_rank: usize,
+    /// Instead: prefill-sized matmuls of this many rows in the model's gate|up and down
+    /// shapes, the int8 path against the f32 GEMM with each --gemm-tiles tile (GFLOP/s).
+    #[arg(long)]
+    prefill_matmul: Option<usize>,
+    /// Register tiles (ROWSxCOLS) for --prefill-matmul.
+    #[arg(long, value_delimiter = ',', default_value = "8x2,4x8,8x8,8x16")]
+    gemm_tiles: Vec<String>,
+    /// Repetitions for --adapter-ttft and --prefill-matmul (median).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+}
+
+/// `chat`'s flags.
+#[derive(clap::Args)]
+struct ChatArgs {
+    #[arg(long, default_value = "qwen2.5-coder-0.5b")]
+    model: String,
+    /// System message for the chat template.
+    #[arg(long)]
+    system: Option<String>,
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    reasoning: ReasoningArgs,
 }
 
 /// `serve`: where to listen, how many streams and requests, which adapters and heads.
@@ -702,479 +722,13 @@ impl ChatModes {
 fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
         Cmd::Serve(a) => serve(a, &cli)?,
-        Cmd::Chat {
-            model,
-            system,
-            max_tokens,
-            sampling,
-            reasoning,
-        } => {
-            let sampling = sampling.params(1)?;
-            let engine = load(model, &cli)?;
-            let (params, _) = reasoning.params(&engine, model, *max_tokens, sampling, None)?;
-            let modes = ChatModes {
-                adapter: engine.adapter_names().first().cloned(),
-                switcher: match &params.reasoning {
-                    edgereason::engine::Reasoning::Auto { switcher, .. } => Some(switcher.clone()),
-                    _ => None,
-                },
-            };
-            chat(model, system.as_deref(), params, modes, &cli, engine)?
-        }
-        Cmd::Run {
-            prompt,
-            model,
-            raw,
-            system,
-            max_tokens,
-            sampling,
-            json,
-            best_of,
-            answer_regex,
-            reasoning,
-        } => {
-            let sampling = sampling.params(*best_of)?; // bad values fail before the load
-            let engine = load(model, &cli)?;
-            let (params, vp) = reasoning.params(
-                &engine,
-                model,
-                *max_tokens,
-                sampling,
-                answer_regex.as_deref(),
-            )?;
-            let prompt = prompt_text(prompt.as_deref())?;
-            let user = reasoning.user_message(&prompt);
-            let text = if *raw {
-                user
-            } else {
-                engine.chat_prompt(system.as_deref(), &user)?
-            };
-            let ids = engine.encode(&text)?;
-            let n = (*best_of).max(1);
-            // Live view (not --json): one stream goes to stdout as it comes; several get one
-            // line each on stderr (a terminal), redrawn after each batched step.
-            let live = !*json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let mut view = StreamsView::new(n);
-            let mut stdout = std::io::stdout();
-            let mut run = edgereason::sched::best_of_n::Decoding::start(&engine, &ids, n, &params)?;
-            while !run.is_finished() {
-                for t in run.step()? {
-                    if n == 1 && !*json {
-                        let _ = write!(stdout, "{}", t.text);
-                        let _ = stdout.flush();
-                    }
-                    view.push(t.stream, &t.text);
-                }
-                if live && n > 1 {
-                    view.draw();
-                }
-            }
-            let out = run.finish(&vp)?;
-            if *json {
-                // One candidate: the candidate's fields at the top level (as `generate`).
-                let mut v = if n == 1 {
-                    let mut c = serde_json::to_value(&out.candidates[0])?;
-                    for key in [
-                        "prompt_tokens",
-                        "ttft_ms",
-                        "decode_tokens_per_s",
-                        "kv_bytes_used",
-                        "reasoning",
-                        "switcher_probability",
-                    ] {
-                        c[key] = serde_json::to_value(&out)?[key].clone();
-                    }
-                    c
-                } else {
-                    serde_json::to_value(&out)?
-                };
-                v["prompt_token_ids"] = serde_json::json!(ids);
-                v["device"] = serde_json::json!(engine.ctx.describe());
-                v["model"] = serde_json::json!(engine.source);
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
-            let mode = match out.switcher_probability {
-                Some(p) => format!(
-                    "reasoning {} (switcher p = {p:.2})",
-                    if out.reasoning { "on" } else { "off" }
-                ),
-                None => format!("reasoning {}", if out.reasoning { "on" } else { "off" }),
-            };
-            if n == 1 {
-                println!();
-                let c = &out.candidates[0];
-                eprintln!(
-                    "[{} prompt tokens, TTFT {:.0} ms, {} tokens ({} thinking{}) at {:.2} tok/s, {mode}, {}]",
-                    out.prompt_tokens, out.ttft_ms, c.tokens.len(), c.thinking_tokens, if c.forced { ", forced" } else { "" }, out.decode_tokens_per_s, engine.ctx.describe()
-                );
-            } else {
-                for c in &out.candidates {
-                    let score = c
-                        .verifier_score
-                        .map(|s| format!(", verifier {s:.2}"))
-                        .unwrap_or_default();
-                    println!(
-                        "--- candidate {} ({} tokens: {} thinking{}, {}, logprob {:.2}{score}, answer {:?})",
-                        c.index, c.tokens.len(), c.thinking_tokens, if c.forced { " forced" } else { "" }, c.finish_reason, c.logprob, c.answer
-                    );
-                    println!("{}", c.text.trim());
-                }
-                println!(
-                    "=== answer: {} (votes: {:?})",
-                    out.answer.as_deref().unwrap_or("none"),
-                    out.votes
-                );
-                eprintln!("[{n} candidates, TTFT {:.0} ms, {:.2} tok/s over all streams, KV {:.1} MiB, {mode}, {}]", out.ttft_ms, out.decode_tokens_per_s, out.kv_bytes_used as f64 / 1048576.0, engine.ctx.describe());
-            }
-        }
-        Cmd::Eval {
-            tasks,
-            model,
-            limit,
-            max_tokens,
-            sampling,
-            best_of,
-            answer_regex,
-            json,
-            reasoning,
-        } => {
-            let sampling = sampling.params(*best_of)?; // bad values fail before the load
-            let mut list = edgereason::sched::eval::read_tasks(tasks)?;
-            list.truncate(limit.unwrap_or(usize::MAX));
-            let engine = load(model, &cli)?;
-            let (params, vp) = reasoning.params(
-                &engine,
-                model,
-                *max_tokens,
-                sampling,
-                answer_regex.as_deref(),
-            )?;
-            let total = list.len();
-            let mut correct = 0;
-            let r = edgereason::sched::eval::evaluate(
-                &engine,
-                &list,
-                (*best_of).max(1),
-                &params,
-                &vp,
-                reasoning.state_budget,
-                |i, item| {
-                    correct += item.correct as usize;
-                    eprintln!(
-                    "[{}/{total}] {} {:?} (expected {:?}), {:.0} thinking + {:.0} answer tokens{}, acc so far {:.3}",
-                    i + 1, if item.correct { "ok " } else { "BAD" }, item.answer.as_deref().unwrap_or("none"), item.expected, item.thinking_tokens, item.answer_tokens,
-                    if item.reasoning { ", reasoning" } else { "" }, correct as f64 / (i + 1) as f64
-                );
-                },
-            )?;
-            if *json {
-                let mut v = serde_json::to_value(&r)?;
-                v["model"] = serde_json::json!(model);
-                v["device"] = serde_json::json!(engine.ctx.describe());
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!(
-                    "{model} on {} ({} tasks, best-of-{}, vote {}):",
-                    tasks.display(),
-                    r.tasks,
-                    best_of,
-                    reasoning.vote
-                );
-                println!("  accuracy {:.3}; mean tokens {:.1} ({:.1} thinking + {:.1} answer); forced {:.1}%", r.accuracy, r.mean_tokens, r.mean_thinking_tokens, r.mean_answer_tokens, 100.0 * r.forced_fraction);
-                println!(
-                    "  reasoning on for {:.1}% of tasks{}",
-                    100.0 * r.reasoning_fraction,
-                    r.routing_accuracy
-                        .map(|a| format!("; switcher routing accuracy {a:.3}"))
-                        .unwrap_or_default()
-                );
-                for (label, (n, acc, len)) in &r.by_difficulty {
-                    println!("  {label}: {n} tasks, accuracy {acc:.3}, mean tokens {len:.1}");
-                }
-                if r.vote_at.len() > 1 {
-                    let at = |f: &dyn Fn(&edgereason::sched::eval::VoteAt) -> Option<f64>| {
-                        r.vote_at
-                            .iter()
-                            .filter_map(|v| f(v).map(|a| format!("@{} {a:.3}", v.candidates)))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    };
-                    println!("  majority vote {}", at(&|v| Some(v.majority_accuracy)));
-                    if r.vote_at.iter().any(|v| v.weighted_accuracy.is_some()) {
-                        println!("  weighted vote {}", at(&|v| v.weighted_accuracy));
-                    }
-                }
-                println!("  {:.1} s on {}", r.seconds, engine.ctx.describe());
-            }
-        }
-        Cmd::Score {
-            model,
-            text,
-            json,
-            adapter,
-            prompt_len,
-        } => {
-            let engine = load(model, &cli)?;
-            let ids = engine.encode(text)?;
-            if *prompt_len >= ids.len() {
-                anyhow::bail!(
-                    "--prompt-len {prompt_len} leaves nothing to score: the text is {} tokens",
-                    ids.len()
-                );
-            }
-            let s = match adapter {
-                Some(path) => {
-                    engine
-                        .load_adapter("adapter", path)
-                        .with_context(|| format!("--adapter {}", path.display()))?;
-                    engine.score_with_adapter(&ids, "adapter", *prompt_len)?
-                }
-                None if *prompt_len > 0 => engine.score_split(&ids, *prompt_len)?,
-                None => engine.score(&ids)?,
-            };
-            // Over the tokens after the prompt: what an adapter is trained on.
-            let after: Vec<f32> = s
-                .positions
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| i + 1 >= *prompt_len)
-                .map(|(_, p)| p.logprob)
-                .collect();
-            let response_nll = -after.iter().map(|&l| l as f64).sum::<f64>() / after.len() as f64;
-            if *json {
-                let mut v = serde_json::to_value(&s)?;
-                v["prompt_len"] = serde_json::json!(prompt_len);
-                v["response_mean_nll"] = serde_json::json!(response_nll);
-                println!("{}", serde_json::to_string(&v)?);
-            } else {
-                println!(
-                    "{} tokens, mean NLL {:.4}, perplexity {:.3}",
-                    ids.len(),
-                    s.mean_nll,
-                    s.perplexity
-                );
-                if *prompt_len > 0 {
-                    println!("after the {prompt_len}-token prompt: {} tokens, mean NLL {response_nll:.4}, perplexity {:.3}", after.len(), response_nll.exp());
-                }
-            }
-        }
-        Cmd::Bench {
-            model,
-            prompt_tokens,
-            gen_tokens,
-            json,
-            streams,
-            attention,
-            lora_ranks,
-            adapter_ttft,
-            lora_rank,
-            reps,
-            prefill_matmul,
-            gemm_tiles,
-        } => {
-            let engine = load(model, &cli)?;
-            if let Some(m) = prefill_matmul {
-                let tiles = gemm_tiles
-                    .iter()
-                    .map(|t| parse_tile(t))
-                    .collect::<Result<Vec<_>>>()?;
-                let rows = edgereason::bench::prefill_matmul(&engine, *m, &tiles, (*reps).max(1));
-                if *json {
-                    println!("{}", serde_json::to_string_pretty(&rows)?);
-                } else {
-                    println!(
-                        "{} / {model}: prefill matmuls of {m} rows (median of {reps})",
-                        engine.ctx.describe()
-                    );
-                    for r in &rows {
-                        println!(
-                            "  {:<8} {:>5}x{:<5} {:<16} {:>9.2} ms {:>8.2} GFLOP/s",
-                            r.matrix, r.n, r.k, r.path, r.ms, r.gflop_per_s
-                        );
-                    }
-                }
-                return Ok(());
-            }
-            if let Some(ranks) = lora_ranks {
-                let (base, base_again, rows) =
-                    edgereason::bench::lora_ranks(&engine, *prompt_tokens, *gen_tokens, ranks)?;
-                if *json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(
-                            &serde_json::json!({"device": engine.ctx.describe(), "base_step_ms": base, "base_step_ms_again": base_again, "ranks": rows})
-                        )?
-                    );
-                } else {
-                    println!("{} / {model}: decode step after a {prompt_tokens}-token prompt (median of {gen_tokens})", engine.ctx.describe());
-                    println!(
-                        "  base            {base:>8.2} ms (again at the end: {base_again:.2} ms)"
-                    );
-                    for r in &rows {
-                        println!(
-                            "  rank {:<4} fused {:>8.2} ms (+{:.1}%)  separate {:>8.2} ms (+{:.1}%)  adapter {:.1} MiB",
-                            r.rank, r.fused_step_ms, 100.0 * r.fused_overhead, r.separate_step_ms, 100.0 * r.separate_overhead, r.adapter_bytes as f64 / 1048576.0
-                        );
-                    }
-                }
-                return Ok(());
-            }
-            if *adapter_ttft {
-                let r = edgereason::bench::adapter_ttft(
-                    &engine,
-                    *prompt_tokens,
-                    *lora_rank,
-                    (*reps).max(1),
-                )?;
-                if *json {
-                    println!("{}", serde_json::to_string_pretty(&r)?);
-                } else {
-                    println!("{} / {model}: {prompt_tokens}-token prompt, rank-{} adapter chosen by the switcher (p = {:.2})", engine.ctx.describe(), r.rank, r.switcher_probability);
-                    println!(
-                        "  TTFT, shared prompt KV (base prefill + switcher)   {:>9.1} ms",
-                        r.shared_ttft_ms
-                    );
-                    println!(
-                        "  TTFT, switcher prefill then re-encode with adapter {:>9.1} ms ({:.2}x)",
-                        r.reencode_ttft_ms,
-                        r.reencode_ttft_ms / r.shared_ttft_ms
-                    );
-                    println!(
-                        "  prefill, base only                                 {:>9.1} ms",
-                        r.base_prefill_ms
-                    );
-                    println!(
-                        "  prefill, adapter on the prompt                     {:>9.1} ms ({:.2}x)",
-                        r.adapter_prefill_ms,
-                        r.adapter_prefill_ms / r.base_prefill_ms
-                    );
-                }
-                return Ok(());
-            }
-            if let Some(n) = attention {
-                let c = &engine.model.config;
-                let r = edgereason::bench::attention(
-                    &engine.ctx,
-                    (c.n_head, c.n_kv_head, c.head_dim),
-                    *n,
-                    *prompt_tokens,
-                    *gen_tokens,
-                    10,
-                );
-                if *json {
-                    println!("{}", serde_json::to_string_pretty(&r)?);
-                } else {
-                    println!("{} / {model}: attention, {n} streams, {prompt_tokens}-token shared prompt + {gen_tokens} own tokens each ({} heads, {} KV heads, head_dim {})", r.device, r.n_head, r.n_kv_head, r.head_dim);
-                    println!(
-                        "  shared-prefix pass, shared cache   {:>9.3} ms",
-                        r.shared_prefix_ms
-                    );
-                    println!("  per-stream kernel, shared cache    {:>9.3} ms ({:.2}x the shared-prefix pass)", r.per_stream_shared_cache_ms, r.per_stream_shared_cache_ms / r.shared_prefix_ms);
-                    println!("  per-stream kernel, copied KV       {:>9.3} ms ({:.2}x the shared-prefix pass)", r.per_stream_copied_kv_ms, r.per_stream_copied_kv_ms / r.shared_prefix_ms);
-                    println!(
-                        "  KV held: {:.2} MiB shared, {:.2} MiB copied",
-                        r.kv_bytes_shared as f64 / 1048576.0,
-                        r.kv_bytes_copied as f64 / 1048576.0
-                    );
-                }
-                return Ok(());
-            }
-            if let Some(ns) = streams {
-                let rows = edgereason::bench::streams(&engine, *prompt_tokens, *gen_tokens, ns)?;
-                if *json {
-                    println!("{}", serde_json::to_string_pretty(&rows)?);
-                } else {
-                    println!(
-                        "{} / {model}: {prompt_tokens}-token shared prompt, {gen_tokens} steps",
-                        engine.ctx.describe()
-                    );
-                    let base = rows.first().map(|r| r.tokens_per_s).unwrap_or(1.0);
-                    for r in &rows {
-                        println!(
-                            "  N={:<3} step {:>8.2} ms  {:>8.2} tok/s ({:.2}x N=1)  KV {:.1} MiB (unshared {:.1} MiB)",
-                            r.streams, r.step_ms, r.tokens_per_s, r.tokens_per_s / base, r.kv_bytes_used as f64 / 1048576.0, r.kv_bytes_unshared as f64 / 1048576.0
-                        );
-                    }
-                }
-                return Ok(());
-            }
-            let r = edgereason::bench::run(&engine, model, *prompt_tokens, *gen_tokens)?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                println!("device        {}", r.device);
-                println!("model         {}", r.model);
-                println!("prefill       {:.1} tok/s ({} tokens, TTFT {:.0} ms; {:.0} ms cold, with pipeline compilation)", r.prefill_tokens_per_s, r.prompt_tokens, r.ttft_ms, r.cold_ttft_ms);
-                println!("decode        {:.2} tok/s (median step {:.1} ms over {} tokens; {} B read back per step)", r.decode_tokens_per_s, r.decode_step_ms, r.gen_tokens, r.readback_bytes_per_step);
-                println!(
-                    "gpu memory    {:.1} MiB (weights {:.1}, KV {:.1})",
-                    r.gpu_bytes as f64 / 1048576.0,
-                    r.weight_bytes as f64 / 1048576.0,
-                    r.kv_bytes as f64 / 1048576.0
-                );
-                println!(
-                    "int4 GEMV     {}x{}: {:.2} ms = {:.2} GB/s; read kernel {:.2} GB/s; ratio {:.2}",
-                    r.gemv.n, r.gemv.k, r.gemv.gemv_ms, r.gemv.gemv_gb_per_s, r.gemv.read_gb_per_s, r.gemv.ratio
-                );
-                let c = &r.decode_step_cost;
-                println!(
-                    "decode step   {} launches ({:.1} per layer + head), {} pass, {} submit, {} B read back, host {:.0} us, GPU {}, wall {:.2} ms",
-                    c.dispatches,
-                    c.dispatches_per_layer,
-                    c.passes,
-                    c.submits,
-                    c.readback_bytes,
-                    c.host_encode_us,
-                    c.gpu_ms.map_or("n/a".into(), |g| format!("{g:.2} ms")),
-                    c.wall_ms
-                );
-                print_kernel_split("decode step", &r.decode_kernel_ms);
-                print_kernel_split(
-                    &format!("prefill of {} tokens", r.prefill_profile_tokens),
-                    &r.prefill_kernel_ms,
-                );
-            }
-        }
-        Cmd::Inspect { model } => {
-            let path = edgereason::pull::resolve_model(model)?;
-            let host = edgereason::loader::load_model(&path)?;
-            println!("source  {}", host.source);
-            println!("{}", serde_json::to_string_pretty(&host.config)?);
-            println!(
-                "bos {:?} eos {:?} add_bos {} chat_template {}",
-                host.bos_token_id,
-                host.eos_token_ids,
-                host.add_bos,
-                host.chat_template.is_some()
-            );
-            let mut names: Vec<_> = host.tensors.iter().collect();
-            names.sort_by(|a, b| a.0.cmp(b.0));
-            for (n, t) in names {
-                let kind = match t.data {
-                    edgereason::loader::TensorData::F32(_) => "f32",
-                    edgereason::loader::TensorData::Q4(_) => "int4",
-                    edgereason::loader::TensorData::Q8(_) => "int8",
-                };
-                println!("  {n:<32} {:?} {kind}", t.shape);
-            }
-        }
-        Cmd::Devices { json } => {
-            let list = edgereason::gpu::list_adapters();
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else if list.is_empty() {
-                println!("{}", edgereason::gpu::GpuError::NoAdapter);
-            } else {
-                for a in list {
-                    println!(
-                        "{}: {} [{} {}] f16={} subgroups={} (size {}..{}) timestamps={} max_buffer={} MiB max_storage_binding={} MiB storage_buffers/stage={} workgroup_mem={} KiB",
-                        a.index, a.name, a.backend, a.device_type, a.shader_f16, a.subgroups, a.subgroup_size[0], a.subgroup_size[1], a.timestamps,
-                        a.max_buffer_size >> 20, a.max_storage_buffer_binding_size >> 20, a.max_storage_buffers_per_shader_stage, a.max_compute_workgroup_storage_size >> 10
-                    );
-                }
-            }
-        }
+        Cmd::Chat(a) => chat_cmd(a, &cli)?,
+        Cmd::Run(a) => run_prompt(a, &cli)?,
+        Cmd::Eval(a) => eval_tasks(a, &cli)?,
+        Cmd::Score(a) => score_text(a, &cli)?,
+        Cmd::Bench(a) => bench(a, &cli)?,
+        Cmd::Inspect { model } => inspect(model)?,
+        Cmd::Devices { json } => devices(*json)?,
         Cmd::Pull { name, list } => {
             if *list || name.is_none() {
                 for m in edgereason::pull::known_models() {
@@ -1197,6 +751,595 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", output.display());
         }
     }
+    Ok(())
+}
+
+/// `inspect`: a model's configuration and tensors.
+fn inspect(model: &str) -> Result<()> {
+    let path = edgereason::pull::resolve_model(model)?;
+    let host = edgereason::loader::load_model(&path)?;
+    println!("source  {}", host.source);
+    println!("{}", serde_json::to_string_pretty(&host.config)?);
+    println!(
+        "bos {:?} eos {:?} add_bos {} chat_template {}",
+        host.bos_token_id,
+        host.eos_token_ids,
+        host.add_bos,
+        host.chat_template.is_some()
+    );
+    let mut names: Vec<_> = host.tensors.iter().collect();
+    names.sort_by(|a, b| a.0.cmp(b.0));
+    for (n, t) in names {
+        let kind = match t.data {
+            edgereason::loader::TensorData::F32(_) => "f32",
+            edgereason::loader::TensorData::Q4(_) => "int4",
+            edgereason::loader::TensorData::Q8(_) => "int8",
+        };
+        println!("  {n:<32} {:?} {kind}", t.shape);
+    }
+    Ok(())
+}
+
+/// `devices`: the GPU adapters wgpu finds.
+fn devices(json: bool) -> Result<()> {
+    let list = edgereason::gpu::list_adapters();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else if list.is_empty() {
+        println!("{}", edgereason::gpu::GpuError::NoAdapter);
+    } else {
+        for a in list {
+            println!(
+                "{}: {} [{} {}] f16={} subgroups={} (size {}..{}) timestamps={} max_buffer={} MiB max_storage_binding={} MiB storage_buffers/stage={} workgroup_mem={} KiB",
+                a.index, a.name, a.backend, a.device_type, a.shader_f16, a.subgroups, a.subgroup_size[0], a.subgroup_size[1], a.timestamps,
+                a.max_buffer_size >> 20, a.max_storage_buffer_binding_size >> 20, a.max_storage_buffers_per_shader_stage, a.max_compute_workgroup_storage_size >> 10
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_prompt(a: &RunArgs, cli: &Cli) -> Result<()> {
+    let RunArgs {
+        prompt,
+        model,
+        raw,
+        system,
+        max_tokens,
+        sampling,
+        json,
+        best_of,
+        answer_regex,
+        reasoning,
+        ..
+    } = a;
+    let sampling = sampling.params(*best_of)?; // bad values fail before the load
+    let engine = load(model, cli)?;
+    let (params, vp) = reasoning.params(
+        &engine,
+        model,
+        *max_tokens,
+        sampling,
+        answer_regex.as_deref(),
+    )?;
+    let prompt = prompt_text(prompt.as_deref())?;
+    let user = reasoning.user_message(&prompt);
+    let text = if *raw {
+        user
+    } else {
+        engine.chat_prompt(system.as_deref(), &user)?
+    };
+    let ids = engine.encode(&text)?;
+    let n = (*best_of).max(1);
+    // Live view (not --json): one stream goes to stdout as it comes; several get one
+    // line each on stderr (a terminal), redrawn after each batched step.
+    let live = !*json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut view = StreamsView::new(n);
+    let mut stdout = std::io::stdout();
+    let mut run = edgereason::sched::best_of_n::Decoding::start(&engine, &ids, n, &params)?;
+    while !run.is_finished() {
+        for t in run.step()? {
+            if n == 1 && !*json {
+                let _ = write!(stdout, "{}", t.text);
+                let _ = stdout.flush();
+            }
+            view.push(t.stream, &t.text);
+        }
+        if live && n > 1 {
+            view.draw();
+        }
+    }
+    let out = run.finish(&vp)?;
+    if *json {
+        return print_run_json(&engine, &ids, &out);
+    }
+    print_run_summary(&engine, &out);
+    Ok(())
+}
+
+/// `run --json`: one object; with one candidate its fields at the top level (as `generate`).
+fn print_run_json(
+    engine: &Engine,
+    ids: &[u32],
+    out: &edgereason::sched::best_of_n::BestOfN,
+) -> Result<()> {
+    let n = out.candidates.len();
+    // One candidate: the candidate's fields at the top level (as `generate`).
+    let mut v = if n == 1 {
+        let mut c = serde_json::to_value(&out.candidates[0])?;
+        let all = serde_json::to_value(out)?;
+        for key in [
+            "prompt_tokens",
+            "ttft_ms",
+            "decode_tokens_per_s",
+            "kv_bytes_used",
+            "reasoning",
+            "switcher_probability",
+        ] {
+            c[key] = all[key].clone();
+        }
+        c
+    } else {
+        serde_json::to_value(out)?
+    };
+    v["prompt_token_ids"] = serde_json::json!(ids);
+    v["device"] = serde_json::json!(engine.ctx.describe());
+    v["model"] = serde_json::json!(engine.source);
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+/// `run`'s output after the streamed text: the timings line, or each candidate and the vote.
+fn print_run_summary(engine: &Engine, out: &edgereason::sched::best_of_n::BestOfN) {
+    let n = out.candidates.len();
+    let mode = match out.switcher_probability {
+        Some(p) => format!(
+            "reasoning {} (switcher p = {p:.2})",
+            if out.reasoning { "on" } else { "off" }
+        ),
+        None => format!("reasoning {}", if out.reasoning { "on" } else { "off" }),
+    };
+    if n == 1 {
+        println!();
+        let c = &out.candidates[0];
+        eprintln!(
+            "[{} prompt tokens, TTFT {:.0} ms, {} tokens ({} thinking{}) at {:.2} tok/s, {mode}, {}]",
+            out.prompt_tokens, out.ttft_ms, c.tokens.len(), c.thinking_tokens, if c.forced { ", forced" } else { "" }, out.decode_tokens_per_s, engine.ctx.describe()
+        );
+    } else {
+        for c in &out.candidates {
+            let score = c
+                .verifier_score
+                .map(|s| format!(", verifier {s:.2}"))
+                .unwrap_or_default();
+            println!(
+                "--- candidate {} ({} tokens: {} thinking{}, {}, logprob {:.2}{score}, answer {:?})",
+                c.index, c.tokens.len(), c.thinking_tokens, if c.forced { " forced" } else { "" }, c.finish_reason, c.logprob, c.answer
+            );
+            println!("{}", c.text.trim());
+        }
+        println!(
+            "=== answer: {} (votes: {:?})",
+            out.answer.as_deref().unwrap_or("none"),
+            out.votes
+        );
+        eprintln!("[{n} candidates, TTFT {:.0} ms, {:.2} tok/s over all streams, KV {:.1} MiB, {mode}, {}]", out.ttft_ms, out.decode_tokens_per_s, out.kv_bytes_used as f64 / 1048576.0, engine.ctx.describe());
+    }
+}
+
+fn eval_tasks(a: &EvalArgs, cli: &Cli) -> Result<()> {
+    let EvalArgs {
+        tasks,
+        model,
+        limit,
+        max_tokens,
+        sampling,
+        best_of,
+        answer_regex,
+        json,
+        reasoning,
+        ..
+    } = a;
+    let sampling = sampling.params(*best_of)?; // bad values fail before the load
+    let mut list = edgereason::sched::eval::read_tasks(tasks)?;
+    list.truncate(limit.unwrap_or(usize::MAX));
+    let engine = load(model, cli)?;
+    let (params, vp) = reasoning.params(
+        &engine,
+        model,
+        *max_tokens,
+        sampling,
+        answer_regex.as_deref(),
+    )?;
+    let total = list.len();
+    let mut correct = 0;
+    let r = edgereason::sched::eval::evaluate(
+        &engine,
+        &list,
+        (*best_of).max(1),
+        &params,
+        &vp,
+        reasoning.state_budget,
+        |i, item| {
+            correct += item.correct as usize;
+            eprintln!(
+            "[{}/{total}] {} {:?} (expected {:?}), {:.0} thinking + {:.0} answer tokens{}, acc so far {:.3}",
+            i + 1, if item.correct { "ok " } else { "BAD" }, item.answer.as_deref().unwrap_or("none"), item.expected, item.thinking_tokens, item.answer_tokens,
+            if item.reasoning { ", reasoning" } else { "" }, correct as f64 / (i + 1) as f64
+        );
+        },
+    )?;
+    if *json {
+        let mut v = serde_json::to_value(&r)?;
+        v["model"] = serde_json::json!(model);
+        v["device"] = serde_json::json!(engine.ctx.describe());
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{model} on {} ({} tasks, best-of-{}, vote {}):",
+            tasks.display(),
+            r.tasks,
+            best_of,
+            reasoning.vote
+        );
+        println!(
+            "  accuracy {:.3}; mean tokens {:.1} ({:.1} thinking + {:.1} answer); forced {:.1}%",
+            r.accuracy,
+            r.mean_tokens,
+            r.mean_thinking_tokens,
+            r.mean_answer_tokens,
+            100.0 * r.forced_fraction
+        );
+        println!(
+            "  reasoning on for {:.1}% of tasks{}",
+            100.0 * r.reasoning_fraction,
+            r.routing_accuracy
+                .map(|a| format!("; switcher routing accuracy {a:.3}"))
+                .unwrap_or_default()
+        );
+        for (label, (n, acc, len)) in &r.by_difficulty {
+            println!("  {label}: {n} tasks, accuracy {acc:.3}, mean tokens {len:.1}");
+        }
+        if r.vote_at.len() > 1 {
+            let at = |f: &dyn Fn(&edgereason::sched::eval::VoteAt) -> Option<f64>| {
+                r.vote_at
+                    .iter()
+                    .filter_map(|v| f(v).map(|a| format!("@{} {a:.3}", v.candidates)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            println!("  majority vote {}", at(&|v| Some(v.majority_accuracy)));
+            if r.vote_at.iter().any(|v| v.weighted_accuracy.is_some()) {
+                println!("  weighted vote {}", at(&|v| v.weighted_accuracy));
+            }
+        }
+        println!("  {:.1} s on {}", r.seconds, engine.ctx.describe());
+    }
+    Ok(())
+}
+
+fn score_text(a: &ScoreArgs, cli: &Cli) -> Result<()> {
+    let ScoreArgs {
+        model,
+        text,
+        json,
+        adapter,
+        prompt_len,
+        ..
+    } = a;
+    let engine = load(model, cli)?;
+    let ids = engine.encode(text)?;
+    if *prompt_len >= ids.len() {
+        anyhow::bail!(
+            "--prompt-len {prompt_len} leaves nothing to score: the text is {} tokens",
+            ids.len()
+        );
+    }
+    let s = match adapter {
+        Some(path) => {
+            engine
+                .load_adapter("adapter", path)
+                .with_context(|| format!("--adapter {}", path.display()))?;
+            engine.score_with_adapter(&ids, "adapter", *prompt_len)?
+        }
+        None if *prompt_len > 0 => engine.score_split(&ids, *prompt_len)?,
+        None => engine.score(&ids)?,
+    };
+    // Over the tokens after the prompt: what an adapter is trained on.
+    let after: Vec<f32> = s
+        .positions
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i + 1 >= *prompt_len)
+        .map(|(_, p)| p.logprob)
+        .collect();
+    let response_nll = -after.iter().map(|&l| l as f64).sum::<f64>() / after.len() as f64;
+    if *json {
+        let mut v = serde_json::to_value(&s)?;
+        v["prompt_len"] = serde_json::json!(prompt_len);
+        v["response_mean_nll"] = serde_json::json!(response_nll);
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        println!(
+            "{} tokens, mean NLL {:.4}, perplexity {:.3}",
+            ids.len(),
+            s.mean_nll,
+            s.perplexity
+        );
+        if *prompt_len > 0 {
+            println!("after the {prompt_len}-token prompt: {} tokens, mean NLL {response_nll:.4}, perplexity {:.3}", after.len(), response_nll.exp());
+        }
+    }
+    Ok(())
+}
+
+/// `bench`: one of its modes (clap allows at most one), else the full report.
+fn bench(a: &BenchArgs, cli: &Cli) -> Result<()> {
+    let engine = load(&a.model, cli)?;
+    if let Some(m) = a.prefill_matmul {
+        return bench_prefill_matmul(&engine, a, m);
+    }
+    if let Some(ranks) = &a.lora_ranks {
+        return bench_lora_ranks(&engine, a, ranks);
+    }
+    if a.adapter_ttft {
+        return bench_adapter_ttft(&engine, a);
+    }
+    if let Some(n) = a.attention {
+        return bench_attention(&engine, a, n);
+    }
+    if let Some(ns) = &a.streams {
+        return bench_streams(&engine, a, ns);
+    }
+    bench_report(&engine, a)
+}
+
+/// `bench --prefill-matmul`: prefill-sized matmuls, each path and tile (GFLOP/s).
+fn bench_prefill_matmul(engine: &Engine, a: &BenchArgs, m: usize) -> Result<()> {
+    let BenchArgs {
+        model,
+        json,
+        reps,
+        gemm_tiles,
+        ..
+    } = a;
+    let tiles = gemm_tiles
+        .iter()
+        .map(|t| parse_tile(t))
+        .collect::<Result<Vec<_>>>()?;
+    let rows = edgereason::bench::prefill_matmul(engine, m, &tiles, (*reps).max(1));
+    if *json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{} / {model}: prefill matmuls of {m} rows (median of {reps})",
+            engine.ctx.describe()
+        );
+        for r in &rows {
+            println!(
+                "  {:<8} {:>5}x{:<5} {:<16} {:>9.2} ms {:>8.2} GFLOP/s",
+                r.matrix, r.n, r.k, r.path, r.ms, r.gflop_per_s
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `bench --lora-ranks`: decode step with a LoRA of each rank, fused and separate.
+fn bench_lora_ranks(engine: &Engine, a: &BenchArgs, ranks: &[usize]) -> Result<()> {
+    let BenchArgs {
+        model,
+        prompt_tokens,
+        gen_tokens,
+        json,
+        ..
+    } = a;
+    let (base, base_again, rows) =
+        edgereason::bench::lora_ranks(engine, *prompt_tokens, *gen_tokens, ranks)?;
+    if *json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"device": engine.ctx.describe(), "base_step_ms": base, "base_step_ms_again": base_again, "ranks": rows})
+            )?
+        );
+    } else {
+        println!("{} / {model}: decode step after a {prompt_tokens}-token prompt (median of {gen_tokens})", engine.ctx.describe());
+        println!("  base            {base:>8.2} ms (again at the end: {base_again:.2} ms)");
+        for r in &rows {
+            println!(
+                "  rank {:<4} fused {:>8.2} ms (+{:.1}%)  separate {:>8.2} ms (+{:.1}%)  adapter {:.1} MiB",
+                r.rank, r.fused_step_ms, 100.0 * r.fused_overhead, r.separate_step_ms, 100.0 * r.separate_overhead, r.adapter_bytes as f64 / 1048576.0
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `bench --adapter-ttft`: TTFT over the shared base prompt KV vs re-encoding with the adapter.
+fn bench_adapter_ttft(engine: &Engine, a: &BenchArgs) -> Result<()> {
+    let BenchArgs {
+        model,
+        prompt_tokens,
+        json,
+        lora_rank,
+        reps,
+        ..
+    } = a;
+    let r = edgereason::bench::adapter_ttft(engine, *prompt_tokens, *lora_rank, (*reps).max(1))?;
+    if *json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("{} / {model}: {prompt_tokens}-token prompt, rank-{} adapter chosen by the switcher (p = {:.2})", engine.ctx.describe(), r.rank, r.switcher_probability);
+        println!(
+            "  TTFT, shared prompt KV (base prefill + switcher)   {:>9.1} ms",
+            r.shared_ttft_ms
+        );
+        println!(
+            "  TTFT, switcher prefill then re-encode with adapter {:>9.1} ms ({:.2}x)",
+            r.reencode_ttft_ms,
+            r.reencode_ttft_ms / r.shared_ttft_ms
+        );
+        println!(
+            "  prefill, base only                                 {:>9.1} ms",
+            r.base_prefill_ms
+        );
+        println!(
+            "  prefill, adapter on the prompt                     {:>9.1} ms ({:.2}x)",
+            r.adapter_prefill_ms,
+            r.adapter_prefill_ms / r.base_prefill_ms
+        );
+    }
+    Ok(())
+}
+
+/// `bench --attention`: one layer's decode attention, shared-prefix pass vs per-stream.
+fn bench_attention(engine: &Engine, a: &BenchArgs, n: usize) -> Result<()> {
+    let BenchArgs {
+        model,
+        prompt_tokens,
+        gen_tokens,
+        json,
+        ..
+    } = a;
+    let c = &engine.model.config;
+    let r = edgereason::bench::attention(
+        &engine.ctx,
+        (c.n_head, c.n_kv_head, c.head_dim),
+        n,
+        *prompt_tokens,
+        *gen_tokens,
+        10,
+    );
+    if *json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("{} / {model}: attention, {n} streams, {prompt_tokens}-token shared prompt + {gen_tokens} own tokens each ({} heads, {} KV heads, head_dim {})", r.device, r.n_head, r.n_kv_head, r.head_dim);
+        println!(
+            "  shared-prefix pass, shared cache   {:>9.3} ms",
+            r.shared_prefix_ms
+        );
+        println!(
+            "  per-stream kernel, shared cache    {:>9.3} ms ({:.2}x the shared-prefix pass)",
+            r.per_stream_shared_cache_ms,
+            r.per_stream_shared_cache_ms / r.shared_prefix_ms
+        );
+        println!(
+            "  per-stream kernel, copied KV       {:>9.3} ms ({:.2}x the shared-prefix pass)",
+            r.per_stream_copied_kv_ms,
+            r.per_stream_copied_kv_ms / r.shared_prefix_ms
+        );
+        println!(
+            "  KV held: {:.2} MiB shared, {:.2} MiB copied",
+            r.kv_bytes_shared as f64 / 1048576.0,
+            r.kv_bytes_copied as f64 / 1048576.0
+        );
+    }
+    Ok(())
+}
+
+/// `bench --streams`: batched decode steps for several stream counts.
+fn bench_streams(engine: &Engine, a: &BenchArgs, ns: &[usize]) -> Result<()> {
+    let BenchArgs {
+        model,
+        prompt_tokens,
+        gen_tokens,
+        json,
+        ..
+    } = a;
+    let rows = edgereason::bench::streams(engine, *prompt_tokens, *gen_tokens, ns)?;
+    if *json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{} / {model}: {prompt_tokens}-token shared prompt, {gen_tokens} steps",
+            engine.ctx.describe()
+        );
+        let base = rows.first().map(|r| r.tokens_per_s).unwrap_or(1.0);
+        for r in &rows {
+            println!(
+                "  N={:<3} step {:>8.2} ms  {:>8.2} tok/s ({:.2}x N=1)  KV {:.1} MiB (unshared {:.1} MiB)",
+                r.streams, r.step_ms, r.tokens_per_s, r.tokens_per_s / base, r.kv_bytes_used as f64 / 1048576.0, r.kv_bytes_unshared as f64 / 1048576.0
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `bench`: prefill and decode throughput, TTFT, memory, the decode step's cost and the
+/// per-kernel split.
+fn bench_report(engine: &Engine, a: &BenchArgs) -> Result<()> {
+    let BenchArgs {
+        model,
+        prompt_tokens,
+        gen_tokens,
+        json,
+        ..
+    } = a;
+    let r = edgereason::bench::run(engine, model, *prompt_tokens, *gen_tokens)?;
+    if *json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("device        {}", r.device);
+        println!("model         {}", r.model);
+        println!("prefill       {:.1} tok/s ({} tokens, TTFT {:.0} ms; {:.0} ms cold, with pipeline compilation)", r.prefill_tokens_per_s, r.prompt_tokens, r.ttft_ms, r.cold_ttft_ms);
+        println!("decode        {:.2} tok/s (median step {:.1} ms over {} tokens; {} B read back per step)", r.decode_tokens_per_s, r.decode_step_ms, r.gen_tokens, r.readback_bytes_per_step);
+        println!(
+            "gpu memory    {:.1} MiB (weights {:.1}, KV {:.1})",
+            r.gpu_bytes as f64 / 1048576.0,
+            r.weight_bytes as f64 / 1048576.0,
+            r.kv_bytes as f64 / 1048576.0
+        );
+        println!(
+            "int4 GEMV     {}x{}: {:.2} ms = {:.2} GB/s; read kernel {:.2} GB/s; ratio {:.2}",
+            r.gemv.n,
+            r.gemv.k,
+            r.gemv.gemv_ms,
+            r.gemv.gemv_gb_per_s,
+            r.gemv.read_gb_per_s,
+            r.gemv.ratio
+        );
+        let c = &r.decode_step_cost;
+        println!(
+            "decode step   {} launches ({:.1} per layer + head), {} pass, {} submit, {} B read back, host {:.0} us, GPU {}, wall {:.2} ms",
+            c.dispatches,
+            c.dispatches_per_layer,
+            c.passes,
+            c.submits,
+            c.readback_bytes,
+            c.host_encode_us,
+            c.gpu_ms.map_or("n/a".into(), |g| format!("{g:.2} ms")),
+            c.wall_ms
+        );
+        print_kernel_split("decode step", &r.decode_kernel_ms);
+        print_kernel_split(
+            &format!("prefill of {} tokens", r.prefill_profile_tokens),
+            &r.prefill_kernel_ms,
+        );
+    }
+    Ok(())
+}
+
+fn chat_cmd(a: &ChatArgs, cli: &Cli) -> Result<()> {
+    let ChatArgs {
+        model,
+        system,
+        max_tokens,
+        sampling,
+        reasoning,
+        ..
+    } = a;
+    let sampling = sampling.params(1)?;
+    let engine = load(model, cli)?;
+    let (params, _) = reasoning.params(&engine, model, *max_tokens, sampling, None)?;
+    let modes = ChatModes {
+        adapter: engine.adapter_names().first().cloned(),
+        switcher: match &params.reasoning {
+            edgereason::engine::Reasoning::Auto { switcher, .. } => Some(switcher.clone()),
+            _ => None,
+        },
+    };
+    chat(model, system.as_deref(), params, modes, cli, engine)?;
     Ok(())
 }
 
