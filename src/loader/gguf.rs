@@ -1,4 +1,5 @@
-//! GGUF (v2, v3) reader over a memory map, and [`load_gguf`] → [`HostModel`].
+//! GGUF (v2, v3) reader over a memory map: configuration, tensors and metadata (the
+//! tokenizer is built from it in `tokenizer.rs`, the [`HostModel`](super::HostModel) in `gguf_model.rs`).
 //!
 //! Layout: `"GGUF"`, version u32, tensor count u64, metadata count u64, metadata
 //! key/values, tensor infos (name, dims, ggml type, offset), padding to
@@ -7,7 +8,7 @@
 //! [`LoadError::Malformed`] naming the field, never a panic or a huge allocation.
 
 use super::ggml_quants::{self, GgmlType};
-use super::{Arch, HostModel, HostTensor, LoadError, ModelConfig, TensorData};
+use super::{Arch, HostTensor, LoadError, ModelConfig, TensorData};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -444,40 +445,8 @@ impl GgufFile {
     }
 }
 
-/// Load a GGUF model (qwen2 or llama architecture) into host memory: Q4_0/Q4_1/Q4_K
-/// weights are taken over as int4 groups exactly, everything else is dequantized to f32,
-/// and llama Q/K rows are un-permuted to the HF layout.
-pub fn load_gguf(path: &Path) -> Result<HostModel, LoadError> {
-    let g = GgufFile::open(path)?;
-    let config = read_config(&g)?;
-    let (tokenizer, info) = super::tokenizer::tokenizer_from_gguf(&g, path)?;
-    if tokenizer.get_vocab_size(false) > config.n_vocab {
-        return Err(LoadError::Tokenizer {
-            path: g.path.clone(),
-            what: "vocabulary larger than the token list".into(),
-        });
-    }
-    let expected = expected_tensors(&config);
-    let tensors = load_tensors(&g, &config, &expected)?;
-    let hist: Vec<String> = g
-        .type_histogram()
-        .iter()
-        .map(|(t, n)| format!("{}×{n}", t.name()))
-        .collect();
-    Ok(HostModel {
-        source: format!("{} (GGUF v{}, {})", g.path, g.version, hist.join(", ")),
-        config,
-        tensors,
-        tokenizer,
-        chat_template: info.chat_template,
-        bos_token_id: info.bos_token_id,
-        eos_token_ids: info.eos_token_ids,
-        add_bos: info.add_bos,
-    })
-}
-
 /// Hyper-parameters from `{arch}.*` metadata.
-fn read_config(g: &GgufFile) -> Result<ModelConfig, LoadError> {
+pub(super) fn read_config(g: &GgufFile) -> Result<ModelConfig, LoadError> {
     let arch_name = g
         .get_str("general.architecture")?
         .ok_or_else(|| LoadError::Missing {
@@ -593,7 +562,7 @@ pub fn expected_tensors(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 }
 
 /// Check and convert the expected tensors, spread over the available cores.
-fn load_tensors(
+pub(super) fn load_tensors(
     g: &GgufFile,
     c: &ModelConfig,
     expected: &[(String, Vec<usize>)],

@@ -3,6 +3,8 @@
 //! `EDGEREASON_SKIP_MISSING_MODELS=1`).
 
 use super::*;
+use crate::loader::gguf_model::load_gguf;
+use crate::loader::HostModel;
 use half::f16;
 use std::path::PathBuf;
 

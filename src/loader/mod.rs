@@ -18,6 +18,7 @@
 pub mod chat_template;
 pub mod ggml_quants;
 pub mod gguf;
+pub mod gguf_model;
 pub mod hf_dir;
 pub mod prequant;
 pub mod synthetic;
@@ -285,7 +286,7 @@ pub fn load_model(path: &Path) -> anyhow::Result<HostModel> {
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
     if ext.as_deref() == Some("gguf") || has_gguf_magic(path) {
-        return Ok(gguf::load_gguf(path)?);
+        return Ok(gguf_model::load_gguf(path)?);
     }
     if prequant::is_prequantized(path) {
         return Ok(prequant::load_prequantized(path)?);

@@ -5,6 +5,7 @@
 pub mod best_of_n;
 pub mod detokenize;
 pub mod eval;
+mod generate;
 pub mod heads;
 pub mod running;
 pub mod serving;
