@@ -18,6 +18,8 @@ cargo build --release --bin edgereason
 ./target/release/edgereason pull smollm2-135m
 ./target/release/edgereason pull qwen2.5-coder-0.5b
 # The engine and the C ABI (the Python crate is an extension module: maturin builds it below).
+# `cargo test` builds the C crate only as an rlib: its example test links the shared library.
+cargo build --release -p edgereason-c
 cargo test --release --workspace --exclude edgereason-py -- --test-threads 2
 
 # Python: an interpreter with the training stack (torch, transformers, peft, pytest), else a

@@ -41,7 +41,7 @@ fn compile_example(out: &Path) {
     let lib = lib_dir();
     assert!(
         lib.join("libedgereason_c.so").exists() || lib.join("libedgereason_c.dylib").exists(),
-        "no libedgereason_c in {}",
+        "no libedgereason_c in {}: `cargo build --release -p edgereason-c` first (tools/test.sh does)",
         lib.display()
     );
     let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))

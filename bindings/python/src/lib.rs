@@ -419,7 +419,7 @@ impl TokenStream {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<Token>> {
-        let mut guard = self.run.lock().unwrap();
+        let mut guard = self.lock_run()?;
         let Some(run) = guard.as_mut() else {
             return Ok(None);
         };
@@ -447,13 +447,30 @@ impl TokenStream {
     #[getter]
     fn result(&self, py: Python<'_>) -> PyResult<PyObject> {
         self.finish(py)?;
-        Ok(self.result.lock().unwrap().as_ref().unwrap().clone_ref(py))
+        match self.result.lock().unwrap().as_ref() {
+            Some(r) => Ok(r.clone_ref(py)),
+            None => Err(PyRuntimeError::new_err(
+                "the generation failed (its error was raised when it ended)",
+            )),
+        }
     }
 }
 
 impl TokenStream {
+    /// The running request, if this thread may have it now. Never waits for the lock with
+    /// the GIL held: the thread that holds it may be waiting for the GIL to return a token.
+    fn lock_run(&self) -> PyResult<std::sync::MutexGuard<'_, Option<RunningRequest>>> {
+        match self.run.try_lock() {
+            Ok(guard) => Ok(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Err(PyRuntimeError::new_err(
+                "the stream is being read on another thread (cancel() may be called from any thread)",
+            )),
+        }
+    }
+
     fn finish(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(run) = self.run.lock().unwrap().take() else {
+        let Some(run) = self.lock_run()?.take() else {
             return Ok(());
         };
         let r = py.allow_threads(|| run.wait()).map_err(failed)?;
