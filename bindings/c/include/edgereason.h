@@ -98,7 +98,8 @@ typedef struct er_generate_params {
   // Generation stops when the text ends with one of these n_stop strings.
   const char *const *stop;
   size_t n_stop;
-  enum er_reasoning reasoning;
+  // An er_reasoning value (a plain integer so that a wrong one is an error, not UB).
+  uint32_t reasoning;
   // The loaded adapter that reasons; NULL: "reasoning-budget" when a budget is set and
   // that adapter is loaded, else "reasoning".
   const char *adapter;
@@ -108,7 +109,8 @@ typedef struct er_generate_params {
   uint32_t answer_tokens;
   // Candidates decoded together (best-of-N); 1: one stream.
   uint32_t n;
-  enum er_vote vote;
+  // An er_vote value.
+  uint32_t vote;
   // Regex whose first group is the answer the vote counts; NULL: \boxed{}, "answer is",
   // the last number.
   const char *answer_regex;
