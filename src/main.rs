@@ -114,6 +114,10 @@ struct EvalArgs {
     answer_regex: Option<String>,
     #[arg(long)]
     json: bool,
+    /// Tasks decoded at once (continuous batching over one session). A batched step may
+    /// add its sums in another order, so near-tied tokens can differ from --parallel 1's.
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
     #[command(flatten)]
     reasoning: ReasoningArgs,
 }
@@ -938,6 +942,7 @@ fn eval_tasks(a: &EvalArgs, cli: &Cli) -> Result<()> {
         answer_regex,
         json,
         reasoning,
+        parallel,
         ..
     } = a;
     let sampling = sampling.params(*best_of)?; // bad values fail before the load
@@ -952,23 +957,23 @@ fn eval_tasks(a: &EvalArgs, cli: &Cli) -> Result<()> {
         answer_regex.as_deref(),
     )?;
     let total = list.len();
+    let run = edgereason::sched::eval::EvalRun {
+        n: (*best_of).max(1),
+        params,
+        vote: vp,
+        state_budget: reasoning.state_budget,
+        parallel: (*parallel).max(1),
+    };
+    let engine = std::sync::Arc::new(engine);
     let mut correct = 0;
-    let r = edgereason::sched::eval::evaluate(
-        &engine,
-        &list,
-        (*best_of).max(1),
-        &params,
-        &vp,
-        reasoning.state_budget,
-        |i, item| {
-            correct += item.correct as usize;
-            eprintln!(
+    let r = edgereason::sched::eval::evaluate(&engine, &list, &run, |i, item| {
+        correct += item.correct as usize;
+        eprintln!(
             "[{}/{total}] {} {:?} (expected {:?}), {:.0} thinking + {:.0} answer tokens{}, acc so far {:.3}",
             i + 1, if item.correct { "ok " } else { "BAD" }, item.answer.as_deref().unwrap_or("none"), item.expected, item.thinking_tokens, item.answer_tokens,
             if item.reasoning { ", reasoning" } else { "" }, correct as f64 / (i + 1) as f64
         );
-        },
-    )?;
+    })?;
     if *json {
         let mut v = serde_json::to_value(&r)?;
         v["model"] = serde_json::json!(model);

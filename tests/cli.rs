@@ -373,6 +373,86 @@ fn eval_runs_the_trained_artifacts_of_the_tiny_pipeline() {
 }
 
 #[test]
+fn eval_in_parallel_equals_one_task_at_a_time() {
+    // --parallel batches the tasks through the serving scheduler: every candidate's text,
+    // answer and verifier score must be those of the sequential run (sampled candidates with
+    // per-stream seeds, budget forcing, switcher routing and the weighted vote included).
+    // A batch adds some sums in another order; on this fixture no token's logits are close
+    // enough for that to flip one (on real models a near-tie can: see EvalRun::parallel).
+    let dir = fixture("tiny-pipeline");
+    let eval = |parallel: &str| {
+        let out = run_ok(&[
+            "eval",
+            "--model",
+            &fixture("tiny-qwen2"),
+            "--tasks",
+            &format!("{dir}/tasks.jsonl"),
+            "--adapter",
+            &format!("{dir}/reasoning"),
+            "--switcher",
+            &format!("{dir}/switcher.safetensors"),
+            "--verifier",
+            &format!("{dir}/verifier.safetensors"),
+            "--vote",
+            "weighted",
+            "--best-of",
+            "2",
+            "--temperature",
+            "0.8",
+            "--seed",
+            "5",
+            "--budget",
+            "8",
+            "--answer-tokens",
+            "4",
+            "--max-tokens",
+            "24",
+            "--parallel",
+            parallel,
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let keep = [
+                    "candidate_texts",
+                    "candidate_answers",
+                    "reasoning",
+                    "answer",
+                ];
+                let scores: Vec<f64> = i["verifier_scores"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.as_f64().unwrap())
+                    .collect();
+                (keep.map(|k| i[k].clone()), scores)
+            })
+            .collect::<Vec<_>>()
+    };
+    let one = eval("1");
+    assert_eq!(one.len(), 6);
+    let routed: Vec<bool> = one.iter().map(|(i, _)| i[2] == true).collect();
+    assert!(
+        routed.contains(&true) && routed.contains(&false),
+        "the switcher routes both ways: {one:?}"
+    );
+    let four = eval("4");
+    for ((a, sa), (b, sb)) in one.iter().zip(&four) {
+        assert_eq!(a, b);
+        // The verifier scores rows of a batch: the same sums, but not necessarily in the
+        // same order of additions.
+        assert_eq!(sa.len(), sb.len());
+        for (x, y) in sa.iter().zip(sb) {
+            assert!((x - y).abs() < 1e-4, "verifier scores {sa:?} vs {sb:?}");
+        }
+    }
+}
+
+#[test]
 fn shipped_adapters_are_the_default_and_budget_runs_take_the_budget_adapter() {
     // adapters/<model>/ under EDGEREASON_ADAPTERS: reasoning/ is good, reasoning-budget/ a
     // truncated copy, so which one a run loaded shows in whether it fails.

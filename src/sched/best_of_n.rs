@@ -292,7 +292,7 @@ pub struct Decoding<'e> {
 }
 
 /// Cache slots kept per stream for the verifier's prompt.
-const VERIFY_SLOTS: usize = 64;
+pub(crate) const VERIFY_SLOTS: usize = 64;
 
 impl<'e> Decoding<'e> {
     /// Prefill `prompt` once and fork `n` streams over its KV blocks. Stream `i` samples

@@ -3,11 +3,14 @@
 //! makes the switcher's routing measurable). Answers are compared after normalisation;
 //! every figure comes from the engine's own generation, adapters, switcher and vote.
 
-use super::best_of_n::{BestOfN, Decoding, VoteParams};
+use super::best_of_n::{BestOfN, Candidate, Decoding, VoteParams, VERIFY_SLOTS};
+use super::serving::{request_blocks, Event, Request, Scheduler, SchedulerOptions};
 use super::vote::{normalize, vote};
 use crate::engine::{budget_statement, Engine, GenerateParams};
+use crate::model::forward::BLOCK_SIZE;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
+use std::sync::Arc;
 
 /// One task of the file.
 #[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
@@ -97,63 +100,157 @@ pub struct EvalReport {
     pub items: Vec<EvalItem>,
 }
 
+/// How [`evaluate`] runs the tasks.
+#[derive(Clone, Debug)]
+pub struct EvalRun {
+    /// Candidates per task, voted by `vote`.
+    pub n: usize,
+    pub params: GenerateParams,
+    pub vote: VoteParams,
+    /// State the thinking budget in each prompt (as budget-trained adapters expect).
+    pub state_budget: bool,
+    /// Tasks decoded at once. 1: one task after another, each its own [`Decoding`];
+    /// more: every task is a request to a continuous-batching [`Scheduler`], so up to
+    /// `parallel` tasks share each decode step. Same seeds, rules and routing; but a
+    /// batched step may add its sums in another order (attention's key splits, matmul k
+    /// splits are sized by the batch), so where two tokens' logits nearly tie a greedy
+    /// reply can take the other one: accuracy agrees statistically, not item by item.
+    pub parallel: usize,
+}
+
 /// Evaluate `tasks`: each prompt through the chat template (the budget stated when
-/// `state_budget`), `n` candidates, the vote of `vote_params`.
+/// `run.state_budget`), `run.n` candidates, their vote. `progress` sees each task's
+/// outcome in file order.
 pub fn evaluate(
-    engine: &Engine,
+    engine: &Arc<Engine>,
     tasks: &[EvalTask],
-    n: usize,
-    params: &GenerateParams,
-    vote_params: &VoteParams,
-    state_budget: bool,
+    run: &EvalRun,
     mut progress: impl FnMut(usize, &EvalItem),
 ) -> Result<EvalReport> {
     let t0 = std::time::Instant::now();
     let mut items = Vec::with_capacity(tasks.len());
-    for (i, task) in tasks.iter().enumerate() {
-        let user = match (&params.budget, state_budget) {
-            (Some(b), true) => format!("{}{}", task.prompt, budget_statement(b.thinking_tokens)),
-            _ => task.prompt.clone(),
-        };
-        let ids = engine.encode(&engine.chat_prompt(None, &user)?)?;
-        let mut run = Decoding::start(engine, &ids, n, params)?;
-        while !run.is_finished() {
-            run.step()?;
-        }
-        let out: BestOfN = run.finish(vote_params)?;
-        let k = out.candidates.len() as f64;
-        let item = EvalItem {
-            prompt: task.prompt.clone(),
-            expected: task.answer.clone(),
-            correct: out
-                .answer
-                .as_deref()
-                .is_some_and(|a| a == normalize(&task.answer)),
-            answer: out.answer.clone(),
-            difficulty: task.difficulty.clone(),
-            reasoning: out.reasoning,
-            switcher_probability: out.switcher_probability,
-            thinking_tokens: out
-                .candidates
-                .iter()
-                .map(|c| c.thinking_tokens as f64)
-                .sum::<f64>()
-                / k,
-            answer_tokens: out
-                .candidates
-                .iter()
-                .map(|c| c.answer_tokens as f64)
-                .sum::<f64>()
-                / k,
-            forced: out.candidates.iter().filter(|c| c.forced).count(),
-            candidates: out.candidates.len(),
-            candidate_answers: out.candidates.iter().map(|c| c.answer.clone()).collect(),
-            verifier_scores: out.candidates.iter().map(|c| c.verifier_score).collect(),
-            candidate_texts: out.candidates.iter().map(|c| c.text.clone()).collect(),
-        };
+    let mut record = |i: usize, out: &BestOfN| {
+        let item = eval_item(&tasks[i], out);
         progress(i, &item);
         items.push(item);
+    };
+    if run.parallel > 1 {
+        evaluate_batched(engine, tasks, run, &mut record)?;
+    } else {
+        for (i, task) in tasks.iter().enumerate() {
+            let ids = task_prompt(engine, task, run)?;
+            let mut decoding = Decoding::start(engine, &ids, run.n, &run.params)?;
+            while !decoding.is_finished() {
+                decoding.step()?;
+            }
+            record(i, &decoding.finish(&run.vote)?);
+        }
     }
+    Ok(report(items, run.n, t0.elapsed().as_secs_f64()))
+}
+
+/// A task's prompt tokens: the chat template around its text (+ the budget statement).
+fn task_prompt(engine: &Engine, task: &EvalTask, run: &EvalRun) -> Result<Vec<u32>> {
+    let user = match (&run.params.budget, run.state_budget) {
+        (Some(b), true) => format!("{}{}", task.prompt, budget_statement(b.thinking_tokens)),
+        _ => task.prompt.clone(),
+    };
+    engine.encode(&engine.chat_prompt(None, &user)?)
+}
+
+/// Every task a request to one scheduler, sized for `run.parallel` of them at once;
+/// outcomes are read in file order (later tasks decode meanwhile).
+fn evaluate_batched(
+    engine: &Arc<Engine>,
+    tasks: &[EvalTask],
+    run: &EvalRun,
+    record: &mut impl FnMut(usize, &BestOfN),
+) -> Result<()> {
+    let n_ctx = engine.n_ctx();
+    let mut requests = Vec::with_capacity(tasks.len());
+    for (i, task) in tasks.iter().enumerate() {
+        let prompt = task_prompt(engine, task, run)?;
+        if prompt.len() + VERIFY_SLOTS >= n_ctx {
+            bail!(
+                "task {}: the prompt is {} tokens, too long for the context ({n_ctx}); raise --ctx",
+                i + 1,
+                prompt.len()
+            );
+        }
+        // As Decoding does: the reply gets what the context leaves.
+        let mut params = run.params.clone();
+        params.max_tokens = params.max_tokens.min(n_ctx - prompt.len() - VERIFY_SLOTS);
+        requests.push(Request {
+            prompt,
+            n: run.n,
+            params,
+            vote: run.vote.clone(),
+        });
+    }
+    let largest = requests
+        .iter()
+        .map(|r| request_blocks(r, 0))
+        .max()
+        .unwrap_or(1);
+    let options = SchedulerOptions {
+        max_streams: run.parallel * run.n,
+        max_queue: tasks.len(),
+        max_n: run.n,
+        kv_tokens: run.parallel * largest * BLOCK_SIZE,
+        prefix_cache: true,
+    };
+    let scheduler = Scheduler::start(engine.clone(), options)?;
+    let submitted = requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            scheduler
+                .submit(r)
+                .with_context(|| format!("task {}", i + 1))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (i, mut request) in submitted.into_iter().enumerate() {
+        loop {
+            match request.events.blocking_recv() {
+                Some(Event::Done(out)) => break record(i, &out),
+                Some(Event::Failed(e)) => bail!("task {}: {e}", i + 1),
+                Some(_) => {}
+                None => bail!("task {}: the scheduler stopped", i + 1),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One task's outcome from its candidates and vote.
+fn eval_item(task: &EvalTask, out: &BestOfN) -> EvalItem {
+    let k = out.candidates.len() as f64;
+    let mean = |f: &dyn Fn(&Candidate) -> usize| {
+        out.candidates.iter().map(|c| f(c) as f64).sum::<f64>() / k
+    };
+    EvalItem {
+        prompt: task.prompt.clone(),
+        expected: task.answer.clone(),
+        correct: out
+            .answer
+            .as_deref()
+            .is_some_and(|a| a == normalize(&task.answer)),
+        answer: out.answer.clone(),
+        difficulty: task.difficulty.clone(),
+        reasoning: out.reasoning,
+        switcher_probability: out.switcher_probability,
+        thinking_tokens: mean(&|c| c.thinking_tokens),
+        answer_tokens: mean(&|c| c.answer_tokens),
+        forced: out.candidates.iter().filter(|c| c.forced).count(),
+        candidates: out.candidates.len(),
+        candidate_answers: out.candidates.iter().map(|c| c.answer.clone()).collect(),
+        verifier_scores: out.candidates.iter().map(|c| c.verifier_score).collect(),
+        candidate_texts: out.candidates.iter().map(|c| c.text.clone()).collect(),
+    }
+}
+
+/// The run's figures over its items.
+fn report(items: Vec<EvalItem>, n: usize, seconds: f64) -> EvalReport {
     let t = items.len() as f64;
     let total_c: f64 = items.iter().map(|i| i.candidates as f64).sum();
     let mean = |f: &dyn Fn(&EvalItem) -> f64| {
@@ -174,7 +271,29 @@ pub fn evaluate(
             .count() as f64
             / labelled.len() as f64
     });
-    let mut by_difficulty = std::collections::BTreeMap::new();
+    let vote_at = vote_sizes(n)
+        .into_iter()
+        .map(|k| vote_accuracy(&items, k))
+        .collect();
+    EvalReport {
+        tasks: items.len(),
+        accuracy: items.iter().filter(|i| i.correct).count() as f64 / t,
+        mean_thinking_tokens: mean(&|i| i.thinking_tokens),
+        mean_answer_tokens: mean(&|i| i.answer_tokens),
+        mean_tokens: mean(&|i| i.thinking_tokens + i.answer_tokens),
+        forced_fraction: items.iter().map(|i| i.forced as f64).sum::<f64>() / total_c,
+        reasoning_fraction: items.iter().filter(|i| i.reasoning).count() as f64 / t,
+        routing_accuracy,
+        by_difficulty: by_difficulty(&items),
+        vote_at,
+        seconds,
+        items,
+    }
+}
+
+/// Per difficulty label: (tasks, accuracy, mean tokens).
+fn by_difficulty(items: &[EvalItem]) -> std::collections::BTreeMap<String, (usize, f64, f64)> {
+    let mut out = std::collections::BTreeMap::new();
     for label in items
         .iter()
         .filter_map(|i| i.difficulty.clone())
@@ -191,26 +310,9 @@ pub fn evaluate(
             .map(|i| i.thinking_tokens + i.answer_tokens)
             .sum::<f64>()
             / g;
-        by_difficulty.insert(label, (group.len(), acc, len));
+        out.insert(label, (group.len(), acc, len));
     }
-    let vote_at = vote_sizes(n)
-        .into_iter()
-        .map(|k| vote_accuracy(&items, k))
-        .collect();
-    Ok(EvalReport {
-        tasks: items.len(),
-        accuracy: items.iter().filter(|i| i.correct).count() as f64 / t,
-        mean_thinking_tokens: mean(&|i| i.thinking_tokens),
-        mean_answer_tokens: mean(&|i| i.answer_tokens),
-        mean_tokens: mean(&|i| i.thinking_tokens + i.answer_tokens),
-        forced_fraction: items.iter().map(|i| i.forced as f64).sum::<f64>() / total_c,
-        reasoning_fraction: items.iter().filter(|i| i.reasoning).count() as f64 / t,
-        routing_accuracy,
-        by_difficulty,
-        vote_at,
-        seconds: t0.elapsed().as_secs_f64(),
-        items,
-    })
+    out
 }
 
 /// 1, 2, 4, … below `n`, then `n`.

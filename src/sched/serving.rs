@@ -31,6 +31,7 @@
 
 use super::best_of_n::{
     conclude, first_tokens, think_opener, verify_streams, BestOfN, StreamState, VoteParams,
+    VERIFY_SLOTS,
 };
 use crate::engine::{Engine, GenerateParams, Reasoning};
 use crate::kv::StreamId;
@@ -48,9 +49,6 @@ mod metrics;
 mod prefix_cache;
 pub use metrics::{Histogram, Metrics};
 pub use prefix_cache::PrefixCache;
-
-/// Cache slots a candidate keeps beyond its tokens (the verifier's prompt, as best-of-N).
-const VERIFY_SLOTS: usize = 64;
 
 /// How the scheduler is sized.
 #[derive(Clone, Debug)]
@@ -298,7 +296,7 @@ fn adapter_name(r: &Reasoning) -> Option<&str> {
 /// KV blocks a request may take at most: its prompt (less `cached` tokens already in the
 /// cache) and each candidate's tokens plus the verifier's prompt, with a copy-on-write
 /// block each.
-fn request_blocks(req: &Request, cached: usize) -> usize {
+pub(crate) fn request_blocks(req: &Request, cached: usize) -> usize {
     let prompt = (req.prompt.len() - cached).div_ceil(BLOCK_SIZE) + 1;
     prompt + req.n * stream_blocks(req.params.max_tokens)
 }
