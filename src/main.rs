@@ -609,11 +609,10 @@ fn chat(
     system: Option<&str>,
     params: edgereason::engine::GenerateParams,
     modes: ChatModes,
-    cli: &Cli,
     engine: Engine,
 ) -> Result<()> {
     use edgereason::loader::chat_template::ChatMessage;
-    use edgereason::sched::serving::{Event, Request, Scheduler, SchedulerOptions};
+    use edgereason::sched::serving::{Scheduler, SchedulerOptions};
     use std::io::BufRead;
     let engine = std::sync::Arc::new(engine);
     let sched = Scheduler::start(
@@ -633,7 +632,6 @@ fn chat(
         "chat with {model} on {} (/reset, /reasoning on|off|auto, /quit)",
         engine.ctx.describe()
     );
-    let _ = cli;
     let stdin = std::io::stdin();
     loop {
         eprint!("> ");
@@ -667,33 +665,44 @@ fn chat(
             history.pop();
             continue;
         }
-        let req = Request::new(
-            ids,
-            edgereason::engine::GenerateParams {
-                max_tokens: params.max_tokens.min(limit),
-                ..params.clone()
-            },
-        );
-        let mut sub = sched.submit(req).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut cached = 0;
-        let mut stdout = std::io::stdout();
-        while let Some(ev) = sub.events.blocking_recv() {
-            match ev {
-                Event::Started { cached_tokens, .. } => cached = cached_tokens,
-                Event::Token { text, .. } => {
-                    let _ = write!(stdout, "{text}");
-                    let _ = stdout.flush();
-                }
-                Event::Failed(e) => anyhow::bail!(e),
-                Event::Done(out) => {
-                    let c = &out.candidates[0];
-                    println!();
-                    eprintln!("[{} prompt tokens ({cached} reused), TTFT {:.0} ms, {} tokens at {:.2} tok/s, reasoning {}]", out.prompt_tokens, out.ttft_ms, c.tokens.len(), out.decode_tokens_per_s, if out.reasoning { "on" } else { "off" });
-                    history.push(ChatMessage::new("assistant", c.text.clone()));
-                }
+        let turn = edgereason::engine::GenerateParams {
+            max_tokens: params.max_tokens.min(limit),
+            ..params.clone()
+        };
+        let reply = chat_turn(&sched, ids, turn)?;
+        history.push(ChatMessage::new("assistant", reply));
+    }
+}
+
+/// One reply of `chat`: its tokens printed as they come, then a line of figures.
+fn chat_turn(
+    sched: &edgereason::sched::serving::Scheduler,
+    ids: Vec<u32>,
+    params: edgereason::engine::GenerateParams,
+) -> Result<String> {
+    use edgereason::sched::serving::{Event, Request};
+    let mut sub = sched
+        .submit(Request::new(ids, params))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut cached = 0;
+    let mut stdout = std::io::stdout();
+    while let Some(ev) = sub.events.blocking_recv() {
+        match ev {
+            Event::Started { cached_tokens, .. } => cached = cached_tokens,
+            Event::Token { text, .. } => {
+                let _ = write!(stdout, "{text}");
+                let _ = stdout.flush();
+            }
+            Event::Failed(e) => anyhow::bail!(e),
+            Event::Done(out) => {
+                let c = &out.candidates[0];
+                println!();
+                eprintln!("[{} prompt tokens ({cached} reused), TTFT {:.0} ms, {} tokens at {:.2} tok/s, reasoning {}]", out.prompt_tokens, out.ttft_ms, c.tokens.len(), out.decode_tokens_per_s, if out.reasoning { "on" } else { "off" });
+                return Ok(c.text.clone());
             }
         }
     }
+    anyhow::bail!("the scheduler stopped")
 }
 
 /// What `/reasoning on|off|auto` switches between in `chat`.
@@ -974,53 +983,59 @@ fn eval_tasks(a: &EvalArgs, cli: &Cli) -> Result<()> {
             if item.reasoning { ", reasoning" } else { "" }, correct as f64 / (i + 1) as f64
         );
     })?;
+    let device = engine.ctx.describe();
     if *json {
         let mut v = serde_json::to_value(&r)?;
         v["model"] = serde_json::json!(model);
-        v["device"] = serde_json::json!(engine.ctx.describe());
+        v["device"] = serde_json::json!(device);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!(
-            "{model} on {} ({} tasks, best-of-{}, vote {}):",
+        let title = format!(
+            "{model} on {} ({} tasks, best-of-{best_of}, vote {})",
             tasks.display(),
             r.tasks,
-            best_of,
             reasoning.vote
         );
-        println!(
-            "  accuracy {:.3}; mean tokens {:.1} ({:.1} thinking + {:.1} answer); forced {:.1}%",
-            r.accuracy,
-            r.mean_tokens,
-            r.mean_thinking_tokens,
-            r.mean_answer_tokens,
-            100.0 * r.forced_fraction
-        );
-        println!(
-            "  reasoning on for {:.1}% of tasks{}",
-            100.0 * r.reasoning_fraction,
-            r.routing_accuracy
-                .map(|a| format!("; switcher routing accuracy {a:.3}"))
-                .unwrap_or_default()
-        );
-        for (label, (n, acc, len)) in &r.by_difficulty {
-            println!("  {label}: {n} tasks, accuracy {acc:.3}, mean tokens {len:.1}");
-        }
-        if r.vote_at.len() > 1 {
-            let at = |f: &dyn Fn(&edgereason::sched::eval::VoteAt) -> Option<f64>| {
-                r.vote_at
-                    .iter()
-                    .filter_map(|v| f(v).map(|a| format!("@{} {a:.3}", v.candidates)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            println!("  majority vote {}", at(&|v| Some(v.majority_accuracy)));
-            if r.vote_at.iter().any(|v| v.weighted_accuracy.is_some()) {
-                println!("  weighted vote {}", at(&|v| v.weighted_accuracy));
-            }
-        }
-        println!("  {:.1} s on {}", r.seconds, engine.ctx.describe());
+        print_eval_summary(&title, &r, &device);
     }
     Ok(())
+}
+
+/// `eval`'s plain-text report.
+fn print_eval_summary(title: &str, r: &edgereason::sched::eval::EvalReport, device: &str) {
+    println!("{title}:");
+    println!(
+        "  accuracy {:.3}; mean tokens {:.1} ({:.1} thinking + {:.1} answer); forced {:.1}%",
+        r.accuracy,
+        r.mean_tokens,
+        r.mean_thinking_tokens,
+        r.mean_answer_tokens,
+        100.0 * r.forced_fraction
+    );
+    println!(
+        "  reasoning on for {:.1}% of tasks{}",
+        100.0 * r.reasoning_fraction,
+        r.routing_accuracy
+            .map(|a| format!("; switcher routing accuracy {a:.3}"))
+            .unwrap_or_default()
+    );
+    for (label, (n, acc, len)) in &r.by_difficulty {
+        println!("  {label}: {n} tasks, accuracy {acc:.3}, mean tokens {len:.1}");
+    }
+    if r.vote_at.len() > 1 {
+        let at = |f: &dyn Fn(&edgereason::sched::eval::VoteAt) -> Option<f64>| {
+            r.vote_at
+                .iter()
+                .filter_map(|v| f(v).map(|a| format!("@{} {a:.3}", v.candidates)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!("  majority vote {}", at(&|v| Some(v.majority_accuracy)));
+        if r.vote_at.iter().any(|v| v.weighted_accuracy.is_some()) {
+            println!("  weighted vote {}", at(&|v| v.weighted_accuracy));
+        }
+    }
+    println!("  {:.1} s on {device}", r.seconds);
 }
 
 fn score_text(a: &ScoreArgs, cli: &Cli) -> Result<()> {
@@ -1344,7 +1359,7 @@ fn chat_cmd(a: &ChatArgs, cli: &Cli) -> Result<()> {
             _ => None,
         },
     };
-    chat(model, system.as_deref(), params, modes, cli, engine)?;
+    chat(model, system.as_deref(), params, modes, engine)?;
     Ok(())
 }
 
