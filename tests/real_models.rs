@@ -144,3 +144,44 @@ fn shipped_smollm2_artifacts_load_and_route() {
         );
     }
 }
+
+#[test]
+fn shipped_qwen_artifacts_load_and_route() {
+    // adapters/qwen2.5-coder-0.5b: the broad SFT adapter and its switcher (RESULTS.md there).
+    // They load against the default model, and the switcher sends a fact question to the
+    // base model and a word problem written apart from the training generators (one of
+    // tools/train/heldout.py's kind) to the reasoning adapter.
+    use edgereason::adapters::Switcher;
+    use edgereason::engine::Reasoning;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("adapters/qwen2.5-coder-0.5b");
+    let engine = Engine::load("qwen2.5-coder-0.5b", &EngineOptions::default()).unwrap();
+    engine
+        .load_adapter("reasoning", &dir.join("reasoning"))
+        .unwrap();
+    let d = engine.model.config.n_embd;
+    let switcher =
+        std::sync::Arc::new(Switcher::load(&dir.join("switcher.safetensors"), d).unwrap());
+    let cases = [
+        ("What is the capital of Japan?", false),
+        ("A baker makes 144 rolls in the morning and 96 in the afternoon. She sells 175 of them and gives the rest to 5 neighbours in equal shares. How many rolls does each neighbour get?", true),
+    ];
+    for (prompt, hard) in cases {
+        let ids = engine
+            .encode(&engine.chat_prompt(None, prompt).unwrap())
+            .unwrap();
+        let params = GenerateParams {
+            max_tokens: 2,
+            reasoning: Reasoning::Auto {
+                adapter: "reasoning".into(),
+                switcher: switcher.clone(),
+            },
+            ..Default::default()
+        };
+        let g = engine.generate(&ids, &params, |_, _| true).unwrap();
+        assert_eq!(
+            g.reasoning, hard,
+            "{prompt:?}: switcher p = {:?}",
+            g.switcher_probability
+        );
+    }
+}

@@ -113,6 +113,45 @@ def test_cancel_and_gil_released(eng):
     assert len(rest) + 1 < 200
 
 
+def test_two_readers_of_one_stream_lose_no_token(eng):
+    # Two threads iterate the same TokenStream: a next() while the other thread waits for
+    # a token raises RuntimeError (never a deadlock); every token reaches exactly one
+    # reader, each reader sees its tokens in order, and the result is the whole reply.
+    prompt = eng.chat([{"role": "user", "content": QUESTION}])
+    expected = [t.id for t in eng.generate(prompt, max_tokens=40)]
+    stream = eng.generate(prompt, max_tokens=40)
+    got = {0: [], 1: []}
+    busy = [0]
+
+    def reader(k):
+        while True:
+            try:
+                token = next(stream)
+            except StopIteration:
+                return
+            except RuntimeError as e:
+                assert "another thread" in str(e)
+                busy[0] += 1
+                threading.Event().wait(0.001)
+                continue
+            got[k].append(token.id)
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a reader hung"
+
+    def in_order(sub):
+        it = iter(expected)
+        return all(any(x == y for y in it) for x in sub)
+
+    assert sorted(got[0] + got[1]) == sorted(expected)
+    assert in_order(got[0]) and in_order(got[1])
+    assert stream.result["candidates"][0]["tokens"] == expected
+
+
 def test_bad_input_raises_clear_errors(eng):
     with pytest.raises(ValueError, match="reasoning mode 'sideways'"):
         eng.generate("hi", reasoning="sideways")
