@@ -275,23 +275,28 @@ fn adapters_budget_and_heads_from_the_cli() {
     assert!(err.contains("--vote weighted needs --verifier"), "{err}");
 }
 
-#[test]
-fn eval_runs_the_trained_artifacts_of_the_tiny_pipeline() {
-    // tests/fixtures/tiny-pipeline: what `tools/train/pipeline.sh --tiny` exports for the tiny
-    // Qwen2 (reasoning adapter, switcher, verifier) and the first held-out tasks.
+/// `eval` over the tiny pipeline's tasks with its adapter, switcher and verifier (best-of-2,
+/// weighted vote, budget 8), then `extra` flags; the JSON report.
+fn eval_tiny_pipeline(extra: &[&str]) -> serde_json::Value {
     let dir = fixture("tiny-pipeline");
-    let out = run_ok(&[
+    let (model, tasks) = (fixture("tiny-qwen2"), format!("{dir}/tasks.jsonl"));
+    let (adapter, switcher) = (
+        format!("{dir}/reasoning"),
+        format!("{dir}/switcher.safetensors"),
+    );
+    let verifier = format!("{dir}/verifier.safetensors");
+    let mut args = vec![
         "eval",
         "--model",
-        &fixture("tiny-qwen2"),
+        &model,
         "--tasks",
-        &format!("{dir}/tasks.jsonl"),
+        &tasks,
         "--adapter",
-        &format!("{dir}/reasoning"),
+        &adapter,
         "--switcher",
-        &format!("{dir}/switcher.safetensors"),
+        &switcher,
         "--verifier",
-        &format!("{dir}/verifier.safetensors"),
+        &verifier,
         "--vote",
         "weighted",
         "--best-of",
@@ -305,8 +310,16 @@ fn eval_runs_the_trained_artifacts_of_the_tiny_pipeline() {
         "--max-tokens",
         "24",
         "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    ];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&run_ok(&args)).unwrap()
+}
+
+#[test]
+fn eval_runs_the_trained_artifacts_of_the_tiny_pipeline() {
+    // tests/fixtures/tiny-pipeline: what `tools/train/pipeline.sh --tiny` exports for the tiny
+    // Qwen2 (reasoning adapter, switcher, verifier) and the first held-out tasks.
+    let v = eval_tiny_pipeline(&[]);
     assert_eq!(v["tasks"], 6);
     let acc = v["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
@@ -379,39 +392,8 @@ fn eval_in_parallel_equals_one_task_at_a_time() {
     // per-stream seeds, budget forcing, switcher routing and the weighted vote included).
     // A batch adds some sums in another order; on this fixture no token's logits are close
     // enough for that to flip one (on real models a near-tie can: see EvalRun::parallel).
-    let dir = fixture("tiny-pipeline");
     let eval = |parallel: &str| {
-        let out = run_ok(&[
-            "eval",
-            "--model",
-            &fixture("tiny-qwen2"),
-            "--tasks",
-            &format!("{dir}/tasks.jsonl"),
-            "--adapter",
-            &format!("{dir}/reasoning"),
-            "--switcher",
-            &format!("{dir}/switcher.safetensors"),
-            "--verifier",
-            &format!("{dir}/verifier.safetensors"),
-            "--vote",
-            "weighted",
-            "--best-of",
-            "2",
-            "--temperature",
-            "0.8",
-            "--seed",
-            "5",
-            "--budget",
-            "8",
-            "--answer-tokens",
-            "4",
-            "--max-tokens",
-            "24",
-            "--parallel",
-            parallel,
-            "--json",
-        ]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let v = eval_tiny_pipeline(&["--seed", "5", "--parallel", parallel]);
         v["items"]
             .as_array()
             .unwrap()

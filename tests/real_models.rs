@@ -107,7 +107,6 @@ fn shipped_smollm2_artifacts_load_and_route() {
     // load against it, and the switcher sends a fact question to the base model and a
     // multi-step word problem (not in its training data) to the reasoning adapter.
     use edgereason::adapters::{Switcher, Verifier};
-    use edgereason::engine::Reasoning;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("adapters/smollm2-135m");
     let engine = Engine::load("smollm2-135m", &EngineOptions::default()).unwrap();
     engine
@@ -124,25 +123,7 @@ fn shipped_smollm2_artifacts_load_and_route() {
         ("What is the capital of France?", false),
         ("Zoe has 6 buttons. She gives away 2 buttons. Then the number of buttons becomes 3 times as large. How many buttons does Zoe have now?", true),
     ];
-    for (prompt, hard) in cases {
-        let ids = engine
-            .encode(&engine.chat_prompt(None, prompt).unwrap())
-            .unwrap();
-        let params = GenerateParams {
-            max_tokens: 2,
-            reasoning: Reasoning::Auto {
-                adapter: "reasoning".into(),
-                switcher: switcher.clone(),
-            },
-            ..Default::default()
-        };
-        let g = engine.generate(&ids, &params, |_, _| true).unwrap();
-        assert_eq!(
-            g.reasoning, hard,
-            "{prompt:?}: switcher p = {:?}",
-            g.switcher_probability
-        );
-    }
+    assert_routes(&engine, switcher, &cases);
 }
 
 #[test]
@@ -152,7 +133,6 @@ fn shipped_qwen_artifacts_load_and_route() {
     // base model and a word problem written apart from the training generators (one of
     // tools/train/heldout.py's kind) to the reasoning adapter.
     use edgereason::adapters::Switcher;
-    use edgereason::engine::Reasoning;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("adapters/qwen2.5-coder-0.5b");
     let engine = Engine::load("qwen2.5-coder-0.5b", &EngineOptions::default()).unwrap();
     engine
@@ -165,13 +145,23 @@ fn shipped_qwen_artifacts_load_and_route() {
         ("What is the capital of Japan?", false),
         ("A baker makes 144 rolls in the morning and 96 in the afternoon. She sells 175 of them and gives the rest to 5 neighbours in equal shares. How many rolls does each neighbour get?", true),
     ];
-    for (prompt, hard) in cases {
+    assert_routes(&engine, switcher, &cases);
+}
+
+/// `reasoning: auto` with `switcher` and the loaded "reasoning" adapter sends each prompt
+/// where `cases` says (true: the adapter).
+fn assert_routes(
+    engine: &Engine,
+    switcher: std::sync::Arc<edgereason::adapters::Switcher>,
+    cases: &[(&str, bool)],
+) {
+    for &(prompt, hard) in cases {
         let ids = engine
             .encode(&engine.chat_prompt(None, prompt).unwrap())
             .unwrap();
         let params = GenerateParams {
             max_tokens: 2,
-            reasoning: Reasoning::Auto {
+            reasoning: edgereason::engine::Reasoning::Auto {
                 adapter: "reasoning".into(),
                 switcher: switcher.clone(),
             },
