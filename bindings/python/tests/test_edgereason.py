@@ -136,7 +136,7 @@ def test_two_readers_of_one_stream_lose_no_token(eng):
                 continue
             got[k].append(token.id)
 
-    threads = [threading.Thread(target=reader, args=(k,)) for k in (0, 1)]
+    threads = [threading.Thread(target=reader, args=(k,), daemon=True) for k in (0, 1)]
     for t in threads:
         t.start()
     for t in threads:
