@@ -112,9 +112,9 @@ pub struct EvalRun {
     /// Tasks decoded at once. 1: one task after another, each its own [`Decoding`];
     /// more: every task is a request to a continuous-batching [`Scheduler`], so up to
     /// `parallel` tasks share each decode step. Same seeds, rules and routing; but a
-    /// batched step may add its sums in another order (attention's key splits, matmul k
-    /// splits are sized by the batch), so where two tokens' logits nearly tie a greedy
-    /// reply can take the other one: accuracy agrees statistically, not item by item.
+    /// batched step may add its sums in another order (on CPU adapters one stream takes
+    /// its keys whole and a batch splits them), so where two tokens' logits nearly tie a
+    /// greedy reply can take the other one: accuracy agrees statistically, not item by item.
     pub parallel: usize,
 }
 
