@@ -15,6 +15,10 @@
 //   Σ_k w·x ≈ scale_w · (scale_x · Σ q·xq + 8 · (Σx − Σx̂)) + min_w · Σx.
 // Each invocation computes one column n for ROWS activation rows, so every weight word is
 // read and unpacked once for all rows (decode with N streams; prefill tiles m by ROWS).
+// Variant SUBGROUPS (subgroups of at least 8 lanes): a row's 8-word activation block is
+// loaded one word per lane and handed to the others by `subgroupBroadcast`. On lavapipe
+// every storage load, even at a uniform address, is a loop over the lanes (see
+// prefill_gemm.wgsl), so this makes one load loop of eight.
 
 struct Params {
     n: u32,          // output features of this matrix chunk
@@ -264,7 +268,7 @@ fn epilogue(m0: u32, x: u32) {
 // A tile's result for (row, n): a partial sum when k is split, else the output. `ss`:
 // the row's Σx² over the groups this invocation read (all of them when k is not split).
 fn store(row: u32, n: u32, z: u32, acc: f32, ss: f32) {
-    if (row >= p.m) {
+    if (row >= p.m || n >= p.n) {
         return;
     }
     if (p.splits > 1u) {
@@ -282,7 +286,11 @@ fn split_range(groups: u32, z: u32) -> vec2<u32> {
 }
 
 @compute @workgroup_size(64)
+//#if SUBGROUPS
+fn int4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) sg_lane: u32) {
+//#else
 fn int4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+//#endif
 //#if SWIGLU
     lane = lid.x;
     let n = swiglu_column(wid.x);
@@ -296,12 +304,18 @@ fn int4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
     let n = gid.x;
 //#else
     let n = gid.x;
+//#if SUBGROUPS
+    // Lanes past the end stay (the broadcasts below read every lane), on the last column;
+    // `store` skips them.
+//#else
     if (n >= p.n) {
         return;
     }
 //#endif
 //#endif
 //#endif
+//#endif
+    let col = min(n, p.n - 1u);
     let m0 = gid.y * ROWS;
     let groups = p.k / 32u;
     let xwords = p.k / 4u;
@@ -311,8 +325,8 @@ fn int4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
     var ss{r}: f32 = 0.0;
     let gr = split_range(groups, gid.z);
     for (var g = gr.x; g < gr.y; g = g + 1u) {
-        let sm = unpack2x16float(scales[g * p.n + n]);
-        let wbase = g * 4u * p.n + n;
+        let sm = unpack2x16float(scales[g * p.n + col]);
+        let wbase = g * 4u * p.n + col;
         let w0 = qweight[wbase];
         let w1 = qweight[wbase + p.n];
         let w2 = qweight[wbase + 2u * p.n];
@@ -326,7 +340,28 @@ fn int4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
         let lo3 = w3 & 0x0F0F0F0Fu;
         let hi3 = (w3 >> 4u) & 0x0F0F0F0Fu;
         let xb{r} = row{r} * xwords + g * 8u;
-        let d{r} = dot4I8Packed(lo0, xq[xb{r}]) + dot4I8Packed(hi0, xq[xb{r} + 1u]) + dot4I8Packed(lo1, xq[xb{r} + 2u]) + dot4I8Packed(hi1, xq[xb{r} + 3u]) + dot4I8Packed(lo2, xq[xb{r} + 4u]) + dot4I8Packed(hi2, xq[xb{r} + 5u]) + dot4I8Packed(lo3, xq[xb{r} + 6u]) + dot4I8Packed(hi3, xq[xb{r} + 7u]);
+//#if SUBGROUPS
+        // The block's eight words: one load per lane, handed to the others (see the top).
+        let xm{r} = xq[xb{r} + sg_lane % 8u];
+        let x0{r} = subgroupBroadcast(xm{r}, 0u);
+        let x1{r} = subgroupBroadcast(xm{r}, 1u);
+        let x2{r} = subgroupBroadcast(xm{r}, 2u);
+        let x3{r} = subgroupBroadcast(xm{r}, 3u);
+        let x4{r} = subgroupBroadcast(xm{r}, 4u);
+        let x5{r} = subgroupBroadcast(xm{r}, 5u);
+        let x6{r} = subgroupBroadcast(xm{r}, 6u);
+        let x7{r} = subgroupBroadcast(xm{r}, 7u);
+//#else
+        let x0{r} = xq[xb{r}];
+        let x1{r} = xq[xb{r} + 1u];
+        let x2{r} = xq[xb{r} + 2u];
+        let x3{r} = xq[xb{r} + 3u];
+        let x4{r} = xq[xb{r} + 4u];
+        let x5{r} = xq[xb{r} + 5u];
+        let x6{r} = xq[xb{r} + 6u];
+        let x7{r} = xq[xb{r} + 7u];
+//#endif
+        let d{r} = dot4I8Packed(lo0, x0{r}) + dot4I8Packed(hi0, x1{r}) + dot4I8Packed(lo1, x2{r}) + dot4I8Packed(hi1, x3{r}) + dot4I8Packed(lo2, x4{r}) + dot4I8Packed(hi2, x5{r}) + dot4I8Packed(lo3, x6{r}) + dot4I8Packed(hi3, x7{r});
         let s{r} = xs[row{r} * groups + g];
         acc{r} = acc{r} + sm.x * (s{r}.x * f32(d{r}) + 8.0 * s{r}.z) + sm.y * s{r}.y;
         ss{r} = ss{r} + s{r}.w;
@@ -338,7 +373,11 @@ fn int4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
 }
 
 @compute @workgroup_size(64)
+//#if SUBGROUPS
+fn int8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) sg_lane: u32) {
+//#else
 fn int8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+//#endif
 //#if SWIGLU
     lane = lid.x;
     let n = swiglu_column(wid.x);
@@ -352,12 +391,18 @@ fn int8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
     let n = gid.x;
 //#else
     let n = gid.x;
+//#if SUBGROUPS
+    // Lanes past the end stay (the broadcasts below read every lane), on the last column;
+    // `store` skips them.
+//#else
     if (n >= p.n) {
         return;
     }
 //#endif
 //#endif
 //#endif
+//#endif
+    let col = min(n, p.n - 1u);
     let m0 = gid.y * ROWS;
     let groups = p.k / 32u;
     let xwords = p.k / 4u;
@@ -366,8 +411,8 @@ fn int8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
     var ss{r}: f32 = 0.0;
     let gr = split_range(groups, gid.z);
     for (var g = gr.x; g < gr.y; g = g + 1u) {
-        let sw = unpack2x16float(scales[g * p.n + n]).x;
-        let wbase = g * 8u * p.n + n;
+        let sw = unpack2x16float(scales[g * p.n + col]).x;
+        let wbase = g * 8u * p.n + col;
         let w0 = qweight[wbase];
         let w1 = qweight[wbase + p.n];
         let w2 = qweight[wbase + 2u * p.n];
@@ -377,7 +422,28 @@ fn int8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
         let w6 = qweight[wbase + 6u * p.n];
         let w7 = qweight[wbase + 7u * p.n];
         let xb{r} = row{r} * xwords + g * 8u;
-        let d{r} = dot4I8Packed(w0, xq[xb{r}]) + dot4I8Packed(w1, xq[xb{r} + 1u]) + dot4I8Packed(w2, xq[xb{r} + 2u]) + dot4I8Packed(w3, xq[xb{r} + 3u]) + dot4I8Packed(w4, xq[xb{r} + 4u]) + dot4I8Packed(w5, xq[xb{r} + 5u]) + dot4I8Packed(w6, xq[xb{r} + 6u]) + dot4I8Packed(w7, xq[xb{r} + 7u]);
+//#if SUBGROUPS
+        // The block's eight words: one load per lane, handed to the others (see the top).
+        let xm{r} = xq[xb{r} + sg_lane % 8u];
+        let x0{r} = subgroupBroadcast(xm{r}, 0u);
+        let x1{r} = subgroupBroadcast(xm{r}, 1u);
+        let x2{r} = subgroupBroadcast(xm{r}, 2u);
+        let x3{r} = subgroupBroadcast(xm{r}, 3u);
+        let x4{r} = subgroupBroadcast(xm{r}, 4u);
+        let x5{r} = subgroupBroadcast(xm{r}, 5u);
+        let x6{r} = subgroupBroadcast(xm{r}, 6u);
+        let x7{r} = subgroupBroadcast(xm{r}, 7u);
+//#else
+        let x0{r} = xq[xb{r}];
+        let x1{r} = xq[xb{r} + 1u];
+        let x2{r} = xq[xb{r} + 2u];
+        let x3{r} = xq[xb{r} + 3u];
+        let x4{r} = xq[xb{r} + 4u];
+        let x5{r} = xq[xb{r} + 5u];
+        let x6{r} = xq[xb{r} + 6u];
+        let x7{r} = xq[xb{r} + 7u];
+//#endif
+        let d{r} = dot4I8Packed(w0, x0{r}) + dot4I8Packed(w1, x1{r}) + dot4I8Packed(w2, x2{r}) + dot4I8Packed(w3, x3{r}) + dot4I8Packed(w4, x4{r}) + dot4I8Packed(w5, x5{r}) + dot4I8Packed(w6, x6{r}) + dot4I8Packed(w7, x7{r});
         let s{r} = xs[row{r} * groups + g];
         acc{r} = acc{r} + sw * s{r}.x * f32(d{r});
         ss{r} = ss{r} + s{r}.w;
@@ -424,121 +490,3 @@ fn reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocati
     finish(m, n, acc * rms_scale(ss));
     epilogue(m, wid.x);
 }
-
-// ---- Prefill GEMM: f32 activations, for steps of many rows ----
-// Entries `gemm_int4` / `gemm_int8` read the activations as f32 rows x [m][k] through the
-// `xs` binding, viewed as vec4 (the GEMM has no int8 blocks): no activation rounding, and
-// no dot4I8Packed, which lavapipe emulates. Each invocation owns a register tile of COLS
-// columns (n = tile base + c·64 + lane: lanes read consecutive weight words) × ROWS rows
-// (the same for the whole workgroup, so every activation load is uniform: a broadcast on
-// GPUs). Each weight is dequantized once per tile and reused for ROWS rows; each vec4 of
-// activations is loaded once per tile and reused for COLS columns. On lavapipe the loads
-// are the cost, so wide tiles and vec4 loads win: SmolLM2's gate|up at 128 rows, one run
-// of `bench --prefill-matmul 128`: scalar loads 8x16 6-7 GFLOP/s, vec4 8x16 15-18, 16x16
-// 17-25, against 2-5 for the int8 path; taking the low nibbles' four k before the high
-// nibbles' (half the values live at once) then gave 1.4x at 16x16 on Qwen2.5's gate|up.
-// What lavapipe makes of it (perf + gdb on the JIT code): a weight load whose address
-// differs per lane is a loop over the 8 lanes with a bounds check each (~15 instructions
-// a lane), uniform activation loads are one broadcast, `dot` is multiplies and adds (no
-// contraction), and every store to `acc` is blended with the execution mask. Hence one
-// accumulator update per 32-k group from an fma chain: 1.04-1.05x on Qwen2.5's gate|up
-// (two alternated runs), within the noise on down; the per-lane weight loads remain.
-// No k split and no LoRA: prefill has row tiles enough to fill a device, and steps with
-// adapters take the int8 path (LoRA's `shrink` reads its int8 blocks).
-
-//#if COLS
-// Four activations of row `row` from k = kk (a multiple of 4).
-fn x4(row: u32, kk: u32) -> vec4<f32> {
-    return xs[(row * p.k + kk) / 4u];
-}
-
-// c + a·b summed over four lanes as a chain of fused multiply-adds (`dot` is a multiply
-// and three adds on lavapipe: fma halves the instructions where the CPU has FMA).
-fn dot_acc(a: vec4<f32>, b: vec4<f32>, c: f32) -> f32 {
-    return fma(a.w, b.w, fma(a.z, b.z, fma(a.y, b.y, fma(a.x, b.x, c))));
-}
-
-// Per 32-k group, Σ_k (s·q_k + m)·x_k = s·Σ_k q_k·x_k + m·Σ_k x_k: the raw nibbles
-// multiply the activations in one fma chain held in registers, and the accumulator (whose
-// every store lavapipe masks) is updated once per group instead of once per four k.
-@compute @workgroup_size(64)
-fn gemm_int4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    // Columns past the end compute on the last column (no branches in the loop); their
-    // stores are skipped. Rows past the end repeat the last row.
-    let n{c} = wid.x * 64u * COLS + {c}u * 64u + lid.x;
-    let nc{c} = min(n{c}, p.n - 1u);
-    let m0 = wid.y * ROWS;
-    let row{r} = min(m0 + {r}u, p.m - 1u);
-    var acc{r}_{c}: f32 = 0.0;
-    let groups = p.k / 32u;
-    let lo = vec4<u32>(0u, 8u, 16u, 24u);
-    let hi = lo + 4u;
-    let f = vec4<u32>(0xFu);
-    for (var g = 0u; g < groups; g = g + 1u) {
-        let sm{c} = unpack2x16float(scales[g * p.n + nc{c}]);
-        // Word j holds k = 32g + 8j + e: e < 4 in the bytes' low nibbles, e ≥ 4 high.
-        let w0{c} = vec4<u32>(qweight[(g * 4u) * p.n + nc{c}]);
-        let w1{c} = vec4<u32>(qweight[(g * 4u + 1u) * p.n + nc{c}]);
-        let w2{c} = vec4<u32>(qweight[(g * 4u + 2u) * p.n + nc{c}]);
-        let w3{c} = vec4<u32>(qweight[(g * 4u + 3u) * p.n + nc{c}]);
-        let k0 = g * 32u;
-        let a0{r} = x4(row{r}, k0);
-        let a1{r} = x4(row{r}, k0 + 4u);
-        let a2{r} = x4(row{r}, k0 + 8u);
-        let a3{r} = x4(row{r}, k0 + 12u);
-        let a4{r} = x4(row{r}, k0 + 16u);
-        let a5{r} = x4(row{r}, k0 + 20u);
-        let a6{r} = x4(row{r}, k0 + 24u);
-        let a7{r} = x4(row{r}, k0 + 28u);
-        let sx{r} = dot((a0{r} + a1{r}) + (a2{r} + a3{r}) + (a4{r} + a5{r}) + (a6{r} + a7{r}), vec4<f32>(1.0));
-        let q0{c} = vec4<f32>((w0{c} >> lo) & f);
-        let q1{c} = vec4<f32>((w0{c} >> hi) & f);
-        let q2{c} = vec4<f32>((w1{c} >> lo) & f);
-        let q3{c} = vec4<f32>((w1{c} >> hi) & f);
-        let q4{c} = vec4<f32>((w2{c} >> lo) & f);
-        let q5{c} = vec4<f32>((w2{c} >> hi) & f);
-        let q6{c} = vec4<f32>((w3{c} >> lo) & f);
-        let q7{c} = vec4<f32>((w3{c} >> hi) & f);
-        let d{r}_{c} = dot_acc(q7{c}, a7{r}, dot_acc(q6{c}, a6{r}, dot_acc(q5{c}, a5{r}, dot_acc(q4{c}, a4{r}, dot_acc(q3{c}, a3{r}, dot_acc(q2{c}, a2{r}, dot_acc(q1{c}, a1{r}, dot_acc(q0{c}, a0{r}, 0.0))))))));
-        acc{r}_{c} = fma(sm{c}.x, d{r}_{c}, fma(sm{c}.y, sx{r}, acc{r}_{c}));
-    }
-    if (n{c} < p.n) { store(m0 + {r}u, n{c}, 0u, acc{r}_{c}, 0.0); }
-}
-
-// int8: Σ_k s·q_k·x_k = s·Σ_k q_k·x_k, one accumulator update per group as above.
-@compute @workgroup_size(64)
-fn gemm_int8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let n{c} = wid.x * 64u * COLS + {c}u * 64u + lid.x;
-    let nc{c} = min(n{c}, p.n - 1u);
-    let m0 = wid.y * ROWS;
-    let row{r} = min(m0 + {r}u, p.m - 1u);
-    var acc{r}_{c}: f32 = 0.0;
-    let groups = p.k / 32u;
-    let bytes = vec4<u32>(24u, 16u, 8u, 0u);
-    for (var g = 0u; g < groups; g = g + 1u) {
-        let sw{c} = unpack2x16float(scales[g * p.n + nc{c}]).x;
-        let k0 = g * 32u;
-        // Word j holds k = 32g + 4j + e in byte e, signed: shift it to the top, then
-        // arithmetic-shift it back down.
-        let q0{c} = vec4<f32>(vec4<i32>(vec4<u32>(qweight[(g * 8u) * p.n + nc{c}]) << bytes) >> vec4<u32>(24u));
-        let q1{c} = vec4<f32>(vec4<i32>(vec4<u32>(qweight[(g * 8u + 1u) * p.n + nc{c}]) << bytes) >> vec4<u32>(24u));
-        let q2{c} = vec4<f32>(vec4<i32>(vec4<u32>(qweight[(g * 8u + 2u) * p.n + nc{c}]) << bytes) >> vec4<u32>(24u));
-        let q3{c} = vec4<f32>(vec4<i32>(vec4<u32>(qweight[(g * 8u + 3u) * p.n + nc{c}]) << bytes) >> vec4<u32>(24u));
-        let q4{c} = vec4<f32>(vec4<i32>(vec4<u32>(qweight[(g * 8u + 4u) * p.n + nc{c}]) << bytes) >> vec4<u32>(24u));
-        let q5{c} = vec4<f32>(vec4<i32>(vec4<u32>(qweight[(g * 8u + 5u) * p.n + nc{c}]) << bytes) >> vec4<u32>(24u));
-        let q6{c} = vec4<f32>(vec4<i32>(vec4<u32>(qweight[(g * 8u + 6u) * p.n + nc{c}]) << bytes) >> vec4<u32>(24u));
-        let q7{c} = vec4<f32>(vec4<i32>(vec4<u32>(qweight[(g * 8u + 7u) * p.n + nc{c}]) << bytes) >> vec4<u32>(24u));
-        let a0{r} = x4(row{r}, k0);
-        let a1{r} = x4(row{r}, k0 + 4u);
-        let a2{r} = x4(row{r}, k0 + 8u);
-        let a3{r} = x4(row{r}, k0 + 12u);
-        let a4{r} = x4(row{r}, k0 + 16u);
-        let a5{r} = x4(row{r}, k0 + 20u);
-        let a6{r} = x4(row{r}, k0 + 24u);
-        let a7{r} = x4(row{r}, k0 + 28u);
-        let d{r}_{c} = dot_acc(q7{c}, a7{r}, dot_acc(q6{c}, a6{r}, dot_acc(q5{c}, a5{r}, dot_acc(q4{c}, a4{r}, dot_acc(q3{c}, a3{r}, dot_acc(q2{c}, a2{r}, dot_acc(q1{c}, a1{r}, dot_acc(q0{c}, a0{r}, 0.0))))))));
-        acc{r}_{c} = fma(sw{c}, d{r}_{c}, acc{r}_{c});
-    }
-    if (n{c} < p.n) { store(m0 + {r}u, n{c}, 0u, acc{r}_{c}, 0.0); }
-}
-//#endif

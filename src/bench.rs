@@ -620,12 +620,13 @@ pub struct PrefillMatmulRow {
 
 /// Prefill-sized matmuls (`m` rows) on random int4 matrices of the model's gate|up and down
 /// shapes: the int8-activation path against the f32 GEMM with each register tile, in one run.
+/// A kernel the device failed to build or run is an error, not a time.
 pub fn prefill_matmul(
     engine: &Engine,
     m: usize,
     tiles: &[(u32, u32)],
     reps: usize,
-) -> Vec<PrefillMatmulRow> {
+) -> Result<Vec<PrefillMatmulRow>, crate::gpu::GpuError> {
     let ctx = &engine.ctx;
     let c = &engine.model.config;
     let mut out = Vec::new();
@@ -646,7 +647,7 @@ pub fn prefill_matmul(
         for &(r, cl) in tiles {
             paths.push((
                 format!("f32 GEMM {r}x{cl}"),
-                ops::matmul_int4::gemm(ctx, name, &w, &xq, &io, (r, cl)),
+                ops::prefill_gemm::gemm(ctx, name, &w, &xq, &io, (r, cl)),
             ));
         }
         let step = ops::Step {
@@ -657,6 +658,7 @@ pub fn prefill_matmul(
             let refs: Vec<_> = list.iter().collect();
             // Each list runs whatever path the step would take.
             let ms = time_ms(ctx, reps, || ops::run_forced(ctx, &refs, &step));
+            ctx.fault()?;
             let gflop_per_s = 2.0 * (m * n * k) as f64 / (ms / 1e3) / 1e9;
             out.push(PrefillMatmulRow {
                 matrix: name.into(),
@@ -669,5 +671,5 @@ pub fn prefill_matmul(
             });
         }
     }
-    out
+    Ok(out)
 }

@@ -176,8 +176,8 @@ struct BenchArgs {
     /// shapes, the int8 path against the f32 GEMM with each --gemm-tiles tile (GFLOP/s).
     #[arg(long)]
     prefill_matmul: Option<usize>,
-    /// Register tiles (ROWSxCOLS) for --prefill-matmul.
-    #[arg(long, value_delimiter = ',', default_value = "8x2,4x8,8x8,8x16")]
+    /// Register tiles (ROWSxCOLS: rows x quads of 4 columns) for --prefill-matmul.
+    #[arg(long, value_delimiter = ',', default_value = "8x2,4x2,16x2,16x4")]
     gemm_tiles: Vec<String>,
     /// Repetitions for --adapter-ttft and --prefill-matmul (median).
     #[arg(long, default_value_t = 3)]
@@ -1127,7 +1127,7 @@ fn bench_prefill_matmul(engine: &Engine, a: &BenchArgs, m: usize) -> Result<()> 
         .iter()
         .map(|t| parse_tile(t))
         .collect::<Result<Vec<_>>>()?;
-    let rows = edgereason::bench::prefill_matmul(engine, m, &tiles, (*reps).max(1));
+    let rows = edgereason::bench::prefill_matmul(engine, m, &tiles, (*reps).max(1))?;
     if *json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -1374,7 +1374,7 @@ fn print_kernel_split(what: &str, p: &edgereason::model::KernelProfile) {
     }
 }
 
-/// "8x16" → (8, 16): a GEMM register tile of ROWS x COLS.
+/// "8x2" → (8, 2): a GEMM register tile of ROWS x COLS (quads of 4 columns).
 fn parse_tile(t: &str) -> Result<(u32, u32)> {
     let parsed = t
         .split_once('x')

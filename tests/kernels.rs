@@ -132,13 +132,14 @@ fn matmul_int4_matches_reference() {
 #[test]
 fn prefill_gemm_matches_reference() {
     for ctx in contexts() {
-        // Awkward n, k, m and register tiles (ROWS x COLS), int4 and int8, several binding
-        // chunks; bias and residual accumulation in the epilogue.
+        // Awkward n (a multiple of 4, the GEMM's quad, but not of any tile), k, m and
+        // register tiles (ROWS x COLS quads), int4 and int8, several binding chunks; bias
+        // and residual accumulation in the epilogue.
         let cases = [
-            (77usize, 96usize, 17usize, u64::MAX, (16u32, 16u32)),
-            (130, 160, 40, 2048, (3, 5)),
-            (67, 224, 5, u64::MAX, (4, 2)),
-            (45, 32, 33, 512, (8, 16)),
+            (76usize, 96usize, 17usize, u64::MAX, (16u32, 4u32)),
+            (132, 160, 40, 2048, (3, 5)),
+            (68, 224, 5, u64::MAX, (4, 1)),
+            (44, 32, 33, 512, (8, 2)),
         ];
         for (i, &(n, k, m, limit, tile)) in cases.iter().enumerate() {
             let x = rand_vec(m * k, 3 + m as u64);
@@ -191,7 +192,8 @@ fn prefill_gemm_matches_reference() {
                 accumulate: true,
                 ..MatmulIo::new(&unused, &unused, &out, n, &scratch)
             };
-            let mm = ops::matmul_int4::gemm(&ctx, "gemm", &mat, &xb, &io, tile);
+            assert!(ops::prefill_gemm::fits(&mat));
+            let mm = ops::prefill_gemm::gemm(&ctx, "gemm", &mat, &xb, &io, tile);
             ops::run_forced(
                 &ctx,
                 &mm.iter().collect::<Vec<_>>(),

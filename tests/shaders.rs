@@ -24,7 +24,7 @@ fn check(name: &str, defines: &ShaderDefines) {
 fn every_shader_variant_validates_and_translates() {
     for name in SHADER_FILES
         .iter()
-        .filter(|n| !["matmul_int4", "attention", "lora"].contains(n))
+        .filter(|n| !["matmul_int4", "attention", "lora", "prefill_gemm"].contains(n))
     {
         check(name, &ShaderDefines::new());
     }
@@ -44,23 +44,36 @@ fn every_shader_variant_validates_and_translates() {
             .with("ROWS", queries),
     );
     for rows in 1..=16 {
-        check("matmul_int4", &ShaderDefines::new().with("ROWS", rows));
+        for subgroups in [0, 1] {
+            let defines = ShaderDefines::new().with("SUBGROUPS", subgroups);
+            check("matmul_int4", &defines.with("ROWS", rows));
+        }
     }
     // The epilogue variants (SwiGLU, RoPE + KV store, the next norm's blocks), each with
     // and without fused LoRA; the prefill GEMM's register tiles; flash prefill attention.
     for rows in [1, 4, 16] {
         for lora in [0, 1] {
-            let base = || ShaderDefines::new().with("ROWS", rows).with("LORA", lora);
+            let base = || {
+                ShaderDefines::new()
+                    .with("ROWS", rows)
+                    .with("LORA", lora)
+                    .with("SUBGROUPS", lora)
+            };
             check("matmul_int4", &base().with("SWIGLU", 1));
             check("matmul_int4", &base().with("ROPE", 1).with("HEAD_DIM", 64));
             check("matmul_int4", &base().with("NORM", 1));
         }
     }
-    for (rows, cols) in [(1, 1), (4, 4), (8, 8), (16, 16)] {
-        check(
-            "matmul_int4",
-            &ShaderDefines::new().with("ROWS", rows).with("COLS", cols),
-        );
+    for (rows, cols) in [(1, 1), (4, 2), (8, 2), (16, 4)] {
+        for subgroups in [0, 1] {
+            check(
+                "prefill_gemm",
+                &ShaderDefines::new()
+                    .with("ROWS", rows)
+                    .with("COLS", cols)
+                    .with("SUBGROUPS", subgroups),
+            );
+        }
     }
     for hd in [64, 128] {
         check(
@@ -76,7 +89,7 @@ fn every_shader_variant_validates_and_translates() {
 /// same field names in the same order, same byte offsets, same size.
 fn check_params<P: edgereason::ops::KernelParams>() {
     // Every optional struct compiled in (the RoPE epilogue's uniform is under ROPE).
-    let defines = ShaderDefines::new().with("ROWS", 1);
+    let defines = ShaderDefines::new().with("ROWS", 1).with("COLS", 1);
     let defines = match P::STRUCT {
         "Rope" => defines.with("ROPE", 1).with("HEAD_DIM", 64),
         _ => defines,
@@ -116,6 +129,7 @@ fn kernel_params_structs_match_their_wgsl_layouts() {
     check_params::<lora::LoraParams>();
     check_params::<matmul_int4::MatmulParams>();
     check_params::<matmul_int4::RopeEpilogue>();
+    check_params::<prefill_gemm::GemmParams>();
     check_params::<quantize_act::QuantizeParams>();
     check_params::<read_bandwidth::ReadParams>();
     check_params::<rmsnorm::NormParams>();
@@ -128,6 +142,7 @@ fn kernel_params_structs_match_their_wgsl_layouts() {
         "embedding",
         "lora",
         "matmul_int4",
+        "prefill_gemm",
         "quantize_act",
         "read_bandwidth",
         "rmsnorm",

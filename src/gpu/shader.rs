@@ -41,6 +41,7 @@ pub fn shader_file(name: &str) -> &'static str {
     match name {
         "prelude" => include_str!("../../shaders/prelude.wgsl"),
         "matmul_int4" => include_str!("../../shaders/matmul_int4.wgsl"),
+        "prefill_gemm" => include_str!("../../shaders/prefill_gemm.wgsl"),
         "quantize_act" => include_str!("../../shaders/quantize_act.wgsl"),
         "rmsnorm" => include_str!("../../shaders/rmsnorm.wgsl"),
         "rope" => include_str!("../../shaders/rope.wgsl"),
@@ -57,6 +58,7 @@ pub fn shader_file(name: &str) -> &'static str {
 /// Every kernel file, for the validation test.
 pub const SHADER_FILES: &[&str] = &[
     "matmul_int4",
+    "prefill_gemm",
     "quantize_act",
     "rmsnorm",
     "rope",

@@ -12,7 +12,7 @@ use crate::gpu::GpuContext;
 use crate::ops::attention::{AttentionIo, AttentionPlan, BlockTables};
 use crate::ops::lora::LoraRows;
 use crate::ops::matmul_int4::{
-    gemm, matmul_int4, MatmulIo, MatmulLora, MatmulRope, NormOut, QuantMatrix,
+    matmul_int4, MatmulIo, MatmulLora, MatmulRope, NormOut, QuantMatrix,
 };
 use crate::ops::{self, Dispatch, When};
 
@@ -146,7 +146,8 @@ pub(super) struct Launches<'a> {
     pub kv: &'a KvCache,
     pub lora: Option<&'a LoraSet>,
     pub apply: LoraApply,
-    /// The prefill GEMM's register tile, where the device takes it.
+    /// The prefill GEMM's register tile, where the device takes it (and every layer
+    /// matrix fits it: see [`ops::prefill_gemm::fits`]).
     pub gemm_tile: Option<(u32, u32)>,
     pub plan: AttentionPlan,
     /// Residual matmuls write the next RMSNorm's blocks (see [`NormOut`]).
@@ -177,7 +178,13 @@ impl<'a> Launches<'a> {
             kv,
             lora,
             apply,
-            gemm_tile: ops::matmul_int4::prefill_gemm(ctx),
+            gemm_tile: ops::prefill_gemm::tile_for_device(ctx).filter(|_| {
+                model.layers.iter().all(|l| {
+                    [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]
+                        .into_iter()
+                        .all(ops::prefill_gemm::fits)
+                })
+            }),
             plan: AttentionPlan::for_device(ctx),
             fold_norms,
             rope_params: ops::matmul_int4::rope_params(ctx, c.n_head, c.n_kv_head, c.rope_theta),
@@ -433,8 +440,9 @@ impl<'a> Launches<'a> {
     /// The GEMM path's launches of a matmul over f32 rows `x` (none where the device keeps
     /// the int8 path for prefill).
     fn gemm(&self, label: &str, w: &QuantMatrix, x: &wgpu::Buffer, io: &MatmulIo) -> Vec<Dispatch> {
-        self.gemm_tile
-            .map_or(Vec::new(), |t| gemm(self.ctx, label, w, x, io, t))
+        self.gemm_tile.map_or(Vec::new(), |t| {
+            ops::prefill_gemm::gemm(self.ctx, label, w, x, io, t)
+        })
     }
 
     /// RoPE on Q and K of `qkv` and the store of K and V into layer `l`'s cache.

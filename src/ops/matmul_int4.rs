@@ -5,7 +5,7 @@
 //! chunks that each fit one storage binding (a 151936×896 LM head is one chunk at 4 bits on
 //! lavapipe's 128 MiB, but a bigger vocabulary or a phone's smaller limit is not).
 
-use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams, When};
+use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams};
 use crate::gpu::{Binding, GpuContext, ShaderDefines};
 use crate::loader::{Q4Group, Q8Group};
 
@@ -177,7 +177,10 @@ impl QuantMatrix {
             "{label}: group count does not match [{n}, {k}]"
         );
         let bytes_per_row = (k * format.bits() / 8) as u64; // qweight is the larger buffer
-        let rows_per_chunk = ((max_binding / bytes_per_row.max(1)) as usize).clamp(1, n.max(1));
+                                                            // Chunks of whole column quads where a binding holds four rows (the prefill GEMM
+                                                            // reads four columns at a time).
+        let fit = (max_binding / bytes_per_row.max(1)) as usize;
+        let rows_per_chunk = if fit >= 4 { fit / 4 * 4 } else { fit }.clamp(1, n.max(1));
         let mut chunks = Vec::new();
         let mut n0 = 0;
         while n0 < n {
@@ -390,7 +393,7 @@ impl<'a> MatmulIo<'a> {
     }
 
     /// The flags word of the kernel's params (bias, residual, folded norm).
-    fn flags(&self) -> u32 {
+    pub(crate) fn flags(&self) -> u32 {
         let bit = |on: bool, flag: u32| if on { flag } else { 0 };
         bit(self.bias.is_some(), ADD_BIAS)
             | bit(self.accumulate, ACCUMULATE)
@@ -510,7 +513,10 @@ fn matmul_dispatches(
             io.out,
             io.partials,
         ];
-        let (mut kinds, mut defines) = (KINDS, ShaderDefines::new());
+        let (mut kinds, mut defines) = (
+            KINDS,
+            ShaderDefines::new().with("SUBGROUPS", shares_blocks(ctx) as u32),
+        );
         if let Some(l) = &io.lora {
             params.seg1 = l.segments.0 as u32;
             params.seg2 = l.segments.1 as u32;
@@ -592,84 +598,17 @@ fn matmul_dispatches(
     out_list
 }
 
-/// The prefill GEMM's register tile (ROWS, COLS) on this device, or `None` where prefill
-/// keeps the int8 path. Rows share each dequantized weight, columns each activation load.
-/// CPU adapters take the GEMM with a 16x16 tile: on lavapipe activation loads dominate,
-/// so the widest tile won (SmolLM2's gate|up at 128 rows, `bench --prefill-matmul 128`,
-/// two runs: 8x16 14-18 GFLOP/s, 16x16 17-25, 8x32 9-14, 16x8 10-13; int8 path 2-5).
-/// GPUs keep the int8 path, whose dot4I8Packed is native there, until the GEMM is
-/// measured on one (256 accumulators per invocation would spill there: try 4x4 to 8x8).
-/// EDGEREASON_PREFILL_GEMM=0|1 and EDGEREASON_GEMM_TILE=RxC override (for measuring).
-pub fn prefill_gemm(ctx: &GpuContext) -> Option<(u32, u32)> {
-    let forced = std::env::var("EDGEREASON_PREFILL_GEMM")
+/// Whether the int8 path's SUBGROUPS variant runs here: each lane of a subgroup (of at
+/// least 8) loads one word of a row's activation block and broadcasts it to the others.
+/// CPU adapters take it, where every storage load is a loop over the lanes (see
+/// shaders/prefill_gemm.wgsl); GPUs keep plain loads, which are broadcasts there, until
+/// measured. EDGEREASON_SHARE_BLOCKS=0|1 overrides (for measuring).
+pub fn shares_blocks(ctx: &GpuContext) -> bool {
+    let forced = std::env::var("EDGEREASON_SHARE_BLOCKS")
         .ok()
         .map(|v| v != "0");
-    if !forced.unwrap_or(ctx.adapter.device_type == "Cpu") {
-        return None;
-    }
-    let env = std::env::var("EDGEREASON_GEMM_TILE").ok().and_then(|v| {
-        let (r, c) = v.split_once('x')?;
-        Some((r.parse().ok()?, c.parse().ok()?))
-    });
-    Some(env.unwrap_or((16, 16)))
-}
-
-/// Prefill launches of `W·x` with f32 activations `x` [m][k] (the `gemm_*` entries: see
-/// the shader), one per chunk, recorded only in steps on the GEMM path ([`Step::gemm`]);
-/// output, bias and residual as `io` says (its int8 blocks and LoRA are not used);
-/// `(rows, cols)` is the register tile ([`prefill_gemm`]).
-///
-/// [`Step::gemm`]: super::Step::gemm
-pub fn gemm(
-    ctx: &GpuContext,
-    label: &str,
-    w: &QuantMatrix,
-    x: &wgpu::Buffer,
-    io: &MatmulIo,
-    (rows, cols): (u32, u32),
-) -> Vec<Dispatch> {
-    // The GEMM's f32 rows come from its own norm launch: no folded norm.
-    let flags = io.flags() & !FOLDED_NORM;
-    let defines = ShaderDefines::new().with("ROWS", rows).with("COLS", cols);
-    let entry = match w.format {
-        WeightFormat::Int4 => "gemm_int4",
-        WeightFormat::Int8 => "gemm_int8",
-    };
-    w.chunks
-        .iter()
-        .map(|c| {
-            let spec = DispatchSpec {
-                label: format!("{label}[{}..]", c.n0),
-                shader: "matmul_int4",
-                entry,
-                kinds: KINDS,
-                words: MatmulParams {
-                    n: c.n as u32,
-                    k: w.k as u32,
-                    flags,
-                    out_stride: io.out_stride as u32,
-                    out_offset: (io.out_offset + c.n0) as u32,
-                    splits: 1,
-                    ..Default::default()
-                }
-                .words(),
-                dynamic: vec![(crate::params_word!(MatmulParams, m), Dyn::Rows)],
-                // The activations go in the `xs` slot, which the shader views as vec4<f32>.
-                buffers: vec![
-                    &c.qweight,
-                    &c.scales,
-                    io.xq,
-                    x,
-                    io.bias.unwrap_or(io.xs),
-                    io.out,
-                    io.partials,
-                ],
-                grid: Grid::Gemm { n: c.n as u32 },
-                defines: defines.clone(),
-            };
-            Dispatch::new(ctx, spec).only(When::Gemm(true))
-        })
-        .collect()
+    let able = ctx.subgroups && ctx.adapter.subgroup_size[0] >= 8;
+    able && forced.unwrap_or(ctx.adapter.device_type == "Cpu")
 }
 
 /// Plain f32 reference: `out[m, n] = Σ_k W[n, k]·x[m, k] + bias[n]` with W dequantized.

@@ -11,6 +11,7 @@ pub mod attention;
 pub mod embedding;
 pub mod lora;
 pub mod matmul_int4;
+pub mod prefill_gemm;
 pub mod quantize_act;
 pub mod read_bandwidth;
 pub mod rmsnorm;
