@@ -196,6 +196,17 @@ fn random_int4(ctx: &crate::gpu::GpuContext, label: &str, n: usize, k: usize) ->
     QuantMatrix::upload(ctx, label, n, k, QuantGroups::Int4(&groups))
 }
 
+/// An `n`×`k` int8 matrix of arbitrary quants (as [`random_int4`]).
+fn random_int8(ctx: &crate::gpu::GpuContext, label: &str, n: usize, k: usize) -> QuantMatrix {
+    let groups: Vec<_> = (0..n * k / 32)
+        .map(|i| crate::loader::Q8Group {
+            scale: 0.01,
+            q: std::array::from_fn(|j| ((i * 7 + j * 3) % 255) as i8),
+        })
+        .collect();
+    QuantMatrix::upload(ctx, label, n, k, QuantGroups::Int8(&groups))
+}
+
 /// int4 GEMV (M = 1) on an `n`×`k` random matrix against reading the same bytes.
 pub fn gemv_vs_read(ctx: &crate::gpu::GpuContext, n: usize, k: usize, reps: usize) -> GemvReport {
     let w = random_int4(ctx, "bench.w", n, k);
@@ -630,11 +641,17 @@ pub fn prefill_matmul(
     let ctx = &engine.ctx;
     let c = &engine.model.config;
     let mut out = Vec::new();
-    for (name, n, k) in [
-        ("gate_up", 2 * c.n_ff, c.n_embd),
-        ("down", c.n_embd, c.n_ff),
+    // The real files keep some tensors at 5-8 bits (int8 here): down as the int8 case.
+    for (name, n, k, int8) in [
+        ("gate_up", 2 * c.n_ff, c.n_embd, false),
+        ("down", c.n_embd, c.n_ff, false),
+        ("down.i8", c.n_embd, c.n_ff, true),
     ] {
-        let w = random_int4(ctx, name, n, k);
+        let w = if int8 {
+            random_int8(ctx, name, n, k)
+        } else {
+            random_int4(ctx, name, n, k)
+        };
         let xq = ctx.storage("xq", (m * k * 4) as u64);
         let xs = ctx.storage("xs", (m * k / 32 * 16) as u64);
         let outb = ctx.storage("out", (m * n * 4) as u64);
