@@ -176,9 +176,9 @@ impl QuantMatrix {
             n * k / 32,
             "{label}: group count does not match [{n}, {k}]"
         );
-        let bytes_per_row = (k * format.bits() / 8) as u64; // qweight is the larger buffer
-                                                            // Chunks of whole column quads where a binding holds four rows (the prefill GEMM
-                                                            // reads four columns at a time).
+        // qweight is the larger buffer. Chunks are whole column quads where a binding holds
+        // four rows (the prefill GEMM reads four columns at a time).
+        let bytes_per_row = (k * format.bits() / 8) as u64;
         let fit = (max_binding / bytes_per_row.max(1)) as usize;
         let rows_per_chunk = if fit >= 4 { fit / 4 * 4 } else { fit }.clamp(1, n.max(1));
         let mut chunks = Vec::new();

@@ -41,8 +41,8 @@ const KINDS: &[Binding] = &[
 /// prefill keeps the int8 path. Rows share each dequantized weight, quads each activation.
 /// CPU adapters take the GEMM. lavapipe, Qwen2.5's gate|up and down at 128 rows (`bench
 /// --prefill-matmul 128`, median of 5): with subgroups 8x2 won (42 / 22 ms; 4x2 48 / 26,
-/// 16x2 52 / 27, 16x4 51 / 24, 8x3 58 / 42); without (the GL backend) 16x4 (78 / 40 ms;
-/// 8x2 107 / 58). GPUs keep the int8 path, whose dot4I8Packed is native there, until the
+/// 16x2 52 / 27, 16x4 51 / 24, 8x3 58 / 42); without subgroups (the GL backend's case,
+/// measured on Vulkan with the variant off) 16x4 (74-81 / 38-40 ms; 8x2 107-124 / 57-62). GPUs keep the int8 path, whose dot4I8Packed is native there, until the
 /// GEMM is measured on one. EDGEREASON_PREFILL_GEMM=0|1 and EDGEREASON_GEMM_TILE=RxC
 /// override (for measuring).
 pub fn tile_for_device(ctx: &GpuContext) -> Option<(u32, u32)> {
