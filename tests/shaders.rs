@@ -1,6 +1,8 @@
 //! Every WGSL kernel variant the engine can build is validated by naga and translated to
-//! MSL (Metal) and SPIR-V (Vulkan), so a shader that would fail on a Mac or a phone fails
-//! here first. (The GL path is run for real in tests/kernels.rs.)
+//! MSL (Metal), SPIR-V (Vulkan), HLSL (DX12, shader model 6.0) and, for the variants without
+//! subgroups, desktop GLSL (the GL backend), so a shader that would fail on a Mac, a
+//! Windows machine or a phone fails here first. (The GL path is also run for real in
+//! tests/kernels.rs.)
 
 use edgereason::gpu::{expand_shader, ShaderDefines, SHADER_FILES};
 
@@ -18,6 +20,50 @@ fn check(name: &str, defines: &ShaderDefines) {
         .unwrap_or_else(|e| panic!("{name}: MSL: {e:?}"));
     naga::back::spv::write_vec(&module, &info, &Default::default(), None)
         .unwrap_or_else(|e| panic!("{name}: SPIR-V: {e:?}"));
+    // DX12: shader model 6.0 has the wave (subgroup) operations.
+    let hlsl = naga::back::hlsl::Options {
+        shader_model: naga::back::hlsl::ShaderModel::V6_0,
+        ..Default::default()
+    };
+    let mut out = String::new();
+    naga::back::hlsl::Writer::new(&mut out, &hlsl, &Default::default())
+        .write(&module, &info, None)
+        .unwrap_or_else(|e| panic!("{name} {defines:?}: HLSL: {e:?}"));
+    // The GL backend (desktop GLSL 4.30 here) builds only the variants without subgroups.
+    if defines.get("SUBGROUPS").unwrap_or(0) == 0 {
+        check_glsl(name, defines, &module, &info);
+    }
+}
+
+/// GLSL for each entry point of a module, as wgpu's GL backend writes it.
+fn check_glsl(
+    name: &str,
+    defines: &ShaderDefines,
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+) {
+    let options = naga::back::glsl::Options {
+        version: naga::back::glsl::Version::Desktop(430),
+        ..Default::default()
+    };
+    for ep in &module.entry_points {
+        let pipeline = naga::back::glsl::PipelineOptions {
+            shader_stage: ep.stage,
+            entry_point: ep.name.clone(),
+            multiview: None,
+        };
+        let mut out = String::new();
+        naga::back::glsl::Writer::new(
+            &mut out,
+            module,
+            info,
+            &options,
+            &pipeline,
+            Default::default(),
+        )
+        .and_then(|mut w| w.write())
+        .unwrap_or_else(|e| panic!("{name} {defines:?} {}: GLSL: {e:?}", ep.name));
+    }
 }
 
 #[test]
