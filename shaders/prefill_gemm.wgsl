@@ -45,6 +45,31 @@ fn x4(row: u32, kk: u32) -> vec4<f32> {
     return x[(row * p.k + kk) / 4u];
 }
 
+// A row's 32-k group of activations (k0 = 32g), eight vec4s. With subgroups each of eight
+// lanes loads one and `subgroupBroadcast` hands it to the others (see the top); call in
+// uniform control flow.
+struct Group {
+    a0: vec4<f32>,
+    a1: vec4<f32>,
+    a2: vec4<f32>,
+    a3: vec4<f32>,
+    a4: vec4<f32>,
+    a5: vec4<f32>,
+    a6: vec4<f32>,
+    a7: vec4<f32>,
+}
+
+//#if SUBGROUPS
+fn row_group(row: u32, k0: u32, lane: u32) -> Group {
+    let mine = x4(row, k0 + 4u * (lane % 8u));
+    return Group(subgroupBroadcast(mine, 0u), subgroupBroadcast(mine, 1u), subgroupBroadcast(mine, 2u), subgroupBroadcast(mine, 3u), subgroupBroadcast(mine, 4u), subgroupBroadcast(mine, 5u), subgroupBroadcast(mine, 6u), subgroupBroadcast(mine, 7u));
+}
+//#else
+fn row_group(row: u32, k0: u32) -> Group {
+    return Group(x4(row, k0), x4(row, k0 + 4u), x4(row, k0 + 8u), x4(row, k0 + 12u), x4(row, k0 + 16u), x4(row, k0 + 20u), x4(row, k0 + 24u), x4(row, k0 + 28u));
+}
+//#endif
+
 // Scales (low halves) and mins (high halves) of a quad's pack2x16float words.
 fn scale4(w: vec4<u32>) -> vec4<f32> {
     return vec4<f32>(unpack2x16float(w.x).x, unpack2x16float(w.y).x, unpack2x16float(w.z).x, unpack2x16float(w.w).x);
@@ -131,27 +156,12 @@ fn gemm_int4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         let w3{c} = qweight[(g * 4u + 3u) * quads + qc{c}];
         let k0 = g * 32u;
 //#if SUBGROUPS
-        let mine{r} = x4(row{r}, k0 + 4u * (lane % 8u));
-        let a0{r} = subgroupBroadcast(mine{r}, 0u);
-        let a1{r} = subgroupBroadcast(mine{r}, 1u);
-        let a2{r} = subgroupBroadcast(mine{r}, 2u);
-        let a3{r} = subgroupBroadcast(mine{r}, 3u);
-        let a4{r} = subgroupBroadcast(mine{r}, 4u);
-        let a5{r} = subgroupBroadcast(mine{r}, 5u);
-        let a6{r} = subgroupBroadcast(mine{r}, 6u);
-        let a7{r} = subgroupBroadcast(mine{r}, 7u);
+        let x{r} = row_group(row{r}, k0, lane);
 //#else
-        let a0{r} = x4(row{r}, k0);
-        let a1{r} = x4(row{r}, k0 + 4u);
-        let a2{r} = x4(row{r}, k0 + 8u);
-        let a3{r} = x4(row{r}, k0 + 12u);
-        let a4{r} = x4(row{r}, k0 + 16u);
-        let a5{r} = x4(row{r}, k0 + 20u);
-        let a6{r} = x4(row{r}, k0 + 24u);
-        let a7{r} = x4(row{r}, k0 + 28u);
+        let x{r} = row_group(row{r}, k0);
 //#endif
-        let sx{r} = dot((a0{r} + a1{r}) + (a2{r} + a3{r}) + (a4{r} + a5{r}) + (a6{r} + a7{r}), vec4<f32>(1.0));
-        let d{r}_{c} = word_int4(w3{c}, a6{r}, a7{r}, word_int4(w2{c}, a4{r}, a5{r}, word_int4(w1{c}, a2{r}, a3{r}, word_int4(w0{c}, a0{r}, a1{r}, vec4<f32>(0.0)))));
+        let sx{r} = dot((x{r}.a0 + x{r}.a1) + (x{r}.a2 + x{r}.a3) + (x{r}.a4 + x{r}.a5) + (x{r}.a6 + x{r}.a7), vec4<f32>(1.0));
+        let d{r}_{c} = word_int4(w3{c}, x{r}.a6, x{r}.a7, word_int4(w2{c}, x{r}.a4, x{r}.a5, word_int4(w1{c}, x{r}.a2, x{r}.a3, word_int4(w0{c}, x{r}.a0, x{r}.a1, vec4<f32>(0.0)))));
         acc{r}_{c} = fma(scale4(sm{c}), d{r}_{c}, fma(min4(sm{c}), vec4<f32>(sx{r}), acc{r}_{c}));
     }
     store(m0 + {r}u, 4u * q{c}, acc{r}_{c});
@@ -182,26 +192,11 @@ fn gemm_int8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         let w7{c} = qweight[(g * 8u + 7u) * quads + qc{c}];
         let k0 = g * 32u;
 //#if SUBGROUPS
-        let mine{r} = x4(row{r}, k0 + 4u * (lane % 8u));
-        let a0{r} = subgroupBroadcast(mine{r}, 0u);
-        let a1{r} = subgroupBroadcast(mine{r}, 1u);
-        let a2{r} = subgroupBroadcast(mine{r}, 2u);
-        let a3{r} = subgroupBroadcast(mine{r}, 3u);
-        let a4{r} = subgroupBroadcast(mine{r}, 4u);
-        let a5{r} = subgroupBroadcast(mine{r}, 5u);
-        let a6{r} = subgroupBroadcast(mine{r}, 6u);
-        let a7{r} = subgroupBroadcast(mine{r}, 7u);
+        let x{r} = row_group(row{r}, k0, lane);
 //#else
-        let a0{r} = x4(row{r}, k0);
-        let a1{r} = x4(row{r}, k0 + 4u);
-        let a2{r} = x4(row{r}, k0 + 8u);
-        let a3{r} = x4(row{r}, k0 + 12u);
-        let a4{r} = x4(row{r}, k0 + 16u);
-        let a5{r} = x4(row{r}, k0 + 20u);
-        let a6{r} = x4(row{r}, k0 + 24u);
-        let a7{r} = x4(row{r}, k0 + 28u);
+        let x{r} = row_group(row{r}, k0);
 //#endif
-        let d{r}_{c} = word_int8(w7{c}, a7{r}, word_int8(w6{c}, a6{r}, word_int8(w5{c}, a5{r}, word_int8(w4{c}, a4{r}, word_int8(w3{c}, a3{r}, word_int8(w2{c}, a2{r}, word_int8(w1{c}, a1{r}, word_int8(w0{c}, a0{r}, vec4<f32>(0.0)))))))));
+        let d{r}_{c} = word_int8(w7{c}, x{r}.a7, word_int8(w6{c}, x{r}.a6, word_int8(w5{c}, x{r}.a5, word_int8(w4{c}, x{r}.a4, word_int8(w3{c}, x{r}.a3, word_int8(w2{c}, x{r}.a2, word_int8(w1{c}, x{r}.a1, word_int8(w0{c}, x{r}.a0, vec4<f32>(0.0)))))))));
         acc{r}_{c} = fma(s{c}, d{r}_{c}, acc{r}_{c});
     }
     store(m0 + {r}u, 4u * q{c}, acc{r}_{c});
