@@ -31,8 +31,25 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
 @group(0) @binding(2) var<storage, read> positions: array<u32>;
+//#if QUADS
+// head_dim a multiple of 8: a head's words are whole vec4s, so one load brings 8 dims (on
+// lavapipe a load is a loop over the lanes whatever its width: 4x fewer loops).
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> v_cache: array<vec4<u32>>;
+const UNIT: u32 = 4u; // cache words per load
+fn k_word(i: u32) -> u32 { return k_cache[i / 4u][i % 4u]; }
+fn v_word(i: u32) -> u32 { return v_cache[i / 4u][i % 4u]; }
+fn k_unit(i: u32) -> vec4<u32> { return k_cache[i / 4u]; }
+fn v_unit(i: u32) -> vec4<u32> { return v_cache[i / 4u]; }
+//#else
 @group(0) @binding(3) var<storage, read> k_cache: array<u32>;
 @group(0) @binding(4) var<storage, read> v_cache: array<u32>;
+const UNIT: u32 = 1u;
+fn k_word(i: u32) -> u32 { return k_cache[i]; }
+fn v_word(i: u32) -> u32 { return v_cache[i]; }
+fn k_unit(i: u32) -> vec4<u32> { return vec4<u32>(k_cache[i], 0u, 0u, 0u); }
+fn v_unit(i: u32) -> vec4<u32> { return vec4<u32>(v_cache[i], 0u, 0u, 0u); }
+//#endif
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 // Split-K partials [m][n_head][n_splits]: unnormalized outputs [head_dim] and (max, sum).
 @group(0) @binding(6) var<storage, read_write> part_o: array<f32>;
@@ -72,9 +89,53 @@ fn key_slot(m: u32, t: u32) -> u32 {
 
 const WG: u32 = 64u;
 const MAX_HEAD_DIM: u32 = 256u;
-var<workgroup> q: array<f32, MAX_HEAD_DIM>;
+var<workgroup> q: array<vec4<f32>, MAX_HEAD_DIM / 4u>;
 var<workgroup> prob: array<f32, 64>;
 var<workgroup> red: array<f32, 64>;
+// Cache slot of each key of the chunk: the block-table lookup (a load and, on CPUs, eight
+// scalar divisions per lane vector) is done once per key, not once per key and lane.
+var<workgroup> slot: array<u32, 64>;
+// Per-lane partial outputs (8 dims) of the key groups, summed at the end (see `main`).
+var<workgroup> pacc: array<vec4<f32>, 128>;
+
+// q · k over the dims of the UNIT cache words at word w (unpacked from `kk`).
+fn dot_unit(w: u32, kk: vec4<u32>) -> f32 {
+//#if QUADS
+    let a = vec4<f32>(unpack2x16float(kk.x), unpack2x16float(kk.y));
+    let b = vec4<f32>(unpack2x16float(kk.z), unpack2x16float(kk.w));
+    return dot(q[w / 2u], a) + dot(q[w / 2u + 1u], b);
+//#else
+    let qq = q[w / 2u];
+    return dot(select(qq.xy, qq.zw, (w & 1u) == 1u), unpack2x16float(kk.x));
+//#endif
+}
+
+// Dims 2w.. of a head as the 2·UNIT values `lo`, `hi` hold: to out[o + 2w ..].
+fn store_unit(o: u32, w: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    out[o + 2u * w] = lo.x;
+    out[o + 2u * w + 1u] = lo.y;
+    if (UNIT == 4u) {
+        out[o + 2u * w + 2u] = lo.z;
+        out[o + 2u * w + 3u] = lo.w;
+        out[o + 2u * w + 4u] = hi.x;
+        out[o + 2u * w + 5u] = hi.y;
+        out[o + 2u * w + 6u] = hi.z;
+        out[o + 2u * w + 7u] = hi.w;
+    }
+}
+
+fn store_part_unit(o: u32, w: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    part_o[o + 2u * w] = lo.x;
+    part_o[o + 2u * w + 1u] = lo.y;
+    if (UNIT == 4u) {
+        part_o[o + 2u * w + 2u] = lo.z;
+        part_o[o + 2u * w + 3u] = lo.w;
+        part_o[o + 2u * w + 4u] = hi.x;
+        part_o[o + 2u * w + 5u] = hi.y;
+        part_o[o + 2u * w + 6u] = hi.z;
+        part_o[o + 2u * w + 7u] = hi.w;
+    }
+}
 // One split of shared-prefix keys, loaded once for all rows (`prefix`, head_dim ≤ 64).
 var<workgroup> pk: array<u32, 2048>;
 var<workgroup> pv: array<u32, 2048>;
@@ -159,8 +220,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let words = hd / 2u;                 // packed words per head
     let kv_words = p.n_kv_head * words;  // packed words per cache slot
     let kvh = h / (p.n_head / p.n_kv_head);
-    for (var d = tid; d < hd; d = d + WG) {
-        q[d] = qkv[m * p.qkv_stride + h * hd + d] * p.scale;
+    for (var d4 = tid; d4 < hd / 4u; d4 = d4 + WG) {
+        let qb = m * p.qkv_stride + h * hd + 4u * d4;
+        q[d4] = vec4<f32>(qkv[qb], qkv[qb + 1u], qkv[qb + 2u], qkv[qb + 3u]) * p.scale;
     }
     workgroupBarrier();
 
@@ -173,18 +235,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     var run_max = -3.0e38;
     var run_sum = 0.0;
-    // Each invocation owns output dims (2w, 2w+1) for w = tid, tid + 64, ... (< words).
-    var acc0 = vec2<f32>(0.0);
-    var acc1 = vec2<f32>(0.0);
+    // Scores: lane t takes key t of the chunk. P·V: a head is `units` loads of UNIT words;
+    // lane tid owns unit tid % units (2·UNIT output dims) and, as one of `groups` key
+    // groups, keys j ≡ tid / units (mod groups) of each chunk; the groups' partials are
+    // summed after the loop. (units ≤ 64: ModelConfig refuses head_dim > 128 that is not
+    // a multiple of 8.)
+    let units = words / UNIT;
+    let groups = WG / units;
+    let w_own = (tid % units) * UNIT;
+    let g_own = tid / units;
+    var lo = vec4<f32>(0.0);
+    var hi = vec4<f32>(0.0);
     for (var c = k_begin; c < k_end; c = c + WG) {
         let t = c + tid;
         var s = -3.0e38;
         if (t < k_end) {
-            let kb = key_slot(m, t) * kv_words + kvh * words;
+            let st = key_slot(m, t);
+            slot[tid] = st;
+            let kb = st * kv_words + kvh * words;
             var dot = 0.0;
-            for (var w = 0u; w < words; w = w + 1u) {
-                let kk = unpack2x16float(k_cache[kb + w]);
-                dot = dot + q[2u * w] * kk.x + q[2u * w + 1u] * kk.y;
+            for (var w = 0u; w < words; w = w + UNIT) {
+                dot = dot + dot_unit(w, k_unit(kb + w));
             }
             s = dot;
         }
@@ -194,44 +265,44 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let correction = exp(run_max - new_max);
         run_sum = run_sum * correction + reduce_sum(tid, e);
         run_max = new_max;
-        acc0 = acc0 * correction;
-        acc1 = acc1 * correction;
+        lo = lo * correction;
+        hi = hi * correction;
         let n_chunk = min(WG, k_end - c);
-        for (var j = 0u; j < n_chunk; j = j + 1u) {
-            let vb = key_slot(m, c + j) * kv_words + kvh * words;
-            let pj = prob[j];
-            if (tid < words) {
-                acc0 = acc0 + pj * unpack2x16float(v_cache[vb + tid]);
-            }
-            if (tid + WG < words) {
-                acc1 = acc1 + pj * unpack2x16float(v_cache[vb + tid + WG]);
+        if (g_own < groups) {
+            for (var j = g_own; j < n_chunk; j = j + groups) {
+                let vv = v_unit(slot[j] * kv_words + kvh * words + w_own);
+                let pj = prob[j];
+                lo = lo + pj * vec4<f32>(unpack2x16float(vv.x), unpack2x16float(vv.y));
+                hi = hi + pj * vec4<f32>(unpack2x16float(vv.z), unpack2x16float(vv.w));
             }
         }
         workgroupBarrier();
     }
+    // Sum the key groups' partials into the lanes of group 0 (tid < units).
+    if (groups > 1u) {
+        pacc[2u * tid] = lo;
+        pacc[2u * tid + 1u] = hi;
+        workgroupBarrier();
+        if (tid < units) {
+            for (var g = 1u; g < groups; g = g + 1u) {
+                lo = lo + pacc[2u * (g * units + tid)];
+                hi = hi + pacc[2u * (g * units + tid) + 1u];
+            }
+        }
+    }
+    let owner = tid < units;
     if (p.n_splits > 1u) {
         let part = (m * p.n_head + h) * p.n_splits + z;
         if (tid == 0u) {
             part_ml[part] = vec2<f32>(run_max, run_sum);
         }
-        if (tid < words) {
-            part_o[part * hd + 2u * tid] = acc0.x;
-            part_o[part * hd + 2u * tid + 1u] = acc0.y;
-        }
-        if (tid + WG < words) {
-            part_o[part * hd + 2u * (tid + WG)] = acc1.x;
-            part_o[part * hd + 2u * (tid + WG) + 1u] = acc1.y;
+        if (owner) {
+            store_part_unit(part * hd, w_own, lo, hi);
         }
         return;
     }
-    let o = m * p.n_head * hd + h * hd;
-    if (tid < words) {
-        out[o + 2u * tid] = acc0.x / run_sum;
-        out[o + 2u * tid + 1u] = acc0.y / run_sum;
-    }
-    if (tid + WG < words) {
-        out[o + 2u * (tid + WG)] = acc1.x / run_sum;
-        out[o + 2u * (tid + WG) + 1u] = acc1.y / run_sum;
+    if (owner) {
+        store_unit(m * p.n_head * hd + h * hd, w_own, lo / run_sum, hi / run_sum);
     }
     if (p.quantize != 0u) {
         storageBarrier();
@@ -275,8 +346,8 @@ fn prefix(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     // The split's K and V, lanes reading consecutive words.
     for (var i = tid; i < count * words; i = i + WG) {
         let kb = key_slot(0u, k0 + i / words) * kv_words + kvh * words + i % words;
-        pk[i] = k_cache[kb];
-        pv[i] = v_cache[kb];
+        pk[i] = k_word(kb);
+        pv[i] = v_word(kb);
     }
     for (var i = tid; i < ROWS * 64u; i = i + WG) {
         let r = r0 + i / 64u;
@@ -396,9 +467,12 @@ fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     for (var t = 0u; t < n_keys; t = t + 1u) {
         let kb = key_slot(m0, t) * kv_words + kvh * words;
         var s = 0.0;
-        for (var w = 0u; w < words; w = w + 1u) {
-            let kk = unpack2x16float(k_cache[kb + w]);
-            s = s + q[2u * w] * kk.x + q[2u * w + 1u] * kk.y;
+        for (var w = 0u; w < words; w = w + UNIT) {
+            let kk = k_unit(kb + w);
+            for (var i = 0u; i < UNIT; i = i + 1u) {
+                let f = unpack2x16float(kk[i]);
+                s = s + q[2u * (w + i)] * f.x + q[2u * (w + i) + 1u] * f.y;
+            }
         }
         let valid = t <= pos;
         let new_max = select(run_max, max(run_max, s), valid);
@@ -406,10 +480,14 @@ fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
         let e = select(0.0, exp(s - new_max), valid);
         run_sum = run_sum * correction + e;
         run_max = new_max;
-        for (var w = 0u; w < words; w = w + 1u) {
-            let vv = unpack2x16float(v_cache[kb + w]);
-            acc[2u * w] = acc[2u * w] * correction + e * vv.x;
-            acc[2u * w + 1u] = acc[2u * w + 1u] * correction + e * vv.y;
+        for (var w = 0u; w < words; w = w + UNIT) {
+            let vu = v_unit(kb + w);
+            for (var i = 0u; i < UNIT; i = i + 1u) {
+                let vv = unpack2x16float(vu[i]);
+                let d = 2u * (w + i);
+                acc[d] = acc[d] * correction + e * vv.x;
+                acc[d + 1u] = acc[d + 1u] * correction + e * vv.y;
+            }
         }
     }
     if (m0 + lid.x < p.m) {

@@ -97,6 +97,8 @@ fn shapes_the_kernels_cannot_run_are_refused_at_upload() {
             "head_dim",
             (|c| c.head_dim = 260) as fn(&mut edgereason::loader::ModelConfig),
         ),
+        // A multiple of 4 but not of 8, above the 128 dims a lane per word covers.
+        ("head_dim", |c| c.head_dim = 132),
         ("vocabulary", |c| c.n_vocab = 1 << 24),
         ("n_ff", |c| c.n_ff = 100),
     ] {

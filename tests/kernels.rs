@@ -389,209 +389,211 @@ fn rmsnorm_and_swiglu_match_reference() {
 #[test]
 fn rope_and_attention_match_reference() {
     for ctx in contexts() {
-        // GQA 6 query heads over 2 KV heads, head_dim 20 (not a power of two), 70 keys
-        // (more than one 64-key chunk), rows at scattered positions.
-        let (n_head, n_kv, hd, n_ctx) = (6usize, 2usize, 20usize, 80usize);
-        let stride = (n_head + 2 * n_kv) * hd;
-        let theta = 10000.0;
-        // Fill the cache with `n_ctx` earlier tokens by running rope_store_kv on them.
-        let hist = rand_vec(n_ctx * stride, 4);
-        let positions: Vec<u32> = (0..n_ctx as u32).collect();
-        let pos_b = ctx.storage_from("pos", &positions);
-        // A paged cache with scrambled blocks of 8: position t lives in slot
-        // perm[t / 8] * 8 + t % 8, and every row's table lists the blocks.
-        let (bs, perm) = (8u32, [3u32, 7, 0, 9, 1, 5, 2, 8, 4, 6]);
-        let slots: Vec<u32> = positions
-            .iter()
-            .map(|&t| perm[(t / bs) as usize] * bs + t % bs)
-            .collect();
-        let slots_b = ctx.storage_from("slots", &slots);
-        let table_rows = |rows: usize| ctx.storage_from("tables", &perm.repeat(rows));
-        let kc = ctx.storage("k", (n_ctx * n_kv * hd * 2) as u64); // 80 slots = 10 blocks of 8
-        let vc = ctx.storage("v", (n_ctx * n_kv * hd * 2) as u64);
-        let qkv = ctx.storage_from("qkv", &hist);
-        let out = ctx.storage("out", (n_ctx * n_head * hd * 4) as u64);
-        let rope = ops::rope::rope_store_kv(
-            &ctx, "rope", &qkv, &pos_b, &slots_b, &kc, &vc, n_head, n_kv, hd, theta,
-        );
-        let (po, pml) = ops::attention::partial_bytes(n_head, hd);
-        let parts = (ctx.storage("part_o", po), ctx.storage("part_ml", pml));
-        let tables = table_rows(n_ctx);
-        // 16-key splits forced, and the shared-prefix pass on.
-        let plan = ops::attention::AttentionPlan {
-            keys_per_split: 16,
-            shared_prefix: true,
-            flash_prefill: false,
-            split_one_stream: true,
-        };
-        macro_rules! io {
-            ($qkv:expr, $positions:expr, $tables:expr, $out:expr) => {
-                ops::attention::AttentionIo {
-                    qkv: $qkv,
-                    qkv_stride: stride,
-                    positions: $positions,
-                    k_cache: &kc,
-                    v_cache: &vc,
-                    tables: ops::attention::BlockTables {
-                        tables: $tables,
-                        block_size: bs,
-                        max_blocks: perm.len() as u32,
-                    },
-                    out: $out,
-                    partials: (&parts.0, &parts.1),
-                    quantized: None,
-                }
-            };
-        }
-        let att = ops::attention::attention(
-            &ctx,
-            "att",
-            &io!(&qkv, &pos_b, &tables, &out),
-            n_head,
-            n_kv,
-            hd,
-            plan,
-        );
-        let mut list = vec![&rope];
-        list.extend(att.iter());
-        // 80 rows: prefill-sized, so no key splits.
-        ops::run_step(
-            &ctx,
-            &list,
-            &ops::Step {
-                rows: n_ctx as u32,
-                row0: 0,
-                kv_len: n_ctx as u32,
-                ..Default::default()
-            },
-        );
-        let got: Vec<f32> = ctx.read(&out, 0, n_ctx * n_head * hd).unwrap();
-
-        // Reference: rotate every Q and K head, f16-round K and V (the cache's precision).
-        let mut rot = hist.clone();
-        for t in 0..n_ctx {
-            for h in 0..n_head + n_kv {
-                ops::rope::reference(
-                    &mut rot[t * stride + h * hd..t * stride + (h + 1) * hd],
-                    t,
-                    theta,
-                );
-            }
-        }
-        let f16r = |v: f32| half::f16::from_f32(v).to_f32();
-        let mut wanted = std::collections::HashMap::new();
-        for t in [0usize, 1, 5, 63, 64, 69, 70, 75, 79] {
-            for h in 0..n_head {
-                let kvh = h / (n_head / n_kv);
-                let q = &rot[t * stride + h * hd..t * stride + (h + 1) * hd];
-                let mut k = Vec::new();
-                let mut v = Vec::new();
-                for s in 0..=t {
-                    let kb = s * stride + (n_head + kvh) * hd;
-                    let vb = s * stride + (n_head + n_kv + kvh) * hd;
-                    k.extend(rot[kb..kb + hd].iter().map(|&x| f16r(x)));
-                    v.extend(hist[vb..vb + hd].iter().map(|&x| f16r(x)));
-                }
-                let want = ops::attention::reference(q, &k, &v, hd);
-                let o = t * n_head * hd + h * hd;
-                assert_close(
-                    &format!("{} attention row {t} head {h}", path(&ctx)),
-                    &got[o..o + hd],
-                    &want,
-                    2e-4,
-                    2e-3,
-                );
-                wanted.insert((t, h), want);
-            }
-        }
-
-        let rotated: Vec<f32> = ctx.read(&qkv, 0, n_ctx * stride).unwrap();
-        // Attention for query rows at cached positions `rows` under `plan`, as `step` says,
-        // checked against the reference above.
-        let check_rows = |rows: &[usize], plan, step: &ops::Step, what: &str| {
-            let q: Vec<f32> = rows
+        // GQA 6 query heads over 2 KV heads, head_dim 20 (not a power of two; the cache
+        // read a word per load), and 4 over 2 of head_dim 40 (five vec4 loads a head);
+        // 70 keys (more than one 64-key chunk), rows at scattered positions.
+        for (n_head, n_kv, hd, n_ctx) in [(6usize, 2usize, 20usize, 80usize), (4, 2, 40, 80)] {
+            let stride = (n_head + 2 * n_kv) * hd;
+            let theta = 10000.0;
+            // Fill the cache with `n_ctx` earlier tokens by running rope_store_kv on them.
+            let hist = rand_vec(n_ctx * stride, 4);
+            let positions: Vec<u32> = (0..n_ctx as u32).collect();
+            let pos_b = ctx.storage_from("pos", &positions);
+            // A paged cache with scrambled blocks of 8: position t lives in slot
+            // perm[t / 8] * 8 + t % 8, and every row's table lists the blocks.
+            let (bs, perm) = (8u32, [3u32, 7, 0, 9, 1, 5, 2, 8, 4, 6]);
+            let slots: Vec<u32> = positions
                 .iter()
-                .flat_map(|&t| rotated[t * stride..(t + 1) * stride].to_vec())
+                .map(|&t| perm[(t / bs) as usize] * bs + t % bs)
                 .collect();
-            let (qb, pos) = (
-                ctx.storage_from("q", &q),
-                ctx.storage_from("pos", &rows.iter().map(|&t| t as u32).collect::<Vec<_>>()),
+            let slots_b = ctx.storage_from("slots", &slots);
+            let table_rows = |rows: usize| ctx.storage_from("tables", &perm.repeat(rows));
+            let kc = ctx.storage("k", (n_ctx * n_kv * hd * 2) as u64); // 80 slots = 10 blocks of 8
+            let vc = ctx.storage("v", (n_ctx * n_kv * hd * 2) as u64);
+            let qkv = ctx.storage_from("qkv", &hist);
+            let out = ctx.storage("out", (n_ctx * n_head * hd * 4) as u64);
+            let rope = ops::rope::rope_store_kv(
+                &ctx, "rope", &qkv, &pos_b, &slots_b, &kc, &vc, n_head, n_kv, hd, theta,
             );
-            let out = ctx.storage("out", (rows.len() * n_head * hd * 4) as u64);
-            let tables = table_rows(rows.len());
+            let (po, pml) = ops::attention::partial_bytes(n_head, hd);
+            let parts = (ctx.storage("part_o", po), ctx.storage("part_ml", pml));
+            let tables = table_rows(n_ctx);
+            // 16-key splits forced, and the shared-prefix pass on.
+            let plan = ops::attention::AttentionPlan {
+                keys_per_split: 16,
+                shared_prefix: true,
+                flash_prefill: false,
+                split_one_stream: true,
+            };
+            macro_rules! io {
+                ($qkv:expr, $positions:expr, $tables:expr, $out:expr) => {
+                    ops::attention::AttentionIo {
+                        qkv: $qkv,
+                        qkv_stride: stride,
+                        positions: $positions,
+                        k_cache: &kc,
+                        v_cache: &vc,
+                        tables: ops::attention::BlockTables {
+                            tables: $tables,
+                            block_size: bs,
+                            max_blocks: perm.len() as u32,
+                        },
+                        out: $out,
+                        partials: (&parts.0, &parts.1),
+                        quantized: None,
+                    }
+                };
+            }
             let att = ops::attention::attention(
                 &ctx,
                 "att",
-                &io!(&qb, &pos, &tables, &out),
+                &io!(&qkv, &pos_b, &tables, &out),
                 n_head,
                 n_kv,
                 hd,
                 plan,
             );
-            ops::run_step(&ctx, &att.iter().collect::<Vec<_>>(), step);
-            let got: Vec<f32> = ctx.read(&out, 0, rows.len() * n_head * hd).unwrap();
-            // The reference covers a sample of positions.
-            for (i, &t) in rows
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| wanted.contains_key(&(**t, 0)))
-            {
-                for h in 0..n_head {
-                    let o = i * n_head * hd + h * hd;
-                    let msg = format!("{} {what} row {t} head {h}", path(&ctx));
-                    assert_close(&msg, &got[o..o + hd], &wanted[&(t, h)], 2e-4, 2e-3);
+            let mut list = vec![&rope];
+            list.extend(att.iter());
+            // 80 rows: prefill-sized, so no key splits.
+            ops::run_step(
+                &ctx,
+                &list,
+                &ops::Step {
+                    rows: n_ctx as u32,
+                    row0: 0,
+                    kv_len: n_ctx as u32,
+                    ..Default::default()
+                },
+            );
+            let got: Vec<f32> = ctx.read(&out, 0, n_ctx * n_head * hd).unwrap();
+
+            // Reference: rotate every Q and K head, f16-round K and V (the cache's precision).
+            let mut rot = hist.clone();
+            for t in 0..n_ctx {
+                for h in 0..n_head + n_kv {
+                    ops::rope::reference(
+                        &mut rot[t * stride + h * hd..t * stride + (h + 1) * hd],
+                        t,
+                        theta,
+                    );
                 }
             }
-        };
-        // The flash prefill kernel on the same cache: all 80 rows as one stream's chunk (two
-        // workgroups of rows, the second partial), then the last 37 rows alone as a chunk
-        // continuing the stream (its keys include the earlier chunk's).
-        let flash_plan = ops::attention::AttentionPlan {
-            flash_prefill: true,
-            ..plan
-        };
-        for first in [0usize, 43] {
-            let rows: Vec<usize> = (first..n_ctx).collect();
-            let step = ops::Step {
-                rows: rows.len() as u32,
-                kv_len: n_ctx as u32,
-                one_stream: true,
-                ..Default::default()
-            };
-            assert!(
-                step.flash(),
-                "{} rows of one stream take the flash prefill kernel",
-                rows.len()
-            );
-            check_rows(
-                &rows,
-                flash_plan,
-                &step,
-                &format!("flash prefill (chunk from {first})"),
-            );
-        }
+            let f16r = |v: f32| half::f16::from_f32(v).to_f32();
+            let mut wanted = std::collections::HashMap::new();
+            for t in [0usize, 1, 5, 63, 64, 69, 70, 75, 79] {
+                for h in 0..n_head {
+                    let kvh = h / (n_head / n_kv);
+                    let q = &rot[t * stride + h * hd..t * stride + (h + 1) * hd];
+                    let mut k = Vec::new();
+                    let mut v = Vec::new();
+                    for s in 0..=t {
+                        let kb = s * stride + (n_head + kvh) * hd;
+                        let vb = s * stride + (n_head + n_kv + kvh) * hd;
+                        k.extend(rot[kb..kb + hd].iter().map(|&x| f16r(x)));
+                        v.extend(hist[vb..vb + hd].iter().map(|&x| f16r(x)));
+                    }
+                    let want = ops::attention::reference(q, &k, &v, hd);
+                    let o = t * n_head * hd + h * hd;
+                    assert_close(
+                        &format!("{} attention row {t} head {h}", path(&ctx)),
+                        &got[o..o + hd],
+                        &want,
+                        2e-4,
+                        2e-3,
+                    );
+                    wanted.insert((t, h), want);
+                }
+            }
 
-        // Decode-sized steps with 16-key splits: 5 rows at scattered positions (splits, empty
-        // splits for short rows, merged by log-sum-exp), then 3 rows sharing their first 70
-        // keys (the shared-prefix pass takes 4 whole splits once for all rows).
-        for (rows, shared_len, want_prefix) in [
-            (vec![79usize, 64, 63, 5, 0], 1u32, 0u32),
-            (vec![79, 75, 70], 71, 4),
-        ] {
-            let step = ops::Step {
-                rows: rows.len() as u32,
-                kv_len: n_ctx as u32,
-                shared_len,
-                ..Default::default()
+            let rotated: Vec<f32> = ctx.read(&qkv, 0, n_ctx * stride).unwrap();
+            // Attention for query rows at cached positions `rows` under `plan`, as `step` says,
+            // checked against the reference above.
+            let check_rows = |rows: &[usize], plan, step: &ops::Step, what: &str| {
+                let q: Vec<f32> = rows
+                    .iter()
+                    .flat_map(|&t| rotated[t * stride..(t + 1) * stride].to_vec())
+                    .collect();
+                let (qb, pos) = (
+                    ctx.storage_from("q", &q),
+                    ctx.storage_from("pos", &rows.iter().map(|&t| t as u32).collect::<Vec<_>>()),
+                );
+                let out = ctx.storage("out", (rows.len() * n_head * hd * 4) as u64);
+                let tables = table_rows(rows.len());
+                let att = ops::attention::attention(
+                    &ctx,
+                    "att",
+                    &io!(&qb, &pos, &tables, &out),
+                    n_head,
+                    n_kv,
+                    hd,
+                    plan,
+                );
+                ops::run_step(&ctx, &att.iter().collect::<Vec<_>>(), step);
+                let got: Vec<f32> = ctx.read(&out, 0, rows.len() * n_head * hd).unwrap();
+                // The reference covers a sample of positions.
+                for (i, &t) in rows
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| wanted.contains_key(&(**t, 0)))
+                {
+                    for h in 0..n_head {
+                        let o = i * n_head * hd + h * hd;
+                        let msg = format!("{} {what} row {t} head {h}", path(&ctx));
+                        assert_close(&msg, &got[o..o + hd], &wanted[&(t, h)], 2e-4, 2e-3);
+                    }
+                }
             };
-            assert_eq!(ops::attention_splits(&step, 16), 5);
-            assert_eq!(ops::prefix_splits(&step, 16, true), want_prefix);
-            check_rows(
-                &rows,
-                plan,
-                &step,
-                &format!("split attention (prefix splits {want_prefix})"),
-            );
+            // The flash prefill kernel on the same cache: all 80 rows as one stream's chunk (two
+            // workgroups of rows, the second partial), then the last 37 rows alone as a chunk
+            // continuing the stream (its keys include the earlier chunk's).
+            let flash_plan = ops::attention::AttentionPlan {
+                flash_prefill: true,
+                ..plan
+            };
+            for first in [0usize, 43] {
+                let rows: Vec<usize> = (first..n_ctx).collect();
+                let step = ops::Step {
+                    rows: rows.len() as u32,
+                    kv_len: n_ctx as u32,
+                    one_stream: true,
+                    ..Default::default()
+                };
+                assert!(
+                    step.flash(),
+                    "{} rows of one stream take the flash prefill kernel",
+                    rows.len()
+                );
+                check_rows(
+                    &rows,
+                    flash_plan,
+                    &step,
+                    &format!("flash prefill (chunk from {first})"),
+                );
+            }
+
+            // Decode-sized steps with 16-key splits: 5 rows at scattered positions (splits, empty
+            // splits for short rows, merged by log-sum-exp), then 3 rows sharing their first 70
+            // keys (the shared-prefix pass takes 4 whole splits once for all rows).
+            for (rows, shared_len, want_prefix) in [
+                (vec![79usize, 64, 63, 5, 0], 1u32, 0u32),
+                (vec![79, 75, 70], 71, 4),
+            ] {
+                let step = ops::Step {
+                    rows: rows.len() as u32,
+                    kv_len: n_ctx as u32,
+                    shared_len,
+                    ..Default::default()
+                };
+                assert_eq!(ops::attention_splits(&step, 16), 5);
+                assert_eq!(ops::prefix_splits(&step, 16, true), want_prefix);
+                check_rows(
+                    &rows,
+                    plan,
+                    &step,
+                    &format!("split attention (prefix splits {want_prefix})"),
+                );
+            }
         }
     }
 }
@@ -600,12 +602,14 @@ fn rope_and_attention_match_reference() {
 fn shared_prefix_attention_matches_reference() {
     use ops::attention::{shared_prefix_supported, AttentionPlan, StreamsOverPrompt};
     for ctx in contexts() {
-        // GQA shapes (Qwen2.5-0.5B's 14/2 heads of 64; 6/2 heads of 20), prompts ending
-        // mid-block (their last block copied per stream, as fork does), N = 1..16 streams
-        // with suffixes of different lengths, split sizes 16 and 64.
+        // GQA shapes (Qwen2.5-0.5B's 14/2 heads of 64; 6/2 heads of 20, read a word per
+        // load; 4/2 heads of 40, five vec4 loads a head), prompts ending mid-block (their
+        // last block copied per stream, as fork does), N = 1..16 streams with suffixes of
+        // different lengths, split sizes 16 and 64.
         for (shape, prompt_len, keys_per_split) in [
             ((14usize, 2usize, 64usize), 150usize, 64u32),
             ((6, 2, 20), 45, 16),
+            ((4, 2, 40), 70, 16),
         ] {
             for n in [1usize, 2, 5, 16] {
                 let suffix_lens: Vec<usize> = (0..n).map(|i| 1 + (i * 7) % 19).collect();

@@ -82,13 +82,15 @@ fn every_shader_variant_validates_and_translates() {
         );
     }
     let queries = edgereason::ops::attention::PREFIX_QUERIES;
-    check("attention", &ShaderDefines::new().with("ROWS", queries));
-    check(
-        "attention",
-        &ShaderDefines::new()
-            .with("SUBGROUPS", 1)
-            .with("ROWS", queries),
-    );
+    for (subgroups, quads) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+        check(
+            "attention",
+            &ShaderDefines::new()
+                .with("SUBGROUPS", subgroups)
+                .with("ROWS", queries)
+                .with("QUADS", quads),
+        );
+    }
     for rows in 1..=16 {
         for subgroups in [0, 1] {
             let defines = ShaderDefines::new().with("SUBGROUPS", subgroups);
@@ -121,12 +123,13 @@ fn every_shader_variant_validates_and_translates() {
             );
         }
     }
-    for hd in [64, 128] {
+    for (hd, quads) in [(20, 0), (64, 1), (128, 1)] {
         check(
             "attention",
             &ShaderDefines::new()
                 .with("ROWS", queries)
-                .with("HEAD_DIM", hd),
+                .with("HEAD_DIM", hd)
+                .with("QUADS", quads),
         );
     }
 }

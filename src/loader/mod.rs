@@ -158,14 +158,22 @@ pub enum LoadError {
     Unsupported { path: String, what: String },
 }
 
+/// Head sizes the attention kernels take: ≤ 256 dims and a multiple of 8 (the cache is
+/// then read four words, eight dims, per load), or ≤ 128 and a multiple of 4 (a word per
+/// load; one lane per word covers the head).
+pub fn head_dim_supported(head_dim: usize) -> bool {
+    let quads = head_dim > 0 && head_dim.is_multiple_of(8);
+    (head_dim <= 256 && quads) || (head_dim > 0 && head_dim <= 128 && head_dim.is_multiple_of(4))
+}
+
 impl ModelConfig {
     /// What in this configuration the GPU kernels cannot run, if anything (checked when a
     /// model is uploaded: a file can claim any shape, and the launchers assume these).
     pub fn unsupported(&self) -> Option<String> {
         let hd = self.head_dim;
-        if hd == 0 || hd > 256 || !hd.is_multiple_of(4) {
+        if !head_dim_supported(hd) {
             return Some(format!(
-                "head_dim {hd} (attention takes a multiple of 4 up to 256)"
+                "head_dim {hd} (attention takes a multiple of 8 up to 256, or of 4 up to 128)"
             ));
         }
         if self.n_vocab == 0 || self.n_vocab >= 1 << 24 {

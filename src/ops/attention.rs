@@ -147,6 +147,15 @@ pub fn shared_prefix_supported(ctx: &GpuContext, head_dim: usize, keys_per_split
         && ctx.device.limits().max_compute_workgroup_storage_size >= PREFIX_WORKGROUP_BYTES
 }
 
+/// Whether the kernels read the cache as vec4 words (`QUADS` in the shader): a head's
+/// words are then whole vec4s. On lavapipe a load costs a loop over the lanes whatever
+/// its width, so this (with each key's cache slot looked up once per chunk and the P·V
+/// lanes split over keys) took SmolLM2-135M's decode step from 88.5 to 70-71 ms and
+/// Qwen2.5-0.5B's from 222-228 to 199-206 ms (`bench`, 128-token prompt, lavapipe).
+pub fn loads_quads(head_dim: usize) -> bool {
+    head_dim > 0 && head_dim.is_multiple_of(8)
+}
+
 /// The attention launches: the shared-prefix pass (only for decode steps of several rows
 /// over a common prompt), the per-row pass, and the split merge (only when a step splits).
 pub fn attention(
@@ -177,8 +186,8 @@ pub fn attention(
     let (xq, xs) = quantized.unwrap_or(partials);
     // Invariant: ModelConfig::unsupported refuses other head sizes at upload.
     assert!(
-        head_dim <= 256 && head_dim.is_multiple_of(4),
-        "head_dim {head_dim} unsupported (≤ 256, multiple of 4)"
+        crate::loader::head_dim_supported(head_dim),
+        "head_dim {head_dim} unsupported (≤ 256 and a multiple of 8, or ≤ 128 and of 4)"
     );
     let params = AttentionParams {
         n_head: n_head as u32,
@@ -224,7 +233,8 @@ pub fn attention(
         grid,
         defines: ShaderDefines::new()
             .with("SUBGROUPS", (ctx.subgroups && entry == "main") as u32)
-            .with("ROWS", PREFIX_QUERIES),
+            .with("ROWS", PREFIX_QUERIES)
+            .with("QUADS", loads_quads(head_dim) as u32),
     };
     let x = n_head as u32;
     let mut out = Vec::new();
