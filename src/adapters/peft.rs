@@ -102,171 +102,227 @@ fn parse_name(name: &str) -> Option<(usize, usize, bool)> {
     Some((layer, p, is_b))
 }
 
-impl LoraAdapter {
-    /// Load a PEFT adapter folder and check it against `config`.
-    pub fn load(dir: &Path, config: &ModelConfig) -> Result<Self, AdapterError> {
-        let cfg_path = dir.join("adapter_config.json");
-        let shown = |p: &Path| p.display().to_string();
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| AdapterError::Io {
-            path: shown(&cfg_path),
-            source: e,
-        })?;
-        let j: Value = serde_json::from_str(&text).map_err(|e| AdapterError::Malformed {
-            path: shown(&cfg_path),
-            what: format!("JSON: {e}"),
-        })?;
-        let bad = |what: String| AdapterError::Malformed {
-            path: shown(&cfg_path),
-            what,
-        };
-        let unsupported = |what: String| AdapterError::Unsupported {
-            path: shown(&cfg_path),
-            what,
-        };
-        if let Some(t) = j.get("peft_type").and_then(Value::as_str) {
-            if t != "LORA" {
-                return Err(unsupported(format!("peft_type '{t}' (only LORA)")));
-            }
+/// What `adapter_config.json` says, checked: rank, B·A's multiplier, the targeted
+/// projections (indices into [`PROJECTIONS`]) and the base model it names.
+struct AdapterConfig {
+    rank: usize,
+    scale: f32,
+    targets: Vec<usize>,
+    base_model: Option<String>,
+}
+
+fn shown(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Read and check `adapter_config.json`: LoRA only, no DoRA/fan-in-fan-out/per-module
+/// patterns/bias, targets among the seven projections.
+fn read_adapter_config(cfg_path: &Path) -> Result<AdapterConfig, AdapterError> {
+    let text = std::fs::read_to_string(cfg_path).map_err(|e| AdapterError::Io {
+        path: shown(cfg_path),
+        source: e,
+    })?;
+    let bad = |what: String| AdapterError::Malformed {
+        path: shown(cfg_path),
+        what,
+    };
+    let unsupported = |what: String| AdapterError::Unsupported {
+        path: shown(cfg_path),
+        what,
+    };
+    let j: Value = serde_json::from_str(&text).map_err(|e| bad(format!("JSON: {e}")))?;
+    if let Some(t) = j.get("peft_type").and_then(Value::as_str) {
+        if t != "LORA" {
+            return Err(unsupported(format!("peft_type '{t}' (only LORA)")));
         }
-        let rank = j
-            .get("r")
+    }
+    let rank =
+        j.get("r")
             .and_then(Value::as_u64)
-            .ok_or_else(|| bad("field 'r': expected a positive integer".into()))?
-            as usize;
-        if rank == 0 {
-            return Err(bad("field 'r': must be > 0".into()));
+            .ok_or_else(|| bad("field 'r': expected a positive integer".into()))? as usize;
+    if rank == 0 {
+        return Err(bad("field 'r': must be > 0".into()));
+    }
+    let alpha = j
+        .get("lora_alpha")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| bad("field 'lora_alpha': expected a number".into()))? as f32;
+    let rslora = j
+        .get("use_rslora")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    for (field, what) in [("use_dora", "DoRA"), ("fan_in_fan_out", "fan_in_fan_out")] {
+        if j.get(field).and_then(Value::as_bool).unwrap_or(false) {
+            return Err(unsupported(format!("{what} ('{field}': true)")));
         }
-        let alpha = j
-            .get("lora_alpha")
-            .and_then(Value::as_f64)
-            .ok_or_else(|| bad("field 'lora_alpha': expected a number".into()))?
-            as f32;
-        let rslora = j
-            .get("use_rslora")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        for (field, what) in [("use_dora", "DoRA"), ("fan_in_fan_out", "fan_in_fan_out")] {
-            if j.get(field).and_then(Value::as_bool).unwrap_or(false) {
-                return Err(unsupported(format!("{what} ('{field}': true)")));
-            }
+    }
+    for field in ["rank_pattern", "alpha_pattern"] {
+        if j.get(field)
+            .and_then(Value::as_object)
+            .is_some_and(|o| !o.is_empty())
+        {
+            return Err(unsupported(format!("per-module '{field}'")));
         }
-        for field in ["rank_pattern", "alpha_pattern"] {
-            if j.get(field)
-                .and_then(Value::as_object)
-                .is_some_and(|o| !o.is_empty())
-            {
-                return Err(unsupported(format!("per-module '{field}'")));
-            }
+    }
+    if let Some(b) = j.get("bias").and_then(Value::as_str) {
+        if b != "none" {
+            return Err(unsupported(format!("bias '{b}' (only 'none')")));
         }
-        if let Some(b) = j.get("bias").and_then(Value::as_str) {
-            if b != "none" {
-                return Err(unsupported(format!("bias '{b}' (only 'none')")));
-            }
-        }
-        let targets: Vec<usize> = match j.get("target_modules") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| {
-                    let s = v.as_str().unwrap_or("");
-                    PROJECTIONS.iter().position(|p| *p == s).ok_or_else(|| {
-                        unsupported(format!(
-                            "target module '{s}' (supported: {})",
-                            PROJECTIONS.join(", ")
-                        ))
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-            Some(Value::String(s)) if s == "all-linear" => (0..7).collect(),
-            _ => {
-                return Err(bad(
-                    "field 'target_modules': expected a list of module names".into(),
-                ))
-            }
-        };
-        let scale = if rslora {
+    }
+    Ok(AdapterConfig {
+        rank,
+        scale: if rslora {
             alpha / (rank as f32).sqrt()
         } else {
             alpha / rank as f32
-        };
+        },
+        targets: target_modules(&j, &bad, &unsupported)?,
+        base_model: j
+            .get("base_model_name_or_path")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    })
+}
 
-        let st_path = dir.join("adapter_model.safetensors");
-        let bytes = std::fs::read(&st_path).map_err(|e| AdapterError::Io {
-            path: shown(&st_path),
-            source: e,
-        })?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| AdapterError::Malformed {
-            path: shown(&st_path),
-            what: format!("safetensors header/data: {e}"),
-        })?;
-        let tensor_err = |name: &str, what: String| AdapterError::BadTensor {
-            path: shown(&st_path),
-            name: name.into(),
-            what,
-        };
-        let mut found: BTreeMap<(usize, usize, bool), NamedTensor> = BTreeMap::new();
-        for (name, view) in st.tensors() {
-            if !name.contains("lora_") {
-                continue; // e.g. modules_to_save copies
-            }
-            let (layer, p, is_b) = parse_name(&name).ok_or_else(|| {
-                tensor_err(&name, "not a LoRA A/B weight of a known projection".into())
-            })?;
-            if layer >= config.n_layer {
-                return Err(tensor_err(&name, format!("layer {layer}, but the base model has {} layers (an adapter for another model?)", config.n_layer)));
-            }
-            let data = crate::loader::hf_dir::to_f32(view.dtype(), view.data())
-                .map_err(|what| tensor_err(&name, what))?;
-            found.insert(
-                (layer, p, is_b),
-                (name.clone(), data, view.shape().to_vec()),
-            );
+/// `target_modules`: a list of projection names, or "all-linear".
+fn target_modules(
+    j: &Value,
+    bad: &dyn Fn(String) -> AdapterError,
+    unsupported: &dyn Fn(String) -> AdapterError,
+) -> Result<Vec<usize>, AdapterError> {
+    match j.get("target_modules") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                let s = v.as_str().unwrap_or("");
+                PROJECTIONS.iter().position(|p| *p == s).ok_or_else(|| {
+                    unsupported(format!(
+                        "target module '{s}' (supported: {})",
+                        PROJECTIONS.join(", ")
+                    ))
+                })
+            })
+            .collect(),
+        Some(Value::String(s)) if s == "all-linear" => Ok((0..7).collect()),
+        _ => Err(bad(
+            "field 'target_modules': expected a list of module names".into(),
+        )),
+    }
+}
+
+fn tensor_err(st_path: &Path, name: &str, what: String) -> AdapterError {
+    AdapterError::BadTensor {
+        path: shown(st_path),
+        name: name.into(),
+        what,
+    }
+}
+
+/// Every LoRA A/B tensor of `adapter_model.safetensors` as f32, keyed by (layer,
+/// projection, is_B); layers beyond the base model's are an error.
+fn read_lora_tensors(
+    st_path: &Path,
+    config: &ModelConfig,
+) -> Result<BTreeMap<(usize, usize, bool), NamedTensor>, AdapterError> {
+    let bytes = std::fs::read(st_path).map_err(|e| AdapterError::Io {
+        path: shown(st_path),
+        source: e,
+    })?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| AdapterError::Malformed {
+        path: shown(st_path),
+        what: format!("safetensors header/data: {e}"),
+    })?;
+    let mut found = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if !name.contains("lora_") {
+            continue; // e.g. modules_to_save copies
         }
+        let (layer, p, is_b) = parse_name(&name).ok_or_else(|| {
+            tensor_err(
+                st_path,
+                &name,
+                "not a LoRA A/B weight of a known projection".into(),
+            )
+        })?;
+        if layer >= config.n_layer {
+            return Err(tensor_err(st_path, &name, format!("layer {layer}, but the base model has {} layers (an adapter for another model?)", config.n_layer)));
+        }
+        let data = crate::loader::hf_dir::to_f32(view.dtype(), view.data())
+            .map_err(|what| tensor_err(st_path, &name, what))?;
+        found.insert(
+            (layer, p, is_b),
+            (name.clone(), data, view.shape().to_vec()),
+        );
+    }
+    Ok(found)
+}
+
+/// Take projection `p` of layer `l` out of `found`: both tensors present, shaped
+/// [rank, in] and [out, rank] for this base model.
+fn take_pair(
+    found: &mut BTreeMap<(usize, usize, bool), NamedTensor>,
+    st_path: &Path,
+    config: &ModelConfig,
+    rank: usize,
+    (l, p): (usize, usize),
+) -> Result<LoraPair, AdapterError> {
+    let (inp, out) = projection_shape(config, p);
+    let mut want = |is_b: bool| {
+        let key = format!(
+            "base_model.model.model.layers.{l}.{}.{}.lora_{}.weight",
+            if p < 4 { "self_attn" } else { "mlp" },
+            PROJECTIONS[p],
+            if is_b { "B" } else { "A" }
+        );
+        found.remove(&(l, p, is_b)).ok_or(AdapterError::Missing {
+            path: shown(st_path),
+            what: format!(
+                "tensor '{key}' (target '{}' in adapter_config.json)",
+                PROJECTIONS[p]
+            ),
+        })
+    };
+    let (a_name, a, a_shape) = want(false)?;
+    let (b_name, b, b_shape) = want(true)?;
+    if a_shape != [rank, inp] {
+        let what = if a_shape.len() == 2 && a_shape[0] != rank && a_shape[1] == inp {
+            format!(
+                "rank {} but adapter_config.json says r = {rank}",
+                a_shape[0]
+            )
+        } else {
+            format!("shape {a_shape:?}, expected [{rank}, {inp}] for this base model (an adapter for another model?)")
+        };
+        return Err(tensor_err(st_path, &a_name, what));
+    }
+    if b_shape != [out, rank] {
+        return Err(tensor_err(st_path, &b_name, format!("shape {b_shape:?}, expected [{out}, {rank}] for this base model (an adapter for another model?)")));
+    }
+    Ok(LoraPair {
+        a,
+        b,
+        in_features: inp,
+        out_features: out,
+    })
+}
+
+impl LoraAdapter {
+    /// Load a PEFT adapter folder and check it against `config`.
+    pub fn load(dir: &Path, config: &ModelConfig) -> Result<Self, AdapterError> {
+        let cfg = read_adapter_config(&dir.join("adapter_config.json"))?;
+        let st_path = dir.join("adapter_model.safetensors");
+        let mut found = read_lora_tensors(&st_path, config)?;
         let mut layers: Vec<[Option<LoraPair>; 7]> =
             (0..config.n_layer).map(|_| Default::default()).collect();
         for (l, layer) in layers.iter_mut().enumerate() {
-            for &p in &targets {
-                let (inp, out) = projection_shape(config, p);
-                let mut want = |is_b: bool| {
-                    let key = format!(
-                        "base_model.model.model.layers.{l}.{}.{}.lora_{}.weight",
-                        if p < 4 { "self_attn" } else { "mlp" },
-                        PROJECTIONS[p],
-                        if is_b { "B" } else { "A" }
-                    );
-                    found.remove(&(l, p, is_b)).ok_or(AdapterError::Missing {
-                        path: shown(&st_path),
-                        what: format!(
-                            "tensor '{key}' (target '{}' in adapter_config.json)",
-                            PROJECTIONS[p]
-                        ),
-                    })
-                };
-                let (a_name, a, a_shape) = want(false)?;
-                let (b_name, b, b_shape) = want(true)?;
-                if a_shape != [rank, inp] {
-                    let what = if a_shape.len() == 2 && a_shape[0] != rank && a_shape[1] == inp {
-                        format!(
-                            "rank {} but adapter_config.json says r = {rank}",
-                            a_shape[0]
-                        )
-                    } else {
-                        format!("shape {a_shape:?}, expected [{rank}, {inp}] for this base model (an adapter for another model?)")
-                    };
-                    return Err(tensor_err(&a_name, what));
-                }
-                if b_shape != [out, rank] {
-                    return Err(tensor_err(&b_name, format!("shape {b_shape:?}, expected [{out}, {rank}] for this base model (an adapter for another model?)")));
-                }
-                layer[p] = Some(LoraPair {
-                    a,
-                    b,
-                    in_features: inp,
-                    out_features: out,
-                });
+            for &p in &cfg.targets {
+                layer[p] = Some(take_pair(&mut found, &st_path, config, cfg.rank, (l, p))?);
             }
         }
+        // What is left was not asked for by target_modules.
         if let Some(((l, p, is_b), (name, ..))) = found.into_iter().next() {
             return Err(tensor_err(
+                &st_path,
                 &name,
                 format!(
                     "layer {l} {} lora_{} is not among target_modules",
@@ -281,12 +337,9 @@ impl LoraAdapter {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "adapter".into()),
             path: dir.to_path_buf(),
-            rank,
-            scale,
-            base_model: j
-                .get("base_model_name_or_path")
-                .and_then(Value::as_str)
-                .map(str::to_string),
+            rank: cfg.rank,
+            scale: cfg.scale,
+            base_model: cfg.base_model,
             layers,
         })
     }
