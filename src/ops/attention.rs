@@ -156,55 +156,46 @@ pub fn loads_quads(head_dim: usize) -> bool {
     head_dim > 0 && head_dim.is_multiple_of(8)
 }
 
-/// The attention launches: the shared-prefix pass (only for decode steps of several rows
-/// over a common prompt), the per-row pass, and the split merge (only when a step splits).
-pub fn attention(
-    ctx: &GpuContext,
-    label: &str,
-    io: &AttentionIo,
+/// The shapes one layer's attention launches share: heads, head size, split plan.
+#[derive(Clone, Copy)]
+struct Shape {
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
-    plan: AttentionPlan,
-) -> Vec<Dispatch> {
-    let keys_per_split = plan.keys_per_split;
-    let AttentionIo {
-        qkv,
-        qkv_stride,
-        positions,
-        k_cache,
-        v_cache,
-        ref tables,
-        out,
-        partials,
-        quantized,
-    } = *io;
-    assert!(
-        quantized.is_none() || quantizes_output(head_dim),
-        "head_dim {head_dim}: attention cannot write int8 blocks of 32"
-    );
-    let (xq, xs) = quantized.unwrap_or(partials);
-    // Invariant: ModelConfig::unsupported refuses other head sizes at upload.
-    assert!(
-        crate::loader::head_dim_supported(head_dim),
-        "head_dim {head_dim} unsupported (≤ 256 and a multiple of 8, or ≤ 128 and of 4)"
-    );
-    let params = AttentionParams {
+}
+
+/// The uniform every attention entry point reads (the per-step words left at 0).
+fn attention_params(io: &AttentionIo, shape: Shape, keys_per_split: u32) -> AttentionParams {
+    let Shape {
+        n_head,
+        n_kv_head,
+        head_dim,
+    } = shape;
+    AttentionParams {
         n_head: n_head as u32,
         n_kv_head: n_kv_head as u32,
         head_dim: head_dim as u32,
-        qkv_stride: qkv_stride as u32,
+        qkv_stride: io.qkv_stride as u32,
         scale: 1.0 / (head_dim as f32).sqrt(),
         keys_per_split,
-        block_size: tables.block_size,
-        max_blocks: tables.max_blocks,
-        quantize: quantized.is_some() as u32,
+        block_size: io.tables.block_size,
+        max_blocks: io.tables.max_blocks,
+        quantize: io.quantized.is_some() as u32,
         ..Default::default()
-    };
-    // The shared-prefix pass holds one split of K and V in workgroup memory (64 keys of
-    // head_dim ≤ 64) next to its queries' scores: 20 KiB, more than some phones give.
-    let cascade = plan.shared_prefix && shared_prefix_supported(ctx, head_dim, keys_per_split);
-    let spec = |entry: &'static str, grid: Grid| DispatchSpec {
+    }
+}
+
+/// One attention entry point's launch: its buffers, per-step uniform words and variant.
+fn attention_spec<'a>(
+    ctx: &GpuContext,
+    label: &str,
+    io: &AttentionIo<'a>,
+    params: &AttentionParams,
+    entry: &'static str,
+    grid: Grid,
+) -> DispatchSpec<'a> {
+    let (xq, xs) = io.quantized.unwrap_or(io.partials);
+    DispatchSpec {
         label: label.into(),
         shader: "attention",
         entry,
@@ -219,14 +210,14 @@ pub fn attention(
             ),
         ],
         buffers: vec![
-            qkv,
-            positions,
-            k_cache,
-            v_cache,
-            out,
-            partials.0,
-            partials.1,
-            tables.tables,
+            io.qkv,
+            io.positions,
+            io.k_cache,
+            io.v_cache,
+            io.out,
+            io.partials.0,
+            io.partials.1,
+            io.tables.tables,
             xq,
             xs,
         ],
@@ -234,48 +225,66 @@ pub fn attention(
         defines: ShaderDefines::new()
             .with("SUBGROUPS", (ctx.subgroups && entry == "main") as u32)
             .with("ROWS", PREFIX_QUERIES)
-            .with("QUADS", loads_quads(head_dim) as u32),
+            .with("QUADS", loads_quads(params.head_dim as usize) as u32),
+    }
+}
+
+/// The attention launches: the shared-prefix pass (only for decode steps of several rows
+/// over a common prompt), the per-row pass, and the split merge (only when a step splits).
+pub fn attention(
+    ctx: &GpuContext,
+    label: &str,
+    io: &AttentionIo,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    plan: AttentionPlan,
+) -> Vec<Dispatch> {
+    assert!(
+        io.quantized.is_none() || quantizes_output(head_dim),
+        "head_dim {head_dim}: attention cannot write int8 blocks of 32"
+    );
+    // Invariant: ModelConfig::unsupported refuses other head sizes at upload.
+    assert!(
+        crate::loader::head_dim_supported(head_dim),
+        "head_dim {head_dim} unsupported (≤ 256 and a multiple of 8, or ≤ 128 and of 4)"
+    );
+    let shape = Shape {
+        n_head,
+        n_kv_head,
+        head_dim,
     };
+    let keys_per_split = plan.keys_per_split;
+    let params = attention_params(io, shape, keys_per_split);
+    let spec = |entry, grid| attention_spec(ctx, label, io, &params, entry, grid);
+    // The shared-prefix pass holds one split of K and V in workgroup memory (64 keys of
+    // head_dim ≤ 64) next to its queries' scores: 20 KiB, more than some phones give.
+    let cascade = plan.shared_prefix && shared_prefix_supported(ctx, head_dim, keys_per_split);
     let x = n_head as u32;
     let mut out = Vec::new();
     if cascade {
         let group = (n_head / n_kv_head) as u32;
-        out.push(Dispatch::new(
-            ctx,
-            spec(
-                "prefix",
-                Grid::Prefix {
-                    x: n_kv_head as u32,
-                    group,
-                    keys_per_split,
-                },
-            ),
-        ));
+        let grid = Grid::Prefix {
+            x: n_kv_head as u32,
+            group,
+            keys_per_split,
+        };
+        out.push(Dispatch::new(ctx, spec("prefix", grid)));
     }
-    out.push(Dispatch::new(
-        ctx,
-        spec(
-            "main",
-            Grid::PerRowSplits {
-                x,
-                keys_per_split,
-                cascade,
-                split_one_stream: plan.split_one_stream,
-            },
-        ),
-    ));
-    out.push(Dispatch::new(
-        ctx,
-        spec(
-            "merge",
-            Grid::IfSplit {
-                x,
-                keys_per_split,
-                cascade,
-                split_one_stream: plan.split_one_stream,
-            },
-        ),
-    ));
+    let per_row = Grid::PerRowSplits {
+        x,
+        keys_per_split,
+        cascade,
+        split_one_stream: plan.split_one_stream,
+    };
+    out.push(Dispatch::new(ctx, spec("main", per_row)));
+    let merge = Grid::IfSplit {
+        x,
+        keys_per_split,
+        cascade,
+        split_one_stream: plan.split_one_stream,
+    };
+    out.push(Dispatch::new(ctx, spec("merge", merge)));
     if plan.flash_prefill {
         out.iter_mut().for_each(|d| d.set_when(When::Flash(false)));
         let mut flash = spec("prefill", Grid::Rows64 { x });
