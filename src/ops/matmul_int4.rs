@@ -474,6 +474,66 @@ pub fn matmul_int4_with_splits(
     matmul_dispatches(ctx, label, w, io, &vec![splits; w.chunks.len()])
 }
 
+/// The kernel variant `io` asks for — fused LoRA and at most one epilogue (SwiGLU,
+/// RoPE + KV store, the next norm's blocks) — as its binding kinds, defines and the
+/// buffers bound after the seven every variant has. Unused LoRA slots take a read-only
+/// buffer (the activations' scales).
+fn variant<'a>(
+    ctx: &GpuContext,
+    label: &str,
+    w: &QuantMatrix,
+    io: &MatmulIo<'a>,
+) -> (&'static [Binding], ShaderDefines, Vec<&'a wgpu::Buffer>) {
+    let out_offset = io.out_offset;
+    let mut defines = ShaderDefines::new().with("SUBGROUPS", shares_blocks(ctx) as u32);
+    let mut kinds = KINDS;
+    let mut extra = Vec::new();
+    if let Some(l) = &io.lora {
+        // B is laid out over the whole output: LoRA matrices are one chunk, written from column 0.
+        assert!(
+            w.chunks.len() == 1 && out_offset == 0,
+            "{label}: fused LoRA needs a one-chunk matrix at output column 0"
+        );
+        extra.extend([l.rows.rows, l.rows.u, l.b]);
+        (kinds, defines) = (KINDS_LORA, defines.with("LORA", 1));
+    }
+    let lora_slots = |extra: &mut Vec<&'a wgpu::Buffer>| {
+        if io.lora.is_none() {
+            extra.extend([io.xs, io.xs, io.xs]);
+        }
+    };
+    if let Some((hq, hs)) = io.swiglu {
+        assert!(
+            swiglu_fusable(w) && out_offset == 0,
+            "{label}: the SwiGLU epilogue needs a one-chunk [gate; up] matrix of 64-column halves"
+        );
+        lora_slots(&mut extra);
+        extra.extend([hq, hs]);
+        (kinds, defines) = (KINDS_SWIGLU, defines.with("SWIGLU", 1));
+    }
+    if let Some(r) = io.rope {
+        assert!(rope_fusable(w, r.head_dim) && out_offset == 0, "{label}: the RoPE epilogue needs a one-chunk [Q | K | V] matrix with head_dim a multiple of 64");
+        lora_slots(&mut extra);
+        extra.extend([r.params, r.positions, r.slots, r.k_cache, r.v_cache]);
+        let defines_rope = defines.with("ROPE", 1).with("HEAD_DIM", r.head_dim as u32);
+        (kinds, defines) = (KINDS_ROPE, defines_rope);
+    }
+    if let Some(norm) = io.norm_out {
+        assert!(
+            norm_foldable(w)
+                && out_offset == 0
+                && io.accumulate
+                && io.swiglu.is_none()
+                && io.rope.is_none(),
+            "{label}: the norm epilogue needs a one-chunk residual matmul of 64-column blocks"
+        );
+        lora_slots(&mut extra);
+        extra.extend([norm.weight, norm.xq, norm.xs]);
+        (kinds, defines) = (KINDS_NORM, defines.with("NORM", 1));
+    }
+    (kinds, defines, extra)
+}
+
 fn matmul_dispatches(
     ctx: &GpuContext,
     label: &str,
@@ -481,29 +541,26 @@ fn matmul_dispatches(
     io: &MatmulIo,
     chunk_splits: &[u32],
 ) -> Vec<Dispatch> {
-    let flags = io.flags();
     // Without a bias any read-only buffer fills the binding: the activations' scales.
     let bias = io.bias.unwrap_or(io.xs);
-    let (out_stride, out_offset) = (io.out_stride, io.out_offset);
-    if io.lora.is_some() {
-        // B is laid out over the whole output: LoRA matrices are one chunk, written from column 0.
-        assert!(
-            w.chunks.len() == 1 && out_offset == 0,
-            "{label}: fused LoRA needs a one-chunk matrix at output column 0"
-        );
-    }
+    let (kinds, defines, extra) = variant(ctx, label, w, io);
     let mut out_list = Vec::new();
     for (c, &splits) in w.chunks.iter().zip(chunk_splits) {
         let mut params = MatmulParams {
             n: c.n as u32,
             k: w.k as u32,
-            flags,
-            out_stride: out_stride as u32,
-            out_offset: (out_offset + c.n0) as u32,
+            flags: io.flags(),
+            out_stride: io.out_stride as u32,
+            out_offset: (io.out_offset + c.n0) as u32,
             splits: 1,
             rms_eps: io.folded_norm.unwrap_or(0.0),
             ..Default::default()
         };
+        if let Some(l) = &io.lora {
+            params.seg1 = l.segments.0 as u32;
+            params.seg2 = l.segments.1 as u32;
+            params.u_stride = l.rows.u_stride as u32;
+        }
         let mut buffers = vec![
             &c.qweight,
             &c.scales,
@@ -513,51 +570,7 @@ fn matmul_dispatches(
             io.out,
             io.partials,
         ];
-        let (mut kinds, mut defines) = (
-            KINDS,
-            ShaderDefines::new().with("SUBGROUPS", shares_blocks(ctx) as u32),
-        );
-        if let Some(l) = &io.lora {
-            params.seg1 = l.segments.0 as u32;
-            params.seg2 = l.segments.1 as u32;
-            params.u_stride = l.rows.u_stride as u32;
-            buffers.extend([l.rows.rows, l.rows.u, l.b]);
-            (kinds, defines) = (KINDS_LORA, defines.with("LORA", 1));
-        }
-        if let Some((hq, hs)) = io.swiglu {
-            assert!(swiglu_fusable(w) && out_offset == 0, "{label}: the SwiGLU epilogue needs a one-chunk [gate; up] matrix of 64-column halves");
-            if io.lora.is_none() {
-                buffers.extend([io.xs, io.xs, io.xs]);
-            }
-            buffers.extend([hq, hs]);
-            (kinds, defines) = (KINDS_SWIGLU, defines.with("SWIGLU", 1));
-        }
-        if let Some(r) = io.rope {
-            assert!(rope_fusable(w, r.head_dim) && out_offset == 0, "{label}: the RoPE epilogue needs a one-chunk [Q | K | V] matrix with head_dim a multiple of 64");
-            if io.lora.is_none() {
-                buffers.extend([io.xs, io.xs, io.xs]);
-            }
-            buffers.extend([r.params, r.positions, r.slots, r.k_cache, r.v_cache]);
-            (kinds, defines) = (
-                KINDS_ROPE,
-                defines.with("ROPE", 1).with("HEAD_DIM", r.head_dim as u32),
-            );
-        }
-        if let Some(norm) = io.norm_out {
-            assert!(
-                norm_foldable(w)
-                    && out_offset == 0
-                    && io.accumulate
-                    && io.swiglu.is_none()
-                    && io.rope.is_none(),
-                "{label}: the norm epilogue needs a one-chunk residual matmul of 64-column blocks"
-            );
-            if io.lora.is_none() {
-                buffers.extend([io.xs, io.xs, io.xs]);
-            }
-            buffers.extend([norm.weight, norm.xq, norm.xs]);
-            (kinds, defines) = (KINDS_NORM, defines.with("NORM", 1));
-        }
+        buffers.extend(extra.iter().copied());
         let spec = |entry: &'static str, grid: Grid| DispatchSpec {
             label: format!("{label}[{}..]", c.n0),
             shader: "matmul_int4",
@@ -572,27 +585,18 @@ fn matmul_dispatches(
             grid,
             defines: defines.clone(),
         };
-        out_list.push(Dispatch::new(
-            ctx,
-            spec(
-                w.format.entry(),
-                Grid::RowTiles {
-                    x: super::wg64(c.n),
-                    k_splits: splits,
-                },
-            ),
-        ));
+        let x = super::wg64(c.n);
+        let tiles = Grid::RowTiles {
+            x,
+            k_splits: splits,
+        };
+        out_list.push(Dispatch::new(ctx, spec(w.format.entry(), tiles)));
         if splits > 1 {
-            out_list.push(Dispatch::new(
-                ctx,
-                spec(
-                    "reduce",
-                    Grid::IfKSplit {
-                        x: super::wg64(c.n),
-                        k_splits: splits,
-                    },
-                ),
-            ));
+            let reduce = Grid::IfKSplit {
+                x,
+                k_splits: splits,
+            };
+            out_list.push(Dispatch::new(ctx, spec("reduce", reduce)));
         }
     }
     out_list
