@@ -200,6 +200,150 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The fixed-size start of a GGUF file.
+struct Header {
+    version: u32,
+    n_tensors: usize,
+    n_kv: usize,
+}
+
+/// Magic, version and the two counts; leaves `r` at the first metadata entry and set
+/// to the version's string-length width.
+fn read_header(r: &mut Reader<'_>) -> Result<Header, String> {
+    let magic = r.arr::<4>(&|| "magic".into())?;
+    if &magic != b"GGUF" {
+        return Err(format!("not a GGUF file (magic {magic:02x?})"));
+    }
+    let version = r.u32(&|| "version".into())?;
+    if !(1..=3).contains(&version) {
+        return Err(format!("unsupported GGUF version {version}"));
+    }
+    r.v1 = version == 1;
+    // A tensor info is at least 8+4+8+4+8 bytes; a key/value at least 8+4+1.
+    let n_tensors = r.count(32, &|| "tensor count".into())?;
+    let n_kv = r.count(13, &|| "metadata count".into())?;
+    Ok(Header {
+        version,
+        n_tensors,
+        n_kv,
+    })
+}
+
+/// `n_kv` metadata key/values.
+fn read_metadata(r: &mut Reader<'_>, n_kv: usize) -> Result<BTreeMap<String, GgufValue>, String> {
+    let mut metadata = BTreeMap::new();
+    for i in 0..n_kv {
+        let key = r.string(&|| format!("key of metadata entry #{i}"))?;
+        let what = || format!("metadata '{key}'");
+        let ty = r.u32(&|| format!("type of {}", what()))?;
+        let v = r.value(ty, 0, &what)?;
+        metadata.insert(key, v);
+    }
+    Ok(metadata)
+}
+
+/// `n_tensors` tensor header entries; `n_bytes` is filled in later by [`size_tensors`].
+fn read_tensor_infos(r: &mut Reader<'_>, n_tensors: usize) -> Result<Vec<TensorInfo>, String> {
+    let mut tensors = Vec::with_capacity(n_tensors.min(1 << 16));
+    for i in 0..n_tensors {
+        tensors.push(read_tensor_info(r, i)?);
+    }
+    Ok(tensors)
+}
+
+/// Tensor entry #`i`: name, dims, ggml type, data offset.
+fn read_tensor_info(r: &mut Reader<'_>, i: usize) -> Result<TensorInfo, String> {
+    let name = r.string(&|| format!("name of tensor #{i}"))?;
+    let what = |f: &str| format!("{f} of tensor '{name}'");
+    let n_dims = r.u32(&|| what("dimension count"))?;
+    if n_dims > 4 {
+        return Err(format!("{} is {n_dims} (max 4)", what("dimension count")));
+    }
+    let mut dims = Vec::with_capacity(n_dims as usize);
+    for _ in 0..n_dims {
+        let d = if r.v1 {
+            r.u32(&|| what("dims")).map(u64::from)
+        } else {
+            r.u64(&|| what("dims"))
+        };
+        dims.push(d?);
+    }
+    let ty = GgmlType::from_id(r.u32(&|| what("type"))?);
+    let offset = r.u64(&|| what("data offset"))?;
+    Ok(TensorInfo {
+        name,
+        dims,
+        ty,
+        offset,
+        n_bytes: 0,
+    })
+}
+
+/// `general.alignment`, 32 when absent.
+fn data_alignment(metadata: &BTreeMap<String, GgufValue>) -> Result<usize, String> {
+    match metadata.get("general.alignment") {
+        None => Ok(32),
+        Some(v) => match v.as_i64() {
+            Some(a) if a > 0 && (a as u64).is_power_of_two() => Ok(a as usize),
+            _ => Err(format!(
+                "metadata 'general.alignment' is {v:?}, not a power of two"
+            )),
+        },
+    }
+}
+
+/// Set each tensor's `n_bytes`, checking that its rows split into whole blocks and that
+/// its data is aligned and inside the file. Types this loader cannot size keep 0.
+fn size_tensors(
+    tensors: &mut [TensorInfo],
+    alignment: usize,
+    data_offset: usize,
+    file_len: usize,
+) -> Result<(), String> {
+    let data_len = file_len.saturating_sub(data_offset) as u64;
+    for t in tensors {
+        let Some((be, bs)) = t.ty.block_layout() else {
+            continue;
+        };
+        let ne0 = t.dims.first().copied().unwrap_or(1);
+        if ne0 % be as u64 != 0 {
+            return Err(format!(
+                "tensor '{}' row length {ne0} is not a multiple of the {} block size {be}",
+                t.name,
+                t.ty.name()
+            ));
+        }
+        let n_bytes = t
+            .dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .and_then(|n| (n / be as u64).checked_mul(bs as u64))
+            .filter(|&n| n <= data_len)
+            .ok_or_else(|| {
+                format!(
+                    "tensor '{}' dims {:?} are larger than the file",
+                    t.name, t.dims
+                )
+            })?;
+        if t.offset % alignment as u64 != 0 {
+            return Err(format!(
+                "tensor '{}' data offset {} is not aligned to {alignment}",
+                t.name, t.offset
+            ));
+        }
+        if t.offset.saturating_add(n_bytes) > data_len {
+            return Err(format!(
+                "tensor '{}' data runs past end of file (needs {} bytes, file has {})",
+                t.name,
+                data_offset as u64 + t.offset + n_bytes,
+                file_len
+            ));
+        }
+        t.n_bytes = n_bytes as usize;
+    }
+    Ok(())
+}
+
 impl GgufFile {
     /// Map and parse a GGUF file's header, metadata and tensor table.
     pub fn open(path: &Path) -> Result<Self, LoadError> {
@@ -225,115 +369,12 @@ impl GgufFile {
             pos: 0,
             v1: false,
         };
-        let magic = r.arr::<4>(&|| "magic".into()).map_err(bad)?;
-        if &magic != b"GGUF" {
-            return Err(bad(format!("not a GGUF file (magic {magic:02x?})")));
-        }
-        let version = r.u32(&|| "version".into()).map_err(bad)?;
-        if !(1..=3).contains(&version) {
-            return Err(bad(format!("unsupported GGUF version {version}")));
-        }
-        r.v1 = version == 1;
-        // A tensor info is at least 8+4+8+4+8 bytes; a key/value at least 8+4+1.
-        let n_tensors = r.count(32, &|| "tensor count".into()).map_err(bad)?;
-        let n_kv = r.count(13, &|| "metadata count".into()).map_err(bad)?;
-
-        let mut metadata = BTreeMap::new();
-        for i in 0..n_kv {
-            let key = r
-                .string(&|| format!("key of metadata entry #{i}"))
-                .map_err(bad)?;
-            let what = || format!("metadata '{key}'");
-            let ty = r.u32(&|| format!("type of {}", what())).map_err(bad)?;
-            let v = r.value(ty, 0, &what).map_err(bad)?;
-            metadata.insert(key, v);
-        }
-
-        let mut tensors = Vec::with_capacity(n_tensors.min(1 << 16));
-        for i in 0..n_tensors {
-            let name = r.string(&|| format!("name of tensor #{i}")).map_err(bad)?;
-            let what = |f: &str| format!("{f} of tensor '{name}'");
-            let n_dims = r.u32(&|| what("dimension count")).map_err(bad)?;
-            if n_dims > 4 {
-                return Err(bad(format!(
-                    "{} is {n_dims} (max 4)",
-                    what("dimension count")
-                )));
-            }
-            let mut dims = Vec::with_capacity(n_dims as usize);
-            for _ in 0..n_dims {
-                let d = if r.v1 {
-                    r.u32(&|| what("dims")).map(u64::from)
-                } else {
-                    r.u64(&|| what("dims"))
-                };
-                dims.push(d.map_err(bad)?);
-            }
-            let ty = GgmlType::from_id(r.u32(&|| what("type")).map_err(bad)?);
-            let offset = r.u64(&|| what("data offset")).map_err(bad)?;
-            tensors.push(TensorInfo {
-                name,
-                dims,
-                ty,
-                offset,
-                n_bytes: 0,
-            });
-        }
-
-        let alignment = match metadata.get("general.alignment") {
-            None => 32,
-            Some(v) => match v.as_i64() {
-                Some(a) if a > 0 && (a as u64).is_power_of_two() => a as usize,
-                _ => {
-                    return Err(bad(format!(
-                        "metadata 'general.alignment' is {v:?}, not a power of two"
-                    )))
-                }
-            },
-        };
+        let header = read_header(&mut r).map_err(bad)?;
+        let metadata = read_metadata(&mut r, header.n_kv).map_err(bad)?;
+        let mut tensors = read_tensor_infos(&mut r, header.n_tensors).map_err(bad)?;
+        let alignment = data_alignment(&metadata).map_err(bad)?;
         let data_offset = r.pos.div_ceil(alignment) * alignment;
-        let data_len = mmap.len().saturating_sub(data_offset) as u64;
-
-        for t in &mut tensors {
-            let Some((be, bs)) = t.ty.block_layout() else {
-                continue;
-            };
-            let ne0 = t.dims.first().copied().unwrap_or(1);
-            if ne0 % be as u64 != 0 {
-                return Err(bad(format!(
-                    "tensor '{}' row length {ne0} is not a multiple of the {} block size {be}",
-                    t.name,
-                    t.ty.name()
-                )));
-            }
-            let n_bytes = t
-                .dims
-                .iter()
-                .try_fold(1u64, |a, &d| a.checked_mul(d))
-                .and_then(|n| (n / be as u64).checked_mul(bs as u64))
-                .filter(|&n| n <= data_len)
-                .ok_or_else(|| {
-                    bad(format!(
-                        "tensor '{}' dims {:?} are larger than the file",
-                        t.name, t.dims
-                    ))
-                })?;
-            if t.offset % alignment as u64 != 0 {
-                return Err(bad(format!(
-                    "tensor '{}' data offset {} is not aligned to {alignment}",
-                    t.name, t.offset
-                )));
-            }
-            if t.offset.saturating_add(n_bytes) > data_len {
-                return Err(bad(format!(
-                    "tensor '{}' data runs past end of file (needs {} bytes, file has {})",
-                    t.name,
-                    data_offset as u64 + t.offset + n_bytes,
-                    mmap.len()
-                )));
-            }
-            t.n_bytes = n_bytes as usize;
-        }
+        size_tensors(&mut tensors, alignment, data_offset, mmap.len()).map_err(bad)?;
         let index = tensors
             .iter()
             .enumerate()
@@ -341,7 +382,7 @@ impl GgufFile {
             .collect();
         Ok(Self {
             path,
-            version,
+            version: header.version,
             metadata,
             tensors,
             index,

@@ -115,63 +115,18 @@ pub fn load_hf_dir(dir: &Path) -> Result<HostModel, LoadError> {
     let mut notes = Vec::new();
     let cfg_path = dir.join("config.json");
     let cfg_json = read_json(&cfg_path)?.ok_or_else(|| missing(dir, "config.json"))?;
-    let (config, tie_explicit) = parse_config(&cfg_json, &cfg_path)?;
-    let mut config = config;
+    let (mut config, tie_explicit) = parse_config(&cfg_json, &cfg_path)?;
 
     // Weights: one file, or shards listed by the index.
     let (files, weight_map) = weight_files(dir)?;
-    let mut tensors = HashMap::new();
-    let mut origin: HashMap<String, String> = HashMap::new();
-    let mut skipped = 0usize;
-    let mut dtypes = BTreeSet::new();
-    for file in &files {
-        let shown = file.display().to_string();
-        let f = std::fs::File::open(file).map_err(|e| io(file, e))?;
-        // Safety: the map is read-only and dropped before returning; a file truncated
-        // under us would fault, which is the same risk every mmap-based loader takes.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io(file, e))?;
-        let st = SafeTensors::deserialize(&map).map_err(|e| LoadError::Malformed {
-            path: shown.clone(),
-            what: format!("safetensors header/data: {e}"),
-        })?;
-        for (hf_name, view) in st.iter() {
-            let Some(name) = canonical_name(hf_name) else {
-                skipped += 1; // e.g. rotary_emb.inv_freq: recomputed by the engine
-                continue;
-            };
-            if name == "output.weight" && config.tied_embeddings {
-                continue; // tied: the LM head is token_embd
-            }
-            dtypes.insert(format!("{:?}", view.dtype()));
-            let data = to_f32(view.dtype(), view.data()).map_err(|what| LoadError::BadTensor {
-                path: shown.clone(),
-                name: hf_name.into(),
-                what,
-            })?;
-            tensors.insert(
-                name.clone(),
-                HostTensor {
-                    shape: view.shape().to_vec(),
-                    data: TensorData::F32(data),
-                },
-            );
-            origin.insert(name, shown.clone());
-        }
-    }
+    let Weights {
+        tensors,
+        origin,
+        skipped,
+        dtypes,
+    } = read_weights(&files, config.tied_embeddings)?;
     if let Some(map) = &weight_map {
-        // The index promises these; a shard that lacks one is corrupt or mismatched.
-        for (hf_name, shard) in map {
-            let Some(name) = canonical_name(hf_name) else {
-                continue;
-            };
-            let tied_head = name == "output.weight" && config.tied_embeddings;
-            if !(tensors.contains_key(&name) || tied_head) {
-                return Err(LoadError::Missing {
-                    path: dir.join(shard).display().to_string(),
-                    what: format!("tensor '{hf_name}' (listed in model.safetensors.index.json)"),
-                });
-            }
-        }
+        check_index_covered(dir, map, &tensors, config.tied_embeddings)?;
     }
     // Checkpoints that leave tie_word_embeddings unset and ship no lm_head are tied.
     if !config.tied_embeddings && !tie_explicit && !tensors.contains_key("output.weight") {
@@ -189,20 +144,141 @@ pub fn load_hf_dir(dir: &Path) -> Result<HostModel, LoadError> {
         &first_file,
     )?;
 
+    let tokenizer = read_tokenizer(dir)?;
+    let (tc, gc) = read_tokenizer_configs(dir, &mut notes)?;
+    let chat_template = find_chat_template(dir, &tc)?;
+    let bos_token_id = bos_token_id(&tc, &gc, &cfg_json, &tokenizer);
+    let eos_token_ids = eos_token_ids(&tc, &gc, &cfg_json, &tokenizer);
+    let add_bos = adds_bos(&tc) && bos_token_id.is_some();
+
+    if skipped > 0 {
+        notes.push(format!("{skipped} unused tensor(s) skipped"));
+    }
+    let mut source = format!(
+        "{} (HF safetensors, {} file(s), {})",
+        dir.display(),
+        files.len(),
+        dtypes.into_iter().collect::<Vec<_>>().join("/")
+    );
+    if !notes.is_empty() {
+        source += &format!("; {}", notes.join("; "));
+    }
+    Ok(HostModel {
+        config,
+        tensors,
+        tokenizer,
+        chat_template,
+        bos_token_id,
+        eos_token_ids,
+        add_bos,
+        source,
+    })
+}
+
+/// The tensors of a checkpoint's safetensors files, under canonical names, as f32.
+struct Weights {
+    tensors: HashMap<String, HostTensor>,
+    /// Canonical name → the file it came from, for error messages.
+    origin: HashMap<String, String>,
+    /// Tensors the engine does not use.
+    skipped: usize,
+    /// The stored dtypes seen, for the model's description.
+    dtypes: BTreeSet<String>,
+}
+
+/// Read every used tensor of `files`; with `tied` the LM head is not read.
+fn read_weights(files: &[PathBuf], tied: bool) -> Result<Weights, LoadError> {
+    let mut w = Weights {
+        tensors: HashMap::new(),
+        origin: HashMap::new(),
+        skipped: 0,
+        dtypes: BTreeSet::new(),
+    };
+    for file in files {
+        read_weight_file(file, tied, &mut w)?;
+    }
+    Ok(w)
+}
+
+/// Add one safetensors file's tensors to `w`.
+fn read_weight_file(file: &Path, tied: bool, w: &mut Weights) -> Result<(), LoadError> {
+    let shown = file.display().to_string();
+    let f = std::fs::File::open(file).map_err(|e| io(file, e))?;
+    // Safety: the map is read-only and dropped before returning; a file truncated
+    // under us would fault, which is the same risk every mmap-based loader takes.
+    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io(file, e))?;
+    let st = SafeTensors::deserialize(&map).map_err(|e| LoadError::Malformed {
+        path: shown.clone(),
+        what: format!("safetensors header/data: {e}"),
+    })?;
+    for (hf_name, view) in st.iter() {
+        let Some(name) = canonical_name(hf_name) else {
+            w.skipped += 1; // e.g. rotary_emb.inv_freq: recomputed by the engine
+            continue;
+        };
+        if name == "output.weight" && tied {
+            continue; // tied: the LM head is token_embd
+        }
+        w.dtypes.insert(format!("{:?}", view.dtype()));
+        let data = to_f32(view.dtype(), view.data()).map_err(|what| LoadError::BadTensor {
+            path: shown.clone(),
+            name: hf_name.into(),
+            what,
+        })?;
+        w.tensors.insert(
+            name.clone(),
+            HostTensor {
+                shape: view.shape().to_vec(),
+                data: TensorData::F32(data),
+            },
+        );
+        w.origin.insert(name, shown.clone());
+    }
+    Ok(())
+}
+
+/// Every tensor the index lists was found in the shards.
+fn check_index_covered(
+    dir: &Path,
+    map: &WeightMap,
+    tensors: &HashMap<String, HostTensor>,
+    tied: bool,
+) -> Result<(), LoadError> {
+    // The index promises these; a shard that lacks one is corrupt or mismatched.
+    for (hf_name, shard) in map {
+        let Some(name) = canonical_name(hf_name) else {
+            continue;
+        };
+        let tied_head = name == "output.weight" && tied;
+        if !(tensors.contains_key(&name) || tied_head) {
+            return Err(LoadError::Missing {
+                path: dir.join(shard).display().to_string(),
+                what: format!("tensor '{hf_name}' (listed in model.safetensors.index.json)"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `tokenizer.json` (required).
+fn read_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer, LoadError> {
     let tok_path = dir.join("tokenizer.json");
     if !tok_path.is_file() {
         return Err(missing(dir, "tokenizer.json"));
     }
-    let tokenizer =
-        tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| LoadError::Tokenizer {
-            path: tok_path.display().to_string(),
-            what: e.to_string(),
-        })?;
+    tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| LoadError::Tokenizer {
+        path: tok_path.display().to_string(),
+        what: e.to_string(),
+    })
+}
 
-    let tc_path = dir.join("tokenizer_config.json");
-    let tc = read_json(&tc_path)?;
-    let gc_path = dir.join("generation_config.json");
-    let gc = read_json(&gc_path)?;
+/// `tokenizer_config.json` and `generation_config.json`, `Null` (and a note) when absent.
+fn read_tokenizer_configs(
+    dir: &Path,
+    notes: &mut Vec<String>,
+) -> Result<(Value, Value), LoadError> {
+    let tc = read_json(&dir.join("tokenizer_config.json"))?;
+    let gc = read_json(&dir.join("generation_config.json"))?;
     for (v, n) in [
         (&tc, "tokenizer_config.json"),
         (&gc, "generation_config.json"),
@@ -211,16 +287,30 @@ pub fn load_hf_dir(dir: &Path) -> Result<HostModel, LoadError> {
             notes.push(format!("no {n}"));
         }
     }
-    let tc = tc.unwrap_or(Value::Null);
-    let gc = gc.unwrap_or(Value::Null);
+    Ok((tc.unwrap_or(Value::Null), gc.unwrap_or(Value::Null)))
+}
 
-    let mut chat_template = chat_template_of(&tc, &tc_path)?;
+/// The template in tokenizer_config.json, else `chat_template.jinja`.
+fn find_chat_template(dir: &Path, tc: &Value) -> Result<Option<String>, LoadError> {
+    let chat_template = chat_template_of(tc, &dir.join("tokenizer_config.json"))?;
     let jinja = dir.join("chat_template.jinja");
     if chat_template.is_none() && jinja.is_file() {
         // Newer transformers save the template beside tokenizer_config.json.
-        chat_template = Some(std::fs::read_to_string(&jinja).map_err(|e| io(&jinja, e))?);
+        return Ok(Some(
+            std::fs::read_to_string(&jinja).map_err(|e| io(&jinja, e))?,
+        ));
     }
-    let bos_token_id = special_token(&tc, "bos_token")
+    Ok(chat_template)
+}
+
+/// BOS from tokenizer_config.json's token, else generation_config.json, else config.json.
+fn bos_token_id(
+    tc: &Value,
+    gc: &Value,
+    cfg_json: &Value,
+    tokenizer: &tokenizers::Tokenizer,
+) -> Option<u32> {
+    special_token(tc, "bos_token")
         .and_then(|t| tokenizer.token_to_id(&t))
         .or_else(|| {
             gc.get("bos_token_id")
@@ -232,48 +322,40 @@ pub fn load_hf_dir(dir: &Path) -> Result<HostModel, LoadError> {
                 .get("bos_token_id")
                 .and_then(Value::as_u64)
                 .map(|v| v as u32)
-        });
+        })
+}
+
+/// Every id that ends a reply: all three configs' EOS plus the `END_OF_REPLY` tokens in
+/// the vocabulary; sorted, no repeats.
+fn eos_token_ids(
+    tc: &Value,
+    gc: &Value,
+    cfg_json: &Value,
+    tokenizer: &tokenizers::Tokenizer,
+) -> Vec<u32> {
     let mut eos: BTreeSet<u32> = BTreeSet::new();
     eos.extend(id_list(gc.get("eos_token_id")));
     eos.extend(id_list(cfg_json.get("eos_token_id")));
-    if let Some(id) = special_token(&tc, "eos_token").and_then(|t| tokenizer.token_to_id(&t)) {
+    if let Some(id) = special_token(tc, "eos_token").and_then(|t| tokenizer.token_to_id(&t)) {
         eos.insert(id);
     }
     for t in super::tokenizer::END_OF_REPLY {
         eos.extend(tokenizer.token_to_id(t));
     }
+    eos.into_iter().collect()
+}
+
+/// Whether the tokenizer adds BOS (given the model has one).
+fn adds_bos(tc: &Value) -> bool {
     // HF adds BOS only where the tokenizer class does so by default (Llama) or the
     // config says so explicitly; Qwen2 and GPT-2 style tokenizers do not.
-    let add_bos = match tc.get("add_bos_token").and_then(Value::as_bool) {
+    match tc.get("add_bos_token").and_then(Value::as_bool) {
         Some(b) => b,
         None => tc
             .get("tokenizer_class")
             .and_then(Value::as_str)
             .is_some_and(|c| c.contains("Llama")),
-    } && bos_token_id.is_some();
-
-    let mut source = format!(
-        "{} (HF safetensors, {} file(s), {})",
-        dir.display(),
-        files.len(),
-        dtypes.into_iter().collect::<Vec<_>>().join("/")
-    );
-    if skipped > 0 {
-        notes.push(format!("{skipped} unused tensor(s) skipped"));
     }
-    if !notes.is_empty() {
-        source += &format!("; {}", notes.join("; "));
-    }
-    Ok(HostModel {
-        config,
-        tensors,
-        tokenizer,
-        chat_template,
-        bos_token_id,
-        eos_token_ids: eos.into_iter().collect(),
-        add_bos,
-        source,
-    })
 }
 
 fn io(path: &Path, source: std::io::Error) -> LoadError {
@@ -307,93 +389,124 @@ fn read_json(path: &Path) -> Result<Option<Value>, LoadError> {
 
 /// config.json → ModelConfig, plus whether `tie_word_embeddings` was given explicitly.
 fn parse_config(j: &Value, path: &Path) -> Result<(ModelConfig, bool), LoadError> {
-    let p = || path.display().to_string();
+    let arch = config_arch(j, path)?;
+    let fields = ConfigFields { j, path };
+    let n_embd = fields.required("hidden_size")?;
+    let n_head = fields.required("num_attention_heads")?;
+    let n_kv_head = fields.uint("num_key_value_heads")?.unwrap_or(n_head);
+    let head_dim = fields.uint("head_dim")?.unwrap_or(n_embd / n_head);
+    let tie = j.get("tie_word_embeddings").and_then(Value::as_bool);
+    let cfg = ModelConfig {
+        arch,
+        n_vocab: fields.required("vocab_size")?,
+        n_embd,
+        n_layer: fields.required("num_hidden_layers")?,
+        n_head,
+        n_kv_head,
+        head_dim,
+        n_ff: fields.required("intermediate_size")?,
+        rope_theta: fields.float("rope_theta", Some(10000.0))?,
+        rms_eps: fields.float("rms_norm_eps", None)?,
+        n_ctx: fields.required("max_position_embeddings")?,
+        // transformers defaults this to false for both LlamaConfig and Qwen2Config.
+        tied_embeddings: tie.unwrap_or(false),
+    };
+    check_config_shapes(&cfg, &fields)?;
+    Ok((cfg, tie.is_some()))
+}
+
+/// The architecture from `model_type`, else the first of `architectures`.
+fn config_arch(j: &Value, path: &Path) -> Result<Arch, LoadError> {
     let model_type = j.get("model_type").and_then(Value::as_str).unwrap_or("");
     let first_arch = j
         .get("architectures")
         .and_then(|a| a.get(0))
         .and_then(Value::as_str)
         .unwrap_or("");
-    let arch = match (model_type, first_arch) {
-        ("qwen2", _) | ("", "Qwen2ForCausalLM") => Arch::Qwen2,
-        ("llama", _) | ("", "LlamaForCausalLM") => Arch::Llama,
+    match (model_type, first_arch) {
+        ("qwen2", _) | ("", "Qwen2ForCausalLM") => Ok(Arch::Qwen2),
+        ("llama", _) | ("", "LlamaForCausalLM") => Ok(Arch::Llama),
         _ => {
             let arch = if model_type.is_empty() {
                 first_arch
             } else {
                 model_type
             };
-            return Err(LoadError::UnknownArch {
-                path: p(),
+            Err(LoadError::UnknownArch {
+                path: path.display().to_string(),
                 arch: if arch.is_empty() {
                     "<no model_type>".into()
                 } else {
                     arch.into()
                 },
-            });
+            })
         }
-    };
-    let bad = |field: &str, what: String| LoadError::Malformed {
-        path: p(),
-        what: format!("{field}: {what}"),
-    };
-    let uint = |field: &str| -> Result<Option<usize>, LoadError> {
-        match j.get(field) {
+    }
+}
+
+/// Typed field reads from config.json; errors name the file and field.
+struct ConfigFields<'a> {
+    j: &'a Value,
+    path: &'a Path,
+}
+
+impl ConfigFields<'_> {
+    fn bad(&self, field: &str, what: String) -> LoadError {
+        LoadError::Malformed {
+            path: self.path.display().to_string(),
+            what: format!("{field}: {what}"),
+        }
+    }
+
+    fn missing(&self, field: &str) -> LoadError {
+        LoadError::Missing {
+            path: self.path.display().to_string(),
+            what: format!("field '{field}'"),
+        }
+    }
+
+    /// An optional positive integer (`null` counts as absent).
+    fn uint(&self, field: &str) -> Result<Option<usize>, LoadError> {
+        match self.j.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => match v.as_u64() {
                 Some(n) if n > 0 => Ok(Some(n as usize)),
-                _ => Err(bad(field, format!("expected a positive integer, got {v}"))),
+                _ => Err(self.bad(field, format!("expected a positive integer, got {v}"))),
             },
         }
-    };
-    let req = |field: &str| {
-        uint(field)?.ok_or_else(|| LoadError::Missing {
-            path: p(),
-            what: format!("field '{field}'"),
-        })
-    };
-    let float = |field: &str, default: Option<f64>| -> Result<f32, LoadError> {
-        match j.get(field) {
+    }
+
+    /// A required positive integer.
+    fn required(&self, field: &str) -> Result<usize, LoadError> {
+        self.uint(field)?.ok_or_else(|| self.missing(field))
+    }
+
+    /// A number, `default` when absent (required when `default` is `None`).
+    fn float(&self, field: &str, default: Option<f64>) -> Result<f32, LoadError> {
+        match self.j.get(field) {
             None | Some(Value::Null) => {
-                default.map(|d| d as f32).ok_or_else(|| LoadError::Missing {
-                    path: p(),
-                    what: format!("field '{field}'"),
-                })
+                default.map(|d| d as f32).ok_or_else(|| self.missing(field))
             }
             Some(v) => v
                 .as_f64()
                 .map(|f| f as f32)
-                .ok_or_else(|| bad(field, format!("expected a number, got {v}"))),
+                .ok_or_else(|| self.bad(field, format!("expected a number, got {v}"))),
         }
-    };
-    let n_embd = req("hidden_size")?;
-    let n_head = req("num_attention_heads")?;
-    let n_kv_head = uint("num_key_value_heads")?.unwrap_or(n_head);
-    let head_dim = uint("head_dim")?.unwrap_or(n_embd / n_head);
-    let tie = j.get("tie_word_embeddings").and_then(Value::as_bool);
-    let cfg = ModelConfig {
-        arch,
-        n_vocab: req("vocab_size")?,
-        n_embd,
-        n_layer: req("num_hidden_layers")?,
-        n_head,
-        n_kv_head,
-        head_dim,
-        n_ff: req("intermediate_size")?,
-        rope_theta: float("rope_theta", Some(10000.0))?,
-        rms_eps: float("rms_norm_eps", None)?,
-        n_ctx: req("max_position_embeddings")?,
-        // transformers defaults this to false for both LlamaConfig and Qwen2Config.
-        tied_embeddings: tie.unwrap_or(false),
-    };
+    }
+}
+
+/// Head counts and matrix widths the engine can run.
+fn check_config_shapes(cfg: &ModelConfig, fields: &ConfigFields<'_>) -> Result<(), LoadError> {
+    let (n_embd, n_head, n_kv_head, head_dim) =
+        (cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim);
     if n_head % n_kv_head != 0 {
-        return Err(bad(
+        return Err(fields.bad(
             "num_key_value_heads",
             format!("{n_kv_head} does not divide num_attention_heads {n_head}"),
         ));
     }
-    if head_dim * n_head != n_embd && j.get("head_dim").is_none() {
-        return Err(bad(
+    if head_dim * n_head != n_embd && fields.j.get("head_dim").is_none() {
+        return Err(fields.bad(
             "hidden_size",
             format!("{n_embd} is not divisible by num_attention_heads {n_head}"),
         ));
@@ -405,13 +518,13 @@ fn parse_config(j: &Value, path: &Path) -> Result<(ModelConfig, bool), LoadError
         ("num_attention_heads*head_dim", n_head * head_dim),
     ] {
         if v % GROUP != 0 {
-            return Err(bad(
+            return Err(fields.bad(
                 field,
                 format!("{v} is not a multiple of {GROUP} (the int4 group size)"),
             ));
         }
     }
-    Ok((cfg, tie.is_some()))
+    Ok(())
 }
 
 /// Tensor name → shard file, from a sharded checkpoint's index.

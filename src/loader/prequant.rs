@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors, View};
 
 use super::hf_dir::validate_tensors;
@@ -72,98 +73,113 @@ pub fn save_prequantized(model: &HostModel, path: &Path) -> anyhow::Result<()> {
     let mut out: Vec<(String, Owned)> = Vec::new();
     for (name, t) in &model.tensors {
         match &t.data {
-            TensorData::F32(v) => {
-                let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                out.push((
-                    name.clone(),
-                    Owned {
-                        dtype: Dtype::F32,
-                        shape: t.shape.clone(),
-                        bytes,
-                    },
-                ));
-            }
-            TensorData::Q4(groups) => {
-                let &[rows, cols] = t.shape.as_slice() else {
-                    bail!(
-                        "tensor '{name}': int4 tensor must be 2-D, shape {:?}",
-                        t.shape
-                    )
-                };
-                if cols % 32 != 0 || groups.len() * 32 != rows * cols {
-                    bail!(
-                        "tensor '{name}': {} int4 groups do not fit shape {:?}",
-                        groups.len(),
-                        t.shape
-                    );
-                }
-                let q: Vec<u8> = groups
-                    .iter()
-                    .flat_map(|g| {
-                        g.q.chunks_exact(2)
-                            .map(|p| (p[0] & 15) | ((p[1] & 15) << 4))
-                    })
-                    .collect();
-                let gshape = vec![rows, cols / 32];
-                out.push((
-                    format!("{name}.q4"),
-                    Owned {
-                        dtype: Dtype::U8,
-                        shape: vec![rows, cols / 2],
-                        bytes: q,
-                    },
-                ));
-                out.push((
-                    format!("{name}.q4_scale"),
-                    Owned {
-                        dtype: Dtype::F16,
-                        shape: gshape.clone(),
-                        bytes: f16_bytes(groups.iter().map(|g| g.scale)),
-                    },
-                ));
-                out.push((
-                    format!("{name}.q4_min"),
-                    Owned {
-                        dtype: Dtype::F16,
-                        shape: gshape,
-                        bytes: f16_bytes(groups.iter().map(|g| g.min)),
-                    },
-                ));
-            }
-            TensorData::Q8(groups) => {
-                let &[rows, cols] = t.shape.as_slice() else {
-                    bail!(
-                        "tensor '{name}': int8 tensor must be 2-D, shape {:?}",
-                        t.shape
-                    )
-                };
-                if cols % 32 != 0 || groups.len() * 32 != rows * cols {
-                    bail!(
-                        "tensor '{name}': {} int8 groups do not fit shape {:?}",
-                        groups.len(),
-                        t.shape
-                    );
-                }
-                let q: Vec<u8> = groups.iter().flat_map(|g| g.q.map(|v| v as u8)).collect();
-                out.push((
-                    format!("{name}.q8"),
-                    Owned {
-                        dtype: Dtype::I8,
-                        shape: vec![rows, cols],
-                        bytes: q,
-                    },
-                ));
-                out.push((
-                    format!("{name}.q8_scale"),
-                    Owned {
-                        dtype: Dtype::F16,
-                        shape: vec![rows, cols / 32],
-                        bytes: f16_bytes(groups.iter().map(|g| g.scale)),
-                    },
-                ));
-            }
+            TensorData::F32(v) => out.push((name.clone(), f32_tensor(&t.shape, v))),
+            TensorData::Q4(groups) => out.extend(q4_tensors(name, &t.shape, groups)?),
+            TensorData::Q8(groups) => out.extend(q8_tensors(name, &t.shape, groups)?),
         }
     }
+    let meta = file_metadata(model)?;
+    write_atomically(path, &out, meta)
+}
+
+fn f32_tensor(shape: &[usize], v: &[f32]) -> Owned {
+    Owned {
+        dtype: Dtype::F32,
+        shape: shape.to_vec(),
+        bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+/// `[rows, cols]` of a grouped matrix, checking that `n_groups` groups of 32 fill it.
+/// `kind` ("int4", "int8") is for the error message.
+fn grouped_dims(
+    name: &str,
+    shape: &[usize],
+    n_groups: usize,
+    kind: &str,
+) -> anyhow::Result<(usize, usize)> {
+    let &[rows, cols] = shape else {
+        bail!("tensor '{name}': {kind} tensor must be 2-D, shape {shape:?}")
+    };
+    if cols % 32 != 0 || n_groups * 32 != rows * cols {
+        bail!("tensor '{name}': {n_groups} {kind} groups do not fit shape {shape:?}");
+    }
+    Ok((rows, cols))
+}
+
+/// An int4 matrix as its `.q4`, `.q4_scale` and `.q4_min` tensors.
+fn q4_tensors(
+    name: &str,
+    shape: &[usize],
+    groups: &[Q4Group],
+) -> anyhow::Result<[(String, Owned); 3]> {
+    let (rows, cols) = grouped_dims(name, shape, groups.len(), "int4")?;
+    let q: Vec<u8> = groups
+        .iter()
+        .flat_map(|g| {
+            g.q.chunks_exact(2)
+                .map(|p| (p[0] & 15) | ((p[1] & 15) << 4))
+        })
+        .collect();
+    let gshape = vec![rows, cols / 32];
+    Ok([
+        (
+            format!("{name}.q4"),
+            Owned {
+                dtype: Dtype::U8,
+                shape: vec![rows, cols / 2],
+                bytes: q,
+            },
+        ),
+        (
+            format!("{name}.q4_scale"),
+            Owned {
+                dtype: Dtype::F16,
+                shape: gshape.clone(),
+                bytes: f16_bytes(groups.iter().map(|g| g.scale)),
+            },
+        ),
+        (
+            format!("{name}.q4_min"),
+            Owned {
+                dtype: Dtype::F16,
+                shape: gshape,
+                bytes: f16_bytes(groups.iter().map(|g| g.min)),
+            },
+        ),
+    ])
+}
+
+/// An int8 matrix as its `.q8` and `.q8_scale` tensors.
+fn q8_tensors(
+    name: &str,
+    shape: &[usize],
+    groups: &[Q8Group],
+) -> anyhow::Result<[(String, Owned); 2]> {
+    let (rows, cols) = grouped_dims(name, shape, groups.len(), "int8")?;
+    let q: Vec<u8> = groups.iter().flat_map(|g| g.q.map(|v| v as u8)).collect();
+    Ok([
+        (
+            format!("{name}.q8"),
+            Owned {
+                dtype: Dtype::I8,
+                shape: vec![rows, cols],
+                bytes: q,
+            },
+        ),
+        (
+            format!("{name}.q8_scale"),
+            Owned {
+                dtype: Dtype::F16,
+                shape: vec![rows, cols / 32],
+                bytes: f16_bytes(groups.iter().map(|g| g.scale)),
+            },
+        ),
+    ])
+}
+
+/// The `__metadata__` strings: everything but the tensors.
+fn file_metadata(model: &HostModel) -> anyhow::Result<HashMap<String, String>> {
     let mut meta = HashMap::new();
     meta.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
     meta.insert(
@@ -187,7 +203,16 @@ pub fn save_prequantized(model: &HostModel, path: &Path) -> anyhow::Result<()> {
     );
     meta.insert("edgereason.add_bos".into(), model.add_bos.to_string());
     meta.insert("edgereason.source".into(), model.source.clone());
+    Ok(meta)
+}
 
+/// Serialize to a temporary file beside `path`, sync it, and rename it into place; the
+/// temporary file is removed on failure.
+fn write_atomically(
+    path: &Path,
+    tensors: &[(String, Owned)],
+    meta: HashMap<String, String>,
+) -> anyhow::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -202,8 +227,12 @@ pub fn save_prequantized(model: &HostModel, path: &Path) -> anyhow::Result<()> {
         std::process::id()
     ));
     let result = (|| -> anyhow::Result<()> {
-        safetensors::serialize_to_file(out.iter().map(|(n, o)| (n.as_str(), o)), Some(meta), &tmp)
-            .with_context(|| format!("{}: writing", tmp.display()))?;
+        safetensors::serialize_to_file(
+            tensors.iter().map(|(n, o)| (n.as_str(), o)),
+            Some(meta),
+            &tmp,
+        )
+        .with_context(|| format!("{}: writing", tmp.display()))?;
         let f = std::fs::File::open(&tmp)?;
         f.sync_all()?; // data on disk before the name says it is complete
         std::fs::rename(&tmp, path)
@@ -260,221 +289,10 @@ fn malformed(path: &str, what: &str) -> LoadError {
 pub fn load_prequantized(path: &Path) -> Result<HostModel, LoadError> {
     let p = path.display().to_string();
     let meta = read_header_metadata(path)?;
-    match meta.get(FORMAT_KEY) {
-        Some(f) if f == FORMAT => {}
-        Some(f) => {
-            return Err(malformed(
-                &p,
-                &format!("{FORMAT_KEY}: unsupported version '{f}' (this build reads {FORMAT})"),
-            ))
-        }
-        None => {
-            return Err(LoadError::Missing {
-                path: p,
-                what: format!("metadata '{FORMAT_KEY}' (not an edgereason pre-quantized file)"),
-            })
-        }
-    }
-    let get = |k: &str| {
-        meta.get(k).ok_or_else(|| LoadError::Missing {
-            path: p.clone(),
-            what: format!("metadata '{k}'"),
-        })
-    };
-    let config: ModelConfig = serde_json::from_str(get("edgereason.config")?)
-        .map_err(|e| malformed(&p, &format!("edgereason.config: {e}")))?;
-    let tokenizer = tokenizers::Tokenizer::from_bytes(get("edgereason.tokenizer")?.as_bytes())
-        .map_err(|e| LoadError::Tokenizer {
-            path: p.clone(),
-            what: format!("edgereason.tokenizer: {e}"),
-        })?;
-    let eos_token_ids: Vec<u32> = serde_json::from_str(get("edgereason.eos")?)
-        .map_err(|e| malformed(&p, &format!("edgereason.eos: {e}")))?;
-    let bos_token_id = match meta.get("edgereason.bos") {
-        None => None,
-        Some(b) => Some(
-            b.parse()
-                .map_err(|_| malformed(&p, &format!("edgereason.bos: '{b}' is not a token id")))?,
-        ),
-    };
-    let add_bos = match get("edgereason.add_bos")?.as_str() {
-        "true" => true,
-        "false" => false,
-        other => {
-            return Err(malformed(
-                &p,
-                &format!("edgereason.add_bos: '{other}' is not true/false"),
-            ))
-        }
-    };
-
-    let f = std::fs::File::open(path).map_err(|source| LoadError::Io {
-        path: p.clone(),
-        source,
-    })?;
-    // Safety: read-only map, dropped before returning.
-    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|source| LoadError::Io {
-        path: p.clone(),
-        source,
-    })?;
-    let st = SafeTensors::deserialize(&map)
-        .map_err(|e| malformed(&p, &format!("safetensors header/data: {e}")))?;
-    let bad = |name: &str, what: String| LoadError::BadTensor {
-        path: p.clone(),
-        name: name.into(),
-        what,
-    };
-    let mut tensors = HashMap::new();
-    for (name, view) in st.iter() {
-        if let Some(base) = name.strip_suffix(".q8_scale") {
-            if st.tensor(&format!("{base}.q8")).is_err() {
-                return Err(bad(name, format!("no matching '{base}.q8'")));
-            }
-            continue; // read with its .q8
-        }
-        if let Some(base) = name.strip_suffix(".q8") {
-            let scale = st
-                .tensor(&format!("{base}.q8_scale"))
-                .map_err(|_| LoadError::Missing {
-                    path: p.clone(),
-                    what: format!("tensor '{base}.q8_scale'"),
-                })?;
-            let &[rows, cols] = view.shape() else {
-                return Err(bad(
-                    name,
-                    format!("expected 2-D I8 [rows, cols], got {:?}", view.shape()),
-                ));
-            };
-            if view.dtype() != Dtype::I8 || cols % 32 != 0 {
-                return Err(bad(
-                    name,
-                    format!(
-                        "expected I8 [rows, cols] with cols a multiple of 32, got {:?} {:?}",
-                        view.dtype(),
-                        view.shape()
-                    ),
-                ));
-            }
-            if scale.dtype() != Dtype::F16 || scale.shape() != [rows, cols / 32] {
-                return Err(bad(
-                    &format!("{base}.q8_scale"),
-                    format!(
-                        "expected F16 {:?}, got {:?} {:?}",
-                        [rows, cols / 32],
-                        scale.dtype(),
-                        scale.shape()
-                    ),
-                ));
-            }
-            let groups = view
-                .data()
-                .chunks_exact(32)
-                .zip(scale.data().chunks_exact(2))
-                .map(|(q, s)| Q8Group {
-                    scale: half::f16::from_le_bytes([s[0], s[1]]).to_f32(),
-                    q: std::array::from_fn(|i| q[i] as i8),
-                })
-                .collect();
-            tensors.insert(
-                base.to_string(),
-                HostTensor {
-                    shape: vec![rows, cols],
-                    data: TensorData::Q8(groups),
-                },
-            );
-            continue;
-        }
-        if name.ends_with(".q4_scale") || name.ends_with(".q4_min") {
-            let base = name.rsplit_once(".q4_").unwrap().0;
-            if st.tensor(&format!("{base}.q4")).is_err() {
-                return Err(bad(name, format!("no matching '{base}.q4'")));
-            }
-            continue; // read with its .q4
-        }
-        if let Some(base) = name.strip_suffix(".q4") {
-            let part = |suffix: &str| {
-                st.tensor(&format!("{base}{suffix}"))
-                    .map_err(|_| LoadError::Missing {
-                        path: p.clone(),
-                        what: format!("tensor '{base}{suffix}'"),
-                    })
-            };
-            let (scale, min) = (part(".q4_scale")?, part(".q4_min")?);
-            let &[rows, half_cols] = view.shape() else {
-                return Err(bad(
-                    name,
-                    format!("expected 2-D U8 [rows, cols/2], got {:?}", view.shape()),
-                ));
-            };
-            let cols = half_cols * 2;
-            if view.dtype() != Dtype::U8 || cols % 32 != 0 {
-                return Err(bad(
-                    name,
-                    format!(
-                        "expected U8 [rows, cols/2] with cols a multiple of 32, got {:?} {:?}",
-                        view.dtype(),
-                        view.shape()
-                    ),
-                ));
-            }
-            for (t, n) in [(&scale, "q4_scale"), (&min, "q4_min")] {
-                if t.dtype() != Dtype::F16 || t.shape() != [rows, cols / 32] {
-                    return Err(bad(
-                        &format!("{base}.{n}"),
-                        format!(
-                            "expected F16 {:?}, got {:?} {:?}",
-                            [rows, cols / 32],
-                            t.dtype(),
-                            t.shape()
-                        ),
-                    ));
-                }
-            }
-            let f16s = |b: &[u8]| {
-                b.chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect::<Vec<_>>()
-            };
-            let (scales, mins) = (f16s(scale.data()), f16s(min.data()));
-            let groups = view
-                .data()
-                .chunks_exact(16)
-                .zip(scales.into_iter().zip(mins))
-                .map(|(bytes, (scale, min))| {
-                    let mut q = [0u8; 32];
-                    for (i, b) in bytes.iter().enumerate() {
-                        q[2 * i] = b & 15;
-                        q[2 * i + 1] = b >> 4;
-                    }
-                    Q4Group { scale, min, q }
-                })
-                .collect();
-            tensors.insert(
-                base.to_string(),
-                HostTensor {
-                    shape: vec![rows, cols],
-                    data: TensorData::Q4(groups),
-                },
-            );
-        } else {
-            if view.dtype() != Dtype::F32 {
-                return Err(bad(name, format!("expected F32, got {:?}", view.dtype())));
-            }
-            let v = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            tensors.insert(
-                name.to_string(),
-                HostTensor {
-                    shape: view.shape().to_vec(),
-                    data: TensorData::F32(v),
-                },
-            );
-        }
-    }
-    validate_tensors(&config, &tensors, &|_| p.clone(), &p)?;
+    check_format(&meta, &p)?;
+    let stored = read_stored_metadata(&meta, &p)?;
+    let tensors = read_tensor_file(path, &p)?;
+    validate_tensors(&stored.config, &tensors, &|_| p.clone(), &p)?;
     let source = format!(
         "{p} ({FORMAT}; from {})",
         meta.get("edgereason.source")
@@ -482,14 +300,305 @@ pub fn load_prequantized(path: &Path) -> Result<HostModel, LoadError> {
             .unwrap_or("?")
     );
     Ok(HostModel {
-        config,
+        config: stored.config,
         tensors,
-        tokenizer,
+        tokenizer: stored.tokenizer,
         chat_template: meta.get("edgereason.chat_template").cloned(),
-        bos_token_id,
-        eos_token_ids,
-        add_bos,
+        bos_token_id: stored.bos_token_id,
+        eos_token_ids: stored.eos_token_ids,
+        add_bos: stored.add_bos,
         source,
+    })
+}
+
+/// `edgereason.format` is present and the version this build reads.
+fn check_format(meta: &HashMap<String, String>, p: &str) -> Result<(), LoadError> {
+    match meta.get(FORMAT_KEY) {
+        Some(f) if f == FORMAT => Ok(()),
+        Some(f) => Err(malformed(
+            p,
+            &format!("{FORMAT_KEY}: unsupported version '{f}' (this build reads {FORMAT})"),
+        )),
+        None => Err(LoadError::Missing {
+            path: p.into(),
+            what: format!("metadata '{FORMAT_KEY}' (not an edgereason pre-quantized file)"),
+        }),
+    }
+}
+
+/// The parsed `__metadata__` entries a [`HostModel`] needs besides its tensors.
+struct StoredMetadata {
+    config: ModelConfig,
+    tokenizer: tokenizers::Tokenizer,
+    eos_token_ids: Vec<u32>,
+    bos_token_id: Option<u32>,
+    add_bos: bool,
+}
+
+/// Config, tokenizer and token ids from the metadata; errors name the key.
+fn read_stored_metadata(
+    meta: &HashMap<String, String>,
+    p: &str,
+) -> Result<StoredMetadata, LoadError> {
+    let get = |k: &str| {
+        meta.get(k).ok_or_else(|| LoadError::Missing {
+            path: p.into(),
+            what: format!("metadata '{k}'"),
+        })
+    };
+    let config: ModelConfig = serde_json::from_str(get("edgereason.config")?)
+        .map_err(|e| malformed(p, &format!("edgereason.config: {e}")))?;
+    let tokenizer = tokenizers::Tokenizer::from_bytes(get("edgereason.tokenizer")?.as_bytes())
+        .map_err(|e| LoadError::Tokenizer {
+            path: p.into(),
+            what: format!("edgereason.tokenizer: {e}"),
+        })?;
+    let eos_token_ids: Vec<u32> = serde_json::from_str(get("edgereason.eos")?)
+        .map_err(|e| malformed(p, &format!("edgereason.eos: {e}")))?;
+    let bos_token_id = match meta.get("edgereason.bos") {
+        None => None,
+        Some(b) => Some(
+            b.parse()
+                .map_err(|_| malformed(p, &format!("edgereason.bos: '{b}' is not a token id")))?,
+        ),
+    };
+    let add_bos = match get("edgereason.add_bos")?.as_str() {
+        "true" => true,
+        "false" => false,
+        other => {
+            return Err(malformed(
+                p,
+                &format!("edgereason.add_bos: '{other}' is not true/false"),
+            ))
+        }
+    };
+    Ok(StoredMetadata {
+        config,
+        tokenizer,
+        eos_token_ids,
+        bos_token_id,
+        add_bos,
+    })
+}
+
+/// Map the file and read every tensor, int4 / int8 matrices from their parts.
+fn read_tensor_file(path: &Path, p: &str) -> Result<HashMap<String, HostTensor>, LoadError> {
+    let f = std::fs::File::open(path).map_err(|source| LoadError::Io {
+        path: p.into(),
+        source,
+    })?;
+    // Safety: read-only map, dropped before returning.
+    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|source| LoadError::Io {
+        path: p.into(),
+        source,
+    })?;
+    let st = SafeTensors::deserialize(&map)
+        .map_err(|e| malformed(p, &format!("safetensors header/data: {e}")))?;
+    read_tensors(&st, p)
+}
+
+/// Every tensor under its model name: a `.q4` / `.q8` tensor is read together with its
+/// scale (and min) tensors, which are otherwise only checked to have one.
+fn read_tensors(st: &SafeTensors<'_>, p: &str) -> Result<HashMap<String, HostTensor>, LoadError> {
+    let mut tensors = HashMap::new();
+    for (name, view) in st.iter() {
+        if let Some(base) = name.strip_suffix(".q8_scale") {
+            require_matching(st, name, &format!("{base}.q8"), p)?;
+            continue; // read with its .q8
+        }
+        if let Some(base) = name.strip_suffix(".q8") {
+            tensors.insert(base.to_string(), read_q8(st, name, base, &view, p)?);
+            continue;
+        }
+        if name.ends_with(".q4_scale") || name.ends_with(".q4_min") {
+            let base = name.rsplit_once(".q4_").unwrap().0;
+            require_matching(st, name, &format!("{base}.q4"), p)?;
+            continue; // read with its .q4
+        }
+        if let Some(base) = name.strip_suffix(".q4") {
+            tensors.insert(base.to_string(), read_q4(st, name, base, &view, p)?);
+        } else {
+            tensors.insert(name.to_string(), read_f32(name, &view, p)?);
+        }
+    }
+    Ok(tensors)
+}
+
+fn bad_tensor(p: &str, name: &str, what: String) -> LoadError {
+    LoadError::BadTensor {
+        path: p.into(),
+        name: name.into(),
+        what,
+    }
+}
+
+/// A group-parameter tensor `name` is only valid beside its data tensor `data_name`.
+fn require_matching(
+    st: &SafeTensors<'_>,
+    name: &str,
+    data_name: &str,
+    p: &str,
+) -> Result<(), LoadError> {
+    if st.tensor(data_name).is_err() {
+        return Err(bad_tensor(p, name, format!("no matching '{data_name}'")));
+    }
+    Ok(())
+}
+
+/// A part of a grouped matrix, which must be present.
+fn required_part<'d>(
+    st: &SafeTensors<'d>,
+    name: &str,
+    p: &str,
+) -> Result<TensorView<'d>, LoadError> {
+    st.tensor(name).map_err(|_| LoadError::Missing {
+        path: p.into(),
+        what: format!("tensor '{name}'"),
+    })
+}
+
+/// A per-group scale or min tensor: F16 `[rows, cols/32]`.
+fn check_group_part(
+    t: &TensorView<'_>,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    p: &str,
+) -> Result<(), LoadError> {
+    if t.dtype() != Dtype::F16 || t.shape() != [rows, cols / 32] {
+        return Err(bad_tensor(
+            p,
+            name,
+            format!(
+                "expected F16 {:?}, got {:?} {:?}",
+                [rows, cols / 32],
+                t.dtype(),
+                t.shape()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An int8 matrix from `<base>.q8` (`view`) and `<base>.q8_scale`.
+fn read_q8(
+    st: &SafeTensors<'_>,
+    name: &str,
+    base: &str,
+    view: &TensorView<'_>,
+    p: &str,
+) -> Result<HostTensor, LoadError> {
+    let scale_name = format!("{base}.q8_scale");
+    let scale = required_part(st, &scale_name, p)?;
+    let &[rows, cols] = view.shape() else {
+        return Err(bad_tensor(
+            p,
+            name,
+            format!("expected 2-D I8 [rows, cols], got {:?}", view.shape()),
+        ));
+    };
+    if view.dtype() != Dtype::I8 || cols % 32 != 0 {
+        return Err(bad_tensor(
+            p,
+            name,
+            format!(
+                "expected I8 [rows, cols] with cols a multiple of 32, got {:?} {:?}",
+                view.dtype(),
+                view.shape()
+            ),
+        ));
+    }
+    check_group_part(&scale, &scale_name, rows, cols, p)?;
+    let groups = view
+        .data()
+        .chunks_exact(32)
+        .zip(scale.data().chunks_exact(2))
+        .map(|(q, s)| Q8Group {
+            scale: half::f16::from_le_bytes([s[0], s[1]]).to_f32(),
+            q: std::array::from_fn(|i| q[i] as i8),
+        })
+        .collect();
+    Ok(HostTensor {
+        shape: vec![rows, cols],
+        data: TensorData::Q8(groups),
+    })
+}
+
+/// An int4 matrix from `<base>.q4` (`view`), `<base>.q4_scale` and `<base>.q4_min`.
+fn read_q4(
+    st: &SafeTensors<'_>,
+    name: &str,
+    base: &str,
+    view: &TensorView<'_>,
+    p: &str,
+) -> Result<HostTensor, LoadError> {
+    let scale = required_part(st, &format!("{base}.q4_scale"), p)?;
+    let min = required_part(st, &format!("{base}.q4_min"), p)?;
+    let &[rows, half_cols] = view.shape() else {
+        return Err(bad_tensor(
+            p,
+            name,
+            format!("expected 2-D U8 [rows, cols/2], got {:?}", view.shape()),
+        ));
+    };
+    let cols = half_cols * 2;
+    if view.dtype() != Dtype::U8 || cols % 32 != 0 {
+        return Err(bad_tensor(
+            p,
+            name,
+            format!(
+                "expected U8 [rows, cols/2] with cols a multiple of 32, got {:?} {:?}",
+                view.dtype(),
+                view.shape()
+            ),
+        ));
+    }
+    for (t, n) in [(&scale, "q4_scale"), (&min, "q4_min")] {
+        check_group_part(t, &format!("{base}.{n}"), rows, cols, p)?;
+    }
+    let (scales, mins) = (f16_values(scale.data()), f16_values(min.data()));
+    let groups = view
+        .data()
+        .chunks_exact(16)
+        .zip(scales.into_iter().zip(mins))
+        .map(|(bytes, (scale, min))| {
+            let mut q = [0u8; 32];
+            for (i, b) in bytes.iter().enumerate() {
+                q[2 * i] = b & 15;
+                q[2 * i + 1] = b >> 4;
+            }
+            Q4Group { scale, min, q }
+        })
+        .collect();
+    Ok(HostTensor {
+        shape: vec![rows, cols],
+        data: TensorData::Q4(groups),
+    })
+}
+
+fn f16_values(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(2)
+        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect()
+}
+
+/// Any other tensor: F32 under its own name.
+fn read_f32(name: &str, view: &TensorView<'_>, p: &str) -> Result<HostTensor, LoadError> {
+    if view.dtype() != Dtype::F32 {
+        return Err(bad_tensor(
+            p,
+            name,
+            format!("expected F32, got {:?}", view.dtype()),
+        ));
+    }
+    let v = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok(HostTensor {
+        shape: view.shape().to_vec(),
+        data: TensorData::F32(v),
     })
 }
 

@@ -5,7 +5,7 @@
 //! registered as special added tokens so `<|im_start|>` is never split, and the
 //! pre-tokenizer chosen by `tokenizer.ggml.pre` to match the model's HF tokenizer.json.
 
-use super::gguf::GgufFile;
+use super::gguf::{GgufFile, GgufValue};
 use super::LoadError;
 use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -49,43 +49,75 @@ pub fn tokenizer_from_gguf(
     path: &Path,
 ) -> Result<(Tokenizer, TokenizerInfo), LoadError> {
     let p = path.display().to_string();
-    let err = |what: String| LoadError::Tokenizer {
-        path: p.clone(),
-        what,
-    };
-    let missing = |key: &str| LoadError::Missing {
-        path: p.clone(),
-        what: format!("metadata '{key}'"),
-    };
-
-    match g.get_str("tokenizer.ggml.model")? {
-        Some("gpt2") => {}
-        Some(other) => {
-            return Err(err(format!(
-                "model '{other}' is not supported (only byte-level BPE 'gpt2')"
-            )))
-        }
-        None => return Err(missing("tokenizer.ggml.model")),
-    }
+    check_bpe_model(g, &p)?;
     let tokens = g
         .get_array("tokenizer.ggml.tokens")?
-        .ok_or_else(|| missing("tokenizer.ggml.tokens"))?;
+        .ok_or_else(|| missing_key(&p, "tokenizer.ggml.tokens"))?;
     let merges = g
         .get_array("tokenizer.ggml.merges")?
-        .ok_or_else(|| missing("tokenizer.ggml.merges"))?;
+        .ok_or_else(|| missing_key(&p, "tokenizer.ggml.merges"))?;
     let types = g.get_array("tokenizer.ggml.token_type")?;
 
+    let (vocab, pieces) = read_vocab(tokens, &p)?;
+    let merges = read_merges(merges, &p)?;
+    let pre = g.get_str("tokenizer.ggml.pre")?.unwrap_or("default");
+    let pre = pre_tokenizer_for(pre, &p)?;
+    let mut tok = build_bpe_tokenizer(vocab, merges, pre, &p)?;
+    if let Some(types) = types {
+        add_special_tokens(&mut tok, types, &pieces);
+    }
+    let info = tokenizer_info(g, &tok, tokens.len(), &p)?;
+    Ok((tok, info))
+}
+
+fn tokenizer_error(path: &str, what: String) -> LoadError {
+    LoadError::Tokenizer {
+        path: path.into(),
+        what,
+    }
+}
+
+fn missing_key(path: &str, key: &str) -> LoadError {
+    LoadError::Missing {
+        path: path.into(),
+        what: format!("metadata '{key}'"),
+    }
+}
+
+/// Refuse anything but byte-level BPE (`tokenizer.ggml.model = "gpt2"`).
+fn check_bpe_model(g: &GgufFile, path: &str) -> Result<(), LoadError> {
+    match g.get_str("tokenizer.ggml.model")? {
+        Some("gpt2") => Ok(()),
+        Some(other) => Err(tokenizer_error(
+            path,
+            format!("model '{other}' is not supported (only byte-level BPE 'gpt2')"),
+        )),
+        None => Err(missing_key(path, "tokenizer.ggml.model")),
+    }
+}
+
+/// Piece → id map, and the pieces in id order.
+fn read_vocab<'a>(
+    tokens: &'a [GgufValue],
+    path: &str,
+) -> Result<(ahash::AHashMap<String, u32>, Vec<&'a str>), LoadError> {
     let mut vocab = ahash::AHashMap::with_capacity(tokens.len());
     let mut pieces = Vec::with_capacity(tokens.len());
     for (id, t) in tokens.iter().enumerate() {
         let s = t
             .as_str()
-            .ok_or_else(|| err(format!("token {id} is not a string")))?;
+            .ok_or_else(|| tokenizer_error(path, format!("token {id} is not a string")))?;
         // First occurrence wins, as in llama.cpp's text → id map.
         vocab.entry(s.to_string()).or_insert(id as u32);
         pieces.push(s);
     }
-    let merges = merges
+    Ok((vocab, pieces))
+}
+
+/// `"a b"` merge strings → `(a, b)` pairs.
+fn read_merges(merges: &[GgufValue], path: &str) -> Result<Vec<(String, String)>, LoadError> {
+    let err = |what: String| tokenizer_error(path, what);
+    merges
         .iter()
         .enumerate()
         .map(|(i, m)| {
@@ -97,9 +129,20 @@ pub fn tokenizer_from_gguf(
                 .ok_or_else(|| err(format!("merge {i} '{s}' is not two space-separated pieces")))?;
             Ok((a.to_string(), b.to_string()))
         })
-        .collect::<Result<Vec<_>, LoadError>>()?;
+        .collect()
+}
 
-    let pre = g.get_str("tokenizer.ggml.pre")?.unwrap_or("default");
+/// The pre-tokenization one `tokenizer.ggml.pre` value stands for.
+struct PreTokenization {
+    steps: Vec<PreTokenizerWrapper>,
+    /// NFC-normalize the input first.
+    nfc: bool,
+    /// Look whole words up in the vocabulary before merging (Llama 3).
+    ignore_merges: bool,
+}
+
+/// Mirrors each model's HF tokenizer.json pre_tokenizer.
+fn pre_tokenizer_for(pre: &str, path: &str) -> Result<PreTokenization, LoadError> {
     let byte_level = ByteLevel::new(false, false, false);
     let split = |re: &str| -> Result<PreTokenizerWrapper, LoadError> {
         Ok(Split::new(
@@ -107,11 +150,10 @@ pub fn tokenizer_from_gguf(
             SplitDelimiterBehavior::Isolated,
             false,
         )
-        .map_err(|e| err(format!("pre-tokenizer regex: {e}")))?
+        .map_err(|e| tokenizer_error(path, format!("pre-tokenizer regex: {e}")))?
         .into())
     };
-    // Mirrors each model's HF tokenizer.json pre_tokenizer.
-    let (pre_tokenizer, nfc, ignore_merges): (Vec<PreTokenizerWrapper>, bool, bool) = match pre {
+    let (steps, nfc, ignore_merges): (Vec<PreTokenizerWrapper>, bool, bool) = match pre {
         "qwen2" => (vec![split(QWEN2_REGEX)?, byte_level.into()], true, false),
         "llama-bpe" | "llama3" => (vec![split(LLAMA3_REGEX)?, byte_level.into()], false, true),
         // SmolLM / SmolLM2: Sequence[Digits(individual_digits), ByteLevel(use_regex)].
@@ -125,42 +167,69 @@ pub fn tokenizer_from_gguf(
         ),
         "gpt-2" | "gpt2" => (vec![ByteLevel::new(false, true, true).into()], false, false),
         other => {
-            return Err(err(format!(
-                "pre-tokenizer '{other}' is not supported (qwen2, smollm, llama-bpe, gpt-2)"
-            )))
+            return Err(tokenizer_error(
+                path,
+                format!(
+                    "pre-tokenizer '{other}' is not supported (qwen2, smollm, llama-bpe, gpt-2)"
+                ),
+            ))
         }
     };
+    Ok(PreTokenization {
+        steps,
+        nfc,
+        ignore_merges,
+    })
+}
 
+/// A byte-level BPE tokenizer over `vocab` and `merges`.
+fn build_bpe_tokenizer(
+    vocab: ahash::AHashMap<String, u32>,
+    merges: Vec<(String, String)>,
+    pre: PreTokenization,
+    path: &str,
+) -> Result<Tokenizer, LoadError> {
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
-        .ignore_merges(ignore_merges)
+        .ignore_merges(pre.ignore_merges)
         .build()
-        .map_err(|e| err(format!("BPE: {e}")))?;
+        .map_err(|e| tokenizer_error(path, format!("BPE: {e}")))?;
     let mut tok = Tokenizer::new(bpe);
-    if nfc {
+    if pre.nfc {
         tok.with_normalizer(Some(NFC));
     }
-    tok.with_pre_tokenizer(Some(Sequence::new(pre_tokenizer)));
+    tok.with_pre_tokenizer(Some(Sequence::new(pre.steps)));
     tok.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(tok)
+}
 
-    if let Some(types) = types {
-        let special: Vec<AddedToken> = types
-            .iter()
-            .zip(&pieces)
-            .filter(|(t, _)| {
-                matches!(
-                    t.as_i64(),
-                    Some(TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED)
-                )
-            })
-            .map(|(_, s)| AddedToken::from(s.to_string(), true))
-            .collect();
-        tok.add_special_tokens(&special);
-    }
+/// Register control / user-defined pieces as special tokens so they are never split.
+fn add_special_tokens(tok: &mut Tokenizer, types: &[GgufValue], pieces: &[&str]) {
+    let special: Vec<AddedToken> = types
+        .iter()
+        .zip(pieces)
+        .filter(|(t, _)| {
+            matches!(
+                t.as_i64(),
+                Some(TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED)
+            )
+        })
+        .map(|(_, s)| AddedToken::from(s.to_string(), true))
+        .collect();
+    tok.add_special_tokens(&special);
+}
 
+/// BOS / EOS ids, whether to add BOS, and the chat template.
+fn tokenizer_info(
+    g: &GgufFile,
+    tok: &Tokenizer,
+    n_vocab: usize,
+    path: &str,
+) -> Result<TokenizerInfo, LoadError> {
+    let err = |what: String| tokenizer_error(path, what);
     let id = |key: &str| -> Result<Option<u32>, LoadError> {
         match g.get_int(key)? {
-            Some(v) if (0..tokens.len() as i64).contains(&v) => Ok(Some(v as u32)),
+            Some(v) if (0..n_vocab as i64).contains(&v) => Ok(Some(v as u32)),
             Some(v) => Err(err(format!("'{key}' = {v} is outside the vocabulary"))),
             None => Ok(None),
         }
@@ -187,13 +256,12 @@ pub fn tokenizer_from_gguf(
         }
         None => false,
     };
-    let info = TokenizerInfo {
+    Ok(TokenizerInfo {
         bos_token_id: id("tokenizer.ggml.bos_token_id")?,
         eos_token_ids: eos,
         add_bos,
         chat_template: g.get_str("tokenizer.chat_template")?.map(str::to_string),
-    };
-    Ok((tok, info))
+    })
 }
 
 #[cfg(test)]
