@@ -113,8 +113,8 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// A cap of `thinking_tokens` with the default delimiters ("</think>", s1's
-    /// "</think>\n\nFinal answer:") and 64 answer tokens.
+    /// A cap of `thinking_tokens` with the default delimiters (`</think>`, s1's
+    /// `</think>\n\nFinal answer:`) and 64 answer tokens.
     pub fn new(thinking_tokens: usize) -> Self {
         Budget {
             thinking_tokens,

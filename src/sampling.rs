@@ -84,7 +84,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Natural log of softmax(logits)[id].
+/// Natural log of softmax(logits)`[id]`.
 pub fn log_prob(logits: &[f32], id: u32) -> f32 {
     let mx = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let z: f64 = logits.iter().map(|&v| ((v - mx) as f64).exp()).sum();

@@ -32,7 +32,7 @@ pub struct LoraMatrix {
     pub a: wgpu::Buffer,
     /// Columns of `a`.
     pub a_cols: usize,
-    /// [total rank / 2][n] u32: B, pre-scaled, f16 pairs along the rank.
+    /// `[total rank / 2][n]` u32: B, pre-scaled, f16 pairs along the rank.
     pub b: wgpu::Buffer,
     pub k: usize,
     pub n: usize,

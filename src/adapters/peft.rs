@@ -50,7 +50,7 @@ pub enum AdapterError {
     NotLoaded(String),
 }
 
-/// One projection's low-rank pair: A [rank][in], B [out][rank], f32 on the host.
+/// One projection's low-rank pair: A `[rank][in]`, B `[out][rank]`, f32 on the host.
 #[derive(Clone, Debug)]
 pub struct LoraPair {
     pub a: Vec<f32>,

@@ -1,7 +1,7 @@
 //! The switcher head: decides per prompt whether the reasoning adapter decodes it.
 //!
 //! File `switcher.safetensors` (written by `tools/train/switcher.py`): f32 tensors
-//! `fc1.weight` [8, d], `fc1.bias` [8], `fc2.weight` [1, 8], `fc2.bias` [1]; metadata
+//! `fc1.weight` [8, d], `fc1.bias` `[8]`, `fc2.weight` [1, 8], `fc2.bias` `[1]`; metadata
 //! `format` = "edgereason-switcher-v1", `hidden_size` = d, `threshold` (probability),
 //! `ema_alpha` (0.5). Input: the mean over the prompt's tokens of the base model's
 //! final-norm hidden state, computed during the base prefill; over several prefill chunks,

@@ -1,7 +1,7 @@
 //! The verifier head: scores a finished candidate for the weighted vote.
 //!
 //! File `verifier.safetensors` (written by `tools/train/verifier.py`): f32 `linear.weight`
-//! [1, d], `linear.bias` [1]; metadata `format` = "edgereason-verifier-v1", `hidden_size`,
+//! [1, d], `linear.bias` `[1]`; metadata `format` = "edgereason-verifier-v1", `hidden_size`,
 //! `prompt` (the verification text). The candidate's stream is continued with the tokens
 //! of `prompt` (after its generated tokens, without its EOS; the reasoning adapter on as
 //! while decoding) and the final-norm hidden state at the last token gives

@@ -7,9 +7,9 @@
 //! engine has one RoPE convention (rotate-half).
 //!
 //! Canonical names (`N` = layer):
-//! `token_embd.weight` [n_vocab, n_embd], `output_norm.weight` [n_embd],
+//! `token_embd.weight` [n_vocab, n_embd], `output_norm.weight` `[n_embd]`,
 //! `output.weight` [n_vocab, n_embd] (absent when tied),
-//! `blk.N.attn_norm.weight`, `blk.N.ffn_norm.weight` [n_embd],
+//! `blk.N.attn_norm.weight`, `blk.N.ffn_norm.weight` `[n_embd]`,
 //! `blk.N.attn_q.weight` [n_head*head_dim, n_embd], `blk.N.attn_k.weight` / `attn_v.weight`
 //! [n_kv_head*head_dim, n_embd], `blk.N.attn_{q,k,v}.bias` (qwen2), `blk.N.attn_output.weight`
 //! [n_embd, n_head*head_dim], `blk.N.ffn_gate.weight` / `ffn_up.weight` [n_ff, n_embd],

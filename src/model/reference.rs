@@ -42,7 +42,7 @@ impl<'a> ReferenceModel<'a> {
             .unwrap_or_else(|| panic!("reference: missing tensor {name}"))
     }
 
-    /// Logits [tokens.len()][n_vocab] for every position (causal).
+    /// Logits `[tokens.len()][n_vocab]` for every position (causal).
     pub fn forward(&self, tokens: &[u32]) -> Vec<Vec<f32>> {
         self.forward_with(tokens, None).0
     }

@@ -78,16 +78,16 @@ const PREFIX_WORKGROUP_BYTES: u32 = 2 * 2048 * 4 + 2 * 64 * PREFIX_QUERIES * 4;
 
 /// Buffers attention reads and writes for one layer.
 pub struct AttentionIo<'a> {
-    /// [m][qkv_stride] f32, Q heads first (rotated by `rope_store_kv`).
+    /// `[m][qkv_stride]` f32, Q heads first (rotated by `rope_store_kv`).
     pub qkv: &'a wgpu::Buffer,
     pub qkv_stride: usize,
-    /// [m] u32: position of each row's query (it sees keys 0..=position).
+    /// `[m]` u32: position of each row's query (it sees keys 0..=position).
     pub positions: &'a wgpu::Buffer,
     /// This layer's paged cache, [slot][n_kv_head·head_dim / 2] u32.
     pub k_cache: &'a wgpu::Buffer,
     pub v_cache: &'a wgpu::Buffer,
     pub tables: BlockTables<'a>,
-    /// [m][n_head·head_dim] f32.
+    /// `[m][n_head·head_dim]` f32.
     pub out: &'a wgpu::Buffer,
     /// Split-K scratch (`part_o`, `part_ml`) of [`partial_bytes`].
     pub partials: (&'a wgpu::Buffer, &'a wgpu::Buffer),
@@ -294,7 +294,7 @@ pub fn attention(
     out
 }
 
-/// softmax(q·Kᵀ/√d)·V for one head: `q` [hd], `k`/`v` [n_keys][hd].
+/// softmax(q·Kᵀ/√d)·V for one head: `q` `[hd]`, `k`/`v` `[n_keys][hd]`.
 pub fn reference(q: &[f32], k: &[f32], v: &[f32], hd: usize) -> Vec<f32> {
     let n = k.len() / hd;
     let scale = 1.0 / (hd as f32).sqrt();

@@ -44,14 +44,14 @@ const KINDS: &[Binding] = &[
 /// activations.
 #[derive(Clone, Copy)]
 pub struct LoraRows<'a> {
-    /// [rows] (rank, rank offset) u32 pairs; rank 0 = no adapter for that row.
+    /// `[rows]` (rank, rank offset) u32 pairs; rank 0 = no adapter for that row.
     pub rows: &'a wgpu::Buffer,
-    /// [rows][u_stride] f32.
+    /// `[rows][u_stride]` f32.
     pub u: &'a wgpu::Buffer,
     pub u_stride: usize,
 }
 
-/// u[m][j] = A·x̂[m] for a matrix of `segs` stacked projections with input width `k`;
+/// u`[m][j]` = A·x̂`[m]` for a matrix of `segs` stacked projections with input width `k`;
 /// `a` holds `a_cols` = segs · (total rank) columns ([`pack_a_transposed`]); `max_rank`
 /// (even) is the largest adapter rank in it. With `rms_eps`, the blocks hold a folded
 /// RMSNorm's x ⊙ g (see [`NormOut`](super::matmul_int4::NormOut)) and u is scaled by
@@ -99,7 +99,7 @@ pub fn shrink(
     .only_with_adapters()
 }
 
-/// out[m][n] += s·B·u[m] as its own pass (the unfused path). `seg1`/`seg2` split the
+/// out`[m][n]` += s·B·u`[m]` as its own pass (the unfused path). `seg1`/`seg2` split the
 /// output columns into the stacked projections.
 #[allow(clippy::too_many_arguments)]
 pub fn expand(
@@ -139,8 +139,8 @@ pub fn expand(
     .only_with_adapters()
 }
 
-/// Pack A (row-major [cols][k] f32: one A row per column) transposed as the shrink kernel
-/// reads it: word (kk, c) = f16 pair (A[c][2kk], A[c][2kk + 1]), [k/2][cols].
+/// Pack A (row-major `[cols][k]` f32: one A row per column) transposed as the shrink kernel
+/// reads it: word (kk, c) = f16 pair (A`[c][2kk]`, A[c][2kk + 1]), `[k/2][cols]`.
 pub fn pack_a_transposed(a: &[f32], k: usize) -> Vec<u32> {
     let cols = a.len() / k;
     let mut out = vec![0u32; k / 2 * cols];

@@ -88,9 +88,9 @@ pub const FOLDED_NORM: u32 = 4;
 pub struct QuantChunk {
     pub n0: usize,
     pub n: usize,
-    /// int4: [k/8][n] u32; int8: [k/4][n] u32
+    /// int4: `[k/8][n]` u32; int8: `[k/4][n]` u32
     pub qweight: wgpu::Buffer,
-    /// [k/32][n] u32 = pack2x16float(scale, min) (min 0 for int8)
+    /// `[k/32][n]` u32 = pack2x16float(scale, min) (min 0 for int8)
     pub scales: wgpu::Buffer,
 }
 
@@ -241,7 +241,7 @@ const KINDS_LORA: &[Binding] = &[
 #[derive(Clone, Copy)]
 pub struct MatmulLora<'a> {
     pub rows: super::lora::LoraRows<'a>,
-    /// [total rank / 2][n] u32, f16 pairs along the rank, pre-scaled.
+    /// `[total rank / 2][n]` u32, f16 pairs along the rank, pre-scaled.
     pub b: &'a wgpu::Buffer,
     /// Output columns where the stacked projections' segments 1 and 2 begin.
     pub segments: (usize, usize),
@@ -274,7 +274,7 @@ const KINDS_SWIGLU: &[Binding] = &[
 const TARGET_WORKGROUPS: usize = 1024;
 
 /// k splits for decode-sized steps of an `n`×`k` chunk on this device: enough for about
-/// [`TARGET_WORKGROUPS`] workgroups on GPUs, each split keeping ≥ 4 groups of 32; CPU
+/// `TARGET_WORKGROUPS` workgroups on GPUs, each split keeping ≥ 4 groups of 32; CPU
 /// adapters (lavapipe) already have more workgroups than cores and never split.
 /// EDGEREASON_K_SPLITS=0 turns splitting off (one pass, no reduce launch: for measuring
 /// one against the other on a GPU).
@@ -300,10 +300,10 @@ pub fn partial_bytes(ctx: &GpuContext, w: &QuantMatrix) -> u64 {
 /// Buffers one matmul reads and writes.
 #[derive(Clone, Copy)]
 pub struct MatmulIo<'a> {
-    /// Activations as int8 blocks (`quantize_act` or a fused norm): [m][k/4], [m][k/32].
+    /// Activations as int8 blocks (`quantize_act` or a fused norm): `[m][k/4]`, `[m][k/32]`.
     pub xq: &'a wgpu::Buffer,
     pub xs: &'a wgpu::Buffer,
-    /// Output [m][out_stride]; this matrix fills columns `out_offset..out_offset + n`.
+    /// Output `[m][out_stride]`; this matrix fills columns `out_offset..out_offset + n`.
     pub out: &'a wgpu::Buffer,
     pub out_stride: usize,
     pub out_offset: usize,
@@ -315,7 +315,7 @@ pub struct MatmulIo<'a> {
     /// Fused LoRA, if any adapter applies to this matrix.
     pub lora: Option<MatmulLora<'a>>,
     /// For a [gate; up] matrix: write h = silu(gate)·up as the down projection's int8
-    /// blocks (`hq` [m][n/8] u32, `hs` [m][n/64] stats) instead of `out` (see
+    /// blocks (`hq` `[m][n/8]` u32, `hs` `[m][n/64]` stats) instead of `out` (see
     /// [`swiglu_fusable`]).
     pub swiglu: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
     /// For a [Q | K | V] matrix: rotate Q in place and store rotated K and V in the cache
@@ -330,7 +330,7 @@ pub struct MatmulIo<'a> {
 }
 
 /// The next RMSNorm folded into a residual matmul's epilogue: it writes x ⊙ `weight` as
-/// int8 blocks (`xq` [m][n/4], `xs` [m][n/32], Σx² of each block in the stats' fourth
+/// int8 blocks (`xq` `[m][n/4]`, `xs` `[m][n/32]`, Σx² of each block in the stats' fourth
 /// lane) for a consumer with [`MatmulIo::folded_norm`], which applies 1/rms (a per-row
 /// scalar, so it commutes with the matmul). Saves the norm's launch.
 #[derive(Clone, Copy)]

@@ -1,5 +1,5 @@
 //! Kernel launchers: one module per `shaders/*.wgsl` file, each with a `#[repr(C)]`
-//! params struct mirroring the WGSL one ([`kernel_params!`]; tests/shaders.rs checks the
+//! params struct mirroring the WGSL one ([`crate::kernel_params!`]; tests/shaders.rs checks the
 //! two layouts agree through naga), a constructor that builds a [`Dispatch`] with its
 //! bind group made once, and a plain-Rust reference the tests compare against.
 //!

@@ -76,7 +76,7 @@ pub fn shares_activations(ctx: &GpuContext) -> bool {
     ctx.subgroups && ctx.adapter.subgroup_size[0] >= 8
 }
 
-/// Prefill launches of `W·x` with f32 activations `x` [m][k], one per chunk, recorded only
+/// Prefill launches of `W·x` with f32 activations `x` `[m][k]`, one per chunk, recorded only
 /// in steps on the GEMM path ([`Step::gemm`]); output, bias and residual as `io` says (its
 /// int8 blocks and LoRA are not used); `(rows, cols)` is the register tile
 /// ([`tile_for_device`]). `w` must [`fits`].

@@ -1,5 +1,5 @@
 //! Activation quantization (`shaders/quantize_act.wgsl`): f32 rows → int8 blocks of 32
-//! (`xq` [m][k/4] i8x4, `xs` [m][k/32] = (scale, Σx)) for `matmul_int4`.
+//! (`xq` `[m][k/4]` i8x4, `xs` `[m][k/32]` = (scale, Σx)) for `matmul_int4`.
 
 use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams};
 use crate::gpu::{Binding, GpuContext};

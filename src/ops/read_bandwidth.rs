@@ -18,7 +18,7 @@ crate::kernel_params!(
 
 const KINDS: &[Binding] = &[Binding::Uniform, Binding::Read, Binding::ReadWrite];
 
-/// Read all of `src` (`words` u32) with `threads` invocations into `dst` [threads].
+/// Read all of `src` (`words` u32) with `threads` invocations into `dst` `[threads]`.
 pub fn read_bandwidth(
     ctx: &GpuContext,
     src: &wgpu::Buffer,

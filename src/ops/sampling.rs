@@ -7,7 +7,7 @@
 //! advances `step` once per sampled token. The CPU sampler's StdRng stream is not
 //! reproduced.
 //!
-//! logits: [rows][n_vocab] f32   rows: [m] [`SampleRow`]   out: [m] [`Sampled`]
+//! logits: `[rows][n_vocab]` f32   rows: `[m]` [`SampleRow`]   out: `[m]` [`Sampled`]
 
 use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams};
 use crate::gpu::{Binding, GpuContext};

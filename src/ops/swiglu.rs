@@ -35,7 +35,7 @@ pub fn swiglu(
     launch(ctx, label, "main", gate_up, n_ff, [xq, xs, xs])
 }
 
-/// As [`swiglu`], writing `h` [m][n_ff] f32 (`scratch` fills the unused int8 bindings).
+/// As [`swiglu`], writing `h` `[m][n_ff]` f32 (`scratch` fills the unused int8 bindings).
 pub fn swiglu_f32(
     ctx: &GpuContext,
     label: &str,
@@ -81,7 +81,7 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// `gate_up` [m][2·n_ff] → h [m][n_ff].
+/// `gate_up` `[m][2·n_ff]` → h `[m][n_ff]`.
 pub fn reference(gate_up: &[f32], n_ff: usize) -> Vec<f32> {
     gate_up
         .chunks(2 * n_ff)

@@ -1,4 +1,4 @@
-//! OpenAI request fields → a scheduler [`Request`], and the response bodies. Fields are read
+//! OpenAI request fields → a scheduler `[`Request`]`, and the response bodies. Fields are read
 //! one by one from the JSON value so every wrong type or value names its field (`param`)
 //! in a 400, as OpenAI's errors do. Unknown fields are ignored (clients send extras).
 
