@@ -71,7 +71,7 @@ typedef struct er_engine_options {
   uint32_t max_rows;
   // Run every matrix at int4, also those the file keeps at 5-8 bits.
   bool int4_only;
-  // Also load the model's shipped artifacts (adapters/<model>/): the reasoning adapter
+  // Also load the model's shipped artifacts (`adapters/<model>/`): the reasoning adapter
   // as "reasoning", its budget version as "reasoning-budget", the switcher and verifier.
   bool load_shipped;
 } er_engine_options;
@@ -176,7 +176,7 @@ typedef struct er_token {
 
 // Teacher-forced log-probabilities (free with er_score_free).
 typedef struct er_score {
-  // logprobs[i] = log p(tokens[i + 1] | tokens[..=i]), n_tokens - 1 of them.
+  // `logprobs[i] = log p(tokens[i + 1] | tokens[..=i])`, n_tokens - 1 of them.
   const float *logprobs;
   size_t n_logprobs;
   double mean_nll;

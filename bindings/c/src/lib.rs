@@ -74,7 +74,7 @@ pub struct er_engine_options {
     pub max_rows: u32,
     /// Run every matrix at int4, also those the file keeps at 5-8 bits.
     pub int4_only: bool,
-    /// Also load the model's shipped artifacts (adapters/<model>/): the reasoning adapter
+    /// Also load the model's shipped artifacts (`adapters/<model>/`): the reasoning adapter
     /// as "reasoning", its budget version as "reasoning-budget", the switcher and verifier.
     pub load_shipped: bool,
 }
@@ -203,7 +203,7 @@ pub struct er_result {
 /// Teacher-forced log-probabilities (free with er_score_free).
 #[repr(C)]
 pub struct er_score {
-    /// logprobs[i] = log p(tokens[i + 1] | tokens[..=i]), n_tokens - 1 of them.
+    /// `logprobs[i] = log p(tokens[i + 1] | tokens[..=i])`, n_tokens - 1 of them.
     pub logprobs: *const f32,
     pub n_logprobs: usize,
     pub mean_nll: f64,
