@@ -380,81 +380,16 @@ impl ReasoningArgs {
         sampling: SamplingParams,
         answer_regex: Option<&str>,
     ) -> Result<(GenerateParams, VoteParams)> {
-        use edgereason::adapters::{default_dir, Switcher, Verifier};
-        use edgereason::engine::{Budget, Reasoning};
-        use std::sync::Arc;
-        let defaults = default_dir(model);
-        let pick = |explicit: &Option<std::path::PathBuf>, name: &str| {
-            explicit.clone().or_else(|| {
-                defaults
-                    .as_ref()
-                    .map(|d| d.join(name))
-                    .filter(|p| p.exists())
-            })
-        };
+        let files = ModelFiles::of(model);
         let d = engine.model.config.n_embd;
-        let adapter = match self.budget {
-            Some(_) => pick(&self.adapter, "reasoning-budget").or_else(|| pick(&None, "reasoning")),
-            None => pick(&self.adapter, "reasoning"),
-        };
-        let reasoning = match (self.reasoning.as_str(), adapter) {
-            ("off", _) | (_, None) => {
-                if self.reasoning == "on" {
-                    anyhow::bail!(
-                        "--reasoning on needs --adapter (no adapters/{model}/reasoning either)"
-                    );
-                }
-                Reasoning::Off
-            }
-            (mode, Some(path)) => {
-                engine
-                    .load_adapter("reasoning", &path)
-                    .with_context(|| format!("--adapter {}", path.display()))?;
-                eprintln!("reasoning adapter: {}", path.display());
-                let switcher = pick(&self.switcher, "switcher.safetensors");
-                match (mode, switcher) {
-                    ("auto", Some(sw)) => {
-                        let mut s = Switcher::load(&sw, d)?;
-                        if let Some(t) = self.switch_threshold {
-                            s.threshold = t;
-                        }
-                        eprintln!("switcher: {} (threshold {:.2})", sw.display(), s.threshold);
-                        Reasoning::Auto {
-                            adapter: "reasoning".into(),
-                            switcher: Arc::new(s),
-                        }
-                    }
-                    (m, _) => {
-                        if m == "auto" {
-                            eprintln!("no switcher head: --reasoning auto means on (--reasoning off to decode with the base model)");
-                        }
-                        Reasoning::On {
-                            adapter: "reasoning".into(),
-                        }
-                    }
-                }
-            }
-        };
-        let verifier = match pick(&self.verifier, "verifier.safetensors") {
-            Some(p) => {
-                eprintln!("verifier: {}", p.display());
-                Some(Arc::new(Verifier::load(&p, d)?))
-            }
-            None if self.vote == "weighted" => anyhow::bail!("--vote weighted needs --verifier (no adapters/{model}/verifier.safetensors either)"),
-            None => None,
-        };
-        let budget = self.budget.map(|t| Budget {
-            thinking_tokens: t,
-            force: self.force.replace("\\n", "\n"),
-            answer_tokens: self.answer_tokens,
-            ..Budget::new(t)
-        });
+        let reasoning = self.reasoning_mode(engine, &files, d)?;
+        let verifier = self.verifier(&files, d)?;
         let params = GenerateParams {
             max_tokens,
             sampling,
             reasoning,
             adapter_on_prompt: self.adapter_on_prompt,
-            budget,
+            budget: self.budget(),
             think_prefix: self.think_prefix.replace("\\n", "\n"),
             ..Default::default()
         };
@@ -469,12 +404,142 @@ impl ReasoningArgs {
         Ok((params, vote))
     }
 
+    /// Whether and how the reasoning adapter decodes: loads it (and the switcher head for
+    /// `--reasoning auto`) into `engine`.
+    fn reasoning_mode(
+        &self,
+        engine: &Engine,
+        files: &ModelFiles,
+        d: usize,
+    ) -> Result<edgereason::engine::Reasoning> {
+        use edgereason::engine::Reasoning;
+        let model = files.model;
+        let adapter = match self.budget {
+            Some(_) => files
+                .pick(&self.adapter, "reasoning-budget")
+                .or_else(|| files.pick(&None, "reasoning")),
+            None => files.pick(&self.adapter, "reasoning"),
+        };
+        match (self.reasoning.as_str(), adapter) {
+            ("off", _) | (_, None) => {
+                if self.reasoning == "on" {
+                    anyhow::bail!(
+                        "--reasoning on needs --adapter (no adapters/{model}/reasoning either)"
+                    );
+                }
+                Ok(Reasoning::Off)
+            }
+            (mode, Some(path)) => {
+                engine
+                    .load_adapter("reasoning", &path)
+                    .with_context(|| format!("--adapter {}", path.display()))?;
+                eprintln!("reasoning adapter: {}", path.display());
+                self.reasoning_with_adapter(
+                    mode,
+                    files.pick(&self.switcher, "switcher.safetensors"),
+                    d,
+                )
+            }
+        }
+    }
+
+    /// With the reasoning adapter loaded: the switcher head at `switcher` decides per
+    /// prompt under `--reasoning auto`; without one (or under `on`) it always decodes.
+    fn reasoning_with_adapter(
+        &self,
+        mode: &str,
+        switcher: Option<std::path::PathBuf>,
+        d: usize,
+    ) -> Result<edgereason::engine::Reasoning> {
+        use edgereason::adapters::Switcher;
+        use edgereason::engine::Reasoning;
+        Ok(match (mode, switcher) {
+            ("auto", Some(sw)) => {
+                let mut s = Switcher::load(&sw, d)?;
+                if let Some(t) = self.switch_threshold {
+                    s.threshold = t;
+                }
+                eprintln!("switcher: {} (threshold {:.2})", sw.display(), s.threshold);
+                Reasoning::Auto {
+                    adapter: "reasoning".into(),
+                    switcher: std::sync::Arc::new(s),
+                }
+            }
+            (m, _) => {
+                if m == "auto" {
+                    eprintln!("no switcher head: --reasoning auto means on (--reasoning off to decode with the base model)");
+                }
+                Reasoning::On {
+                    adapter: "reasoning".into(),
+                }
+            }
+        })
+    }
+
+    /// The verifier head, if there is one (`--vote weighted` needs it).
+    fn verifier(
+        &self,
+        files: &ModelFiles,
+        d: usize,
+    ) -> Result<Option<std::sync::Arc<edgereason::adapters::Verifier>>> {
+        use edgereason::adapters::Verifier;
+        let model = files.model;
+        Ok(match files.pick(&self.verifier, "verifier.safetensors") {
+            Some(p) => {
+                eprintln!("verifier: {}", p.display());
+                Some(std::sync::Arc::new(Verifier::load(&p, d)?))
+            }
+            None if self.vote == "weighted" => anyhow::bail!("--vote weighted needs --verifier (no adapters/{model}/verifier.safetensors either)"),
+            None => None,
+        })
+    }
+
+    /// Budget forcing, with `--budget`.
+    fn budget(&self) -> Option<edgereason::engine::Budget> {
+        use edgereason::engine::Budget;
+        self.budget.map(|t| Budget {
+            thinking_tokens: t,
+            force: self.force.replace("\\n", "\n"),
+            answer_tokens: self.answer_tokens,
+            ..Budget::new(t)
+        })
+    }
+
     /// The user message with the budget stated, if asked.
     fn user_message(&self, prompt: &str) -> String {
         match (self.state_budget, self.budget) {
             (true, Some(b)) => format!("{prompt}{}", edgereason::engine::budget_statement(b)),
             _ => prompt.to_string(),
         }
+    }
+}
+
+/// A model's name and its default adapter folder (adapters/<model>), if it has one.
+struct ModelFiles<'a> {
+    model: &'a str,
+    defaults: Option<std::path::PathBuf>,
+}
+
+impl<'a> ModelFiles<'a> {
+    fn of(model: &'a str) -> Self {
+        ModelFiles {
+            model,
+            defaults: edgereason::adapters::default_dir(model),
+        }
+    }
+
+    /// The explicit path, else `name` in the default folder if it exists there.
+    fn pick(
+        &self,
+        explicit: &Option<std::path::PathBuf>,
+        name: &str,
+    ) -> Option<std::path::PathBuf> {
+        explicit.clone().or_else(|| {
+            self.defaults
+                .as_ref()
+                .map(|d| d.join(name))
+                .filter(|p| p.exists())
+        })
     }
 }
 

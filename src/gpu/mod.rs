@@ -119,6 +119,85 @@ fn adapters() -> Vec<wgpu::Adapter> {
     list
 }
 
+/// The adapter `selector` names: an index into `all`, else the first whose name contains
+/// it or whose backend it is (case-insensitive); the best one without a selector.
+fn pick_adapter(all: &[wgpu::Adapter], selector: Option<&str>) -> Result<usize, GpuError> {
+    let Some(s) = selector else {
+        return Ok(0);
+    };
+    let s_low = s.to_lowercase();
+    let found = s
+        .parse::<usize>()
+        .ok()
+        .filter(|&i| i < all.len())
+        .or_else(|| {
+            all.iter().position(|a| {
+                let sum = summarize(0, a);
+                sum.name.to_lowercase().contains(&s_low) || sum.backend.to_lowercase() == s_low
+            })
+        });
+    found.ok_or_else(|| GpuError::NoMatch {
+        wanted: s.to_string(),
+        available: all
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let s = summarize(i, a);
+                format!("{i}: {} ({})", s.name, s.backend)
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// The features the kernels can use, where the adapter has them.
+fn kernel_features() -> wgpu::Features {
+    wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+}
+
+/// Open `adapter` (called `name` in errors) with `features` and `limits`.
+fn request_device(
+    adapter: &wgpu::Adapter,
+    name: &str,
+    features: wgpu::Features,
+    limits: &wgpu::Limits,
+) -> Result<(wgpu::Device, wgpu::Queue), GpuError> {
+    pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("edgereason"),
+        required_features: features,
+        required_limits: limits.clone(),
+        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        memory_hints: wgpu::MemoryHints::Performance,
+        trace: wgpu::Trace::Off,
+    }))
+    .map_err(|e| GpuError::RequestDevice {
+        name: name.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// The slot that holds `device`'s first uncaught error or its loss. wgpu's default
+/// handler panics; record the fault instead and fail the next read.
+fn record_faults(device: &wgpu::Device) -> Arc<Mutex<Option<String>>> {
+    let fault: Arc<Mutex<Option<String>>> = Default::default();
+    let record = |fault: &Arc<Mutex<Option<String>>>| {
+        let fault = fault.clone();
+        move |msg: String| {
+            fault.lock().unwrap().get_or_insert(msg);
+        }
+    };
+    let on_error = record(&fault);
+    device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| on_error(e.to_string())));
+    let on_lost = record(&fault);
+    device.set_device_lost_callback(move |reason, msg| {
+        on_lost(format!("device lost ({reason:?}): {msg}"))
+    });
+    fault
+}
+
 /// All adapters wgpu finds, best first (the order `--device N` indexes).
 pub fn list_adapters() -> Vec<AdapterSummary> {
     adapters()
@@ -168,71 +247,15 @@ impl GpuContext {
         if all.is_empty() {
             return Err(GpuError::NoAdapter);
         }
-        let pick = match &selector {
-            None => 0,
-            Some(s) => {
-                let s_low = s.to_lowercase();
-                let found = s
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|&i| i < all.len())
-                    .or_else(|| {
-                        all.iter().position(|a| {
-                            let sum = summarize(0, a);
-                            sum.name.to_lowercase().contains(&s_low)
-                                || sum.backend.to_lowercase() == s_low
-                        })
-                    });
-                found.ok_or_else(|| GpuError::NoMatch {
-                    wanted: s.clone(),
-                    available: all
-                        .iter()
-                        .enumerate()
-                        .map(|(i, a)| {
-                            let s = summarize(i, a);
-                            format!("{i}: {} ({})", s.name, s.backend)
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })?
-            }
-        };
+        let pick = pick_adapter(&all, selector.as_deref())?;
         let adapter = &all[pick];
         let summary = summarize(pick, adapter);
         // Only what the kernels can use; every limit is the adapter's own.
-        let wanted = wgpu::Features::SHADER_F16
-            | wgpu::Features::SUBGROUP
-            | wgpu::Features::TIMESTAMP_QUERY
-            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
-        let features = adapter.features() & wanted;
+        let features = adapter.features() & kernel_features();
         let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("edgereason"),
-            required_features: features,
-            required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| GpuError::RequestDevice {
-            name: summary.name.clone(),
-            reason: e.to_string(),
-        })?;
+        let (device, queue) = request_device(adapter, &summary.name, features, &limits)?;
         let subgroups = allow_subgroups && features.contains(wgpu::Features::SUBGROUP);
-        // wgpu's default handler panics; record the fault instead and fail the next read.
-        let fault: Arc<Mutex<Option<String>>> = Default::default();
-        let record = |fault: &Arc<Mutex<Option<String>>>| {
-            let fault = fault.clone();
-            move |msg: String| {
-                fault.lock().unwrap().get_or_insert(msg);
-            }
-        };
-        let on_error = record(&fault);
-        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| on_error(e.to_string())));
-        let on_lost = record(&fault);
-        device.set_device_lost_callback(move |reason, msg| {
-            on_lost(format!("device lost ({reason:?}): {msg}"))
-        });
+        let fault = record_faults(&device);
         Ok(Arc::new(Self {
             device,
             queue,

@@ -132,51 +132,19 @@ impl Session {
         let ctx = model.ctx.clone();
         let c = &model.config;
         let lm_rows = 16.min(max_rows);
-        let mr = max_rows as u64;
         let n_blocks = n_ctx.div_ceil(BLOCK_SIZE);
-        let inputs = StepInputs {
-            tokens: ctx.storage("tokens", mr * 4),
-            positions: ctx.storage("positions", mr * 4),
-            slots: ctx.storage("slots", mr * 4),
-            tables: ctx.storage("tables", mr * n_blocks as u64 * 4),
-            max_blocks: n_blocks,
-        };
-        let kv_dim = c.n_kv_head * c.head_dim;
-        let kv_bytes = (n_blocks * BLOCK_SIZE * kv_dim * 2) as u64; // f16
-        let cache = |kind: &str| {
-            (0..c.n_layer)
-                .map(|l| ctx.storage(&format!("{kind}_cache.{l}"), kv_bytes))
-                .collect()
-        };
-        let kv = KvCache {
-            k: cache("k"),
-            v: cache("v"),
-        };
+        let inputs = step_inputs(&ctx, max_rows, n_blocks);
+        let kv = kv_cache(&model, n_blocks);
         let acts = Activations::new(&model, max_rows, lora.as_deref());
         let logits = ctx.storage("logits", lm_rows as u64 * c.n_vocab as u64 * 4);
-        let hidden = ctx.storage("hidden", mr * c.n_embd as u64 * 4);
+        let hidden = ctx.storage("hidden", max_rows as u64 * c.n_embd as u64 * 4);
         let launches = Launches::new(&model, &acts, &inputs, &kv, lora.as_deref(), apply);
         let (body, head) = (launches.body(), launches.head(&logits));
-        // The final norm as f32 rows (switcher and verifier features).
-        let final_hidden = ops::rmsnorm::rmsnorm(
-            &ctx,
-            "final_hidden",
-            &acts.x,
-            &model.output_norm,
-            c.n_embd,
-            c.rms_eps,
-            &hidden,
-            &acts.xq,
-            &acts.xs,
-            false,
-        );
-        // next token of each logits row, sampled on the GPU: settings in, (id, log-prob) out
-        let sample_rows = ctx.storage("sampling.rows", lm_rows as u64 * ops::sampling::ROW_BYTES);
-        let sampled = ctx.storage("sampling.out", lm_rows as u64 * ops::sampling::OUT_BYTES);
-        let sampling =
-            ops::sampling::sampling(&ctx, "sampling", &logits, c.n_vocab, &sample_rows, &sampled);
+        let final_hidden = final_hidden(&model, &acts, &hidden);
+        let (sample_rows, sampled, sampling) = gpu_sampling(&ctx, &logits, c.n_vocab, lm_rows);
         let mut pool = BlockPool::new(n_blocks, BLOCK_SIZE);
         let main = pool.create();
+        let kv_dim = c.n_kv_head * c.head_dim;
         Session {
             block_scratch: ctx.storage("kv.block_copy", (BLOCK_SIZE * kv_dim * 2) as u64),
             model,
@@ -689,11 +657,24 @@ impl Session {
         assert!(tokens.len() <= self.max_rows);
         let ctx = self.model.ctx.clone();
         let step = self.prepare_prompt_rows(&self.main_rows(tokens))?;
-        let (rows, kv_len) = (step.rows, step.kv_len);
         // the GPU sampling launch too (greedy), as a decode step runs it
         self.write_sample_rows(std::iter::once(SampleRow::default()));
-        let launches: Vec<(&Dispatch, Step)> = self
-            .body
+        let launches = self.profiled_launches(step);
+        ctx.wait();
+        if ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            self.profile_with_timestamps(&launches, profile)?;
+        } else {
+            self.profile_wall_clock(&launches, profile);
+        }
+        self.pos += tokens.len();
+        Ok(ctx.read(&self.logits, 0, self.model.config.n_vocab)?)
+    }
+
+    /// Every launch of a prompt step, each with the step it records: the body over all
+    /// rows, the head over the last row, and the sampling launch unless sampling is on the CPU.
+    fn profiled_launches(&self, step: Step) -> Vec<(&Dispatch, Step)> {
+        let (rows, kv_len) = (step.rows, step.kv_len);
+        self.body
             .iter()
             .map(|(_, d)| (d, step))
             .chain(self.head.iter().map(|d| {
@@ -714,55 +695,65 @@ impl Session {
                     ..Default::default()
                 },
             )))
-            .collect();
-        let kind = |d: &Dispatch| d.label.split('[').next().unwrap_or(&d.label).to_string();
-        ctx.wait();
-        if ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
-            profile.source = "timestamp queries".into();
-            let n = launches.len() as u32;
-            let set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("profile"),
-                ty: wgpu::QueryType::Timestamp,
-                count: 2 * n,
+            .collect()
+    }
+
+    /// Each launch in its own pass with GPU timestamps at its start and end, all in one
+    /// submission; adds each kernel kind's time to `profile`.
+    fn profile_with_timestamps(
+        &self,
+        launches: &[(&Dispatch, Step)],
+        profile: &mut KernelProfile,
+    ) -> Result<(), ForwardError> {
+        let ctx = &self.model.ctx;
+        profile.source = "timestamp queries".into();
+        let n = launches.len() as u32;
+        let set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2 * n,
+        });
+        let resolved = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile.resolve"),
+            size: 16 * n as u64,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        self.encode_block_copies(&mut enc);
+        for (i, (d, step)) in launches.iter().enumerate() {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &set,
+                    beginning_of_pass_write_index: Some(2 * i as u32),
+                    end_of_pass_write_index: Some(2 * i as u32 + 1),
+                }),
             });
-            let resolved = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("profile.resolve"),
-                size: 16 * n as u64,
-                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            });
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
-            self.encode_block_copies(&mut enc);
-            for (i, (d, step)) in launches.iter().enumerate() {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: None,
-                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                        query_set: &set,
-                        beginning_of_pass_write_index: Some(2 * i as u32),
-                        end_of_pass_write_index: Some(2 * i as u32 + 1),
-                    }),
-                });
-                d.record_step(&ctx, &mut pass, step);
-            }
-            enc.resolve_query_set(&set, 0..2 * n, &resolved, 0);
-            ctx.submit(enc);
-            let ticks: Vec<u64> = ctx.read(&resolved, 0, 2 * n as usize)?;
-            let ns_per_tick = ctx.queue.get_timestamp_period() as f64;
-            for (i, (d, _)) in launches.iter().enumerate() {
-                let ms = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * ns_per_tick / 1e6;
-                *profile.ms.entry(kind(d)).or_default() += ms;
-            }
-        } else {
-            profile.source = "wall clock per launch".into();
-            for (d, step) in &launches {
-                let t = Instant::now();
-                self.record_submit(|pass, ctx| d.record_step(ctx, pass, step));
-                ctx.wait();
-                *profile.ms.entry(kind(d)).or_default() += t.elapsed().as_secs_f64() * 1e3;
-            }
+            d.record_step(ctx, &mut pass, step);
         }
-        self.pos += tokens.len();
-        Ok(ctx.read(&self.logits, 0, self.model.config.n_vocab)?)
+        enc.resolve_query_set(&set, 0..2 * n, &resolved, 0);
+        ctx.submit(enc);
+        let ticks: Vec<u64> = ctx.read(&resolved, 0, 2 * n as usize)?;
+        let ns_per_tick = ctx.queue.get_timestamp_period() as f64;
+        for (i, (d, _)) in launches.iter().enumerate() {
+            let ms = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * ns_per_tick / 1e6;
+            *profile.ms.entry(kernel_kind(d)).or_default() += ms;
+        }
+        Ok(())
+    }
+
+    /// Each launch submitted and waited for alone, timed by the wall clock (no timestamp
+    /// queries); adds each kernel kind's time to `profile`.
+    fn profile_wall_clock(&self, launches: &[(&Dispatch, Step)], profile: &mut KernelProfile) {
+        let ctx = &self.model.ctx;
+        profile.source = "wall clock per launch".into();
+        for (d, step) in launches {
+            let t = Instant::now();
+            self.record_submit(|pass, ctx| d.record_step(ctx, pass, step));
+            ctx.wait();
+            *profile.ms.entry(kernel_kind(d)).or_default() += t.elapsed().as_secs_f64() * 1e3;
+        }
     }
 
     /// Advance several streams by one token each in one batched step (every weight is
@@ -872,4 +863,69 @@ impl Session {
         let out: Vec<Sampled> = self.model.ctx.read(&self.sampled, 0, rows)?;
         Ok(out.iter().map(|s| (s.id, s.logprob)).collect())
     }
+}
+
+/// The per-step inputs of up to `max_rows` rows over a cache of `n_blocks` blocks.
+fn step_inputs(ctx: &crate::gpu::GpuContext, max_rows: usize, n_blocks: usize) -> StepInputs {
+    let mr = max_rows as u64;
+    StepInputs {
+        tokens: ctx.storage("tokens", mr * 4),
+        positions: ctx.storage("positions", mr * 4),
+        slots: ctx.storage("slots", mr * 4),
+        tables: ctx.storage("tables", mr * n_blocks as u64 * 4),
+        max_blocks: n_blocks,
+    }
+}
+
+/// The paged KV cache: per layer, `n_blocks` blocks of f16 K, then as many of V.
+fn kv_cache(model: &GpuModel, n_blocks: usize) -> KvCache {
+    let (ctx, c) = (&model.ctx, &model.config);
+    let kv_dim = c.n_kv_head * c.head_dim;
+    let kv_bytes = (n_blocks * BLOCK_SIZE * kv_dim * 2) as u64; // f16
+    let cache = |kind: &str| {
+        (0..c.n_layer)
+            .map(|l| ctx.storage(&format!("{kind}_cache.{l}"), kv_bytes))
+            .collect()
+    };
+    KvCache {
+        k: cache("k"),
+        v: cache("v"),
+    }
+}
+
+/// The final norm as f32 rows into `hidden` (switcher and verifier features).
+fn final_hidden(model: &GpuModel, acts: &Activations, hidden: &wgpu::Buffer) -> Dispatch {
+    let c = &model.config;
+    ops::rmsnorm::rmsnorm(
+        &model.ctx,
+        "final_hidden",
+        &acts.x,
+        &model.output_norm,
+        c.n_embd,
+        c.rms_eps,
+        hidden,
+        &acts.xq,
+        &acts.xs,
+        false,
+    )
+}
+
+/// The next token of each of `lm_rows` logits rows, sampled on the GPU: the settings
+/// buffer in, the (id, log-prob) buffer out, and the launch.
+fn gpu_sampling(
+    ctx: &crate::gpu::GpuContext,
+    logits: &wgpu::Buffer,
+    n_vocab: usize,
+    lm_rows: usize,
+) -> (wgpu::Buffer, wgpu::Buffer, Dispatch) {
+    let sample_rows = ctx.storage("sampling.rows", lm_rows as u64 * ops::sampling::ROW_BYTES);
+    let sampled = ctx.storage("sampling.out", lm_rows as u64 * ops::sampling::OUT_BYTES);
+    let sampling =
+        ops::sampling::sampling(ctx, "sampling", logits, n_vocab, &sample_rows, &sampled);
+    (sample_rows, sampled, sampling)
+}
+
+/// A launch's kernel kind: its label up to any `[`.
+fn kernel_kind(d: &Dispatch) -> String {
+    d.label.split('[').next().unwrap_or(&d.label).to_string()
 }

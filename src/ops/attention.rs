@@ -352,92 +352,27 @@ impl StreamsOverPrompt {
         seed: u64,
     ) -> Self {
         let kv = n_kv_head * head_dim;
-        let mut rng = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let mut rand = |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    rng = rng
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    half::f16::from_f32(((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
-                        .to_f32()
-                })
-                .collect()
-        };
-        let prompt_k = rand(prompt_len * kv);
-        let prompt_v = rand(prompt_len * kv);
-        let suffix_k: Vec<Vec<f32>> = suffix_lens.iter().map(|&s| rand(s * kv)).collect();
-        let suffix_v: Vec<Vec<f32>> = suffix_lens.iter().map(|&s| rand(s * kv)).collect();
+        let mut noise = F16Noise::new(seed);
+        let prompt_k = noise.take(prompt_len * kv);
+        let prompt_v = noise.take(prompt_len * kv);
+        let suffix_k: Vec<Vec<f32>> = suffix_lens.iter().map(|&s| noise.take(s * kv)).collect();
+        let suffix_v: Vec<Vec<f32>> = suffix_lens.iter().map(|&s| noise.take(s * kv)).collect();
         let n = suffix_lens.len();
-        let queries = rand(n * n_head * head_dim);
-
-        // Block tables: shared full prompt blocks first (when shared), then per stream.
-        let full = prompt_len / block_size;
-        let mut next = 0u32;
-        let mut alloc = |count: usize| -> Vec<u32> {
-            let ids = (next..next + count as u32).collect();
-            next += count as u32;
-            ids
-        };
-        let common = if shared { alloc(full) } else { Vec::new() };
-        let tables: Vec<Vec<u32>> = suffix_lens
-            .iter()
-            .map(|&s| {
-                let total = (prompt_len + s).div_ceil(block_size);
-                let mut t = common.clone();
-                t.extend(alloc(total - t.len()));
-                t
-            })
-            .collect();
-        let n_blocks = next as usize;
+        let queries = noise.take(n * n_head * head_dim);
+        let (tables, n_blocks) = block_tables(prompt_len, suffix_lens, block_size, shared);
         let max_blocks = tables.iter().map(|t| t.len()).max().unwrap_or(1);
-        let mut k_words = vec![0f32; n_blocks * block_size * kv];
-        let mut v_words = vec![0f32; n_blocks * block_size * kv];
-        for (i, t) in tables.iter().enumerate() {
-            for pos in 0..prompt_len + suffix_lens[i] {
-                let slot = t[pos / block_size] as usize * block_size + pos % block_size;
-                let (k, v) = if pos < prompt_len {
-                    (
-                        &prompt_k[pos * kv..(pos + 1) * kv],
-                        &prompt_v[pos * kv..(pos + 1) * kv],
-                    )
-                } else {
-                    let j = pos - prompt_len;
-                    (
-                        &suffix_k[i][j * kv..(j + 1) * kv],
-                        &suffix_v[i][j * kv..(j + 1) * kv],
-                    )
-                };
-                k_words[slot * kv..(slot + 1) * kv].copy_from_slice(k);
-                v_words[slot * kv..(slot + 1) * kv].copy_from_slice(v);
-            }
-        }
-        let f16s = |x: &[f32]| -> Vec<u16> {
-            x.iter()
-                .map(|&v| half::f16::from_f32(v).to_bits())
-                .collect()
-        };
-        // qkv rows carry Q heads first; the K/V part of each row is unused by attention.
-        let stride = (n_head + 2 * n_kv_head) * head_dim;
-        let mut qkv = vec![0f32; n * stride];
-        for i in 0..n {
-            qkv[i * stride..i * stride + n_head * head_dim]
-                .copy_from_slice(&queries[i * n_head * head_dim..(i + 1) * n_head * head_dim]);
-        }
+        let (k_words, v_words) = paged_kv(
+            (&prompt_k, &prompt_v),
+            (&suffix_k, &suffix_v),
+            (prompt_len, suffix_lens),
+            &tables,
+            (n_blocks, block_size),
+            kv,
+        );
+        let qkv = qkv_rows(&queries, n, (n_head, n_kv_head, head_dim));
         let positions: Vec<u32> = suffix_lens
             .iter()
             .map(|&s| (prompt_len + s - 1) as u32)
-            .collect();
-        let flat_tables: Vec<u32> = tables
-            .iter()
-            .flat_map(|t| {
-                t.iter()
-                    .copied()
-                    .chain(std::iter::repeat(0))
-                    .take(max_blocks)
-            })
             .collect();
         let (po, pml) = partial_bytes(n_head, head_dim);
         StreamsOverPrompt {
@@ -449,9 +384,9 @@ impl StreamsOverPrompt {
             block_size,
             qkv: ctx.storage_from("case qkv", &qkv),
             positions: ctx.storage_from("case positions", &positions),
-            k_cache: ctx.storage_from("case k", &f16s(&k_words)),
-            v_cache: ctx.storage_from("case v", &f16s(&v_words)),
-            tables_buf: ctx.storage_from("case tables", &flat_tables),
+            k_cache: ctx.storage_from("case k", &f16_bits(&k_words)),
+            v_cache: ctx.storage_from("case v", &f16_bits(&v_words)),
+            tables_buf: ctx.storage_from("case tables", &padded_tables(&tables, max_blocks)),
             out: ctx.storage("case out", (n * n_head * head_dim * 4) as u64),
             partials: (
                 ctx.storage("case part_o", po),
@@ -539,4 +474,126 @@ impl StreamsOverPrompt {
         let q = &self.queries[(i * self.n_head + h) * hd..(i * self.n_head + h + 1) * hd];
         reference(q, &k, &v, hd)
     }
+}
+
+/// Uniform values in [-1, 1), rounded to f16, from a 64-bit LCG: test data any seed
+/// reproduces.
+struct F16Noise(u64);
+
+impl F16Noise {
+    fn new(seed: u64) -> Self {
+        F16Noise(Self::step(seed))
+    }
+
+    fn step(x: u64) -> u64 {
+        x.wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407)
+    }
+
+    fn take(&mut self, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                self.0 = Self::step(self.0);
+                half::f16::from_f32(((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+                    .to_f32()
+            })
+            .collect()
+    }
+}
+
+/// Each stream's block table and the number of blocks they use in all: the prompt's full
+/// blocks first (one set for all streams when `shared`), then each stream's own.
+fn block_tables(
+    prompt_len: usize,
+    suffix_lens: &[usize],
+    block_size: usize,
+    shared: bool,
+) -> (Vec<Vec<u32>>, usize) {
+    let full = prompt_len / block_size;
+    let mut next = 0u32;
+    let mut alloc = |count: usize| -> Vec<u32> {
+        let ids = (next..next + count as u32).collect();
+        next += count as u32;
+        ids
+    };
+    let common = if shared { alloc(full) } else { Vec::new() };
+    let tables = suffix_lens
+        .iter()
+        .map(|&s| {
+            let total = (prompt_len + s).div_ceil(block_size);
+            let mut t = common.clone();
+            t.extend(alloc(total - t.len()));
+            t
+        })
+        .collect();
+    (tables, next as usize)
+}
+
+/// The K and V caches, [n_blocks·block_size][kv] each: every stream's rows (the prompt's,
+/// then its own suffix's) at the slots its block table maps their positions to.
+fn paged_kv(
+    (prompt_k, prompt_v): (&[f32], &[f32]),
+    (suffix_k, suffix_v): (&[Vec<f32>], &[Vec<f32>]),
+    (prompt_len, suffix_lens): (usize, &[usize]),
+    tables: &[Vec<u32>],
+    (n_blocks, block_size): (usize, usize),
+    kv: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut k_words = vec![0f32; n_blocks * block_size * kv];
+    let mut v_words = vec![0f32; n_blocks * block_size * kv];
+    for (i, t) in tables.iter().enumerate() {
+        for pos in 0..prompt_len + suffix_lens[i] {
+            let slot = t[pos / block_size] as usize * block_size + pos % block_size;
+            let (k, v) = if pos < prompt_len {
+                (
+                    &prompt_k[pos * kv..(pos + 1) * kv],
+                    &prompt_v[pos * kv..(pos + 1) * kv],
+                )
+            } else {
+                let j = pos - prompt_len;
+                (
+                    &suffix_k[i][j * kv..(j + 1) * kv],
+                    &suffix_v[i][j * kv..(j + 1) * kv],
+                )
+            };
+            k_words[slot * kv..(slot + 1) * kv].copy_from_slice(k);
+            v_words[slot * kv..(slot + 1) * kv].copy_from_slice(v);
+        }
+    }
+    (k_words, v_words)
+}
+
+/// qkv rows [stream][(n_head + 2·n_kv_head)·head_dim] carrying the queries in their Q
+/// heads; the K/V part of each row is unused by attention.
+fn qkv_rows(
+    queries: &[f32],
+    n: usize,
+    (n_head, n_kv_head, head_dim): (usize, usize, usize),
+) -> Vec<f32> {
+    let stride = (n_head + 2 * n_kv_head) * head_dim;
+    let mut qkv = vec![0f32; n * stride];
+    for i in 0..n {
+        qkv[i * stride..i * stride + n_head * head_dim]
+            .copy_from_slice(&queries[i * n_head * head_dim..(i + 1) * n_head * head_dim]);
+    }
+    qkv
+}
+
+/// The block tables as one [stream][max_blocks] array, padded with block 0.
+fn padded_tables(tables: &[Vec<u32>], max_blocks: usize) -> Vec<u32> {
+    tables
+        .iter()
+        .flat_map(|t| {
+            t.iter()
+                .copied()
+                .chain(std::iter::repeat(0))
+                .take(max_blocks)
+        })
+        .collect()
+}
+
+fn f16_bits(x: &[f32]) -> Vec<u16> {
+    x.iter()
+        .map(|&v| half::f16::from_f32(v).to_bits())
+        .collect()
 }

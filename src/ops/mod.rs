@@ -350,7 +350,23 @@ impl Dispatch {
         if step.rows == 0 {
             return;
         }
-        let (splits, shared) = match self.grid {
+        let (splits, shared) = self.split_counts(step);
+        if self.nothing_to_do(splits, shared) {
+            return;
+        }
+        self.update_params(ctx, step, splits, shared);
+        let (row_tile, grid) = self.workgroups(step.rows, splits, shared);
+        ctx.stats.dispatch();
+        let pipeline = self.pipeline(ctx, row_tile);
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+    }
+
+    /// This step's (key or k) splits, and the leading attention splits the shared-prefix
+    /// pass takes.
+    fn split_counts(&self, step: &Step) -> (u32, u32) {
+        match self.grid {
             // Without `split_one_stream` a step of one stream's rows takes its keys whole
             // (no merge launch): see `AttentionPlan::split_one_stream`.
             Grid::PerRowSplits {
@@ -382,31 +398,40 @@ impl Dispatch {
                 (matmul_splits(step, k_splits), 0)
             }
             _ => (1, 0),
-        };
-        if matches!(self.grid, Grid::IfSplit { .. } | Grid::IfKSplit { .. }) && splits == 1 {
-            return;
         }
-        if matches!(self.grid, Grid::Prefix { .. }) && shared == 0 {
-            return;
-        }
+    }
+
+    /// Whether a conditional launch (a reduce, merge or shared-prefix pass) has no work.
+    fn nothing_to_do(&self, splits: u32, shared: u32) -> bool {
+        (matches!(self.grid, Grid::IfSplit { .. } | Grid::IfKSplit { .. }) && splits == 1)
+            || (matches!(self.grid, Grid::Prefix { .. }) && shared == 0)
+    }
+
+    /// Rewrite the params words that follow the step, only when they changed since the
+    /// last recording (a steady decode loop writes no uniforms).
+    fn update_params(&self, ctx: &GpuContext, step: &Step, splits: u32, shared: u32) {
         let key = (step.rows, step.row0, splits, shared);
-        if !self.dynamic.is_empty() && self.last.get() != Some(key) {
-            let mut words = self.words.clone();
-            for &(i, d) in &self.dynamic {
-                words[i] = match d {
-                    Dyn::Rows => step.rows,
-                    Dyn::Row0 => step.row0,
-                    Dyn::Splits | Dyn::KSplits => splits,
-                    Dyn::SharedSplits => shared,
-                };
-            }
-            ctx.queue
-                .write_buffer(&self.params, 0, bytemuck::cast_slice(&words));
-            self.last.set(Some(key));
+        if self.dynamic.is_empty() || self.last.get() == Some(key) {
+            return;
         }
-        let rows = step.rows;
-        // The row tile is the only define chosen per step (matmul's ROWS).
-        let (row_tile, grid) = match self.grid {
+        let mut words = self.words.clone();
+        for &(i, d) in &self.dynamic {
+            words[i] = match d {
+                Dyn::Rows => step.rows,
+                Dyn::Row0 => step.row0,
+                Dyn::Splits | Dyn::KSplits => splits,
+                Dyn::SharedSplits => shared,
+            };
+        }
+        ctx.queue
+            .write_buffer(&self.params, 0, bytemuck::cast_slice(&words));
+        self.last.set(Some(key));
+    }
+
+    /// The row tile (matmul's ROWS define, the only one chosen per step) and the
+    /// workgroup grid for `rows` rows.
+    fn workgroups(&self, rows: u32, splits: u32, shared: u32) -> (Option<u32>, [u32; 3]) {
+        match self.grid {
             Grid::RowTiles { x, .. } => {
                 let per = Self::rows_per_tile(rows);
                 (Some(per), [x, rows.div_ceil(per), splits])
@@ -427,12 +452,7 @@ impl Dispatch {
                 (None, [n.div_ceil(64 * per_col), rows.div_ceil(per_row), 1])
             }
             Grid::Rows64 { x } => (None, [x, rows.div_ceil(64), 1]),
-        };
-        ctx.stats.dispatch();
-        let pipeline = self.pipeline(ctx, row_tile);
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
-        pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+        }
     }
 }
 

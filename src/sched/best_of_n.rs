@@ -8,12 +8,13 @@
 
 use super::detokenize::IncrementalText;
 use super::vote::{extract_answer, vote};
-use crate::adapters::Verifier;
+use crate::adapters::{Switcher, Verifier};
 use crate::engine::{Budget, Engine, GenerateParams, Reasoning};
 use crate::model::forward::BLOCK_SIZE;
 use crate::ops::sampling::RowSampling;
 use crate::sampling::{cpu_sampling, log_prob, Sampler, SamplingParams};
 use anyhow::{bail, Result};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// How to vote over candidates.
@@ -239,6 +240,99 @@ pub(crate) fn think_opener(
         .to_vec())
 }
 
+/// `params` with the token cap cut to what the context leaves after `prompt` and the
+/// verifier's slots; refuses an empty run and a prompt the context cannot hold.
+fn fit_to_context(
+    engine: &Engine,
+    prompt: &[u32],
+    n: usize,
+    params: &GenerateParams,
+) -> Result<GenerateParams> {
+    if prompt.is_empty() || n == 0 {
+        bail!("need a prompt and at least one candidate");
+    }
+    let n_ctx = engine.n_ctx();
+    if prompt.len() >= n_ctx {
+        bail!(
+            "prompt is {} tokens, longer than the context ({n_ctx}); shorten it or raise --ctx",
+            prompt.len()
+        );
+    }
+    let mut params = params.clone();
+    params.max_tokens = params.max_tokens.min(n_ctx - prompt.len() - VERIFY_SLOTS);
+    Ok(params)
+}
+
+/// The index in `session`'s adapter set of the adapter `name`.
+fn adapter_index(session: &crate::model::Session, name: &str) -> Result<usize> {
+    let set = session
+        .lora
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("adapter '{name}' is not loaded (no adapters are)"))?;
+    set.index(name).ok_or_else(|| {
+        anyhow::anyhow!(
+            "adapter '{name}' is not loaded (loaded: {})",
+            set.adapters
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+/// The reasoning adapter `reasoning` names (its index in `session`'s set) and the switcher
+/// head that decides whether it decodes, if any.
+fn reasoning_adapter(
+    session: &crate::model::Session,
+    reasoning: &Reasoning,
+) -> Result<(Option<usize>, Option<Arc<Switcher>>)> {
+    Ok(match reasoning {
+        Reasoning::Off => (None, None),
+        Reasoning::On { adapter } => (Some(adapter_index(session, adapter)?), None),
+        Reasoning::Auto { adapter, switcher } => (
+            Some(adapter_index(session, adapter)?),
+            Some(switcher.clone()),
+        ),
+    })
+}
+
+/// Prefill `prompt` into the main stream: the last position's logits, and with a switcher
+/// its probability that the prompt wants reasoning (from the pooled hidden states).
+fn encode_prompt(
+    session: &mut crate::model::Session,
+    prompt: &[u32],
+    switcher: Option<&Switcher>,
+) -> Result<(Vec<f32>, Option<f32>)> {
+    Ok(match switcher {
+        Some(sw) => {
+            let (logits, pooled) =
+                session.forward_pooled(prompt, |old, mean| sw.pool(old, mean))?;
+            (logits, Some(sw.probability(&pooled)))
+        }
+        None => (session.forward(prompt)?, None),
+    })
+}
+
+/// Fork `n` streams over the main stream's prompt (which is then released), each fed the
+/// think opener first when the reasoning adapter decodes.
+fn fork_streams(
+    engine: &Engine,
+    session: &mut crate::model::Session,
+    n: usize,
+    params: &GenerateParams,
+    reasoning: bool,
+) -> Result<Vec<StreamState>> {
+    let streams = session.fork(session.main, n)?;
+    session.release(session.main)?;
+    let opener = think_opener(engine, params, reasoning)?;
+    Ok(streams
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| StreamState::new(i, s, &params.sampling, &opener))
+        .collect())
+}
+
 /// One token of one stream, as [`Decoding`] yields them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StreamToken {
@@ -303,58 +397,20 @@ impl<'e> Decoding<'e> {
         n: usize,
         params: &GenerateParams,
     ) -> Result<Self> {
-        if prompt.is_empty() || n == 0 {
-            bail!("need a prompt and at least one candidate");
-        }
-        let n_ctx = engine.n_ctx();
-        if prompt.len() >= n_ctx {
-            bail!(
-                "prompt is {} tokens, longer than the context ({n_ctx}); shorten it or raise --ctx",
-                prompt.len()
-            );
-        }
-        let mut params = params.clone();
-        params.max_tokens = params.max_tokens.min(n_ctx - prompt.len() - VERIFY_SLOTS);
+        let params = fit_to_context(engine, prompt, n, params)?;
         let max_new = params.max_tokens;
         // Prompt once, then each stream's own tokens (+ a block each for copy-on-write, and
         // room for the verification prompt).
         let slots = prompt.len() + n * (max_new + VERIFY_SLOTS + BLOCK_SIZE) + BLOCK_SIZE;
         let mut session = engine.session_with(slots, Default::default())?;
-        let adapter_index = |name: &str| -> Result<usize> {
-            let set = session.lora.as_ref().ok_or_else(|| {
-                anyhow::anyhow!("adapter '{name}' is not loaded (no adapters are)")
-            })?;
-            set.index(name).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "adapter '{name}' is not loaded (loaded: {})",
-                    set.adapters
-                        .iter()
-                        .map(|a| a.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })
-        };
-        let (adapter, switcher) = match &params.reasoning {
-            Reasoning::Off => (None, None),
-            Reasoning::On { adapter } => (Some(adapter_index(adapter)?), None),
-            Reasoning::Auto { adapter, switcher } => {
-                (Some(adapter_index(adapter)?), Some(switcher.clone()))
-            }
-        };
+        let (adapter, switcher) = reasoning_adapter(&session, &params.reasoning)?;
         // Masked LoRA: the prompt is encoded by the base model unless asked otherwise.
         if params.adapter_on_prompt {
             session.set_adapter(session.main, adapter)?;
         }
         let t0 = Instant::now();
-        let (logits, switcher_probability) = match &switcher {
-            Some(sw) => {
-                let (logits, pooled) =
-                    session.forward_pooled(prompt, |old, mean| sw.pool(old, mean))?;
-                (logits, Some(sw.probability(&pooled)))
-            }
-            None => (session.forward(prompt)?, None),
-        };
+        let (logits, switcher_probability) =
+            encode_prompt(&mut session, prompt, switcher.as_deref())?;
         let ttft_s = t0.elapsed().as_secs_f64();
         let reasoning = adapter.is_some()
             && switcher
@@ -362,14 +418,7 @@ impl<'e> Decoding<'e> {
                 .zip(switcher_probability)
                 .is_none_or(|(sw, p)| p >= sw.threshold);
         session.set_adapter(session.main, if reasoning { adapter } else { None })?;
-        let streams = session.fork(session.main, n)?;
-        session.release(session.main)?;
-        let opener = think_opener(engine, &params, reasoning)?;
-        let live = streams
-            .iter()
-            .enumerate()
-            .map(|(i, &s)| StreamState::new(i, s, &params.sampling, &opener))
-            .collect::<Vec<StreamState>>();
+        let live = fork_streams(engine, &mut session, n, &params, reasoning)?;
         // Each stream's first token, from the prompt's last logits (still on the GPU).
         let gpu_sampling = !cpu_sampling();
         let mut next_of = Vec::new();

@@ -107,108 +107,9 @@ impl Metrics {
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        counter(
-            "edgereason_requests_admitted_total",
-            "Requests admitted.",
-            self.admitted,
-        );
-        counter(
-            "edgereason_requests_completed_total",
-            "Requests answered.",
-            self.completed,
-        );
-        counter(
-            "edgereason_requests_failed_total",
-            "Requests that failed.",
-            self.failed,
-        );
-        counter(
-            "edgereason_requests_cancelled_total",
-            "Requests cancelled by their client.",
-            self.cancelled,
-        );
-        counter(
-            "edgereason_requests_rejected_total",
-            "Requests refused with a full queue.",
-            self.rejected,
-        );
-        counter(
-            "edgereason_prompt_tokens_total",
-            "Prompt tokens.",
-            self.prompt_tokens,
-        );
-        counter(
-            "edgereason_prompt_tokens_cached_total",
-            "Prompt tokens served from the prefix cache.",
-            self.cached_prompt_tokens,
-        );
-        counter(
-            "edgereason_generated_tokens_total",
-            "Tokens decoded.",
-            self.generated_tokens,
-        );
-        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
-        let mut gauge = |name: &str, help: &str, v: f64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        gauge(
-            "edgereason_requests_running",
-            "Requests being encoded or decoded.",
-            self.running as f64,
-        );
-        gauge(
-            "edgereason_requests_queued",
-            "Requests waiting for admission.",
-            self.queued as f64,
-        );
-        gauge(
-            "edgereason_streams_live",
-            "Candidate streams of running requests.",
-            self.live_streams as f64,
-        );
-        gauge(
-            "edgereason_generated_tokens_per_second",
-            "Decoded tokens per second since start.",
-            self.generated_tokens as f64 / secs,
-        );
-        gauge(
-            "edgereason_kv_blocks_total",
-            "KV cache blocks.",
-            self.kv_blocks_total as f64,
-        );
-        gauge(
-            "edgereason_kv_blocks_free",
-            "KV cache blocks free.",
-            self.kv_blocks_free as f64,
-        );
-        gauge(
-            "edgereason_kv_blocks_used",
-            "KV cache blocks in use.",
-            (self.kv_blocks_total - self.kv_blocks_free) as f64,
-        );
-        gauge(
-            "edgereason_kv_blocks_cached_only",
-            "KV cache blocks only the prefix cache holds.",
-            self.kv_blocks_cached_only as f64,
-        );
-        gauge(
-            "edgereason_prefix_cache_entries",
-            "Prompts in the prefix cache.",
-            self.prefix_cache_entries as f64,
-        );
-        let _ = writeln!(out, "# HELP edgereason_requests_by_adapter_total Requests by adapter.\n# TYPE edgereason_requests_by_adapter_total counter");
-        for (a, n) in &self.per_adapter {
-            let _ = writeln!(
-                out,
-                "edgereason_requests_by_adapter_total{{adapter=\"{a}\"}} {n}"
-            );
-        }
+        self.render_counters(&mut out);
+        self.render_gauges(&mut out);
+        self.render_per_adapter(&mut out);
         self.ttft.render(
             &mut out,
             "edgereason_time_to_first_token_seconds",
@@ -220,5 +121,120 @@ impl Metrics {
             "Between a request's decode steps.",
         );
         out
+    }
+
+    fn render_counters(&self, out: &mut String) {
+        let counters = [
+            (
+                "edgereason_requests_admitted_total",
+                "Requests admitted.",
+                self.admitted,
+            ),
+            (
+                "edgereason_requests_completed_total",
+                "Requests answered.",
+                self.completed,
+            ),
+            (
+                "edgereason_requests_failed_total",
+                "Requests that failed.",
+                self.failed,
+            ),
+            (
+                "edgereason_requests_cancelled_total",
+                "Requests cancelled by their client.",
+                self.cancelled,
+            ),
+            (
+                "edgereason_requests_rejected_total",
+                "Requests refused with a full queue.",
+                self.rejected,
+            ),
+            (
+                "edgereason_prompt_tokens_total",
+                "Prompt tokens.",
+                self.prompt_tokens,
+            ),
+            (
+                "edgereason_prompt_tokens_cached_total",
+                "Prompt tokens served from the prefix cache.",
+                self.cached_prompt_tokens,
+            ),
+            (
+                "edgereason_generated_tokens_total",
+                "Tokens decoded.",
+                self.generated_tokens,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+    }
+
+    fn render_gauges(&self, out: &mut String) {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let gauges = [
+            (
+                "edgereason_requests_running",
+                "Requests being encoded or decoded.",
+                self.running as f64,
+            ),
+            (
+                "edgereason_requests_queued",
+                "Requests waiting for admission.",
+                self.queued as f64,
+            ),
+            (
+                "edgereason_streams_live",
+                "Candidate streams of running requests.",
+                self.live_streams as f64,
+            ),
+            (
+                "edgereason_generated_tokens_per_second",
+                "Decoded tokens per second since start.",
+                self.generated_tokens as f64 / secs,
+            ),
+            (
+                "edgereason_kv_blocks_total",
+                "KV cache blocks.",
+                self.kv_blocks_total as f64,
+            ),
+            (
+                "edgereason_kv_blocks_free",
+                "KV cache blocks free.",
+                self.kv_blocks_free as f64,
+            ),
+            (
+                "edgereason_kv_blocks_used",
+                "KV cache blocks in use.",
+                (self.kv_blocks_total - self.kv_blocks_free) as f64,
+            ),
+            (
+                "edgereason_kv_blocks_cached_only",
+                "KV cache blocks only the prefix cache holds.",
+                self.kv_blocks_cached_only as f64,
+            ),
+            (
+                "edgereason_prefix_cache_entries",
+                "Prompts in the prefix cache.",
+                self.prefix_cache_entries as f64,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+    }
+
+    fn render_per_adapter(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP edgereason_requests_by_adapter_total Requests by adapter.\n# TYPE edgereason_requests_by_adapter_total counter");
+        for (a, n) in &self.per_adapter {
+            let _ = writeln!(
+                out,
+                "edgereason_requests_by_adapter_total{{adapter=\"{a}\"}} {n}"
+            );
+        }
     }
 }
