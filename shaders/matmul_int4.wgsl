@@ -15,10 +15,12 @@
 //   Σ_k w·x ≈ scale_w · (scale_x · Σ q·xq + 8 · (Σx − Σx̂)) + min_w · Σx.
 // Each invocation computes one column n for ROWS activation rows, so every weight word is
 // read and unpacked once for all rows (decode with N streams; prefill tiles m by ROWS).
-// Variant SUBGROUPS (subgroups of at least 8 lanes): a row's 8-word activation block is
-// loaded one word per lane and handed to the others by `subgroupBroadcast`. On lavapipe
-// every storage load, even at a uniform address, is a loop over the lanes (see
-// prefill_gemm.wgsl), so this makes one load loop of eight.
+// Variant SUBGROUPS (subgroups of at least 8 lanes): the activation blocks of a group are
+// loaded cooperatively and handed out by `subgroupBroadcast` — lane l loads half (four
+// words) of row l/2's 8-word block, so one vec4 load brings four rows' blocks, and lane l
+// loads row l's stats, so one load brings eight rows'. On lavapipe every storage load,
+// even at a uniform address, is a loop over the lanes (see prefill_gemm.wgsl): a group
+// of ROWS rows then costs ceil(ROWS/4) + ceil(ROWS/8) activation loads instead of 2·ROWS.
 
 struct Params {
     n: u32,          // output features of this matrix chunk
@@ -41,7 +43,12 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> qweight: array<u32>;
 @group(0) @binding(2) var<storage, read> scales: array<u32>;
+//#if SUBGROUPS
+// Read as vec4: four words of a row's activation block per load (see the hot loops).
+@group(0) @binding(3) var<storage, read> xq: array<vec4<u32>>;
+//#else
 @group(0) @binding(3) var<storage, read> xq: array<u32>;
+//#endif
 @group(0) @binding(4) var<storage, read> xs: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
@@ -220,6 +227,28 @@ fn norm_store(m0: u32, x: u32) {
 }
 //#endif
 
+//#if SUBGROUPS
+// Group g's activations for rows m0 .. m0 + ROWS (rows past p.m repeat the last): this
+// lane's share — half of one row's block per four rows, one row's stats per eight.
+struct Blocks {
+    words: array<vec4<u32>, (ROWS + 3u) / 4u>,
+    stats: array<vec4<f32>, (ROWS + 7u) / 8u>,
+}
+
+fn load_blocks(m0: u32, g: u32, l: u32) -> Blocks {
+    var b: Blocks;
+    let groups = p.k / 32u;
+    for (var j = 0u; j < (ROWS + 3u) / 4u; j = j + 1u) {
+        let row = min(m0 + 4u * j + l / 2u, p.m - 1u);
+        b.words[j] = xq[(row * (p.k / 4u) + g * 8u) / 4u + l % 2u];
+    }
+    for (var j = 0u; j < (ROWS + 7u) / 8u; j = j + 1u) {
+        b.stats[j] = xs[min(m0 + 8u * j + l, p.m - 1u) * groups + g];
+    }
+    return b;
+}
+//#endif
+
 // 1/rms of a row whose input blocks carry a folded norm's Σx² (see NORM), else 1.
 fn rms_scale(ss: f32) -> f32 {
     return select(1.0, inverseSqrt(ss / f32(p.k) + p.rms_eps), (p.flags & 4u) != 0u);
@@ -339,19 +368,22 @@ fn int4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
         let hi2 = (w2 >> 4u) & 0x0F0F0F0Fu;
         let lo3 = w3 & 0x0F0F0F0Fu;
         let hi3 = (w3 >> 4u) & 0x0F0F0F0Fu;
-        let xb{r} = row{r} * xwords + g * 8u;
 //#if SUBGROUPS
-        // The block's eight words: one load per lane, handed to the others (see the top).
-        let xm{r} = xq[xb{r} + sg_lane % 8u];
-        let x0{r} = subgroupBroadcast(xm{r}, 0u);
-        let x1{r} = subgroupBroadcast(xm{r}, 1u);
-        let x2{r} = subgroupBroadcast(xm{r}, 2u);
-        let x3{r} = subgroupBroadcast(xm{r}, 3u);
-        let x4{r} = subgroupBroadcast(xm{r}, 4u);
-        let x5{r} = subgroupBroadcast(xm{r}, 5u);
-        let x6{r} = subgroupBroadcast(xm{r}, 6u);
-        let x7{r} = subgroupBroadcast(xm{r}, 7u);
+        // Rows' blocks and stats, loaded together and handed out (see the top).
+        let blocks = load_blocks(m0, g, sg_lane % 8u);
+        let xlo{r} = subgroupBroadcast(blocks.words[{r}u / 4u], 2u * ({r}u % 4u));
+        let xhi{r} = subgroupBroadcast(blocks.words[{r}u / 4u], 2u * ({r}u % 4u) + 1u);
+        let x0{r} = xlo{r}.x;
+        let x1{r} = xlo{r}.y;
+        let x2{r} = xlo{r}.z;
+        let x3{r} = xlo{r}.w;
+        let x4{r} = xhi{r}.x;
+        let x5{r} = xhi{r}.y;
+        let x6{r} = xhi{r}.z;
+        let x7{r} = xhi{r}.w;
+        let s{r} = subgroupBroadcast(blocks.stats[{r}u / 8u], {r}u % 8u);
 //#else
+        let xb{r} = row{r} * xwords + g * 8u;
         let x0{r} = xq[xb{r}];
         let x1{r} = xq[xb{r} + 1u];
         let x2{r} = xq[xb{r} + 2u];
@@ -360,9 +392,9 @@ fn int4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
         let x5{r} = xq[xb{r} + 5u];
         let x6{r} = xq[xb{r} + 6u];
         let x7{r} = xq[xb{r} + 7u];
+        let s{r} = xs[row{r} * groups + g];
 //#endif
         let d{r} = dot4I8Packed(lo0, x0{r}) + dot4I8Packed(hi0, x1{r}) + dot4I8Packed(lo1, x2{r}) + dot4I8Packed(hi1, x3{r}) + dot4I8Packed(lo2, x4{r}) + dot4I8Packed(hi2, x5{r}) + dot4I8Packed(lo3, x6{r}) + dot4I8Packed(hi3, x7{r});
-        let s{r} = xs[row{r} * groups + g];
         acc{r} = acc{r} + sm.x * (s{r}.x * f32(d{r}) + 8.0 * s{r}.z) + sm.y * s{r}.y;
         ss{r} = ss{r} + s{r}.w;
     }
@@ -421,19 +453,22 @@ fn int8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
         let w5 = qweight[wbase + 5u * p.n];
         let w6 = qweight[wbase + 6u * p.n];
         let w7 = qweight[wbase + 7u * p.n];
-        let xb{r} = row{r} * xwords + g * 8u;
 //#if SUBGROUPS
-        // The block's eight words: one load per lane, handed to the others (see the top).
-        let xm{r} = xq[xb{r} + sg_lane % 8u];
-        let x0{r} = subgroupBroadcast(xm{r}, 0u);
-        let x1{r} = subgroupBroadcast(xm{r}, 1u);
-        let x2{r} = subgroupBroadcast(xm{r}, 2u);
-        let x3{r} = subgroupBroadcast(xm{r}, 3u);
-        let x4{r} = subgroupBroadcast(xm{r}, 4u);
-        let x5{r} = subgroupBroadcast(xm{r}, 5u);
-        let x6{r} = subgroupBroadcast(xm{r}, 6u);
-        let x7{r} = subgroupBroadcast(xm{r}, 7u);
+        // Rows' blocks and stats, loaded together and handed out (see the top).
+        let blocks = load_blocks(m0, g, sg_lane % 8u);
+        let xlo{r} = subgroupBroadcast(blocks.words[{r}u / 4u], 2u * ({r}u % 4u));
+        let xhi{r} = subgroupBroadcast(blocks.words[{r}u / 4u], 2u * ({r}u % 4u) + 1u);
+        let x0{r} = xlo{r}.x;
+        let x1{r} = xlo{r}.y;
+        let x2{r} = xlo{r}.z;
+        let x3{r} = xlo{r}.w;
+        let x4{r} = xhi{r}.x;
+        let x5{r} = xhi{r}.y;
+        let x6{r} = xhi{r}.z;
+        let x7{r} = xhi{r}.w;
+        let s{r} = subgroupBroadcast(blocks.stats[{r}u / 8u], {r}u % 8u);
 //#else
+        let xb{r} = row{r} * xwords + g * 8u;
         let x0{r} = xq[xb{r}];
         let x1{r} = xq[xb{r} + 1u];
         let x2{r} = xq[xb{r} + 2u];
@@ -442,9 +477,9 @@ fn int8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
         let x5{r} = xq[xb{r} + 5u];
         let x6{r} = xq[xb{r} + 6u];
         let x7{r} = xq[xb{r} + 7u];
+        let s{r} = xs[row{r} * groups + g];
 //#endif
         let d{r} = dot4I8Packed(w0, x0{r}) + dot4I8Packed(w1, x1{r}) + dot4I8Packed(w2, x2{r}) + dot4I8Packed(w3, x3{r}) + dot4I8Packed(w4, x4{r}) + dot4I8Packed(w5, x5{r}) + dot4I8Packed(w6, x6{r}) + dot4I8Packed(w7, x7{r});
-        let s{r} = xs[row{r} * groups + g];
         acc{r} = acc{r} + sw * s{r}.x * f32(d{r});
         ss{r} = ss{r} + s{r}.w;
     }
