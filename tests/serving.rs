@@ -310,3 +310,67 @@ fn a_reply_the_base_model_decoded_is_reused_by_the_next_turn() {
     let (cached, _, _) = collect(sched.submit(Request::new(after, params(4, None))).unwrap());
     assert_eq!(cached, 16, "only the prompt's full block");
 }
+
+#[test]
+fn running_requests_on_a_scheduler_batch_and_cancel_like_their_own_threads() {
+    use edgereason::sched::best_of_n::VoteParams;
+    use edgereason::sched::running::RunningRequest;
+    let e = engine(16);
+    let sched = Scheduler::start(e.clone(), SchedulerOptions::default()).unwrap();
+    let reqs = [(prompt(14, 7), None), (prompt(25, 8), Some("a"))];
+    // Both submitted before either is read: the scheduler decodes them in one batch.
+    let runs: Vec<_> = reqs
+        .iter()
+        .map(|(p, a)| {
+            RunningRequest::submit(&sched, p.clone(), 1, params(10, *a), VoteParams::default())
+                .unwrap()
+        })
+        .collect();
+    for (run, (p, a)) in runs.into_iter().zip(&reqs) {
+        let mut pulled = Vec::new();
+        while let Some(t) = run.next_token() {
+            pulled.push(t.id);
+        }
+        let out = run.wait().unwrap();
+        let alone = e.generate(p, &params(10, *a), |_, _| true).unwrap();
+        assert_eq!(out.candidates[0].tokens, alone.tokens, "adapter {a:?}");
+        assert_eq!(pulled, alone.tokens, "the token channel carries them too");
+    }
+    // Cancelled after its first token: every candidate ends "cancelled", with a result.
+    let sampled = GenerateParams {
+        sampling: SamplingParams {
+            temperature: 0.9,
+            seed: 3,
+            ..Default::default()
+        },
+        ..params(40, None)
+    };
+    let run =
+        RunningRequest::submit(&sched, prompt(12, 9), 2, sampled, VoteParams::default()).unwrap();
+    assert!(run.next_token().is_some());
+    run.cancel();
+    let out = run.wait().unwrap();
+    assert_eq!(out.candidates.len(), 2);
+    for c in &out.candidates {
+        assert!(
+            c.finish_reason == "cancelled" && c.tokens.len() < 40,
+            "{c:?}"
+        );
+    }
+    // Refused before any work, with the scheduler's reason.
+    let err = RunningRequest::submit(
+        &sched,
+        prompt(5, 1),
+        1,
+        params(4, Some("zz")),
+        VoteParams::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("'zz' is not loaded"), "{err}");
+    let m = settle(&sched);
+    assert_eq!(
+        m.kv_blocks_free + m.kv_blocks_cached_only,
+        m.kv_blocks_total
+    );
+}

@@ -1,6 +1,8 @@
 //! A generation on its own thread: tokens arrive through a channel as they are decoded, and
 //! any thread may cancel it. This is what the C ABI's `er_request` and the Python package's
 //! token iterator are built on (a caller that pulls tokens must not hold the GPU loop).
+//! [`RunningRequest::spawn`] decodes on a thread of its own; [`RunningRequest::submit`]
+//! hands the request to a [`Scheduler`], whose steps batch it with every other request.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -20,6 +22,7 @@
 //! ```
 
 use super::best_of_n::{BestOfN, Decoding, StreamToken, VoteParams};
+use super::serving::{Event, Request, Scheduler, SubmitError};
 use crate::engine::{Engine, GenerateParams};
 use anyhow::{anyhow, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,6 +85,60 @@ impl RunningRequest {
             cancel,
             worker: Some(worker),
         }
+    }
+
+    /// The same request through a [`Scheduler`]: it shares every decode step with the
+    /// scheduler's other requests (continuous batching) instead of taking the GPU in turns,
+    /// so concurrent callers (threads of an app, a binding's users) cost little more than
+    /// one. Refused at once with the scheduler's reason (limits, sampling values, an
+    /// adapter that is not loaded); later failures come from [`wait`](Self::wait). A
+    /// cancel after the first token ends every candidate with finish reason "cancelled".
+    pub fn submit(
+        scheduler: &Scheduler,
+        prompt: Vec<u32>,
+        n: usize,
+        params: GenerateParams,
+        vote: VoteParams,
+    ) -> Result<Self, SubmitError> {
+        let request = Request {
+            prompt,
+            n,
+            params,
+            vote,
+        };
+        let mut submitted = scheduler.submit(request)?;
+        let cancel = Canceller(submitted.cancel_flag());
+        let (tx, tokens) = mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            while let Some(event) = submitted.events.blocking_recv() {
+                match event {
+                    Event::Token {
+                        stream,
+                        id,
+                        text,
+                        logprob,
+                    } => {
+                        let _ = tx.send(StreamToken {
+                            stream,
+                            id,
+                            text,
+                            logprob,
+                        });
+                    }
+                    Event::Done(result) => return Ok(*result),
+                    Event::Failed(e) => return Err(anyhow!(e)),
+                    Event::Started { .. } => {}
+                }
+            }
+            Err(anyhow!(
+                "the request ended without a result (cancelled before its first token, or the scheduler stopped)"
+            ))
+        });
+        Ok(RunningRequest {
+            tokens,
+            cancel,
+            worker: Some(worker),
+        })
     }
 
     /// A handle that cancels this request from elsewhere.

@@ -139,8 +139,16 @@ pub struct Submitted {
 
 impl Submitted {
     /// Stop the request: its rows leave the next step and their blocks return to the pool.
+    /// A request already decoding then ends with its candidates so far (finish reason
+    /// "cancelled") in `Done`, if its receiver is still open; one still in the queue or
+    /// encoding its prompt just closes.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// The flag [`cancel`](Self::cancel) sets, for a canceller held elsewhere.
+    pub(crate) fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
     }
 }
 
@@ -395,7 +403,20 @@ impl Loop {
         let mut cancelled = dropped;
         let mut i = 0;
         while i < self.running.len() {
-            if Self::is_cancelled(&self.running[i].job) {
+            let r = &mut self.running[i];
+            let listening = !r.job.events.is_closed();
+            if listening && Self::is_cancelled(&r.job) && matches!(r.phase, Phase::Decode) {
+                // The caller still reads: its candidates end here and `finish_done`
+                // sends them (cancelled once: the flag stays set).
+                if r.streams.iter().any(|s| s.finish.is_none()) {
+                    r.streams
+                        .iter_mut()
+                        .filter(|s| s.finish.is_none())
+                        .for_each(|s| s.finish = Some("cancelled"));
+                    cancelled += 1;
+                }
+                i += 1;
+            } else if Self::is_cancelled(&r.job) {
                 let r = self.running.swap_remove(i);
                 self.release(&r);
                 cancelled += 1;
