@@ -336,7 +336,8 @@ fn running_requests_on_a_scheduler_batch_and_cancel_like_their_own_threads() {
         assert_eq!(out.candidates[0].tokens, alone.tokens, "adapter {a:?}");
         assert_eq!(pulled, alone.tokens, "the token channel carries them too");
     }
-    // Cancelled after its first token: every candidate ends "cancelled", with a result.
+    // Cancelled after its first token: the candidates still decoding end "cancelled", and
+    // the caller gets the result (a candidate may have met its end token before).
     let sampled = GenerateParams {
         sampling: SamplingParams {
             temperature: 0.9,
@@ -351,11 +352,15 @@ fn running_requests_on_a_scheduler_batch_and_cancel_like_their_own_threads() {
     run.cancel();
     let out = run.wait().unwrap();
     assert_eq!(out.candidates.len(), 2);
+    assert!(
+        out.candidates
+            .iter()
+            .any(|c| c.finish_reason == "cancelled"),
+        "{:?}",
+        out.candidates
+    );
     for c in &out.candidates {
-        assert!(
-            c.finish_reason == "cancelled" && c.tokens.len() < 40,
-            "{c:?}"
-        );
+        assert!(c.finish_reason != "length" && c.tokens.len() < 40, "{c:?}");
     }
     // Refused before any work, with the scheduler's reason.
     let err = RunningRequest::submit(
