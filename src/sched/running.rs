@@ -22,12 +22,67 @@
 //! ```
 
 use super::best_of_n::{BestOfN, Decoding, StreamToken, VoteParams};
-use super::serving::{Event, Request, Scheduler, SubmitError};
+use super::serving::{Event, Request, Scheduler, SchedulerOptions, SubmitError};
 use crate::engine::{Engine, GenerateParams};
 use anyhow::{anyhow, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::JoinHandle;
+
+/// One engine's requests from many callers (an app's threads, a binding's users): each
+/// goes to a [`Scheduler`] started on first use, so concurrent requests share decode
+/// steps. A request the scheduler cannot take (more KV than its pool, a full queue, or a
+/// scheduler that could not start) runs on a thread of its own as before
+/// ([`RunningRequest::spawn`]), and reports any error of its own from `wait`.
+pub struct SharedScheduler {
+    engine: Arc<Engine>,
+    scheduler: OnceLock<Option<Scheduler>>,
+}
+
+impl SharedScheduler {
+    /// Nothing is allocated until the first request.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        SharedScheduler {
+            engine,
+            scheduler: OnceLock::new(),
+        }
+    }
+
+    /// The scheduler's pool holds four full contexts: four streams at the context's
+    /// length, or many shorter ones (a prompt's blocks are shared by its candidates).
+    fn options(&self) -> SchedulerOptions {
+        SchedulerOptions {
+            kv_tokens: 4 * self.engine.n_ctx(),
+            ..Default::default()
+        }
+    }
+
+    /// Start `n` candidates of `prompt`, batched with every other request of this engine.
+    pub fn start(
+        &self,
+        prompt: Vec<u32>,
+        n: usize,
+        params: GenerateParams,
+        vote: VoteParams,
+    ) -> RunningRequest {
+        let scheduler = self
+            .scheduler
+            .get_or_init(|| Scheduler::start(self.engine.clone(), self.options()).ok());
+        if let Some(s) = scheduler {
+            if let Ok(run) =
+                RunningRequest::submit(s, prompt.clone(), n, params.clone(), vote.clone())
+            {
+                return run;
+            }
+        }
+        RunningRequest::spawn(self.engine.clone(), prompt, n, params, vote)
+    }
+
+    /// The scheduler's counters, once one has started.
+    pub fn metrics(&self) -> Option<super::serving::Metrics> {
+        self.scheduler.get()?.as_ref().map(Scheduler::metrics)
+    }
+}
 
 /// Stops a [`RunningRequest`] from any thread: every stream ends at the next step, with
 /// finish reason "cancelled". Cheap to clone.

@@ -688,7 +688,9 @@ impl Loop {
                 self.running[ri].next_of[k] = next;
             }
         }
-        self.metrics.lock().unwrap().generated_tokens += rows.len() as u64;
+        let mut m = self.metrics.lock().unwrap();
+        m.generated_tokens += rows.len() as u64;
+        m.peak_step_streams = m.peak_step_streams.max(rows.len());
         Ok(())
     }
 

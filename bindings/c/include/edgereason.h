@@ -282,8 +282,9 @@ enum er_status er_generate_tokens(const struct er_engine *engine,
 // Free a result (NULL is ignored).
 void er_result_free(struct er_result *result);
 
-// Start a generation on a worker thread; read its tokens with er_request_next, cancel it
-// from any thread with er_request_cancel, get the result with er_request_finish.
+// Start a generation; read its tokens with er_request_next, cancel it from any thread
+// with er_request_cancel, get the result with er_request_finish. Requests of one engine
+// started from several threads decode together (one batched step for all of them).
 // Errors in the request itself (an unloaded adapter, a prompt longer than the context)
 // are reported by er_request_finish. Free `*out` with er_request_free.
 enum er_status er_request_start(const struct er_engine *engine,

@@ -31,7 +31,7 @@ use edgereason::loader::chat_template::ChatMessage;
 use edgereason::sampling::SamplingParams;
 use edgereason::sched::best_of_n::{StreamToken, VoteParams};
 use edgereason::sched::heads::{Heads, ReasoningMode};
-use edgereason::sched::running::RunningRequest;
+use edgereason::sched::running::{RunningRequest, SharedScheduler};
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -60,6 +60,9 @@ pub enum er_status {
 pub struct er_engine {
     engine: Arc<Engine>,
     heads: Heads,
+    /// Every er_request goes through one scheduler: requests from several threads share
+    /// decode steps.
+    requests: SharedScheduler,
 }
 
 /// How to open a model (er_engine_options_init gives the defaults).
@@ -333,8 +336,10 @@ pub unsafe extern "C" fn er_engine_load(
                 return Err(invalid("options.max_rows must be at least 1"));
             }
         }
+        let loaded = Arc::new(Engine::load(model, &opts)?);
         let engine = er_engine {
-            engine: Arc::new(Engine::load(model, &opts)?),
+            requests: SharedScheduler::new(loaded.clone()),
+            engine: loaded,
             heads: Heads::default(),
         };
         if load_shipped {
@@ -676,8 +681,9 @@ pub unsafe extern "C" fn er_result_free(result: *mut er_result) {
     }
 }
 
-/// Start a generation on a worker thread; read its tokens with er_request_next, cancel it
-/// from any thread with er_request_cancel, get the result with er_request_finish.
+/// Start a generation; read its tokens with er_request_next, cancel it from any thread
+/// with er_request_cancel, get the result with er_request_finish. Requests of one engine
+/// started from several threads decode together (one batched step for all of them).
 /// Errors in the request itself (an unloaded adapter, a prompt longer than the context)
 /// are reported by er_request_finish. Free `*out` with er_request_free.
 #[no_mangle]
@@ -694,7 +700,7 @@ pub unsafe extern "C" fn er_request_start(
         }
         let tokens = e.engine.encode(c_str(prompt, "prompt")?)?;
         let (params, vote, n) = e.params(&convert::params_or_default(params))?;
-        let run = RunningRequest::spawn(e.engine.clone(), tokens, n, params, vote);
+        let run = e.requests.start(tokens, n, params, vote);
         let req = er_request {
             run: Some(run),
             last_text: CString::default(),

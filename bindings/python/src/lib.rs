@@ -22,9 +22,9 @@ use ::edgereason as er;
 use er::adapters::{Switcher, Verifier};
 use er::engine::{Budget, GenerateParams};
 use er::sampling::SamplingParams;
-use er::sched::best_of_n::{generate_n, BestOfN, VoteParams};
+use er::sched::best_of_n::{BestOfN, VoteParams};
 use er::sched::heads::{Heads, ReasoningMode};
-use er::sched::running::{Canceller, RunningRequest};
+use er::sched::running::{Canceller, RunningRequest, SharedScheduler};
 use numpy::{IntoPyArray, PyArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -54,6 +54,9 @@ enum Prompt {
 struct Engine {
     engine: Arc<er::engine::Engine>,
     heads: Arc<Heads>,
+    /// Every generate/best_of call goes through one scheduler: calls from several
+    /// threads share decode steps.
+    requests: SharedScheduler,
 }
 
 /// One token of one candidate.
@@ -182,7 +185,11 @@ impl Engine {
             if load_shipped {
                 heads.load_shipped(&engine, model)?;
             }
-            Ok(Engine { engine, heads })
+            Ok(Engine {
+                requests: SharedScheduler::new(engine.clone()),
+                engine,
+                heads,
+            })
         })
         .map_err(failed)
     }
@@ -203,6 +210,21 @@ impl Engine {
     #[getter]
     fn device(&self) -> String {
         self.engine.ctx.describe()
+    }
+
+    /// The shared scheduler's counters, or None before the first generate/best_of:
+    /// requests admitted, completed and cancelled, tokens generated, and
+    /// `peak_step_streams`, the most streams one decode step decoded (above 1 once calls
+    /// from several threads were batched).
+    fn scheduler_metrics(&self) -> Option<HashMap<&'static str, u64>> {
+        let m = self.requests.metrics()?;
+        Some(HashMap::from([
+            ("admitted", m.admitted),
+            ("completed", m.completed),
+            ("cancelled", m.cancelled),
+            ("generated_tokens", m.generated_tokens),
+            ("peak_step_streams", m.peak_step_streams as u64),
+        ]))
     }
 
     /// Names of the loaded LoRA adapters.
@@ -300,7 +322,7 @@ impl Engine {
             answer_regex: None,
         })?;
         let tokens = self.tokens(prompt)?;
-        let run = RunningRequest::spawn(self.engine.clone(), tokens, 1, params, vote);
+        let run = self.requests.start(tokens, 1, params, vote);
         Ok(TokenStream {
             cancel: run.canceller(),
             run: Mutex::new(Some(run)),
@@ -356,7 +378,7 @@ impl Engine {
         })?;
         let tokens = self.tokens(prompt)?;
         let r = py
-            .allow_threads(|| generate_n(&self.engine, &tokens, n, &params, &vote, |_, _, _| true))
+            .allow_threads(|| self.requests.start(tokens, n, params, vote).wait())
             .map_err(failed)?;
         result_dict(py, &r)
     }

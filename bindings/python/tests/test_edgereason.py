@@ -177,3 +177,26 @@ def test_adapters_load_and_unload(eng):
     assert "extra" not in eng.adapters
     with pytest.raises(RuntimeError):
         eng.unload_adapter("extra")
+
+
+def test_calls_from_several_threads_share_decode_steps(eng):
+    # Three threads generate at once: each gets the tokens it gets alone, and the engine's
+    # scheduler decoded them together (a step with more than one stream).
+    questions = [QUESTION, "What is 7 * 8?", "Name a primary color."]
+    prompts = [eng.chat([{"role": "user", "content": q}]) for q in questions]
+    alone = [[t.id for t in eng.generate(p, max_tokens=16)] for p in prompts]
+    barrier = threading.Barrier(len(prompts))
+    got = [None] * len(prompts)
+
+    def run(i):
+        barrier.wait()
+        got[i] = [t.id for t in eng.generate(prompts[i], max_tokens=16)]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert got == alone
+    m = eng.scheduler_metrics()
+    assert m is not None and m["peak_step_streams"] >= 2, m

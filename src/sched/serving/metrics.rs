@@ -63,6 +63,8 @@ pub struct Metrics {
     pub running: usize,
     pub queued: usize,
     pub live_streams: usize,
+    /// The most candidate streams one decode step has decoded (requests batched together).
+    pub peak_step_streams: usize,
     pub kv_blocks_total: usize,
     pub kv_blocks_free: usize,
     /// Blocks only the prefix cache holds (free once evicted).
@@ -91,6 +93,7 @@ impl Default for Metrics {
             running: 0,
             queued: 0,
             live_streams: 0,
+            peak_step_streams: 0,
             kv_blocks_total: 0,
             kv_blocks_free: 0,
             kv_blocks_cached_only: 0,
@@ -191,6 +194,11 @@ impl Metrics {
                 "edgereason_streams_live",
                 "Candidate streams of running requests.",
                 self.live_streams as f64,
+            ),
+            (
+                "edgereason_step_streams_peak",
+                "The most candidate streams one decode step has decoded.",
+                self.peak_step_streams as f64,
             ),
             (
                 "edgereason_generated_tokens_per_second",
