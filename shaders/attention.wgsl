@@ -110,31 +110,9 @@ fn dot_unit(w: u32, kk: vec4<u32>) -> f32 {
 //#endif
 }
 
-// Dims 2w.. of a head as the 2·UNIT values `lo`, `hi` hold: to out[o + 2w ..].
-fn store_unit(o: u32, w: u32, lo: vec4<f32>, hi: vec4<f32>) {
-    out[o + 2u * w] = lo.x;
-    out[o + 2u * w + 1u] = lo.y;
-    if (UNIT == 4u) {
-        out[o + 2u * w + 2u] = lo.z;
-        out[o + 2u * w + 3u] = lo.w;
-        out[o + 2u * w + 4u] = hi.x;
-        out[o + 2u * w + 5u] = hi.y;
-        out[o + 2u * w + 6u] = hi.z;
-        out[o + 2u * w + 7u] = hi.w;
-    }
-}
-
-fn store_part_unit(o: u32, w: u32, lo: vec4<f32>, hi: vec4<f32>) {
-    part_o[o + 2u * w] = lo.x;
-    part_o[o + 2u * w + 1u] = lo.y;
-    if (UNIT == 4u) {
-        part_o[o + 2u * w + 2u] = lo.z;
-        part_o[o + 2u * w + 3u] = lo.w;
-        part_o[o + 2u * w + 4u] = hi.x;
-        part_o[o + 2u * w + 5u] = hi.y;
-        part_o[o + 2u * w + 6u] = hi.z;
-        part_o[o + 2u * w + 7u] = hi.w;
-    }
+// The 2·UNIT output dims a lane owns (dims 2w.. of its head), in order: lo, then hi.
+fn unit_dims(lo: vec4<f32>, hi: vec4<f32>) -> array<f32, 8> {
+    return array<f32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w);
 }
 // One split of shared-prefix keys, loaded once for all rows (`prefix`, head_dim ≤ 64).
 var<workgroup> pk: array<u32, 2048>;
@@ -297,12 +275,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             part_ml[part] = vec2<f32>(run_max, run_sum);
         }
         if (owner) {
-            store_part_unit(part * hd, w_own, lo, hi);
+            let v = unit_dims(lo, hi);
+            for (var i = 0u; i < 2u * UNIT; i = i + 1u) {
+                part_o[part * hd + 2u * w_own + i] = v[i];
+            }
         }
         return;
     }
     if (owner) {
-        store_unit(m * p.n_head * hd + h * hd, w_own, lo / run_sum, hi / run_sum);
+        let v = unit_dims(lo, hi);
+        for (var i = 0u; i < 2u * UNIT; i = i + 1u) {
+            out[m * p.n_head * hd + h * hd + 2u * w_own + i] = v[i] / run_sum;
+        }
     }
     if (p.quantize != 0u) {
         storageBarrier();
