@@ -6,7 +6,7 @@
 # `edgereason serve`) and the Python package's (a wheel built by maturin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1; then
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 && ! ls /etc/vulkan/icd.d/*.json >/dev/null 2>&1; then
   echo "note: no Vulkan driver found; installing Mesa's (lavapipe) needs root: apt-get install -y mesa-vulkan-drivers" >&2
   if [ "$(id -u)" = 0 ]; then apt-get install -y -qq mesa-vulkan-drivers || true; fi
 fi
