@@ -34,6 +34,31 @@ use std::thread::JoinHandle;
 /// steps. A request the scheduler cannot take (more KV than its pool, a full queue, or a
 /// scheduler that could not start) runs on a thread of its own as before
 /// ([`RunningRequest::spawn`]), and reports any error of its own from `wait`.
+///
+/// ```no_run
+/// # fn main() -> anyhow::Result<()> {
+/// use edgereason::engine::{Engine, EngineOptions, GenerateParams};
+/// use edgereason::sched::{best_of_n::VoteParams, running::SharedScheduler};
+/// use std::sync::Arc;
+/// let engine = Arc::new(Engine::load("smollm2-135m", &EngineOptions::default())?);
+/// let requests = Arc::new(SharedScheduler::new(engine.clone()));
+/// let threads: Vec<_> = ["What is 6*7?", "Name a planet."]
+///     .into_iter()
+///     .map(|q| {
+///         let (engine, requests) = (engine.clone(), requests.clone());
+///         std::thread::spawn(move || -> anyhow::Result<String> {
+///             let prompt = engine.encode(&engine.chat_prompt(None, q)?)?;
+///             let params = GenerateParams::default();
+///             let run = requests.start(prompt, 1, params, VoteParams::default());
+///             Ok(run.wait()?.candidates[0].text.clone()) // both decoded in one batch
+///         })
+///     })
+///     .collect();
+/// for t in threads {
+///     println!("{}", t.join().unwrap()?);
+/// }
+/// # Ok(()) }
+/// ```
 pub struct SharedScheduler {
     engine: Arc<Engine>,
     scheduler: OnceLock<Option<Scheduler>>,
