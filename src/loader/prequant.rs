@@ -480,6 +480,41 @@ fn check_group_part(
     Ok(())
 }
 
+/// (rows, cols) of a packed matrix stored as 2-D `dtype` [rows, cols/per_byte] (int8: one
+/// value a byte, int4: two), with cols a multiple of the 32-wide groups.
+fn packed_shape(
+    view: &TensorView<'_>,
+    (dtype, dtype_name, per_byte): (Dtype, &str, usize),
+    name: &str,
+    p: &str,
+) -> Result<(usize, usize), LoadError> {
+    let stored = if per_byte == 1 {
+        "[rows, cols]".to_string()
+    } else {
+        format!("[rows, cols/{per_byte}]")
+    };
+    let &[rows, stored_cols] = view.shape() else {
+        return Err(bad_tensor(
+            p,
+            name,
+            format!("expected 2-D {dtype_name} {stored}, got {:?}", view.shape()),
+        ));
+    };
+    let cols = stored_cols * per_byte;
+    if view.dtype() != dtype || cols % 32 != 0 {
+        return Err(bad_tensor(
+            p,
+            name,
+            format!(
+                "expected {dtype_name} {stored} with cols a multiple of 32, got {:?} {:?}",
+                view.dtype(),
+                view.shape()
+            ),
+        ));
+    }
+    Ok((rows, cols))
+}
+
 /// An int8 matrix from `<base>.q8` (`view`) and `<base>.q8_scale`.
 fn read_q8(
     st: &SafeTensors<'_>,
@@ -490,24 +525,7 @@ fn read_q8(
 ) -> Result<HostTensor, LoadError> {
     let scale_name = format!("{base}.q8_scale");
     let scale = required_part(st, &scale_name, p)?;
-    let &[rows, cols] = view.shape() else {
-        return Err(bad_tensor(
-            p,
-            name,
-            format!("expected 2-D I8 [rows, cols], got {:?}", view.shape()),
-        ));
-    };
-    if view.dtype() != Dtype::I8 || cols % 32 != 0 {
-        return Err(bad_tensor(
-            p,
-            name,
-            format!(
-                "expected I8 [rows, cols] with cols a multiple of 32, got {:?} {:?}",
-                view.dtype(),
-                view.shape()
-            ),
-        ));
-    }
+    let (rows, cols) = packed_shape(view, (Dtype::I8, "I8", 1), name, p)?;
     check_group_part(&scale, &scale_name, rows, cols, p)?;
     let groups = view
         .data()
@@ -534,25 +552,7 @@ fn read_q4(
 ) -> Result<HostTensor, LoadError> {
     let scale = required_part(st, &format!("{base}.q4_scale"), p)?;
     let min = required_part(st, &format!("{base}.q4_min"), p)?;
-    let &[rows, half_cols] = view.shape() else {
-        return Err(bad_tensor(
-            p,
-            name,
-            format!("expected 2-D U8 [rows, cols/2], got {:?}", view.shape()),
-        ));
-    };
-    let cols = half_cols * 2;
-    if view.dtype() != Dtype::U8 || cols % 32 != 0 {
-        return Err(bad_tensor(
-            p,
-            name,
-            format!(
-                "expected U8 [rows, cols/2] with cols a multiple of 32, got {:?} {:?}",
-                view.dtype(),
-                view.shape()
-            ),
-        ));
-    }
+    let (rows, cols) = packed_shape(view, (Dtype::U8, "U8", 2), name, p)?;
     for (t, n) in [(&scale, "q4_scale"), (&min, "q4_min")] {
         check_group_part(t, &format!("{base}.{n}"), rows, cols, p)?;
     }
