@@ -623,14 +623,17 @@ pub struct PrefillMatmulRow {
     pub n: usize,
     pub k: usize,
     pub m: usize,
-    /// "int8 GEMV path" or "f32 GEMM RxC".
+    /// "int8 GEMV path", "f32 GEMM RxC" or "coop TxT RxC" (tensor cores, R×C tiles a
+    /// subgroup).
     pub path: String,
     pub ms: f64,
     pub gflop_per_s: f64,
 }
 
 /// Prefill-sized matmuls (`m` rows) on random int4 matrices of the model's gate|up and down
-/// shapes: the int8-activation path against the f32 GEMM with each register tile, in one run.
+/// shapes: the int8-activation path against the f32 GEMM with each register tile and, where
+/// the device has cooperative matrices, the tensor-core GEMM with several subgroup tiles,
+/// in one run.
 /// A kernel the device failed to build or run is an error, not a time.
 pub fn prefill_matmul(
     engine: &Engine,
@@ -666,6 +669,19 @@ pub fn prefill_matmul(
                 format!("f32 GEMM {r}x{cl}"),
                 ops::prefill_gemm::gemm(ctx, name, &w, &xq, &io, (r, cl)),
             ));
+        }
+        if let Some(shape) = ops::prefill_coop::shape_for_device(ctx) {
+            for (rows, cols) in [(1, 1), (2, 2), (2, 4), (4, 2)] {
+                let s = ops::prefill_coop::CoopShape {
+                    rows,
+                    cols,
+                    ..shape
+                };
+                paths.push((
+                    format!("coop {0}x{0} {rows}x{cols}", s.tile),
+                    ops::prefill_coop::gemm(ctx, name, &w, &xq, &io, s),
+                ));
+            }
         }
         let step = ops::Step {
             rows: m as u32,

@@ -129,6 +129,101 @@ fn matmul_int4_matches_reference() {
     }
 }
 
+/// One prefill-GEMM case: an int4 (`int8` false) or int8 matrix `n`×`k` uploaded in chunks
+/// of at most `limit` bytes, `m` activation rows, a bias and old output values (the
+/// residual the kernel accumulates into).
+struct GemmCase {
+    mat: QuantMatrix,
+    w: Vec<f32>,
+    x: Vec<f32>,
+    bias: Vec<f32>,
+    prev: Vec<f32>,
+}
+
+impl GemmCase {
+    fn new(
+        ctx: &edgereason::gpu::GpuContext,
+        (n, k, m): (usize, usize, usize),
+        limit: u64,
+        int8: bool,
+    ) -> Self {
+        let (groups4, groups8);
+        let (groups, w) = if int8 {
+            groups8 = rand_vec(n * k, 17 + n as u64)
+                .chunks(k)
+                .flat_map(edgereason::loader::quantize_q8)
+                .collect::<Vec<_>>();
+            let w = HostTensor {
+                shape: vec![n, k],
+                data: TensorData::Q8(groups8.clone()),
+            }
+            .to_f32();
+            (QuantGroups::Int8(&groups8), w)
+        } else {
+            let w;
+            (groups4, w) = quantized(n, k, 7 + n as u64);
+            (QuantGroups::Int4(&groups4), w)
+        };
+        let mat =
+            QuantMatrix::upload_with_limit(ctx, "w", n, k, groups, limit.min(ctx.max_binding()));
+        if limit < u64::MAX {
+            assert!(mat.chunks.len() > 1, "limit {limit} should split {n}x{k}");
+        }
+        let (x, bias, prev) = (
+            rand_vec(m * k, 3 + m as u64),
+            rand_vec(n, 11),
+            rand_vec(m * n, 5),
+        );
+        GemmCase {
+            mat,
+            w,
+            x,
+            bias,
+            prev,
+        }
+    }
+
+    /// Run `launch` (the GEMM's dispatches over f32 rows, bias and residual on) for `m` rows
+    /// and return the output.
+    fn run(
+        &self,
+        ctx: &edgereason::gpu::GpuContext,
+        m: usize,
+        launch: impl Fn(&wgpu::Buffer, &MatmulIo) -> Vec<ops::Dispatch>,
+    ) -> Vec<f32> {
+        let n = self.mat.n;
+        let xb = ctx.storage_from("x", &self.x);
+        let (unused, scratch) = (ctx.storage("unused", 16), ctx.storage("scratch", 16));
+        let bb = ctx.storage_from("bias", &self.bias);
+        let out = ctx.storage_from("out", &self.prev);
+        let io = MatmulIo {
+            bias: Some(&bb),
+            accumulate: true,
+            ..MatmulIo::new(&unused, &unused, &out, n, &scratch)
+        };
+        let mm = launch(&xb, &io);
+        let step = ops::Step {
+            rows: m as u32,
+            ..Default::default()
+        };
+        ops::run_forced(ctx, &mm.iter().collect::<Vec<_>>(), &step);
+        ctx.read(&out, 0, m * n).unwrap()
+    }
+
+    /// The reference: bias + old value + Σ_k w·x, with `round` applied to every weight and
+    /// activation first (identity for f32 kernels, f16 rounding for the tensor-core one).
+    fn want(&self, m: usize, round: impl Fn(f32) -> f32) -> Vec<f32> {
+        let (n, k) = (self.mat.n, self.mat.k);
+        let w: Vec<f32> = self.w.iter().map(|&v| round(v)).collect();
+        let x: Vec<f32> = self.x.iter().map(|&v| round(v)).collect();
+        ops::matmul_int4::reference(&w, n, k, &x, m, Some(&self.bias))
+            .iter()
+            .zip(&self.prev)
+            .map(|(a, b)| a + b)
+            .collect()
+    }
+}
+
 #[test]
 fn prefill_gemm_matches_reference() {
     for ctx in contexts() {
@@ -142,80 +237,69 @@ fn prefill_gemm_matches_reference() {
             (44, 32, 33, 512, (8, 2)),
         ];
         for (i, &(n, k, m, limit, tile)) in cases.iter().enumerate() {
-            let x = rand_vec(m * k, 3 + m as u64);
-            let bias = rand_vec(n, 11);
-            let prev = rand_vec(m * n, 5);
-            let (mat, w) = if i % 2 == 0 {
-                let (groups, w) = quantized(n, k, 7 + n as u64);
-                (
-                    QuantMatrix::upload_with_limit(
-                        &ctx,
-                        "w",
-                        n,
-                        k,
-                        QuantGroups::Int4(&groups),
-                        limit.min(ctx.max_binding()),
-                    ),
-                    w,
-                )
-            } else {
-                let groups: Vec<_> = rand_vec(n * k, 17 + n as u64)
-                    .chunks(k)
-                    .flat_map(edgereason::loader::quantize_q8)
-                    .collect();
-                let w = HostTensor {
-                    shape: vec![n, k],
-                    data: TensorData::Q8(groups.clone()),
-                }
-                .to_f32();
-                (
-                    QuantMatrix::upload_with_limit(
-                        &ctx,
-                        "w8",
-                        n,
-                        k,
-                        QuantGroups::Int8(&groups),
-                        limit.min(ctx.max_binding()),
-                    ),
-                    w,
-                )
-            };
-            if limit < u64::MAX {
-                assert!(mat.chunks.len() > 1, "limit {limit} should split {n}x{k}");
-            }
-            let xb = ctx.storage_from("x", &x);
-            let (unused, scratch) = (ctx.storage("unused", 16), ctx.storage("scratch", 16));
-            let bb = ctx.storage_from("bias", &bias);
-            let out = ctx.storage_from("out", &prev);
-            let io = MatmulIo {
-                bias: Some(&bb),
-                accumulate: true,
-                ..MatmulIo::new(&unused, &unused, &out, n, &scratch)
-            };
-            assert!(ops::prefill_gemm::fits(&mat));
-            let mm = ops::prefill_gemm::gemm(&ctx, "gemm", &mat, &xb, &io, tile);
-            ops::run_forced(
-                &ctx,
-                &mm.iter().collect::<Vec<_>>(),
-                &ops::Step {
-                    rows: m as u32,
-                    ..Default::default()
-                },
-            );
-            let got: Vec<f32> = ctx.read(&out, 0, m * n).unwrap();
+            let case = GemmCase::new(&ctx, (n, k, m), limit, i % 2 == 1);
+            assert!(ops::prefill_gemm::fits(&case.mat));
+            let got = case.run(&ctx, m, |x, io| {
+                ops::prefill_gemm::gemm(&ctx, "gemm", &case.mat, x, io, tile)
+            });
             // f32 activations times the dequantized weights: only the summation order differs.
-            let want: Vec<f32> = ops::matmul_int4::reference(&w, n, k, &x, m, Some(&bias))
-                .iter()
-                .zip(&prev)
-                .map(|(a, b)| a + b)
-                .collect();
             let what = format!(
                 "{} gemm {} n={n} k={k} m={m} tile {tile:?}",
                 path(&ctx),
                 if i % 2 == 0 { "int4" } else { "int8" }
             );
-            assert_close(&what, &got, &want, 1e-4, 1e-4);
+            assert_close(&what, &got, &case.want(m, |v| v), 1e-4, 1e-4);
         }
+    }
+}
+
+/// The tensor-core prefill GEMM, on every context that offers cooperative matrices (none
+/// with Mesa 22's lavapipe: tools/coop_check.sh runs this on a lavapipe that has them, and
+/// tools/gpu_check.sh on the GPU, both with EDGEREASON_REQUIRE_COOP=1, which makes a
+/// missing device a failure rather than a skip).
+#[test]
+fn prefill_coop_matches_reference() {
+    let mut ran = 0;
+    for ctx in contexts() {
+        let Some(shape) = ops::prefill_coop::shape_for_device(&ctx) else {
+            continue;
+        };
+        // n, m not multiples of any block; subgroup tiles 1x1, 2x2, 1x3, 3x1; int4 and int8;
+        // several binding chunks; bias and residual in the epilogue.
+        let cases = [
+            (76usize, 96usize, 17usize, u64::MAX, (2u32, 2u32)),
+            (132, 160, 40, 2048, (1, 3)),
+            (68, 224, 5, u64::MAX, (1, 1)),
+            (44, 32, 70, 512, (3, 1)),
+            (200, 64, 33, u64::MAX, (2, 2)),
+            (36, 128, 129, u64::MAX, (2, 1)),
+        ];
+        for (i, &(n, k, m, limit, (rows, cols))) in cases.iter().enumerate() {
+            let case = GemmCase::new(&ctx, (n, k, m), limit, i % 2 == 1);
+            let shape = ops::prefill_coop::CoopShape {
+                rows,
+                cols,
+                ..shape
+            };
+            let got = case.run(&ctx, m, |x, io| {
+                ops::prefill_coop::gemm(&ctx, "coop", &case.mat, x, io, shape)
+            });
+            // Weights and activations enter the matrix units as f16, sums stay f32.
+            let f16 = |v: f32| half::f16::from_f32(v).to_f32();
+            let what = format!(
+                "{} coop {} n={n} k={k} m={m} {shape:?}",
+                path(&ctx),
+                if i % 2 == 0 { "int4" } else { "int8" }
+            );
+            assert_close(&what, &got, &case.want(m, f16), 2e-3, 2e-3);
+            ran += 1;
+        }
+    }
+    if std::env::var("EDGEREASON_REQUIRE_COOP").is_ok_and(|v| v == "1") {
+        assert!(
+            ran > 0,
+            "EDGEREASON_REQUIRE_COOP=1 but no device offers f16 cooperative matrices"
+        );
     }
 }
 

@@ -68,10 +68,16 @@ fn check_glsl(
 
 #[test]
 fn every_shader_variant_validates_and_translates() {
-    for name in SHADER_FILES
-        .iter()
-        .filter(|n| !["matmul_int4", "attention", "lora", "prefill_gemm"].contains(n))
-    {
+    for name in SHADER_FILES.iter().filter(|n| {
+        ![
+            "matmul_int4",
+            "attention",
+            "lora",
+            "prefill_gemm",
+            "prefill_coop",
+        ]
+        .contains(n)
+    }) {
         check(name, &ShaderDefines::new());
     }
     for rows in [1, 4, 16] {
@@ -134,13 +140,44 @@ fn every_shader_variant_validates_and_translates() {
     }
 }
 
+/// The cooperative-matrix prefill GEMM for each tile shape a device can offer (8x8 on
+/// Metal and lavapipe, 16x16 on NVIDIA/AMD/Intel Vulkan) and subgroup size: validated and
+/// translated to SPIR-V, and to MSL where Metal has the shape (simdgroup matrices are
+/// 8x8). DX12 and GL have no cooperative matrices in wgpu: the engine never builds it there.
+#[test]
+fn cooperative_matrix_variants_validate_and_translate() {
+    for (tile, sg, rows, cols) in [(8, 8, 2, 2), (8, 32, 1, 1), (16, 32, 2, 2), (16, 64, 1, 4)] {
+        let defines = edgereason::ops::prefill_coop::defines(tile, sg, (rows, cols));
+        let src = expand_shader("prefill_coop", &defines);
+        let module = naga::front::wgsl::parse_str(&src)
+            .unwrap_or_else(|e| panic!("prefill_coop {defines:?}: {}", e.emit_to_string(&src)));
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("prefill_coop {defines:?}: validation: {e:?}"));
+        naga::back::spv::write_vec(&module, &info, &Default::default(), None)
+            .unwrap_or_else(|e| panic!("prefill_coop {defines:?}: SPIR-V: {e:?}"));
+        if tile == 8 {
+            let options = naga::back::msl::Options {
+                lang_version: (2, 3),
+                ..Default::default()
+            };
+            naga::back::msl::write_string(&module, &info, &options, &Default::default())
+                .unwrap_or_else(|e| panic!("prefill_coop {defines:?}: MSL: {e:?}"));
+        }
+    }
+}
+
 /// The Rust side of a kernel's uniform against naga's reflection of the WGSL struct:
 /// same field names in the same order, same byte offsets, same size.
 fn check_params<P: edgereason::ops::KernelParams>() {
     // Every optional struct compiled in (the RoPE epilogue's uniform is under ROPE).
     let defines = ShaderDefines::new().with("ROWS", 1).with("COLS", 1);
-    let defines = match P::STRUCT {
-        "Rope" => defines.with("ROPE", 1).with("HEAD_DIM", 64),
+    let defines = match (P::SHADER, P::STRUCT) {
+        (_, "Rope") => defines.with("ROPE", 1).with("HEAD_DIM", 64),
+        ("prefill_coop", _) => edgereason::ops::prefill_coop::defines(8, 8, (1, 1)),
         _ => defines,
     };
     let src = expand_shader(P::SHADER, &defines);
@@ -179,6 +216,7 @@ fn kernel_params_structs_match_their_wgsl_layouts() {
     check_params::<matmul_int4::MatmulParams>();
     check_params::<matmul_int4::RopeEpilogue>();
     check_params::<prefill_gemm::GemmParams>();
+    check_params::<prefill_coop::CoopParams>();
     check_params::<quantize_act::QuantizeParams>();
     check_params::<read_bandwidth::ReadParams>();
     check_params::<rmsnorm::NormParams>();
@@ -192,6 +230,7 @@ fn kernel_params_structs_match_their_wgsl_layouts() {
         "lora",
         "matmul_int4",
         "prefill_gemm",
+        "prefill_coop",
         "quantize_act",
         "read_bandwidth",
         "rmsnorm",

@@ -63,6 +63,9 @@ pub struct AdapterSummary {
     pub max_storage_buffer_binding_size: u64,
     pub max_storage_buffers_per_shader_stage: u32,
     pub max_compute_workgroup_storage_size: u32,
+    /// Cooperative-matrix (tensor core) shapes the adapter offers to WGSL, as
+    /// "MxNxK AB->CR" (e.g. "16x16x16 f16->f32"); empty where it has none.
+    pub cooperative_matrix: Vec<String>,
 }
 
 fn summarize(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
@@ -85,6 +88,14 @@ fn summarize(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
         max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
         max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
         max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
+        cooperative_matrix: a
+            .cooperative_matrix_properties()
+            .iter()
+            .map(|c| {
+                let (m, n, k) = (c.m_size, c.n_size, c.k_size);
+                format!("{m}x{n}x{k} {:?}->{:?}", c.ab_type, c.cr_type).to_lowercase()
+            })
+            .collect(),
     }
 }
 
@@ -158,6 +169,26 @@ fn kernel_features() -> wgpu::Features {
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
 }
 
+/// The square tile side (16, else 8) of the adapter's f16 × f16 → f32 cooperative-matrix
+/// shapes, the ones the prefill kernel uses; `None` without them, or with
+/// EDGEREASON_COOPERATIVE_MATRIX=0.
+fn cooperative_tile(adapter: &wgpu::Adapter) -> Option<u32> {
+    if std::env::var("EDGEREASON_COOPERATIVE_MATRIX").is_ok_and(|v| v == "0")
+        || !adapter
+            .features()
+            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+    {
+        return None;
+    }
+    use wgpu::CooperativeScalarType::{F16, F32};
+    let shapes = adapter.cooperative_matrix_properties();
+    [16, 8].into_iter().find(|&t| {
+        shapes.iter().any(|c| {
+            (c.m_size, c.n_size, c.k_size) == (t, t, t) && c.ab_type == F16 && c.cr_type == F32
+        })
+    })
+}
+
 /// Open `adapter` (called `name` in errors) with `features` and `limits`.
 fn request_device(
     adapter: &wgpu::Adapter,
@@ -169,7 +200,15 @@ fn request_device(
         label: Some("edgereason"),
         required_features: features,
         required_limits: limits.clone(),
-        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        // SAFETY: the only experimental feature ever requested is cooperative matrices
+        // (see `cooperative_tile`), used by one kernel whose every variant is validated by
+        // naga (tests/shaders.rs) and checked against the CPU reference (tests/kernels.rs).
+        experimental_features: if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        {
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        },
         memory_hints: wgpu::MemoryHints::Performance,
         trace: wgpu::Trace::Off,
     }))
@@ -216,6 +255,9 @@ pub struct GpuContext {
     pub features: wgpu::Features,
     /// Kernels use subgroup operations (the adapter has SUBGROUP and it was not turned off).
     pub subgroups: bool,
+    /// Side of the f16 → f32 cooperative-matrix tiles (8 or 16) the device was opened with,
+    /// where it has them and subgroups are on (the prefill GEMM's tensor-core path).
+    pub cooperative_tile: Option<u32>,
     /// Launches, passes, submissions and read-backs so far (see [`GpuStats`]).
     pub stats: GpuStats,
     /// The first error no scope caught, or the device's loss: every read-back reports it.
@@ -251,10 +293,14 @@ impl GpuContext {
         let adapter = &all[pick];
         let summary = summarize(pick, adapter);
         // Only what the kernels can use; every limit is the adapter's own.
-        let features = adapter.features() & kernel_features();
+        let subgroups = allow_subgroups && adapter.features().contains(wgpu::Features::SUBGROUP);
+        let cooperative_tile = cooperative_tile(adapter).filter(|_| subgroups);
+        let mut features = adapter.features() & kernel_features();
+        if cooperative_tile.is_some() {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
         let limits = adapter.limits();
         let (device, queue) = request_device(adapter, &summary.name, features, &limits)?;
-        let subgroups = allow_subgroups && features.contains(wgpu::Features::SUBGROUP);
         let fault = record_faults(&device);
         Ok(Arc::new(Self {
             device,
@@ -263,6 +309,7 @@ impl GpuContext {
             limits,
             features,
             subgroups,
+            cooperative_tile,
             stats: GpuStats::default(),
             fault,
             pipelines: Mutex::new(HashMap::new()),

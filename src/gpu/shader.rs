@@ -10,7 +10,8 @@
 //! `//#if NAME`, `//#else` and `//#endif` are kept or dropped by whether define NAME is
 //! non-zero, so a kernel can carry a subgroup variant next to its portable one (WGSL has
 //! no preprocessor, and a subgroup call must not even appear in a shader for a device
-//! without subgroups).
+//! without subgroups). A kernel file's `enable …;` lines (WGSL extensions such as f16 and
+//! cooperative matrices) are moved to the very top, where WGSL requires them.
 
 /// Compile-time constants for one pipeline variant, e.g. `ROWS = 4`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -42,6 +43,7 @@ pub fn shader_file(name: &str) -> &'static str {
         "prelude" => include_str!("../../shaders/prelude.wgsl"),
         "matmul_int4" => include_str!("../../shaders/matmul_int4.wgsl"),
         "prefill_gemm" => include_str!("../../shaders/prefill_gemm.wgsl"),
+        "prefill_coop" => include_str!("../../shaders/prefill_coop.wgsl"),
         "quantize_act" => include_str!("../../shaders/quantize_act.wgsl"),
         "rmsnorm" => include_str!("../../shaders/rmsnorm.wgsl"),
         "rope" => include_str!("../../shaders/rope.wgsl"),
@@ -59,6 +61,7 @@ pub fn shader_file(name: &str) -> &'static str {
 pub const SHADER_FILES: &[&str] = &[
     "matmul_int4",
     "prefill_gemm",
+    "prefill_coop",
     "quantize_act",
     "rmsnorm",
     "rope",
@@ -75,6 +78,12 @@ pub fn expand_shader(name: &str, defines: &ShaderDefines) -> String {
     let rows = defines.get("ROWS").unwrap_or(1);
     let cols = defines.get("COLS").unwrap_or(1);
     let mut out = String::new();
+    for line in shader_file(name).lines() {
+        if line.starts_with("enable ") {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
     for (n, v) in &defines.0 {
         out.push_str(&format!("const {n}: u32 = {v}u;\n"));
     }
@@ -96,7 +105,7 @@ pub fn expand_shader(name: &str, defines: &ShaderDefines) -> String {
             conds.pop().expect("//#endif without //#if");
             continue;
         }
-        if conds.iter().any(|(on, _)| !on) {
+        if conds.iter().any(|(on, _)| !on) || line.starts_with("enable ") {
             continue;
         }
         let rs = if line.contains("{r}") { 0..rows } else { 0..1 };

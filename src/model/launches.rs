@@ -137,6 +137,33 @@ impl Activations {
     }
 }
 
+/// The GEMM kernel of prefill-sized steps (f32 activation rows, many rows per weight).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PrefillGemm {
+    /// shaders/prefill_gemm.wgsl with this register tile (ROWS, COLS quads).
+    Tiled((u32, u32)),
+    /// shaders/prefill_coop.wgsl on the matrix units.
+    Cooperative(ops::prefill_coop::CoopShape),
+}
+
+impl PrefillGemm {
+    /// The tensor-core GEMM where chosen ([`ops::prefill_coop::shape_for_prefill`]), else
+    /// the tiled one where the device takes it and every layer matrix fits it.
+    fn for_device(ctx: &GpuContext, model: &GpuModel) -> Option<Self> {
+        if let Some(s) = ops::prefill_coop::shape_for_prefill(ctx) {
+            return Some(Self::Cooperative(s));
+        }
+        let fits = model.layers.iter().all(|l| {
+            [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]
+                .into_iter()
+                .all(ops::prefill_gemm::fits)
+        });
+        ops::prefill_gemm::tile_for_device(ctx)
+            .filter(|_| fits)
+            .map(Self::Tiled)
+    }
+}
+
 /// Builds the launch lists of one session's forward pass.
 pub(super) struct Launches<'a> {
     pub ctx: &'a GpuContext,
@@ -146,9 +173,9 @@ pub(super) struct Launches<'a> {
     pub kv: &'a KvCache,
     pub lora: Option<&'a LoraSet>,
     pub apply: LoraApply,
-    /// The prefill GEMM's register tile, where the device takes it (and every layer
-    /// matrix fits it: see [`ops::prefill_gemm::fits`]).
-    pub gemm_tile: Option<(u32, u32)>,
+    /// The GEMM prefill-sized steps take, where the device takes one (else they stay on
+    /// the int8 path).
+    pub gemm: Option<PrefillGemm>,
     pub plan: AttentionPlan,
     /// Residual matmuls write the next RMSNorm's blocks (see [`NormOut`]).
     pub fold_norms: bool,
@@ -178,13 +205,7 @@ impl<'a> Launches<'a> {
             kv,
             lora,
             apply,
-            gemm_tile: ops::prefill_gemm::tile_for_device(ctx).filter(|_| {
-                model.layers.iter().all(|l| {
-                    [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]
-                        .into_iter()
-                        .all(ops::prefill_gemm::fits)
-                })
-            }),
+            gemm: PrefillGemm::for_device(ctx, model),
             plan: AttentionPlan::for_device(ctx),
             fold_norms,
             rope_params: ops::matmul_int4::rope_params(ctx, c.n_head, c.n_kv_head, c.rope_theta),
@@ -250,7 +271,7 @@ impl<'a> Launches<'a> {
         let rope_launch = self.rope(l);
         if !fuse_rope {
             push(rope_launch);
-        } else if self.gemm_tile.is_some() {
+        } else if self.gemm.is_some() {
             push(rope_launch.only(When::Gemm(true)));
         }
         self.attention(l).into_iter().for_each(&mut *push);
@@ -291,7 +312,7 @@ impl<'a> Launches<'a> {
                 self.ctx, "swiglu", &a.gate_up, c.n_ff, &a.hq, &a.hs,
             )));
         }
-        if self.gemm_tile.is_some() {
+        if self.gemm.is_some() {
             let f32_rows =
                 ops::swiglu::swiglu_f32(self.ctx, "swiglu", &a.gate_up, c.n_ff, &a.xf, &a.unused);
             push(f32_rows.only(When::Gemm(true)));
@@ -351,7 +372,7 @@ impl<'a> Launches<'a> {
 
     /// A launch of the int8 path: only in non-GEMM steps where the device has the GEMM.
     fn int8(&self, d: Dispatch) -> Dispatch {
-        if self.gemm_tile.is_some() {
+        if self.gemm.is_some() {
             d.only(When::Gemm(false))
         } else {
             d
@@ -369,7 +390,7 @@ impl<'a> Launches<'a> {
         };
         let int8 = (!folded).then(|| self.int8(launch(&a.unused, true)));
         let f32_rows = self
-            .gemm_tile
+            .gemm
             .map(|_| launch(&a.xf, false).only(When::Gemm(true)));
         int8.into_iter().chain(f32_rows).collect()
     }
@@ -440,9 +461,13 @@ impl<'a> Launches<'a> {
     /// The GEMM path's launches of a matmul over f32 rows `x` (none where the device keeps
     /// the int8 path for prefill).
     fn gemm(&self, label: &str, w: &QuantMatrix, x: &wgpu::Buffer, io: &MatmulIo) -> Vec<Dispatch> {
-        self.gemm_tile.map_or(Vec::new(), |t| {
-            ops::prefill_gemm::gemm(self.ctx, label, w, x, io, t)
-        })
+        match self.gemm {
+            Some(PrefillGemm::Tiled(t)) => ops::prefill_gemm::gemm(self.ctx, label, w, x, io, t),
+            Some(PrefillGemm::Cooperative(s)) => {
+                ops::prefill_coop::gemm(self.ctx, label, w, x, io, s)
+            }
+            None => Vec::new(),
+        }
     }
 
     /// RoPE on Q and K of `qkv` and the store of K and V into layer `l`'s cache.

@@ -11,6 +11,7 @@ pub mod attention;
 pub mod embedding;
 pub mod lora;
 pub mod matmul_int4;
+pub mod prefill_coop;
 pub mod prefill_gemm;
 pub mod quantize_act;
 pub mod read_bandwidth;
@@ -216,6 +217,9 @@ pub enum Grid {
     /// x = ceil(n / (64·COLS)) column tiles, y = ceil(rows / ROWS) row tiles (ROWS and
     /// COLS are the pipeline's defines).
     Gemm { n: u32 },
+    /// x = ceil(n / cols) column blocks, y = ceil(rows / per_rows) row blocks (a fixed
+    /// output block per workgroup).
+    Blocks { n: u32, cols: u32, per_rows: u32 },
     /// x fixed, y = ceil(rows / 64): one invocation per row.
     Rows64 { x: u32 },
 }
@@ -452,6 +456,9 @@ impl Dispatch {
                 (None, [n.div_ceil(64 * per_col), rows.div_ceil(per_row), 1])
             }
             Grid::Rows64 { x } => (None, [x, rows.div_ceil(64), 1]),
+            Grid::Blocks { n, cols, per_rows } => {
+                (None, [n.div_ceil(cols), rows.div_ceil(per_rows), 1])
+            }
         }
     }
 }
