@@ -51,7 +51,11 @@ enum Cmd {
         #[arg(long)]
         list: bool,
     },
-    /// Write the engine's pre-quantized int4 safetensors (no re-quantizing at start-up).
+    /// Write a model as the engine loads it: the engine's pre-quantized int4 safetensors (no
+    /// re-quantizing at start-up), or, with an OUTPUT ending in .gguf, a GGUF file other
+    /// engines read (int4 as Q4_1, int8 as Q8_0; no BPE merges: for benchmarks such as
+    /// llama-bench on the same weights). INPUT may be `synthetic:<name>` (random weights in
+    /// a registry model's shapes).
     Quantize {
         input: String,
         output: std::path::PathBuf,
@@ -822,10 +826,19 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Quantize { input, output } => {
-            let path = edgereason::pull::resolve_model(input)?;
-            let mut host = edgereason::loader::load_model(&path)?;
+            let mut host = match edgereason::loader::synthetic::synthetic_model(input) {
+                Some(host) => host,
+                None => edgereason::loader::load_model(&edgereason::pull::resolve_model(input)?)?,
+            };
             host.quantize_matrices(|_| {});
-            edgereason::loader::prequant::save_prequantized(&host, output)?;
+            if output
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+            {
+                edgereason::loader::gguf_writer::write_model(&host, output)?;
+            } else {
+                edgereason::loader::prequant::save_prequantized(&host, output)?;
+            }
             println!("wrote {}", output.display());
         }
     }

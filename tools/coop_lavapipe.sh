@@ -12,17 +12,12 @@ LIB=$ROOT/usr/lib/x86_64-linux-gnu
 setup() {
   [ -f "$ROOT/lvp.json" ] && return 0
   local d; d=$(mktemp -d)
-  mkdir -p "$d/lists/partial" "$d/cache/archives/partial" "$d/debs"
-  echo "deb http://deb.debian.org/debian sid main" > "$d/sources.list"
-  local apt=(-o "Dir::Etc::sourcelist=$d/sources.list" -o Dir::Etc::sourceparts=- -o "Dir::State::Lists=$d/lists" -o "Dir::Cache=$d/cache" -o Debug::NoLocking=1 -o APT::Sandbox::User=root -qq)
-  apt-get "${apt[@]}" update
   # lavapipe, the C/C++ runtime it was built against, LLVM and the libraries they load.
-  local pkgs="mesa-vulkan-drivers libvulkan1 libc6 libstdc++6 libgcc-s1 libllvm22 libelf1t64 libzstd1
-    libexpat1 libdrm2 libdrm-amdgpu1 libwayland-client0 libx11-xcb1 libx11-6 libxcb1 libxcb-dri3-0
-    libxcb-present0 libxcb-randr0 libxcb-shm0 libxcb-sync1 libxcb-xfixes0 libxshmfence1 libxau6
-    libxdmcp6 libbsd0 libmd0 libdisplay-info3 libpng16-16t64 zlib1g libffi8 libedit2 libxml2-16
-    libtinfo6 libz3-4 libicu76 liblzma5"
-  (cd "$d/debs" && apt-get "${apt[@]}" download $pkgs)
+  bash "$(dirname "$0")/sid_download.sh" "$d" mesa-vulkan-drivers libvulkan1 libc6 libstdc++6 libgcc-s1 \
+    libllvm22 libelf1t64 libzstd1 libexpat1 libdrm2 libdrm-amdgpu1 libwayland-client0 libx11-xcb1 \
+    libx11-6 libxcb1 libxcb-dri3-0 libxcb-present0 libxcb-randr0 libxcb-shm0 libxcb-sync1 \
+    libxcb-xfixes0 libxshmfence1 libxau6 libxdmcp6 libbsd0 libmd0 libdisplay-info3 libpng16-16t64 \
+    zlib1g libffi8 libedit2 libxml2-16 libtinfo6 libz3-4 libicu76 liblzma5
   mkdir -p "$ROOT"
   for f in "$d"/debs/*.deb; do dpkg -x "$f" "$ROOT"; done
   sed "s#\"library_path\": \"[^\"]*\"#\"library_path\": \"$LIB/libvulkan_lvp.so\"#" \

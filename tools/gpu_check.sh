@@ -18,7 +18,9 @@ if [ "${1:-}" = --prepare ]; then
     bin=$(cargo test --release --test $t --no-run --message-format=json 2>/dev/null | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
     cp "$bin" .dev/bin/$t && strip .dev/bin/$t
   done
-  # Six stripped binaries are ~80 MB; a device call carries 64 MiB in all: compress.
+  # The peer: llama.cpp's llama-bench with its Vulkan backend (tools/build_llama_bench.sh).
+  bash tools/build_llama_bench.sh .dev/bin
+  # Seven stripped binaries are ~100 MB; a device call carries 64 MiB in all: compress.
   tar -cJf .dev/bins.tar.xz -C .dev/bin . && rm -r .dev/bin
   (cd .gl && apt-get download -qq libvulkan1 >/dev/null 2>&1)
   du -sh .dev .gl
@@ -47,6 +49,15 @@ done
 Q=synthetic:qwen2.5-0.5b
 run() { local name=$1; shift; echo "== $name: $*" | tee -a "$OUT/bench.txt"; timeout 150 "$@" 2>"$OUT/$name.err" | tee -a "$OUT/bench.txt"; }
 run bench-qwen $B bench --model $Q --prompt-tokens 512 --gen-tokens 128
+# Issue 10 (3): the peer in the same run on the same weights file. `quantize` writes the
+# synthetic model (Qwen2.5-0.5B's shapes and formats, random weights) as GGUF (int8 as
+# Q8_0, int4 as Q4_1); llama-bench (Vulkan, all layers on the GPU) and `bench` both read it.
+if [ -x .dev/llama-bench ]; then
+  $B quantize $Q /tmp/qwen-random.gguf 2>&1 | tail -1
+  run llama-bench-vulkan .dev/llama-bench -m /tmp/qwen-random.gguf -p 512 -n 128 -ngl 99 -r 3
+  run bench-same-file $B bench --model /tmp/qwen-random.gguf --prompt-tokens 512 --gen-tokens 128
+  EDGEREASON_PREFILL_COOP=1 run bench-same-file-coop $B bench --model /tmp/qwen-random.gguf --prompt-tokens 512 --gen-tokens 32
+fi
 # Decode launches: each saving against its absence, same run (the "decode" and "decode step"
 # lines). Norms folded into the residual epilogues (default) vs norm launches; split-K
 # matmuls with their reduce launches (default on GPUs) vs one pass; one-stream attention

@@ -706,6 +706,20 @@ pub fn unpermute_rows<T: Copy>(data: &[T], n_rows: usize, n_head: usize) -> Vec<
     out
 }
 
+/// llama.cpp's Q/K permutation, the inverse of [`unpermute_rows`] (for writing GGUF).
+pub fn permute_rows<T: Copy>(data: &[T], n_rows: usize, n_head: usize) -> Vec<T> {
+    let row = data.len() / n_rows;
+    let hd = n_rows / n_head;
+    let mut out = Vec::with_capacity(data.len());
+    for r in 0..n_rows {
+        let (h, w) = (r / hd, r % hd);
+        let (i, j) = (w / 2, w % 2);
+        let src = h * hd + j * hd / 2 + i;
+        out.extend_from_slice(&data[src * row..(src + 1) * row]);
+    }
+    out
+}
+
 #[cfg(test)]
 #[path = "gguf_tests.rs"]
 pub(crate) mod tests;

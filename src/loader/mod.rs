@@ -19,6 +19,7 @@ pub mod chat_template;
 pub mod ggml_quants;
 pub mod gguf;
 pub mod gguf_model;
+pub mod gguf_writer;
 pub mod hf_dir;
 pub mod prequant;
 pub mod synthetic;

@@ -3,7 +3,9 @@
 
 Per step, for each sampled prompt:
   * a budget B is drawn from --budgets and appended to the user message exactly as
-    "\\n(Reasoning budget: {B} tokens.)"
+    "\\n(Reasoning budget: {B} tokens.)"; with probability --unstated-frac the prompt states
+    none and B is --unstated-budget, which teaches the length of replies to plain prompts
+    (what `edgereason run` sends when no budget is asked for)
   * G completions are sampled (temperature T) with the adapter off on the prompt and on for
     generated tokens - the engine's schedule (common.AdapterMask)
   * reward = correct x R_budget(L), L = generated tokens (incl. the stop token),
@@ -45,9 +47,10 @@ import common  # noqa: E402
 from data import load_jsonl  # noqa: E402
 
 
-def rollout(model, masker, tok, item, budget, a, stop, gen):
-    """Sample a group for one prompt; return (prompt ids, completions, rewards, corrects)."""
-    pids = common.chat_prompt_ids(tok, common.budget_prompt(item["prompt"], budget))
+def rollout(model, masker, tok, item, budget, a, stop, gen, stated=True):
+    """Sample a group for one prompt (the budget in its text when `stated`); return
+    (prompt ids, completions, rewards, corrects)."""
+    pids = common.chat_prompt_ids(tok, common.budget_prompt(item["prompt"], budget if stated else None))
     cap = min(a.max_new_tokens, int(math.floor((1 + a.margin) * budget)) + 1)
     seqs = common.sample(model, pids, a.group_size, cap, a.temperature, stop, masker, gen, a.opener)
     rewards, corrects = [], []
@@ -101,6 +104,14 @@ def main():
     p.add_argument("--beta", type=float, default=1e-3, help="KL coefficient (reference = adapter disabled)")
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (also used for log-probs)")
     p.add_argument("--budgets", default="64,128,256", help="comma-separated budget buckets B (tokens)")
+    p.add_argument("--unstated-frac", type=float, default=0.0,
+                   help="share of prompts that state no budget (rewarded against --unstated-budget)")
+    p.add_argument("--unstated-budget", type=int, default=None,
+                   help="budget B of prompts that state none (default: the smallest of --budgets)")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="also save the adapter to --out every N steps (a long run stopped early keeps its last)")
+    p.add_argument("--curve", default=None,
+                   help="CSV of the training curve: step, reward, accuracy, length, kl, loss, seconds")
     p.add_argument("--margin", "-m", type=float, default=0.2, help="R_budget margin m")
     p.add_argument("--floor", "-p", type=float, default=0.0, help="R_budget value p beyond (1+m)B")
     p.add_argument("--no-correctness", action="store_true",
@@ -136,10 +147,15 @@ def main():
     stop = common.stop_ids(tok, base)
     a.opener = common.opener_ids(tok, a.think_prefix)
     budgets = [int(b) for b in a.budgets.split(",")]
+    unstated_budget = a.unstated_budget or min(budgets)
     items = [it for it in load_jsonl(a.data, need_answer=True) if a.difficulty in ("all", it["difficulty"])]
     evals = load_jsonl(a.eval_data, need_answer=True)[: a.eval_n] if a.eval_data else []
     common.log(acc, f"base {name}, adapter {a.adapter or 'fresh'}; {len(items)} {a.difficulty} prompts; "
-                    f"budgets {budgets} m={a.margin} p={a.floor} G={a.group_size} beta={a.beta} T={a.temperature}")
+                    f"budgets {budgets} m={a.margin} p={a.floor} G={a.group_size} beta={a.beta} T={a.temperature}; "
+                    f"{a.unstated_frac:.0%} of prompts state no budget (B={unstated_budget})")
+    curve = open(a.curve, "w") if a.curve and acc.is_main_process else None
+    if curve:
+        curve.write("step,reward,accuracy,length,kl,loss,seconds\n")
 
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=a.lr, weight_decay=0.0)
     model, opt = acc.prepare(model, opt)
@@ -188,7 +204,9 @@ def main():
         groups, stats = [], torch.zeros(6, device=acc.device)  # reward, correct, length, seqs, skipped, groups
         for it in rng.sample(items, min(a.prompts_per_step, len(items))):
             B = rng.choice(budgets)
-            pids, seqs, rewards, corr = rollout(core, masker, tok, it, B, a, stop, gen)
+            stated = a.unstated_frac <= 0 or rng.random() >= a.unstated_frac
+            B = B if stated else unstated_budget
+            pids, seqs, rewards, corr = rollout(core, masker, tok, it, B, a, stop, gen, stated)
             r = torch.tensor(rewards)
             stats += torch.tensor([r.sum(), sum(corr), sum(map(len, seqs)), len(seqs), 0, 1], device=acc.device)
             if float(r.max() - r.min()) < 1e-9:
@@ -232,8 +250,14 @@ def main():
             opt.zero_grad()
 
         s = acc.reduce(stats, "sum")
+        n = max(float(s[3]), 1)
+        if curve:
+            curve.write(f"{step},{s[0] / n:.4f},{s[1] / n:.4f},{s[2] / n:.2f},{kl_mean:.3e},"
+                        f"{float(loss) if loss is not None else 0.0:.5f},{time.time() - t0:.0f}\n")
+            curve.flush()
+        if a.save_every and step % a.save_every == 0 and step < a.steps and acc.is_main_process:
+            common.save_adapter(core, a.out, a.dtype)
         if step % a.log_every == 0 or step == a.steps:
-            n = max(float(s[3]), 1)
             common.log(acc, f"step {step}/{a.steps} reward {s[0] / n:.3f} accuracy {s[1] / n:.3f} "
                             f"length {s[2] / n:.1f} skipped {int(s[4])}/{int(s[5])} groups "
                             f"kl {kl_mean:.2e} loss {float(loss) if loss is not None else 0.0:.4f} "
