@@ -19,6 +19,7 @@ enable wgpu_cooperative_matrix;
 // SG must be the device's one subgroup size (the launcher checks min = max), so that the
 // workgroup is exactly four subgroups. No LoRA, as in prefill_gemm.wgsl.
 
+// The same uniform as prefill_gemm.wgsl's (one Rust struct, GemmParams, fills both).
 struct Params {
     n: u32,          // output features of this matrix chunk
     k: u32,          // input features (a multiple of 32)
@@ -127,9 +128,10 @@ fn emit(acc: TileC, row0: u32, col0: u32, sid: u32, lane: u32) {
     workgroupBarrier();
 }
 
-// Subgroup sid's tiles: rows sr·ROWS·TILE.., columns sc·COLS·TILE.. of the block.
+// Subgroup sid's tiles: rows sr·ROWS·TILE.., columns sc·COLS·TILE.. of the block. INT8
+// selects the weights' format (int8 words, else int4).
 @compute @workgroup_size(WG)
-fn coop_int4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_id) sid: u32, @builtin(subgroup_invocation_id) lane: u32) {
+fn coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_id) sid: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let m0 = wid.y * BM;
     let n0 = wid.x * BN;
     let tr = (sid / 2u) * ROWS * TILE;
@@ -137,28 +139,11 @@ fn coop_int4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     var acc{r}_{c} = TileC();
     for (var g = 0u; g < p.k / 32u; g = g + 1u) {
         stage_activations(m0, g, lid);
-        stage_int4(n0, g, lid);
-        workgroupBarrier();
-        for (var kk = 0u; kk < 32u; kk = kk + TILE) {
-            let a{r} = coopLoadT<TileA>(&xa[(tr + {r}u * TILE) * 32u + kk], 32u);
-            let b{c} = coopLoadT<TileB>(&wb[kk * BN + tc + {c}u * TILE], BN);
-            acc{r}_{c} = coopMultiplyAdd(a{r}, b{c}, acc{r}_{c});
-        }
-        workgroupBarrier();
-    }
-    emit(acc{r}_{c}, m0 + tr + {r}u * TILE, n0 + tc + {c}u * TILE, sid, lane);
-}
-
-@compute @workgroup_size(WG)
-fn coop_int8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_id) sid: u32, @builtin(subgroup_invocation_id) lane: u32) {
-    let m0 = wid.y * BM;
-    let n0 = wid.x * BN;
-    let tr = (sid / 2u) * ROWS * TILE;
-    let tc = (sid % 2u) * COLS * TILE;
-    var acc{r}_{c} = TileC();
-    for (var g = 0u; g < p.k / 32u; g = g + 1u) {
-        stage_activations(m0, g, lid);
+//#if INT8
         stage_int8(n0, g, lid);
+//#else
+        stage_int4(n0, g, lid);
+//#endif
         workgroupBarrier();
         for (var kk = 0u; kk < 32u; kk = kk + TILE) {
             let a{r} = coopLoadT<TileA>(&xa[(tr + {r}u * TILE) * 32u + kk], 32u);

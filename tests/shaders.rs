@@ -146,8 +146,15 @@ fn every_shader_variant_validates_and_translates() {
 /// 8x8). DX12 and GL have no cooperative matrices in wgpu: the engine never builds it there.
 #[test]
 fn cooperative_matrix_variants_validate_and_translate() {
-    for (tile, sg, rows, cols) in [(8, 8, 2, 2), (8, 32, 1, 1), (16, 32, 2, 2), (16, 64, 1, 4)] {
-        let defines = edgereason::ops::prefill_coop::defines(tile, sg, (rows, cols));
+    for (tile, sg, rows, cols, int8) in [
+        (8, 8, 2, 2, 0),
+        (8, 32, 1, 1, 1),
+        (16, 32, 2, 2, 0),
+        (16, 32, 2, 2, 1),
+        (16, 64, 1, 4, 0),
+    ] {
+        let defines =
+            edgereason::ops::prefill_coop::defines(tile, sg, (rows, cols)).with("INT8", int8);
         let src = expand_shader("prefill_coop", &defines);
         let module = naga::front::wgsl::parse_str(&src)
             .unwrap_or_else(|e| panic!("prefill_coop {defines:?}: {}", e.emit_to_string(&src)));
@@ -173,14 +180,19 @@ fn cooperative_matrix_variants_validate_and_translate() {
 /// The Rust side of a kernel's uniform against naga's reflection of the WGSL struct:
 /// same field names in the same order, same byte offsets, same size.
 fn check_params<P: edgereason::ops::KernelParams>() {
+    check_params_of::<P>(P::SHADER)
+}
+
+/// As [`check_params`], against the `Params`-named struct of shader `shader`.
+fn check_params_of<P: edgereason::ops::KernelParams>(shader: &str) {
     // Every optional struct compiled in (the RoPE epilogue's uniform is under ROPE).
     let defines = ShaderDefines::new().with("ROWS", 1).with("COLS", 1);
-    let defines = match (P::SHADER, P::STRUCT) {
+    let defines = match (shader, P::STRUCT) {
         (_, "Rope") => defines.with("ROPE", 1).with("HEAD_DIM", 64),
         ("prefill_coop", _) => edgereason::ops::prefill_coop::defines(8, 8, (1, 1)),
         _ => defines,
     };
-    let src = expand_shader(P::SHADER, &defines);
+    let src = expand_shader(shader, &defines);
     let module = naga::front::wgsl::parse_str(&src).unwrap();
     let (members, span) = module
         .types
@@ -191,18 +203,18 @@ fn check_params<P: edgereason::ops::KernelParams>() {
             }
             _ => None,
         })
-        .unwrap_or_else(|| panic!("{}: no struct {}", P::SHADER, P::STRUCT));
+        .unwrap_or_else(|| panic!("{}: no struct {}", shader, P::STRUCT));
     let wgsl: Vec<(String, usize)> = members
         .iter()
         .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize))
         .collect();
     let rust: Vec<(String, usize)> = P::FIELDS.iter().map(|&(n, o)| (n.to_string(), o)).collect();
-    assert_eq!(rust, wgsl, "{}::{} fields", P::SHADER, P::STRUCT);
+    assert_eq!(rust, wgsl, "{}::{} fields", shader, P::STRUCT);
     assert_eq!(
         std::mem::size_of::<P>(),
         span as usize,
         "{}::{} size",
-        P::SHADER,
+        shader,
         P::STRUCT
     );
 }
@@ -216,7 +228,8 @@ fn kernel_params_structs_match_their_wgsl_layouts() {
     check_params::<matmul_int4::MatmulParams>();
     check_params::<matmul_int4::RopeEpilogue>();
     check_params::<prefill_gemm::GemmParams>();
-    check_params::<prefill_coop::CoopParams>();
+    // prefill_coop.wgsl's uniform is filled by the same struct.
+    check_params_of::<prefill_gemm::GemmParams>("prefill_coop");
     check_params::<quantize_act::QuantizeParams>();
     check_params::<read_bandwidth::ReadParams>();
     check_params::<rmsnorm::NormParams>();

@@ -15,39 +15,10 @@
 //! # Ok::<(), edgereason::gpu::GpuError>(())
 //! ```
 
-use super::matmul_int4::{MatmulIo, QuantMatrix, WeightFormat, FOLDED_NORM};
-use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams, When};
-use crate::gpu::{Binding, GpuContext, ShaderDefines};
-
-crate::kernel_params!(
-    /// `struct Params` of shaders/prefill_coop.wgsl.
-    CoopParams for "prefill_coop"::Params {
-        /// Output features of this matrix chunk.
-        n: u32,
-        /// Input features (a multiple of 32).
-        k: u32,
-        /// Activation rows (set per step).
-        m: u32,
-        /// Bit 0: add bias; bit 1: accumulate into out (residual).
-        flags: u32,
-        /// Floats between output rows.
-        out_stride: u32,
-        /// First output column of this chunk.
-        out_offset: u32,
-        _pad0: u32,
-        _pad1: u32,
-    }
-);
-
-/// params, qweight, scales, x, bias, out.
-const KINDS: &[Binding] = &[
-    Binding::Uniform,
-    Binding::Read,
-    Binding::Read,
-    Binding::Read,
-    Binding::Read,
-    Binding::ReadWrite,
-];
+use super::matmul_int4::{MatmulIo, QuantMatrix, WeightFormat};
+use super::prefill_gemm::chunk_launches;
+use super::{Dispatch, Grid};
+use crate::gpu::{GpuContext, ShaderDefines};
 
 /// One variant of the kernel: a workgroup is four subgroups of `subgroup` lanes in a 2×2
 /// grid, each owning `rows` × `cols` output tiles of `tile` × `tile`.
@@ -70,7 +41,8 @@ impl CoopShape {
     }
 }
 
-/// The shader defines of a variant (`tile` 8 or 16; `sg` the subgroup size).
+/// The shader defines of a variant (`tile` 8 or 16; `sg` the subgroup size; int4 weights
+/// unless `.with("INT8", 1)`).
 pub fn defines(tile: u32, sg: u32, (rows, cols): (u32, u32)) -> ShaderDefines {
     ShaderDefines::new()
         .with("TILE", tile)
@@ -125,41 +97,19 @@ pub fn gemm(
     io: &MatmulIo,
     shape: CoopShape,
 ) -> Vec<Dispatch> {
-    // The GEMM's f32 rows come from its own norm launch: no folded norm.
-    let flags = io.flags() & !FOLDED_NORM;
-    let defines = defines(shape.tile, shape.subgroup, (shape.rows, shape.cols));
-    let entry = match w.format {
-        WeightFormat::Int4 => "coop_int4",
-        WeightFormat::Int8 => "coop_int8",
-    };
-    w.chunks
-        .iter()
-        .map(|c| {
-            let spec = DispatchSpec {
-                label: format!("{label}[{}..]", c.n0),
-                shader: "prefill_coop",
-                entry,
-                kinds: KINDS,
-                words: CoopParams {
-                    n: c.n as u32,
-                    k: w.k as u32,
-                    flags,
-                    out_stride: io.out_stride as u32,
-                    out_offset: (io.out_offset + c.n0) as u32,
-                    ..Default::default()
-                }
-                .words(),
-                dynamic: vec![(crate::params_word!(CoopParams, m), Dyn::Rows)],
-                // `bias` is bound whether or not it is read.
-                buffers: vec![&c.qweight, &c.scales, x, io.bias.unwrap_or(x), io.out],
-                grid: Grid::Blocks {
-                    n: c.n as u32,
-                    cols: shape.block_cols(),
-                    per_rows: shape.block_rows(),
-                },
-                defines: defines.clone(),
-            };
-            Dispatch::new(ctx, spec).only(When::Gemm(true))
-        })
-        .collect()
+    let int8 = matches!(w.format, WeightFormat::Int8) as u32;
+    let defines = defines(shape.tile, shape.subgroup, (shape.rows, shape.cols)).with("INT8", int8);
+    chunk_launches(
+        ctx,
+        label,
+        w,
+        x,
+        io,
+        ("prefill_coop", "coop", defines),
+        |n| Grid::Blocks {
+            n,
+            cols: shape.block_cols(),
+            per_rows: shape.block_rows(),
+        },
+    )
 }

@@ -27,7 +27,7 @@ crate::kernel_params!(
     }
 );
 
-/// params, qweight, scales, x, bias, out.
+/// params, qweight, scales, x, bias, out (also prefill_coop.wgsl's bindings).
 const KINDS: &[Binding] = &[
     Binding::Uniform,
     Binding::Read,
@@ -91,8 +91,6 @@ pub fn gemm(
     (rows, cols): (u32, u32),
 ) -> Vec<Dispatch> {
     assert!(fits(w), "{label}: prefill GEMM needs chunks of 4k columns");
-    // The GEMM's f32 rows come from its own norm launch: no folded norm.
-    let flags = io.flags() & !FOLDED_NORM;
     let defines = ShaderDefines::new()
         .with("ROWS", rows)
         .with("COLS", cols)
@@ -101,12 +99,37 @@ pub fn gemm(
         WeightFormat::Int4 => "gemm_int4",
         WeightFormat::Int8 => "gemm_int8",
     };
+    chunk_launches(
+        ctx,
+        label,
+        w,
+        x,
+        io,
+        ("prefill_gemm", entry, defines),
+        |n| Grid::Gemm { n: n / 4 },
+    )
+}
+
+/// One launch per chunk of `w` of a prefill GEMM kernel (`shader`, `entry`, `defines`:
+/// prefill_gemm.wgsl's or prefill_coop.wgsl's, which share their uniform and bindings),
+/// recorded only in GEMM steps; `grid` maps a chunk's column count to its launch grid.
+pub(super) fn chunk_launches(
+    ctx: &GpuContext,
+    label: &str,
+    w: &QuantMatrix,
+    x: &wgpu::Buffer,
+    io: &MatmulIo,
+    (shader, entry, defines): (&'static str, &'static str, ShaderDefines),
+    grid: impl Fn(u32) -> Grid,
+) -> Vec<Dispatch> {
+    // The GEMM's f32 rows come from its own norm launch: no folded norm.
+    let flags = io.flags() & !FOLDED_NORM;
     w.chunks
         .iter()
         .map(|c| {
             let spec = DispatchSpec {
                 label: format!("{label}[{}..]", c.n0),
-                shader: "prefill_gemm",
+                shader,
                 entry,
                 kinds: KINDS,
                 words: GemmParams {
@@ -121,8 +144,7 @@ pub fn gemm(
                 dynamic: vec![(crate::params_word!(GemmParams, m), Dyn::Rows)],
                 // `bias` is bound whether or not it is read.
                 buffers: vec![&c.qweight, &c.scales, x, io.bias.unwrap_or(x), io.out],
-                // A lane per quad of columns.
-                grid: Grid::Gemm { n: c.n as u32 / 4 },
+                grid: grid(c.n as u32),
                 defines: defines.clone(),
             };
             Dispatch::new(ctx, spec).only(When::Gemm(true))
