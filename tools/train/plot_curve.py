@@ -65,7 +65,7 @@ def main():
         svg.append(polyline(steps, ys, to_x, to_y, color, 1, 0.3))
         svg.append(polyline(steps, moving_average(ys, a.window), to_x, to_y, color, 2.5, 1.0))
         label = f"{name} ({'right' if on_right else 'left'} axis; {a.window}-step mean bold)"
-        svg.append(f'<text x="{PAD + 10}" y="{PAD + 16 * (i + 1)}" fill="{color}">{label}</text>')
+        svg.append(f'<text x="{PAD + 10}" y="{H - PAD - 8 - 16 * (len(SERIES) - 1 - i)}" fill="{color}">{label}</text>')
     svg.append("</svg>")
     with open(a.out, "w") as f:
         f.write("\n".join(svg) + "\n")
