@@ -6,7 +6,8 @@
 
 use edgereason::gpu::{expand_shader, ShaderDefines, SHADER_FILES};
 
-fn check(name: &str, defines: &ShaderDefines) {
+/// A variant parsed and validated by naga (panics naming it otherwise).
+fn validated(name: &str, defines: &ShaderDefines) -> (naga::Module, naga::valid::ModuleInfo) {
     let src = expand_shader(name, defines);
     let module = naga::front::wgsl::parse_str(&src)
         .unwrap_or_else(|e| panic!("{name} {defines:?}: {}", e.emit_to_string(&src)));
@@ -16,6 +17,11 @@ fn check(name: &str, defines: &ShaderDefines) {
     )
     .validate(&module)
     .unwrap_or_else(|e| panic!("{name} {defines:?}: validation: {e:?}"));
+    (module, info)
+}
+
+fn check(name: &str, defines: &ShaderDefines) {
+    let (module, info) = validated(name, defines);
     naga::back::msl::write_string(&module, &info, &Default::default(), &Default::default())
         .unwrap_or_else(|e| panic!("{name}: MSL: {e:?}"));
     naga::back::spv::write_vec(&module, &info, &Default::default(), None)
@@ -155,15 +161,7 @@ fn cooperative_matrix_variants_validate_and_translate() {
     ] {
         let defines =
             edgereason::ops::prefill_coop::defines(tile, sg, (rows, cols)).with("INT8", int8);
-        let src = expand_shader("prefill_coop", &defines);
-        let module = naga::front::wgsl::parse_str(&src)
-            .unwrap_or_else(|e| panic!("prefill_coop {defines:?}: {}", e.emit_to_string(&src)));
-        let info = naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::all(),
-        )
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("prefill_coop {defines:?}: validation: {e:?}"));
+        let (module, info) = validated("prefill_coop", &defines);
         naga::back::spv::write_vec(&module, &info, &Default::default(), None)
             .unwrap_or_else(|e| panic!("prefill_coop {defines:?}: SPIR-V: {e:?}"));
         if tile == 8 {

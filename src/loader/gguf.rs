@@ -694,28 +694,29 @@ fn convert_tensor(
 /// groups — groups run along a row, so whole-row moves keep them intact): HF row
 /// `h*hd + j*hd/2 + i` is GGUF row `h*hd + 2*i + j`.
 pub fn unpermute_rows<T: Copy>(data: &[T], n_rows: usize, n_head: usize) -> Vec<T> {
-    let row = data.len() / n_rows;
     let hd = n_rows / n_head;
-    let mut out = Vec::with_capacity(data.len());
-    for r in 0..n_rows {
-        let (h, w) = (r / hd, r % hd);
-        let (j, i) = (w / (hd / 2), w % (hd / 2));
-        let src = h * hd + 2 * i + j;
-        out.extend_from_slice(&data[src * row..(src + 1) * row]);
-    }
-    out
+    gather_rows(data, n_rows, |w| 2 * (w % (hd / 2)) + w / (hd / 2), hd)
 }
 
 /// llama.cpp's Q/K permutation, the inverse of [`unpermute_rows`] (for writing GGUF).
 pub fn permute_rows<T: Copy>(data: &[T], n_rows: usize, n_head: usize) -> Vec<T> {
-    let row = data.len() / n_rows;
     let hd = n_rows / n_head;
+    gather_rows(data, n_rows, |w| (w % 2) * hd / 2 + w / 2, hd)
+}
+
+/// Rows of `data` reordered within each head of `hd` rows: row w of a head is taken from that
+/// head's row `src(w)`.
+fn gather_rows<T: Copy>(
+    data: &[T],
+    n_rows: usize,
+    src: impl Fn(usize) -> usize,
+    hd: usize,
+) -> Vec<T> {
+    let row = data.len() / n_rows;
     let mut out = Vec::with_capacity(data.len());
     for r in 0..n_rows {
-        let (h, w) = (r / hd, r % hd);
-        let (i, j) = (w / 2, w % 2);
-        let src = h * hd + j * hd / 2 + i;
-        out.extend_from_slice(&data[src * row..(src + 1) * row]);
+        let from = (r / hd) * hd + src(r % hd);
+        out.extend_from_slice(&data[from * row..(from + 1) * row]);
     }
     out
 }
