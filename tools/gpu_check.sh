@@ -15,7 +15,7 @@ if [ "${1:-}" = --prepare ]; then
   rm -rf .dev && mkdir -p .dev/bin .gl
   cp target/release/edgereason .dev/bin/ && strip .dev/bin/edgereason
   for t in kernels sampling forward best_of_n adapters; do
-    bin=$(cargo test --release --test $t --no-run --message-format=json 2>/dev/null | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
+    bin=$(bash tools/test_bin.sh $t)
     cp "$bin" .dev/bin/$t && strip .dev/bin/$t
   done
   # The peer: llama.cpp's llama-bench with its Vulkan backend (tools/build_llama_bench.sh).

@@ -26,10 +26,11 @@ cargo test --release --workspace --exclude edgereason-py -- --test-threads 2
 # The tensor-core prefill GEMM: its kernel test and the forward pass on it, on a lavapipe
 # that has cooperative matrices (Debian 12's has none; tools/coop_lavapipe.sh unpacks
 # unstable's beside the system's). EDGEREASON_REQUIRE_COOP=1: no device is a failure.
-test_bin() { cargo test --release --test "$1" --no-run --message-format=json 2>/dev/null | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4; }
 if bash tools/coop_lavapipe.sh --setup; then
-  EDGEREASON_REQUIRE_COOP=1 bash tools/coop_lavapipe.sh "$(test_bin kernels)" prefill_coop
-  EDGEREASON_PREFILL_COOP=1 bash tools/coop_lavapipe.sh "$(test_bin forward)" --test-threads 2
+  kernels_bin=$(bash tools/test_bin.sh kernels)
+  forward_bin=$(bash tools/test_bin.sh forward)
+  EDGEREASON_REQUIRE_COOP=1 bash tools/coop_lavapipe.sh "$kernels_bin" prefill_coop
+  EDGEREASON_PREFILL_COOP=1 bash tools/coop_lavapipe.sh "$forward_bin" --test-threads 2
 else
   echo "WARNING: Debian unstable's lavapipe could not be unpacked: the cooperative-matrix kernel was not run" >&2
 fi
