@@ -404,6 +404,7 @@ fn eval_in_parallel_equals_one_task_at_a_time() {
                     "candidate_answers",
                     "reasoning",
                     "answer",
+                    "candidate_tokens",
                 ];
                 let scores: Vec<f64> = i["verifier_scores"]
                     .as_array()

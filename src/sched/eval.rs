@@ -65,6 +65,9 @@ pub struct EvalItem {
     pub verifier_scores: Option<Vec<f32>>,
     /// Each candidate's reply, in stream order (to read traces: which steps went wrong).
     pub candidate_texts: Vec<String>,
+    /// Each candidate's reply tokens (the think opener first, no stop token), in stream
+    /// order: what a verifier is trained on without re-tokenizing the text.
+    pub candidate_tokens: Vec<Vec<u32>>,
 }
 
 /// Accuracy of the vote over the first `candidates` streams of every task (maj@k):
@@ -246,6 +249,7 @@ fn eval_item(task: &EvalTask, out: &BestOfN) -> EvalItem {
         candidate_answers: out.candidates.iter().map(|c| c.answer.clone()).collect(),
         verifier_scores: out.candidates.iter().map(|c| c.verifier_score).collect(),
         candidate_texts: out.candidates.iter().map(|c| c.text.clone()).collect(),
+        candidate_tokens: out.candidates.iter().map(|c| c.tokens.clone()).collect(),
     }
 }
 
@@ -375,6 +379,7 @@ mod tests {
                 .collect(),
             verifier_scores: scores.map(|s| s.to_vec()),
             candidate_texts: vec![String::new(); answers.len()],
+            candidate_tokens: vec![Vec::new(); answers.len()],
         }
     }
 

@@ -17,11 +17,18 @@ metadata format=edgereason-verifier-v1, hidden_size, prompt, base_model). Score 
 
 Sampling and features are split across processes under `accelerate launch`; the linear probe
 trains on the main process.
+
+With --candidates, step 1 is the engine's: the candidates are read from `edgereason eval
+--best-of N --reasoning on --json` reports (their `candidate_tokens`: the think opener first, no
+stop token, exactly what the engine scores), so PyTorch only computes features. Sampling a 0.5B
+model in PyTorch on a CPU takes minutes per prompt; the engine decodes the candidates of many
+prompts in one batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
@@ -44,7 +51,7 @@ def verifier_input(prompt_ids, gen_ids, verify_ids):
 
 
 def candidate_features(model, masker, tok, items, a, acc, stop, verify_ids):
-    """[(features [d], label)] for this process's share of items, gathered over processes."""
+    """[(features [d], label, prompt)] for this process's share of items, gathered over processes."""
     gen = torch.Generator().manual_seed(a.seed * 1000 + acc.process_index)
     mine = items[acc.process_index:: acc.num_processes]
     rows, t0 = [], time.time()
@@ -57,17 +64,61 @@ def candidate_features(model, masker, tok, items, a, acc, stop, verify_ids):
             ok = common.is_correct(tok.decode(g), it["answer"])
             ids, on_from = verifier_input(pids, g, verify_ids)
             h = common.last_hidden(model, ids, on_from, masker)[-1]
-            rows.append((h.cpu().numpy(), float(ok)))
+            rows.append((h.cpu().numpy(), float(ok), it["prompt"]))
         if (j + 1) % a.log_every == 0:
             common.log(acc, f"  prompts {j + 1}/{len(mine)} ({time.time() - t0:.0f}s)")
     return gather_object(rows)
+
+
+def report_candidates(reports, is_correct, decode):
+    """[(prompt, candidate tokens, label)] from `edgereason eval --json` reports; items without
+    `candidate_tokens` (reports from engines before them) are an error, not silently skipped."""
+    out = []
+    for path in reports:
+        with open(path) as f:
+            report = json.load(f)
+        for n, item in enumerate(report["items"]):
+            if "candidate_tokens" not in item:
+                raise ValueError(f"{path}: items[{n}] has no candidate_tokens (re-run the eval with this engine)")
+            if not item.get("reasoning", True):
+                raise ValueError(f"{path}: items[{n}] was decoded without the adapter (run the eval with --reasoning on)")
+            for toks in item["candidate_tokens"]:
+                out.append((item["prompt"], list(toks), float(is_correct(decode(toks), item["expected"]))))
+    return out
+
+
+def report_features(model, masker, tok, cands, a, acc, verify_ids):
+    """[(features [d], label, prompt)] for this process's share of engine candidates, gathered."""
+    rows, t0 = [], time.time()
+    mine = cands[acc.process_index:: acc.num_processes]
+    for j, (prompt, gen, label) in enumerate(mine):
+        pids = common.chat_prompt_ids(tok, common.budget_prompt(prompt, a.budget))
+        ids, on_from = verifier_input(pids, gen, verify_ids)
+        rows.append((common.last_hidden(model, ids, on_from, masker)[-1].cpu().numpy(), label, prompt))
+        if (j + 1) % (a.log_every * a.samples) == 0:
+            common.log(acc, f"  candidates {j + 1}/{len(mine)} ({time.time() - t0:.0f}s)")
+    return gather_object(rows)
+
+
+def split_by_prompt(prompts, val_frac, seed):
+    """(validation, training) row indices with every prompt's candidates on one side: candidates
+    of one prompt are often the same reply, so a split by row would validate on training rows."""
+    groups = sorted(set(prompts))
+    np.random.default_rng(seed).shuffle(groups)
+    val = set(groups[: int(round(len(groups) * val_frac))])
+    vi = np.array([i for i, p in enumerate(prompts) if p in val], dtype=np.int64)
+    ti = np.array([i for i, p in enumerate(prompts) if p not in val], dtype=np.int64)
+    return vi, ti
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_model_args(p)
     p.add_argument("--adapter", required=True, help="reasoning adapter (PEFT dir), e.g. the GRPO output")
-    p.add_argument("--data", required=True, help="JSONL with prompt + answer")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="JSONL with prompt + answer: candidates sampled here, by PyTorch")
+    src.add_argument("--candidates", nargs="+", metavar="REPORT",
+                     help="`edgereason eval --best-of N --reasoning on --json` reports: the engine's candidates")
     p.add_argument("--difficulty", choices=["hard", "easy", "all"], default="hard", help="which items to use")
     p.add_argument("--n-prompts", type=int, default=500, help="training prompts to sample candidates for")
     p.add_argument("--samples", type=int, default=4, help="candidates per prompt")
@@ -94,12 +145,17 @@ def main():
     model.float()  # an f16-saved adapter computes in f32 like the base
     masker = common.AdapterMask(model)
     stop = common.stop_ids(tok, base)
-    items = [it for it in load_jsonl(a.data, need_answer=True) if a.difficulty in ("all", it["difficulty"])]
-    random.Random(a.seed).shuffle(items)
-    items = items[: a.n_prompts]
     verify_ids = tok(a.prompt, add_special_tokens=False)["input_ids"]
-    common.log(acc, f"base {name}, adapter {a.adapter}: {len(items)} prompts x {a.samples} candidates")
-    rows = candidate_features(model, masker, tok, items, a, acc, stop, verify_ids)
+    if a.candidates:
+        cands = report_candidates(a.candidates, common.is_correct, tok.decode)
+        common.log(acc, f"base {name}, adapter {a.adapter}: {len(cands)} engine candidates from {len(a.candidates)} report(s)")
+        rows = report_features(model, masker, tok, cands, a, acc, verify_ids)
+    else:
+        items = [it for it in load_jsonl(a.data, need_answer=True) if a.difficulty in ("all", it["difficulty"])]
+        random.Random(a.seed).shuffle(items)
+        items = items[: a.n_prompts]
+        common.log(acc, f"base {name}, adapter {a.adapter}: {len(items)} prompts x {a.samples} candidates")
+        rows = candidate_features(model, masker, tok, items, a, acc, stop, verify_ids)
     if not acc.is_main_process:
         return
     x = np.stack([r[0] for r in rows]).astype(np.float32)
@@ -108,9 +164,8 @@ def main():
     if len(set(y.tolist())) < 2:
         print("warning: all candidates have the same label; the probe only learns the base rate", flush=True)
 
-    perm = np.random.default_rng(a.seed).permutation(len(y))
-    n_val = int(round(len(y) * a.val_frac))
-    vi, ti = perm[:n_val], perm[n_val:]
+    vi, ti = split_by_prompt([r[2] for r in rows], a.val_frac, a.seed)
+    n_val = len(vi)
     torch.manual_seed(a.seed)
     net = common.Verifier(x.shape[1])
     opt = torch.optim.Adam(net.parameters(), lr=a.lr, weight_decay=a.weight_decay)
