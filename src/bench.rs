@@ -572,7 +572,7 @@ pub fn adapter_ttft(
     let idx = engine
         .adapter_set()
         .and_then(|s| s.index("reasoning"))
-        .expect("just loaded");
+        .ok_or_else(|| anyhow::anyhow!("the benchmark's random adapter did not load"))?;
     // A switcher that always chooses reasoning (bias 10): its cost is what is measured.
     let switcher = Switcher::from_weights(vec![0.01; 8 * d], vec![0.0; 8], vec![1.0; 8], 10.0, 0.5);
     let prompt = synthetic_prompt(engine, prompt_tokens);

@@ -194,7 +194,7 @@ fn bar(show: bool, len: u64, msg: &str) -> indicatif::ProgressBar {
     let b = indicatif::ProgressBar::new(len);
     b.set_style(
         indicatif::ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {elapsed}")
-            .unwrap()
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
     b.set_message(msg.to_string());
@@ -260,7 +260,7 @@ impl Engine {
         list.retain(|a| a.name != adapter.name);
         list.push(Arc::new(adapter));
         let set = LoraSet::upload(&self.ctx, &self.model.config, list);
-        *self.adapters.write().unwrap() = Some(Arc::new(set));
+        *crate::sync::write(&self.adapters) = Some(Arc::new(set));
     }
 
     /// Drop adapter `name`.
@@ -275,7 +275,7 @@ impl Engine {
         let rest: Vec<_> = list.into_iter().filter(|a| a.name != name).collect();
         let set = (!rest.is_empty())
             .then(|| Arc::new(LoraSet::upload(&self.ctx, &self.model.config, rest)));
-        *self.adapters.write().unwrap() = set;
+        *crate::sync::write(&self.adapters) = set;
         Ok(())
     }
 
@@ -288,7 +288,7 @@ impl Engine {
 
     /// The current adapter set, if any adapter is loaded.
     pub fn adapter_set(&self) -> Option<Arc<LoraSet>> {
-        self.adapters.read().unwrap().clone()
+        crate::sync::read(&self.adapters).clone()
     }
 
     /// KV cache length a new stream gets: `--ctx`, never past the trained context.

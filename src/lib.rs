@@ -3,6 +3,19 @@
 //! Layers, bottom up: [`gpu`] (device, pipelines, buffers) → [`ops`] (one launcher per
 //! WGSL kernel) → [`model`] (config, weights, forward pass) → [`engine`] (generation,
 //! scoring, sampling) → the `edgereason` CLI.
+
+// No panics on input paths: an unwrap, expect, panic or unreachable in library code is a
+// lint error unless it carries `#[expect(.., reason = "..")]` saying why it cannot fire,
+// and a public function that can still panic documents when (tests: see clippy.toml).
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable,
+    clippy::todo,
+    clippy::unimplemented,
+    clippy::missing_panics_doc
+)]
 pub mod adapters;
 pub mod bench;
 pub mod engine;
@@ -15,6 +28,7 @@ pub mod pull;
 pub mod sampling;
 pub mod sched;
 pub mod server;
+mod sync;
 
 /// An error and its causes on one line, outermost first, leaving out a cause whose text
 /// its parent already quotes (`{:#}` would print it twice): what the CLI and the bindings

@@ -1,5 +1,15 @@
 //! `edgereason` CLI: a thin layer over the library (see `edgereason --help`).
 
+// As the library: no unwrap, expect or panic on an input path (src/lib.rs).
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable,
+    clippy::todo,
+    clippy::unimplemented
+)]
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use edgereason::engine::{Engine, EngineOptions, GenerateParams};
@@ -620,8 +630,8 @@ fn serve(a: &ServeArgs, cli: &Cli) -> Result<()> {
         ("switcher", defaults.switcher.is_some()),
         ("verifier", defaults.verifier.is_some()),
     ] {
-        if on {
-            eprintln!("{what}: {}", dir.as_ref().unwrap().display());
+        if let (true, Some(dir)) = (on, &dir) {
+            eprintln!("{what}: {}", dir.display());
         }
     }
     defaults.adapters = engine.adapter_names();
@@ -811,8 +821,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench(a) => bench(a, &cli)?,
         Cmd::Inspect { model } => inspect(model)?,
         Cmd::Devices { json } => devices(*json)?,
-        Cmd::Pull { name, list } => {
-            if *list || name.is_none() {
+        Cmd::Pull { name, list } => match name.as_ref().filter(|_| !*list) {
+            None => {
                 for m in edgereason::pull::known_models() {
                     let also = match m.aliases {
                         [] => String::new(),
@@ -820,11 +830,12 @@ fn run(cli: Cli) -> Result<()> {
                     };
                     println!("{:<20} {}{also}", m.name, m.description);
                 }
-            } else {
-                let p = edgereason::pull::resolve_model(name.as_ref().unwrap())?;
+            }
+            Some(name) => {
+                let p = edgereason::pull::resolve_model(name)?;
                 println!("{}", p.display());
             }
-        }
+        },
         Cmd::Quantize { input, output } => {
             let mut host = match edgereason::loader::synthetic::synthetic_model(input) {
                 Some(host) => host,

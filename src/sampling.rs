@@ -97,6 +97,10 @@ impl Sampler {
         Self { params, rng }
     }
 
+    /// A token id drawn from `logits` under this sampler's settings.
+    ///
+    /// # Panics
+    /// If `logits` is empty.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         if p.temperature <= 0.0 {
@@ -140,7 +144,8 @@ impl Sampler {
             }
             r -= pv;
         }
-        *idx.last().unwrap()
+        // Rounding left r at the total: the last kept token.
+        idx.last().copied().unwrap_or(0)
     }
 }
 

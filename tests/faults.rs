@@ -111,3 +111,35 @@ fn shapes_the_kernels_cannot_run_are_refused_at_upload() {
         assert!(err.contains("unsupported") && err.contains(field), "{err}");
     }
 }
+
+#[test]
+fn a_session_misused_returns_errors_not_panics() {
+    use edgereason::model::ForwardError;
+    use edgereason::ops::sampling::RowSampling;
+    let e = engine();
+    let mut s = e.session().unwrap();
+    let greedy = RowSampling {
+        params: Default::default(),
+        step: 0,
+    };
+    // One sampling setting for two rows.
+    let rows = [(s.main, 7), (s.main, 8)];
+    match s.forward_rows_sampled(&rows, &[greedy]) {
+        Err(ForwardError::SamplingRows {
+            rows: 2,
+            settings: 1,
+        }) => {}
+        other => panic!("expected SamplingRows, got {other:?}"),
+    }
+    // A profiled step of more rows than the session takes.
+    let too_many: Vec<u32> = vec![5; s.max_rows + 1];
+    let mut profile = Default::default();
+    match s.forward_profiled(&too_many, &mut profile) {
+        Err(ForwardError::TooManyRows { rows, max }) => {
+            assert_eq!((rows, max), (s.max_rows + 1, s.max_rows))
+        }
+        other => panic!("expected TooManyRows, got {other:?}"),
+    }
+    // The session still works.
+    s.forward(&[1, 2, 3]).unwrap();
+}

@@ -225,7 +225,7 @@ fn record_faults(device: &wgpu::Device) -> Arc<Mutex<Option<String>>> {
     let record = |fault: &Arc<Mutex<Option<String>>>| {
         let fault = fault.clone();
         move |msg: String| {
-            fault.lock().unwrap().get_or_insert(msg);
+            crate::sync::lock(&fault).get_or_insert(msg);
         }
     };
     let on_error = record(&fault);
@@ -319,7 +319,7 @@ impl GpuContext {
 
     /// The device's first uncaught error or its loss, if any.
     pub fn fault(&self) -> Result<(), GpuError> {
-        match self.fault.lock().unwrap().as_ref() {
+        match crate::sync::lock(&self.fault).as_ref() {
             Some(msg) => Err(GpuError::Fault(msg.clone())),
             None => Ok(()),
         }
@@ -401,7 +401,7 @@ impl GpuContext {
         kinds: &[Binding],
     ) -> Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)> {
         let key = format!("{shader}:{entry}:{}", kinds.len());
-        let mut map = self.layouts.lock().unwrap();
+        let mut map = crate::sync::lock(&self.layouts);
         map.entry(key.clone())
             .or_insert_with(|| Arc::new(self.layout(&key, kinds)))
             .clone()
@@ -417,7 +417,7 @@ impl GpuContext {
         layout: &wgpu::PipelineLayout,
     ) -> Arc<wgpu::ComputePipeline> {
         let key = format!("{name}:{entry}:{}", defines.key());
-        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+        if let Some(p) = crate::sync::lock(&self.pipelines).get(&key) {
             return p.clone();
         }
         let source = expand_shader(name, defines);
@@ -438,7 +438,7 @@ impl GpuContext {
                     cache: None,
                 }),
         );
-        self.pipelines.lock().unwrap().insert(key, p.clone());
+        crate::sync::lock(&self.pipelines).insert(key, p.clone());
         p
     }
 }

@@ -38,6 +38,13 @@ impl ShaderDefines {
 }
 
 /// Raw text of a kernel file in `shaders/` (compiled into the binary).
+///
+/// # Panics
+/// If `name` is not one of [`SHADER_FILES`] (or "prelude"): names are the launchers' literals.
+#[expect(
+    clippy::panic,
+    reason = "shader names are literals in the launchers, not input"
+)]
 pub fn shader_file(name: &str) -> &'static str {
     match name {
         "prelude" => include_str!("../../shaders/prelude.wgsl"),
@@ -74,6 +81,14 @@ pub const SHADER_FILES: &[&str] = &[
 ];
 
 /// Full WGSL for a kernel file: defines, prelude, body with `{r}` lines expanded.
+///
+/// # Panics
+/// If `name` is not one of [`SHADER_FILES`] or the file's `//#if` lines do not balance:
+/// the files are compiled in, and tests/shaders.rs expands every one.
+#[expect(
+    clippy::expect_used,
+    reason = "the shader files are compiled in and tested"
+)]
 pub fn expand_shader(name: &str, defines: &ShaderDefines) -> String {
     let rows = defines.get("ROWS").unwrap_or(1);
     let cols = defines.get("COLS").unwrap_or(1);
@@ -98,8 +113,8 @@ pub fn expand_shader(name: &str, defines: &ShaderDefines) -> String {
             conds.push((on, on));
             continue;
         } else if t == "//#else" {
-            let (_, any) = conds.last().copied().expect("//#else without //#if");
-            *conds.last_mut().unwrap() = (!any, true);
+            let last = conds.last_mut().expect("//#else without //#if");
+            *last = (!last.1, true);
             continue;
         } else if t == "//#endif" {
             conds.pop().expect("//#endif without //#if");

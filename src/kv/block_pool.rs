@@ -49,8 +49,12 @@ pub struct BlockPool {
 }
 
 impl BlockPool {
+    /// A pool of `n_blocks` blocks of `block_size` tokens.
+    ///
+    /// # Panics
+    /// If `block_size` is 0 (the engine's is a constant).
     pub fn new(n_blocks: usize, block_size: usize) -> Self {
-        assert!(block_size > 0 && n_blocks > 0);
+        assert!(block_size > 0, "a KV block holds at least one token");
         BlockPool {
             block_size,
             refs: vec![0; n_blocks],
@@ -170,42 +174,46 @@ impl BlockPool {
     /// partly filled last block (returned as a copy to perform before writing). On error
     /// nothing changes.
     pub fn append(&mut self, s: StreamId, n: usize) -> Result<Vec<BlockCopy>, KvError> {
-        let bs = self.block_size;
-        let (len, have, last_shared) = {
-            let st = self.stream(s)?;
-            let last = st.blocks.last().copied();
-            (
-                st.len,
-                st.blocks.len(),
-                last.is_some_and(|b| st.len % bs != 0 && self.refs[b as usize] > 1),
-            )
-        };
-        let needed_total = (len + n).div_ceil(bs);
-        let new_blocks = needed_total.saturating_sub(have) + last_shared as usize;
-        if new_blocks > self.free.len() {
+        let (bs, total) = (self.block_size, self.total_blocks());
+        let BlockPool {
+            refs,
+            free,
+            streams,
+            ..
+        } = self;
+        let st = streams.get_mut(&s).ok_or(KvError::UnknownStream(s.0))?;
+        let last_shared = (st.len % bs != 0)
+            .then(|| st.blocks.last().copied())
+            .flatten()
+            .filter(|&b| refs[b as usize] > 1);
+        let needed_total = (st.len + n).div_ceil(bs);
+        let new_blocks =
+            needed_total.saturating_sub(st.blocks.len()) + last_shared.is_some() as usize;
+        if new_blocks > free.len() {
             return Err(KvError::OutOfBlocks {
                 stream: s.0,
                 needed: new_blocks,
-                free: self.free.len(),
-                total: self.total_blocks(),
+                free: free.len(),
+                total,
             });
         }
+        // The free list's tail, in pop order (low block ids first).
+        let mut fresh = free.split_off(free.len() - new_blocks);
+        fresh.reverse();
+        for &b in &fresh {
+            refs[b as usize] = 1;
+        }
+        let mut fresh = fresh.into_iter();
         let mut copies = Vec::new();
-        if last_shared {
-            let dst = self.free.pop().unwrap();
-            self.refs[dst as usize] = 1;
-            let st = self.streams.get_mut(&s).unwrap();
-            let src = *st.blocks.last().unwrap();
-            *st.blocks.last_mut().unwrap() = dst;
-            self.refs[src as usize] -= 1;
-            copies.push(BlockCopy { src, dst });
+        if let (Some(src), Some(last)) = (last_shared, st.blocks.last_mut()) {
+            if let Some(dst) = fresh.next() {
+                *last = dst;
+                refs[src as usize] -= 1;
+                copies.push(BlockCopy { src, dst });
+            }
         }
-        for _ in have..needed_total {
-            let b = self.free.pop().unwrap();
-            self.refs[b as usize] = 1;
-            self.streams.get_mut(&s).unwrap().blocks.push(b);
-        }
-        self.streams.get_mut(&s).unwrap().len = len + n;
+        st.blocks.extend(fresh);
+        st.len += n;
         Ok(copies)
     }
 

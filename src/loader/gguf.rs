@@ -126,7 +126,9 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
     fn arr<const N: usize>(&mut self, what: &dyn Fn() -> String) -> Result<[u8; N], String> {
-        Ok(self.take(N, what)?.try_into().unwrap())
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
     }
     fn u32(&mut self, what: &dyn Fn() -> String) -> Result<u32, String> {
         Ok(u32::from_le_bytes(self.arr(what)?))
@@ -643,7 +645,8 @@ pub(super) fn load_tensors(
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().expect("tensor conversion thread panicked"))
+            // A worker's panic is re-raised here, as if the conversion had run inline.
+            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
     results.into_iter().flatten().collect()
@@ -655,16 +658,20 @@ fn convert_tensor(
     name: &str,
     shape: &[usize],
 ) -> Result<HostTensor, LoadError> {
-    let t = g.tensor_info(name).expect("checked by load_tensors");
+    // tensor_bytes has checked that the tensor exists and its type has a layout.
     let bytes = g.tensor_bytes(name)?;
-    let mut data = match ggml_quants::to_q4_groups(t.ty, bytes) {
+    let unsupported = || LoadError::BadTensor {
+        path: g.path.clone(),
+        name: name.into(),
+        what: "unsupported type".into(),
+    };
+    let ty = g.tensor_info(name).ok_or_else(unsupported)?.ty;
+    let mut data = match ggml_quants::to_q4_groups(ty, bytes) {
         Some(groups) if shape.len() == 2 => TensorData::Q4(groups),
-        _ if shape.len() == 2 && ggml_quants::is_int8_class(t.ty) => TensorData::Q8(
-            ggml_quants::to_q8_groups(t.ty, bytes).expect("type checked by tensor_bytes"),
-        ),
-        _ => TensorData::F32(
-            ggml_quants::dequantize(t.ty, bytes).expect("type checked by tensor_bytes"),
-        ),
+        _ if shape.len() == 2 && ggml_quants::is_int8_class(ty) => {
+            TensorData::Q8(ggml_quants::to_q8_groups(ty, bytes).ok_or_else(unsupported)?)
+        }
+        _ => TensorData::F32(ggml_quants::dequantize(ty, bytes).ok_or_else(unsupported)?),
     };
     // llama.cpp's converter interleaves the two rotary halves of each Q/K head; undo it
     // so the engine has one (HF rotate-half) RoPE convention.

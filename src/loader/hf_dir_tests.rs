@@ -85,7 +85,7 @@ fn encode(dtype: Dtype, vals: &[f32]) -> Vec<u8> {
             .iter()
             .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
             .collect(),
-        _ => unreachable!(),
+        other => panic!("the fixture writes F32, F16 or BF16, not {other:?}"),
     }
 }
 

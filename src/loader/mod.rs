@@ -195,6 +195,9 @@ impl ModelConfig {
 /// Quantize one row of f32 weights (length a multiple of 32) to int4 groups:
 /// asymmetric min/max per group, scale and min rounded to f16 (what the GPU stores), so
 /// quantizing already-quantized values gives them back.
+///
+/// # Panics
+/// If the row's length is not a multiple of 32 (callers check the shape first).
 pub fn quantize_q4(row: &[f32]) -> Vec<Q4Group> {
     assert!(
         row.len().is_multiple_of(32),
@@ -223,6 +226,9 @@ pub fn quantize_q4(row: &[f32]) -> Vec<Q4Group> {
 
 /// Quantize one row (length a multiple of 32) to symmetric int8 groups, scale rounded to
 /// f16 as the GPU stores it.
+///
+/// # Panics
+/// If the row's length is not a multiple of 32 (callers check the shape first).
 pub fn quantize_q8(row: &[f32]) -> Vec<Q8Group> {
     assert!(
         row.len().is_multiple_of(32),
@@ -261,21 +267,22 @@ impl HostModel {
     }
 
     /// Quantize every f32 matrix to int4 in place (on load of an f32/f16 checkpoint, and
-    /// before writing the engine's pre-quantized file). Tensors already in int4 are kept.
+    /// before writing the engine's pre-quantized file). Tensors already in int4 are kept,
+    /// and so are matrices whose rows are not whole int4 groups (the upload refuses those,
+    /// naming the tensor).
     pub fn quantize_matrices(&mut self, mut progress: impl FnMut(&str)) {
-        let mut names: Vec<String> = self.tensors.keys().cloned().collect();
-        names.sort();
-        for name in names {
-            let t = self.tensors.get_mut(&name).unwrap();
-            if !Self::is_quantized_matrix(&name, t) {
+        let mut tensors: Vec<_> = self.tensors.iter_mut().collect();
+        tensors.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, t) in tensors {
+            if !Self::is_quantized_matrix(name, t) {
                 continue;
             }
-            if let TensorData::F32(v) = &t.data {
-                let cols = t.shape[1];
+            let cols = t.shape[1];
+            if let (TensorData::F32(v), true) = (&t.data, cols > 0 && cols.is_multiple_of(32)) {
                 let groups = v.chunks_exact(cols).flat_map(quantize_q4).collect();
                 t.data = TensorData::Q4(groups);
             }
-            progress(&name);
+            progress(name);
         }
     }
 }

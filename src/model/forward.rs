@@ -30,6 +30,8 @@ pub enum ForwardError {
     BadToken { id: u32, n_vocab: usize },
     #[error("{rows} rows in one step; this session takes at most {max}")]
     TooManyRows { rows: usize, max: usize },
+    #[error("{rows} rows but {settings} sampling settings: one per row")]
+    SamplingRows { rows: usize, settings: usize },
     #[error("adapter {index} is not in this session's adapter set ({loaded} loaded)")]
     NoSuchAdapter { index: usize, loaded: usize },
     #[error(transparent)]
@@ -314,7 +316,8 @@ impl Session {
         let mut slots = Vec::with_capacity(rows.len());
         let mut tables = vec![0u32; rows.len() * self.inputs.max_blocks];
         for (i, &(s, _)) in rows.iter().enumerate() {
-            let p = start.get_mut(&s).unwrap();
+            // Every row's stream was counted above.
+            let p = start.get_mut(&s).ok_or(KvError::UnknownStream(s.0))?;
             positions.push(*p as u32);
             slots.push(self.pool.slot(s, *p)?);
             *p += 1;
@@ -654,7 +657,12 @@ impl Session {
         profile: &mut KernelProfile,
     ) -> Result<Vec<f32>, ForwardError> {
         self.check(tokens)?;
-        assert!(tokens.len() <= self.max_rows);
+        if tokens.len() > self.max_rows {
+            return Err(ForwardError::TooManyRows {
+                rows: tokens.len(),
+                max: self.max_rows,
+            });
+        }
         let ctx = self.model.ctx.clone();
         let step = self.prepare_prompt_rows(&self.main_rows(tokens))?;
         // the GPU sampling launch too (greedy), as a decode step runs it
@@ -814,7 +822,12 @@ impl Session {
         rows: &[(StreamId, u32)],
         sampling: &[RowSampling],
     ) -> Result<Vec<(u32, f32)>, ForwardError> {
-        assert_eq!(rows.len(), sampling.len(), "one sampling setting per row");
+        if rows.len() != sampling.len() {
+            return Err(ForwardError::SamplingRows {
+                rows: rows.len(),
+                settings: sampling.len(),
+            });
+        }
         self.check_rows(rows)?;
         let step = self.prepare_rows(rows)?;
         self.write_sample_rows(sampling.iter().enumerate().map(|(i, s)| s.row(i as u32)));

@@ -231,6 +231,10 @@ fn attention_spec<'a>(
 
 /// The attention launches: the shared-prefix pass (only for decode steps of several rows
 /// over a common prompt), the per-row pass, and the split merge (only when a step splits).
+///
+/// # Panics
+/// If the kernels cannot take `head_dim` (or cannot write int8 blocks of it when `io`
+/// asks): a model with such heads is refused at upload (`ModelConfig::unsupported`).
 pub fn attention(
     ctx: &GpuContext,
     label: &str,
@@ -439,8 +443,8 @@ impl StreamsOverPrompt {
             .map(|t| first.iter().zip(t).take_while(|(a, b)| a == b).count())
             .min()
             .unwrap_or(first.len());
-        let min_keys = self.prompt_len + self.suffix_lens.iter().min().unwrap();
-        let max_keys = self.prompt_len + self.suffix_lens.iter().max().unwrap();
+        let min_keys = self.prompt_len + self.suffix_lens.iter().min().unwrap_or(&0);
+        let max_keys = self.prompt_len + self.suffix_lens.iter().max().unwrap_or(&0);
         super::Step {
             rows: self.suffix_lens.len() as u32,
             row0: 0,

@@ -153,12 +153,19 @@ pub fn pack_rows(groups: &[Q4Group], k: usize, n0: usize, n1: usize) -> (Vec<u32
 
 impl QuantMatrix {
     /// Upload W [n, k] given as row-major groups, chunked to fit `ctx.max_binding()`.
+    ///
+    /// # Panics
+    /// As [`upload_with_limit`](Self::upload_with_limit).
     pub fn upload(ctx: &GpuContext, label: &str, n: usize, k: usize, groups: QuantGroups) -> Self {
         Self::upload_with_limit(ctx, label, n, k, groups, ctx.max_binding())
     }
 
     /// As [`upload`](Self::upload) with an explicit per-binding byte limit (tests force
     /// several chunks with a small one).
+    ///
+    /// # Panics
+    /// If `groups` does not hold `n·k/32` groups: the loaders check each tensor's group
+    /// count against its shape.
     pub fn upload_with_limit(
         ctx: &GpuContext,
         label: &str,

@@ -79,7 +79,10 @@ pub fn shares_activations(ctx: &GpuContext) -> bool {
 /// Prefill launches of `W·x` with f32 activations `x` `[m][k]`, one per chunk, recorded only
 /// in steps on the GEMM path ([`Step::gemm`]); output, bias and residual as `io` says (its
 /// int8 blocks and LoRA are not used); `(rows, cols)` is the register tile
-/// ([`tile_for_device`]). `w` must [`fits`].
+/// ([`tile_for_device`]).
+///
+/// # Panics
+/// If `w` does not [`fits`] (the forward pass takes this path only for matrices that do).
 ///
 /// [`Step::gemm`]: super::Step::gemm
 pub fn gemm(

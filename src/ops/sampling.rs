@@ -91,6 +91,10 @@ pub const OUT_BYTES: u64 = std::mem::size_of::<Sampled>() as u64;
 
 /// The launch over `m` rows (the record's row count): row i samples `logits` row
 /// `rows[i].logits_row` and writes `out[i]`.
+///
+/// # Panics
+/// If `n_vocab` is 0 or ≥ 2^24 (indices travel as f32): such models are refused at upload
+/// (`ModelConfig::unsupported`).
 pub fn sampling(
     ctx: &GpuContext,
     label: &str,

@@ -486,14 +486,19 @@ impl<'e> Decoding<'e> {
             if l.finish.is_some() {
                 continue;
             }
-            let (next, logits) = (self.next_of.get(l.index), self.logits_of.get(l.index));
-            let draw = |sampler: &mut Sampler| match (next, logits) {
-                (Some(&next), _) => next,
-                (None, Some(lg)) => {
+            // The GPU's draw for this stream, else its logits to draw from on the CPU.
+            let source = match self.next_of.get(l.index) {
+                Some(&next) => Ok(next),
+                None => Err(self.logits_of.get(l.index).ok_or_else(|| {
+                    anyhow::anyhow!("stream {}: no sampled token and no logits", l.index)
+                })?),
+            };
+            let draw = |sampler: &mut Sampler| match source {
+                Ok(next) => next,
+                Err(lg) => {
                     let id = sampler.sample(lg);
                     (id, log_prob(lg, id))
                 }
-                (None, None) => unreachable!("a stream has a sampled token or logits"),
             };
             let Some(tok) = l.advance(engine, &self.params, draw)? else {
                 continue;

@@ -23,7 +23,11 @@ impl Engine {
             }
         }
         let out = run.finish(&VoteParams::default())?;
-        let c = out.candidates.into_iter().next().expect("one candidate");
+        let c = out
+            .candidates
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("generate: the decoding returned no candidate"))?;
         Ok(Generation {
             text: c.text,
             prompt_tokens: prompt.len(),

@@ -82,19 +82,19 @@ impl Heads {
     }
 
     pub fn set_switcher(&self, s: Option<Switcher>) {
-        *self.switcher.write().unwrap() = s.map(Arc::new);
+        *crate::sync::write(&self.switcher) = s.map(Arc::new);
     }
 
     pub fn set_verifier(&self, v: Option<Verifier>) {
-        *self.verifier.write().unwrap() = v.map(Arc::new);
+        *crate::sync::write(&self.verifier) = v.map(Arc::new);
     }
 
     pub fn switcher(&self) -> Option<Arc<Switcher>> {
-        self.switcher.read().unwrap().clone()
+        crate::sync::read(&self.switcher).clone()
     }
 
     pub fn verifier(&self) -> Option<Arc<Verifier>> {
-        self.verifier.read().unwrap().clone()
+        crate::sync::read(&self.verifier).clone()
     }
 
     /// Which adapter decodes. `adapter` names a loaded one; `None` picks

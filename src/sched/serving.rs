@@ -38,7 +38,7 @@ use crate::kv::StreamId;
 use crate::model::forward::BLOCK_SIZE;
 use crate::model::Session;
 use crate::ops::sampling::RowSampling;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -218,7 +218,7 @@ impl Scheduler {
         self.validate(&req).map_err(SubmitError::Invalid)?;
         let waiting = self.queued.load(Ordering::Relaxed);
         if waiting >= self.options.max_queue {
-            self.metrics.lock().unwrap().rejected += 1;
+            crate::sync::lock(&self.metrics).rejected += 1;
             return Err(SubmitError::QueueFull(waiting));
         }
         let (events, rx) = unbounded_channel();
@@ -229,7 +229,7 @@ impl Scheduler {
             cancel: cancel.clone(),
             submitted: Instant::now(),
         };
-        let jobs = self.jobs.lock().unwrap();
+        let jobs = crate::sync::lock(&self.jobs);
         let tx = jobs.as_ref().ok_or(SubmitError::Stopped)?;
         self.queued.fetch_add(1, Ordering::Relaxed);
         tx.send(job).map_err(|_| SubmitError::Stopped)?;
@@ -271,7 +271,7 @@ impl Scheduler {
 
     /// A snapshot of the counters, with the queue and pool as they are now.
     pub fn metrics(&self) -> Metrics {
-        let mut m = self.metrics.lock().unwrap().clone();
+        let mut m = crate::sync::lock(&self.metrics).clone();
         m.queued = self.queued.load(Ordering::Relaxed);
         m
     }
@@ -287,7 +287,7 @@ impl Scheduler {
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
-        self.jobs.lock().unwrap().take();
+        crate::sync::lock(&self.jobs).take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -424,7 +424,7 @@ impl Loop {
                 i += 1;
             }
         }
-        self.metrics.lock().unwrap().cancelled += cancelled as u64;
+        crate::sync::lock(&self.metrics).cancelled += cancelled as u64;
     }
 
     fn release(&mut self, r: &Running) {
@@ -482,7 +482,9 @@ impl Loop {
             if self.session.pool.free_blocks() < need {
                 return;
             }
-            let job = self.queue.pop_front().unwrap();
+            let Some(job) = self.queue.pop_front() else {
+                return;
+            };
             self.queued.fetch_sub(1, Ordering::Relaxed);
             self.start(job);
         }
@@ -517,7 +519,7 @@ impl Loop {
         if job.req.params.adapter_on_prompt {
             let _ = self.session.set_adapter(stream, adapter);
         }
-        let mut m = self.metrics.lock().unwrap();
+        let mut m = crate::sync::lock(&self.metrics);
         m.admitted += 1;
         m.prompt_tokens += job.req.prompt.len() as u64;
         m.cached_prompt_tokens += cached as u64;
@@ -554,7 +556,7 @@ impl Loop {
         if let Err(e) = self.prefill_chunk(i) {
             let r = self.running.swap_remove(i);
             self.release(&r);
-            self.metrics.lock().unwrap().failed += 1;
+            crate::sync::lock(&self.metrics).failed += 1;
             let _ = r.job.events.send(Event::Failed(format!("{e:#}")));
         }
     }
@@ -569,7 +571,7 @@ impl Loop {
             ..
         } = &mut r.phase
         else {
-            unreachable!()
+            bail!("prefill_chunk: request {i} is not prefilling");
         };
         let end = (*done + max_rows).min(r.job.req.prompt.len());
         let chunk = &r.job.req.prompt[*done..end];
@@ -598,7 +600,7 @@ impl Loop {
             ..
         } = &r.phase
         else {
-            unreachable!()
+            bail!("begin_decoding: request {i} is not prefilling");
         };
         let (stream, cached) = (*stream, *cached);
         let params = &r.job.req.params;
@@ -630,7 +632,7 @@ impl Loop {
             true => adapter_name(&params.reasoning).unwrap_or("none"),
             false => "none",
         };
-        let mut m = self.metrics.lock().unwrap();
+        let mut m = crate::sync::lock(&self.metrics);
         m.ttft.observe(ttft);
         *m.per_adapter.entry(decoder.to_string()).or_default() += 1;
         drop(m);
@@ -670,9 +672,7 @@ impl Loop {
             }
             let now = Instant::now();
             if let Some(t) = r.last_token.replace(now) {
-                self.metrics
-                    .lock()
-                    .unwrap()
+                crate::sync::lock(&self.metrics)
                     .inter_token
                     .observe((now - t).as_secs_f64());
             }
@@ -688,7 +688,7 @@ impl Loop {
                 self.running[ri].next_of[k] = next;
             }
         }
-        let mut m = self.metrics.lock().unwrap();
+        let mut m = crate::sync::lock(&self.metrics);
         m.generated_tokens += rows.len() as u64;
         m.peak_step_streams = m.peak_step_streams.max(rows.len());
         Ok(())
@@ -708,7 +708,7 @@ impl Loop {
             let mut r = self.running.swap_remove(i);
             let result = self.conclude(&mut r);
             self.release(&r);
-            let mut m = self.metrics.lock().unwrap();
+            let mut m = crate::sync::lock(&self.metrics);
             match result {
                 Ok(out) => {
                     m.completed += 1;
@@ -779,7 +779,7 @@ impl Loop {
             .into_iter()
             .partition(|r| matches!(r.phase, Phase::Decode));
         self.running = kept;
-        self.metrics.lock().unwrap().failed += failed.len() as u64;
+        crate::sync::lock(&self.metrics).failed += failed.len() as u64;
         for r in failed {
             self.release(&r);
             let _ = r.job.events.send(Event::Failed(format!("{e:#}")));
@@ -789,7 +789,7 @@ impl Loop {
     /// The gauges as they are after this turn.
     fn publish(&mut self) {
         let pool = &self.session.pool;
-        let mut m = self.metrics.lock().unwrap();
+        let mut m = crate::sync::lock(&self.metrics);
         m.running = self.running.len();
         m.live_streams = self.live_streams();
         m.kv_blocks_total = pool.total_blocks();

@@ -9,14 +9,20 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
+// Literal patterns: a typo fails every vote test, never a user's input.
+#[expect(clippy::unwrap_used, reason = "a literal pattern")]
 static ANSWER_IS: LazyLock<regex::Regex> =
     LazyLock::new(|| regex::Regex::new(r"(?i)answer is").unwrap());
+#[expect(clippy::unwrap_used, reason = "a literal pattern")]
 static NUMBER: LazyLock<regex::Regex> =
     LazyLock::new(|| regex::Regex::new(r"-?\d[\d,]*(?:\.\d+)?").unwrap());
+#[expect(clippy::unwrap_used, reason = "a literal pattern")]
 static ARTICLE: LazyLock<regex::Regex> =
     LazyLock::new(|| regex::Regex::new(r"^(the|a|an)\s+").unwrap());
+#[expect(clippy::unwrap_used, reason = "a literal pattern")]
 static TEXT: LazyLock<regex::Regex> =
     LazyLock::new(|| regex::Regex::new(r"\\text\{([^}]*)\}").unwrap());
+#[expect(clippy::unwrap_used, reason = "a literal pattern")]
 static SPACES: LazyLock<regex::Regex> = LazyLock::new(|| regex::Regex::new(r"\s+").unwrap());
 
 /// The final answer in `text`, if any.

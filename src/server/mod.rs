@@ -70,7 +70,7 @@ impl IntoResponse for ApiError {
         let mut r = (status, Json(self.body())).into_response();
         if self.status == 429 {
             r.headers_mut()
-                .insert(header::RETRY_AFTER, "1".parse().unwrap());
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
         r
     }
@@ -464,9 +464,9 @@ async fn pump(
                 let upto = sendable_len(&s.text, &reply.stops).max(s.sent);
                 let delta = s.text[s.sent..upto].to_string();
                 s.sent = upto;
-                let lp = (reply.logprobs && logprob.is_some()).then(|| {
-                    logprob_entries(&[(engine.decode(&[id]).unwrap_or_default(), logprob.unwrap())])
-                });
+                let lp = logprob
+                    .filter(|_| reply.logprobs)
+                    .map(|lp| logprob_entries(&[(engine.decode(&[id]).unwrap_or_default(), lp)]));
                 if delta.is_empty() && lp.is_none() {
                     continue;
                 }

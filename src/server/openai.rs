@@ -201,16 +201,16 @@ fn completion_prompt(o: &Map<String, Value>) -> Result<Prompt, ApiError> {
     };
     match field(o, "prompt") {
         Some(Value::String(s)) => Ok(Prompt::Text(s.clone())),
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-            Ok(Prompt::Text(a[0].as_str().unwrap().to_string()))
-        }
-        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_u64) => {
-            Ok(Prompt::Tokens(
-                a.iter()
-                    .map(|v| v.as_u64().unwrap().min(u32::MAX as u64) as u32)
-                    .collect(),
-            ))
-        }
+        Some(Value::Array(a)) => match a.as_slice() {
+            [Value::String(s)] => Ok(Prompt::Text(s.clone())),
+            [] => Err(bad()),
+            ids => ids
+                .iter()
+                .map(|v| v.as_u64().map(|id| id.min(u32::MAX as u64) as u32))
+                .collect::<Option<Vec<u32>>>()
+                .map(Prompt::Tokens)
+                .ok_or_else(bad),
+        },
         _ => Err(bad()),
     }
 }
@@ -508,6 +508,33 @@ mod tests {
         assert!(
             matches!(parse(br#"{"prompt":[1,2,3]}"#, false, &defaults()).unwrap().prompt, Prompt::Tokens(ref t) if t == &[1, 2, 3])
         );
+    }
+
+    #[test]
+    fn completion_prompts_take_text_or_ids_and_refuse_mixtures() {
+        let prompt = |v: &str| {
+            parse(
+                format!(r#"{{"prompt":{v}}}"#).as_bytes(),
+                false,
+                &defaults(),
+            )
+        };
+        assert!(matches!(prompt(r#"["hi"]"#).unwrap().prompt, Prompt::Text(ref t) if t == "hi"));
+        assert!(matches!(prompt("[7]").unwrap().prompt, Prompt::Tokens(ref t) if t == &[7]));
+        for bad in [
+            "[]",
+            r#"["a","b"]"#,
+            r#"[1,"b"]"#,
+            "[-1]",
+            "[1.5]",
+            "{}",
+            "3",
+        ] {
+            let e = prompt(bad)
+                .err()
+                .unwrap_or_else(|| panic!("accepted prompt {bad}"));
+            assert_eq!(e.param.as_deref(), Some("prompt"), "{bad}");
+        }
     }
 
     #[test]

@@ -17,6 +17,16 @@
 //! er_result_free(result);
 //! er_engine_free(engine);
 //! ```
+
+// As the engine: no unwrap, expect or panic on an input path (src/lib.rs).
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable,
+    clippy::todo,
+    clippy::unimplemented
+)]
 #![allow(non_camel_case_types)]
 // Every `extern "C"` function checks its pointers for null; the rest is the caller's
 // contract, stated in each function's documentation (the header).

@@ -15,6 +15,15 @@
 //! Every call that touches the GPU releases the GIL. Results are plain dicts (the same
 //! fields as `edgereason run --json`); `score` returns numpy arrays.
 
+// As the engine: no unwrap, expect or panic on an input path (src/lib.rs).
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable,
+    clippy::todo,
+    clippy::unimplemented
+)]
 // pyo3 0.22's #[pymethods] expansion converts PyErr into itself.
 #![allow(clippy::useless_conversion)]
 
@@ -30,7 +39,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// The engine's failures (a missing file, a prompt longer than the context, a GPU error).
 fn failed(e: anyhow::Error) -> PyErr {
@@ -469,7 +478,12 @@ impl TokenStream {
     #[getter]
     fn result(&self, py: Python<'_>) -> PyResult<PyObject> {
         self.finish(py)?;
-        match self.result.lock().unwrap().as_ref() {
+        match self
+            .result
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
             Some(r) => Ok(r.clone_ref(py)),
             None => Err(PyRuntimeError::new_err(
                 "the generation failed (its error was raised when it ended)",
@@ -496,7 +510,7 @@ impl TokenStream {
             return Ok(());
         };
         let r = py.allow_threads(|| run.wait()).map_err(failed)?;
-        *self.result.lock().unwrap() = Some(result_dict(py, &r)?);
+        *self.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(result_dict(py, &r)?);
         Ok(())
     }
 }
