@@ -25,13 +25,13 @@ fn kernels(c: &mut Criterion) {
             q: std::array::from_fn(|j| ((i + j) % 16) as u8),
         })
         .collect();
-    let w = QuantMatrix::upload(&ctx, "w", n, k, QuantGroups::Int4(&groups));
+    let w = QuantMatrix::upload(&ctx, "w", n, k, QuantGroups::Int4(&groups)).unwrap();
     let xq = ctx.storage("xq", (16 * k) as u64);
     let xs = ctx.storage("xs", (16 * k / 32 * 16) as u64);
     let out = ctx.storage("out", (16 * n * 4) as u64);
     let partials = ctx.storage("partials", ops::matmul_int4::partial_bytes(&ctx, &w));
     let io = MatmulIo::new(&xq, &xs, &out, n, &partials);
-    let mm = ops::matmul_int4::matmul_int4(&ctx, "gemv", &w, &io);
+    let mm = ops::matmul_int4::matmul_int4(&ctx, "gemv", &w, &io).unwrap();
     let refs: Vec<_> = mm.iter().collect();
     let mut g = c.benchmark_group(format!("matmul_int4 {n}x{k} on {}", ctx.describe()));
     g.sample_size(20);
@@ -72,15 +72,17 @@ fn attention(c: &mut Criterion) {
             ("shared-prefix pass", &shared, true),
             ("per-stream, copied KV", &copied, false),
         ] {
-            let list = case.attention(
-                &ctx,
-                AttentionPlan {
-                    keys_per_split: kps,
-                    shared_prefix,
-                    flash_prefill: false,
-                    split_one_stream: true,
-                },
-            );
+            let list = case
+                .attention(
+                    &ctx,
+                    AttentionPlan {
+                        keys_per_split: kps,
+                        shared_prefix,
+                        flash_prefill: false,
+                        split_one_stream: true,
+                    },
+                )
+                .unwrap();
             let refs: Vec<_> = list.iter().collect();
             let step = case.step();
             g.bench_function(format!("N={n} {name}"), |b| {
@@ -102,7 +104,7 @@ fn sampling(c: &mut Criterion) {
     let lb = ctx.storage_from("logits", &logits);
     let rows = ctx.storage("rows", 8 * ROW_BYTES);
     let out = ctx.storage("out", 8 * OUT_BYTES);
-    let d = ops::sampling::sampling(&ctx, "sampling", &lb, n_vocab, &rows, &out);
+    let d = ops::sampling::sampling(&ctx, "sampling", &lb, n_vocab, &rows, &out).unwrap();
     let mut g = c.benchmark_group(format!(
         "sampling over {n_vocab} logits on {}",
         ctx.describe()

@@ -4,6 +4,7 @@
 //! read-back logits on the CPU with `EDGEREASON_CPU_SAMPLING=1`, for comparison.
 
 use crate::engine::Engine;
+use crate::gpu::GpuError;
 use crate::model::KernelProfile;
 use crate::model::Session;
 use crate::ops::sampling::RowSampling;
@@ -185,7 +186,12 @@ pub fn time_ms(ctx: &crate::gpu::GpuContext, reps: usize, mut f: impl FnMut()) -
 }
 
 /// An `n`×`k` int4 matrix of arbitrary quants (benchmarks time it, nothing reads results).
-fn random_int4(ctx: &crate::gpu::GpuContext, label: &str, n: usize, k: usize) -> QuantMatrix {
+fn random_int4(
+    ctx: &crate::gpu::GpuContext,
+    label: &str,
+    n: usize,
+    k: usize,
+) -> Result<QuantMatrix, GpuError> {
     let groups: Vec<_> = (0..n * k / 32)
         .map(|i| crate::loader::Q4Group {
             scale: 0.01,
@@ -197,7 +203,12 @@ fn random_int4(ctx: &crate::gpu::GpuContext, label: &str, n: usize, k: usize) ->
 }
 
 /// An `n`×`k` int8 matrix of arbitrary quants (as [`random_int4`]).
-fn random_int8(ctx: &crate::gpu::GpuContext, label: &str, n: usize, k: usize) -> QuantMatrix {
+fn random_int8(
+    ctx: &crate::gpu::GpuContext,
+    label: &str,
+    n: usize,
+    k: usize,
+) -> Result<QuantMatrix, GpuError> {
     let groups: Vec<_> = (0..n * k / 32)
         .map(|i| crate::loader::Q8Group {
             scale: 0.01,
@@ -208,14 +219,19 @@ fn random_int8(ctx: &crate::gpu::GpuContext, label: &str, n: usize, k: usize) ->
 }
 
 /// int4 GEMV (M = 1) on an `n`×`k` random matrix against reading the same bytes.
-pub fn gemv_vs_read(ctx: &crate::gpu::GpuContext, n: usize, k: usize, reps: usize) -> GemvReport {
-    let w = random_int4(ctx, "bench.w", n, k);
+pub fn gemv_vs_read(
+    ctx: &crate::gpu::GpuContext,
+    n: usize,
+    k: usize,
+    reps: usize,
+) -> Result<GemvReport, GpuError> {
+    let w = random_int4(ctx, "bench.w", n, k)?;
     let xq = ctx.storage("xq", k as u64);
     let xs = ctx.storage("xs", (k / 32 * 16) as u64);
     let out = ctx.storage("out", (n * 4) as u64);
     let partials = ctx.storage("partials", ops::matmul_int4::partial_bytes(ctx, &w));
     let io = MatmulIo::new(&xq, &xs, &out, n, &partials);
-    let mm = ops::matmul_int4::matmul_int4(ctx, "gemv", &w, &io);
+    let mm = ops::matmul_int4::matmul_int4(ctx, "gemv", &w, &io)?;
     let refs: Vec<_> = mm.iter().collect();
     let gemv_ms = time_ms(ctx, reps, || ops::run_once(ctx, &refs, 1, 0));
     // Same bytes (quants + scales) through the read kernel.
@@ -226,7 +242,7 @@ pub fn gemv_vs_read(ctx: &crate::gpu::GpuContext, n: usize, k: usize, reps: usiz
     let rd = ops::read_bandwidth::read_bandwidth(ctx, &src, words, threads, &dst);
     let read_ms = time_ms(ctx, reps, || ops::run_once(ctx, &[&rd], 1, 0));
     let gb = w.bytes() as f64 / 1e9;
-    GemvReport {
+    Ok(GemvReport {
         n,
         k,
         gemv_ms,
@@ -234,7 +250,7 @@ pub fn gemv_vs_read(ctx: &crate::gpu::GpuContext, n: usize, k: usize, reps: usiz
         read_ms,
         read_gb_per_s: gb / (read_ms / 1e3),
         ratio: read_ms / gemv_ms,
-    }
+    })
 }
 
 /// Full benchmark of `engine`: a prompt of `prompt_tokens` synthetic tokens, then
@@ -278,7 +294,7 @@ pub fn run(
     engine
         .session()?
         .forward_profiled(&prompt[..chunk], &mut prefill_profile)?;
-    let gemv = gemv_vs_read(&engine.ctx, 2 * c.n_ff, c.n_embd, 7);
+    let gemv = gemv_vs_read(&engine.ctx, 2 * c.n_ff, c.n_embd, 7)?;
     Ok(BenchReport {
         device: engine.ctx.describe(),
         model: model_name.to_string(),
@@ -401,7 +417,7 @@ pub fn attention(
     prompt_len: usize,
     suffix_len: usize,
     reps: usize,
-) -> AttentionReport {
+) -> Result<AttentionReport, GpuError> {
     use ops::attention::{AttentionPlan, StreamsOverPrompt};
     let shape = (n_head, n_kv_head, head_dim);
     let suffixes = vec![suffix_len; streams];
@@ -409,14 +425,14 @@ pub fn attention(
     let shared = StreamsOverPrompt::new(ctx, shape, prompt_len, &suffixes, block, true, 1);
     let copied = StreamsOverPrompt::new(ctx, shape, prompt_len, &suffixes, block, false, 1);
     let device_plan = AttentionPlan::for_device(ctx);
-    let time = |case: &StreamsOverPrompt, plan: AttentionPlan| {
-        let list = case.attention(ctx, plan);
+    let time = |case: &StreamsOverPrompt, plan: AttentionPlan| -> Result<f64, GpuError> {
+        let list = case.attention(ctx, plan)?;
         let refs: Vec<_> = list.iter().collect();
         let step = case.step();
-        time_ms(ctx, reps, || ops::run_step(ctx, &refs, &step))
+        Ok(time_ms(ctx, reps, || ops::run_step(ctx, &refs, &step)))
     };
     let kv_token = (n_kv_head * head_dim * 2 * 2) as u64;
-    AttentionReport {
+    Ok(AttentionReport {
         device: ctx.describe(),
         n_head,
         n_kv_head,
@@ -432,21 +448,21 @@ pub fn attention(
                 flash_prefill: false,
                 split_one_stream: true,
             },
-        ),
+        )?,
         per_stream_shared_cache_ms: time(
             &shared,
             AttentionPlan {
                 shared_prefix: false,
                 ..device_plan
             },
-        ),
+        )?,
         per_stream_copied_kv_ms: time(
             &copied,
             AttentionPlan {
                 shared_prefix: false,
                 ..device_plan
             },
-        ),
+        )?,
         kv_bytes_shared: (prompt_len.div_ceil(block)
             + streams * (prompt_len % block + suffix_len).div_ceil(block))
             as u64
@@ -455,7 +471,7 @@ pub fn attention(
         kv_bytes_copied: (streams * (prompt_len + suffix_len).div_ceil(block)) as u64
             * block as u64
             * kv_token,
-    }
+    })
 }
 
 /// One row of `bench --lora-ranks`: decode step time with a rank-`rank` adapter on all seven
@@ -651,9 +667,9 @@ pub fn prefill_matmul(
         ("down.i8", c.n_embd, c.n_ff, true),
     ] {
         let w = if int8 {
-            random_int8(ctx, name, n, k)
+            random_int8(ctx, name, n, k)?
         } else {
-            random_int4(ctx, name, n, k)
+            random_int4(ctx, name, n, k)?
         };
         let xq = ctx.storage("xq", (m * k * 4) as u64);
         let xs = ctx.storage("xs", (m * k / 32 * 16) as u64);
@@ -662,12 +678,12 @@ pub fn prefill_matmul(
         let io = MatmulIo::new(&xq, &xs, &outb, n, &partials);
         let mut paths = vec![(
             "int8 GEMV path".to_string(),
-            ops::matmul_int4::matmul_int4(ctx, name, &w, &io),
+            ops::matmul_int4::matmul_int4(ctx, name, &w, &io)?,
         )];
         for &(r, cl) in tiles {
             paths.push((
                 format!("f32 GEMM {r}x{cl}"),
-                ops::prefill_gemm::gemm(ctx, name, &w, &xq, &io, (r, cl)),
+                ops::prefill_gemm::gemm(ctx, name, &w, &xq, &io, (r, cl))?,
             ));
         }
         if let Some(shape) = ops::prefill_coop::shape_for_device(ctx) {

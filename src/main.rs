@@ -1320,7 +1320,7 @@ fn bench_attention(engine: &Engine, a: &BenchArgs, n: usize) -> Result<()> {
         *prompt_tokens,
         *gen_tokens,
         10,
-    );
+    )?;
     if *json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -143,3 +143,52 @@ fn a_session_misused_returns_errors_not_panics() {
     // The session still works.
     s.forward(&[1, 2, 3]).unwrap();
 }
+
+#[test]
+fn launchers_refuse_shapes_their_kernels_cannot_run() {
+    use edgereason::loader::Q4Group;
+    use edgereason::ops::matmul_int4::{MatmulIo, QuantGroups, QuantMatrix};
+    let e = engine();
+    let ctx = &e.ctx;
+    let launch_error = |r: Result<_, GpuError>, label: &str, words: &str| match r {
+        Err(GpuError::Launch { label: l, what }) => {
+            assert_eq!(l, label);
+            assert!(what.contains(words), "{what}");
+        }
+        Err(other) => panic!("{label}: expected a launch error, got {other}"),
+        Ok(_) => panic!("{label}: accepted"),
+    };
+    let group = Q4Group {
+        scale: 1.0,
+        min: 0.0,
+        q: [0; 32],
+    };
+    // 3 groups for a [2, 64] matrix (4 needed), and a k that is not whole groups.
+    let groups = vec![group; 3];
+    launch_error(
+        QuantMatrix::upload(ctx, "w", 2, 64, QuantGroups::Int4(&groups)).map(|_| ()),
+        "w",
+        "3 groups",
+    );
+    launch_error(
+        QuantMatrix::upload(ctx, "w", 3, 40, QuantGroups::Int4(&groups[..3])).map(|_| ()),
+        "w",
+        "multiple of 32",
+    );
+    // A matrix of 6 columns for the prefill GEMM (it takes chunks of 4k) and for a fused
+    // SwiGLU epilogue (it takes [gate; up] halves of 64 columns).
+    let w = QuantMatrix::upload(ctx, "w6", 6, 32, QuantGroups::Int4(&vec![group; 6])).unwrap();
+    let buf = ctx.storage("any", 4096);
+    let io = MatmulIo::new(&buf, &buf, &buf, 6, &buf);
+    let gemm = edgereason::ops::prefill_gemm::gemm(ctx, "gemm", &w, &buf, &io, (1, 1));
+    launch_error(gemm.map(|_| ()), "gemm", "chunks of 4k columns");
+    let swiglu = MatmulIo {
+        swiglu: Some((&buf, &buf)),
+        ..io
+    };
+    let mm = edgereason::ops::matmul_int4::matmul_int4(ctx, "gate_up", &w, &swiglu);
+    launch_error(mm.map(|_| ()), "gate_up", "SwiGLU");
+    // A vocabulary the GPU sampler cannot index.
+    let s = edgereason::ops::sampling::sampling(ctx, "sampling", &buf, 1 << 24, &buf, &buf);
+    launch_error(s.map(|_| ()), "sampling", "vocabulary");
+}

@@ -60,7 +60,8 @@ fn matmul_int4_matches_reference() {
                 k,
                 QuantGroups::Int4(&groups),
                 limit.min(ctx.max_binding()),
-            );
+            )
+            .unwrap();
             if limit < u64::MAX {
                 assert!(mat.chunks.len() > 1, "limit {limit} should split {n}x{k}");
             }
@@ -80,7 +81,8 @@ fn matmul_int4_matches_reference() {
                 ..MatmulIo::new(&xq, &xs, &out, n, &partials)
             };
             let mm =
-                ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm", &mat, &io, splits as u32);
+                ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm", &mat, &io, splits as u32)
+                    .unwrap();
             let mut list = vec![&quant];
             list.extend(mm.iter());
             ops::run_once(&ctx, &list, m as u32, 0);
@@ -165,7 +167,8 @@ impl GemmCase {
             (QuantGroups::Int4(&groups4), w)
         };
         let mat =
-            QuantMatrix::upload_with_limit(ctx, "w", n, k, groups, limit.min(ctx.max_binding()));
+            QuantMatrix::upload_with_limit(ctx, "w", n, k, groups, limit.min(ctx.max_binding()))
+                .unwrap();
         if limit < u64::MAX {
             assert!(mat.chunks.len() > 1, "limit {limit} should split {n}x{k}");
         }
@@ -240,7 +243,7 @@ fn prefill_gemm_matches_reference() {
             let case = GemmCase::new(&ctx, (n, k, m), limit, i % 2 == 1);
             assert!(ops::prefill_gemm::fits(&case.mat));
             let got = case.run(&ctx, m, |x, io| {
-                ops::prefill_gemm::gemm(&ctx, "gemm", &case.mat, x, io, tile)
+                ops::prefill_gemm::gemm(&ctx, "gemm", &case.mat, x, io, tile).unwrap()
             });
             // f32 activations times the dequantized weights: only the summation order differs.
             let what = format!(
@@ -324,7 +327,8 @@ fn matmul_int8_matches_reference() {
                 k,
                 QuantGroups::Int8(&groups),
                 limit.min(ctx.max_binding()),
-            );
+            )
+            .unwrap();
             if limit < u64::MAX {
                 assert!(mat.chunks.len() > 1);
             }
@@ -337,7 +341,8 @@ fn matmul_int8_matches_reference() {
             let partials = ctx.storage("partials", (splits * m.max(16) * n * 4) as u64);
             let io = MatmulIo::new(&xq, &xs, &out, n, &partials);
             let mm =
-                ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm8", &mat, &io, splits as u32);
+                ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm8", &mat, &io, splits as u32)
+                    .unwrap();
             let mut list = vec![&quant];
             list.extend(mm.iter());
             ops::run_once(&ctx, &list, m as u32, 0);
@@ -373,7 +378,8 @@ fn matmul_int8_matches_reference() {
             k,
             QuantGroups::Int8(&groups),
             2048,
-        );
+        )
+        .unwrap();
         let tokens: Vec<u32> = vec![98, 0, 41];
         let tb = ctx.storage_from("tok", &tokens);
         let out = ctx.storage("out", (tokens.len() * k * 4) as u64);
@@ -536,7 +542,8 @@ fn rope_and_attention_match_reference() {
                 n_kv,
                 hd,
                 plan,
-            );
+            )
+            .unwrap();
             let mut list = vec![&rope];
             list.extend(att.iter());
             // 80 rows: prefill-sized, so no key splits.
@@ -612,7 +619,8 @@ fn rope_and_attention_match_reference() {
                     n_kv,
                     hd,
                     plan,
-                );
+                )
+                .unwrap();
                 ops::run_step(&ctx, &att.iter().collect::<Vec<_>>(), step);
                 let got: Vec<f32> = ctx.read(&out, 0, rows.len() * n_head * hd).unwrap();
                 // The reference covers a sample of positions.
@@ -722,15 +730,17 @@ fn shared_prefix_attention_matches_reference() {
                     );
                 }
                 for shared_prefix in [true, false] {
-                    let att = case.attention(
-                        &ctx,
-                        AttentionPlan {
-                            keys_per_split,
-                            shared_prefix,
-                            flash_prefill: false,
-                            split_one_stream: true,
-                        },
-                    );
+                    let att = case
+                        .attention(
+                            &ctx,
+                            AttentionPlan {
+                                keys_per_split,
+                                shared_prefix,
+                                flash_prefill: false,
+                                split_one_stream: true,
+                            },
+                        )
+                        .unwrap();
                     ops::run_step(&ctx, &att.iter().collect::<Vec<_>>(), &step);
                     let got: Vec<f32> = ctx.read(&case.out, 0, n * shape.0 * shape.2).unwrap();
                     for i in 0..n {
@@ -799,7 +809,7 @@ fn lora_matches_reference() {
                     .map(|c| c.map_or([0, 0], |a| [set.slots[a].0, set.slots[a].1]))
                     .collect();
                 let (groups, _) = quantized(n, k, 40 + n as u64);
-                let w = QuantMatrix::upload(&ctx, "w", n, k, QuantGroups::Int4(&groups));
+                let w = QuantMatrix::upload(&ctx, "w", n, k, QuantGroups::Int4(&groups)).unwrap();
                 let x = rand_vec(m * k, 9 + m as u64);
                 let xb = ctx.storage_from("x", &x);
                 let (xq, xs) = (
@@ -822,7 +832,9 @@ fn lora_matches_reference() {
                         &ctx, "q", &xb, k, k, &xq, &xs,
                     )];
                     match apply {
-                        None => list.extend(ops::matmul_int4::matmul_int4(&ctx, "mm", &w, &io)),
+                        None => {
+                            list.extend(ops::matmul_int4::matmul_int4(&ctx, "mm", &w, &io).unwrap())
+                        }
                         Some(apply) => {
                             list.push(ops::lora::shrink(
                                 &ctx,
@@ -843,14 +855,19 @@ fn lora_matches_reference() {
                                     b: &lm.b,
                                     segments: lm.segments,
                                 });
-                                list.extend(ops::matmul_int4::matmul_int4(
-                                    &ctx,
-                                    "mm",
-                                    &w,
-                                    &MatmulIo { lora, ..io },
-                                ));
+                                list.extend(
+                                    ops::matmul_int4::matmul_int4(
+                                        &ctx,
+                                        "mm",
+                                        &w,
+                                        &MatmulIo { lora, ..io },
+                                    )
+                                    .unwrap(),
+                                );
                             } else {
-                                list.extend(ops::matmul_int4::matmul_int4(&ctx, "mm", &w, &io));
+                                list.extend(
+                                    ops::matmul_int4::matmul_int4(&ctx, "mm", &w, &io).unwrap(),
+                                );
                                 list.push(ops::lora::expand(
                                     &ctx,
                                     "expand",
@@ -939,7 +956,8 @@ fn embedding_gathers_quantized_rows() {
             k,
             QuantGroups::Int4(&groups),
             4096,
-        );
+        )
+        .unwrap();
         assert!(table.chunks.len() > 1);
         let tokens: Vec<u32> = vec![0, 300, 17, 150, 17];
         let tb = ctx.storage_from("tok", &tokens);
@@ -1054,7 +1072,7 @@ fn attention_writes_the_int8_blocks_quantize_act_would() {
                 flash_prefill: flash,
                 split_one_stream: true,
             };
-            let att = ops::attention::attention(&ctx, "att", &io, n_head, n_kv, hd, plan);
+            let att = ops::attention::attention(&ctx, "att", &io, n_head, n_kv, hd, plan).unwrap();
             let step = ops::Step {
                 rows: m as u32,
                 kv_len: n_ctx as u32,
@@ -1105,7 +1123,8 @@ fn swiglu_epilogue_equals_matmul_then_swiglu() {
         // rows (register tiles), with and without k splits (the reduce pass's epilogue).
         let (n_ff, k) = (96usize, 160usize);
         let (groups, _) = quantized(2 * n_ff, k, 29);
-        let mat = QuantMatrix::upload(&ctx, "gate_up", 2 * n_ff, k, QuantGroups::Int4(&groups));
+        let mat =
+            QuantMatrix::upload(&ctx, "gate_up", 2 * n_ff, k, QuantGroups::Int4(&groups)).unwrap();
         assert!(ops::matmul_int4::swiglu_fusable(&mat));
         for m in [1usize, 13] {
             for splits in [1u32, k_splits_for_test(k) as u32] {
@@ -1128,7 +1147,8 @@ fn swiglu_epilogue_equals_matmul_then_swiglu() {
                 let (fused, separate) = (hblocks("fused"), hblocks("separate"));
                 let io = MatmulIo::new(&xq, &xs, &gate_up, 2 * n_ff, &partials);
                 let plain =
-                    ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm", &mat, &io, splits);
+                    ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm", &mat, &io, splits)
+                        .unwrap();
                 let swiglu =
                     ops::swiglu::swiglu(&ctx, "sw", &gate_up, n_ff, &separate.0, &separate.1);
                 let with_epilogue = ops::matmul_int4::matmul_int4_with_splits(
@@ -1140,7 +1160,8 @@ fn swiglu_epilogue_equals_matmul_then_swiglu() {
                         ..io
                     },
                     splits,
-                );
+                )
+                .unwrap();
                 let mut list = vec![&quant];
                 list.extend(plain.iter().chain([&swiglu]).chain(with_epilogue.iter()));
                 ops::run_once(&ctx, &list, m as u32, 0);
@@ -1171,7 +1192,7 @@ fn rope_epilogue_equals_matmul_then_rope() {
             let (k, slots_total) = (96usize, 40usize);
             let n = (n_head + 2 * n_kv) * hd;
             let (groups, _) = quantized(n, k, 41 + hd as u64);
-            let mat = QuantMatrix::upload(&ctx, "qkv", n, k, QuantGroups::Int4(&groups));
+            let mat = QuantMatrix::upload(&ctx, "qkv", n, k, QuantGroups::Int4(&groups)).unwrap();
             assert!(ops::matmul_int4::rope_fusable(&mat, hd));
             let bias = ctx.storage_from("bias", &rand_vec(n, 43));
             let params = ops::matmul_int4::rope_params(&ctx, n_head, n_kv, 10000.0);
@@ -1216,7 +1237,8 @@ fn rope_epilogue_equals_matmul_then_rope() {
                         &mat,
                         &io(&out_sep),
                         splits,
-                    );
+                    )
+                    .unwrap();
                     let rope = ops::rope::rope_store_kv(
                         &ctx, "rope", &out_sep, &pos_b, &slots_b, &k_sep, &v_sep, n_head, n_kv, hd,
                         10000.0,
@@ -1238,7 +1260,8 @@ fn rope_epilogue_equals_matmul_then_rope() {
                             ..io(&out_fused)
                         },
                         splits,
-                    );
+                    )
+                    .unwrap();
                     let mut list = vec![&quant];
                     list.extend(plain.iter().chain([&rope]).chain(fused.iter()));
                     ops::run_once(&ctx, &list, m as u32, 0);
@@ -1310,10 +1333,10 @@ fn norm_epilogue_equals_matmul_then_rmsnorm() {
                         .chunks(k)
                         .flat_map(edgereason::loader::quantize_q8)
                         .collect();
-                    QuantMatrix::upload(&ctx, label, n, k, QuantGroups::Int8(&g))
+                    QuantMatrix::upload(&ctx, label, n, k, QuantGroups::Int8(&g)).unwrap()
                 } else {
                     let g: Vec<_> = w.chunks(k).flat_map(quantize_q4).collect();
-                    QuantMatrix::upload(&ctx, label, n, k, QuantGroups::Int4(&g))
+                    QuantMatrix::upload(&ctx, label, n, k, QuantGroups::Int4(&g)).unwrap()
                 }
             };
             let (w1, w2) = (upload("w1", n_embd, k, 41), upload("w2", n2, n_embd, 43));
@@ -1349,6 +1372,7 @@ fn norm_epilogue_equals_matmul_then_rmsnorm() {
                         ctx.storage("partials", (splits as usize * 16 * n_embd * 4) as u64);
                     let mm = |label: &str, w: &QuantMatrix, io: MatmulIo| {
                         ops::matmul_int4::matmul_int4_with_splits(&ctx, label, w, &io, splits)
+                            .unwrap()
                     };
                     let residual = |x| MatmulIo {
                         accumulate: true,

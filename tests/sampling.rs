@@ -29,7 +29,7 @@ impl Launch {
         let lb = ctx.storage_from("logits", logits);
         let rows = ctx.storage("sampling.rows", max_rows as u64 * ops::sampling::ROW_BYTES);
         let out = ctx.storage("sampling.out", max_rows as u64 * ops::sampling::OUT_BYTES);
-        let dispatch = ops::sampling::sampling(ctx, "sampling", &lb, n_vocab, &rows, &out);
+        let dispatch = ops::sampling::sampling(ctx, "sampling", &lb, n_vocab, &rows, &out).unwrap();
         Launch {
             ctx: ctx.clone(),
             rows,

@@ -29,6 +29,9 @@ pub enum GpuError {
     OutOfMemory { what: String, reason: String },
     #[error("{what}: rejected by the GPU driver ({reason})")]
     Rejected { what: String, reason: String },
+    /// A launcher given a shape or variant its kernel cannot run (`label` names the launch).
+    #[error("{label}: {what}")]
+    Launch { label: String, what: String },
     /// An error outside any scope, or the device lost: the context is unusable.
     #[error("GPU failure: {0}")]
     Fault(String),
@@ -41,6 +44,17 @@ pub enum GpuError {
         max: u64,
         hint: String,
     },
+}
+
+/// `Ok` if `ok`, else [`GpuError::Launch`] naming `label`: how launchers check their inputs.
+pub fn ensure_launch(ok: bool, label: &str, what: impl FnOnce() -> String) -> Result<(), GpuError> {
+    if ok {
+        return Ok(());
+    }
+    Err(GpuError::Launch {
+        label: label.to_string(),
+        what: what(),
+    })
 }
 
 fn mib(bytes: u64) -> String {

@@ -120,7 +120,7 @@ impl Session {
         let what = format!("a session of {slots} KV slots and {max_rows} rows per step");
         ctx.checked(&what, || {
             Self::allocate(model, n_ctx, max_rows, lora, apply)
-        })
+        })?
     }
 
     fn allocate(
@@ -129,7 +129,7 @@ impl Session {
         max_rows: usize,
         lora: Option<Arc<LoraSet>>,
         apply: LoraApply,
-    ) -> Self {
+    ) -> Result<Self, GpuError> {
         let lora = lora.filter(|l| !l.adapters.is_empty());
         let ctx = model.ctx.clone();
         let c = &model.config;
@@ -141,13 +141,13 @@ impl Session {
         let logits = ctx.storage("logits", lm_rows as u64 * c.n_vocab as u64 * 4);
         let hidden = ctx.storage("hidden", max_rows as u64 * c.n_embd as u64 * 4);
         let launches = Launches::new(&model, &acts, &inputs, &kv, lora.as_deref(), apply);
-        let (body, head) = (launches.body(), launches.head(&logits));
+        let (body, head) = (launches.body()?, launches.head(&logits)?);
         let final_hidden = final_hidden(&model, &acts, &hidden);
-        let (sample_rows, sampled, sampling) = gpu_sampling(&ctx, &logits, c.n_vocab, lm_rows);
+        let (sample_rows, sampled, sampling) = gpu_sampling(&ctx, &logits, c.n_vocab, lm_rows)?;
         let mut pool = BlockPool::new(n_blocks, BLOCK_SIZE);
         let main = pool.create();
         let kv_dim = c.n_kv_head * c.head_dim;
-        Session {
+        Ok(Session {
             block_scratch: ctx.storage("kv.block_copy", (BLOCK_SIZE * kv_dim * 2) as u64),
             model,
             n_ctx,
@@ -171,7 +171,7 @@ impl Session {
             sampling,
             sample_rows,
             sampled,
-        }
+        })
     }
 
     /// Let stream `s`'s next rows use adapter `index` of this session's set, or none.
@@ -930,12 +930,12 @@ fn gpu_sampling(
     logits: &wgpu::Buffer,
     n_vocab: usize,
     lm_rows: usize,
-) -> (wgpu::Buffer, wgpu::Buffer, Dispatch) {
+) -> Result<(wgpu::Buffer, wgpu::Buffer, Dispatch), GpuError> {
     let sample_rows = ctx.storage("sampling.rows", lm_rows as u64 * ops::sampling::ROW_BYTES);
     let sampled = ctx.storage("sampling.out", lm_rows as u64 * ops::sampling::OUT_BYTES);
     let sampling =
-        ops::sampling::sampling(ctx, "sampling", logits, n_vocab, &sample_rows, &sampled);
-    (sample_rows, sampled, sampling)
+        ops::sampling::sampling(ctx, "sampling", logits, n_vocab, &sample_rows, &sampled)?;
+    Ok((sample_rows, sampled, sampling))
 }
 
 /// A launch's kernel kind: its label up to any `[`.

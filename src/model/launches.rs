@@ -8,7 +8,7 @@
 
 use super::GpuModel;
 use crate::adapters::{LoraApply, LoraSet};
-use crate::gpu::GpuContext;
+use crate::gpu::{GpuContext, GpuError};
 use crate::ops::attention::{AttentionIo, AttentionPlan, BlockTables};
 use crate::ops::lora::LoraRows;
 use crate::ops::matmul_int4::{
@@ -213,7 +213,7 @@ impl<'a> Launches<'a> {
     }
 
     /// The transformer body: the embedding, then every layer's two residual blocks.
-    pub fn body(&self) -> Vec<(usize, Dispatch)> {
+    pub fn body(&self) -> Result<Vec<(usize, Dispatch)>, GpuError> {
         let a = self.a;
         let mut body: Vec<(usize, Dispatch)> = ops::embedding::embedding(
             self.ctx,
@@ -227,14 +227,14 @@ impl<'a> Launches<'a> {
         .collect();
         for l in 0..self.model.layers.len() {
             let mut push = |d: Dispatch| body.push((l, d));
-            self.attention_block(l, &mut push);
-            self.ffn_block(l, &mut push);
+            self.attention_block(l, &mut push)?;
+            self.ffn_block(l, &mut push)?;
         }
-        body
+        Ok(body)
     }
 
     /// x = x + Wo · attention(rope(Wqkv · norm(x)))
-    fn attention_block(&self, l: usize, push: &mut dyn FnMut(Dispatch)) {
+    fn attention_block(&self, l: usize, push: &mut dyn FnMut(Dispatch)) -> Result<(), GpuError> {
         let (a, c, layer) = (self.a, &self.model.config, &self.model.layers[l]);
         let (hd, q_dim) = (c.head_dim, c.n_head * c.head_dim);
         let qkv_dim = q_dim + 2 * c.n_kv_head * hd;
@@ -264,8 +264,8 @@ impl<'a> Launches<'a> {
             folded_norm,
             ..qkv_io
         };
-        self.matmul(l, 0, "qkv", &layer.wqkv, io, push);
-        self.gemm("qkv", &layer.wqkv, &a.xf, &qkv_io)
+        self.matmul(l, 0, "qkv", &layer.wqkv, io, push)?;
+        self.gemm("qkv", &layer.wqkv, &a.xf, &qkv_io)?
             .into_iter()
             .for_each(&mut *push);
         let rope_launch = self.rope(l);
@@ -274,7 +274,7 @@ impl<'a> Launches<'a> {
         } else if self.gemm.is_some() {
             push(rope_launch.only(When::Gemm(true)));
         }
-        self.attention(l).into_iter().for_each(&mut *push);
+        self.attention(l)?.into_iter().for_each(&mut *push);
         let wo_io = MatmulIo {
             xq: &a.attn_q,
             xs: &a.attn_s,
@@ -282,14 +282,15 @@ impl<'a> Launches<'a> {
             norm_out: self.norm_out(&layer.ffn_norm),
             ..self.io(&a.x, c.n_embd)
         };
-        self.matmul(l, 1, "wo", &layer.wo, wo_io, push);
-        self.gemm("wo", &layer.wo, &a.attn, &wo_io)
+        self.matmul(l, 1, "wo", &layer.wo, wo_io, push)?;
+        self.gemm("wo", &layer.wo, &a.attn, &wo_io)?
             .into_iter()
             .for_each(&mut *push);
+        Ok(())
     }
 
     /// x = x + W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))
-    fn ffn_block(&self, l: usize, push: &mut dyn FnMut(Dispatch)) {
+    fn ffn_block(&self, l: usize, push: &mut dyn FnMut(Dispatch)) -> Result<(), GpuError> {
         let (a, c, layer) = (self.a, &self.model.config, &self.model.layers[l]);
         self.norm("ffn_norm", &layer.ffn_norm, self.fold_norms)
             .into_iter()
@@ -303,8 +304,8 @@ impl<'a> Launches<'a> {
             folded_norm: self.fold_norms.then_some(c.rms_eps),
             ..gate_up_io
         };
-        self.matmul(l, 2, "gate_up", &layer.w_gate_up, io, push);
-        self.gemm("gate_up", &layer.w_gate_up, &a.xf, &gate_up_io)
+        self.matmul(l, 2, "gate_up", &layer.w_gate_up, io, push)?;
+        self.gemm("gate_up", &layer.w_gate_up, &a.xf, &gate_up_io)?
             .into_iter()
             .for_each(&mut *push);
         if !fuse_swiglu {
@@ -326,18 +327,19 @@ impl<'a> Launches<'a> {
             norm_out: next_norm.and_then(|g| self.norm_out(g)),
             ..self.io(&a.x, c.n_embd)
         };
-        self.matmul(l, 3, "down", &layer.w_down, down_io, push);
+        self.matmul(l, 3, "down", &layer.w_down, down_io, push)?;
         let gemm_io = MatmulIo {
             accumulate: true,
             ..self.io(&a.x, c.n_embd)
         };
-        self.gemm("down", &layer.w_down, &a.xf, &gemm_io)
+        self.gemm("down", &layer.w_down, &a.xf, &gemm_io)?
             .into_iter()
             .for_each(&mut *push);
+        Ok(())
     }
 
     /// logits = W_out · norm(x), for the rows of a range.
-    pub fn head(&self, logits: &wgpu::Buffer) -> Vec<Dispatch> {
+    pub fn head(&self, logits: &wgpu::Buffer) -> Result<Vec<Dispatch>, GpuError> {
         let (a, c) = (self.a, &self.model.config);
         let norm = ops::rmsnorm::rmsnorm(
             self.ctx,
@@ -352,8 +354,8 @@ impl<'a> Launches<'a> {
             true,
         );
         let io = self.io(logits, c.n_vocab);
-        let lm_head = matmul_int4(self.ctx, "lm_head", self.model.lm_head(), &io);
-        std::iter::once(norm).chain(lm_head).collect()
+        let lm_head = matmul_int4(self.ctx, "lm_head", self.model.lm_head(), &io)?;
+        Ok(std::iter::once(norm).chain(lm_head).collect())
     }
 
     /// The int8 path's matmuls read the shared blocks xq/xs; each call names its output.
@@ -406,12 +408,13 @@ impl<'a> Launches<'a> {
         w: &QuantMatrix,
         io: MatmulIo,
         push: &mut dyn FnMut(Dispatch),
-    ) {
+    ) -> Result<(), GpuError> {
         let ctx = self.ctx;
         let Some(set) = self.lora else {
-            return matmul_int4(ctx, label, w, &io)
+            matmul_int4(ctx, label, w, &io)?
                 .into_iter()
                 .for_each(|d| push(self.int8(d)));
+            return Ok(());
         };
         let m = &set.layers[l][f];
         let rows = LoraRows {
@@ -439,7 +442,7 @@ impl<'a> Launches<'a> {
             segments: m.segments,
         };
         let lora = (self.apply == LoraApply::Fused).then_some(fused);
-        for d in matmul_int4(ctx, label, w, &MatmulIo { lora, ..io }) {
+        for d in matmul_int4(ctx, label, w, &MatmulIo { lora, ..io })? {
             push(self.int8(d));
         }
         if self.apply == LoraApply::Separate {
@@ -456,17 +459,24 @@ impl<'a> Launches<'a> {
                 io.xs,
             ));
         }
+        Ok(())
     }
 
     /// The GEMM path's launches of a matmul over f32 rows `x` (none where the device keeps
     /// the int8 path for prefill).
-    fn gemm(&self, label: &str, w: &QuantMatrix, x: &wgpu::Buffer, io: &MatmulIo) -> Vec<Dispatch> {
+    fn gemm(
+        &self,
+        label: &str,
+        w: &QuantMatrix,
+        x: &wgpu::Buffer,
+        io: &MatmulIo,
+    ) -> Result<Vec<Dispatch>, GpuError> {
         match self.gemm {
             Some(PrefillGemm::Tiled(t)) => ops::prefill_gemm::gemm(self.ctx, label, w, x, io, t),
             Some(PrefillGemm::Cooperative(s)) => {
-                ops::prefill_coop::gemm(self.ctx, label, w, x, io, s)
+                Ok(ops::prefill_coop::gemm(self.ctx, label, w, x, io, s))
             }
-            None => Vec::new(),
+            None => Ok(Vec::new()),
         }
     }
 
@@ -490,7 +500,7 @@ impl<'a> Launches<'a> {
 
     /// Attention of layer `l`, writing Wo's int8 blocks itself where heads hold whole
     /// blocks (else a quantization launch follows).
-    fn attention(&self, l: usize) -> Vec<Dispatch> {
+    fn attention(&self, l: usize) -> Result<Vec<Dispatch>, GpuError> {
         let (a, c) = (self.a, &self.model.config);
         let (hd, q_dim) = (c.head_dim, c.n_head * c.head_dim);
         let fused_quant = ops::attention::quantizes_output(hd);
@@ -517,7 +527,7 @@ impl<'a> Launches<'a> {
             c.n_kv_head,
             hd,
             self.plan,
-        );
+        )?;
         if !fused_quant {
             out.push(self.int8(ops::quantize_act::quantize_act(
                 self.ctx,
@@ -529,6 +539,6 @@ impl<'a> Launches<'a> {
                 &a.attn_s,
             )));
         }
-        out
+        Ok(out)
     }
 }

@@ -76,7 +76,7 @@ fn upload_matrix(
     let k = parts[0].shape[1];
     let n: usize = parts.iter().map(|t| t.shape[0]).sum();
     let int8 = parts.iter().any(|t| matches!(t.data, TensorData::Q8(_)));
-    Ok(if int8 {
+    let uploaded = if int8 {
         let mut g = Vec::with_capacity(n * k / 32);
         for t in &parts {
             match &t.data {
@@ -94,6 +94,15 @@ fn upload_matrix(
             }
         }
         QuantMatrix::upload(ctx, &names[0], n, k, QuantGroups::Int4(&g))
+    };
+    // Parts of one fused matrix whose shapes do not add up.
+    uploaded.map_err(|e| LoadError::BadTensor {
+        path: host.source.clone(),
+        name: names.join(" + "),
+        what: match e {
+            crate::gpu::GpuError::Launch { what, .. } => what,
+            e => e.to_string(),
+        },
     })
 }
 

@@ -4,7 +4,7 @@
 //! (many rows of one stream) take the flash prefill kernel: one invocation per query row.
 
 use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams, When};
-use crate::gpu::{Binding, GpuContext, ShaderDefines};
+use crate::gpu::{ensure_launch, Binding, GpuContext, GpuError, ShaderDefines};
 
 crate::kernel_params!(
     /// `struct Params` of shaders/attention.wgsl.
@@ -231,10 +231,8 @@ fn attention_spec<'a>(
 
 /// The attention launches: the shared-prefix pass (only for decode steps of several rows
 /// over a common prompt), the per-row pass, and the split merge (only when a step splits).
-///
-/// # Panics
-/// If the kernels cannot take `head_dim` (or cannot write int8 blocks of it when `io`
-/// asks): a model with such heads is refused at upload (`ModelConfig::unsupported`).
+/// A `head_dim` the kernels cannot take (or cannot write int8 blocks of, when `io` asks)
+/// is an error; models with such heads are refused at upload (`ModelConfig::unsupported`).
 pub fn attention(
     ctx: &GpuContext,
     label: &str,
@@ -243,16 +241,20 @@ pub fn attention(
     n_kv_head: usize,
     head_dim: usize,
     plan: AttentionPlan,
-) -> Vec<Dispatch> {
-    assert!(
+) -> Result<Vec<Dispatch>, GpuError> {
+    ensure_launch(
+        n_kv_head > 0 && n_head.is_multiple_of(n_kv_head),
+        label,
+        || format!("{n_head} query heads do not share {n_kv_head} KV heads evenly"),
+    )?;
+    ensure_launch(
         io.quantized.is_none() || quantizes_output(head_dim),
-        "head_dim {head_dim}: attention cannot write int8 blocks of 32"
-    );
-    // Invariant: ModelConfig::unsupported refuses other head sizes at upload.
-    assert!(
-        crate::loader::head_dim_supported(head_dim),
-        "head_dim {head_dim} unsupported (≤ 256 and a multiple of 8, or ≤ 128 and of 4)"
-    );
+        label,
+        || format!("head_dim {head_dim}: attention cannot write int8 blocks of 32"),
+    )?;
+    ensure_launch(crate::loader::head_dim_supported(head_dim), label, || {
+        format!("head_dim {head_dim} unsupported (≤ 256 and a multiple of 8, or ≤ 128 and of 4)")
+    })?;
     let shape = Shape {
         n_head,
         n_kv_head,
@@ -295,7 +297,7 @@ pub fn attention(
         flash.defines = flash.defines.with("HEAD_DIM", head_dim as u32);
         out.push(Dispatch::new(ctx, flash).only(When::Flash(true)));
     }
-    out
+    Ok(out)
 }
 
 /// softmax(q·Kᵀ/√d)·V for one head: `q` `[hd]`, `k`/`v` `[n_keys][hd]`.
@@ -407,7 +409,11 @@ impl StreamsOverPrompt {
     }
 
     /// The attention launches for this batch under `plan`.
-    pub fn attention(&self, ctx: &GpuContext, plan: AttentionPlan) -> Vec<Dispatch> {
+    pub fn attention(
+        &self,
+        ctx: &GpuContext,
+        plan: AttentionPlan,
+    ) -> Result<Vec<Dispatch>, GpuError> {
         let io = AttentionIo {
             qkv: &self.qkv,
             qkv_stride: (self.n_head + 2 * self.n_kv_head) * self.head_dim,

@@ -6,7 +6,7 @@
 //! lavapipe's 128 MiB, but a bigger vocabulary or a phone's smaller limit is not).
 
 use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams};
-use crate::gpu::{Binding, GpuContext, ShaderDefines};
+use crate::gpu::{ensure_launch, Binding, GpuContext, GpuError, ShaderDefines};
 use crate::loader::{Q4Group, Q8Group};
 
 crate::kernel_params!(
@@ -152,20 +152,20 @@ pub fn pack_rows(groups: &[Q4Group], k: usize, n0: usize, n1: usize) -> (Vec<u32
 }
 
 impl QuantMatrix {
-    /// Upload W [n, k] given as row-major groups, chunked to fit `ctx.max_binding()`.
-    ///
-    /// # Panics
-    /// As [`upload_with_limit`](Self::upload_with_limit).
-    pub fn upload(ctx: &GpuContext, label: &str, n: usize, k: usize, groups: QuantGroups) -> Self {
+    /// Upload W [n, k] given as row-major groups, chunked to fit `ctx.max_binding()`; a
+    /// group count other than n·k/32 is an error.
+    pub fn upload(
+        ctx: &GpuContext,
+        label: &str,
+        n: usize,
+        k: usize,
+        groups: QuantGroups,
+    ) -> Result<Self, GpuError> {
         Self::upload_with_limit(ctx, label, n, k, groups, ctx.max_binding())
     }
 
     /// As [`upload`](Self::upload) with an explicit per-binding byte limit (tests force
     /// several chunks with a small one).
-    ///
-    /// # Panics
-    /// If `groups` does not hold `n·k/32` groups: the loaders check each tensor's group
-    /// count against its shape.
     pub fn upload_with_limit(
         ctx: &GpuContext,
         label: &str,
@@ -173,16 +173,14 @@ impl QuantMatrix {
         k: usize,
         groups: QuantGroups,
         max_binding: u64,
-    ) -> Self {
+    ) -> Result<Self, GpuError> {
         let (format, len) = match groups {
             QuantGroups::Int4(g) => (WeightFormat::Int4, g.len()),
             QuantGroups::Int8(g) => (WeightFormat::Int8, g.len()),
         };
-        assert_eq!(
-            len,
-            n * k / 32,
-            "{label}: group count does not match [{n}, {k}]"
-        );
+        ensure_launch(k.is_multiple_of(32) && len * 32 == n * k, label, || {
+            format!("{len} groups of 32 for a [{n}, {k}] matrix (k must be a multiple of 32)")
+        })?;
         // qweight is the larger buffer. Chunks are whole column quads where a binding holds
         // four rows (the prefill GEMM reads four columns at a time).
         let bytes_per_row = (k * format.bits() / 8) as u64;
@@ -204,12 +202,12 @@ impl QuantMatrix {
             });
             n0 = n1;
         }
-        QuantMatrix {
+        Ok(QuantMatrix {
             n,
             k,
             format,
             chunks,
-        }
+        })
     }
 
     /// GPU bytes of the weights (for bandwidth figures).
@@ -460,7 +458,12 @@ const KINDS_ROPE: &[Binding] = &[
 
 /// Dispatches (one per chunk, plus a reduce pass where decode steps split k) computing
 /// `out[m, out_offset + n] (+)= W·x + bias`.
-pub fn matmul_int4(ctx: &GpuContext, label: &str, w: &QuantMatrix, io: &MatmulIo) -> Vec<Dispatch> {
+pub fn matmul_int4(
+    ctx: &GpuContext,
+    label: &str,
+    w: &QuantMatrix,
+    io: &MatmulIo,
+) -> Result<Vec<Dispatch>, GpuError> {
     let splits = w
         .chunks
         .iter()
@@ -477,7 +480,7 @@ pub fn matmul_int4_with_splits(
     w: &QuantMatrix,
     io: &MatmulIo,
     splits: u32,
-) -> Vec<Dispatch> {
+) -> Result<Vec<Dispatch>, GpuError> {
     matmul_dispatches(ctx, label, w, io, &vec![splits; w.chunks.len()])
 }
 
@@ -490,17 +493,16 @@ fn variant<'a>(
     label: &str,
     w: &QuantMatrix,
     io: &MatmulIo<'a>,
-) -> (&'static [Binding], ShaderDefines, Vec<&'a wgpu::Buffer>) {
+) -> Result<(&'static [Binding], ShaderDefines, Vec<&'a wgpu::Buffer>), GpuError> {
     let out_offset = io.out_offset;
     let mut defines = ShaderDefines::new().with("SUBGROUPS", shares_blocks(ctx) as u32);
     let mut kinds = KINDS;
     let mut extra = Vec::new();
     if let Some(l) = &io.lora {
         // B is laid out over the whole output: LoRA matrices are one chunk, written from column 0.
-        assert!(
-            w.chunks.len() == 1 && out_offset == 0,
-            "{label}: fused LoRA needs a one-chunk matrix at output column 0"
-        );
+        ensure_launch(w.chunks.len() == 1 && out_offset == 0, label, || {
+            "fused LoRA needs a one-chunk matrix at output column 0".into()
+        })?;
         extra.extend([l.rows.rows, l.rows.u, l.b]);
         (kinds, defines) = (KINDS_LORA, defines.with("LORA", 1));
     }
@@ -510,35 +512,41 @@ fn variant<'a>(
         }
     };
     if let Some((hq, hs)) = io.swiglu {
-        assert!(
-            swiglu_fusable(w) && out_offset == 0,
-            "{label}: the SwiGLU epilogue needs a one-chunk [gate; up] matrix of 64-column halves"
-        );
+        ensure_launch(swiglu_fusable(w) && out_offset == 0, label, || {
+            "the SwiGLU epilogue needs a one-chunk [gate; up] matrix of 64-column halves".into()
+        })?;
         lora_slots(&mut extra);
         extra.extend([hq, hs]);
         (kinds, defines) = (KINDS_SWIGLU, defines.with("SWIGLU", 1));
     }
     if let Some(r) = io.rope {
-        assert!(rope_fusable(w, r.head_dim) && out_offset == 0, "{label}: the RoPE epilogue needs a one-chunk [Q | K | V] matrix with head_dim a multiple of 64");
+        ensure_launch(
+            rope_fusable(w, r.head_dim) && out_offset == 0,
+            label,
+            || {
+                "the RoPE epilogue needs a one-chunk [Q | K | V] matrix with head_dim a multiple of 64"
+                .into()
+            },
+        )?;
         lora_slots(&mut extra);
         extra.extend([r.params, r.positions, r.slots, r.k_cache, r.v_cache]);
         let defines_rope = defines.with("ROPE", 1).with("HEAD_DIM", r.head_dim as u32);
         (kinds, defines) = (KINDS_ROPE, defines_rope);
     }
     if let Some(norm) = io.norm_out {
-        assert!(
-            norm_foldable(w)
-                && out_offset == 0
-                && io.accumulate
-                && io.swiglu.is_none()
-                && io.rope.is_none(),
-            "{label}: the norm epilogue needs a one-chunk residual matmul of 64-column blocks"
-        );
+        let foldable = norm_foldable(w)
+            && out_offset == 0
+            && io.accumulate
+            && io.swiglu.is_none()
+            && io.rope.is_none();
+        ensure_launch(foldable, label, || {
+            "the norm epilogue needs a one-chunk residual matmul of 64-column blocks".into()
+        })?;
         lora_slots(&mut extra);
         extra.extend([norm.weight, norm.xq, norm.xs]);
         (kinds, defines) = (KINDS_NORM, defines.with("NORM", 1));
     }
-    (kinds, defines, extra)
+    Ok((kinds, defines, extra))
 }
 
 fn matmul_dispatches(
@@ -547,10 +555,10 @@ fn matmul_dispatches(
     w: &QuantMatrix,
     io: &MatmulIo,
     chunk_splits: &[u32],
-) -> Vec<Dispatch> {
+) -> Result<Vec<Dispatch>, GpuError> {
     // Without a bias any read-only buffer fills the binding: the activations' scales.
     let bias = io.bias.unwrap_or(io.xs);
-    let (kinds, defines, extra) = variant(ctx, label, w, io);
+    let (kinds, defines, extra) = variant(ctx, label, w, io)?;
     let mut out_list = Vec::new();
     for (c, &splits) in w.chunks.iter().zip(chunk_splits) {
         let mut params = MatmulParams {
@@ -606,7 +614,7 @@ fn matmul_dispatches(
             out_list.push(Dispatch::new(ctx, spec("reduce", reduce)));
         }
     }
-    out_list
+    Ok(out_list)
 }
 
 /// Whether the int8 path's SUBGROUPS variant runs here: each lane of a subgroup (of at

@@ -5,7 +5,7 @@
 
 use super::matmul_int4::{MatmulIo, QuantMatrix, WeightFormat, FOLDED_NORM};
 use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams, When};
-use crate::gpu::{Binding, GpuContext, ShaderDefines};
+use crate::gpu::{ensure_launch, Binding, GpuContext, GpuError, ShaderDefines};
 
 crate::kernel_params!(
     /// `struct Params` of shaders/prefill_gemm.wgsl.
@@ -79,10 +79,8 @@ pub fn shares_activations(ctx: &GpuContext) -> bool {
 /// Prefill launches of `W·x` with f32 activations `x` `[m][k]`, one per chunk, recorded only
 /// in steps on the GEMM path ([`Step::gemm`]); output, bias and residual as `io` says (its
 /// int8 blocks and LoRA are not used); `(rows, cols)` is the register tile
-/// ([`tile_for_device`]).
-///
-/// # Panics
-/// If `w` does not [`fits`] (the forward pass takes this path only for matrices that do).
+/// ([`tile_for_device`]). A matrix that does not [`fits`] is an error (the forward pass
+/// takes this path only for matrices that do).
 ///
 /// [`Step::gemm`]: super::Step::gemm
 pub fn gemm(
@@ -92,8 +90,10 @@ pub fn gemm(
     x: &wgpu::Buffer,
     io: &MatmulIo,
     (rows, cols): (u32, u32),
-) -> Vec<Dispatch> {
-    assert!(fits(w), "{label}: prefill GEMM needs chunks of 4k columns");
+) -> Result<Vec<Dispatch>, GpuError> {
+    ensure_launch(fits(w), label, || {
+        "the prefill GEMM needs chunks of 4k columns".into()
+    })?;
     let defines = ShaderDefines::new()
         .with("ROWS", rows)
         .with("COLS", cols)
@@ -102,7 +102,7 @@ pub fn gemm(
         WeightFormat::Int4 => "gemm_int4",
         WeightFormat::Int8 => "gemm_int8",
     };
-    chunk_launches(
+    Ok(chunk_launches(
         ctx,
         label,
         w,
@@ -110,7 +110,7 @@ pub fn gemm(
         io,
         ("prefill_gemm", entry, defines),
         |n| Grid::Gemm { n: n / 4 },
-    )
+    ))
 }
 
 /// One launch per chunk of `w` of a prefill GEMM kernel (`shader`, `entry`, `defines`:

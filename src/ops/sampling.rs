@@ -10,7 +10,7 @@
 //! logits: `[rows][n_vocab]` f32   rows: `[m]` [`SampleRow`]   out: `[m]` [`Sampled`]
 
 use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams};
-use crate::gpu::{Binding, GpuContext};
+use crate::gpu::{ensure_launch, Binding, GpuContext, GpuError};
 use crate::sampling::SamplingParams;
 
 const KINDS: &[Binding] = &[
@@ -90,10 +90,8 @@ pub const ROW_BYTES: u64 = std::mem::size_of::<SampleRow>() as u64;
 pub const OUT_BYTES: u64 = std::mem::size_of::<Sampled>() as u64;
 
 /// The launch over `m` rows (the record's row count): row i samples `logits` row
-/// `rows[i].logits_row` and writes `out[i]`.
-///
-/// # Panics
-/// If `n_vocab` is 0 or ≥ 2^24 (indices travel as f32): such models are refused at upload
+/// `rows[i].logits_row` and writes `out[i]`. A vocabulary of 0 or ≥ 2^24 tokens is an error
+/// (indices travel as f32 in the reduction); such models are refused at upload
 /// (`ModelConfig::unsupported`).
 pub fn sampling(
     ctx: &GpuContext,
@@ -102,20 +100,17 @@ pub fn sampling(
     n_vocab: usize,
     rows: &wgpu::Buffer,
     out: &wgpu::Buffer,
-) -> Dispatch {
-    // Indices travel as f32 in the reduction (invariant: ModelConfig::unsupported refuses
-    // larger vocabularies at upload).
-    assert!(
-        n_vocab > 0 && n_vocab < 1 << 24,
-        "n_vocab {n_vocab} unsupported (1..2^24)"
-    );
+) -> Result<Dispatch, GpuError> {
+    ensure_launch(n_vocab > 0 && n_vocab < 1 << 24, label, || {
+        format!("a vocabulary of {n_vocab} tokens (the GPU sampler takes 1 to 2^24 - 1)")
+    })?;
     let params = Params {
         n_vocab: n_vocab as u32,
         m: 0,
         row_stride: n_vocab as u32,
         _pad: 0,
     };
-    Dispatch::new(
+    Ok(Dispatch::new(
         ctx,
         DispatchSpec {
             label: label.into(),
@@ -128,7 +123,7 @@ pub fn sampling(
             grid: Grid::PerRow { x: 1 },
             defines: Default::default(),
         },
-    )
+    ))
 }
 
 /// lowbias32 (Wellons), as `mix32` in the shader.
