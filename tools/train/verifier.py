@@ -132,12 +132,21 @@ def main():
     p.add_argument("--val-frac", type=float, default=0.2, help="held-out fraction of candidates for reporting")
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, nargs="+", default=[1e-4],
+                   help="Adam weight decay; several: chosen by cross-validation over the training prompts")
+    p.add_argument("--features", help="an .npz of the candidates' features: written after computing them, "
+                                      "read instead of computing when it exists (to retrain the probe only)")
     p.add_argument("--log-every", type=int, default=25)
     a = p.parse_args()
 
     acc = Accelerator()
     set_seed(a.seed)
+    if a.features and Path(a.features).exists():
+        f = np.load(a.features)
+        print(f"features from {a.features}", flush=True)
+        if acc.is_main_process:
+            train_and_save(list(zip(f["x"], f["y"], f["prompts"].tolist())), a, Path(a.model).name)
+        return
     from peft import PeftModel
 
     base, tok, name = common.load_base(a.model, a.tokenizer, a.fake_quant_int4)
@@ -158,35 +167,76 @@ def main():
         rows = candidate_features(model, masker, tok, items, a, acc, stop, verify_ids)
     if not acc.is_main_process:
         return
+    if a.features:
+        np.savez(a.features, x=np.stack([r[0] for r in rows]), y=np.array([r[1] for r in rows]),
+                 prompts=np.array([r[2] for r in rows]))
+    train_and_save(rows, a, name)
+
+
+def train_and_save(rows, a, name):
+    """The probe on `rows` [(features, label, prompt)]: weight decay chosen by grouped
+    cross-validation over the training prompts, reported on the held-out prompts, saved."""
     x = np.stack([r[0] for r in rows]).astype(np.float32)
     y = np.array([r[1] for r in rows], np.float32)
+    prompts = [r[2] for r in rows]
     print(f"{len(y)} candidates, {int(y.sum())} correct ({y.mean():.3f})", flush=True)
     if len(set(y.tolist())) < 2:
         print("warning: all candidates have the same label; the probe only learns the base rate", flush=True)
+    vi, ti = split_by_prompt(prompts, a.val_frac, a.seed)
+    wd = a.weight_decay[0]
+    if len(a.weight_decay) > 1:
+        cv = {w: cross_validated_auc(x[ti], y[ti], [prompts[i] for i in ti], w, a) for w in a.weight_decay}
+        print("  cross-validated AUC by weight decay: " + ", ".join(f"{w:g}: {v:.3f}" for w, v in cv.items()),
+              flush=True)
+        wd = max(cv, key=lambda w: np.nan_to_num(cv[w], nan=-1.0))
+    net = fit_probe(x[ti], y[ti], wd, a)
+    if len(vi):
+        with torch.no_grad():
+            pv = torch.sigmoid(net(torch.from_numpy(x[vi]))).numpy()
+        print(f"validation (weight decay {wd:g}): accuracy@0.5 {float(((pv >= 0.5) == y[vi]).mean()):.3f}, "
+              f"AUC {common.binary_auc(pv, y[vi]):.3f} ({len(vi)} candidates)", flush=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    common.save_verifier(a.out, net.eval(), name, a.prompt)
+    print(f"saved verifier -> {a.out}", flush=True)
 
-    vi, ti = split_by_prompt([r[2] for r in rows], a.val_frac, a.seed)
-    n_val = len(vi)
+
+def fit_probe(x, y, weight_decay, a):
+    """Linear(d, 1) by full-batch Adam on standardized features (hidden states have a few
+    dimensions hundreds of times larger than the rest), the standardization then folded into
+    the weights so the engine scores raw hidden states."""
+    mu, sd = x.mean(0), x.std(0) + 1e-6
     torch.manual_seed(a.seed)
     net = common.Verifier(x.shape[1])
-    opt = torch.optim.Adam(net.parameters(), lr=a.lr, weight_decay=a.weight_decay)
-    xt, yt = torch.from_numpy(x[ti]), torch.from_numpy(y[ti])
+    opt = torch.optim.Adam(net.parameters(), lr=a.lr, weight_decay=weight_decay)
+    xt, yt = torch.from_numpy((x - mu) / sd), torch.from_numpy(y)
     pos = float(yt.sum())
     pw = torch.tensor((len(yt) - pos) / pos) if 0 < pos < len(yt) else torch.tensor(1.0)
-    for ep in range(1, a.epochs + 1):
+    for _ in range(a.epochs):
         loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xt), yt, pos_weight=pw)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if ep % max(1, a.epochs // 10) == 0 or ep == a.epochs:
-            print(f"  epoch {ep}/{a.epochs} loss {float(loss):.4f}", flush=True)
-    if n_val:
+    with torch.no_grad():
+        w = net.linear.weight[0] / torch.from_numpy(sd)
+        net.linear.bias -= (w * torch.from_numpy(mu)).sum()
+        net.linear.weight.copy_(w[None, :])
+    return net
+
+
+def cross_validated_auc(x, y, prompts, weight_decay, a, folds=4):
+    """Mean AUC over `folds` splits of the prompts (each prompt's candidates on one side)."""
+    groups = sorted(set(prompts))
+    random.Random(a.seed).shuffle(groups)
+    aucs = []
+    for f in range(folds):
+        held = set(groups[f::folds])
+        vi = np.array([i for i, p in enumerate(prompts) if p in held])
+        ti = np.array([i for i, p in enumerate(prompts) if p not in held])
+        net = fit_probe(x[ti], y[ti], weight_decay, a)
         with torch.no_grad():
             pv = torch.sigmoid(net(torch.from_numpy(x[vi]))).numpy()
-        print(f"validation accuracy@0.5 {float(((pv >= 0.5) == y[vi]).mean()):.3f}, "
-              f"AUC {common.binary_auc(pv, y[vi]):.3f} ({n_val} candidates)", flush=True)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    common.save_verifier(a.out, net.eval(), name, a.prompt)
-    print(f"saved verifier -> {a.out}", flush=True)
+        aucs.append(common.binary_auc(pv, y[vi]))
+    return float(np.nanmean(aucs))
 
 
 if __name__ == "__main__":

@@ -40,3 +40,29 @@ def test_split_keeps_each_prompts_candidates_together():
     assert len(vi) == 8 and len(ti) == 32
     assert {prompts[i] for i in vi}.isdisjoint({prompts[i] for i in ti})
     assert sorted(list(vi) + list(ti)) == list(range(40))
+
+
+def test_probe_scores_raw_hidden_states_with_outlier_dimensions():
+    # Hidden states have a few huge dimensions; the label here lives in a small one. The probe
+    # trains on standardized features and folds that into its weights, so it must separate
+    # fresh raw samples.
+    import argparse
+
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+
+    def sample(n):
+        x = rng.normal(size=(n, 16)).astype(np.float32)
+        x[:, 0] = x[:, 0] * 1000 + 5000
+        y = (x[:, 3] > 0).astype(np.float32)
+        return x, y
+
+    a = argparse.Namespace(seed=0, lr=5e-2, epochs=300)
+    x, y = sample(200)
+    net = verifier.fit_probe(x, y, 1e-3, a)
+    xt, yt = sample(200)
+    with torch.no_grad():
+        scores = torch.sigmoid(net(torch.from_numpy(xt))).numpy()
+    assert common.binary_auc(scores, yt) > 0.95
