@@ -278,9 +278,12 @@ impl HostModel {
                 continue;
             }
             let cols = t.shape[1];
-            if let (TensorData::F32(v), true) = (&t.data, cols > 0 && cols.is_multiple_of(32)) {
-                let groups = v.chunks_exact(cols).flat_map(quantize_q4).collect();
-                t.data = TensorData::Q4(groups);
+            let whole_groups = cols > 0 && cols.is_multiple_of(32);
+            match &t.data {
+                TensorData::F32(v) if whole_groups => {
+                    t.data = TensorData::Q4(v.chunks_exact(cols).flat_map(quantize_q4).collect());
+                }
+                _ => {}
             }
             progress(name);
         }

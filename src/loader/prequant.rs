@@ -410,7 +410,10 @@ fn read_tensors(st: &SafeTensors<'_>, p: &str) -> Result<HashMap<String, HostTen
             tensors.insert(base.to_string(), read_q8(st, name, base, &view, p)?);
             continue;
         }
-        if let Some(base) = (name.strip_suffix(".q4_scale")).or(name.strip_suffix(".q4_min")) {
+        if let Some(base) = name
+            .strip_suffix(".q4_scale")
+            .or(name.strip_suffix(".q4_min"))
+        {
             require_matching(st, name, &format!("{base}.q4"), p)?;
             continue; // read with its .q4
         }
