@@ -5,7 +5,8 @@
 #
 #   tools/train/demo.sh [--model smollm2-135m] [--out DIR] [--stages "train eval table"] [--ship]
 #
-#   --model   a pull name (edgereason pull --list); default smollm2-135m
+#   --model   a pull name (edgereason pull --list); default smollm2-135m. qwen2.5-coder-0.5b runs
+#             tools/train/qwen.sh, that model's recipe (its own --stages; --out and --ship as here)
 #   --out     run directory (default runs/<model>); training writes the pipeline.sh layout there,
 #             evaluation writes eval/*.json, table writes results.md
 #   --stages  any of train, eval, table (default all three, in that order)
@@ -30,6 +31,13 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+if [ "$MODEL" = qwen2.5-coder-0.5b ]; then
+  args=()
+  [ -n "$OUT" ] && args+=(--out "$OUT")
+  [ "$STAGES" != "train eval table" ] && args+=(--stages "$STAGES")
+  [ "$SHIP" = 1 ] && args+=(--ship)
+  exec "$HERE/qwen.sh" "${args[@]}"
+fi
 OUT="${OUT:-$ROOT/runs/$MODEL}"
 PYTHON="${PYTHON:-/root/venv-fixtures/bin/python}"
 BIN="${EDGEREASON:-$ROOT/target/release/edgereason}"

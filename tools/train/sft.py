@@ -102,7 +102,14 @@ def main():
                    help="every N steps write the adapter and OUT/trainer_state.pt (optimizer, schedule, step)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT's adapter and trainer_state.pt (same data and flags)")
+    p.add_argument("--stop-at", type=int, default=0,
+                   help="end the run after this many steps; the learning-rate schedule still spans the whole run")
+    p.add_argument("--init-adapter", default=None,
+                   help="start from this PEFT adapter's weights (same --r and --alpha) with a fresh optimizer "
+                        "and schedule: a second stage on new data")
     a = p.parse_args()
+    if a.init_adapter and a.resume:
+        p.error("--init-adapter starts a new run; --resume continues one (give one of them)")
 
     acc = Accelerator(gradient_accumulation_steps=a.grad_accum)
     set_seed(a.seed)
@@ -111,6 +118,9 @@ def main():
 
     base, tok, name = common.load_base(a.model, a.tokenizer, a.fake_quant_int4)
     model = get_peft_model(base, common.lora_config(a.r, a.alpha, a.dropout, a.rslora))
+    if a.init_adapter:
+        load_adapter_weights(model, a.init_adapter, a.r, a.alpha)
+        common.log(acc, f"initialized from {a.init_adapter}")
     masker = common.AdapterMask(model)
     if a.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -132,6 +142,7 @@ def main():
     total = max(1, math.ceil(steps_per_epoch * a.epochs))
     if a.max_steps:
         total = min(total, a.max_steps)
+    last = min(total, a.stop_at) if a.stop_at else total
     # accelerate steps a prepared scheduler once per process per optimizer step
     sched = get_linear_schedule_with_warmup(opt, int(a.warmup * total) * acc.num_processes, total * acc.num_processes)
     model, opt, dl, edl, sched = acc.prepare(model, opt, dl, edl, sched)
@@ -144,7 +155,7 @@ def main():
     # interrupted one would have: skip those of the current epoch already trained on.
     epoch, skip = divmod(step, steps_per_epoch)
     skip *= a.grad_accum
-    while step < total:
+    while step < last:
         model.train()
         g.manual_seed(a.seed + epoch)
         for batch in dl:
@@ -165,13 +176,13 @@ def main():
             run_n += int(n)
             if acc.sync_gradients:
                 step += 1
-                if step % a.log_every == 0 or step == total:
+                if step % a.log_every == 0 or step == last:
                     common.log(acc, f"step {step}/{total} epoch {epoch} loss {run_s / max(run_n, 1):.4f} "
                                     f"lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f}s")
                     run_s, run_n = 0.0, 0
-                if a.save_every and step % a.save_every == 0 and step < total:
+                if a.save_every and step % a.save_every == 0 and step < last:
                     checkpoint(acc, model, opt, sched, step, a, state_path)
-                if step >= total:
+                if step >= last:
                     break
         epoch += 1
         if evals:
@@ -186,6 +197,8 @@ def main():
             es, en = acc.reduce(es, "sum"), acc.reduce(en, "sum")
             common.log(acc, f"epoch {epoch} eval loss {float(es) / max(float(en), 1):.4f}")
 
+    if last < total:  # stopped early: --resume (with a later --stop-at) goes on from here
+        checkpoint(acc, model, opt, sched, step, a, state_path)
     acc.wait_for_everyone()
     if acc.is_main_process:
         unwrapped = acc.unwrap_model(model)
@@ -204,18 +217,40 @@ def checkpoint(acc, model, opt, sched, step, a, state_path):
 
 def resume(acc, model, opt, sched, out, state_path) -> int:
     """Load OUT's adapter weights and trainer state; returns the step to continue from."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
     if not os.path.exists(state_path):
         raise SystemExit(f"--resume: no {state_path} (was the run started with --save-every?)")
-    weights = load_file(os.path.join(out, "adapter_model.safetensors"))
-    set_peft_model_state_dict(acc.unwrap_model(model), {k: v.float() for k, v in weights.items()})
+    load_adapter_weights(acc.unwrap_model(model), out)
     state = torch.load(state_path, weights_only=False)
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
     common.log(acc, f"resumed from {out} at step {state['step']}")
     return state["step"]
+
+
+def load_adapter_weights(model, folder, r=None, alpha=None):
+    """Copy a saved PEFT adapter's tensors (f16 or f32) into `model`'s LoRA weights. With r and
+    alpha given, the folder's adapter_config.json must match them: the shapes and the scale."""
+    import json
+
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    cfg_path = os.path.join(folder, "adapter_config.json")
+    if r is not None:
+        try:
+            with open(cfg_path) as f:
+                cfg = json.load(f)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"{cfg_path}: {e}")
+        if (cfg.get("r"), float(cfg.get("lora_alpha", -1))) != (r, float(alpha)):
+            raise SystemExit(f"{cfg_path}: r={cfg.get('r')} lora_alpha={cfg.get('lora_alpha')}, "
+                             f"but this run has --r {r} --alpha {alpha}")
+    weights = load_file(os.path.join(folder, "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, {k: v.float() for k, v in weights.items()})
+    unexpected = list(getattr(result, "unexpected_keys", None) or [])
+    if unexpected:
+        raise SystemExit(f"{folder}: {len(unexpected)} tensors match no LoRA weight of this model, "
+                         f"e.g. {unexpected[0]}")
 
 
 if __name__ == "__main__":
