@@ -9,10 +9,11 @@
 #             seed 8: 100 more hard), which no stage trains on
 #   sft       masked-LoRA SFT on the int4-fake-quantized GGUF: a 100-step schedule stopped at
 #             step 50 (what shipped first; ~25 s a step here)
-#   sft2      stage two from sft's adapter on the 3-digit data, 120 steps (~50 min)
+#   sft2      stage two from sft's adapter on the 3-digit data, 120 steps (~45 min; the shipped run
+#             started from stage one's f16 copy, this from its f32 output)
 #   switcher  the switcher head on 400 hard + 400 easy training prompts (base-model features)
 #   verifier  candidates sampled by the engine (eval --best-of 4 on 120 training prompts, with
-#             sft2's adapter), features and the probe fitted by PyTorch
+#             stage one's adapter, as shipped), features and the probe fitted by PyTorch
 #   eval      every figure of RESULTS.md: base and adapter on both independent sets, routing,
 #             best-of-8 with the verifier (about 1 h on lavapipe; Mesa 26 via
 #             tools/coop_lavapipe.sh is ~2x faster: EDGEREASON_WRAP=tools/coop_lavapipe.sh)
@@ -83,9 +84,9 @@ if has verifier; then
   # the last 160 hard training prompts (stage one saw 400 of its 2,700 hard items at random)
   grep '"difficulty": "hard"' "$OUT/data/train.jsonl" | tail -160 > "$OUT/data/verifier-prompts.jsonl"
   engine eval --model "$MODEL" --tasks "$OUT/data/verifier-prompts.jsonl" --limit 120 --reasoning on \
-    --adapter "$OUT/reasoning" --best-of 4 --max-tokens 192 --parallel 8 --seed 11 --json \
+    --adapter "$OUT/sft1" --best-of 4 --max-tokens 192 --parallel 8 --seed 11 --json \
     > "$OUT/candidates.json" 2> "$OUT/logs/candidates.log"
-  "$PYTHON" "$HERE/verifier.py" "${BASE[@]}" --adapter "$OUT/reasoning" --candidates "$OUT/candidates.json" \
+  "$PYTHON" "$HERE/verifier.py" "${BASE[@]}" --adapter "$OUT/sft1" --candidates "$OUT/candidates.json" \
     --features "$OUT/features.npz" --val-frac 0 --weight-decay 0.3 1 3 10 30 --seed 1 \
     --out "$OUT/verifier.safetensors" 2>&1 | tee "$OUT/logs/verifier.log"
 fi
