@@ -12,8 +12,8 @@
 #   sft2      stage two from sft's adapter on the 3-digit data, 120 steps (~45 min; the shipped run
 #             started from stage one's f16 copy, this from its f32 output)
 #   switcher  the switcher head on 400 hard + 400 easy training prompts (base-model features)
-#   verifier  candidates sampled by the engine (eval --best-of 4 on 120 training prompts, with
-#             stage one's adapter, as shipped), features and the probe fitted by PyTorch
+#   verifier  candidates sampled by the engine (eval --best-of 4 with stage two's adapter on the
+#             first 100 items of the 3-digit data's test split), features and the probe by PyTorch
 #   eval      every figure of RESULTS.md: base and adapter on both independent sets, routing,
 #             best-of-8 with the verifier (about 1 h on lavapipe; Mesa 26 via
 #             tools/coop_lavapipe.sh is ~2x faster: EDGEREASON_WRAP=tools/coop_lavapipe.sh)
@@ -81,12 +81,12 @@ EOF
 fi
 
 if has verifier; then
-  # the last 160 hard training prompts (stage one saw 400 of its 2,700 hard items at random)
-  grep '"difficulty": "hard"' "$OUT/data/train.jsonl" | tail -160 > "$OUT/data/verifier-prompts.jsonl"
-  engine eval --model "$MODEL" --tasks "$OUT/data/verifier-prompts.jsonl" --limit 120 --reasoning on \
-    --adapter "$OUT/sft1" --best-of 4 --max-tokens 192 --parallel 8 --seed 11 --json \
+  # prompts stage two never trained on: its data's test split (hard items only, 3-digit numbers)
+  head -100 "$OUT/data999/test.jsonl" > "$OUT/data/verifier-prompts.jsonl"
+  engine eval --model "$MODEL" --tasks "$OUT/data/verifier-prompts.jsonl" --reasoning on \
+    --adapter "$OUT/reasoning" --best-of 4 --max-tokens 192 --parallel 8 --seed 11 --json \
     > "$OUT/candidates.json" 2> "$OUT/logs/candidates.log"
-  "$PYTHON" "$HERE/verifier.py" "${BASE[@]}" --adapter "$OUT/sft1" --candidates "$OUT/candidates.json" \
+  "$PYTHON" "$HERE/verifier.py" "${BASE[@]}" --adapter "$OUT/reasoning" --candidates "$OUT/candidates.json" \
     --features "$OUT/features.npz" --val-frac 0 --weight-decay 0.3 1 3 10 30 --seed 1 \
     --out "$OUT/verifier.safetensors" 2>&1 | tee "$OUT/logs/verifier.log"
 fi
