@@ -25,6 +25,7 @@ and a missing "difficulty" from whether the response has a <think> block.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 from pathlib import Path
@@ -106,21 +107,25 @@ def direct_response(sentence: str, answer: str) -> str:
     return sentence + " \\boxed{" + answer + "}"
 
 
-def gen_hard(rng: random.Random, max_value: int = 0, terse_frac: float = 0.0) -> dict:
+def gen_hard(rng: random.Random, max_value: int = 0, terse_frac: float = 0.0, check_frac: float = 0.0) -> dict:
     """A 2-4 step word problem; each step is one line `a op b = c` of the trace.
 
     max_value > 0 keeps every number in the problem and every intermediate result at or below it
     (a 135M model cannot add two-digit numbers reliably; the reasoning has to be within its reach).
     With probability terse_frac the trace is terse: the equations only, about 2/3 of the tokens.
-    Real reasoning-trace sets vary in length like this; budget RL needs that spread to select from.
+    Otherwise, with probability check_frac, the prose trace also restates the goal and ends with
+    a check that works the steps backwards to the start: the redundancy of distilled reasoning
+    traces, which budget RL is meant to remove. Real reasoning-trace sets vary in length like this;
+    budget RL needs that spread to select from. "short_response" is always the terse trace, the
+    shortest complete one (grpo.py's `--unstated-budget ref`).
     """
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     pron = HE_SHE.get(name, "She")
     top = max_value or 10**9
-    cur = rng.randint(2, min(20, max(2, top // 2)))
+    cur = first = rng.randint(2, min(20, max(2, top // 2)))
     text = [START.format(name=name, n=cur, item=item)]
     steps = [f"{name} starts with {cur} {item}."]
-    terse = []
+    terse, back = [], []  # back: each step undone, `after inverse-op k = before`
     for _ in range(rng.randint(2, 4)):
         choices = (["add"] if cur < top else []) + (["sub"] if cur > 1 else [])
         if cur * 2 <= top:
@@ -136,24 +141,28 @@ def gen_hard(rng: random.Random, max_value: int = 0, terse_frac: float = 0.0) ->
             text.append(OPS[op].format(pron=pron, k=k, item=item))
             steps.append(f"Gets {k} more: {cur} + {k} = {cur + k}.")
             terse.append(f"{cur} + {k} = {cur + k}")
+            back.append(f"{cur + k} - {k} = {cur}")
             cur += k
         elif op == "sub":
             k = rng.randint(1, cur - 1)
             text.append(OPS[op].format(pron=pron, k=k, item=item))
             steps.append(f"Gives away {k}: {cur} - {k} = {cur - k}.")
             terse.append(f"{cur} - {k} = {cur - k}")
+            back.append(f"{cur - k} + {k} = {cur}")
             cur -= k
         elif op == "mul":
             k = rng.randint(2, max(2, min(4, top // cur)))
             text.append(OPS[op].format(k=k, item=item))
             steps.append(f"{k} times as many: {cur} * {k} = {cur * k}.")
             terse.append(f"{cur} * {k} = {cur * k}")
+            back.append(f"{cur * k} / {k} = {cur}")
             cur *= k
         elif op == "div":
             k = rng.choice(divisors)
             text.append(OPS[op].format(pron=pron, k=k, item=item))
             steps.append(f"Keeps one of {k} groups: {cur} / {k} = {cur // k}.")
             terse.append(f"{cur} / {k} = {cur // k}")
+            back.append(f"{cur // k} * {k} = {cur}")
             cur //= k
         else:  # addmul: two arithmetic operations in one step
             a = rng.randint(2, max(2, min(6, (top - cur) // 2)))
@@ -161,12 +170,20 @@ def gen_hard(rng: random.Random, max_value: int = 0, terse_frac: float = 0.0) ->
             text.append(OPS[op].format(pron=pron, a=a, b=b, item=item))
             steps.append(f"Buys {a} packs of {b}: {a} * {b} = {a * b}, and {cur} + {a * b} = {cur + a * b}.")
             terse.append(f"{a} * {b} = {a * b}, {cur} + {a * b} = {cur + a * b}")
+            back.append(f"{cur + a * b} - {a * b} = {cur}")
             cur += a * b
     prompt = " ".join(text) + QUESTION.format(item=item, name=name)
     ans = str(cur)
     if terse_frac and rng.random() < terse_frac:
         steps = terse
-    return {"prompt": prompt, "response": think_response(steps, ans), "answer": ans, "difficulty": "hard"}
+    elif check_frac and random.Random(prompt).random() < check_frac:
+        # Its own stream, seeded by the prompt: adding checks leaves the items themselves as
+        # they were (the same seed gives the same prompts and the same held-out split).
+        goal = f"Goal: {name}'s {item} at the end."
+        check = f"Check backwards: {', '.join(reversed(back))}, back to {first}. Correct."
+        steps = [goal] + steps + [check]
+    return {"prompt": prompt, "response": think_response(steps, ans), "answer": ans, "difficulty": "hard",
+            "short_response": think_response(terse, ans)}
 
 
 def gen_easy_arith(rng: random.Random, max_value: int = 0) -> dict:
@@ -205,11 +222,15 @@ def hard_generator(style: str):
 
 
 def generate(n_hard: int, n_easy: int, test_frac: float, seed: int, max_value: int = 0, terse_frac: float = 0.0,
-             style: str = "classic"):
-    """Return (train, test) item lists, deterministic in the arguments (max_value: see gen_hard;
-    style: see hard_generator; broad items ignore max_value <= 20 as too small for them)."""
+             style: str = "classic", check_frac: float = 0.0):
+    """Return (train, test) item lists, deterministic in the arguments (max_value, check_frac: see
+    gen_hard; style: see hard_generator; broad items ignore max_value <= 20 as too small for them)."""
+    if check_frac and style != "classic":
+        raise ValueError(f"--check-frac needs --style classic (got {style}): broad.py's traces have no backward check")
     rng = random.Random(seed)
     hard = hard_generator(style)
+    if check_frac:
+        hard = functools.partial(gen_hard, check_frac=check_frac)
     facts = list(FACTS)
     rng.shuffle(facts)
     n_fact_test = max(1, round(len(facts) * test_frac))
@@ -281,11 +302,15 @@ def main():
                    help="cap on every number and intermediate result (0 = none); 20 suits ~100M-parameter models")
     p.add_argument("--terse-frac", type=float, default=0.0,
                    help="fraction of hard traces written as bare equations (a spread of lengths for budget RL)")
+    p.add_argument("--check-frac", type=float, default=0.0,
+                   help="fraction of the other (prose) hard traces that restate the goal and end with a "
+                        "backward check (classic style only)")
     p.add_argument("--style", default="classic", choices=["classic", "broad", "mixed"],
                    help="hard items: classic (one template family), broad (broad.py: many shapes and "
                         "phrasings, 3-digit numbers, distractors) or mixed (a quarter classic)")
     a = p.parse_args()
-    train, test = generate(a.n_hard, a.n_easy, a.test_frac, a.seed, a.max_value, a.terse_frac, a.style)
+    train, test = generate(a.n_hard, a.n_easy, a.test_frac, a.seed, a.max_value, a.terse_frac, a.style,
+                           a.check_frac)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     write_jsonl(Path(a.out) / "train.jsonl", train)
     write_jsonl(Path(a.out) / "test.jsonl", test)

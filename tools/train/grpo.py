@@ -62,6 +62,32 @@ def rollout(model, masker, tok, item, budget, a, stop, gen, stated=True):
     return pids, seqs, rewards, corrects
 
 
+def unstated_budget_rule(spec: str | None, default: int, margin: float, tok):
+    """item -> the budget B of a prompt that states none (--unstated-budget).
+
+    'ref' ties B to the item: its shortest complete reply (short_response: data.py's terse trace)
+    earns the full R_budget and longer replies earn less, so a reply gains nothing by being
+    shorter than a complete one - unlike one B shared by 2-step and 4-step problems, under which
+    the long problems can only score by dropping steps."""
+    if spec != "ref":
+        try:
+            b = int(spec) if spec else default
+        except ValueError:
+            raise SystemExit(f"--unstated-budget {spec!r}: expected a token count or 'ref'") from None
+        return lambda item: b
+    if not 0.0 <= margin < 1.0:
+        raise SystemExit(f"--unstated-budget ref needs a margin below 1 (got --margin {margin})")
+    cache: dict[str, float] = {}
+
+    def budget(item):
+        ref = item.get("short_response") or item["response"]
+        if ref not in cache:
+            cache[ref] = len(common.response_ids(tok, ref)) / (1.0 - margin)
+        return cache[ref]
+
+    return budget
+
+
 def build_batch(groups, pad_id, device):
     """Right-padded prompt+completion rows (no left padding: position ids must match sampling)."""
     rows = [(p, s, adv, k) for p, seqs, advs, k in groups for s, adv in zip(seqs, advs)]
@@ -106,8 +132,10 @@ def main():
     p.add_argument("--budgets", default="64,128,256", help="comma-separated budget buckets B (tokens)")
     p.add_argument("--unstated-frac", type=float, default=0.0,
                    help="share of prompts that state no budget (rewarded against --unstated-budget)")
-    p.add_argument("--unstated-budget", type=int, default=None,
-                   help="budget B of prompts that state none (default: the smallest of --budgets)")
+    p.add_argument("--unstated-budget", default=None,
+                   help="budget B of prompts that state none: a token count (default: the smallest of "
+                        "--budgets), or 'ref': per item, R_budget is 1 up to the length of its shortest "
+                        "complete reply (its short_response, else its response), B = that / (1 - m)")
     p.add_argument("--save-every", type=int, default=0,
                    help="also save the adapter to --out every N steps (a long run stopped early keeps its last)")
     p.add_argument("--curve", default=None,
@@ -147,12 +175,12 @@ def main():
     stop = common.stop_ids(tok, base)
     a.opener = common.opener_ids(tok, a.think_prefix)
     budgets = [int(b) for b in a.budgets.split(",")]
-    unstated_budget = a.unstated_budget or min(budgets)
+    unstated_budget = unstated_budget_rule(a.unstated_budget, min(budgets), a.margin, tok)
     items = [it for it in load_jsonl(a.data, need_answer=True) if a.difficulty in ("all", it["difficulty"])]
     evals = load_jsonl(a.eval_data, need_answer=True)[: a.eval_n] if a.eval_data else []
     common.log(acc, f"base {name}, adapter {a.adapter or 'fresh'}; {len(items)} {a.difficulty} prompts; "
                     f"budgets {budgets} m={a.margin} p={a.floor} G={a.group_size} beta={a.beta} T={a.temperature}; "
-                    f"{a.unstated_frac:.0%} of prompts state no budget (B={unstated_budget})")
+                    f"{a.unstated_frac:.0%} of prompts state no budget (B={a.unstated_budget or min(budgets)})")
     curve = open(a.curve, "w") if a.curve and acc.is_main_process else None
     if curve:
         curve.write("step,reward,accuracy,length,kl,loss,seconds\n")
@@ -205,7 +233,7 @@ def main():
         for it in rng.sample(items, min(a.prompts_per_step, len(items))):
             B = rng.choice(budgets)
             stated = a.unstated_frac <= 0 or rng.random() >= a.unstated_frac
-            B = B if stated else unstated_budget
+            B = B if stated else unstated_budget(it)
             pids, seqs, rewards, corr = rollout(core, masker, tok, it, B, a, stop, gen, stated)
             r = torch.tensor(rewards)
             stats += torch.tensor([r.sum(), sum(corr), sum(map(len, seqs)), len(seqs), 0, 1], device=acc.device)

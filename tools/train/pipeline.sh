@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The whole training pipeline on one base model: data -> SFT -> budget-forced GRPO -> switcher -> verifier.
 #
-#   tools/train/pipeline.sh --model BASE --out DIR [--tiny] [--fake-quant-int4] [--seed N]
+#   tools/train/pipeline.sh --model BASE --out DIR [--tiny] [--fake-quant-int4] [--seed N] [--stages LIST]
 #
 #   BASE  an HF directory or a .gguf file (transformers dequantizes it)
 #   DIR   gets data/{train,test}.jsonl, reasoning/ (the SFT adapter), reasoning-budget/ (its budget-forced
 #         GRPO version), switcher.safetensors, verifier.safetensors (trained on reasoning/'s candidates), and
 #         one log per stage in logs/ - the layout of adapters/<model>/, which the engine loads by default
+#   --stages  which stages run, in their fixed order (default "data sft grpo switcher verifier"); a
+#           later stage reads what the earlier ones left in DIR
 #   --tiny  a smoke run (few items, few steps) that finishes in about a minute on one CPU; for
 #           tests/fixtures/tiny-qwen2. GRPO then uses --no-correctness (a random model never answers
 #           correctly, so every group would be skipped and the update path never run).
@@ -21,7 +23,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 PYTHON="${PYTHON:-/root/venv-fixtures/bin/python}"
 LAUNCH="${LAUNCH:-$PYTHON}"
-MODEL="" OUT="" TINY=0 FQ="" SEED=0
+MODEL="" OUT="" TINY=0 FQ="" SEED=0 STAGES="data sft grpo switcher verifier"
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) MODEL="$2"; shift 2 ;;
@@ -29,6 +31,7 @@ while [ $# -gt 0 ]; do
     --tiny) TINY=1; shift ;;
     --fake-quant-int4) FQ="--fake-quant-int4"; shift ;;
     --seed) SEED="$2"; shift 2 ;;
+    --stages) STAGES="$2"; shift 2 ;;
     -h|--help) awk 'NR>1 && !/^#/ {exit} NR>1' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -48,8 +51,13 @@ else
   DATA_D=() SFT_D=() GRPO_D=() SW_D=() VER_D=()
 fi
 
-stage() {  # stage NAME CMD...: run, tee to logs/NAME.log, time it
+for s in $STAGES; do
+  case " data sft grpo switcher verifier " in *" $s "*) ;; *) echo "unknown stage: $s" >&2; exit 2 ;; esac
+done
+
+stage() {  # stage NAME CMD...: run (if NAME is in --stages), tee to logs/NAME.log, time it
   local name="$1"; shift
+  [[ " $STAGES " == *" $name "* ]] || return 0
   echo "== $name: $*"
   local t0=$SECONDS
   "$@" 2>&1 | tee "$OUT/logs/$name.log"

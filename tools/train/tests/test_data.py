@@ -3,6 +3,8 @@
 import json
 import re
 
+import pytest
+
 import data
 
 HARD_RESPONSE = re.compile(r"<think>\n(.+)\n</think>\n\nFinal answer: \\boxed\{(-?\d+)\}", re.S)
@@ -56,7 +58,7 @@ def test_items_are_correct():
     facts = {q: a for q, _, a in data.FACTS}
     n_fact = 0
     for it in train + test:
-        assert set(it) == {"prompt", "response", "answer", "difficulty"}
+        assert set(it) == {"prompt", "response", "answer", "difficulty"} | ({"short_response"} if it["difficulty"] == "hard" else set())
         if it["difficulty"] == "hard":
             m = HARD_RESPONSE.fullmatch(it["response"])
             assert m, it["response"]
@@ -93,6 +95,36 @@ def test_terse_traces_are_shorter_and_still_correct():
         m = HARD_RESPONSE.fullmatch(it["response"])
         assert m and m.group(2) == it["answer"] == str(solve_hard(it["prompt"]))
         check_steps(m.group(1))
+
+
+def test_checked_traces_work_back_to_the_start_and_keep_the_items():
+    plain = data.generate(300, 100, 0.2, seed=5, max_value=20, terse_frac=0.2)
+    checked = data.generate(300, 100, 0.2, seed=5, max_value=20, terse_frac=0.2, check_frac=0.8)
+    # the same items and split: a check changes only the trace
+    assert [(it["prompt"], it["answer"]) for it in plain[0] + plain[1]] == \
+        [(it["prompt"], it["answer"]) for it in checked[0] + checked[1]]
+    hard = [it for it in checked[0] + checked[1] if it["difficulty"] == "hard"]
+    with_check = [it for it in hard if "Check backwards:" in it["response"]]
+    assert 0.5 * len(hard) < len(with_check) < 0.75 * len(hard)  # 0.8 of the 0.8 prose traces
+    for it in with_check:
+        m = HARD_RESPONSE.fullmatch(it["response"])
+        assert m and m.group(2) == it["answer"] == str(solve_hard(it["prompt"]))
+        lines = m.group(1).split("\n")
+        assert lines[0].startswith("Goal: ") and lines[-1].endswith(". Correct.")
+        check_steps(m.group(1))
+        # the check undoes the steps in reverse: from the answer back to the starting count
+        back = re.findall(r"(\d+) [-+*/] \d+ = (\d+)", lines[-1])
+        start = int(START.match(it["prompt"].split(". ")[0] + ".").group(2))
+        assert back[0][0] == it["answer"] and int(back[-1][1]) == start
+        assert all(b[1] == c[0] for b, c in zip(back, back[1:]))
+        assert lines[-1].endswith(f"back to {start}. Correct.")
+    for it in hard:  # the terse trace of the same steps: the shortest complete reply
+        short = HARD_RESPONSE.fullmatch(it["short_response"])
+        assert short and short.group(2) == it["answer"] and "starts with" not in short.group(1)
+        assert len(it["short_response"]) <= len(it["response"])
+        check_steps(short.group(1))
+    with pytest.raises(ValueError, match="--check-frac needs --style classic"):
+        data.generate(10, 0, 0.2, seed=5, check_frac=0.5, style="broad")
 
 
 def test_split_and_determinism():

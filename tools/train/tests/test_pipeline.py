@@ -36,6 +36,21 @@ def test_tiny_pipeline(tmp_path):
     ver, vmeta = common.load_verifier(str(tmp_path / "verifier.safetensors"))
     assert ver.linear.weight.shape == (1, 64) and vmeta["prompt"] == common.VERIFIER_PROMPT
 
+    # --stages reruns one stage on what the others left: GRPO alone, rewarding plain prompts
+    # against each item's shortest complete reply
+    (tmp_path / "switcher.safetensors").unlink()
+    before = (tmp_path / "reasoning-budget" / "adapter_model.safetensors").read_bytes()
+    r = subprocess.run(["bash", str(TRAIN_DIR / "pipeline.sh"), "--model", str(TINY_QWEN2), "--out", str(tmp_path),
+                        "--tiny", "--seed", "1", "--stages", "grpo"],
+                       env=dict(env, GRPO_ARGS="--unstated-frac 1 --unstated-budget ref"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "== sft" not in r.stdout and "== grpo" in r.stdout and "(B=ref)" in r.stdout
+    assert not (tmp_path / "switcher.safetensors").exists()
+    assert (tmp_path / "reasoning-budget" / "adapter_model.safetensors").read_bytes() != before
+    r = subprocess.run(["bash", str(TRAIN_DIR / "pipeline.sh"), "--model", str(TINY_QWEN2), "--out", str(tmp_path),
+                        "--stages", "sft rl"], env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown stage: rl" in r.stderr
+
     # the exported pieces run on features computed the way the engine does
     from peft import PeftModel
 

@@ -77,3 +77,29 @@ def test_answer_spec_shared_with_the_engine():
         assert got == c["answer"], (c["text"], got)
         if got is not None:
             assert normalize_answer(got) == c["normalized"], (got, normalize_answer(got))
+
+
+class _Tok:
+    """One token per character: lengths are easy to state."""
+    eos_token_id = 0
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [1] * len(text)}
+
+
+def test_unstated_budget_from_the_shortest_complete_reply():
+    from grpo import unstated_budget_rule
+
+    m = 0.5
+    rule = unstated_budget_rule("ref", 40, m, _Tok())
+    item = {"prompt": "p", "response": "x" * 99, "short_response": "y" * 29}  # 30 tokens with eos
+    B = rule(item)
+    assert budget_reward(30, B, m) == 1.0 and budget_reward(10, B, m) == 1.0  # shorter earns no more
+    assert 0.0 < budget_reward(31, B, m) < 1.0 and budget_reward(90, B, m) == 0.0
+    assert rule({"prompt": "q", "response": "z" * 9}) == pytest.approx(10 / (1 - m))  # no short: the response
+    assert unstated_budget_rule(None, 40, m, _Tok())(item) == 40
+    assert unstated_budget_rule("64", 40, m, _Tok())(item) == 64
+    with pytest.raises(SystemExit, match="expected a token count or 'ref'"):
+        unstated_budget_rule("short", 40, m, _Tok())
+    with pytest.raises(SystemExit, match="margin below 1"):
+        unstated_budget_rule("ref", 40, 1.0, _Tok())
