@@ -63,7 +63,7 @@ if [[ " $STAGES " == *" train "* ]]; then
   # terse trace (R_budget 1 up to its length), and stated budgets of 40/80/120.
   export DATA_ARGS="--n-hard 1200 --n-easy 1200 --test-frac 0.1 --max-value 20 --terse-frac 0.15 --check-frac 0.85"
   export SFT_ARGS="--init-adapter $OUT/stage1/reasoning --difficulty hard --r 8 --alpha 16 --lr 5e-4 --warmup 0.05 --batch-size 8 --max-steps 80 --epochs 3 --max-len 320 --dtype f16 --log-every 5"
-  export GRPO_ARGS="--difficulty all --budgets $BUDGETS --unstated-frac 0.75 --unstated-budget ref --margin 0.5 --steps 60 --prompts-per-step 4 --group-size 8 --lr 2e-4 --beta 5e-3 --temperature 0.8 --save-every 10 --eval-n 8 --dtype f16 --curve $OUT/budget-grpo.csv"
+  export GRPO_ARGS="--difficulty all --budgets $BUDGETS --unstated-frac 0.75 --unstated-budget ref --margin 0.3 --require-box --steps 50 --prompts-per-step 4 --group-size 8 --lr 2e-4 --beta 5e-3 --temperature 0.8 --save-every 10 --eval-n 8 --dtype f16 --curve $OUT/budget-grpo.csv"
   export VERIFIER_ARGS="--n-prompts 100 --samples 4 --max-new-tokens 256"
   PYTHON="$PYTHON" "$HERE/pipeline.sh" --model "$GGUF" --fake-quant-int4 --seed 1 --out "$OUT"
 fi

@@ -10,7 +10,8 @@ Per step, for each sampled prompt:
     generated tokens - the engine's schedule (common.AdapterMask)
   * reward = correct x R_budget(L), L = generated tokens (incl. the stop token),
     R_budget = 1 for L <= (1-m)B, linear down to p at (1+m)B, p beyond;
-    correct = the last \\boxed{...} (else last number) equals the item's answer after normalising.
+    correct = the last \\boxed{...} (else last number) equals the item's answer after normalising
+    (with --require-box, only a boxed answer counts).
     Generation stops at floor((1+m)B)+1 tokens (or --max-new-tokens): longer can only score p.
   * advantages = (r - mean) / (std + eps) within the group; groups whose rewards are all equal
     carry no signal and are skipped.
@@ -55,11 +56,19 @@ def rollout(model, masker, tok, item, budget, a, stop, gen, stated=True):
     seqs = common.sample(model, pids, a.group_size, cap, a.temperature, stop, masker, gen, a.opener)
     rewards, corrects = [], []
     for s in seqs:
-        ok = common.is_correct(tok.decode(common.strip_stop(s, stop)), item["answer"])
+        ok = reply_correct(tok.decode(common.strip_stop(s, stop)), item["answer"], a.require_box)
         corrects.append(ok)
         gate = 1.0 if a.no_correctness else float(ok)
         rewards.append(gate * common.budget_reward(len(s), budget, a.margin, a.floor))
     return pids, seqs, rewards, corrects
+
+
+def reply_correct(text: str, answer: str, require_box: bool = False) -> bool:
+    """The reward's correctness: the engine's answer rule (the last \\boxed{}, else the last
+    number); with require_box only a boxed answer counts. Without it, a policy rewarded for
+    brevity learns to drop the box and end on "Final answer." - the last number of its steps
+    still grades as right, and the reply no longer states its answer."""
+    return (not require_box or "\\boxed{" in text) and common.is_correct(text, answer)
 
 
 def unstated_budget_rule(spec: str | None, default: int, margin: float, tok):
@@ -142,6 +151,8 @@ def main():
                    help="CSV of the training curve: step, reward, accuracy, length, kl, loss, seconds")
     p.add_argument("--margin", "-m", type=float, default=0.2, help="R_budget margin m")
     p.add_argument("--floor", "-p", type=float, default=0.0, help="R_budget value p beyond (1+m)B")
+    p.add_argument("--require-box", action="store_true",
+                   help="a reply is correct only with its answer in \\boxed{} (the trained format)")
     p.add_argument("--no-correctness", action="store_true",
                    help="reward = R_budget(L) alone; for smoke tests on models that never answer correctly "
                         "(exercises the update path)")

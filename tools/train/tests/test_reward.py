@@ -103,3 +103,13 @@ def test_unstated_budget_from_the_shortest_complete_reply():
         unstated_budget_rule("short", 40, m, _Tok())
     with pytest.raises(SystemExit, match="margin below 1"):
         unstated_budget_rule("ref", 40, 1.0, _Tok())
+
+
+def test_require_box_refuses_an_unboxed_last_number():
+    from grpo import reply_correct
+
+    steps = "<think>\n4 * 3 = 12\n12 / 4 = 3\n</think>\n\nFinal answer."
+    assert reply_correct(steps, "3")  # the engine's rule: the last number
+    assert not reply_correct(steps, "3", require_box=True)
+    assert reply_correct(steps[:-1] + ": \\boxed{3}", "3", require_box=True)
+    assert not reply_correct(steps[:-1] + ": \\boxed{4}", "3", require_box=True)
