@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Budget RL from checked reasoning traces on SmolLM2-135M - the experiment of
+# adapters/smollm2-135m/RESULTS.md, "Budget RL from checked traces" (not shipped).
+#
+#   tools/train/budget_checked.sh [--out DIR] [--stages "train eval table"]
+#
+# train: data.py's items with traces written as distilled reasoning is (the goal restated, prose
+#        steps, a check worked backwards; 15% terse), a second SFT stage on them from the shipped
+#        adapters/smollm2-135m/reasoning, then GRPO: prompts that state no budget (75%) are
+#        rewarded against each item's shortest complete reply (--unstated-budget ref), the rest
+#        state 40, 80 or 120 tokens; only boxed answers count (--require-box).
+# eval:  `edgereason eval` rows on data.py's 40 held-out tasks and heldout.py's 56, --max-tokens 256
+#        (the checked traces run to ~200 tokens), --parallel 8.
+# table: results.py over each set.
+# About 25 min of SFT and 45 min of GRPO on the 2-core CPU; ~30 min of evals on lavapipe.
+# Environment: PYTHON (default ~/venv-train/bin/python), EDGEREASON (the engine binary).
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+OUT="$ROOT/runs/smollm2-135m/check" STAGES="train eval table"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) OUT="$2"; shift 2 ;;
+    --stages) STAGES="$2"; shift 2 ;;
+    -h|--help) awk 'NR>1 && !/^#/ {exit} NR>1' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+PYTHON="${PYTHON:-$HOME/venv-train/bin/python}"
+BIN="${EDGEREASON:-$ROOT/target/release/edgereason}"
+[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release)
+mkdir -p "$OUT"
+
+if [[ " $STAGES " == *" train "* ]]; then
+  GGUF="$("$BIN" pull smollm2-135m | tail -1)"
+  # The same items and split as the shipped adapters' data (same seed; checks draw no numbers).
+  export DATA_ARGS="--n-hard 1200 --n-easy 1200 --test-frac 0.1 --max-value 20 --terse-frac 0.15 --check-frac 0.85"
+  export SFT_ARGS="--init-adapter $ROOT/adapters/smollm2-135m/reasoning --difficulty hard --r 8 --alpha 16 --lr 5e-4 --warmup 0.05 --batch-size 8 --max-steps 80 --epochs 3 --max-len 320 --dtype f16 --log-every 5"
+  export GRPO_ARGS="--difficulty all --budgets 40,80,120 --unstated-frac 0.75 --unstated-budget ref --margin 0.3 --require-box --steps 50 --prompts-per-step 4 --group-size 8 --lr 2e-4 --beta 5e-3 --temperature 0.8 --save-every 10 --eval-n 0 --dtype f16 --curve $OUT/budget-grpo.csv"
+  PYTHON="$PYTHON" "$HERE/pipeline.sh" --model "$GGUF" --fake-quant-int4 --seed 1 --out "$OUT" --stages "data sft grpo"
+fi
+
+if [[ " $STAGES " == *" eval "* ]]; then
+  "$PYTHON" - "$OUT/data/test.jsonl" "$OUT/data/eval.jsonl" <<'PY'
+import json, sys
+items = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+pick = [i for i in items if i["difficulty"] == "hard"][:24] + [i for i in items if i["difficulty"] == "easy"][:16]
+with open(sys.argv[2], "w") as f:
+    for i in pick:
+        f.write(json.dumps({"prompt": i["prompt"], "answer": i["answer"], "difficulty": i["difficulty"]}) + "\n")
+PY
+  "$PYTHON" "$HERE/heldout.py" --out "$OUT/data/heldout.jsonl" --seed 7
+  mkdir -p "$OUT/eval" "$OUT/eval-heldout"
+  ev() {  # ev NAME FLAGS...: one row of both tables (kept if already measured)
+    local name="$1"; shift
+    for set in eval eval-heldout; do
+      local tasks="$OUT/data/eval.jsonl"
+      [ "$set" = eval-heldout ] && tasks="$OUT/data/heldout.jsonl"
+      [ -s "$OUT/$set/$name.json" ] && continue
+      echo "== $set $name: $*"
+      "$BIN" eval --model smollm2-135m --tasks "$tasks" --max-tokens 256 --parallel 8 --json "$@" \
+        > "$OUT/$set/$name.json.part" 2> "$OUT/$set/$name.log"
+      mv "$OUT/$set/$name.json.part" "$OUT/$set/$name.json"
+      tail -1 "$OUT/$set/$name.log"
+    done
+  }
+  R="$OUT/reasoning" RB="$OUT/reasoning-budget"
+  ev sft --reasoning on --adapter "$R"
+  ev budget --reasoning on --adapter "$RB"  # the target: no budget stated, none forced
+  ev sft-cap40 --reasoning on --adapter "$R" --budget 40 --state-budget
+  for b in 40 80 120; do
+    ev budget$b --reasoning on --adapter "$RB" --budget $b --state-budget
+  done
+  ev base --reasoning off
+fi
+
+if [[ " $STAGES " == *" table "* ]]; then
+  { echo "### data.py's test split"; echo
+    "$PYTHON" "$HERE/results.py" "$OUT/eval"; echo
+    echo "### heldout.py (independent problems, never trained on)"; echo
+    "$PYTHON" "$HERE/results.py" "$OUT/eval-heldout"; } | tee "$OUT/results.md"
+fi
