@@ -41,14 +41,7 @@ if [[ " $STAGES " == *" train "* ]]; then
 fi
 
 if [[ " $STAGES " == *" eval "* ]]; then
-  "$PYTHON" - "$OUT/data/test.jsonl" "$OUT/data/eval.jsonl" <<'PY'
-import json, sys
-items = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-pick = [i for i in items if i["difficulty"] == "hard"][:24] + [i for i in items if i["difficulty"] == "easy"][:16]
-with open(sys.argv[2], "w") as f:
-    for i in pick:
-        f.write(json.dumps({"prompt": i["prompt"], "answer": i["answer"], "difficulty": i["difficulty"]}) + "\n")
-PY
+  "$PYTHON" "$HERE/eval_set.py" "$OUT/data/test.jsonl" "$OUT/data/eval.jsonl"  # 24 hard + 16 easy
   "$PYTHON" "$HERE/heldout.py" --out "$OUT/data/heldout.jsonl" --seed 7
   mkdir -p "$OUT/eval" "$OUT/eval-heldout"
   ev() {  # ev NAME FLAGS...: one row of both tables (kept if already measured)

@@ -61,14 +61,7 @@ fi
 
 if [[ " $STAGES " == *" eval "* ]]; then
   # 24 hard + 16 easy held-out tasks, the first of each in test.jsonl's order
-  "$PYTHON" - "$OUT/data/test.jsonl" "$OUT/data/eval.jsonl" <<'EOF'
-import json, sys
-items = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-pick = [i for i in items if i["difficulty"] == "hard"][:24] + [i for i in items if i["difficulty"] == "easy"][:16]
-with open(sys.argv[2], "w") as f:
-    for i in pick:
-        f.write(json.dumps({"prompt": i["prompt"], "answer": i["answer"], "difficulty": i["difficulty"]}) + "\n")
-EOF
+  "$PYTHON" "$HERE/eval_set.py" "$OUT/data/test.jsonl" "$OUT/data/eval.jsonl"
   # The second held-out set: heldout.py's independent problems (40 hard, 16 easy), which no
   # training stage reads. Every row is measured on both sets.
   "$PYTHON" "$HERE/heldout.py" --out "$OUT/data/heldout.jsonl" --seed 7
