@@ -228,9 +228,7 @@ def generate(n_hard: int, n_easy: int, test_frac: float, seed: int, max_value: i
     if check_frac and style != "classic":
         raise ValueError(f"--check-frac needs --style classic (got {style}): broad.py's traces have no backward check")
     rng = random.Random(seed)
-    hard = hard_generator(style)
-    if check_frac:
-        hard = functools.partial(gen_hard, check_frac=check_frac)
+    hard = functools.partial(gen_hard, check_frac=check_frac) if check_frac else hard_generator(style)
     facts = list(FACTS)
     rng.shuffle(facts)
     n_fact_test = max(1, round(len(facts) * test_frac))
