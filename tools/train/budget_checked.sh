@@ -2,7 +2,7 @@
 # Budget RL from checked reasoning traces on SmolLM2-135M - the experiment of
 # adapters/smollm2-135m/RESULTS.md, "Budget RL from checked traces" (not shipped).
 #
-#   tools/train/budget_checked.sh [--out DIR] [--stages "train eval table"]
+#   tools/train/budget_checked.sh [--out DIR] [--stages "train eval table"] [--terse-frac F]
 #
 # train: data.py's items with traces written as distilled reasoning is (the goal restated, prose
 #        steps, a check worked backwards; 15% terse), a second SFT stage on them from the shipped
@@ -13,15 +13,17 @@
 #        (the checked traces run to ~200 tokens), --parallel 8.
 # table: results.py over each set.
 # About 25 min of SFT and 45 min of GRPO on the 2-core CPU; ~30 min of evals on lavapipe.
-# Environment: PYTHON (default ~/venv-train/bin/python), EDGEREASON (the engine binary).
+# Environment: PYTHON (default ~/venv-train/bin/python), EDGEREASON (the engine binary),
+# TRAIN_STAGES (the pipeline.sh stages of train, default "data sft grpo").
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-OUT="$ROOT/runs/smollm2-135m/check" STAGES="train eval table"
+OUT="$ROOT/runs/smollm2-135m/check" STAGES="train eval table" TERSE=0.15
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT="$2"; shift 2 ;;
     --stages) STAGES="$2"; shift 2 ;;
+    --terse-frac) TERSE="$2"; shift 2 ;;
     -h|--help) awk 'NR>1 && !/^#/ {exit} NR>1' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -34,10 +36,10 @@ mkdir -p "$OUT"
 if [[ " $STAGES " == *" train "* ]]; then
   GGUF="$("$BIN" pull smollm2-135m | tail -1)"
   # The same items and split as the shipped adapters' data (same seed; checks draw no numbers).
-  export DATA_ARGS="--n-hard 1200 --n-easy 1200 --test-frac 0.1 --max-value 20 --terse-frac 0.15 --check-frac 0.85"
+  export DATA_ARGS="--n-hard 1200 --n-easy 1200 --test-frac 0.1 --max-value 20 --terse-frac $TERSE --check-frac 0.85"
   export SFT_ARGS="--init-adapter $ROOT/adapters/smollm2-135m/reasoning --difficulty hard --r 8 --alpha 16 --lr 5e-4 --warmup 0.05 --batch-size 8 --max-steps 80 --epochs 3 --max-len 320 --dtype f16 --log-every 5"
   export GRPO_ARGS="--difficulty all --budgets 40,80,120 --unstated-frac 0.75 --unstated-budget ref --margin 0.3 --require-box --steps 50 --prompts-per-step 4 --group-size 8 --lr 2e-4 --beta 5e-3 --temperature 0.8 --save-every 10 --eval-n 0 --dtype f16 --curve $OUT/budget-grpo.csv"
-  PYTHON="$PYTHON" "$HERE/pipeline.sh" --model "$GGUF" --fake-quant-int4 --seed 1 --out "$OUT" --stages "data sft grpo"
+  PYTHON="$PYTHON" "$HERE/pipeline.sh" --model "$GGUF" --fake-quant-int4 --seed 1 --out "$OUT" --stages "${TRAIN_STAGES:-data sft grpo}"
 fi
 
 if [[ " $STAGES " == *" eval "* ]]; then
