@@ -5,7 +5,7 @@
 #   tools/train/budget_checked.sh [--out DIR] [--stages "train eval table"] [--terse-frac F]
 #
 # train: data.py's items with traces written as distilled reasoning is (the goal restated, prose
-#        steps, a check worked backwards; 15% terse), a second SFT stage on them from the shipped
+#        steps, a check worked backwards; a share --terse-frac terse, default 0.15), a second SFT stage on them from the shipped
 #        adapters/smollm2-135m/reasoning, then GRPO: prompts that state no budget (75%) are
 #        rewarded against each item's shortest complete reply (--unstated-budget ref), the rest
 #        state 40, 80 or 120 tokens; only boxed answers count (--require-box).
