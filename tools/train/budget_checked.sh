@@ -5,8 +5,9 @@
 #   tools/train/budget_checked.sh [--out DIR] [--stages "train eval table"] [--terse-frac F]
 #
 # train: data.py's items with traces written as distilled reasoning is (the goal restated, prose
-#        steps, a check worked backwards; a share --terse-frac terse, default 0.15), a second SFT stage on them from the shipped
-#        adapters/smollm2-135m/reasoning, then GRPO: prompts that state no budget (75%) are
+#        steps, a check worked backwards; --terse-frac of them terse, default 0.15, above 0 to keep
+#        the items), a second SFT stage on them from the shipped adapters/smollm2-135m/reasoning,
+#        then GRPO: prompts that state no budget (75%) are
 #        rewarded against each item's shortest complete reply (--unstated-budget ref), the rest
 #        state 40, 80 or 120 tokens; only boxed answers count (--require-box).
 # eval:  `edgereason eval` rows on data.py's 40 held-out tasks and heldout.py's 56, --max-tokens 256
@@ -28,6 +29,9 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+# data.py draws the terse choice from its item stream only when the share is above 0.
+awk -v f="$TERSE" 'BEGIN { exit !(f > 0 && f < 1) }' \
+  || { echo "--terse-frac $TERSE: expected a share in (0, 1) (0 would change data.py's items)" >&2; exit 2; }
 PYTHON="${PYTHON:-$HOME/venv-train/bin/python}"
 BIN="${EDGEREASON:-$ROOT/target/release/edgereason}"
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release)
