@@ -21,7 +21,8 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "edgereason")
+# EDGEREASON_BIN: a binary built elsewhere (tools/gpu_check.sh carries one to the GPU machine).
+BIN = os.environ.get("EDGEREASON_BIN") or os.path.join(ROOT, "target", "release", "edgereason")
 
 QUESTIONS = [
     "What is the capital of France?", "Name a large ocean.", "How many legs has a spider?",

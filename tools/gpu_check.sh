@@ -41,13 +41,20 @@ fi
 $B devices 2>&1 | grep -v XDG | tee "$OUT/devices.txt"
 # The test binaries read fixtures from the path they were built at.
 [ -d /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
-# EDGEREASON_REQUIRE_COOP=1: the tensor-core prefill kernel's test fails, not skips, where
-# wgpu offers the GPU no f16 cooperative matrices (`devices` lists them).
-for t in kernels sampling forward best_of_n adapters; do
-  EDGEREASON_REQUIRE_COOP=1 timeout 300 .dev/$t --test-threads 1 2>&1 | grep -E "^test |test result|panicked|worst" | tee "$OUT/test-$t.txt"
-done
+# A device call runs 10 minutes at most and the session's device time is short: the figures
+# come first, most important first, each run capped by what is left of DEADLINE seconds
+# (default 420), and the tests last, in parallel. At most 8 files come back from $OUT, so
+# every run appends to bench.txt (stdout) and stderr.txt.
+T0=$(date +%s); DEADLINE=${DEADLINE:-420}
+left() { echo $((DEADLINE - ($(date +%s) - T0))); }
+run() {
+  local name=$1; shift; local t; t=$(left); [ "$t" -gt 5 ] || { echo "== $name: skipped (deadline)" | tee -a "$OUT/bench.txt"; return; }
+  [ "$t" -gt 150 ] && t=150
+  echo "== $name (at $(( $(date +%s) - T0 )) s): $*" | tee -a "$OUT/bench.txt"
+  echo "== $name" >>"$OUT/stderr.txt"
+  timeout "$t" "$@" 2>>"$OUT/stderr.txt" | tee -a "$OUT/bench.txt"
+}
 Q=synthetic:qwen2.5-0.5b
-run() { local name=$1; shift; echo "== $name: $*" | tee -a "$OUT/bench.txt"; timeout 150 "$@" 2>"$OUT/$name.err" | tee -a "$OUT/bench.txt"; }
 run bench-qwen $B bench --model $Q --prompt-tokens 512 --gen-tokens 128
 # Issue 10 (3): the peer in the same run on the same weights file. `quantize` writes the
 # synthetic model (Qwen2.5-0.5B's shapes and formats, random weights) as GGUF (int8 as
@@ -58,32 +65,45 @@ if [ -x .dev/llama-bench ]; then
   run bench-same-file $B bench --model /tmp/qwen-random.gguf --prompt-tokens 512 --gen-tokens 128
   EDGEREASON_PREFILL_COOP=1 run bench-same-file-coop $B bench --model /tmp/qwen-random.gguf --prompt-tokens 512 --gen-tokens 32
 fi
+# The prefill paths against each other (int8 GEMV path vs the f32 GEMM at several register
+# tiles; the tensor-core GEMM, whose rows `--prefill-matmul` adds where the device has
+# cooperative matrices; flash prefill attention against the per-row kernel at 2048 tokens).
+# Figures decide the per-device defaults in prefill_gemm() and AttentionPlan::for_device().
+run prefill-matmul $B bench --model $Q --prefill-matmul 512 --gemm-tiles 1x1,2x2,4x2,4x4,8x4,8x8 --reps 7
+EDGEREASON_PREFILL_COOP=1 run bench-qwen-coop $B bench --model $Q --prompt-tokens 512 --gen-tokens 32
+EDGEREASON_PREFILL_COOP=1 EDGEREASON_COOP_TILES=2x4 run bench-qwen-coop-2x4 $B bench --model $Q --prompt-tokens 512 --gen-tokens 32
+EDGEREASON_PREFILL_GEMM=1 EDGEREASON_GEMM_TILE=4x4 run bench-qwen-gemm $B bench --model $Q --prompt-tokens 512 --gen-tokens 32
 # Decode launches: each saving against its absence, same run (the "decode" and "decode step"
 # lines). Norms folded into the residual epilogues (default) vs norm launches; split-K
 # matmuls with their reduce launches (default on GPUs) vs one pass; one-stream attention
 # split over keys with a merge (default on GPUs) vs whole.
 EDGEREASON_FOLD_NORMS=0 run decode-nofold $B bench --model $Q --prompt-tokens 512 --gen-tokens 128
 EDGEREASON_K_SPLITS=0 run decode-no-ksplit $B bench --model $Q --prompt-tokens 512 --gen-tokens 128
-EDGEREASON_SPLIT_ONE_STREAM=0 run decode-attn-whole $B bench --model $Q --prompt-tokens 512 --gen-tokens 128
 EDGEREASON_K_SPLITS=0 EDGEREASON_SPLIT_ONE_STREAM=0 run decode-5-per-layer $B bench --model $Q --prompt-tokens 512 --gen-tokens 128
-run bench-smollm2 $B bench --model synthetic:smollm2-135m --prompt-tokens 512 --gen-tokens 128
-run attention $B bench --model $Q --attention 8 --prompt-tokens 2048 --gen-tokens 64 --ctx 4096
 run streams $B bench --model $Q --streams 1,2,4,8,16 --prompt-tokens 512 --gen-tokens 64
-EDGEREASON_SHARED_PREFIX=0 run streams-noprefix $B bench --model $Q --streams 1,8,16 --prompt-tokens 2048 --gen-tokens 32 --ctx 8192
-run streams-2048 $B bench --model $Q --streams 1,8,16 --prompt-tokens 2048 --gen-tokens 32 --ctx 8192
-run lora $B bench --model $Q --lora-ranks 8,16,64,128 --prompt-tokens 512 --gen-tokens 64
-run ttft $B bench --model $Q --adapter-ttft --prompt-tokens 512
-# Issue 10: what a decode step costs (launches per layer, host encode µs, GPU ms, bytes read
-# back: the "decode step" line of each bench above), the prefill paths measured against each
-# other (int8 GEMV path vs the f32 GEMM at several register tiles; flash prefill
-# attention against the per-row kernel at 2048 tokens; the tensor-core GEMM, whose rows
-# `--prefill-matmul` adds where the device has cooperative matrices, off by default until
-# these figures are in). Figures decide the per-device defaults in prefill_gemm() and
-# AttentionPlan::for_device().
-run prefill-matmul $B bench --model $Q --prefill-matmul 512 --gemm-tiles 1x1,2x2,4x2,4x4,8x4,8x8 --reps 7
-EDGEREASON_PREFILL_COOP=1 run bench-qwen-coop $B bench --model $Q --prompt-tokens 512 --gen-tokens 32
-EDGEREASON_PREFILL_COOP=1 EDGEREASON_COOP_TILES=2x4 run bench-qwen-coop-2x4 $B bench --model $Q --prompt-tokens 512 --gen-tokens 32
-EDGEREASON_PREFILL_COOP=1 timeout 300 .dev/forward --test-threads 1 2>&1 | grep -E "^test |test result|panicked" | tee "$OUT/test-forward-coop.txt"
-EDGEREASON_PREFILL_GEMM=1 EDGEREASON_GEMM_TILE=4x4 run bench-qwen-gemm $B bench --model $Q --prompt-tokens 512 --gen-tokens 32
+# Issue 12: the server on the GPU (continuous batching, 1 vs 8 streaming clients; the
+# synthetic model has a word-level tokenizer and ChatML, and no EOS: every reply is full).
+EDGEREASON_BIN=$B run serve timeout 120 python3 tools/bench_serve.py --model $Q --clients 1,8,1,8 --requests 2 --max-tokens 64
+run bench-smollm2 $B bench --model synthetic:smollm2-135m --prompt-tokens 512 --gen-tokens 128
 EDGEREASON_FLASH_PREFILL=1 run bench-qwen-flash $B bench --model $Q --prompt-tokens 2048 --gen-tokens 8 --ctx 4096
 run bench-qwen-2048 $B bench --model $Q --prompt-tokens 2048 --gen-tokens 8 --ctx 4096
+run streams-2048 $B bench --model $Q --streams 1,8,16 --prompt-tokens 2048 --gen-tokens 32 --ctx 8192
+EDGEREASON_SHARED_PREFIX=0 run streams-noprefix $B bench --model $Q --streams 1,8,16 --prompt-tokens 2048 --gen-tokens 32 --ctx 8192
+run lora $B bench --model $Q --lora-ranks 8,16,64,128 --prompt-tokens 512 --gen-tokens 64
+run ttft $B bench --model $Q --adapter-ttft --prompt-tokens 512
+run attention $B bench --model $Q --attention 8 --prompt-tokens 2048 --gen-tokens 64 --ctx 4096
+EDGEREASON_SPLIT_ONE_STREAM=0 run decode-attn-whole $B bench --model $Q --prompt-tokens 512 --gen-tokens 128
+# Correctness on the GPU, the test groups side by side (timings are done). With
+# EDGEREASON_REQUIRE_COOP=1 the tensor-core prefill kernel's test fails, not skips, where
+# wgpu offers the GPU no f16 cooperative matrices (`devices` lists them).
+t=$(( $(left) + ${TEST_SECONDS:-120} )); [ "$t" -gt 240 ] && t=240
+for g in kernels sampling forward best_of_n adapters; do
+  (EDGEREASON_REQUIRE_COOP=1 timeout "$t" .dev/$g --test-threads 2 >"/tmp/test-$g.txt" 2>&1; echo "$g exit $?" >>"/tmp/test-$g.txt") &
+done
+(EDGEREASON_PREFILL_COOP=1 timeout "$t" .dev/forward --test-threads 2 >/tmp/test-forward-coop.txt 2>&1; echo "forward-coop exit $?" >>/tmp/test-forward-coop.txt) &
+wait
+for g in kernels sampling forward best_of_n adapters forward-coop; do
+  echo "## $g"; grep -E "^test |test result|panicked|worst| exit " "/tmp/test-$g.txt"
+done >"$OUT/tests.txt"
+grep -E "test result|FAILED|panicked| exit " "$OUT/tests.txt"
+echo "gpu_check: $(( $(date +%s) - T0 )) s"

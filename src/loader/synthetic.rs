@@ -141,20 +141,38 @@ pub fn synthetic_model(spec: &str) -> Option<HostModel> {
             }
         }
     }
-    let vocab: HashMap<String, u32> = [("<unk>".to_string(), 0u32)].into_iter().collect();
-    let wl = tokenizers::models::wordlevel::WordLevel::builder()
-        .vocab(vocab.into_iter().collect())
-        .unk_token("<unk>".into())
-        .build()
-        .ok()?;
+    let tokenizer = word_tokenizer(c.n_vocab)?;
     Some(HostModel {
         config: c,
         tensors: t,
-        tokenizer: tokenizers::Tokenizer::new(wl),
-        chat_template: None,
+        tokenizer,
+        chat_template: Some(CHAT_TEMPLATE.to_string()),
         bos_token_id: None,
         eos_token_ids: vec![],
         add_bos: false,
         source: format!("{spec} (random weights in the real model's shapes and formats)"),
     })
+}
+
+/// ChatML, so `serve` and `run` drive a synthetic model as they would the real one.
+const CHAT_TEMPLATE: &str = "{% for m in messages %}<|im_start|> {{ m.role }} {{ m.content }} \
+<|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}";
+
+/// A word-level tokenizer over the whole vocabulary (`w1`…`wN`; any other word is `<unk>`,
+/// id 0), split on whitespace: text becomes about one token per word, as real text does, and
+/// every sampled id decodes to visible text (what server benchmarks time to first token).
+fn word_tokenizer(n_vocab: usize) -> Option<tokenizers::Tokenizer> {
+    let vocab: HashMap<String, u32> = std::iter::once(("<unk>".to_string(), 0))
+        .chain((1..n_vocab as u32).map(|i| (format!("w{i}"), i)))
+        .collect();
+    let wl = tokenizers::models::wordlevel::WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token("<unk>".into())
+        .build()
+        .ok()?;
+    let mut t = tokenizers::Tokenizer::new(wl);
+    t.with_pre_tokenizer(Some(
+        tokenizers::pre_tokenizers::whitespace::WhitespaceSplit,
+    ));
+    Some(t)
 }
