@@ -8,6 +8,10 @@
 // dot product: no reductions and no barriers (on CPU drivers such as lavapipe a
 // workgroup-wide reduction per output cost more than the arithmetic), and with A stored
 // transposed neighbouring invocations read neighbouring words.
+// `shrink_split`: the same u, for GPUs: one workgroup per (j, row) splits the dot product
+// over its 64 lanes and reduces in workgroup memory. `shrink` runs each dot product in one
+// invocation, a serial chain of k/4 loads that on a GPU leaves the machine idle (H200, Qwen2.5
+// shapes: a rank-8 adapter made a decode step 6x slower).
 // `expand`: out[m][n] += Σ_j B[j][n] · u[m][seg·rank + j] as a pass of its own over y —
 // what the fused matmul epilogue avoids; kept for the fused-vs-unfused benchmark.
 //
@@ -69,6 +73,42 @@ fn shrink(@builtin(global_invocation_id) gid: vec3<u32>) {
         if (on{r}) { let x = xq[row{r} * (p.k / 4u) + kw]; let sc = xs[row{r} * (p.k / 32u) + g].x; let a0 = unpack2x16float(lora_w[(2u * kw) * p.n + col{r}]); let a1 = unpack2x16float(lora_w[(2u * kw + 1u) * p.n + col{r}]); acc{r} = acc{r} + sc * (a0.x * i8(x, 0u) + a0.y * i8(x, 1u) + a1.x * i8(x, 2u) + a1.y * i8(x, 3u)); }
     }
     if (on{r} && m0 + {r}u < p.m) { u[(m0 + {r}u) * p.u_stride + j] = acc{r} * row_scale(row{r}); }
+}
+
+var<workgroup> partial: array<vec2<f32>, 64>;
+
+@compute @workgroup_size(64)
+fn shrink_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let j = wg.x;
+    let row = wg.y;
+    let ra = lora_rows[row];
+    let on = ra.x > 0u && j < p.segs * ra.x;  // the same for the whole workgroup
+    let col = p.segs * ra.y + j;
+    // (A·x̂ partial sum, Σx² partial sum of a folded norm: each 32-k group counted once)
+    var acc = vec2<f32>(0.0);
+    if (on) {
+        for (var kw = lane; kw < p.k / 4u; kw = kw + 64u) {
+            let g = row * (p.k / 32u) + kw / 8u;
+            let x = xq[row * (p.k / 4u) + kw];
+            let a0 = unpack2x16float(lora_w[(2u * kw) * p.n + col]);
+            let a1 = unpack2x16float(lora_w[(2u * kw + 1u) * p.n + col]);
+            let d = a0.x * i8(x, 0u) + a0.y * i8(x, 1u) + a1.x * i8(x, 2u) + a1.y * i8(x, 3u);
+            acc = acc + vec2<f32>(xs[g].x * d, select(0.0, xs[g].w, kw % 8u == 0u));
+        }
+    }
+    partial[lane] = acc;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s = s >> 1u) {
+        if (lane < s) {
+            partial[lane] = partial[lane] + partial[lane + s];
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u && on) {
+        let t = partial[0];
+        let scale = select(1.0, inverseSqrt(t.y / f32(p.k) + p.rms_eps), p.folded_norm != 0u);
+        u[row * p.u_stride + j] = t.x * scale;
+    }
 }
 
 @compute @workgroup_size(64)

@@ -825,7 +825,7 @@ fn lora_matches_reference() {
                 };
                 let lm = &set.layers[0][f];
                 let partials = ctx.storage("partials", 16);
-                let run = |apply: Option<LoraApply>| -> Vec<f32> {
+                let run = |apply: Option<LoraApply>, split: bool| -> Vec<f32> {
                     let out = ctx.storage("out", (m * n * 4) as u64);
                     let io = MatmulIo::new(&xq, &xs, &out, n, &partials);
                     let mut list = vec![ops::quantize_act::quantize_act(
@@ -848,6 +848,7 @@ fn lora_matches_reference() {
                                 &xq,
                                 &xs,
                                 None,
+                                split,
                             ));
                             if apply == LoraApply::Fused {
                                 let lora = Some(MatmulLora {
@@ -891,11 +892,42 @@ fn lora_matches_reference() {
                     ops::run_step(&ctx, &list.iter().collect::<Vec<_>>(), &step);
                     ctx.read(&out, 0, m * n).unwrap()
                 };
-                let base = run(None);
+                let base = run(None, false);
                 // Reference delta: s·B·(A·x̂) per projection on the int8-rounded activations,
                 // with A and s·B rounded to f16 as stored.
                 let xhat = ops::quantize_act::reference(&x);
                 let mut want = vec![0f32; m * n];
+                // A folded RMSNorm's scale (u = A·x̂ / rms(x)): both shrink kernels agree.
+                let folded_u = |split: bool| -> Vec<f32> {
+                    let u = ctx.storage("u", (m * set.u_stride() * 4) as u64);
+                    let lr = LoraRows { u: &u, ..lr };
+                    let list = [
+                        ops::quantize_act::quantize_act(&ctx, "q", &xb, k, k, &xq, &xs),
+                        ops::lora::shrink(
+                            &ctx,
+                            "shrink",
+                            &lm.a,
+                            k,
+                            lm.segs,
+                            lm.a_cols,
+                            set.max_rank,
+                            &lr,
+                            &xq,
+                            &xs,
+                            Some(1e-5),
+                            split,
+                        ),
+                    ];
+                    let step = ops::Step {
+                        rows: m as u32,
+                        adapters: true,
+                        ..Default::default()
+                    };
+                    ops::run_step(&ctx, &list.iter().collect::<Vec<_>>(), &step);
+                    ctx.read(&u, 0, m * set.u_stride()).unwrap()
+                };
+                let what = format!("{} LoRA shrink, folded norm, matrix {f} m={m}", path(&ctx));
+                assert_close(&what, &folded_u(true), &folded_u(false), 1e-4, 1e-4);
                 for (r, c) in choice.iter().enumerate() {
                     let Some(a) = c else { continue };
                     let ad = [&a0, &a1][*a];
@@ -918,11 +950,15 @@ fn lora_matches_reference() {
                         col0 += out;
                     }
                 }
-                for apply in [LoraApply::Fused, LoraApply::Separate] {
-                    let got = run(Some(apply));
+                let applies = [LoraApply::Fused, LoraApply::Separate];
+                for (apply, split) in applies.into_iter().flat_map(|a| [(a, false), (a, true)]) {
+                    let got = run(Some(apply), split);
                     let delta: Vec<f32> = got.iter().zip(&base).map(|(g, b)| g - b).collect();
                     assert_close(
-                        &format!("{} LoRA {apply:?} matrix {f} m={m}", path(&ctx)),
+                        &format!(
+                            "{} LoRA {apply:?} split={split} matrix {f} m={m}",
+                            path(&ctx)
+                        ),
                         &delta,
                         &want,
                         2e-3,

@@ -22,21 +22,35 @@ if [ "${1:-}" = --prepare ]; then
   bash tools/build_llama_bench.sh .dev/bin
   # Seven stripped binaries are ~100 MB; a device call carries 64 MiB in all: compress.
   tar -cJf .dev/bins.tar.xz -C .dev/bin . && rm -r .dev/bin
-  (cd .gl && apt-get download -qq libvulkan1 >/dev/null 2>&1)
+  # The Vulkan loader and the glvnd libraries NVIDIA's ICD links against (amd64, whatever
+  # this machine is).
+  o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+  mkdir -p /tmp/amd64/partial && apt-get $o update -qq
+  (cd .gl && apt-get $o download -qq libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2 >/dev/null 2>&1)
   du -sh .dev .gl
   exit 0
 fi
 [ -f .dev/bins.tar.xz ] && tar -xJf .dev/bins.tar.xz -C .dev
 OUT=${OUT:-/tmp/gpu_check}; mkdir -p "$OUT"
-if ls .gl/*.deb >/dev/null 2>&1 && ! ldconfig -p | grep -q libvulkan.so.1; then
+# NVIDIA's Vulkan ICD (libGLX_nvidia) needs the glvnd libraries beside the loader: all of
+# .gl's packages are unpacked (--prepare downloads them), whatever the image has.
+if ls .gl/*.deb >/dev/null 2>&1; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
 fi
 nvidia-smi -L 2>&1 | head -2
 # GL through NVIDIA's EGL hung in the kernel tests once: Vulkan only.
 export WGPU_BACKEND=vulkan
 B=.dev/edgereason
-if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && ! $B devices 2>/dev/null | grep -qi nvidia; then
-  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+icd=$(ls /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd*.json /usr/share/vulkan/icd.d/nvidia_icd*.json /etc/vulkan/icd.d/nvidia_icd*.json 2>/dev/null | head -1)
+if [ -n "$icd" ] && ! $B devices 2>/dev/null | grep -qi nvidia; then
+  export VK_DRIVER_FILES=$icd
+fi
+if ! $B devices 2>/dev/null | grep -qi nvidia; then
+  echo "gpu_check: no NVIDIA adapter through Vulkan (ICD: ${icd:-none}); loader errors:"
+  VK_LOADER_DEBUG=error $B devices 2>&1 | sort | uniq -c | head -5
+  glx=$(ldconfig -p | grep -m1 'libGLX_nvidia.so.0' | awk '{print $NF}')
+  echo "libGLX_nvidia: ${glx:-not in ldconfig}"; [ -n "$glx" ] && ldd "$glx" | grep -i "not found"
+  exit 1
 fi
 $B devices 2>&1 | grep -v XDG | tee "$OUT/devices.txt"
 # The test binaries read fixtures from the path they were built at.

@@ -435,6 +435,7 @@ impl<'a> Launches<'a> {
             io.xq,
             io.xs,
             io.folded_norm,
+            ops::lora::split_for_device(ctx),
         ));
         let fused = MatmulLora {
             rows,

@@ -55,7 +55,8 @@ pub struct LoraRows<'a> {
 /// `a` holds `a_cols` = segs · (total rank) columns ([`pack_a_transposed`]); `max_rank`
 /// (even) is the largest adapter rank in it. With `rms_eps`, the blocks hold a folded
 /// RMSNorm's x ⊙ g (see [`NormOut`](super::matmul_int4::NormOut)) and u is scaled by
-/// each row's 1/rms, so it is A·norm(x) as without the fold.
+/// each row's 1/rms, so it is A·norm(x) as without the fold. `split` picks the kernel that
+/// splits each dot product over a workgroup ([`split_for_device`]).
 #[allow(clippy::too_many_arguments)]
 pub fn shrink(
     ctx: &GpuContext,
@@ -69,13 +70,24 @@ pub fn shrink(
     xq: &wgpu::Buffer,
     xs: &wgpu::Buffer,
     rms_eps: Option<f32>,
+    split: bool,
 ) -> Dispatch {
+    // (the serial kernel's row tile comes with RowTiles; the split one takes one row)
+    let (entry, grid, defines) = if split {
+        let x = (segs * max_rank) as u32;
+        let defines = ShaderDefines::new().with("ROWS", 1);
+        ("shrink_split", Grid::PerRow { x }, defines)
+    } else {
+        let x = super::wg64(segs * max_rank);
+        let grid = Grid::RowTiles { x, k_splits: 1 };
+        ("shrink", grid, ShaderDefines::new())
+    };
     Dispatch::new(
         ctx,
         DispatchSpec {
             label: label.into(),
             shader: "lora",
-            entry: "shrink",
+            entry,
             kinds: KINDS,
             words: LoraParams {
                 k: k as u32,
@@ -89,14 +101,22 @@ pub fn shrink(
             .words(),
             dynamic: vec![(crate::params_word!(LoraParams, m), Dyn::Rows)],
             buffers: vec![xq, xs, lora.rows, a, lora.u, lora.u],
-            grid: Grid::RowTiles {
-                x: super::wg64(segs * max_rank),
-                k_splits: 1,
-            },
-            defines: ShaderDefines::new(),
+            grid,
+            defines,
         },
     )
     .only_with_adapters()
+}
+
+/// Whether [`shrink`] should split each dot product over a workgroup here: on GPUs (one
+/// invocation per dot product is a serial chain of k/4 loads that leaves them idle: on an
+/// H200 it made a rank-8 decode step 6x slower), not on CPU drivers, where the workgroup
+/// reduction costs more than the arithmetic. EDGEREASON_LORA_SPLIT=0|1 overrides.
+pub fn split_for_device(ctx: &GpuContext) -> bool {
+    std::env::var("EDGEREASON_LORA_SPLIT")
+        .ok()
+        .map(|v| v != "0")
+        .unwrap_or(ctx.adapter.device_type != "Cpu")
 }
 
 /// out`[m][n]` += s·B·u`[m]` as its own pass (the unfused path). `seg1`/`seg2` split the
