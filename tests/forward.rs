@@ -178,7 +178,7 @@ fn forked_streams_decoded_together_match_separate_runs() {
 }
 
 #[test]
-fn a_decode_step_is_one_pass_and_reads_back_only_the_sampled_ids() {
+fn a_decode_step_is_one_recording_and_reads_back_only_the_sampled_ids() {
     let host = load_model(&fixture("tiny-qwen2")).unwrap();
     let engine = Engine::from_host(host, &EngineOptions::default()).unwrap();
     let mut s = engine.session().unwrap();
@@ -199,11 +199,13 @@ fn a_decode_step_is_one_pass_and_reads_back_only_the_sampled_ids() {
         let sampled = s.forward_rows_sampled(&rows, &greedy).unwrap();
         let d = engine.ctx.stats.snapshot() - before;
         assert_eq!(sampled.len(), 3);
-        // The step's launches in one pass of one submission, then the ids' read-back (a
-        // copy submitted on its own): 8 bytes per row, no logits.
+        // The step's launches in one pass per submission (one, or split at layers:
+        // EDGEREASON_SUBMIT_PARTS), then the ids' read-back (a copy submitted on its own):
+        // 8 bytes per row, no logits.
+        let parts = s.submit_parts() as u64;
         assert_eq!(
             (d.passes, d.submits, d.readback_bytes),
-            (1, 2, 3 * 8),
+            (parts, parts + 1, 3 * 8),
             "{d:?}"
         );
         let layers = engine.model.config.n_layer as u64;

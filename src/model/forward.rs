@@ -398,10 +398,7 @@ impl Session {
             let step = self.prepare_prompt_rows(&rows)?;
             let n = chunk.len() as u32;
             let (pool, last) = (on_chunk_mean.is_some(), i + 1 == n_chunks);
-            self.record_submit(|pass, ctx| {
-                self.body
-                    .iter()
-                    .for_each(|(_, d)| d.record_step(ctx, pass, &step));
+            self.record_step_then(&step, |pass, ctx| {
                 if pool {
                     self.final_hidden.record(ctx, pass, n, 0);
                 }
@@ -500,10 +497,7 @@ impl Session {
             });
         }
         let step = self.prepare_rows(rows)?;
-        self.record_submit(|pass, ctx| {
-            self.body
-                .iter()
-                .for_each(|(_, d)| d.record_step(ctx, pass, &step));
+        self.record_step_then(&step, |pass, ctx| {
             self.final_hidden.record(ctx, pass, step.rows, 0);
         });
         if rows.iter().any(|r| r.0 == self.main) {
@@ -526,11 +520,7 @@ impl Session {
         let n_vocab = self.model.config.n_vocab;
         for (ci, chunk) in tokens.chunks(self.max_rows).enumerate() {
             let step = self.prepare_prompt_rows(&self.main_rows(chunk))?;
-            self.record_submit(|pass, ctx| {
-                self.body
-                    .iter()
-                    .for_each(|(_, d)| d.record_step(ctx, pass, &step))
-            });
+            self.record_step_then(&step, |_, _| {});
             let mut r0 = 0;
             while r0 < chunk.len() {
                 let n = (chunk.len() - r0).min(self.lm_rows);
@@ -553,35 +543,93 @@ impl Session {
         Ok(())
     }
 
-    /// Record one compute pass with `f` and submit it; its host time goes to the context's
-    /// stats, and with [`time_steps`](Self::time_steps) on, the pass is bracketed by GPU
-    /// timestamps.
+    /// Record one compute pass with `f` and submit it (see [`record_parts`](Self::record_parts)).
     fn record_submit(&self, f: impl FnOnce(&mut wgpu::ComputePass<'_>, &crate::gpu::GpuContext)) {
+        let mut f = Some(f);
+        self.record_parts(1, |_, pass, ctx| {
+            if let Some(f) = f.take() {
+                f(pass, ctx)
+            }
+        });
+    }
+
+    /// The body's launches for `step`, then `tail` (head, sampling, pooling), submitted in
+    /// [`submit_parts`](Self::submit_parts) command buffers split at layer boundaries, so the GPU runs the first
+    /// layers while the host still records the rest (a decode step's recording is a third of
+    /// its wall time on a fast GPU).
+    fn record_step_then(
+        &self,
+        step: &Step,
+        tail: impl FnOnce(&mut wgpu::ComputePass<'_>, &crate::gpu::GpuContext),
+    ) {
+        let (parts, n_layer) = (self.submit_parts(), self.model.config.n_layer);
+        let mut tail = Some(tail);
+        self.record_parts(parts, |part, pass, ctx| {
+            let layers = part * n_layer / parts..(part + 1) * n_layer / parts;
+            self.body
+                .iter()
+                .filter(|(l, _)| layers.contains(l))
+                .for_each(|(_, d)| d.record_step(ctx, pass, step));
+            if part + 1 == parts {
+                if let Some(t) = tail.take() {
+                    t(pass, ctx)
+                }
+            }
+        });
+    }
+
+    /// Command buffers (and compute passes) a step is submitted in: 1 until measured
+    /// otherwise on a device, at most one per layer; EDGEREASON_SUBMIT_PARTS=N overrides.
+    pub fn submit_parts(&self) -> usize {
+        static PARTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let parts = *PARTS.get_or_init(|| {
+            std::env::var("EDGEREASON_SUBMIT_PARTS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1)
+        });
+        parts.clamp(1, self.model.config.n_layer.max(1))
+    }
+
+    /// Record `parts` compute passes with `f(part, ..)`, each in its own command buffer,
+    /// submitted as soon as it is recorded; their host time goes to the context's stats,
+    /// and with [`time_steps`](Self::time_steps) on, the first pass's start and the last
+    /// one's end are GPU timestamps.
+    fn record_parts(
+        &self,
+        parts: usize,
+        mut f: impl FnMut(usize, &mut wgpu::ComputePass<'_>, &crate::gpu::GpuContext),
+    ) {
         let ctx = &self.model.ctx;
         let t = Instant::now();
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        self.encode_block_copies(&mut enc);
-        {
-            let mut pass = match &self.step_timer {
-                Some((set, _)) => {
-                    ctx.stats.pass();
-                    enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: None,
-                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                            query_set: set,
-                            beginning_of_pass_write_index: Some(0),
-                            end_of_pass_write_index: Some(1),
-                        }),
-                    })
-                }
-                None => ctx.compute_pass(&mut enc),
-            };
-            f(&mut pass, ctx);
+        for part in 0..parts {
+            let last = part + 1 == parts;
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            if part == 0 {
+                self.encode_block_copies(&mut enc);
+            }
+            {
+                let mut pass = match &self.step_timer {
+                    Some((set, _)) if part == 0 || last => {
+                        ctx.stats.pass();
+                        enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: None,
+                            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                                query_set: set,
+                                beginning_of_pass_write_index: (part == 0).then_some(0),
+                                end_of_pass_write_index: last.then_some(1),
+                            }),
+                        })
+                    }
+                    _ => ctx.compute_pass(&mut enc),
+                };
+                f(part, &mut pass, ctx);
+            }
+            if let (Some((set, resolved)), true) = (&self.step_timer, last) {
+                enc.resolve_query_set(set, 0..2, resolved, 0);
+            }
+            ctx.submit(enc);
         }
-        if let Some((set, resolved)) = &self.step_timer {
-            enc.resolve_query_set(set, 0..2, resolved, 0);
-        }
-        ctx.submit(enc);
         ctx.stats.host_encode(t.elapsed());
     }
 
@@ -773,10 +821,7 @@ impl Session {
         let n_vocab = self.model.config.n_vocab;
         self.check_rows(rows)?;
         let step = self.prepare_rows(rows)?;
-        self.record_submit(|pass, ctx| {
-            self.body
-                .iter()
-                .for_each(|(_, d)| d.record_step(ctx, pass, &step));
+        self.record_step_then(&step, |pass, ctx| {
             self.head
                 .iter()
                 .for_each(|d| d.record_step(ctx, pass, &step));
@@ -831,10 +876,7 @@ impl Session {
         self.check_rows(rows)?;
         let step = self.prepare_rows(rows)?;
         self.write_sample_rows(sampling.iter().enumerate().map(|(i, s)| s.row(i as u32)));
-        self.record_submit(|pass, ctx| {
-            self.body
-                .iter()
-                .for_each(|(_, d)| d.record_step(ctx, pass, &step));
+        self.record_step_then(&step, |pass, ctx| {
             self.head
                 .iter()
                 .for_each(|d| d.record_step(ctx, pass, &step));

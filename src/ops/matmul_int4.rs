@@ -275,22 +275,40 @@ const KINDS_SWIGLU: &[Binding] = &[
     Binding::ReadWrite,
 ];
 
-/// Workgroups a decode matmul should launch to keep a GPU busy.
-const TARGET_WORKGROUPS: usize = 1024;
+/// Workgroups a decode matmul should launch to keep a GPU busy, and the fewest 32-k groups
+/// each split keeps: (1024, 4) until measured otherwise on a device;
+/// EDGEREASON_SPLIT_TARGET and EDGEREASON_SPLIT_MIN_GROUPS override (`bench` A/B runs).
+fn split_policy() -> (usize, usize) {
+    static POLICY: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    *POLICY.get_or_init(|| {
+        let env = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&v: &usize| v > 0)
+                .unwrap_or(default)
+        };
+        (
+            env("EDGEREASON_SPLIT_TARGET", 1024),
+            env("EDGEREASON_SPLIT_MIN_GROUPS", 4),
+        )
+    })
+}
 
 /// k splits for decode-sized steps of an `n`×`k` chunk on this device: enough for about
-/// `TARGET_WORKGROUPS` workgroups on GPUs, each split keeping ≥ 4 groups of 32; CPU
-/// adapters (lavapipe) already have more workgroups than cores and never split.
-/// EDGEREASON_K_SPLITS=0 turns splitting off (one pass, no reduce launch: for measuring
-/// one against the other on a GPU).
+/// the target count of workgroups on GPUs ([`split_policy`]), each split keeping its
+/// minimum of groups of 32; CPU adapters (lavapipe) already have more workgroups than
+/// cores and never split. EDGEREASON_K_SPLITS=0 turns splitting off (one pass, no reduce
+/// launch: for measuring one against the other on a GPU).
 pub fn k_splits(ctx: &GpuContext, n: usize, k: usize) -> u32 {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let off = *OFF.get_or_init(|| std::env::var("EDGEREASON_K_SPLITS").is_ok_and(|v| v == "0"));
     if off || ctx.adapter.device_type == "Cpu" {
         return 1;
     }
+    let (target, min_groups) = split_policy();
     let wgs = n.div_ceil(64);
-    (TARGET_WORKGROUPS.div_ceil(wgs)).clamp(1, (k / 32 / 4).max(1)) as u32
+    (target.div_ceil(wgs)).clamp(1, (k / 32 / min_groups).max(1)) as u32
 }
 
 /// Bytes of split-K partials `w` needs for decode steps (≤ 16 rows) on this device.
