@@ -695,7 +695,8 @@ pub fn prefill_matmul(
             "int8 GEMV path".to_string(),
             ops::matmul_int4::matmul_int4(ctx, name, &w, &io)?,
         )];
-        for &(r, cl) in tiles {
+        let max_area = ops::prefill_gemm::max_tile_area(ctx);
+        for &(r, cl) in tiles.iter().filter(|&&(r, cl)| r * cl <= max_area) {
             paths.push((
                 format!("f32 GEMM {r}x{cl}"),
                 ops::prefill_gemm::gemm(ctx, name, &w, &xq, &io, (r, cl))?,

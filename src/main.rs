@@ -190,7 +190,8 @@ struct BenchArgs {
     /// shapes, the int8 path against the f32 GEMM with each --gemm-tiles tile (GFLOP/s).
     #[arg(long)]
     prefill_matmul: Option<usize>,
-    /// Register tiles (ROWSxCOLS: rows x quads of 4 columns) for --prefill-matmul.
+    /// Register tiles (ROWSxCOLS: rows x quads of 4 columns) for --prefill-matmul (on GPUs,
+    /// tiles over 16 accumulators are skipped: see `prefill_gemm::max_tile_area`).
     #[arg(long, value_delimiter = ',', default_value = "8x2,4x2,16x2,16x4")]
     gemm_tiles: Vec<String>,
     /// Repetitions for --adapter-ttft and --prefill-matmul (median).

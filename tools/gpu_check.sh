@@ -61,7 +61,10 @@ $B devices 2>&1 | grep -v XDG | tee "$OUT/devices.txt"
 # every run appends to bench.txt (stdout) and stderr.txt.
 T0=$(date +%s); DEADLINE=${DEADLINE:-420}
 left() { echo $((DEADLINE - ($(date +%s) - T0))); }
+# ONLY="name ..." runs just those runs (and the tests only if it names "tests").
+only() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 run() {
+  only "$1" || return 0
   local name=$1; shift; local t; t=$(left); [ "$t" -gt 5 ] || { echo "== $name: skipped (deadline)" | tee -a "$OUT/bench.txt"; return; }
   [ "$t" -gt 150 ] && t=150
   echo "== $name (at $(( $(date +%s) - T0 )) s): $*" | tee -a "$OUT/bench.txt"
@@ -110,6 +113,7 @@ done
 # EDGEREASON_REQUIRE_COOP=1 the tensor-core prefill kernel's test fails, not skips, where
 # wgpu offers the GPU no f16 cooperative matrices (`devices` lists them). The sampling
 # group runs the CLI from the path it was built at.
+only tests || { echo "gpu_check: $(( $(date +%s) - T0 )) s"; exit 0; }
 mkdir -p target/release && cp $B target/release/edgereason
 t=$(( $(left) + ${TEST_SECONDS:-120} )); [ "$t" -gt 240 ] && t=240
 for g in kernels sampling forward best_of_n adapters; do

@@ -554,9 +554,9 @@ impl Session {
     }
 
     /// The body's launches for `step`, then `tail` (head, sampling, pooling), submitted in
-    /// [`submit_parts`](Self::submit_parts) command buffers split at layer boundaries, so the GPU runs the first
-    /// layers while the host still records the rest (a decode step's recording is a third of
-    /// its wall time on a fast GPU).
+    /// [`submit_parts`](Self::submit_parts) command buffers split at layer boundaries, so the
+    /// GPU runs the first layers while the host still records the rest (recording was a
+    /// quarter of a decode step's wall time on an H200).
     fn record_step_then(
         &self,
         step: &Step,
@@ -578,16 +578,19 @@ impl Session {
         });
     }
 
-    /// Command buffers (and compute passes) a step is submitted in: 1 until measured
-    /// otherwise on a device, at most one per layer; EDGEREASON_SUBMIT_PARTS=N overrides.
+    /// Command buffers (and compute passes) a step is submitted in, at most one per layer:
+    /// 4 on GPUs, 1 on CPU drivers (where host and "GPU" share the cores).
+    /// EDGEREASON_SUBMIT_PARTS=N overrides. H200 through Vulkan, Qwen2.5-0.5B shapes, 512-token
+    /// prompt (`tools/gpu_check.sh`, 2026-12-04): 1 part 257-272 tok/s, 2 304, 4 307, 8 314.
     pub fn submit_parts(&self) -> usize {
-        static PARTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let parts = *PARTS.get_or_init(|| {
+        static PARTS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+        let forced = *PARTS.get_or_init(|| {
             std::env::var("EDGEREASON_SUBMIT_PARTS")
                 .ok()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(1)
         });
+        let cpu = self.model.ctx.adapter.device_type == "Cpu";
+        let parts = forced.unwrap_or(if cpu { 1 } else { 4 });
         parts.clamp(1, self.model.config.n_layer.max(1))
     }
 

@@ -276,8 +276,10 @@ const KINDS_SWIGLU: &[Binding] = &[
 ];
 
 /// Workgroups a decode matmul should launch to keep a GPU busy, and the fewest 32-k groups
-/// each split keeps: (1024, 4) until measured otherwise on a device;
-/// EDGEREASON_SPLIT_TARGET and EDGEREASON_SPLIT_MIN_GROUPS override (`bench` A/B runs).
+/// each split keeps: (1024, 4). H200 through Vulkan, Qwen2.5-0.5B decode after 512 tokens
+/// (`tools/gpu_check.sh`, 2026-12-04): 1024:4 257-272 tok/s, 512:4 278, 4096:4 256,
+/// 2048:2 235, 4096:1 219, no splits 186. EDGEREASON_SPLIT_TARGET and
+/// EDGEREASON_SPLIT_MIN_GROUPS override (`bench` A/B runs).
 fn split_policy() -> (usize, usize) {
     static POLICY: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
     *POLICY.get_or_init(|| {

@@ -61,7 +61,7 @@ pub fn tile_for_device(ctx: &GpuContext) -> Option<(u32, u32)> {
     } else {
         (16, 4)
     };
-    Some(env.unwrap_or(default))
+    Some(env.unwrap_or(default)).filter(|&(r, c)| r * c <= max_tile_area(ctx))
 }
 
 /// Whether the GEMM can take `w`: the vec4 views need every chunk's column count to be a
@@ -76,11 +76,23 @@ pub fn shares_activations(ctx: &GpuContext) -> bool {
     ctx.subgroups && ctx.adapter.subgroup_size[0] >= 8
 }
 
+/// The largest register tile (ROWS × COLS quads) the GEMM takes on this device. GPUs hold
+/// the tile's accumulators in registers: on an NVIDIA H200 through Vulkan (512 rows of
+/// Qwen2.5's gate|up) 4x4 ran 0.60 ms, 8x4 43.6 ms (spilled), and 8x8 and 16x4 lost the
+/// device. CPU drivers (lavapipe: 8x2 and 16x4 fastest) take any.
+pub fn max_tile_area(ctx: &GpuContext) -> u32 {
+    if ctx.adapter.device_type == "Cpu" {
+        u32::MAX
+    } else {
+        16
+    }
+}
+
 /// Prefill launches of `W·x` with f32 activations `x` `[m][k]`, one per chunk, recorded only
 /// in steps on the GEMM path ([`Step::gemm`]); output, bias and residual as `io` says (its
 /// int8 blocks and LoRA are not used); `(rows, cols)` is the register tile
 /// ([`tile_for_device`]). A matrix that does not [`fits`] is an error (the forward pass
-/// takes this path only for matrices that do).
+/// takes this path only for matrices that do), and so is a tile over [`max_tile_area`].
 ///
 /// [`Step::gemm`]: super::Step::gemm
 pub fn gemm(
@@ -93,6 +105,10 @@ pub fn gemm(
 ) -> Result<Vec<Dispatch>, GpuError> {
     ensure_launch(fits(w), label, || {
         "the prefill GEMM needs chunks of 4k columns".into()
+    })?;
+    let max = max_tile_area(ctx);
+    ensure_launch(rows * cols <= max, label, || {
+        format!("GEMM tile {rows}x{cols} is over this device's {max} accumulators")
     })?;
     let defines = ShaderDefines::new()
         .with("ROWS", rows)
