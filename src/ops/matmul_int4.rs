@@ -298,7 +298,7 @@ fn split_policy() -> (usize, usize) {
 }
 
 /// k splits for decode-sized steps of an `n`×`k` chunk on this device: enough for about
-/// the target count of workgroups on GPUs ([`split_policy`]), each split keeping its
+/// the target count of workgroups on GPUs (`split_policy`), each split keeping its
 /// minimum of groups of 32; CPU adapters (lavapipe) already have more workgroups than
 /// cores and never split. EDGEREASON_K_SPLITS=0 turns splitting off (one pass, no reduce
 /// launch: for measuring one against the other on a GPU).
