@@ -93,6 +93,37 @@ fn tiny_llama_matches_transformers() {
 }
 
 #[test]
+fn steps_submitted_in_parts_equal_one_submission() {
+    // A step split into command buffers at layer boundaries (GPUs take 4) records the same
+    // launches in the same order: the logits and sampled tokens are bit-identical. (30
+    // layers of random weights: the fixtures have 2.)
+    let engine = Engine::load("synthetic:smollm2-135m", &EngineOptions::default()).unwrap();
+    let prompt: Vec<u32> = (3..40).collect();
+    let run = |parts: usize| {
+        let mut s = engine.session().unwrap();
+        s.set_submit_parts(Some(parts));
+        let mut out = vec![s.forward(&prompt).unwrap()];
+        let kids = s.fork(s.main, 2).unwrap();
+        let rows: Vec<_> = kids.iter().map(|&k| (k, 7u32)).collect();
+        out.extend(s.forward_rows(&rows).unwrap());
+        let greedy = edgereason::ops::sampling::RowSampling {
+            params: Default::default(),
+            step: 0,
+        };
+        let ids = s.forward_rows_sampled(&rows, &[greedy.clone(), greedy]).unwrap();
+        (out, ids, s.submit_parts())
+    };
+    let one = run(1);
+    let layers = engine.model.config.n_layer;
+    for parts in [2, 7, layers + 5] {
+        let split = run(parts);
+        assert_eq!(split.2, parts.min(layers), "parts clamp to the layer count");
+        assert_eq!(split.0, one.0, "logits with {parts} parts");
+        assert_eq!(split.1, one.1, "sampled tokens with {parts} parts");
+    }
+}
+
+#[test]
 fn a_prompt_fed_one_token_at_a_time_equals_one_prefill() {
     // The KV cache path (one token per step) gives the same logits as one prefill: prompt
     // steps take the same kernels at any row count (what makes a cached prefix exact).

@@ -83,6 +83,8 @@ pub struct Session {
     stream_adapter: std::collections::HashMap<StreamId, usize>,
     /// Timestamps bracketing each step's pass, and their resolve buffer (`time_steps`).
     step_timer: Option<(wgpu::QuerySet, wgpu::Buffer)>,
+    /// [`set_submit_parts`](Self::set_submit_parts)'s override.
+    submit_parts: Option<usize>,
     /// Copy-on-write block copies for the next step's command buffer.
     pending_copies: std::cell::RefCell<Vec<BlockCopy>>,
     /// Token sampling over the logits rows ([`forward_rows_sampled`](Self::forward_rows_sampled)).
@@ -167,6 +169,7 @@ impl Session {
             lora,
             stream_adapter: Default::default(),
             step_timer: None,
+            submit_parts: None,
             pending_copies: Default::default(),
             sampling,
             sample_rows,
@@ -579,19 +582,26 @@ impl Session {
     }
 
     /// Command buffers (and compute passes) a step is submitted in, at most one per layer:
-    /// 4 on GPUs, 1 on CPU drivers (where host and "GPU" share the cores).
-    /// EDGEREASON_SUBMIT_PARTS=N overrides. H200 through Vulkan, Qwen2.5-0.5B shapes, 512-token
-    /// prompt (`tools/gpu_check.sh`, 2026-12-04): 1 part 257-272 tok/s, 2 304, 4 307, 8 314.
+    /// 4 on GPUs, 1 on CPU drivers (where host and "GPU" share the cores); the session's
+    /// [`set_submit_parts`](Self::set_submit_parts), else EDGEREASON_SUBMIT_PARTS=N,
+    /// overrides. H200 through Vulkan, Qwen2.5-0.5B shapes, 512-token prompt
+    /// (`tools/gpu_check.sh`, 2026-12-04): 1 part 257-272 tok/s decode, 2 304, 4 307, 8 314.
     pub fn submit_parts(&self) -> usize {
         static PARTS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-        let forced = *PARTS.get_or_init(|| {
+        let env = *PARTS.get_or_init(|| {
             std::env::var("EDGEREASON_SUBMIT_PARTS")
                 .ok()
                 .and_then(|v| v.parse().ok())
         });
         let cpu = self.model.ctx.adapter.device_type == "Cpu";
-        let parts = forced.unwrap_or(if cpu { 1 } else { 4 });
+        let parts = self.submit_parts.or(env).unwrap_or(if cpu { 1 } else { 4 });
         parts.clamp(1, self.model.config.n_layer.max(1))
+    }
+
+    /// Submit each step in `parts` command buffers (`None`: the default, see
+    /// [`submit_parts`](Self::submit_parts)). The results are the same whatever the count.
+    pub fn set_submit_parts(&mut self, parts: Option<usize>) {
+        self.submit_parts = parts;
     }
 
     /// Record `parts` compute passes with `f(part, ..)`, each in its own command buffer,
