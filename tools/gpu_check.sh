@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # One-shot check of the engine on a lent GPU machine (no Rust, no network there): the
 # release binary and the test binaries are built here, stripped into .dev/, and carried
-# with .gl/ (libvulkan + GL loaders). Prints devices, runs the kernel, forward, best-of-N
-# and adapter tests on the GPU through Vulkan, and benches synthetic models of the real
-# shapes (decode/prefill, N streams, shared-prefix attention, LoRA ranks, adapter TTFT).
-# Output lands in $OUT.
+# with .gl/ (libvulkan + the glvnd libraries NVIDIA's Vulkan driver links against). Prints
+# devices, benches synthetic models of the real shapes beside llama.cpp's llama-bench on one
+# GGUF (decode/prefill, the A/B runs behind each per-device default, N streams, LoRA,
+# adapter TTFT, the server), then runs the kernel, sampling, forward, best-of-N and adapter
+# tests on the GPU through Vulkan. Output lands in $OUT (at most 8 files: what a device
+# call brings back).
 #
 # Here (the CPU machine): `bash tools/gpu_check.sh --prepare` builds and strips what to carry.
-# Then, with the device tool: run `bash tools/gpu_check.sh` with carry [".dev", ".gl"].
+# Then, with the device tool: run `DEADLINE=280 bash tools/gpu_check.sh` with carry
+# [".dev", ".gl"] (~3 min on an H200: DEADLINE caps the benches' seconds, TEST_SECONDS the
+# tests'); `ONLY="bench-qwen streams tests"` runs just those.
 set -u
 if [ "${1:-}" = --prepare ]; then
   set -e
