@@ -110,7 +110,9 @@ fn steps_submitted_in_parts_equal_one_submission() {
             params: Default::default(),
             step: 0,
         };
-        let ids = s.forward_rows_sampled(&rows, &[greedy.clone(), greedy]).unwrap();
+        let ids = s
+            .forward_rows_sampled(&rows, &[greedy.clone(), greedy])
+            .unwrap();
         (out, ids, s.submit_parts())
     };
     let one = run(1);
