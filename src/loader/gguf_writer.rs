@@ -3,7 +3,7 @@
 //!
 //! Tensors keep the engine's values exactly: int4 groups (scale·q + min) are GGUF's Q4_1,
 //! int8 groups (scale·q) Q8_0, the rest F32. The vocabulary is the model's where its
-//! tokenizer has one per id, else placeholders (a synthetic model's), with the 256
+//! BPE tokenizer has one per id, else placeholders (a synthetic model's), with the 256
 //! byte-level symbols first so any text still tokenizes; no BPE merges are written, so the
 //! file is for running engines on the same weights (benchmarks), not for chatting.
 //!
@@ -182,13 +182,14 @@ fn put_config(w: &mut GgufWriter, m: &HostModel) {
     );
 }
 
-/// Byte-level BPE vocabulary: the tokenizer's tokens by id where it has all `n_vocab`,
-/// else the 256 byte symbols and placeholders; no merges (a placeholder vocabulary has
-/// none to give).
+/// Byte-level BPE vocabulary: the tokenizer's tokens by id where it is a BPE with all
+/// `n_vocab`, else (a synthetic model's word-level one) the 256 byte symbols and
+/// placeholders; no merges (a placeholder vocabulary has none to give).
 fn put_vocab(w: &mut GgufWriter, m: &HostModel) {
     let n = m.config.n_vocab;
     let own: Vec<Option<String>> = (0..n as u32).map(|i| m.tokenizer.id_to_token(i)).collect();
-    let tokens: Vec<String> = if own.iter().all(Option::is_some) {
+    let bpe = matches!(m.tokenizer.get_model(), tokenizers::ModelWrapper::BPE(_));
+    let tokens: Vec<String> = if bpe && own.iter().all(Option::is_some) {
         own.into_iter().flatten().collect()
     } else {
         let mut bytes: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
