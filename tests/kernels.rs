@@ -832,6 +832,24 @@ fn lora_matches_reference() {
                 };
                 let lm = &set.layers[0][f];
                 let partials = ctx.storage("partials", 16);
+                // u = A·x̂ (with a folded norm's 1/rms where `eps` is given), either kernel.
+                let shrink = |lr: &LoraRows, eps: Option<f32>, split: bool| {
+                    let (a, cols) = (&lm.a, lm.a_cols);
+                    ops::lora::shrink(
+                        &ctx,
+                        "shrink",
+                        a,
+                        k,
+                        lm.segs,
+                        cols,
+                        set.max_rank,
+                        lr,
+                        &xq,
+                        &xs,
+                        eps,
+                        split,
+                    )
+                };
                 let run = |apply: Option<LoraApply>, split: bool| -> Vec<f32> {
                     let out = ctx.storage("out", (m * n * 4) as u64);
                     let io = MatmulIo::new(&xq, &xs, &out, n, &partials);
@@ -843,20 +861,7 @@ fn lora_matches_reference() {
                             list.extend(ops::matmul_int4::matmul_int4(&ctx, "mm", &w, &io).unwrap())
                         }
                         Some(apply) => {
-                            list.push(ops::lora::shrink(
-                                &ctx,
-                                "shrink",
-                                &lm.a,
-                                k,
-                                lm.segs,
-                                lm.a_cols,
-                                set.max_rank,
-                                &lr,
-                                &xq,
-                                &xs,
-                                None,
-                                split,
-                            ));
+                            list.push(shrink(&lr, None, split));
                             if apply == LoraApply::Fused {
                                 let lora = Some(MatmulLora {
                                     rows: lr,
@@ -910,20 +915,7 @@ fn lora_matches_reference() {
                     let lr = LoraRows { u: &u, ..lr };
                     let list = [
                         ops::quantize_act::quantize_act(&ctx, "q", &xb, k, k, &xq, &xs),
-                        ops::lora::shrink(
-                            &ctx,
-                            "shrink",
-                            &lm.a,
-                            k,
-                            lm.segs,
-                            lm.a_cols,
-                            set.max_rank,
-                            &lr,
-                            &xq,
-                            &xs,
-                            Some(1e-5),
-                            split,
-                        ),
+                        shrink(&lr, Some(1e-5), split),
                     ];
                     let step = ops::Step {
                         rows: m as u32,
