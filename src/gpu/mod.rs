@@ -395,6 +395,12 @@ impl GpuContext {
         self.queue.submit([enc.finish()]);
     }
 
+    /// Whether the adapter is a CPU driver (lavapipe, llvmpipe GL): kernels and launch
+    /// plans that suit its cores are chosen over the GPU ones.
+    pub fn is_cpu(&self) -> bool {
+        self.adapter.device_type == "Cpu"
+    }
+
     /// "llvmpipe (LLVM 15.0.6, 256 bits) / Vulkan"
     pub fn describe(&self) -> String {
         format!("{} / {}", self.adapter.name, self.adapter.backend)

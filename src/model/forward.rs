@@ -593,7 +593,7 @@ impl Session {
                 .ok()
                 .and_then(|v| v.parse().ok())
         });
-        let cpu = self.model.ctx.adapter.device_type == "Cpu";
+        let cpu = self.model.ctx.is_cpu();
         let parts = self.submit_parts.or(env).unwrap_or(if cpu { 1 } else { 4 });
         parts.clamp(1, self.model.config.n_layer.max(1))
     }

@@ -128,7 +128,7 @@ impl AttentionPlan {
     /// (EDGEREASON_SPLIT_ONE_STREAM=0|1).
     pub fn for_device(ctx: &GpuContext) -> Self {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
-        let cpu = ctx.adapter.device_type == "Cpu";
+        let cpu = ctx.is_cpu();
         AttentionPlan {
             split_one_stream: env("EDGEREASON_SPLIT_ONE_STREAM").map_or(!cpu, |v| v != 0),
             keys_per_split: env("EDGEREASON_KEYS_PER_SPLIT").unwrap_or_else(|| keys_per_split(ctx)),

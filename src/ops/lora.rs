@@ -116,7 +116,7 @@ pub fn split_for_device(ctx: &GpuContext) -> bool {
     std::env::var("EDGEREASON_LORA_SPLIT")
         .ok()
         .map(|v| v != "0")
-        .unwrap_or(ctx.adapter.device_type != "Cpu")
+        .unwrap_or(!ctx.is_cpu())
 }
 
 /// out`[m][n]` += s·B·u`[m]` as its own pass (the unfused path). `seg1`/`seg2` split the

@@ -305,7 +305,7 @@ fn split_policy() -> (usize, usize) {
 pub fn k_splits(ctx: &GpuContext, n: usize, k: usize) -> u32 {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let off = *OFF.get_or_init(|| std::env::var("EDGEREASON_K_SPLITS").is_ok_and(|v| v == "0"));
-    if off || ctx.adapter.device_type == "Cpu" {
+    if off || ctx.is_cpu() {
         return 1;
     }
     let (target, min_groups) = split_policy();
@@ -647,7 +647,7 @@ pub fn shares_blocks(ctx: &GpuContext) -> bool {
         .ok()
         .map(|v| v != "0");
     let able = ctx.subgroups && ctx.adapter.subgroup_size[0] >= 8;
-    able && forced.unwrap_or(ctx.adapter.device_type == "Cpu")
+    able && forced.unwrap_or(ctx.is_cpu())
 }
 
 /// Plain f32 reference: `out[m, n] = Σ_k W[n, k]·x[m, k] + bias[n]` with W dequantized.

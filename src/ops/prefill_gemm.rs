@@ -49,7 +49,7 @@ pub fn tile_for_device(ctx: &GpuContext) -> Option<(u32, u32)> {
     let forced = std::env::var("EDGEREASON_PREFILL_GEMM")
         .ok()
         .map(|v| v != "0");
-    if !forced.unwrap_or(ctx.adapter.device_type == "Cpu") {
+    if !forced.unwrap_or(ctx.is_cpu()) {
         return None;
     }
     let env = std::env::var("EDGEREASON_GEMM_TILE").ok().and_then(|v| {
@@ -81,7 +81,7 @@ pub fn shares_activations(ctx: &GpuContext) -> bool {
 /// Qwen2.5's gate|up) 4x4 ran 0.60 ms, 8x4 43.6 ms (spilled), and 8x8 and 16x4 lost the
 /// device. CPU drivers (lavapipe: 8x2 and 16x4 fastest) take any.
 pub fn max_tile_area(ctx: &GpuContext) -> u32 {
-    if ctx.adapter.device_type == "Cpu" {
+    if ctx.is_cpu() {
         u32::MAX
     } else {
         16
