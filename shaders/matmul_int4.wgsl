@@ -21,6 +21,11 @@
 // loads row l's stats, so one load brings eight rows'. On lavapipe every storage load,
 // even at a uniform address, is a loop over the lanes (see prefill_gemm.wgsl): a group
 // of ROWS rows then costs ceil(ROWS/4) + ceil(ROWS/8) activation loads instead of 2·ROWS.
+// SLICES (≥ 1): the workgroup is 64 columns × SLICES slices of k (one dimension, lane
+// l taking column l % 64 of slice l / 64: subgroup builtins need a 1-D workgroup). A decode step's matmul
+// has too few columns to fill a GPU, so its k is split: across workgroups (grid z, p.splits,
+// summed by the `reduce` launch) and/or inside one (the slices, summed in workgroup memory
+// before the epilogue: the same parallelism with no second launch).
 
 struct Params {
     n: u32,          // output features of this matrix chunk
@@ -102,7 +107,7 @@ fn swiglu_column(x: u32) -> u32 {
 fn swiglu_store(m0: u32, x: u32) {
     workgroupBarrier();
     let half = p.n / 2u;
-    if (lane < ROWS && m0 + lane < p.m) {
+    if (leader && lane < ROWS && m0 + lane < p.m) {
         var v: array<f32, 32>;
         for (var i = 0u; i < 32u; i = i + 1u) {
             v[i] = silu(gu[lane * 64u + i]) * gu[lane * 64u + 32u + i];
@@ -171,11 +176,13 @@ fn rope_store(m0: u32, x: u32) {
             v = gu[r * 64u + lane]; // V: not rotated
         }
         workgroupBarrier();
-        gu[r * 64u + lane] = v;
+        if (leader) {
+            gu[r * 64u + lane] = v;
+        }
         workgroupBarrier();
-        if (valid && head < rope.n_head) {
+        if (leader && valid && head < rope.n_head) {
             out[row * p.out_stride + rope_column(x)] = v;
-        } else if (valid && lane % 2u == 0u) {
+        } else if (leader && valid && lane % 2u == 0u) {
             // K or V: dims (d, d + 1) of this lane and the next as one f16 pair.
             let d = rope_column(x) % HEAD_DIM;
             let word = pack2x16float(vec2<f32>(v, gu[r * 64u + lane + 1u]));
@@ -209,7 +216,7 @@ fn norm_store(m0: u32, x: u32) {
     let r = lane / 2u;
     let blk = 2u * x + lane % 2u;
     let row = m0 + r;
-    if (r < ROWS && row < p.m) {
+    if (leader && r < ROWS && row < p.m) {
         var v: array<f32, 32>;
         var ss = 0.0;
         for (var i = 0u; i < 32u; i = i + 1u) {
@@ -248,6 +255,27 @@ fn load_blocks(m0: u32, g: u32, l: u32) -> Blocks {
     return b;
 }
 //#endif
+
+// Slice 0 of a workgroup writes the results; the other slices only add their partial sums.
+var<private> leader: bool = true;
+var<workgroup> slice_part: array<vec2<f32>, 64 * SLICES>;
+
+// (acc, ss) summed over the workgroup's k slices, valid in slice 0 (call in uniform
+// control flow: every slice passes the barriers).
+fn slice_sum(slice: u32, col_lane: u32, acc: f32, ss: f32) -> vec2<f32> {
+    var t = vec2<f32>(acc, ss);
+    if (SLICES > 1u) {
+        workgroupBarrier();
+        slice_part[slice * 64u + col_lane] = t;
+        workgroupBarrier();
+        if (slice == 0u) {
+            for (var z = 1u; z < SLICES; z = z + 1u) {
+                t = t + slice_part[z * 64u + col_lane];
+            }
+        }
+    }
+    return t;
+}
 
 // 1/rms of a row whose input blocks carry a folded norm's Σx² (see NORM), else 1.
 fn rms_scale(ss: f32) -> f32 {
@@ -297,7 +325,7 @@ fn epilogue(m0: u32, x: u32) {
 // A tile's result for (row, n): a partial sum when k is split, else the output. `ss`:
 // the row's Σx² over the groups this invocation read (all of them when k is not split).
 fn store(row: u32, n: u32, z: u32, acc: f32, ss: f32) {
-    if (row >= p.m || n >= p.n) {
+    if (row >= p.m || n >= p.n || !leader) {
         return;
     }
     if (p.splits > 1u) {
@@ -307,52 +335,50 @@ fn store(row: u32, n: u32, z: u32, acc: f32, ss: f32) {
     }
 }
 
-// Groups g0..g1 of split z.
-fn split_range(groups: u32, z: u32) -> vec2<u32> {
-    let per = (groups + p.splits - 1u) / p.splits;
-    let g0 = min(z * per, groups);
+// Groups g0..g1 of slice `slice` of split z (p.splits × SLICES parts in all).
+fn split_range(groups: u32, z: u32, slice: u32) -> vec2<u32> {
+    let parts = p.splits * SLICES;
+    let per = (groups + parts - 1u) / parts;
+    let i = z * SLICES + slice;
+    let g0 = min(i * per, groups);
     return vec2<u32>(g0, min(g0 + per, groups));
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(64 * SLICES)
 //#if SUBGROUPS
-fn int4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) sg_lane: u32) {
+fn int4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) sg_lane: u32) {
 //#else
-fn int4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+fn int4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
 //#endif
 //#if SWIGLU
-    lane = lid.x;
+    lane = lid.x % 64u;
     let n = swiglu_column(wid.x);
 //#else
 //#if ROPE
-    lane = lid.x;
+    lane = lid.x % 64u;
     let n = rope_column(wid.x);
 //#else
 //#if NORM
-    lane = lid.x;
-    let n = gid.x;
+    lane = lid.x % 64u;
+    let n = wid.x * 64u + lid.x % 64u;
 //#else
-    let n = gid.x;
-//#if SUBGROUPS
-    // Lanes past the end stay (the broadcasts below read every lane), on the last column;
-    // `store` skips them.
-//#else
-    if (n >= p.n) {
-        return;
-    }
-//#endif
+    // Lanes past the end stay (the broadcasts below read every lane, the slices meet at
+    // barriers), on the last column; `store` skips them.
+    let n = wid.x * 64u + lid.x % 64u;
 //#endif
 //#endif
 //#endif
     let col = min(n, p.n - 1u);
-    let m0 = gid.y * ROWS;
+    let slice = lid.x / 64u;
+    leader = slice == 0u;
+    let m0 = wid.y * ROWS;
     let groups = p.k / 32u;
     let xwords = p.k / 4u;
     // Rows past the end repeat the last row: no branches in the hot loop.
     let row{r} = min(m0 + {r}u, p.m - 1u);
     var acc{r}: f32 = 0.0;
     var ss{r}: f32 = 0.0;
-    let gr = split_range(groups, gid.z);
+    let gr = split_range(groups, wid.z, slice);
     for (var g = gr.x; g < gr.y; g = g + 1u) {
         let sm = unpack2x16float(scales[g * p.n + col]);
         let wbase = g * 4u * p.n + col;
@@ -398,50 +424,47 @@ fn int4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
         acc{r} = acc{r} + sm.x * (s{r}.x * f32(d{r}) + 8.0 * s{r}.z) + sm.y * s{r}.y;
         ss{r} = ss{r} + s{r}.w;
     }
-    store(m0 + {r}u, n, gid.z, acc{r}, ss{r});
+    let t{r} = slice_sum(slice, lid.x % 64u, acc{r}, ss{r});
+    store(m0 + {r}u, n, wid.z, t{r}.x, t{r}.y);
     if (p.splits == 1u) {
         epilogue(m0, wid.x);
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(64 * SLICES)
 //#if SUBGROUPS
-fn int8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) sg_lane: u32) {
+fn int8(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) sg_lane: u32) {
 //#else
-fn int8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+fn int8(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
 //#endif
 //#if SWIGLU
-    lane = lid.x;
+    lane = lid.x % 64u;
     let n = swiglu_column(wid.x);
 //#else
 //#if ROPE
-    lane = lid.x;
+    lane = lid.x % 64u;
     let n = rope_column(wid.x);
 //#else
 //#if NORM
-    lane = lid.x;
-    let n = gid.x;
+    lane = lid.x % 64u;
+    let n = wid.x * 64u + lid.x % 64u;
 //#else
-    let n = gid.x;
-//#if SUBGROUPS
-    // Lanes past the end stay (the broadcasts below read every lane), on the last column;
-    // `store` skips them.
-//#else
-    if (n >= p.n) {
-        return;
-    }
-//#endif
+    // Lanes past the end stay (the broadcasts below read every lane, the slices meet at
+    // barriers), on the last column; `store` skips them.
+    let n = wid.x * 64u + lid.x % 64u;
 //#endif
 //#endif
 //#endif
     let col = min(n, p.n - 1u);
-    let m0 = gid.y * ROWS;
+    let slice = lid.x / 64u;
+    leader = slice == 0u;
+    let m0 = wid.y * ROWS;
     let groups = p.k / 32u;
     let xwords = p.k / 4u;
     let row{r} = min(m0 + {r}u, p.m - 1u);
     var acc{r}: f32 = 0.0;
     var ss{r}: f32 = 0.0;
-    let gr = split_range(groups, gid.z);
+    let gr = split_range(groups, wid.z, slice);
     for (var g = gr.x; g < gr.y; g = g + 1u) {
         let sw = unpack2x16float(scales[g * p.n + col]).x;
         let wbase = g * 8u * p.n + col;
@@ -483,7 +506,8 @@ fn int8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
         acc{r} = acc{r} + sw * s{r}.x * f32(d{r});
         ss{r} = ss{r} + s{r}.w;
     }
-    store(m0 + {r}u, n, gid.z, acc{r}, ss{r});
+    let t{r} = slice_sum(slice, lid.x % 64u, acc{r}, ss{r});
+    store(m0 + {r}u, n, wid.z, t{r}.x, t{r}.y);
     if (p.splits == 1u) {
         epilogue(m0, wid.x);
     }

@@ -18,6 +18,18 @@ fn k_splits_for_test(k: usize) -> usize {
     3.min(k / 32)
 }
 
+/// (k splits across workgroups, k slices inside one) as GPUs take them — across with a
+/// reduce launch, inside alone, both — for a k-deep matmul (lavapipe alone takes (1, 1)).
+fn split_configs(k: usize) -> [(u32, u32); 3] {
+    let s = k_splits_for_test(k) as u32;
+    [(s, 1), (1, s), (2.min(s), s)]
+}
+
+/// No splits, then [`split_configs`] (an epilogue runs in the matmul or in the reduce).
+fn epilogue_configs(k: usize) -> impl Iterator<Item = (u32, u32)> {
+    std::iter::once((1, 1)).chain(split_configs(k))
+}
+
 fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -70,63 +82,69 @@ fn matmul_int4_matches_reference() {
             let xs = ctx.storage("xs", (m * k / 32 * 16) as u64);
             let bb = ctx.storage_from("bias", &bias);
             let prev = rand_vec(m * n, 5);
-            let out = ctx.storage_from("out", &prev);
             let quant = ops::quantize_act::quantize_act(&ctx, "q", &xb, k, k, &xq, &xs);
             // k splits as a GPU would take them (lavapipe alone would never split).
-            let splits = k_splits_for_test(k);
-            let partials = ctx.storage("partials", (splits * m.max(16) * n * 4) as u64);
-            let io = MatmulIo {
-                bias: Some(&bb),
-                accumulate: true,
-                ..MatmulIo::new(&xq, &xs, &out, n, &partials)
-            };
-            let mm =
-                ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm", &mat, &io, splits as u32)
-                    .unwrap();
-            let mut list = vec![&quant];
-            list.extend(mm.iter());
-            ops::run_once(&ctx, &list, m as u32, 0);
-            let got: Vec<f32> = ctx.read(&out, 0, m * n).unwrap();
-            // The kernel multiplies int8-quantized activations: compare against that exactly
-            // (tight), and against plain f32 x (loose: the quantization error itself).
-            // Per group the kernel computes scale·(Σ q·x̂ + 8·(Σx − Σx̂)) + min·Σx, with x̂
-            // the int8-rounded activations and Σx exact (centred weights times x̂).
-            let xqf = ops::quantize_act::reference(&x);
-            let mut want = prev.clone();
-            for r in 0..m {
-                for c in 0..n {
-                    let mut acc = bias[c];
-                    for g in 0..k / 32 {
-                        let grp = &groups[c * k / 32 + g];
-                        let xi = r * k + g * 32;
-                        let sq: f32 = (0..32).map(|i| grp.q[i] as f32 * xqf[xi + i]).sum();
-                        let sx: f32 = x[xi..xi + 32].iter().sum();
-                        let sxq: f32 = xqf[xi..xi + 32].iter().sum();
-                        acc += grp.scale * (sq + 8.0 * (sx - sxq)) + grp.min * sx;
+            for (splits, slices) in split_configs(k) {
+                let out = ctx.storage_from("out", &prev);
+                let partials =
+                    ctx.storage("partials", (splits as usize * m.max(16) * n * 4) as u64);
+                let io = MatmulIo {
+                    bias: Some(&bb),
+                    accumulate: true,
+                    ..MatmulIo::new(&xq, &xs, &out, n, &partials)
+                };
+                let mm = ops::matmul_int4::matmul_int4_with_splits(
+                    &ctx, "mm", &mat, &io, splits, slices,
+                )
+                .unwrap();
+                let mut list = vec![&quant];
+                list.extend(mm.iter());
+                ops::run_once(&ctx, &list, m as u32, 0);
+                let got: Vec<f32> = ctx.read(&out, 0, m * n).unwrap();
+                // The kernel multiplies int8-quantized activations: compare against that exactly
+                // (tight), and against plain f32 x (loose: the quantization error itself).
+                // Per group the kernel computes scale·(Σ q·x̂ + 8·(Σx − Σx̂)) + min·Σx, with x̂
+                // the int8-rounded activations and Σx exact (centred weights times x̂).
+                let xqf = ops::quantize_act::reference(&x);
+                let mut want = prev.clone();
+                for r in 0..m {
+                    for c in 0..n {
+                        let mut acc = bias[c];
+                        for g in 0..k / 32 {
+                            let grp = &groups[c * k / 32 + g];
+                            let xi = r * k + g * 32;
+                            let sq: f32 = (0..32).map(|i| grp.q[i] as f32 * xqf[xi + i]).sum();
+                            let sx: f32 = x[xi..xi + 32].iter().sum();
+                            let sxq: f32 = xqf[xi..xi + 32].iter().sum();
+                            acc += grp.scale * (sq + 8.0 * (sx - sxq)) + grp.min * sx;
+                        }
+                        want[r * n + c] += acc;
                     }
-                    want[r * n + c] += acc;
                 }
+                assert_close(
+                    &format!(
+                        "{} matmul n={n} k={k} m={m} splits {splits}x{slices}",
+                        path(&ctx)
+                    ),
+                    &got,
+                    &want,
+                    2e-3,
+                    2e-3,
+                );
+                let want_f32: Vec<f32> = ops::matmul_int4::reference(&w, n, k, &x, m, Some(&bias))
+                    .iter()
+                    .zip(&prev)
+                    .map(|(a, b)| a + b)
+                    .collect();
+                let err: f32 = got
+                    .iter()
+                    .zip(&want_f32)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f32>()
+                    .sqrt();
+                let norm: f32 = want_f32.iter().map(|a| a * a).sum::<f32>().sqrt();
+                assert!(err / norm < 0.01, "matmul vs f32 activations: relative error {} (int8 activations should stay under 1%)", err / norm);
             }
-            assert_close(
-                &format!("{} matmul n={n} k={k} m={m}", path(&ctx)),
-                &got,
-                &want,
-                2e-3,
-                2e-3,
-            );
-            let want_f32: Vec<f32> = ops::matmul_int4::reference(&w, n, k, &x, m, Some(&bias))
-                .iter()
-                .zip(&prev)
-                .map(|(a, b)| a + b)
-                .collect();
-            let err: f32 = got
-                .iter()
-                .zip(&want_f32)
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum::<f32>()
-                .sqrt();
-            let norm: f32 = want_f32.iter().map(|a| a * a).sum::<f32>().sqrt();
-            assert!(err / norm < 0.01, "matmul vs f32 activations: relative error {} (int8 activations should stay under 1%)", err / norm);
         }
     }
 }
@@ -342,34 +360,46 @@ fn matmul_int8_matches_reference() {
             let xb = ctx.storage_from("x", &x);
             let xq = ctx.storage("xq", (m * k) as u64);
             let xs = ctx.storage("xs", (m * k / 32 * 16) as u64);
-            let out = ctx.storage("out", (m * n * 4) as u64);
             let quant = ops::quantize_act::quantize_act(&ctx, "q", &xb, k, k, &xq, &xs);
-            let splits = k_splits_for_test(k);
-            let partials = ctx.storage("partials", (splits * m.max(16) * n * 4) as u64);
-            let io = MatmulIo::new(&xq, &xs, &out, n, &partials);
-            let mm =
-                ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm8", &mat, &io, splits as u32)
-                    .unwrap();
-            let mut list = vec![&quant];
-            list.extend(mm.iter());
-            ops::run_once(&ctx, &list, m as u32, 0);
-            let got: Vec<f32> = ctx.read(&out, 0, m * n).unwrap();
-            // int8 · int8 is exact integer arithmetic: the reference is the dequantized
-            // weights times the int8-rounded activations.
-            let wd = HostTensor {
-                shape: vec![n, k],
-                data: TensorData::Q8(groups.clone()),
+            for (splits, slices) in split_configs(k) {
+                let out = ctx.storage("out", (m * n * 4) as u64);
+                let partials =
+                    ctx.storage("partials", (splits as usize * m.max(16) * n * 4) as u64);
+                let io = MatmulIo::new(&xq, &xs, &out, n, &partials);
+                let mm = ops::matmul_int4::matmul_int4_with_splits(
+                    &ctx, "mm8", &mat, &io, splits, slices,
+                )
+                .unwrap();
+                let mut list = vec![&quant];
+                list.extend(mm.iter());
+                ops::run_once(&ctx, &list, m as u32, 0);
+                let got: Vec<f32> = ctx.read(&out, 0, m * n).unwrap();
+                // int8 · int8 is exact integer arithmetic: the reference is the dequantized
+                // weights times the int8-rounded activations.
+                let wd = HostTensor {
+                    shape: vec![n, k],
+                    data: TensorData::Q8(groups.clone()),
+                }
+                .to_f32();
+                let want = ops::matmul_int4::reference(
+                    &wd,
+                    n,
+                    k,
+                    &ops::quantize_act::reference(&x),
+                    m,
+                    None,
+                );
+                assert_close(
+                    &format!(
+                        "{} int8 matmul n={n} k={k} m={m} splits {splits}x{slices}",
+                        path(&ctx)
+                    ),
+                    &got,
+                    &want,
+                    1e-4,
+                    1e-4,
+                );
             }
-            .to_f32();
-            let want =
-                ops::matmul_int4::reference(&wd, n, k, &ops::quantize_act::reference(&x), m, None);
-            assert_close(
-                &format!("{} int8 matmul n={n} k={k} m={m}", path(&ctx)),
-                &got,
-                &want,
-                1e-4,
-                1e-4,
-            );
         }
         // int8 embedding rows
         let (n_vocab, k) = (99usize, 64usize);
@@ -1162,7 +1192,7 @@ fn swiglu_epilogue_equals_matmul_then_swiglu() {
             QuantMatrix::upload(&ctx, "gate_up", 2 * n_ff, k, QuantGroups::Int4(&groups)).unwrap();
         assert!(ops::matmul_int4::swiglu_fusable(&mat));
         for m in [1usize, 13] {
-            for splits in [1u32, k_splits_for_test(k) as u32] {
+            for (splits, slices) in epilogue_configs(k) {
                 let x = rand_vec(m * k, 31 + m as u64);
                 let xb = ctx.storage_from("x", &x);
                 let (xq, xs) = (
@@ -1181,9 +1211,10 @@ fn swiglu_epilogue_equals_matmul_then_swiglu() {
                 };
                 let (fused, separate) = (hblocks("fused"), hblocks("separate"));
                 let io = MatmulIo::new(&xq, &xs, &gate_up, 2 * n_ff, &partials);
-                let plain =
-                    ops::matmul_int4::matmul_int4_with_splits(&ctx, "mm", &mat, &io, splits)
-                        .unwrap();
+                let plain = ops::matmul_int4::matmul_int4_with_splits(
+                    &ctx, "mm", &mat, &io, splits, slices,
+                )
+                .unwrap();
                 let swiglu =
                     ops::swiglu::swiglu(&ctx, "sw", &gate_up, n_ff, &separate.0, &separate.1);
                 let with_epilogue = ops::matmul_int4::matmul_int4_with_splits(
@@ -1195,6 +1226,7 @@ fn swiglu_epilogue_equals_matmul_then_swiglu() {
                         ..io
                     },
                     splits,
+                    slices,
                 )
                 .unwrap();
                 let mut list = vec![&quant];
@@ -1232,7 +1264,7 @@ fn rope_epilogue_equals_matmul_then_rope() {
             let bias = ctx.storage_from("bias", &rand_vec(n, 43));
             let params = ops::matmul_int4::rope_params(&ctx, n_head, n_kv, 10000.0);
             for m in [1usize, 13] {
-                for splits in [1u32, k_splits_for_test(k) as u32] {
+                for (splits, slices) in epilogue_configs(k) {
                     let x = rand_vec(m * k, 47 + m as u64);
                     let xb = ctx.storage_from("x", &x);
                     let (xq, xs) = (
@@ -1272,6 +1304,7 @@ fn rope_epilogue_equals_matmul_then_rope() {
                         &mat,
                         &io(&out_sep),
                         splits,
+                        slices,
                     )
                     .unwrap();
                     let rope = ops::rope::rope_store_kv(
@@ -1295,6 +1328,7 @@ fn rope_epilogue_equals_matmul_then_rope() {
                             ..io(&out_fused)
                         },
                         splits,
+                        slices,
                     )
                     .unwrap();
                     let mut list = vec![&quant];
@@ -1379,9 +1413,9 @@ fn norm_epilogue_equals_matmul_then_rmsnorm() {
             let g = ctx.storage_from("g", &rand_vec(n_embd, 47));
             let bias = ctx.storage_from("bias", &rand_vec(n2, 53));
             for m in [1usize, 13, 40] {
-                for splits in [1u32, k_splits_for_test(k) as u32] {
+                for (splits, slices) in epilogue_configs(k) {
                     let what = format!(
-                        "{} norm epilogue int8={int8} m={m} splits={splits}",
+                        "{} norm epilogue int8={int8} m={m} splits={splits}x{slices}",
                         path(&ctx)
                     );
                     let a = ctx.storage_from("a", &rand_vec(m * k, 59 + m as u64));
@@ -1406,8 +1440,10 @@ fn norm_epilogue_equals_matmul_then_rmsnorm() {
                     let partials =
                         ctx.storage("partials", (splits as usize * 16 * n_embd * 4) as u64);
                     let mm = |label: &str, w: &QuantMatrix, io: MatmulIo| {
-                        ops::matmul_int4::matmul_int4_with_splits(&ctx, label, w, &io, splits)
-                            .unwrap()
+                        ops::matmul_int4::matmul_int4_with_splits(
+                            &ctx, label, w, &io, splits, slices,
+                        )
+                        .unwrap()
                     };
                     let residual = |x| MatmulIo {
                         accumulate: true,

@@ -90,7 +90,10 @@ fn every_shader_variant_validates_and_translates() {
         check("lora", &ShaderDefines::new().with("ROWS", rows));
         check(
             "matmul_int4",
-            &ShaderDefines::new().with("ROWS", rows).with("LORA", 1),
+            &ShaderDefines::new()
+                .with("ROWS", rows)
+                .with("LORA", 1)
+                .with("SLICES", 1),
         );
     }
     let queries = edgereason::ops::attention::PREFIX_QUERIES;
@@ -105,8 +108,12 @@ fn every_shader_variant_validates_and_translates() {
     }
     for rows in 1..=16 {
         for subgroups in [0, 1] {
-            let defines = ShaderDefines::new().with("SUBGROUPS", subgroups);
-            check("matmul_int4", &defines.with("ROWS", rows));
+            for slices in [1, 4] {
+                let defines = ShaderDefines::new()
+                    .with("SUBGROUPS", subgroups)
+                    .with("SLICES", slices);
+                check("matmul_int4", &defines.with("ROWS", rows));
+            }
         }
     }
     // The epilogue variants (SwiGLU, RoPE + KV store, the next norm's blocks), each with
@@ -118,6 +125,7 @@ fn every_shader_variant_validates_and_translates() {
                     .with("ROWS", rows)
                     .with("LORA", lora)
                     .with("SUBGROUPS", lora)
+                    .with("SLICES", 1 + 2 * lora)
             };
             check("matmul_int4", &base().with("SWIGLU", 1));
             check("matmul_int4", &base().with("ROPE", 1).with("HEAD_DIM", 64));
@@ -184,7 +192,10 @@ fn check_params<P: edgereason::ops::KernelParams>() {
 /// As [`check_params`], against the `Params`-named struct of shader `shader`.
 fn check_params_of<P: edgereason::ops::KernelParams>(shader: &str) {
     // Every optional struct compiled in (the RoPE epilogue's uniform is under ROPE).
-    let defines = ShaderDefines::new().with("ROWS", 1).with("COLS", 1);
+    let defines = ShaderDefines::new()
+        .with("ROWS", 1)
+        .with("COLS", 1)
+        .with("SLICES", 1);
     let defines = match (shader, P::STRUCT) {
         (_, "Rope") => defines.with("ROPE", 1).with("HEAD_DIM", 64),
         ("prefill_coop", _) => edgereason::ops::prefill_coop::defines(8, 8, (1, 1)),

@@ -84,9 +84,18 @@ $B quantize $Q $F 2>&1 | tail -1
 run bench-qwen $B bench --model $F --prompt-tokens 512 --gen-tokens 128
 [ -x .dev/llama-bench ] && run llama-bench-vulkan .dev/llama-bench -m $F -p 512 -n 128 -ngl 99 -r 5
 # Decode fixed cost, each choice against the default in the same run (the "decode" and
-# "decode step" lines): the step submitted in parts split at layers, so the GPU starts
-# while the host records the rest; split-K policies (workgroups aimed at, fewest 32-k
-# groups per split); no split-K (6 launches a layer); both.
+# "decode step" lines). First k split inside the workgroup (SLICES: 64 columns × S
+# slices summed in workgroup memory, no reduce launch): S slices taking S of the policy's
+# splits (the reduce stays where more are asked for: the down projection), then slices
+# alone (EDGEREASON_K_SPLITS=0: one launch per matmul, 6 a layer). Then the step
+# submitted in parts split at layers, so the GPU starts while the host records the rest;
+# split-K policies (workgroups aimed at, fewest 32-k groups per split); no split-K.
+for s in 4 8; do
+  EDGEREASON_K_SLICES=$s run decode-slices-$s $B bench --model $F --prompt-tokens 512 --gen-tokens 128
+done
+for s in 4 8 16; do
+  EDGEREASON_K_SPLITS=0 EDGEREASON_K_SLICES=$s run decode-slices-$s-alone $B bench --model $F --prompt-tokens 512 --gen-tokens 128
+done
 for parts in 2 4 8; do
   EDGEREASON_SUBMIT_PARTS=$parts run decode-parts-$parts $B bench --model $F --prompt-tokens 512 --gen-tokens 128
 done
@@ -124,12 +133,13 @@ for g in kernels sampling forward best_of_n adapters; do
   (EDGEREASON_REQUIRE_COOP=1 timeout "$t" .dev/$g --test-threads 1 >"/tmp/test-$g.txt" 2>&1; echo "$g exit $?" >>"/tmp/test-$g.txt") &
 done
 (EDGEREASON_SUBMIT_PARTS=4 timeout "$t" .dev/forward --test-threads 1 >/tmp/test-forward-parts.txt 2>&1; echo "forward-parts exit $?" >>/tmp/test-forward-parts.txt) &
+(EDGEREASON_K_SLICES=8 timeout "$t" .dev/forward --test-threads 1 >/tmp/test-forward-slices.txt 2>&1; echo "forward-slices exit $?" >>/tmp/test-forward-slices.txt) &
 wait
-for g in kernels sampling forward best_of_n adapters forward-parts; do
+for g in kernels sampling forward best_of_n adapters forward-parts forward-slices; do
   echo "## $g"; grep -E "^test |test result|panicked|worst| exit " "/tmp/test-$g.txt"
 done >"$OUT/tests.txt"
 # Failures in full (panic messages), at most 400 lines.
-for g in kernels sampling forward best_of_n adapters forward-parts; do
+for g in kernels sampling forward best_of_n adapters forward-parts forward-slices; do
   grep -q "test result: ok" "/tmp/test-$g.txt" || { echo "## $g"; tail -n 80 "/tmp/test-$g.txt"; }
 done | head -n 400 >"$OUT/failures.txt"
 grep -E "test result|FAILED|panicked| exit " "$OUT/tests.txt"

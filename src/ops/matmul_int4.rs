@@ -313,11 +313,42 @@ pub fn k_splits(ctx: &GpuContext, n: usize, k: usize) -> u32 {
     (target.div_ceil(wgs)).clamp(1, (k / 32 / min_groups).max(1)) as u32
 }
 
+/// Slices of k inside one workgroup of a `k`-deep matmul on this device (the kernel's
+/// SLICES: 64 columns × SLICES invocations, summed in workgroup memory before the
+/// epilogue). A slice does the work of a k split without the reduce launch, so a decode
+/// step that splits k in slices alone has one launch per matmul instead of two. Default
+/// 1 everywhere until a GPU measures it (tools/gpu_check.sh runs the A/B);
+/// EDGEREASON_K_SLICES=S asks for S, capped by the device's workgroup size and by one
+/// 32-k group per slice.
+pub fn k_slices(ctx: &GpuContext, k: usize) -> u32 {
+    static ASKED: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let asked = *ASKED.get_or_init(|| {
+        std::env::var("EDGEREASON_K_SLICES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+    });
+    let limits = ctx.device.limits();
+    let fit = limits
+        .max_compute_invocations_per_workgroup
+        .min(limits.max_compute_workgroup_size_x)
+        / 64;
+    asked.clamp(1, fit.max(1)).min((k / 32).max(1) as u32)
+}
+
+/// k splits across workgroups (each summed by a reduce launch) for decode-sized steps of
+/// an `n`×`k` chunk: what [`k_splits`] asks for, less what `slices` inside each workgroup
+/// already give.
+pub fn workgroup_splits(ctx: &GpuContext, n: usize, k: usize, slices: u32) -> u32 {
+    k_splits(ctx, n, k).div_ceil(slices)
+}
+
 /// Bytes of split-K partials `w` needs for decode steps (≤ 16 rows) on this device.
 pub fn partial_bytes(ctx: &GpuContext, w: &QuantMatrix) -> u64 {
+    let slices = k_slices(ctx, w.k);
     w.chunks
         .iter()
-        .map(|c| k_splits(ctx, c.n, w.k) as u64 * 16 * c.n as u64 * 4)
+        .map(|c| workgroup_splits(ctx, c.n, w.k, slices) as u64 * 16 * c.n as u64 * 4)
         .max()
         .unwrap_or(0)
 }
@@ -484,24 +515,27 @@ pub fn matmul_int4(
     w: &QuantMatrix,
     io: &MatmulIo,
 ) -> Result<Vec<Dispatch>, GpuError> {
+    let slices = k_slices(ctx, w.k);
     let splits = w
         .chunks
         .iter()
-        .map(|c| k_splits(ctx, c.n, w.k))
+        .map(|c| workgroup_splits(ctx, c.n, w.k, slices))
         .collect::<Vec<_>>();
-    matmul_dispatches(ctx, label, w, io, &splits)
+    matmul_dispatches(ctx, label, w, io, &splits, slices)
 }
 
-/// As [`matmul_int4`] with a fixed number of k splits for decode steps (tests force the
-/// split-K path on devices that would not take it).
+/// As [`matmul_int4`] with fixed k splits for decode steps: `splits` across workgroups
+/// (reduce launch) and `slices` inside each (tests force both paths on devices that would
+/// not take them).
 pub fn matmul_int4_with_splits(
     ctx: &GpuContext,
     label: &str,
     w: &QuantMatrix,
     io: &MatmulIo,
     splits: u32,
+    slices: u32,
 ) -> Result<Vec<Dispatch>, GpuError> {
-    matmul_dispatches(ctx, label, w, io, &vec![splits; w.chunks.len()])
+    matmul_dispatches(ctx, label, w, io, &vec![splits; w.chunks.len()], slices)
 }
 
 /// The kernel variant `io` asks for — fused LoRA and at most one epilogue (SwiGLU,
@@ -575,10 +609,12 @@ fn matmul_dispatches(
     w: &QuantMatrix,
     io: &MatmulIo,
     chunk_splits: &[u32],
+    slices: u32,
 ) -> Result<Vec<Dispatch>, GpuError> {
     // Without a bias any read-only buffer fills the binding: the activations' scales.
     let bias = io.bias.unwrap_or(io.xs);
     let (kinds, defines, extra) = variant(ctx, label, w, io)?;
+    let defines = defines.with("SLICES", slices.max(1));
     let mut out_list = Vec::new();
     for (c, &splits) in w.chunks.iter().zip(chunk_splits) {
         let mut params = MatmulParams {
