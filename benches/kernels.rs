@@ -80,6 +80,7 @@ fn attention(c: &mut Criterion) {
                         shared_prefix,
                         flash_prefill: false,
                         split_one_stream: true,
+                        one_stream_slices: 1,
                     },
                 )
                 .unwrap();

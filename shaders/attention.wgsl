@@ -3,6 +3,10 @@
 // keys_per_split keys and writes an unnormalized partial with its (max, sum); `merge`
 // combines the splits by their log-sum-exp. With one split the result is written directly.
 // Variant SUBGROUPS=1 reduces with subgroup operations where the device has them.
+// SLICES (≥ 1): `main`'s workgroup is SLICES slices of 64 lanes, each taking its own run of
+// the workgroup's keys; the slices' (max, sum, output) are combined in workgroup memory as
+// `merge` combines splits, so one stream's decode can cover its keys with as many lanes
+// as a split launch gives and no merge launch.
 // The cache is paged: key t of row m sits in slot tables[m][t / block_size] · block_size
 // + t % block_size, so streams forked from one prompt share its blocks.
 // Row m attends to its keys 0..=positions[m] (so prefill is causal and decode sees
@@ -90,13 +94,17 @@ fn key_slot(m: u32, t: u32) -> u32 {
 const WG: u32 = 64u;
 const MAX_HEAD_DIM: u32 = 256u;
 var<workgroup> q: array<vec4<f32>, MAX_HEAD_DIM / 4u>;
-var<workgroup> prob: array<f32, 64>;
-var<workgroup> red: array<f32, 64>;
+// Each slice's own 64 (see SLICES): `sbase` is this lane's slice times 64.
+var<workgroup> prob: array<f32, 64 * SLICES>;
+var<workgroup> red: array<f32, 64 * SLICES>;
 // Cache slot of each key of the chunk: the block-table lookup (a load and, on CPUs, eight
 // scalar divisions per lane vector) is done once per key, not once per key and lane.
-var<workgroup> slot: array<u32, 64>;
+var<workgroup> slot: array<u32, 64 * SLICES>;
 // Per-lane partial outputs (8 dims) of the key groups, summed at the end (see `main`).
-var<workgroup> pacc: array<vec4<f32>, 128>;
+var<workgroup> pacc: array<vec4<f32>, 128 * SLICES>;
+// Each slice's (max, sum), for combining the slices.
+var<workgroup> slice_ml: array<vec2<f32>, SLICES>;
+var<private> sbase: u32;
 
 // q · k over the dims of the UNIT cache words at word w (unpacked from `kk`).
 fn dot_unit(w: u32, kk: vec4<u32>) -> f32 {
@@ -127,12 +135,12 @@ var<private> sg_size: u32;
 fn reduce_max(tid: u32, v: f32) -> f32 {
     let s = subgroupMax(v);
     if (sg_lane == 0u) {
-        red[tid / sg_size] = s;
+        red[sbase + tid / sg_size] = s;
     }
     workgroupBarrier();
-    var r = red[0];
+    var r = red[sbase];
     for (var i = 1u; i < (WG + sg_size - 1u) / sg_size; i = i + 1u) {
-        r = max(r, red[i]);
+        r = max(r, red[sbase + i]);
     }
     workgroupBarrier();
     return r;
@@ -141,47 +149,47 @@ fn reduce_max(tid: u32, v: f32) -> f32 {
 fn reduce_sum(tid: u32, v: f32) -> f32 {
     let s = subgroupAdd(v);
     if (sg_lane == 0u) {
-        red[tid / sg_size] = s;
+        red[sbase + tid / sg_size] = s;
     }
     workgroupBarrier();
-    var r = red[0];
+    var r = red[sbase];
     for (var i = 1u; i < (WG + sg_size - 1u) / sg_size; i = i + 1u) {
-        r = r + red[i];
+        r = r + red[sbase + i];
     }
     workgroupBarrier();
     return r;
 }
 //#else
 fn reduce_max(tid: u32, v: f32) -> f32 {
-    red[tid] = v;
+    red[sbase + tid] = v;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s = s >> 1u) {
         if (tid < s) {
-            red[tid] = max(red[tid], red[tid + s]);
+            red[sbase + tid] = max(red[sbase + tid], red[sbase + tid + s]);
         }
         workgroupBarrier();
     }
-    let r = red[0];
+    let r = red[sbase];
     workgroupBarrier();
     return r;
 }
 
 fn reduce_sum(tid: u32, v: f32) -> f32 {
-    red[tid] = v;
+    red[sbase + tid] = v;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s = s >> 1u) {
         if (tid < s) {
-            red[tid] = red[tid] + red[tid + s];
+            red[sbase + tid] = red[sbase + tid] + red[sbase + tid + s];
         }
         workgroupBarrier();
     }
-    let r = red[0];
+    let r = red[sbase];
     workgroupBarrier();
     return r;
 }
 //#endif
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(64 * SLICES)
 //#if SUBGROUPS
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) size: u32) {
     sg_lane = lane;
@@ -193,12 +201,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let z = wid.z + p.shared_splits;
     let h = wid.x;
     let m = wid.y;
-    let tid = lid.x;
+    let tid = lid.x % WG;
+    let slice = lid.x / WG;
+    sbase = slice * WG;
     let hd = p.head_dim;
     let words = hd / 2u;                 // packed words per head
     let kv_words = p.n_kv_head * words;  // packed words per cache slot
     let kvh = h / (p.n_head / p.n_kv_head);
-    for (var d4 = tid; d4 < hd / 4u; d4 = d4 + WG) {
+    for (var d4 = lid.x; d4 < hd / 4u; d4 = d4 + WG * SLICES) {
         let qb = m * p.qkv_stride + h * hd + 4u * d4;
         q[d4] = vec4<f32>(qkv[qb], qkv[qb + 1u], qkv[qb + 2u], qkv[qb + 3u]) * p.scale;
     }
@@ -211,6 +221,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         k_begin = min(z * p.keys_per_split, n_keys);
         k_end = min(k_begin + p.keys_per_split, n_keys);
     }
+    // This slice's keys: whole chunks of WG, the same count for every slice (they meet at
+    // the reductions' barriers), keys past the slice's end masked.
+    let chunks = (k_end - k_begin + WG * SLICES - 1u) / (WG * SLICES);
+    let s_begin = min(k_begin + slice * chunks * WG, k_end);
+    let s_end = min(s_begin + chunks * WG, k_end);
     var run_max = -3.0e38;
     var run_sum = 0.0;
     // Scores: lane t takes key t of the chunk. P·V: a head is `units` loads of UNIT words;
@@ -224,12 +239,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let g_own = tid / units;
     var lo = vec4<f32>(0.0);
     var hi = vec4<f32>(0.0);
-    for (var c = k_begin; c < k_end; c = c + WG) {
+    for (var ci = 0u; ci < chunks; ci = ci + 1u) {
+        let c = s_begin + ci * WG;
         let t = c + tid;
         var s = -3.0e38;
-        if (t < k_end) {
+        if (t < s_end) {
             let st = key_slot(m, t);
-            slot[tid] = st;
+            slot[sbase + tid] = st;
             let kb = st * kv_words + kvh * words;
             var dot = 0.0;
             for (var w = 0u; w < words; w = w + UNIT) {
@@ -238,18 +254,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             s = dot;
         }
         let new_max = max(run_max, reduce_max(tid, s));
-        let e = select(0.0, exp(s - new_max), t < k_end);
-        prob[tid] = e;
+        let e = select(0.0, exp(s - new_max), t < s_end);
+        prob[sbase + tid] = e;
         let correction = exp(run_max - new_max);
         run_sum = run_sum * correction + reduce_sum(tid, e);
         run_max = new_max;
         lo = lo * correction;
         hi = hi * correction;
-        let n_chunk = min(WG, k_end - c);
+        let n_chunk = select(0u, min(WG, s_end - c), c < s_end);
         if (g_own < groups) {
             for (var j = g_own; j < n_chunk; j = j + groups) {
-                let vv = v_unit(slot[j] * kv_words + kvh * words + w_own);
-                let pj = prob[j];
+                let vv = v_unit(slot[sbase + j] * kv_words + kvh * words + w_own);
+                let pj = prob[sbase + j];
                 lo = lo + pj * vec4<f32>(unpack2x16float(vv.x), unpack2x16float(vv.y));
                 hi = hi + pj * vec4<f32>(unpack2x16float(vv.z), unpack2x16float(vv.w));
             }
@@ -258,20 +274,49 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     // Sum the key groups' partials into the lanes of group 0 (tid < units).
     if (groups > 1u) {
-        pacc[2u * tid] = lo;
-        pacc[2u * tid + 1u] = hi;
+        pacc[2u * (sbase + tid)] = lo;
+        pacc[2u * (sbase + tid) + 1u] = hi;
         workgroupBarrier();
         if (tid < units) {
             for (var g = 1u; g < groups; g = g + 1u) {
-                lo = lo + pacc[2u * (g * units + tid)];
-                hi = hi + pacc[2u * (g * units + tid) + 1u];
+                lo = lo + pacc[2u * (sbase + g * units + tid)];
+                hi = hi + pacc[2u * (sbase + g * units + tid) + 1u];
             }
         }
     }
-    let owner = tid < units;
+    // Combine the slices into slice 0 by their log-sum-exp (as `merge` does the splits).
+    if (SLICES > 1u) {
+        workgroupBarrier();
+        if (tid == 0u) {
+            slice_ml[slice] = vec2<f32>(run_max, run_sum);
+        }
+        if (tid < units) {
+            pacc[2u * (sbase + tid)] = lo;
+            pacc[2u * (sbase + tid) + 1u] = hi;
+        }
+        workgroupBarrier();
+        if (slice == 0u) {
+            var mx = slice_ml[0].x;
+            for (var i = 1u; i < SLICES; i = i + 1u) {
+                mx = max(mx, slice_ml[i].x);
+            }
+            let c0 = exp(run_max - mx);
+            lo = lo * c0;
+            hi = hi * c0;
+            run_sum = run_sum * c0;
+            for (var i = 1u; i < SLICES; i = i + 1u) {
+                let ci = exp(slice_ml[i].x - mx);
+                run_sum = run_sum + ci * slice_ml[i].y;
+                lo = lo + ci * pacc[2u * (i * WG + tid)];
+                hi = hi + ci * pacc[2u * (i * WG + tid) + 1u];
+            }
+            run_max = mx;
+        }
+    }
+    let owner = tid < units && slice == 0u;
     if (p.n_splits > 1u) {
         let part = (m * p.n_head + h) * p.n_splits + z;
-        if (tid == 0u) {
+        if (tid == 0u && slice == 0u) {
             part_ml[part] = vec2<f32>(run_max, run_sum);
         }
         if (owner) {
@@ -290,7 +335,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     if (p.quantize != 0u) {
         storageBarrier();
-        if (tid < hd / 32u) {
+        if (tid < hd / 32u && slice == 0u) {
             quantize_out(m, h, tid);
         }
     }

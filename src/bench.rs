@@ -462,6 +462,7 @@ pub fn attention(
                 shared_prefix: true,
                 flash_prefill: false,
                 split_one_stream: true,
+                one_stream_slices: 1,
             },
         )?,
         per_stream_shared_cache_ms: time(

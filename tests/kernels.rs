@@ -551,6 +551,7 @@ fn rope_and_attention_match_reference() {
                 shared_prefix: true,
                 flash_prefill: false,
                 split_one_stream: true,
+                one_stream_slices: 1,
             };
             macro_rules! io {
                 ($qkv:expr, $positions:expr, $tables:expr, $out:expr) => {
@@ -716,12 +717,46 @@ fn rope_and_attention_match_reference() {
                 };
                 assert_eq!(ops::attention_splits(&step, 16), 5);
                 assert_eq!(ops::prefix_splits(&step, 16, true), want_prefix);
-                check_rows(
-                    &rows,
-                    plan,
-                    &step,
-                    &format!("split attention (prefix splits {want_prefix})"),
-                );
+                for one_stream_slices in [1, 3] {
+                    check_rows(
+                        &rows,
+                        ops::attention::AttentionPlan {
+                            one_stream_slices,
+                            ..plan
+                        },
+                        &step,
+                        &format!("split attention (prefix splits {want_prefix})"),
+                    );
+                }
+            }
+
+            // One stream's decode steps with its keys in slices of the workgroup (no splits,
+            // no merge): 80 keys over 2, 3 and 4 slices of 64 lanes leave slices partly
+            // filled and empty; rows near the start leave all but slice 0 empty.
+            for slices in [2u32, 3, 4] {
+                let sliced = ops::attention::AttentionPlan {
+                    one_stream_slices: slices,
+                    ..plan
+                };
+                for rows in [
+                    vec![79usize],
+                    vec![75, 76, 77, 78, 79],
+                    vec![5],
+                    vec![63, 64],
+                ] {
+                    let step = ops::Step {
+                        rows: rows.len() as u32,
+                        kv_len: *rows.last().unwrap() as u32 + 1,
+                        one_stream: true,
+                        ..Default::default()
+                    };
+                    check_rows(
+                        &rows,
+                        sliced,
+                        &step,
+                        &format!("one stream in {slices} slices"),
+                    );
+                }
             }
         }
     }
@@ -775,6 +810,7 @@ fn shared_prefix_attention_matches_reference() {
                                 shared_prefix,
                                 flash_prefill: false,
                                 split_one_stream: true,
+                                one_stream_slices: 1,
                             },
                         )
                         .unwrap();
@@ -1136,6 +1172,7 @@ fn attention_writes_the_int8_blocks_quantize_act_would() {
                 shared_prefix: false,
                 flash_prefill: flash,
                 split_one_stream: true,
+                one_stream_slices: 1,
             };
             let att = ops::attention::attention(&ctx, "att", &io, n_head, n_kv, hd, plan).unwrap();
             let step = ops::Step {

@@ -98,13 +98,16 @@ fn every_shader_variant_validates_and_translates() {
     }
     let queries = edgereason::ops::attention::PREFIX_QUERIES;
     for (subgroups, quads) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-        check(
-            "attention",
-            &ShaderDefines::new()
-                .with("SUBGROUPS", subgroups)
-                .with("ROWS", queries)
-                .with("QUADS", quads),
-        );
+        for slices in [1, 4] {
+            check(
+                "attention",
+                &ShaderDefines::new()
+                    .with("SUBGROUPS", subgroups)
+                    .with("ROWS", queries)
+                    .with("QUADS", quads)
+                    .with("SLICES", slices),
+            );
+        }
     }
     for rows in 1..=16 {
         for subgroups in [0, 1] {
@@ -149,7 +152,8 @@ fn every_shader_variant_validates_and_translates() {
             &ShaderDefines::new()
                 .with("ROWS", queries)
                 .with("HEAD_DIM", hd)
-                .with("QUADS", quads),
+                .with("QUADS", quads)
+                .with("SLICES", 1),
         );
     }
 }

@@ -84,17 +84,23 @@ $B quantize $Q $F 2>&1 | tail -1
 run bench-qwen $B bench --model $F --prompt-tokens 512 --gen-tokens 128
 [ -x .dev/llama-bench ] && run llama-bench-vulkan .dev/llama-bench -m $F -p 512 -n 128 -ngl 99 -r 5
 # Decode fixed cost, each choice against the default in the same run (the "decode" and
-# "decode step" lines). First k split inside the workgroup (SLICES: 64 columns × S
-# slices summed in workgroup memory, no reduce launch): S slices taking S of the policy's
-# splits (the reduce stays where more are asked for: the down projection), then slices
-# alone (EDGEREASON_K_SPLITS=0: one launch per matmul, 6 a layer). Then the step
-# submitted in parts split at layers, so the GPU starts while the host records the rest;
-# split-K policies (workgroups aimed at, fewest 32-k groups per split); no split-K.
+# "decode step" lines). First the splits inside the workgroup, which need no second
+# launch: matmul k in slices (SLICES: 64 columns × S slices summed in workgroup memory)
+# alone (EDGEREASON_K_SPLITS=0: 6 launches a layer), then with one stream's attention keys
+# in slices too (no merge launch: 5 a layer), at 512 and 2048 tokens; S slices taking S
+# of the split policy's splits (the reduce stays where more are asked: the down
+# projection). Then the step submitted in parts split at layers; split-K policies
+# (workgroups aimed at, fewest 32-k groups per split); no split-K.
+for s in 8 4 16; do
+  EDGEREASON_K_SPLITS=0 EDGEREASON_K_SLICES=$s run decode-slices-$s-alone $B bench --model $F --prompt-tokens 512 --gen-tokens 128
+done
+for a in 4 8 2; do
+  EDGEREASON_K_SPLITS=0 EDGEREASON_K_SLICES=8 EDGEREASON_ATTENTION_SLICES=$a run decode-slices-8-att-$a $B bench --model $F --prompt-tokens 512 --gen-tokens 128
+done
+EDGEREASON_K_SPLITS=0 EDGEREASON_K_SLICES=8 EDGEREASON_ATTENTION_SLICES=8 run decode-slices-8-att-8-2048 $B bench --model $F --prompt-tokens 2048 --gen-tokens 64 --ctx 4096
+run decode-2048 $B bench --model $F --prompt-tokens 2048 --gen-tokens 64 --ctx 4096
 for s in 4 8; do
   EDGEREASON_K_SLICES=$s run decode-slices-$s $B bench --model $F --prompt-tokens 512 --gen-tokens 128
-done
-for s in 4 8 16; do
-  EDGEREASON_K_SPLITS=0 EDGEREASON_K_SLICES=$s run decode-slices-$s-alone $B bench --model $F --prompt-tokens 512 --gen-tokens 128
 done
 for parts in 2 4 8; do
   EDGEREASON_SUBMIT_PARTS=$parts run decode-parts-$parts $B bench --model $F --prompt-tokens 512 --gen-tokens 128
@@ -133,7 +139,7 @@ for g in kernels sampling forward best_of_n adapters; do
   (EDGEREASON_REQUIRE_COOP=1 timeout "$t" .dev/$g --test-threads 1 >"/tmp/test-$g.txt" 2>&1; echo "$g exit $?" >>"/tmp/test-$g.txt") &
 done
 (EDGEREASON_SUBMIT_PARTS=4 timeout "$t" .dev/forward --test-threads 1 >/tmp/test-forward-parts.txt 2>&1; echo "forward-parts exit $?" >>/tmp/test-forward-parts.txt) &
-(EDGEREASON_K_SLICES=8 timeout "$t" .dev/forward --test-threads 1 >/tmp/test-forward-slices.txt 2>&1; echo "forward-slices exit $?" >>/tmp/test-forward-slices.txt) &
+(EDGEREASON_K_SPLITS=0 EDGEREASON_K_SLICES=8 EDGEREASON_ATTENTION_SLICES=4 timeout "$t" .dev/forward --test-threads 1 >/tmp/test-forward-slices.txt 2>&1; echo "forward-slices exit $?" >>/tmp/test-forward-slices.txt) &
 wait
 for g in kernels sampling forward best_of_n adapters forward-parts forward-slices; do
   echo "## $g"; grep -E "^test |test result|panicked|worst| exit " "/tmp/test-$g.txt"

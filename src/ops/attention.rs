@@ -115,6 +115,10 @@ pub struct AttentionPlan {
     /// GPUs need the workgroups; on a CPU adapter the heads alone outnumber the cores,
     /// so the split's only effect there is the merge launch.
     pub split_one_stream: bool,
+    /// Slices of 64 lanes a one-stream decode step's workgroup splits its keys into (the
+    /// shader's SLICES): > 1 takes the place of `split_one_stream`'s split launches and
+    /// their merge, one launch a layer fewer.
+    pub one_stream_slices: u32,
 }
 
 impl AttentionPlan {
@@ -125,11 +129,16 @@ impl AttentionPlan {
     /// is measured there. EDGEREASON_KEYS_PER_SPLIT, EDGEREASON_SHARED_PREFIX=0|1 and
     /// EDGEREASON_FLASH_PREFILL=0|1 override them (for measuring one against the other);
     /// [`split_one_stream`](Self::split_one_stream) is on for GPUs, off on CPU adapters
-    /// (EDGEREASON_SPLIT_ONE_STREAM=0|1).
+    /// (EDGEREASON_SPLIT_ONE_STREAM=0|1). [`one_stream_slices`](Self::one_stream_slices)
+    /// is 1 until a GPU measures it (EDGEREASON_ATTENTION_SLICES=S, capped by
+    /// [`max_slices`]; tools/gpu_check.sh runs the A/B).
     pub fn for_device(ctx: &GpuContext) -> Self {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
         let cpu = ctx.is_cpu();
         AttentionPlan {
+            one_stream_slices: env("EDGEREASON_ATTENTION_SLICES")
+                .unwrap_or(1)
+                .clamp(1, max_slices(ctx)),
             split_one_stream: env("EDGEREASON_SPLIT_ONE_STREAM").map_or(!cpu, |v| v != 0),
             keys_per_split: env("EDGEREASON_KEYS_PER_SPLIT").unwrap_or_else(|| keys_per_split(ctx)),
             shared_prefix: env("EDGEREASON_SHARED_PREFIX").is_none_or(|v| v != 0),
@@ -145,6 +154,23 @@ pub fn shared_prefix_supported(ctx: &GpuContext, head_dim: usize, keys_per_split
     head_dim <= 64
         && (1..=64).contains(&keys_per_split)
         && ctx.device.limits().max_compute_workgroup_storage_size >= PREFIX_WORKGROUP_BYTES
+}
+
+/// The most slices of 64 lanes `main`'s workgroup can have on this device: its
+/// invocations, and its workgroup memory (the query, then per slice its scores, slots,
+/// reduction scratch and output partials).
+pub fn max_slices(ctx: &GpuContext) -> u32 {
+    let limits = ctx.device.limits();
+    let lanes = limits
+        .max_compute_invocations_per_workgroup
+        .min(limits.max_compute_workgroup_size_x)
+        / 64;
+    let per_slice = 3 * 64 * 4 + 128 * 16 + 8;
+    let memory = limits
+        .max_compute_workgroup_storage_size
+        .saturating_sub(256 * 4)
+        / per_slice;
+    lanes.min(memory).max(1)
 }
 
 /// Whether the kernels read the cache as vec4 words (`QUADS` in the shader): a head's
@@ -222,10 +248,21 @@ fn attention_spec<'a>(
             xs,
         ],
         grid,
-        defines: ShaderDefines::new()
-            .with("SUBGROUPS", (ctx.subgroups && entry == "main") as u32)
-            .with("ROWS", PREFIX_QUERIES)
-            .with("QUADS", loads_quads(params.head_dim as usize) as u32),
+        defines: entry_defines(ctx, entry, params.head_dim),
+    }
+}
+
+/// An entry point's fixed defines; `main` chooses SLICES per step (see
+/// [`Grid::PerRowSplits`]), the others run one slice.
+fn entry_defines(ctx: &GpuContext, entry: &str, head_dim: u32) -> ShaderDefines {
+    let defines = ShaderDefines::new()
+        .with("SUBGROUPS", (ctx.subgroups && entry == "main") as u32)
+        .with("ROWS", PREFIX_QUERIES)
+        .with("QUADS", loads_quads(head_dim as usize) as u32);
+    if entry == "main" {
+        defines
+    } else {
+        defines.with("SLICES", 1)
     }
 }
 
@@ -277,18 +314,21 @@ pub fn attention(
         };
         out.push(Dispatch::new(ctx, spec("prefix", grid)));
     }
+    // Slices take the place of one stream's split launches.
+    let split_one_stream = plan.split_one_stream && plan.one_stream_slices <= 1;
     let per_row = Grid::PerRowSplits {
         x,
         keys_per_split,
         cascade,
-        split_one_stream: plan.split_one_stream,
+        split_one_stream,
+        one_stream_slices: plan.one_stream_slices,
     };
     out.push(Dispatch::new(ctx, spec("main", per_row)));
     let merge = Grid::IfSplit {
         x,
         keys_per_split,
         cascade,
-        split_one_stream: plan.split_one_stream,
+        split_one_stream,
     };
     out.push(Dispatch::new(ctx, spec("merge", merge)));
     if plan.flash_prefill {

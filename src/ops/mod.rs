@@ -194,11 +194,14 @@ pub enum Grid {
     /// x fixed, y = rows.
     PerRow { x: u32 },
     /// x fixed, y = rows, z = attention splits after those the shared-prefix pass took.
+    /// Decode steps of one stream take the pipeline with `one_stream_slices` slices of 64
+    /// lanes (the SLICES define: the keys split inside the workgroup).
     PerRowSplits {
         x: u32,
         keys_per_split: u32,
         cascade: bool,
         split_one_stream: bool,
+        one_stream_slices: u32,
     },
     /// x fixed, y = rows; launched only when attention was split (the merge pass).
     IfSplit {
@@ -235,12 +238,16 @@ pub struct Dispatch {
     words: Vec<u32>,
     dynamic: Vec<(usize, Dyn)>,
     last: Cell<Option<(u32, u32, u32, u32)>>,
-    /// Pipelines used so far, by row tile (see [`Dispatch::pipeline`]).
-    pipelines: RefCell<Vec<(Option<u32>, Arc<wgpu::ComputePipeline>)>>,
+    /// Pipelines used so far, by per-step define (see [`Dispatch::pipeline`]).
+    pipelines: RefCell<Vec<(StepDefine, Arc<wgpu::ComputePipeline>)>>,
     grid: Grid,
     defines: ShaderDefines,
     when: When,
 }
+
+/// The one define a launch chooses per step, if any: matmul's row tile (ROWS), attention's
+/// slices of 64 lanes (SLICES).
+type StepDefine = Option<(&'static str, u32)>;
 
 /// What a launcher hands to [`Dispatch::new`].
 pub struct DispatchSpec<'a> {
@@ -311,20 +318,20 @@ impl Dispatch {
         rows.clamp(1, cap.clamp(1, 16))
     }
 
-    /// This launch's pipeline for a row tile, looked up in the context's cache once per
-    /// tile and then kept here: a decode step records hundreds of launches, and hashing a
-    /// key string for each was host time on every step.
-    fn pipeline(&self, ctx: &GpuContext, row_tile: Option<u32>) -> Arc<wgpu::ComputePipeline> {
+    /// This launch's pipeline for a per-step define, looked up in the context's cache once
+    /// per value and then kept here: a decode step records hundreds of launches, and
+    /// hashing a key string for each was host time on every step.
+    fn pipeline(&self, ctx: &GpuContext, step_define: StepDefine) -> Arc<wgpu::ComputePipeline> {
         let mut cache = self.pipelines.borrow_mut();
-        if let Some((_, p)) = cache.iter().find(|(t, _)| *t == row_tile) {
+        if let Some((_, p)) = cache.iter().find(|(d, _)| *d == step_define) {
             return p.clone();
         }
-        let defines = match row_tile {
-            Some(per) => self.defines.clone().with("ROWS", per),
+        let defines = match step_define {
+            Some((name, value)) => self.defines.clone().with(name, value),
             None => self.defines.clone(),
         };
         let p = ctx.pipeline(self.shader, self.entry, &defines, &self.layout.1);
-        cache.push((row_tile, p.clone()));
+        cache.push((step_define, p.clone()));
         p
     }
 
@@ -359,9 +366,9 @@ impl Dispatch {
             return;
         }
         self.update_params(ctx, step, splits, shared);
-        let (row_tile, grid) = self.workgroups(step.rows, splits, shared);
+        let (step_define, grid) = self.workgroups(step, splits, shared);
         ctx.stats.dispatch();
-        let pipeline = self.pipeline(ctx, row_tile);
+        let pipeline = self.pipeline(ctx, step_define);
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
@@ -372,7 +379,8 @@ impl Dispatch {
     fn split_counts(&self, step: &Step) -> (u32, u32) {
         match self.grid {
             // Without `split_one_stream` a step of one stream's rows takes its keys whole
-            // (no merge launch): see `AttentionPlan::split_one_stream`.
+            // (no merge launch), in slices of the workgroup for decode steps: see
+            // `AttentionPlan::split_one_stream`.
             Grid::PerRowSplits {
                 split_one_stream: false,
                 ..
@@ -432,18 +440,27 @@ impl Dispatch {
         self.last.set(Some(key));
     }
 
-    /// The row tile (matmul's ROWS define, the only one chosen per step) and the
-    /// workgroup grid for `rows` rows.
-    fn workgroups(&self, rows: u32, splits: u32, shared: u32) -> (Option<u32>, [u32; 3]) {
+    /// The define chosen per step (matmul's row tile, attention's slices) and the
+    /// workgroup grid for the step's rows.
+    fn workgroups(&self, step: &Step, splits: u32, shared: u32) -> (StepDefine, [u32; 3]) {
+        let rows = step.rows;
         match self.grid {
             Grid::RowTiles { x, .. } => {
                 let per = Self::rows_per_tile(rows);
-                (Some(per), [x, rows.div_ceil(per), splits])
+                (Some(("ROWS", per)), [x, rows.div_ceil(per), splits])
             }
             // The reduce pass shares its module with the tiled matmul, which needs a ROWS.
-            Grid::IfKSplit { x, .. } => (Some(1), [x, rows, 1]),
+            Grid::IfKSplit { x, .. } => (Some(("ROWS", 1)), [x, rows, 1]),
             Grid::PerRow { x } | Grid::IfSplit { x, .. } => (None, [x, rows, 1]),
-            Grid::PerRowSplits { x, .. } => (None, [x, rows, splits - shared]),
+            Grid::PerRowSplits {
+                x,
+                one_stream_slices,
+                ..
+            } => {
+                let decode = step.one_stream && !step.prompt && rows <= PREFILL_ROWS;
+                let slices = if decode { one_stream_slices.max(1) } else { 1 };
+                (Some(("SLICES", slices)), [x, rows, splits - shared])
+            }
             Grid::Prefix { x, group, .. } => {
                 let per = self.defines.get("ROWS").unwrap_or(1);
                 (None, [x, (rows * group).div_ceil(per), shared])
