@@ -2,7 +2,8 @@
 //!
 //! Layers, bottom up: [`gpu`] (device, pipelines, buffers) → [`ops`] (one launcher per
 //! WGSL kernel) → [`model`] (config, weights, forward pass) → [`engine`] (generation,
-//! scoring, sampling) → the `edgereason` CLI.
+//! scoring, sampling) → the `edgereason` CLI. [`tune`] times the per-device kernel choices
+//! on the device and keeps the fastest ([`gpu::tuning`]).
 
 // No panics on input paths: an unwrap, expect, panic or unreachable in library code is a
 // lint error unless it carries `#[expect(.., reason = "..")]` saying why it cannot fire,
@@ -29,6 +30,7 @@ pub mod sampling;
 pub mod sched;
 pub mod server;
 mod sync;
+pub mod tune;
 
 /// An error and its causes on one line, outermost first, leaving out a cause whose text
 /// its parent already quotes (`{:#}` would print it twice): what the CLI and the bindings

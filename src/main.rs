@@ -48,6 +48,10 @@ enum Cmd {
     Score(ScoreArgs),
     /// Prefill/decode throughput, TTFT, memory and the per-kernel split.
     Bench(BenchArgs),
+    /// Time the per-device kernel choices (k splits, slices, submissions, prefill path) on
+    /// this device with `bench` and keep the fastest in its tuning file, which later runs
+    /// read (an EDGEREASON_* variable still overrides; EDGEREASON_TUNING=0 ignores the file).
+    Tune(TuneArgs),
     /// Print a model's configuration and tensors.
     Inspect { model: String },
     /// List GPU adapters with backend, features and limits.
@@ -197,6 +201,25 @@ struct BenchArgs {
     /// Repetitions for --adapter-ttft and --prefill-matmul (median).
     #[arg(long, default_value_t = 3)]
     reps: usize,
+}
+
+/// `tune`'s flags.
+#[derive(clap::Args)]
+struct TuneArgs {
+    #[arg(long, default_value = "qwen2.5-coder-0.5b")]
+    model: String,
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    gen_tokens: usize,
+    /// Trials per candidate (alternating); the median decides.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Measure and print, but leave the tuning file as it is.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long)]
+    json: bool,
 }
 
 /// `chat`'s flags.
@@ -820,6 +843,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Eval(a) => eval_tasks(a, &cli)?,
         Cmd::Score(a) => score_text(a, &cli)?,
         Cmd::Bench(a) => bench(a, &cli)?,
+        Cmd::Tune(a) => tune(a, &cli)?,
         Cmd::Inspect { model } => inspect(model)?,
         Cmd::Devices { json } => devices(*json)?,
         Cmd::Pull { name, list } => match name.as_ref().filter(|_| !*list) {
@@ -1203,6 +1227,43 @@ fn bench(a: &BenchArgs, cli: &Cli) -> Result<()> {
         return bench_streams(&engine, a, ns);
     }
     bench_report(&engine, a)
+}
+
+/// `tune`: every candidate's trials, the medians, and the knobs kept.
+fn tune(a: &TuneArgs, cli: &Cli) -> Result<()> {
+    let ctx = edgereason::gpu::GpuContext::new(cli.device.as_deref())?;
+    let exe = std::env::current_exe().context("finding the edgereason binary")?;
+    let mut progress = |line: &str| eprintln!("tune: {line}");
+    let tokens = (a.prompt_tokens, a.gen_tokens);
+    let r = edgereason::tune::run(&ctx, &exe, &a.model, tokens, a.rounds, &mut progress)?;
+    let median = |v: &[f64]| edgereason::tune::median(v).unwrap_or(f64::NAN);
+    let mut summary = format!("edgereason tune on {} / {}", r.device, r.model);
+    for (c, v) in &r.decode {
+        summary += &format!("\ndecode  {:<32} {:>9.2} tok/s {v:.2?}", c.name, median(v));
+    }
+    for (c, v) in &r.prefill {
+        summary += &format!("\nprefill {:<32} {:>9.1} tok/s {v:.1?}", c.name, median(v));
+    }
+    let kept: Vec<String> = r.chosen.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    summary += &format!(
+        "\nkept: {}",
+        if kept.is_empty() {
+            "the defaults".into()
+        } else {
+            kept.join(" ")
+        }
+    );
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("{summary}");
+    }
+    if !a.dry_run {
+        let path = edgereason::gpu::tuning::save(&r.device_key, &summary, &r.chosen)
+            .context("writing the tuning file")?;
+        eprintln!("tune: wrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// `bench --prefill-matmul`: prefill-sized matmuls, each path and tile (GFLOP/s).

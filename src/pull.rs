@@ -113,12 +113,8 @@ pub fn known_models() -> &'static [KnownModel] {
 
 /// `$EDGEREASON_CACHE`, else `<platform cache dir>/edgereason`.
 pub fn cache_dir() -> Result<PathBuf> {
-    if let Some(d) = std::env::var_os("EDGEREASON_CACHE").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(d));
-    }
-    Ok(dirs::cache_dir()
-        .context("no cache directory on this platform: set EDGEREASON_CACHE")?
-        .join("edgereason"))
+    crate::gpu::tuning::cache_root()
+        .context("no cache directory on this platform: set EDGEREASON_CACHE")
 }
 
 /// A way to put a model's bytes into a `.partial` file.

@@ -563,3 +563,79 @@ fn flags_that_would_be_ignored_or_cannot_work_are_errors() {
         );
     }
 }
+
+#[test]
+fn tune_keeps_a_tuning_file_that_later_runs_read() {
+    let cache = tempfile::tempdir().unwrap();
+    let with_cache = |args: &[&str]| {
+        bin()
+            .args(args)
+            .env("EDGEREASON_CACHE", cache.path())
+            .output()
+            .unwrap()
+    };
+    let tiny = fixture("tiny-qwen2");
+    let out = with_cache(&[
+        "tune",
+        "--model",
+        &tiny,
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "4",
+        "--rounds",
+        "1",
+        "--json",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tune failed: {err}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Every candidate ran once; the defaults come first.
+    let decode = r["decode"].as_array().unwrap();
+    assert!(decode.len() >= 2, "{r}");
+    assert_eq!(decode[0][0]["name"], "default");
+    for c in decode {
+        assert_eq!(c[1].as_array().unwrap().len(), 1, "a trial failed: {err}");
+    }
+    // The file holds what was chosen, under the device's key.
+    let key = r["device_key"].as_str().unwrap();
+    let path = cache.path().join("tuning").join(format!("{key}.env"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let vars = edgereason::gpu::tuning::parse(&text).unwrap();
+    let chosen: Vec<(String, String)> = serde_json::from_value(r["chosen"].clone()).unwrap();
+    assert_eq!(vars, chosen);
+    // A damaged file is a warning naming it, not a failure.
+    std::fs::write(&path, "EDGEREASON_K_SLICES=2\nnot a knob\n").unwrap();
+    let run = with_cache(&["run", "--model", &tiny, "--raw", "hi", "--max-tokens", "2"]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "run failed: {err}");
+    assert!(
+        err.contains("ignoring tuning file") && err.contains("line 2"),
+        "no warning: {err}"
+    );
+    // A knob in the file applies (two command buffers a step and the read-back's), and
+    // the environment still overrides it.
+    std::fs::write(&path, "EDGEREASON_SUBMIT_PARTS=2\n").unwrap();
+    let submits = |envs: &[(&str, &str)]| {
+        let out = bin()
+            .args([
+                "bench",
+                "--model",
+                &tiny,
+                "--prompt-tokens",
+                "8",
+                "--gen-tokens",
+                "4",
+            ])
+            .args(["--json"])
+            .env("EDGEREASON_CACHE", cache.path())
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["decode_step_cost"]["submits"].as_u64().unwrap()
+    };
+    assert_eq!(submits(&[]), 3);
+    assert_eq!(submits(&[("EDGEREASON_SUBMIT_PARTS", "1")]), 2);
+    assert_eq!(submits(&[("EDGEREASON_TUNING", "0")]), 2);
+}

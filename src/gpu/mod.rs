@@ -4,6 +4,7 @@
 mod buffers;
 mod shader;
 mod stats;
+pub mod tuning;
 
 pub use buffers::*;
 pub use shader::{expand_shader, ShaderDefines, SHADER_FILES};
@@ -306,6 +307,7 @@ impl GpuContext {
         let pick = pick_adapter(&all, selector.as_deref())?;
         let adapter = &all[pick];
         let summary = summarize(pick, adapter);
+        tuning::load(&tuning::device_key(&summary));
         // Only what the kernels can use; every limit is the adapter's own.
         let subgroups = allow_subgroups && adapter.features().contains(wgpu::Features::SUBGROUP);
         let cooperative_tile = cooperative_tile(adapter).filter(|_| subgroups);

@@ -589,9 +589,7 @@ impl Session {
     pub fn submit_parts(&self) -> usize {
         static PARTS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
         let env = *PARTS.get_or_init(|| {
-            std::env::var("EDGEREASON_SUBMIT_PARTS")
-                .ok()
-                .and_then(|v| v.parse().ok())
+            crate::gpu::tuning::knob("EDGEREASON_SUBMIT_PARTS").and_then(|v| v.parse().ok())
         });
         let cpu = self.model.ctx.is_cpu();
         let parts = self.submit_parts.or(env).unwrap_or(if cpu { 1 } else { 4 });

@@ -193,7 +193,7 @@ impl<'a> Launches<'a> {
         apply: LoraApply,
     ) -> Self {
         let (ctx, c) = (model.ctx.as_ref(), &model.config);
-        let fold_norms = std::env::var("EDGEREASON_FOLD_NORMS").map_or(true, |v| v != "0")
+        let fold_norms = crate::gpu::tuning::knob("EDGEREASON_FOLD_NORMS").is_none_or(|v| v != "0")
             && model.layers.iter().all(|l| {
                 ops::matmul_int4::norm_foldable(&l.wo) && ops::matmul_int4::norm_foldable(&l.w_down)
             });

@@ -133,7 +133,7 @@ impl AttentionPlan {
     /// is 1 until a GPU measures it (EDGEREASON_ATTENTION_SLICES=S, capped by
     /// [`max_slices`]; tools/gpu_check.sh runs the A/B).
     pub fn for_device(ctx: &GpuContext) -> Self {
-        let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+        let env = |name: &str| crate::gpu::tuning::knob(name).and_then(|v| v.parse::<u32>().ok());
         let cpu = ctx.is_cpu();
         AttentionPlan {
             one_stream_slices: env("EDGEREASON_ATTENTION_SLICES")

@@ -113,8 +113,7 @@ pub fn shrink(
 /// H200 it made a rank-8 decode step 6x slower), not on CPU drivers, where the workgroup
 /// reduction costs more than the arithmetic. EDGEREASON_LORA_SPLIT=0|1 overrides.
 pub fn split_for_device(ctx: &GpuContext) -> bool {
-    std::env::var("EDGEREASON_LORA_SPLIT")
-        .ok()
+    crate::gpu::tuning::knob("EDGEREASON_LORA_SPLIT")
         .map(|v| v != "0")
         .unwrap_or(!ctx.is_cpu())
 }

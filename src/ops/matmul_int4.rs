@@ -284,8 +284,7 @@ fn split_policy() -> (usize, usize) {
     static POLICY: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
     *POLICY.get_or_init(|| {
         let env = |name: &str, default: usize| {
-            std::env::var(name)
-                .ok()
+            crate::gpu::tuning::knob(name)
                 .and_then(|v| v.parse().ok())
                 .filter(|&v: &usize| v > 0)
                 .unwrap_or(default)
@@ -304,7 +303,8 @@ fn split_policy() -> (usize, usize) {
 /// launch: for measuring one against the other on a GPU).
 pub fn k_splits(ctx: &GpuContext, n: usize, k: usize) -> u32 {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let off = *OFF.get_or_init(|| std::env::var("EDGEREASON_K_SPLITS").is_ok_and(|v| v == "0"));
+    let off = *OFF
+        .get_or_init(|| crate::gpu::tuning::knob("EDGEREASON_K_SPLITS").is_some_and(|v| v == "0"));
     if off || ctx.is_cpu() {
         return 1;
     }
@@ -323,8 +323,7 @@ pub fn k_splits(ctx: &GpuContext, n: usize, k: usize) -> u32 {
 pub fn k_slices(ctx: &GpuContext, k: usize) -> u32 {
     static ASKED: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let asked = *ASKED.get_or_init(|| {
-        std::env::var("EDGEREASON_K_SLICES")
-            .ok()
+        crate::gpu::tuning::knob("EDGEREASON_K_SLICES")
             .and_then(|v| v.parse().ok())
             .unwrap_or(1)
     });
@@ -679,9 +678,7 @@ fn matmul_dispatches(
 /// shaders/prefill_gemm.wgsl); GPUs keep plain loads, which are broadcasts there, until
 /// measured. EDGEREASON_SHARE_BLOCKS=0|1 overrides (for measuring).
 pub fn shares_blocks(ctx: &GpuContext) -> bool {
-    let forced = std::env::var("EDGEREASON_SHARE_BLOCKS")
-        .ok()
-        .map(|v| v != "0");
+    let forced = crate::gpu::tuning::knob("EDGEREASON_SHARE_BLOCKS").map(|v| v != "0");
     let able = ctx.subgroups && ctx.adapter.subgroup_size[0] >= 8;
     able && forced.unwrap_or(ctx.is_cpu())
 }

@@ -310,8 +310,7 @@ impl Dispatch {
     fn rows_per_tile(rows: u32) -> u32 {
         static CAP: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
         let cap = *CAP.get_or_init(|| {
-            std::env::var("EDGEREASON_MAX_TILE")
-                .ok()
+            crate::gpu::tuning::knob("EDGEREASON_MAX_TILE")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(16)
         });

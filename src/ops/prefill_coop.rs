@@ -61,8 +61,7 @@ pub fn shape_for_device(ctx: &GpuContext) -> Option<CoopShape> {
     let tile = ctx
         .cooperative_tile
         .filter(|_| ctx.subgroups && min == max)?;
-    let (rows, cols) = std::env::var("EDGEREASON_COOP_TILES")
-        .ok()
+    let (rows, cols) = crate::gpu::tuning::knob("EDGEREASON_COOP_TILES")
         .and_then(|v| {
             let (r, c) = v.split_once('x')?;
             Some((r.parse().ok()?, c.parse().ok()?))
@@ -80,7 +79,7 @@ pub fn shape_for_device(ctx: &GpuContext) -> Option<CoopShape> {
 /// with EDGEREASON_PREFILL_COOP=1: off by default until measured on a GPU against the
 /// int8 path (tools/gpu_check.sh runs both), as the f32 GEMM was.
 pub fn shape_for_prefill(ctx: &GpuContext) -> Option<CoopShape> {
-    let asked = std::env::var("EDGEREASON_PREFILL_COOP").is_ok_and(|v| v == "1");
+    let asked = crate::gpu::tuning::knob("EDGEREASON_PREFILL_COOP").is_some_and(|v| v == "1");
     shape_for_device(ctx).filter(|_| asked)
 }
 

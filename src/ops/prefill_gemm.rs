@@ -46,13 +46,11 @@ const KINDS: &[Binding] = &[
 /// GEMM is measured on one. EDGEREASON_PREFILL_GEMM=0|1 and EDGEREASON_GEMM_TILE=RxC
 /// override (for measuring).
 pub fn tile_for_device(ctx: &GpuContext) -> Option<(u32, u32)> {
-    let forced = std::env::var("EDGEREASON_PREFILL_GEMM")
-        .ok()
-        .map(|v| v != "0");
+    let forced = crate::gpu::tuning::knob("EDGEREASON_PREFILL_GEMM").map(|v| v != "0");
     if !forced.unwrap_or(ctx.is_cpu()) {
         return None;
     }
-    let env = std::env::var("EDGEREASON_GEMM_TILE").ok().and_then(|v| {
+    let env = crate::gpu::tuning::knob("EDGEREASON_GEMM_TILE").and_then(|v| {
         let (r, c) = v.split_once('x')?;
         Some((r.parse().ok()?, c.parse().ok()?))
     });
