@@ -86,22 +86,18 @@ run bench-qwen $B bench --model $F --prompt-tokens 512 --gen-tokens 128
 # Decode fixed cost, each choice against the default in the same run (the "decode" and
 # "decode step" lines). First the splits inside the workgroup, which need no second
 # launch: matmul k in slices (SLICES: 64 columns × S slices summed in workgroup memory)
-# alone (EDGEREASON_K_SPLITS=0: 6 launches a layer), then with one stream's attention keys
-# in slices too (no merge launch: 5 a layer), at 512 and 2048 tokens; S slices taking S
-# of the split policy's splits (the reduce stays where more are asked: the down
-# projection). Then the step submitted in parts split at layers; split-K policies
-# (workgroups aimed at, fewest 32-k groups per split); no split-K.
-for s in 8 4 16; do
-  EDGEREASON_K_SPLITS=0 EDGEREASON_K_SLICES=$s run decode-slices-$s-alone $B bench --model $F --prompt-tokens 512 --gen-tokens 128
-done
-for a in 4 8 2; do
-  EDGEREASON_K_SPLITS=0 EDGEREASON_K_SLICES=8 EDGEREASON_ATTENTION_SLICES=$a run decode-slices-8-att-$a $B bench --model $F --prompt-tokens 512 --gen-tokens 128
-done
+# alone (EDGEREASON_K_SPLITS=0: 6 launches a layer), with one stream's attention keys in
+# slices too (no merge launch: 5 a layer), or S slices taking S of the split policy's
+# splits (the reduce stays where more are asked: the down projection) — `edgereason
+# tune` times those candidates in alternating rounds, each trial's launches a layer
+# beside it (--dry-run: later runs here keep the defaults); then a few more, and at 2048
+# tokens. Then the step submitted in parts split at layers; split-K policies (workgroups
+# aimed at, fewest 32-k groups per split); no split-K.
+run tune bash -c "$B tune --model $F --prompt-tokens 512 --gen-tokens 64 --rounds 2 --dry-run 2>&1"
+EDGEREASON_K_SPLITS=0 EDGEREASON_K_SLICES=16 run decode-slices-16-alone $B bench --model $F --prompt-tokens 512 --gen-tokens 128
+EDGEREASON_K_SPLITS=0 EDGEREASON_K_SLICES=8 EDGEREASON_ATTENTION_SLICES=8 run decode-slices-8-att-8 $B bench --model $F --prompt-tokens 512 --gen-tokens 128
 EDGEREASON_K_SPLITS=0 EDGEREASON_K_SLICES=8 EDGEREASON_ATTENTION_SLICES=8 run decode-slices-8-att-8-2048 $B bench --model $F --prompt-tokens 2048 --gen-tokens 64 --ctx 4096
 run decode-2048 $B bench --model $F --prompt-tokens 2048 --gen-tokens 64 --ctx 4096
-for s in 4 8; do
-  EDGEREASON_K_SLICES=$s run decode-slices-$s $B bench --model $F --prompt-tokens 512 --gen-tokens 128
-done
 for parts in 2 4 8; do
   EDGEREASON_SUBMIT_PARTS=$parts run decode-parts-$parts $B bench --model $F --prompt-tokens 512 --gen-tokens 128
 done
