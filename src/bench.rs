@@ -20,6 +20,8 @@ use std::time::Instant;
 pub struct BenchReport {
     pub device: String,
     pub model: String,
+    /// Knobs set away from the defaults, and where ([`crate::gpu::tuning::in_effect`]).
+    pub knobs: Vec<String>,
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
     /// Prompt to first logits, pipelines already compiled.
@@ -314,6 +316,7 @@ pub fn run(
     Ok(BenchReport {
         device: engine.ctx.describe(),
         model: model_name.to_string(),
+        knobs: crate::gpu::tuning::in_effect(),
         prompt_tokens,
         gen_tokens,
         ttft_ms: ttft * 1e3,

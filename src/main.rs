@@ -1454,6 +1454,12 @@ fn bench_report(engine: &Engine, a: &BenchArgs) -> Result<()> {
     } else {
         println!("device        {}", r.device);
         println!("model         {}", r.model);
+        let knobs = if r.knobs.is_empty() {
+            "defaults".into()
+        } else {
+            r.knobs.join(", ")
+        };
+        println!("knobs         {knobs}");
         println!("prefill       {:.1} tok/s ({} tokens, TTFT {:.0} ms; {:.0} ms cold, with pipeline compilation)", r.prefill_tokens_per_s, r.prompt_tokens, r.ttft_ms, r.cold_ttft_ms);
         println!("decode        {:.2} tok/s (median step {:.1} ms over {} tokens; {} B read back per step)", r.decode_tokens_per_s, r.decode_step_ms, r.gen_tokens, r.readback_bytes_per_step);
         println!(

@@ -263,7 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn candidates_start_with_the_defaults_and_set_only_knobs() {
+    fn candidates_start_with_the_defaults_and_set_only_tuning_knobs() {
         for cands in [
             decode_candidates(true),
             decode_candidates(false),
@@ -273,7 +273,7 @@ mod tests {
             assert!(cands
                 .iter()
                 .flat_map(|c| &c.vars)
-                .all(|(k, _)| k.starts_with("EDGEREASON_")));
+                .all(|(k, _)| crate::gpu::tuning::KNOBS.contains(k)));
         }
     }
 }

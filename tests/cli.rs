@@ -617,25 +617,34 @@ fn tune_keeps_a_tuning_file_that_later_runs_read() {
     // the environment still overrides it.
     std::fs::write(&path, "EDGEREASON_SUBMIT_PARTS=2\n").unwrap();
     let submits = |envs: &[(&str, &str)]| {
-        let out = bin()
-            .args([
-                "bench",
-                "--model",
-                &tiny,
-                "--prompt-tokens",
-                "8",
-                "--gen-tokens",
-                "4",
-            ])
-            .args(["--json"])
-            .env("EDGEREASON_CACHE", cache.path())
-            .envs(envs.iter().copied())
-            .output()
-            .unwrap();
+        let mut cmd = bin();
+        cmd.args([
+            "bench",
+            "--model",
+            &tiny,
+            "--prompt-tokens",
+            "8",
+            "--gen-tokens",
+            "4",
+            "--json",
+        ])
+        .env("EDGEREASON_CACHE", cache.path());
+        for k in edgereason::gpu::tuning::KNOBS {
+            cmd.env_remove(k);
+        }
+        let out = cmd.envs(envs.iter().copied()).output().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["decode_step_cost"]["submits"].as_u64().unwrap()
+        let knobs = v["knobs"].as_array().unwrap().clone();
+        (v["decode_step_cost"]["submits"].as_u64().unwrap(), knobs)
     };
-    assert_eq!(submits(&[]), 3);
-    assert_eq!(submits(&[("EDGEREASON_SUBMIT_PARTS", "1")]), 2);
-    assert_eq!(submits(&[("EDGEREASON_TUNING", "0")]), 2);
+    // bench names the knobs in effect and where they come from.
+    let (n, knobs) = submits(&[]);
+    assert_eq!(n, 3);
+    let from_file = format!("EDGEREASON_SUBMIT_PARTS=2 ({})", path.display());
+    assert_eq!(knobs, vec![serde_json::Value::from(from_file)]);
+    let (n, knobs) = submits(&[("EDGEREASON_SUBMIT_PARTS", "1")]);
+    assert_eq!((n, knobs.len()), (2, 1));
+    assert_eq!(knobs[0], "EDGEREASON_SUBMIT_PARTS=1 (env)");
+    let (n, knobs) = submits(&[("EDGEREASON_TUNING", "0")]);
+    assert_eq!((n, knobs.len()), (2, 0));
 }

@@ -18,13 +18,64 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-static TUNED: OnceLock<HashMap<String, String>> = OnceLock::new();
+/// Every knob [`knob`] serves: what a tuning file may set, and what [`in_effect`] reports.
+pub const KNOBS: &[&str] = &[
+    "EDGEREASON_K_SPLITS",
+    "EDGEREASON_SPLIT_TARGET",
+    "EDGEREASON_SPLIT_MIN_GROUPS",
+    "EDGEREASON_K_SLICES",
+    "EDGEREASON_ATTENTION_SLICES",
+    "EDGEREASON_SPLIT_ONE_STREAM",
+    "EDGEREASON_KEYS_PER_SPLIT",
+    "EDGEREASON_SHARED_PREFIX",
+    "EDGEREASON_FLASH_PREFILL",
+    "EDGEREASON_SUBMIT_PARTS",
+    "EDGEREASON_LORA_SPLIT",
+    "EDGEREASON_PREFILL_COOP",
+    "EDGEREASON_COOP_TILES",
+    "EDGEREASON_PREFILL_GEMM",
+    "EDGEREASON_GEMM_TILE",
+    "EDGEREASON_MAX_TILE",
+    "EDGEREASON_FOLD_NORMS",
+    "EDGEREASON_SHARE_BLOCKS",
+];
+
+/// The tuning file this process loaded (if any) and its knobs.
+struct Tuned {
+    path: Option<PathBuf>,
+    vars: HashMap<String, String>,
+}
+
+static TUNED: OnceLock<Tuned> = OnceLock::new();
 
 /// A knob's value: the environment's, else the tuning file's (see the module docs).
 pub fn knob(name: &str) -> Option<String> {
     std::env::var(name)
         .ok()
-        .or_else(|| TUNED.get().and_then(|t| t.get(name).cloned()))
+        .or_else(|| TUNED.get().and_then(|t| t.vars.get(name).cloned()))
+}
+
+/// The knobs set away from their built-in defaults, each as `NAME=VALUE (env)` or
+/// `NAME=VALUE (<tuning file>)`, environment first (what `bench` prints beside its figures).
+pub fn in_effect() -> Vec<String> {
+    let mut out: Vec<String> = KNOBS
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v} (env)")))
+        .collect();
+    if let Some(t) = TUNED.get() {
+        let mut vars: Vec<_> = t
+            .vars
+            .iter()
+            .filter(|(k, _)| std::env::var(k).is_err())
+            .collect();
+        vars.sort();
+        let from = t
+            .path
+            .as_ref()
+            .map_or(String::new(), |p| p.display().to_string());
+        out.extend(vars.into_iter().map(|(k, v)| format!("{k}={v} ({from})")));
+    }
+    out
 }
 
 /// `$EDGEREASON_CACHE`, else `<platform cache dir>/edgereason` (models, tuning files).
@@ -60,7 +111,7 @@ pub fn tuning_file(key: &str) -> Option<PathBuf> {
 }
 
 /// `KEY=VALUE` lines (blank lines and `#` comments skipped); a line that is not one, or a
-/// key that is not an `EDGEREASON_*` knob, is an error naming the line.
+/// key that is not one of the [`KNOBS`], is an error naming the line.
 pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut vars = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -68,12 +119,14 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        match line.split_once('=') {
-            Some((k, v)) if k.trim().starts_with("EDGEREASON_") => {
-                vars.push((k.trim().to_string(), v.trim().to_string()));
-            }
-            _ => return Err(format!("line {}: expected EDGEREASON_NAME=VALUE", i + 1)),
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(format!("line {}: expected EDGEREASON_NAME=VALUE", i + 1));
+        };
+        let k = k.trim();
+        if !KNOBS.contains(&k) {
+            return Err(format!("line {}: {k} is not a tuning knob", i + 1));
         }
+        vars.push((k.to_string(), v.trim().to_string()));
     }
     Ok(vars)
 }
@@ -82,18 +135,25 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
 /// file is no tuning, a malformed one a warning and no tuning.
 pub(crate) fn load(key: &str) {
     TUNED.get_or_init(|| {
+        let none = Tuned {
+            path: None,
+            vars: HashMap::new(),
+        };
         let off = std::env::var("EDGEREASON_TUNING").is_ok_and(|v| v == "0");
         let Some(path) = tuning_file(key).filter(|p| !off && p.exists()) else {
-            return HashMap::new();
+            return none;
         };
         let parsed = std::fs::read_to_string(&path)
             .map_err(|e| e.to_string())
             .and_then(|text| parse(&text));
         match parsed {
-            Ok(vars) => vars.into_iter().collect(),
+            Ok(vars) => Tuned {
+                path: Some(path),
+                vars: vars.into_iter().collect(),
+            },
             Err(e) => {
                 eprintln!("edgereason: ignoring tuning file {}: {e}", path.display());
-                HashMap::new()
+                none
             }
         }
     });
@@ -131,9 +191,16 @@ mod tests {
         );
         assert_eq!(
             parse("EDGEREASON_K_SLICES=8\nPATH=/tmp\n").unwrap_err(),
-            "line 2: expected EDGEREASON_NAME=VALUE"
+            "line 2: PATH is not a tuning knob"
         );
-        assert!(parse("EDGEREASON_K_SLICES 8").is_err());
+        assert_eq!(
+            parse("EDGEREASON_K_SLICE=8").unwrap_err(),
+            "line 1: EDGEREASON_K_SLICE is not a tuning knob"
+        );
+        assert_eq!(
+            parse("EDGEREASON_K_SLICES 8").unwrap_err(),
+            "line 1: expected EDGEREASON_NAME=VALUE"
+        );
     }
 
     #[test]
