@@ -68,6 +68,9 @@ pub struct EvalItem {
     /// Each candidate's reply tokens (the think opener first, no stop token), in stream
     /// order: what a verifier is trained on without re-tokenizing the text.
     pub candidate_tokens: Vec<Vec<u32>>,
+    /// Each candidate's summed log-probability of its sampled tokens, in stream order (the
+    /// model's own confidence, beside the verifier's score).
+    pub candidate_logprobs: Vec<f32>,
 }
 
 /// Accuracy of the vote over the first `candidates` streams of every task (maj@k):
@@ -250,6 +253,7 @@ fn eval_item(task: &EvalTask, out: &BestOfN) -> EvalItem {
         verifier_scores: out.candidates.iter().map(|c| c.verifier_score).collect(),
         candidate_texts: out.candidates.iter().map(|c| c.text.clone()).collect(),
         candidate_tokens: out.candidates.iter().map(|c| c.tokens.clone()).collect(),
+        candidate_logprobs: out.candidates.iter().map(|c| c.logprob).collect(),
     }
 }
 
@@ -380,6 +384,7 @@ mod tests {
             verifier_scores: scores.map(|s| s.to_vec()),
             candidate_texts: vec![String::new(); answers.len()],
             candidate_tokens: vec![Vec::new(); answers.len()],
+            candidate_logprobs: vec![0.0; answers.len()],
         }
     }
 
