@@ -575,18 +575,16 @@ fn tune_keeps_a_tuning_file_that_later_runs_read() {
             .unwrap()
     };
     let tiny = fixture("tiny-qwen2");
-    let out = with_cache(&[
-        "tune",
-        "--model",
-        &tiny,
-        "--prompt-tokens",
-        "8",
-        "--gen-tokens",
-        "4",
-        "--rounds",
-        "1",
-        "--json",
-    ]);
+    // A short bench, as `tune`'s trials and the checks below run it.
+    let short = |cmd: &'static str| {
+        let sizes = ["--prompt-tokens", "8", "--gen-tokens", "4", "--json"];
+        let mut args = vec![cmd, "--model", tiny.as_str()];
+        args.extend(sizes);
+        args
+    };
+    let mut tune = short("tune");
+    tune.extend(["--rounds", "1"]);
+    let out = with_cache(&tune);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "tune failed: {err}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -618,17 +616,8 @@ fn tune_keeps_a_tuning_file_that_later_runs_read() {
     std::fs::write(&path, "EDGEREASON_SUBMIT_PARTS=2\n").unwrap();
     let submits = |envs: &[(&str, &str)]| {
         let mut cmd = bin();
-        cmd.args([
-            "bench",
-            "--model",
-            &tiny,
-            "--prompt-tokens",
-            "8",
-            "--gen-tokens",
-            "4",
-            "--json",
-        ])
-        .env("EDGEREASON_CACHE", cache.path());
+        cmd.args(short("bench"))
+            .env("EDGEREASON_CACHE", cache.path());
         for k in edgereason::gpu::tuning::KNOBS {
             cmd.env_remove(k);
         }
