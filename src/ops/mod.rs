@@ -87,7 +87,7 @@ pub enum Dyn {
 /// Effective k splits of a matmul launched with `k_splits`: only decode-sized steps split
 /// (prefill has row tiles enough to fill a device).
 pub fn matmul_splits(step: &Step, k_splits: u32) -> u32 {
-    if step.rows > 16 || step.prompt {
+    if step.prefill_sized() {
         1
     } else {
         k_splits
@@ -122,16 +122,22 @@ pub struct Step {
 pub const PREFILL_ROWS: u32 = 16;
 
 impl Step {
+    /// A prompt chunk or more than [`PREFILL_ROWS`] rows: the steps that take the prefill
+    /// kernels and never split k or keys; the rest are decode-sized.
+    pub fn prefill_sized(&self) -> bool {
+        self.rows > PREFILL_ROWS || self.prompt
+    }
+
     /// Matmuls run as the tiled f32-activation GEMM (`gemm_*` entries) instead of the int8
     /// GEMV path. Steps with adapters keep the int8 path: LoRA's shrink reads its blocks.
     pub fn gemm(&self) -> bool {
-        (self.rows > PREFILL_ROWS || self.prompt) && !self.adapters
+        self.prefill_sized() && !self.adapters
     }
 
     /// Attention runs as the flash prefill kernel (one invocation per query row, keys
     /// streamed through an online softmax), which reads one block table for all rows.
     pub fn flash(&self) -> bool {
-        (self.rows > PREFILL_ROWS || self.prompt) && self.one_stream
+        self.prefill_sized() && self.one_stream
     }
 }
 
@@ -162,7 +168,7 @@ impl When {
 /// context into runs of `keys_per_split` (flash-decoding) so a long context fills the
 /// device; prefill has rows enough, and `keys_per_split == 0` (CPU adapters) never splits.
 pub fn attention_splits(step: &Step, keys_per_split: u32) -> u32 {
-    if keys_per_split == 0 || step.rows > 16 || step.prompt {
+    if keys_per_split == 0 || step.prefill_sized() {
         1
     } else {
         step.kv_len.div_ceil(keys_per_split).clamp(1, MAX_SPLITS)
@@ -456,7 +462,7 @@ impl Dispatch {
                 one_stream_slices,
                 ..
             } => {
-                let decode = step.one_stream && !step.prompt && rows <= PREFILL_ROWS;
+                let decode = step.one_stream && !step.prefill_sized();
                 let slices = if decode { one_stream_slices.max(1) } else { 1 };
                 (Some(("SLICES", slices)), [x, rows, splits - shared])
             }
