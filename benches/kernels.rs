@@ -105,7 +105,8 @@ fn sampling(c: &mut Criterion) {
     let lb = ctx.storage_from("logits", &logits);
     let rows = ctx.storage("rows", 8 * ROW_BYTES);
     let out = ctx.storage("out", 8 * OUT_BYTES);
-    let d = ops::sampling::sampling(&ctx, "sampling", &lb, n_vocab, &rows, &out).unwrap();
+    let next = ctx.storage("next_tokens", 8 * 4);
+    let d = ops::sampling::sampling(&ctx, "sampling", &lb, n_vocab, &rows, &out, &next).unwrap();
     let mut g = c.benchmark_group(format!(
         "sampling over {n_vocab} logits on {}",
         ctx.describe()

@@ -23,7 +23,11 @@
 // Log-prob: logit[id] − max − log Σ exp(l − max), the full softmax at temperature 1.
 // Reductions go through workgroup memory (no subgroups): this runs on every backend.
 //
+// The id also goes to next_tokens[r], the next step's input tokens: a step can be fed the
+// tokens the last one drew without the host reading them first (decode pipelining).
+//
 // logits: [rows][row_stride] f32   rows: [m] SampleRow   out: [m] (id, log-prob bits) u32
+// next_tokens: [≥ m] u32
 
 struct Params {
     n_vocab: u32,
@@ -48,6 +52,7 @@ struct SampleRow {
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read> rows: array<SampleRow>;
 @group(0) @binding(3) var<storage, read_write> out: array<u32>;
+@group(0) @binding(4) var<storage, read_write> next_tokens: array<u32>;
 
 const WG: u32 = 256u;
 const WAYS: u32 = 16u;
@@ -267,6 +272,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         if (tid == 0u) {
             out[2u * r] = u32(stats.z);
             out[2u * r + 1u] = bitcast<u32>(0.0 - log_z);
+            next_tokens[r] = u32(stats.z);
         }
         return;
     }
@@ -350,5 +356,6 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         }
         out[2u * r] = chosen;
         out[2u * r + 1u] = bitcast<u32>(logits[base + chosen] - mx - log_z);
+        next_tokens[r] = chosen;
     }
 }

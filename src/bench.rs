@@ -5,6 +5,8 @@
 
 use crate::engine::Engine;
 use crate::gpu::GpuError;
+use crate::kv::StreamId;
+use crate::model::forward::decode_pipelining;
 use crate::model::KernelProfile;
 use crate::model::Session;
 use crate::ops::sampling::RowSampling;
@@ -132,11 +134,60 @@ fn synthetic_prompt(engine: &Engine, n: usize) -> Vec<u32> {
 /// `n` greedy decode steps of the main stream from token `next` (left at the last step's
 /// choice); each step's wall time in ms, choosing the token included.
 fn greedy_steps(s: &mut Session, next: &mut u32, n: usize) -> Result<Vec<f64>> {
+    let main = s.main;
+    let mut tokens = vec![*next];
+    let steps = batched_greedy_steps(s, &[main], &mut tokens, n)?;
+    *next = tokens[0];
+    Ok(steps)
+}
+
+/// `n` greedy decode steps of `streams` together, row i fed `next[i]` (left at the last
+/// step's choices); each step's time in ms. As the decoding loops run them: where the rows
+/// fit one sampling launch, each step is submitted fed the last one's draws before they
+/// are read (unless EDGEREASON_PIPELINE=0), so a step's time is the gap between one
+/// step's draws and the next's.
+fn batched_greedy_steps(
+    s: &mut Session,
+    streams: &[StreamId],
+    next: &mut [u32],
+    n: usize,
+) -> Result<Vec<f64>> {
+    let rows = |next: &[u32]| -> Vec<(StreamId, u32)> {
+        streams.iter().copied().zip(next.iter().copied()).collect()
+    };
     let mut steps = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        greedy_step(s, next)?;
+    if cpu_sampling() || !decode_pipelining() || streams.len() > s.lm_rows {
+        for _ in 0..n {
+            let t = Instant::now();
+            let mut out = Vec::with_capacity(streams.len());
+            for chunk in rows(next).chunks(s.lm_rows) {
+                if cpu_sampling() {
+                    out.extend(s.forward_rows(chunk)?.iter().map(|l| argmax(l)));
+                } else {
+                    let draws = s.forward_rows_sampled(chunk, &vec![greedy(); chunk.len()])?;
+                    out.extend(draws.iter().map(|d| d.0));
+                }
+            }
+            next.copy_from_slice(&out);
+            steps.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        return Ok(steps);
+    }
+    let settings = vec![greedy(); streams.len()];
+    let mut t = Instant::now();
+    let mut last = s.submit_rows_sampled(&rows(next), &settings)?;
+    for i in 0..n {
+        let ahead = (i + 1 < n)
+            .then(|| s.submit_fed(&last, &settings))
+            .transpose()?;
+        let draws = s.wait_sampled(last)?;
+        next.iter_mut().zip(&draws).for_each(|(tok, d)| *tok = d.0);
         steps.push(t.elapsed().as_secs_f64() * 1e3);
+        t = Instant::now();
+        match ahead {
+            Some(a) => last = a,
+            None => break,
+        }
     }
     Ok(steps)
 }
@@ -374,24 +425,7 @@ pub fn streams(
         let mut next: Vec<u32> = (0..n)
             .map(|i| (first + i as u32) % c.n_vocab as u32)
             .collect();
-        let mut steps = Vec::new();
-        for _ in 0..gen_tokens {
-            let rows: Vec<_> = kids.iter().zip(&next).map(|(&k, &t)| (k, t)).collect();
-            let t = Instant::now();
-            next.clear();
-            for chunk in rows.chunks(s.lm_rows) {
-                if cpu_sampling() {
-                    next.extend(s.forward_rows(chunk)?.iter().map(|l| argmax(l)));
-                } else {
-                    next.extend(
-                        s.forward_rows_sampled(chunk, &vec![greedy(); chunk.len()])?
-                            .iter()
-                            .map(|r| r.0),
-                    );
-                }
-            }
-            steps.push(t.elapsed().as_secs_f64() * 1e3);
-        }
+        let steps = batched_greedy_steps(&mut s, &kids, &mut next, gen_tokens)?;
         let step_ms = median(steps);
         let per_token = s.kv_bytes_per_token();
         out.push(StreamsRow {

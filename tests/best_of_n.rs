@@ -184,3 +184,106 @@ fn iterator_yields_every_streams_tokens_and_streams_stop() {
     }
     assert_eq!(out.candidates[2].finish_reason, "stop");
 }
+
+#[test]
+fn pipelined_decoding_gives_the_tokens_and_cache_of_step_by_step_decoding() {
+    use edgereason::adapters::Verifier;
+    use edgereason::engine::Budget;
+    use edgereason::sched::best_of_n::{BestOfN, Decoding};
+    let e = engine();
+    let prompt = e.encode("Let me think").unwrap();
+    let d = e.model.config.n_embd;
+    let verifier = std::sync::Arc::new(Verifier::from_weights(
+        (0..d).map(|i| ((i * 29 % 13) as f32 - 6.0) / 8.0).collect(),
+        0.2,
+        " Correct?",
+    ));
+    let run = |params: &GenerateParams, pipelined: bool| -> (Vec<Vec<u32>>, BestOfN) {
+        let mut run = Decoding::start(&e, &prompt, 6, params).unwrap();
+        run.set_pipelining(pipelined);
+        let mut fed_ahead = 0;
+        let mut got = vec![Vec::new(); 6];
+        while let Some(t) = run.next() {
+            let t = t.unwrap();
+            got[t.stream].push(t.id);
+            // Stream 4 is stopped by its caller mid-reply.
+            if t.stream == 4 && got[4].len() == 5 {
+                run.stop_stream(4);
+            }
+            fed_ahead = run.steps_fed_ahead();
+        }
+        // Fed ahead wherever no stream had forced tokens queued or had ended: most steps.
+        assert_eq!(fed_ahead > 3, pipelined, "{fed_ahead} steps fed ahead");
+        let out = run
+            .finish(&VoteParams {
+                verifier: Some(verifier.clone()),
+                ..Default::default()
+            })
+            .unwrap();
+        (got, out)
+    };
+    let sampled = GenerateParams {
+        max_tokens: 16,
+        sampling: SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 5,
+        },
+        ..Default::default()
+    };
+    // A stop string some streams meet mid-reply: a piece of stream 1's own text.
+    let free = run(&sampled, false).1;
+    let text: Vec<char> = free.candidates[1].text.chars().collect();
+    let stop: String = text[text.len() / 3..text.len() / 3 + 2].iter().collect();
+    let cases = [
+        (
+            "sampled, stop strings",
+            GenerateParams {
+                stop: vec![stop],
+                ..sampled.clone()
+            },
+        ),
+        (
+            "budget forcing",
+            GenerateParams {
+                budget: Some(Budget {
+                    answer_tokens: 4,
+                    ..Budget::new(5)
+                }),
+                ..sampled.clone()
+            },
+        ),
+    ];
+    for (what, params) in cases {
+        let (want_tokens, want) = run(&params, false);
+        let (got_tokens, got) = run(&params, true);
+        assert_eq!(got_tokens, want_tokens, "{what}: tokens as they came");
+        let finishes: std::collections::HashSet<&str> = want
+            .candidates
+            .iter()
+            .map(|c| c.finish_reason.as_str())
+            .collect();
+        assert!(
+            finishes.len() > 1,
+            "{what}: streams end in different ways: {finishes:?}"
+        );
+        for (g, w) in got.candidates.iter().zip(&want.candidates) {
+            assert_eq!(g.tokens, w.tokens, "{what}: candidate {}", w.index);
+            assert_eq!(
+                g.finish_reason, w.finish_reason,
+                "{what}: candidate {}",
+                w.index
+            );
+            assert_eq!(g.logprob, w.logprob, "{what}: candidate {}", w.index);
+            // The verifier continues each stream's cache: a token fed ahead and not taken
+            // back would change its score.
+            assert_eq!(
+                g.verifier_score, w.verifier_score,
+                "{what}: candidate {}",
+                w.index
+            );
+        }
+        assert_eq!(got.kv_bytes_used, want.kv_bytes_used, "{what}");
+    }
+}

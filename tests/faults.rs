@@ -189,6 +189,6 @@ fn launchers_refuse_shapes_their_kernels_cannot_run() {
     let mm = edgereason::ops::matmul_int4::matmul_int4(ctx, "gate_up", &w, &swiglu);
     launch_error(mm.map(|_| ()), "gate_up", "SwiGLU");
     // A vocabulary the GPU sampler cannot index.
-    let s = edgereason::ops::sampling::sampling(ctx, "sampling", &buf, 1 << 24, &buf, &buf);
+    let s = edgereason::ops::sampling::sampling(ctx, "sampling", &buf, 1 << 24, &buf, &buf, &buf);
     launch_error(s.map(|_| ()), "sampling", "vocabulary");
 }

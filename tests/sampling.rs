@@ -20,6 +20,8 @@ struct Launch {
     ctx: Arc<GpuContext>,
     rows: wgpu::Buffer,
     out: wgpu::Buffer,
+    /// The ids again, where a session's next step reads its tokens.
+    next_tokens: wgpu::Buffer,
     dispatch: ops::Dispatch,
     max_rows: usize,
 }
@@ -29,11 +31,15 @@ impl Launch {
         let lb = ctx.storage_from("logits", logits);
         let rows = ctx.storage("sampling.rows", max_rows as u64 * ops::sampling::ROW_BYTES);
         let out = ctx.storage("sampling.out", max_rows as u64 * ops::sampling::OUT_BYTES);
-        let dispatch = ops::sampling::sampling(ctx, "sampling", &lb, n_vocab, &rows, &out).unwrap();
+        let next_tokens = ctx.storage("sampling.next_tokens", max_rows as u64 * 4);
+        let dispatch =
+            ops::sampling::sampling(ctx, "sampling", &lb, n_vocab, &rows, &out, &next_tokens)
+                .unwrap();
         Launch {
             ctx: ctx.clone(),
             rows,
             out,
+            next_tokens,
             dispatch,
             max_rows,
         }
@@ -45,7 +51,11 @@ impl Launch {
             .queue
             .write_buffer(&self.rows, 0, bytemuck::cast_slice(rows));
         ops::run_once(&self.ctx, &[&self.dispatch], rows.len() as u32, 0);
-        self.ctx.read(&self.out, 0, rows.len()).unwrap()
+        let out: Vec<Sampled> = self.ctx.read(&self.out, 0, rows.len()).unwrap();
+        let next: Vec<u32> = self.ctx.read(&self.next_tokens, 0, rows.len()).unwrap();
+        let ids: Vec<u32> = out.iter().map(|s| s.id).collect();
+        assert_eq!(next, ids, "next_tokens holds each row's id");
+        out
     }
 }
 
@@ -453,6 +463,96 @@ fn forward_rows_sampled_samples_the_rows_forward_rows_returns() {
             s.params
         );
     }
+}
+
+#[test]
+fn a_step_fed_the_last_steps_draws_on_the_gpu_equals_one_fed_by_the_host() {
+    use edgereason::model::ForwardError;
+    use edgereason::ops::sampling::RowSampling;
+    use edgereason::sampling::SamplingParams;
+    let host = edgereason::loader::load_model(&common::fixture("tiny-qwen2")).unwrap();
+    let engine = edgereason::engine::Engine::from_host(
+        host,
+        &edgereason::engine::EngineOptions {
+            n_ctx: 128,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let settings = |step: u32| -> Vec<RowSampling> {
+        (0..3)
+            .map(|i| RowSampling {
+                params: SamplingParams {
+                    temperature: [0.0, 1.0, 0.8][i],
+                    top_k: 0,
+                    top_p: [1.0, 1.0, 0.9][i],
+                    seed: 5 + i as u64,
+                },
+                step,
+            })
+            .collect()
+    };
+    let rows = |kids: &[edgereason::kv::StreamId], toks: &[u32]| -> Vec<_> {
+        kids.iter().copied().zip(toks.iter().copied()).collect()
+    };
+    // Host-fed: each step waits for the draws and feeds them back.
+    let (mut a, kids_a) = forked(&engine, 3);
+    let mut toks = vec![11u32, 12, 13];
+    let mut host_fed = Vec::new();
+    for step in 0..6 {
+        let out = a
+            .forward_rows_sampled(&rows(&kids_a, &toks), &settings(step))
+            .unwrap();
+        toks = out.iter().map(|d| d.0).collect();
+        host_fed.push(out);
+    }
+    // GPU-fed: each step submitted before the last one's draws are read.
+    let (mut b, kids_b) = forked(&engine, 3);
+    let mut last = b
+        .submit_rows_sampled(&rows(&kids_b, &[11, 12, 13]), &settings(0))
+        .unwrap();
+    let mut gpu_fed = Vec::new();
+    for step in 1..6 {
+        let next = b.submit_fed(&last, &settings(step)).unwrap();
+        gpu_fed.push(b.wait_sampled(last).unwrap());
+        last = next;
+    }
+    gpu_fed.push(b.wait_sampled(last).unwrap());
+    assert_eq!(gpu_fed, host_fed, "draws, step by step");
+    for (ka, kb) in kids_a.iter().zip(&kids_b) {
+        assert_eq!(a.pool.len(*ka).unwrap(), b.pool.len(*kb).unwrap());
+    }
+    // A step fed ahead and taken back leaves the cache as if it never ran.
+    let last = b
+        .submit_rows_sampled(&rows(&kids_b, &toks), &settings(6))
+        .unwrap();
+    let ahead = b.submit_fed(&last, &settings(7)).unwrap();
+    let want = b.wait_sampled(last).unwrap();
+    drop(ahead);
+    for &k in &kids_b {
+        b.truncate(k, 1).unwrap();
+    }
+    let again = a
+        .forward_rows_sampled(&rows(&kids_a, &toks), &settings(6))
+        .unwrap();
+    assert_eq!(again, want);
+    let next: Vec<u32> = want.iter().map(|d| d.0).collect();
+    assert_eq!(
+        a.forward_rows_sampled(&rows(&kids_a, &next), &settings(7))
+            .unwrap(),
+        b.forward_rows_sampled(&rows(&kids_b, &next), &settings(7))
+            .unwrap(),
+        "the step after a truncation reads the same cache"
+    );
+    // Draws are only fed to the step right after the one that drew them.
+    let first = b
+        .submit_rows_sampled(&rows(&kids_b, &next), &settings(8))
+        .unwrap();
+    b.forward_rows(&rows(&kids_b, &next)).unwrap();
+    assert!(matches!(
+        b.submit_fed(&first, &settings(9)),
+        Err(ForwardError::StaleDraws)
+    ));
 }
 
 /// `edgereason run` on the tiny Qwen2 fixture, with `env`, as JSON.

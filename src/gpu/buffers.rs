@@ -140,11 +140,23 @@ impl GpuContext {
         offset: usize,
         len: usize,
     ) -> Result<Vec<T>, GpuError> {
+        self.read_later(buf, offset, len)?.wait(self)
+    }
+
+    /// Queue a copy of `len` elements of `T` from element `offset` of `buf`, as of every
+    /// command submitted so far, without waiting for it: work submitted afterwards may
+    /// overwrite `buf` while the copy is still to be read ([`PendingRead::wait`]).
+    pub fn read_later<T: bytemuck::Pod>(
+        &self,
+        buf: &wgpu::Buffer,
+        offset: usize,
+        len: usize,
+    ) -> Result<PendingRead<T>, GpuError> {
+        self.fault()?;
         let size = (len * std::mem::size_of::<T>()) as u64;
         if size == 0 {
-            return Ok(Vec::new());
+            return Ok(PendingRead::empty());
         }
-        self.fault()?;
         let byte_off = (offset * std::mem::size_of::<T>()) as u64;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -154,31 +166,22 @@ impl GpuContext {
         });
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(buf, byte_off, &staging, 0, size.next_multiple_of(4));
-        self.submit(enc);
+        self.stats.submit();
+        let submission = self.queue.submit([enc.finish()]);
         self.stats.readback(size);
-        let slice = staging.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: None,
-                timeout: None,
-            })
-            .map_err(|e| GpuError::Readback(e.to_string()))?;
-        rx.recv()
-            .map_err(|e| GpuError::Readback(e.to_string()))?
-            .map_err(|e| GpuError::Readback(e.to_string()))?;
-        let view = slice
-            .get_mapped_range()
-            .map_err(|e| GpuError::Readback(e.to_string()))?;
-        let out: Vec<T> = bytemuck::pod_collect_to_vec(&view[..size as usize]);
-        drop(view);
-        staging.unmap();
-        // A failed submission leaves the buffer as it was: report the fault, not stale data.
-        self.fault()?;
-        Ok(out)
+        Ok(PendingRead {
+            copy: Some(StagedCopy {
+                staging,
+                size,
+                submission,
+                mapped: rx,
+            }),
+            _elements: std::marker::PhantomData,
+        })
     }
 
     /// Block until all submitted work is done.
@@ -187,5 +190,52 @@ impl GpuContext {
             submission_index: None,
             timeout: None,
         });
+    }
+}
+
+/// A read-back queued by [`GpuContext::read_later`]: the copy is on the GPU's queue, the
+/// host has not waited for it.
+#[must_use = "a pending read does nothing until waited for"]
+pub struct PendingRead<T> {
+    copy: Option<StagedCopy>,
+    _elements: std::marker::PhantomData<T>,
+}
+
+struct StagedCopy {
+    staging: wgpu::Buffer,
+    size: u64,
+    submission: wgpu::SubmissionIndex,
+    mapped: std::sync::mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>,
+}
+
+impl<T: bytemuck::Pod> PendingRead<T> {
+    fn empty() -> Self {
+        PendingRead {
+            copy: None,
+            _elements: std::marker::PhantomData,
+        }
+    }
+
+    /// Wait for the copy (and the work submitted before it, not after) and return it.
+    pub fn wait(self, ctx: &GpuContext) -> Result<Vec<T>, GpuError> {
+        let Some(c) = self.copy else {
+            return Ok(Vec::new());
+        };
+        let err = |e: &dyn std::fmt::Display| GpuError::Readback(e.to_string());
+        ctx.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(c.submission),
+                timeout: None,
+            })
+            .map_err(|e| err(&e))?;
+        c.mapped.recv().map_err(|e| err(&e))?.map_err(|e| err(&e))?;
+        let slice = c.staging.slice(..);
+        let view = slice.get_mapped_range().map_err(|e| err(&e))?;
+        let out: Vec<T> = bytemuck::pod_collect_to_vec(&view[..c.size as usize]);
+        drop(view);
+        c.staging.unmap();
+        // A failed submission leaves the buffer as it was: report the fault, not stale data.
+        ctx.fault()?;
+        Ok(out)
     }
 }

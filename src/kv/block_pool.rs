@@ -217,6 +217,30 @@ impl BlockPool {
         Ok(copies)
     }
 
+    /// Shorten stream `s` to its first `len` tokens (no-op if it is not longer); blocks it
+    /// no longer needs are let go (back to the pool if no other stream holds them).
+    pub fn truncate(&mut self, s: StreamId, len: usize) -> Result<(), KvError> {
+        let bs = self.block_size;
+        let BlockPool {
+            refs,
+            free,
+            streams,
+            ..
+        } = self;
+        let st = streams.get_mut(&s).ok_or(KvError::UnknownStream(s.0))?;
+        if len >= st.len {
+            return Ok(());
+        }
+        for b in st.blocks.drain(len.div_ceil(bs)..) {
+            refs[b as usize] -= 1;
+            if refs[b as usize] == 0 {
+                free.push(b);
+            }
+        }
+        st.len = len;
+        Ok(())
+    }
+
     /// End stream `s`; blocks no other stream holds return to the pool.
     pub fn release(&mut self, s: StreamId) -> Result<(), KvError> {
         let st = self.streams.remove(&s).ok_or(KvError::UnknownStream(s.0))?;
@@ -278,6 +302,28 @@ mod tests {
         pool.release(b).unwrap();
         assert_eq!(pool.free_blocks(), 8);
         assert_eq!(pool.release(b), Err(KvError::UnknownStream(b.0)));
+    }
+
+    #[test]
+    fn truncate_gives_back_whole_blocks_and_keeps_shared_ones() {
+        let mut p = BlockPool::new(8, 4);
+        let a = p.create();
+        p.append(a, 6).unwrap(); // blocks 0, 1
+        let b = p.fork(a, 1).unwrap()[0];
+        p.append(b, 3).unwrap(); // b: copy of block 1 (2), then block 3
+        assert_eq!(p.table(b).unwrap(), &[0, 2, 3]);
+        p.truncate(b, 8).unwrap(); // 9 -> 8 tokens fit two blocks: block 3 is freed
+        assert_eq!((p.len(b).unwrap(), p.table(b).unwrap()), (8, &[0, 2][..]));
+        assert_eq!(p.free_blocks(), 8 - 4 + 1);
+        p.truncate(b, 3).unwrap(); // block 2 (b's own) freed; block 0 shared with a, kept
+        assert_eq!((p.len(b).unwrap(), p.table(b).unwrap()), (3, &[0][..]));
+        assert_eq!(p.free_blocks(), 8 - 2);
+        assert_eq!(p.table(a).unwrap(), &[0, 1]);
+        p.truncate(b, 10).unwrap(); // longer than the stream: nothing changes
+        assert_eq!(p.len(b).unwrap(), 3);
+        p.append(b, 1).unwrap(); // block 0 is shared and partly filled: copied again
+        assert_eq!(p.len(b).unwrap(), 4);
+        assert_eq!(p.truncate(StreamId(99), 0), Err(KvError::UnknownStream(99)));
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub enum ForwardError {
     TooManyRows { rows: usize, max: usize },
     #[error("{rows} rows but {settings} sampling settings: one per row")]
     SamplingRows { rows: usize, settings: usize },
+    #[error(
+        "a step fed by draws must follow the sampled step that drew them, with no step in between"
+    )]
+    StaleDraws,
     #[error("adapter {index} is not in this session's adapter set ({loaded} loaded)")]
     NoSuchAdapter { index: usize, loaded: usize },
     #[error(transparent)]
@@ -53,6 +57,13 @@ pub type ChunkMean<'a> = dyn FnMut(&[f32]) + 'a;
 
 /// Cache slots per KV block.
 pub const BLOCK_SIZE: usize = 16;
+
+/// Whether decoding loops submit each step before reading the last one's draws
+/// ([`Session::submit_fed`]): on unless EDGEREASON_PIPELINE=0 (or a tuning file says 0).
+pub fn decode_pipelining() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| crate::gpu::tuning::knob("EDGEREASON_PIPELINE").is_none_or(|v| v != "0"))
+}
 
 /// Streams over one paged KV cache of `n_ctx` token slots, with activations for up to
 /// `max_rows` rows per step. `pos` tokens are in the main stream.
@@ -91,6 +102,28 @@ pub struct Session {
     sampling: Dispatch,
     sample_rows: wgpu::Buffer, // [lm_rows] ops::sampling::SampleRow
     sampled: wgpu::Buffer,     // [lm_rows] (id, log-prob)
+    /// Sampled steps submitted so far (each [`SampledStep`]'s number).
+    sampled_steps: u64,
+    /// The sampled step whose draws are the token buffer's contents, while no other step
+    /// has written it: what [`submit_fed`](Self::submit_fed) may follow.
+    draws_fed_next: Option<u64>,
+}
+
+/// A sampled decode step on the GPU's queue whose draws the host has not read yet
+/// ([`Session::submit_rows_sampled`], [`Session::submit_fed`]); [`Session::wait_sampled`]
+/// reads them.
+#[must_use = "a submitted step's draws are read by Session::wait_sampled"]
+pub struct SampledStep {
+    number: u64,
+    streams: Vec<StreamId>,
+    read: crate::gpu::PendingRead<Sampled>,
+}
+
+impl SampledStep {
+    /// The stream of each row, in row order.
+    pub fn streams(&self) -> &[StreamId] {
+        &self.streams
+    }
 }
 
 impl Session {
@@ -145,7 +178,8 @@ impl Session {
         let launches = Launches::new(&model, &acts, &inputs, &kv, lora.as_deref(), apply);
         let (body, head) = (launches.body()?, launches.head(&logits)?);
         let final_hidden = final_hidden(&model, &acts, &hidden);
-        let (sample_rows, sampled, sampling) = gpu_sampling(&ctx, &logits, c.n_vocab, lm_rows)?;
+        let (sample_rows, sampled, sampling) =
+            gpu_sampling(&ctx, &logits, c.n_vocab, lm_rows, &inputs.tokens)?;
         let mut pool = BlockPool::new(n_blocks, BLOCK_SIZE);
         let main = pool.create();
         let kv_dim = c.n_kv_head * c.head_dim;
@@ -174,6 +208,8 @@ impl Session {
             sampling,
             sample_rows,
             sampled,
+            sampled_steps: 0,
+            draws_fed_next: None,
         })
     }
 
@@ -279,10 +315,6 @@ impl Session {
         Ok(())
     }
 
-    /// Reserve cache slots for `rows` (stream, token) pairs — consecutive rows of one stream
-    /// take consecutive positions — copy any shared block that is about to be written
-    /// (copy-on-write), and upload tokens, positions, slots and block tables. Returns the
-    /// step: its rows, longest key count and shared-prefix length.
     /// As [`prepare_rows`](Self::prepare_rows) for rows that encode a prompt (one stream's
     /// next tokens): the step takes the prompt path whatever its row count, so a prompt's
     /// cache is the same however it is chunked or how much of it came from a cached prefix.
@@ -293,13 +325,34 @@ impl Session {
         })
     }
 
+    /// Slots, tables and tokens of `rows` for the next step (see [`upload_rows`](Self::upload_rows)).
     fn prepare_rows(&mut self, rows: &[(StreamId, u32)]) -> Result<Step, ForwardError> {
         let started = Instant::now();
         let step = self.upload_rows(rows)?;
+        let toks: Vec<u32> = rows.iter().map(|r| r.1).collect();
+        let ctx = &self.model.ctx;
+        ctx.queue
+            .write_buffer(&self.inputs.tokens, 0, bytemuck::cast_slice(&toks));
+        self.draws_fed_next = None;
+        ctx.stats.host_encode(started.elapsed());
+        Ok(step)
+    }
+
+    /// As [`prepare_rows`](Self::prepare_rows) for rows whose tokens are already in the
+    /// step's token buffer: the draws the last sampled step wrote there, row for row.
+    fn prepare_fed_rows(&mut self, streams: &[StreamId]) -> Result<Step, ForwardError> {
+        let started = Instant::now();
+        let rows: Vec<(StreamId, u32)> = streams.iter().map(|&s| (s, 0)).collect();
+        let step = self.upload_rows(&rows)?;
         self.model.ctx.stats.host_encode(started.elapsed());
         Ok(step)
     }
 
+    /// Reserve cache slots for `rows` (stream, token) pairs — consecutive rows of one stream
+    /// take consecutive positions — copy any shared block that is about to be written
+    /// (copy-on-write), and upload positions, slots and block tables (the callers put the
+    /// tokens in place). Returns the step: its rows, longest key count and shared-prefix
+    /// length.
     fn upload_rows(&mut self, rows: &[(StreamId, u32)]) -> Result<Step, ForwardError> {
         let mut positions = Vec::with_capacity(rows.len());
         let mut copies: Vec<BlockCopy> = Vec::new();
@@ -331,9 +384,6 @@ impl Session {
         let ctx = &self.model.ctx;
         // Copied at the head of the step's own command buffer (no submission of their own).
         self.pending_copies.borrow_mut().extend(copies);
-        let toks: Vec<u32> = rows.iter().map(|r| r.1).collect();
-        ctx.queue
-            .write_buffer(&self.inputs.tokens, 0, bytemuck::cast_slice(&toks));
         ctx.queue
             .write_buffer(&self.inputs.positions, 0, bytemuck::cast_slice(&positions));
         ctx.queue
@@ -856,7 +906,13 @@ impl Session {
                 max: self.lm_rows,
             });
         }
-        for &(s, _) in rows {
+        let streams: Vec<StreamId> = rows.iter().map(|r| r.0).collect();
+        self.check_room(&streams)
+    }
+
+    /// Room for one more token in each stream's cache.
+    fn check_room(&self, streams: &[StreamId]) -> Result<(), ForwardError> {
+        for &s in streams {
             let len = self.pool.len(s)?;
             if len + 1 > self.n_ctx {
                 return Err(ForwardError::ContextFull {
@@ -878,14 +934,56 @@ impl Session {
         rows: &[(StreamId, u32)],
         sampling: &[RowSampling],
     ) -> Result<Vec<(u32, f32)>, ForwardError> {
-        if rows.len() != sampling.len() {
-            return Err(ForwardError::SamplingRows {
-                rows: rows.len(),
-                settings: sampling.len(),
-            });
-        }
+        let step = self.submit_rows_sampled(rows, sampling)?;
+        self.wait_sampled(step)
+    }
+
+    /// [`forward_rows_sampled`](Self::forward_rows_sampled) without waiting: the step is
+    /// on the GPU's queue when this returns, and [`wait_sampled`](Self::wait_sampled) reads
+    /// its draws. Meanwhile the host can record the next step, fed these draws by
+    /// [`submit_fed`](Self::submit_fed), so the GPU goes from one step to the next
+    /// without waiting for the host (decode pipelining).
+    pub fn submit_rows_sampled(
+        &mut self,
+        rows: &[(StreamId, u32)],
+        sampling: &[RowSampling],
+    ) -> Result<SampledStep, ForwardError> {
         self.check_rows(rows)?;
+        let streams: Vec<StreamId> = rows.iter().map(|r| r.0).collect();
+        self.check_sampling(&streams, sampling)?;
         let step = self.prepare_rows(rows)?;
+        self.submit_sampled(step, streams, sampling)
+    }
+
+    /// The next step of the streams `last` sampled for, row for row, each fed the token its
+    /// row drew there — read from the GPU's token buffer, not from the host, so this can be
+    /// submitted before `last` is waited for. `last` must be the latest step that wrote the
+    /// token buffer (no step submitted since; [`ForwardError::StaleDraws`] otherwise).
+    /// If the caller then finds that a stream should not have taken its draw (it ended),
+    /// [`truncate`](Self::truncate) takes the fed token back out of its cache.
+    pub fn submit_fed(
+        &mut self,
+        last: &SampledStep,
+        sampling: &[RowSampling],
+    ) -> Result<SampledStep, ForwardError> {
+        if self.draws_fed_next != Some(last.number) {
+            return Err(ForwardError::StaleDraws);
+        }
+        let streams = last.streams.clone();
+        self.check_room(&streams)?;
+        self.check_sampling(&streams, sampling)?;
+        let step = self.prepare_fed_rows(&streams)?;
+        self.submit_sampled(step, streams, sampling)
+    }
+
+    /// Record and submit a prepared step with the LM head and sampling over its rows, and
+    /// queue the read-back of its draws.
+    fn submit_sampled(
+        &mut self,
+        step: Step,
+        streams: Vec<StreamId>,
+        sampling: &[RowSampling],
+    ) -> Result<SampledStep, ForwardError> {
         self.write_sample_rows(sampling.iter().enumerate().map(|(i, s)| s.row(i as u32)));
         self.record_step_then(&step, |pass, ctx| {
             self.head
@@ -893,10 +991,48 @@ impl Session {
                 .for_each(|d| d.record_step(ctx, pass, &step));
             self.sampling.record(ctx, pass, step.rows, 0);
         });
-        if rows.iter().any(|r| r.0 == self.main) {
+        if streams.contains(&self.main) {
             self.pos = self.pool.len(self.main)?;
         }
-        self.read_sampled(rows.len())
+        self.sampled_steps += 1;
+        self.draws_fed_next = Some(self.sampled_steps);
+        Ok(SampledStep {
+            number: self.sampled_steps,
+            read: self.model.ctx.read_later(&self.sampled, 0, streams.len())?,
+            streams,
+        })
+    }
+
+    /// Wait for a submitted step's draws: (id, log-prob) per row, in row order.
+    pub fn wait_sampled(&self, step: SampledStep) -> Result<Vec<(u32, f32)>, ForwardError> {
+        let out = step.read.wait(&self.model.ctx)?;
+        Ok(out.iter().map(|s| (s.id, s.logprob)).collect())
+    }
+
+    /// Take the last `n` tokens of stream `s` back out of its cache (their slots are
+    /// written again by whatever comes next): a token [`submit_fed`](Self::submit_fed)
+    /// fed ahead to a stream that turned out to have ended.
+    pub fn truncate(&mut self, s: StreamId, n: usize) -> Result<(), ForwardError> {
+        let len = self.pool.len(s)?;
+        self.pool.truncate(s, len.saturating_sub(n))?;
+        if s == self.main {
+            self.pos = self.pool.len(s)?;
+        }
+        Ok(())
+    }
+
+    fn check_sampling(
+        &self,
+        streams: &[StreamId],
+        sampling: &[RowSampling],
+    ) -> Result<(), ForwardError> {
+        if streams.len() != sampling.len() {
+            return Err(ForwardError::SamplingRows {
+                rows: streams.len(),
+                settings: sampling.len(),
+            });
+        }
+        Ok(())
     }
 
     /// Sample `sampling.len()` tokens (at most `lm_rows`) on the GPU, all from the logits
@@ -914,6 +1050,7 @@ impl Session {
         }
         self.write_sample_rows(sampling.iter().map(|s| s.row(0)));
         self.record_submit(|pass, ctx| self.sampling.record(ctx, pass, sampling.len() as u32, 0));
+        self.draws_fed_next = None;
         self.read_sampled(sampling.len())
     }
 
@@ -983,11 +1120,19 @@ fn gpu_sampling(
     logits: &wgpu::Buffer,
     n_vocab: usize,
     lm_rows: usize,
+    next_tokens: &wgpu::Buffer,
 ) -> Result<(wgpu::Buffer, wgpu::Buffer, Dispatch), GpuError> {
     let sample_rows = ctx.storage("sampling.rows", lm_rows as u64 * ops::sampling::ROW_BYTES);
     let sampled = ctx.storage("sampling.out", lm_rows as u64 * ops::sampling::OUT_BYTES);
-    let sampling =
-        ops::sampling::sampling(ctx, "sampling", logits, n_vocab, &sample_rows, &sampled)?;
+    let sampling = ops::sampling::sampling(
+        ctx,
+        "sampling",
+        logits,
+        n_vocab,
+        &sample_rows,
+        &sampled,
+        next_tokens,
+    )?;
     Ok((sample_rows, sampled, sampling))
 }
 

@@ -7,7 +7,7 @@ pub mod forward;
 mod launches;
 pub mod reference;
 
-pub use forward::{ForwardError, KernelProfile, Session};
+pub use forward::{ForwardError, KernelProfile, SampledStep, Session};
 
 use crate::gpu::GpuContext;
 use crate::loader::{

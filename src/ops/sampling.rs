@@ -8,6 +8,8 @@
 //! reproduced.
 //!
 //! logits: `[rows][n_vocab]` f32   rows: `[m]` [`SampleRow`]   out: `[m]` [`Sampled`]
+//! next_tokens: `[≥ m]` u32, the ids again, where the next step reads its input tokens
+//! (so a step can be fed the last step's draws before the host has read them).
 
 use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams};
 use crate::gpu::{ensure_launch, Binding, GpuContext, GpuError};
@@ -17,6 +19,7 @@ const KINDS: &[Binding] = &[
     Binding::Uniform,
     Binding::Read,
     Binding::Read,
+    Binding::ReadWrite,
     Binding::ReadWrite,
 ];
 
@@ -90,7 +93,7 @@ pub const ROW_BYTES: u64 = std::mem::size_of::<SampleRow>() as u64;
 pub const OUT_BYTES: u64 = std::mem::size_of::<Sampled>() as u64;
 
 /// The launch over `m` rows (the record's row count): row i samples `logits` row
-/// `rows[i].logits_row` and writes `out[i]`. A vocabulary of 0 or ≥ 2^24 tokens is an error
+/// `rows[i].logits_row` and writes `out[i]` and `next_tokens[i]`. A vocabulary of 0 or ≥ 2^24 tokens is an error
 /// (indices travel as f32 in the reduction); such models are refused at upload
 /// (`ModelConfig::unsupported`).
 pub fn sampling(
@@ -100,6 +103,7 @@ pub fn sampling(
     n_vocab: usize,
     rows: &wgpu::Buffer,
     out: &wgpu::Buffer,
+    next_tokens: &wgpu::Buffer,
 ) -> Result<Dispatch, GpuError> {
     ensure_launch(n_vocab > 0 && n_vocab < 1 << 24, label, || {
         format!("a vocabulary of {n_vocab} tokens (the GPU sampler takes 1 to 2^24 - 1)")
@@ -119,7 +123,7 @@ pub fn sampling(
             kinds: KINDS,
             words: params.words(),
             dynamic: vec![(crate::params_word!(Params, m), Dyn::Rows)],
-            buffers: vec![logits, rows, out],
+            buffers: vec![logits, rows, out, next_tokens],
             grid: Grid::PerRow { x: 1 },
             defines: Default::default(),
         },

@@ -10,7 +10,7 @@ use super::detokenize::IncrementalText;
 use super::vote::{extract_answer, vote};
 use crate::adapters::{Switcher, Verifier};
 use crate::engine::{Budget, Engine, GenerateParams, Reasoning};
-use crate::model::forward::BLOCK_SIZE;
+use crate::model::forward::{decode_pipelining, SampledStep, BLOCK_SIZE};
 use crate::ops::sampling::RowSampling;
 use crate::sampling::{cpu_sampling, log_prob, Sampler, SamplingParams};
 use anyhow::{bail, Result};
@@ -122,6 +122,12 @@ impl StreamState {
             force_queue: opener.iter().copied().collect(),
             answer_from: None,
         }
+    }
+
+    /// Whether its next token will be the next draw: it goes on and has no forced token
+    /// queued (it may still end on that draw).
+    pub(crate) fn takes_its_draw(&self) -> bool {
+        self.finish.is_none() && self.force_queue.is_empty()
     }
 
     /// Its GPU sampling settings for the next draw (step: tokens sampled so far).
@@ -374,6 +380,13 @@ pub struct Decoding<'e> {
     /// in the step that fed its last token.
     gpu_sampling: bool,
     next_of: Vec<(u32, f32)>,
+    /// Sampled steps on the GPU's queue not read yet, each with its rows' stream indices.
+    in_flight: Vec<(SampledStep, Vec<usize>)>,
+    /// Submit each step fed by the last one's draws before reading them, where every
+    /// stream will take its draw (see [`step`](Self::step)).
+    pipelined: bool,
+    /// Steps submitted fed the last one's draws, before reading them.
+    fed_ahead: usize,
     /// Sampling on the CPU: each stream's logits after its last token.
     logits_of: Vec<Vec<f32>>,
     pending: std::collections::VecDeque<StreamToken>,
@@ -384,6 +397,9 @@ pub struct Decoding<'e> {
     reasoning: bool,
     switcher_probability: Option<f32>,
 }
+
+/// The tokens one step added, and the rows (stream index, cache stream, token) that go on.
+type StepRows = (Vec<StreamToken>, Vec<(usize, crate::kv::StreamId, u32)>);
 
 /// Cache slots kept per stream for the verifier's prompt.
 pub(crate) const VERIFY_SLOTS: usize = 64;
@@ -434,6 +450,9 @@ impl<'e> Decoding<'e> {
             live,
             gpu_sampling,
             next_of,
+            in_flight: Vec::new(),
+            pipelined: decode_pipelining(),
+            fed_ahead: 0,
             logits_of: if gpu_sampling {
                 Vec::new()
             } else {
@@ -445,6 +464,18 @@ impl<'e> Decoding<'e> {
             decode_start: Instant::now(),
             generated: 0,
         })
+    }
+
+    /// Submit steps fed by the last step's draws before reading them (the default unless
+    /// EDGEREASON_PIPELINE=0; see [`step`](Self::step)), or wait for each step's draws
+    /// first. The tokens are the same either way.
+    pub fn set_pipelining(&mut self, on: bool) {
+        self.pipelined = on;
+    }
+
+    /// Steps so far submitted fed the last step's draws before the host read them.
+    pub fn steps_fed_ahead(&self) -> usize {
+        self.fed_ahead
     }
 
     /// Whether every stream has finished.
@@ -478,7 +509,66 @@ impl<'e> Decoding<'e> {
     /// the one the GPU sampled in the last step; from its logits on the CPU with
     /// `EDGEREASON_CPU_SAMPLING=1`), then advance all that go on in one forward pass, which
     /// also samples their next tokens. Returns the tokens added (empty once all finished).
+    ///
+    /// The forward pass is submitted, not waited for: the next call reads its draws. And
+    /// where every stream of the last step will take its draw (none has forced tokens
+    /// queued), the next step is submitted first, fed those draws on the GPU, so the GPU
+    /// goes from step to step while the host reads, detokenizes and checks stop rules
+    /// (`EDGEREASON_PIPELINE=0` waits instead). A stream that then ends (EOS, a stop
+    /// string, its caps) has the token fed ahead taken back out of its cache, so the
+    /// tokens and the cache are those of the unpipelined loop.
     pub fn step(&mut self) -> Result<Vec<StreamToken>> {
+        let ahead = self.submit_ahead()?;
+        for (step, indices) in std::mem::take(&mut self.in_flight) {
+            let draws = self.session.wait_sampled(step)?;
+            for (i, next) in indices.into_iter().zip(draws) {
+                self.next_of[i] = next;
+            }
+        }
+        let (produced, rows) = self.advance_streams()?;
+        match ahead {
+            Some(ahead) => self.keep_ahead(ahead)?,
+            None => self.submit_rows(&rows)?,
+        }
+        Ok(produced)
+    }
+
+    /// The step after the one in flight, fed its draws, if every stream in it will take
+    /// its draw (none finished, none with forced tokens queued) and it was one launch.
+    fn submit_ahead(&mut self) -> Result<Option<(SampledStep, Vec<usize>)>> {
+        let [(last, indices)] = self.in_flight.as_slice() else {
+            return Ok(None);
+        };
+        if !self.pipelined || !indices.iter().all(|&i| self.live[i].takes_its_draw()) {
+            return Ok(None);
+        }
+        let settings: Vec<RowSampling> = indices
+            .iter()
+            .map(|&i| RowSampling {
+                step: self.live[i].sampled + 1,
+                ..self.live[i].row_sampling()
+            })
+            .collect();
+        let ahead = self.session.submit_fed(last, &settings)?;
+        self.fed_ahead += 1;
+        Ok(Some((ahead, indices.clone())))
+    }
+
+    /// The step fed ahead becomes the one in flight; streams that ended on the draw it
+    /// was fed give that token back (the unpipelined loop never fed it).
+    fn keep_ahead(&mut self, (ahead, indices): (SampledStep, Vec<usize>)) -> Result<()> {
+        for &i in &indices {
+            if self.live[i].finish.is_some() {
+                self.session.truncate(self.live[i].stream, 1)?;
+            }
+        }
+        self.in_flight.push((ahead, indices));
+        Ok(())
+    }
+
+    /// Every live stream takes its next token; returns the tokens added and the rows
+    /// (stream index, cache stream, token) of those that go on.
+    fn advance_streams(&mut self) -> Result<StepRows> {
         let engine = self.engine;
         let mut produced = Vec::new();
         let mut rows = Vec::new();
@@ -510,28 +600,32 @@ impl<'e> Decoding<'e> {
                 rows.push((l.index, l.stream, id));
             }
         }
-        // One batched step for all live streams (in chunks of the LM head's row count).
-        // With GPU sampling the step also draws each row's next token (step counter: tokens
-        // the stream has sampled; a draw a forced token replaces is drawn again next step).
+        Ok((produced, rows))
+    }
+
+    /// One batched step for `rows` (in chunks of the LM head's row count). With GPU
+    /// sampling the step also draws each row's next token (step counter: tokens the
+    /// stream has sampled; a draw a forced token replaces is drawn again next step) and is
+    /// left in flight; on the CPU it waits for the logits.
+    fn submit_rows(&mut self, rows: &[(usize, crate::kv::StreamId, u32)]) -> Result<()> {
         for chunk in rows.chunks(self.session.lm_rows) {
             let batch: Vec<_> = chunk.iter().map(|&(_, s, id)| (s, id)).collect();
+            let indices: Vec<usize> = chunk.iter().map(|r| r.0).collect();
             if self.gpu_sampling {
-                let settings: Vec<RowSampling> = chunk
+                let settings: Vec<RowSampling> = indices
                     .iter()
-                    .map(|&(i, _, _)| self.live[i].row_sampling())
+                    .map(|&i| self.live[i].row_sampling())
                     .collect();
-                let out = self.session.forward_rows_sampled(&batch, &settings)?;
-                for (&(i, _, _), next) in chunk.iter().zip(out) {
-                    self.next_of[i] = next;
-                }
+                let step = self.session.submit_rows_sampled(&batch, &settings)?;
+                self.in_flight.push((step, indices));
             } else {
                 let out = self.session.forward_rows(&batch)?;
-                for (&(i, _, _), lg) in chunk.iter().zip(out) {
+                for (i, lg) in indices.into_iter().zip(out) {
                     self.logits_of[i] = lg;
                 }
             }
         }
-        Ok(produced)
+        Ok(())
     }
 
     /// Verifier scores of the finished candidates (see [`verify_streams`]).
