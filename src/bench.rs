@@ -354,7 +354,7 @@ pub fn run(
     let mut profile = KernelProfile::default();
     let reps = 3;
     for _ in 0..reps {
-        next = argmax(&s.forward_profiled(&[next], &mut profile)?);
+        next = argmax(&s.forward_rows_profiled(&[(s.main, next)], &mut profile)?[0]);
     }
     profile.ms.values_mut().for_each(|v| *v /= reps as f64);
     // Per-kernel split of one prefill chunk (as many prompt tokens as one step takes).
@@ -401,6 +401,8 @@ pub struct StreamsRow {
     pub kv_bytes_unshared: u64,
     /// Bytes a step reads back (each stream's sampled token, or its logits on the CPU path).
     pub readback_bytes_per_step: u64,
+    /// One step's time by kernel kind, each launch timed alone (up to the LM head's rows).
+    pub kernel_ms: KernelProfile,
 }
 
 /// Decode step time for each N in `ns`: a `prompt_tokens` prompt prefilled once, forked N
@@ -427,6 +429,12 @@ pub fn streams(
             .collect();
         let steps = batched_greedy_steps(&mut s, &kids, &mut next, gen_tokens)?;
         let step_ms = median(steps);
+        // One more step, each launch timed: where an N-row step's time goes.
+        let mut kernel_ms = KernelProfile::default();
+        if n <= s.lm_rows {
+            let rows: Vec<_> = kids.iter().copied().zip(next.iter().copied()).collect();
+            s.forward_rows_profiled(&rows, &mut kernel_ms)?;
+        }
         let per_token = s.kv_bytes_per_token();
         out.push(StreamsRow {
             streams: n,
@@ -435,6 +443,7 @@ pub fn streams(
             kv_bytes_used: s.pool.used_blocks() as u64 * block as u64 * per_token,
             kv_bytes_unshared: (n * (prompt_tokens + gen_tokens)) as u64 * per_token,
             readback_bytes_per_step: n as u64 * readback_bytes_per_row(engine),
+            kernel_ms,
         });
     }
     Ok(out)

@@ -1433,6 +1433,9 @@ fn bench_streams(engine: &Engine, a: &BenchArgs, ns: &[usize]) -> Result<()> {
                 "  N={:<3} step {:>8.2} ms  {:>8.2} tok/s ({:.2}x N=1)  KV {:.1} MiB (unshared {:.1} MiB)",
                 r.streams, r.step_ms, r.tokens_per_s, r.tokens_per_s / base, r.kv_bytes_used as f64 / 1048576.0, r.kv_bytes_unshared as f64 / 1048576.0
             );
+            if !r.kernel_ms.ms.is_empty() {
+                println!("        one step by kernel: {}", kernel_line(&r.kernel_ms));
+            }
         }
     }
     Ok(())
@@ -1530,6 +1533,15 @@ fn print_kernel_split(what: &str, p: &edgereason::model::KernelProfile) {
     for (k, ms) in v {
         println!("  {k:<12} {ms:>8.2} ms  {:>5.1}%", 100.0 * ms / total);
     }
+}
+
+/// A kernel-time split on one line, largest first: "qkv 0.41 ms, attention 0.30 ms, ...".
+fn kernel_line(p: &edgereason::model::KernelProfile) -> String {
+    let mut v: Vec<_> = p.ms.iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(a.1));
+    let total: f64 = p.ms.values().sum();
+    let parts: Vec<String> = v.iter().map(|(k, ms)| format!("{k} {ms:.3}")).collect();
+    format!("{total:.3} ms = {} ({})", parts.join(" + "), p.source)
 }
 
 /// "8x2" → (8, 2): a GEMM register tile of ROWS x COLS (quads of 4 columns).

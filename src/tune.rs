@@ -28,7 +28,7 @@ fn candidate(name: &'static str, vars: &[(&'static str, &'static str)]) -> Candi
 
 /// The decode choices worth timing on a device, the built-in defaults first. GPUs: k split
 /// inside the workgroup instead of a reduce launch, one stream's attention keys likewise
-/// (5 launches a layer), and command buffers per step. CPU drivers never split k: the
+/// (5 launches a layer), and command buffers per step (more or one). CPU drivers never split k: the
 /// slices alone.
 pub fn decode_candidates(cpu: bool) -> Vec<Candidate> {
     let (off, k8, k4, a4) = (
@@ -54,6 +54,8 @@ pub fn decode_candidates(cpu: bool) -> Vec<Candidate> {
         candidate("k-slices-4+attention-slices-4", &[off, k4, a4]),
         candidate("k-slices-4+splits", &[k4]),
         candidate("submit-parts-8", &[("EDGEREASON_SUBMIT_PARTS", "8")]),
+        // With steps pipelined the host records ahead anyway: fewer submits may win.
+        candidate("submit-parts-1", &[("EDGEREASON_SUBMIT_PARTS", "1")]),
     ]
 }
 

@@ -277,3 +277,37 @@ fn a_one_stream_decode_step_has_no_norm_or_merge_launches() {
         assert!(d.dispatches >= 7 * layers + 5, "{d:?}");
     }
 }
+
+#[test]
+fn a_profiled_decode_step_runs_the_decode_steps_launches() {
+    // `bench`'s per-kernel split of a decode step: the same launches as the step itself
+    // (a prompt step of one row takes the prefill kernels, whose sums differ in the last
+    // bits), so the same logits, bit for bit, and the same launch count.
+    let host = load_model(&fixture("tiny-qwen2")).unwrap();
+    let engine = Engine::from_host(host, &EngineOptions::default()).unwrap();
+    let prompt: Vec<u32> = (1..60).collect();
+    let run = |profiled: bool| {
+        let mut s = engine.session().unwrap();
+        s.forward(&prompt).unwrap();
+        let kids = s.fork(s.main, 2).unwrap();
+        let mut out = Vec::new();
+        for rows in [vec![(s.main, 9u32)], vec![(kids[0], 4), (kids[1], 11)]] {
+            let before = engine.ctx.stats.snapshot();
+            let mut profile = edgereason::model::KernelProfile::default();
+            let logits = match profiled {
+                true => s.forward_rows_profiled(&rows, &mut profile).unwrap(),
+                false => s.forward_rows(&rows).unwrap(),
+            };
+            let d = engine.ctx.stats.snapshot() - before;
+            out.push((logits, d.dispatches, profile.ms.contains_key("lm_head")));
+        }
+        out
+    };
+    let (plain, profiled) = (run(false), run(true));
+    for (i, (p, q)) in plain.iter().zip(&profiled).enumerate() {
+        assert_eq!(q.0, p.0, "step {i}: logits");
+        // The profile adds the sampling launch a sampled step ends with.
+        assert_eq!(q.1, p.1 + 1, "step {i}: launches");
+        assert!(q.2, "step {i}: the LM head is timed");
+    }
+}

@@ -83,6 +83,10 @@ F=/tmp/qwen-random.gguf
 $B quantize $Q $F 2>&1 | tail -1
 run bench-qwen $B bench --model $F --prompt-tokens 512 --gen-tokens 128
 [ -x .dev/llama-bench ] && run llama-bench-vulkan .dev/llama-bench -m $F -p 512 -n 128 -ngl 99 -r 5
+# Decode pipelining (each step submitted fed the last one's draws before the host reads
+# them; the default) against waiting for each step's draws, as before 2026-12-04's third
+# session: the gap between GPU time and wall time per step.
+EDGEREASON_PIPELINE=0 run decode-unpipelined $B bench --model $F --prompt-tokens 512 --gen-tokens 128
 # Decode fixed cost, each choice against the default in the same run (the "decode" and
 # "decode step" lines). First the splits inside the workgroup, which need no second
 # launch: matmul k in slices (SLICES: 64 columns × S slices summed in workgroup memory)
@@ -113,6 +117,7 @@ run lora $B bench --model $Q --lora-ranks 8,16,64 --prompt-tokens 512 --gen-toke
 EDGEREASON_LORA_SPLIT=0 run lora-serial $B bench --model $Q --lora-ranks 8,16 --prompt-tokens 512 --gen-tokens 64
 run ttft $B bench --model $Q --adapter-ttft --prompt-tokens 512
 run streams $B bench --model $Q --streams 1,2,4,8,16 --prompt-tokens 512 --gen-tokens 64
+EDGEREASON_PIPELINE=0 run streams-unpipelined $B bench --model $Q --streams 1,8 --prompt-tokens 512 --gen-tokens 64
 # Issue 12: the server on the GPU (continuous batching, 1 vs 8 streaming clients; the
 # synthetic model has a word-level tokenizer and ChatML, and no EOS: every reply is full).
 EDGEREASON_BIN=$B run serve timeout 100 python3 tools/bench_serve.py --model $Q --clients 1,8,1,8 --requests 2 --max-tokens 64

@@ -4,7 +4,26 @@
 //! A [`Session`] holds one main stream; `fork` adds streams that share its prompt blocks,
 //! and `forward_rows` advances several streams by one token each in one batched step
 //! (`forward_rows_sampled` also samples their next tokens on the GPU, reading back 8 bytes
-//! per row instead of the logits).
+//! per row instead of the logits). A decoding loop keeps the GPU busy by submitting each
+//! step fed the last one's draws before reading them:
+//!
+//! ```no_run
+//! use edgereason::engine::{Engine, EngineOptions};
+//! use edgereason::ops::sampling::RowSampling;
+//! let engine = Engine::load("smollm2-135m", &EngineOptions::default())?;
+//! let mut s = engine.session()?;
+//! let logits = s.forward(&engine.encode("Once upon a time")?)?;
+//! let greedy = |step| RowSampling { params: Default::default(), step };
+//! let first = edgereason::sampling::argmax(&logits);
+//! let mut last = s.submit_rows_sampled(&[(s.main, first)], &[greedy(0)])?;
+//! for step in 1..32 {
+//!     let next = s.submit_fed(&last, &[greedy(step)])?; // queued behind `last`
+//!     let (id, _logprob) = s.wait_sampled(last)?[0]; // read while `next` runs
+//!     print!("{}", engine.decode(&[id])?);
+//!     last = next;
+//! }
+//! # anyhow::Ok(())
+//! ```
 
 use super::launches::{Activations, KvCache, Launches, StepInputs};
 use super::GpuModel;
@@ -754,12 +773,13 @@ impl Session {
         ))
     }
 
-    /// Run one step of `tokens` (and the greedy GPU sampling launch a decode step ends
-    /// with, unless `EDGEREASON_CPU_SAMPLING=1`) and add each kernel kind's time to
-    /// `profile`. With timestamp queries (most adapters, lavapipe included) every launch
-    /// gets its own pass with GPU timestamps at its start and end, all in one submission;
-    /// without them each launch is submitted and waited for alone and wall time is taken
-    /// (slower, and includes submission overhead). For `bench`.
+    /// Run one prompt chunk of `tokens` for the main stream, each launch timed on its own
+    /// (the head over the last row, and the greedy GPU sampling launch unless
+    /// `EDGEREASON_CPU_SAMPLING=1`), and add each kernel kind's time to `profile`; returns
+    /// the last row's logits. With timestamp queries (most adapters, lavapipe included)
+    /// every launch gets its own pass with GPU timestamps at its start and end, all in one
+    /// submission; without them each launch is submitted and waited for alone and wall
+    /// time is taken (slower, and includes submission overhead). For `bench`.
     pub fn forward_profiled(
         &mut self,
         tokens: &[u32],
@@ -772,46 +792,77 @@ impl Session {
                 max: self.max_rows,
             });
         }
-        let ctx = self.model.ctx.clone();
         let step = self.prepare_prompt_rows(&self.main_rows(tokens))?;
-        // the GPU sampling launch too (greedy), as a decode step runs it
-        self.write_sample_rows(std::iter::once(SampleRow::default()));
-        let launches = self.profiled_launches(step);
+        self.profile_step(step, profile)?;
+        self.pos += tokens.len();
+        let n_vocab = self.model.config.n_vocab;
+        Ok(self.model.ctx.read(&self.logits, 0, n_vocab)?)
+    }
+
+    /// As [`forward_profiled`](Self::forward_profiled) for a decode step: each stream of
+    /// `rows` takes its next token, the decode kernels run (splits and all), and the head
+    /// and sampling cover every row. Returns each row's logits.
+    pub fn forward_rows_profiled(
+        &mut self,
+        rows: &[(StreamId, u32)],
+        profile: &mut KernelProfile,
+    ) -> Result<Vec<Vec<f32>>, ForwardError> {
+        self.check_rows(rows)?;
+        let step = self.prepare_rows(rows)?;
+        self.profile_step(step, profile)?;
+        if rows.iter().any(|r| r.0 == self.main) {
+            self.pos = self.pool.len(self.main)?;
+        }
+        let n_vocab = self.model.config.n_vocab;
+        let logits: Vec<f32> = self.model.ctx.read(&self.logits, 0, rows.len() * n_vocab)?;
+        Ok(logits.chunks(n_vocab).map(|r| r.to_vec()).collect())
+    }
+
+    /// Time each launch of a prepared step (greedy sampling rows included).
+    fn profile_step(
+        &mut self,
+        step: Step,
+        profile: &mut KernelProfile,
+    ) -> Result<(), ForwardError> {
+        let ctx = self.model.ctx.clone();
+        let head_rows = if step.prompt { 1 } else { step.rows };
+        self.write_sample_rows((0..head_rows).map(|r| SampleRow {
+            logits_row: r,
+            ..Default::default()
+        }));
+        self.draws_fed_next = None;
+        let launches = self.profiled_launches(step, head_rows);
         ctx.wait();
         if ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
             self.profile_with_timestamps(&launches, profile)?;
         } else {
             self.profile_wall_clock(&launches, profile);
         }
-        self.pos += tokens.len();
-        Ok(ctx.read(&self.logits, 0, self.model.config.n_vocab)?)
+        Ok(())
     }
 
-    /// Every launch of a prompt step, each with the step it records: the body over all
-    /// rows, the head over the last row, and the sampling launch unless sampling is on the CPU.
-    fn profiled_launches(&self, step: Step) -> Vec<(&Dispatch, Step)> {
-        let (rows, kv_len) = (step.rows, step.kv_len);
+    /// Every launch a step makes, each with the step it records: the body over all rows,
+    /// the head over the last `head_rows` rows, and the sampling launch over them unless
+    /// sampling is on the CPU.
+    fn profiled_launches(&self, step: Step, head_rows: u32) -> Vec<(&Dispatch, Step)> {
+        let head = Step {
+            rows: head_rows,
+            row0: step.rows - head_rows,
+            kv_len: step.kv_len,
+            ..Default::default()
+        };
         self.body
             .iter()
             .map(|(_, d)| (d, step))
-            .chain(self.head.iter().map(|d| {
-                (
-                    d,
-                    Step {
-                        rows: 1,
-                        row0: rows - 1,
-                        kv_len,
-                        ..Default::default()
-                    },
-                )
-            }))
+            .chain(self.head.iter().map(|d| (d, head)))
             .chain((!crate::sampling::cpu_sampling()).then_some((
                 &self.sampling,
                 Step {
-                    rows: 1,
+                    rows: head_rows,
                     ..Default::default()
                 },
             )))
+            .filter(|(d, step)| d.launches_in(step))
             .collect()
     }
 

@@ -360,6 +360,13 @@ impl Dispatch {
         }
     }
 
+    /// Whether [`record_step`](Self::record_step) launches anything for `step` (folded and
+    /// unsplit launches record nothing; a profile leaves them out).
+    pub fn launches_in(&self, step: &Step) -> bool {
+        let (splits, shared) = self.split_counts(step);
+        self.when.holds(step) && step.rows > 0 && !self.nothing_to_do(splits, shared)
+    }
+
     /// As [`record_step`](Self::record_step) whatever path the step takes (tests and
     /// benchmarks run one path's launches on any step).
     pub fn record_forced(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, step: &Step) {
