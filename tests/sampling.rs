@@ -387,19 +387,21 @@ fn forked(
     (s, kids)
 }
 
+/// The tiny Qwen2 fixture with a context of `n_ctx`.
+fn tiny_qwen2(n_ctx: usize) -> edgereason::engine::Engine {
+    let host = edgereason::loader::load_model(&common::fixture("tiny-qwen2")).unwrap();
+    let options = edgereason::engine::EngineOptions {
+        n_ctx,
+        ..Default::default()
+    };
+    edgereason::engine::Engine::from_host(host, &options).unwrap()
+}
+
 #[test]
 fn forward_rows_sampled_samples_the_rows_forward_rows_returns() {
     use edgereason::ops::sampling::RowSampling;
     use edgereason::sampling::SamplingParams;
-    let host = edgereason::loader::load_model(&common::fixture("tiny-qwen2")).unwrap();
-    let engine = edgereason::engine::Engine::from_host(
-        host,
-        &edgereason::engine::EngineOptions {
-            n_ctx: 128,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let engine = tiny_qwen2(128);
     let settings: Vec<RowSampling> = [(0.0f32, 0usize, 1.0f32), (1.0, 0, 1.0), (0.7, 20, 0.9)]
         .iter()
         .enumerate()
@@ -470,15 +472,7 @@ fn a_step_fed_the_last_steps_draws_on_the_gpu_equals_one_fed_by_the_host() {
     use edgereason::model::ForwardError;
     use edgereason::ops::sampling::RowSampling;
     use edgereason::sampling::SamplingParams;
-    let host = edgereason::loader::load_model(&common::fixture("tiny-qwen2")).unwrap();
-    let engine = edgereason::engine::Engine::from_host(
-        host,
-        &edgereason::engine::EngineOptions {
-            n_ctx: 128,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let engine = tiny_qwen2(128);
     let settings = |step: u32| -> Vec<RowSampling> {
         (0..3)
             .map(|i| RowSampling {

@@ -221,36 +221,34 @@ impl BlockPool {
     /// no longer needs are let go (back to the pool if no other stream holds them).
     pub fn truncate(&mut self, s: StreamId, len: usize) -> Result<(), KvError> {
         let bs = self.block_size;
-        let BlockPool {
-            refs,
-            free,
-            streams,
-            ..
-        } = self;
-        let st = streams.get_mut(&s).ok_or(KvError::UnknownStream(s.0))?;
+        let st = self
+            .streams
+            .get_mut(&s)
+            .ok_or(KvError::UnknownStream(s.0))?;
         if len >= st.len {
             return Ok(());
         }
-        for b in st.blocks.drain(len.div_ceil(bs)..) {
-            refs[b as usize] -= 1;
-            if refs[b as usize] == 0 {
-                free.push(b);
-            }
-        }
+        let gone: Vec<u32> = st.blocks.drain(len.div_ceil(bs)..).collect();
         st.len = len;
+        self.let_go(gone);
         Ok(())
     }
 
     /// End stream `s`; blocks no other stream holds return to the pool.
     pub fn release(&mut self, s: StreamId) -> Result<(), KvError> {
         let st = self.streams.remove(&s).ok_or(KvError::UnknownStream(s.0))?;
-        for b in st.blocks {
+        self.let_go(st.blocks);
+        Ok(())
+    }
+
+    /// One holder fewer for each of `blocks`; those no stream holds return to the pool.
+    fn let_go(&mut self, blocks: Vec<u32>) {
+        for b in blocks {
             self.refs[b as usize] -= 1;
             if self.refs[b as usize] == 0 {
                 self.free.push(b);
             }
         }
-        Ok(())
     }
 }
 
