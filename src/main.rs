@@ -665,6 +665,7 @@ fn serve(a: &ServeArgs, cli: &Cli) -> Result<()> {
         max_n: a.max_n,
         kv_tokens: a.kv_tokens,
         prefix_cache: !a.no_prefix_cache,
+        ..Default::default()
     };
     let scheduler = Scheduler::start(Arc::new(engine), options)?;
     let state = Arc::new(ServerState::new(

@@ -379,3 +379,94 @@ fn running_requests_on_a_scheduler_batch_and_cancel_like_their_own_threads() {
         m.kv_blocks_total
     );
 }
+
+#[test]
+fn pipelined_serving_gives_the_tokens_of_step_by_step_serving() {
+    // The same requests, all submitted at once (they join the batch turn by turn and leave
+    // at different steps): sampled best-of-3, stop strings, budget forcing, caps.
+    let e = engine(16);
+    let sampled = |max_tokens, seed| GenerateParams {
+        sampling: SamplingParams {
+            temperature: 0.9,
+            seed,
+            ..Default::default()
+        },
+        ..params(max_tokens, Some("a"))
+    };
+    let serve = |pipelined: bool, reqs: &[Request]| {
+        let opts = SchedulerOptions {
+            pipelined,
+            ..Default::default()
+        };
+        let sched = Scheduler::start(e.clone(), opts).unwrap();
+        let handles: Vec<_> = reqs
+            .iter()
+            .map(|r| sched.submit(r.clone()).unwrap())
+            .collect();
+        let outs: Vec<_> = handles.into_iter().map(collect).collect();
+        let m = settle(&sched);
+        assert_eq!(
+            m.kv_blocks_free + m.kv_blocks_cached_only,
+            m.kv_blocks_total,
+            "pipelined {pipelined}: every block back"
+        );
+        (outs, m)
+    };
+    let mut reqs = vec![
+        Request::new(prompt(21, 0), sampled(30, 3)),
+        Request {
+            n: 3,
+            // The verifier continues each candidate's cache: a token fed ahead and not
+            // taken back would change its score.
+            vote: edgereason::sched::best_of_n::VoteParams {
+                verifier: Some(Arc::new(edgereason::adapters::Verifier::from_weights(
+                    (0..e.model.config.n_embd)
+                        .map(|i| ((i * 7 % 5) as f32 - 2.0) / 4.0)
+                        .collect(),
+                    0.1,
+                    " Right?",
+                ))),
+                weighted: true,
+                ..Default::default()
+            },
+            ..Request::new(prompt(9, 1), sampled(34, 5))
+        },
+        Request::new(prompt(30, 2), params(24, None)),
+        Request::new(
+            prompt(12, 3),
+            GenerateParams {
+                budget: Some(Budget {
+                    answer_tokens: 3,
+                    ..Budget::new(4)
+                }),
+                ..sampled(28, 9)
+            },
+        ),
+    ];
+    // A stop string request 1's candidates meet mid-reply: a piece of one's own text.
+    let text: Vec<char> = serve(false, &reqs).0[1].2.candidates[2]
+        .text
+        .chars()
+        .collect();
+    reqs[1].params.stop = vec![text[text.len() / 2..text.len() / 2 + 2].iter().collect()];
+    let (want, m0) = serve(false, &reqs);
+    let (got, m1) = serve(true, &reqs);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.1, w.1, "request {i}: token events");
+        for (a, b) in g.2.candidates.iter().zip(&w.2.candidates) {
+            assert_eq!(
+                (&a.tokens, &a.finish_reason, a.logprob, a.verifier_score),
+                (&b.tokens, &b.finish_reason, b.logprob, b.verifier_score),
+                "request {i} candidate {}",
+                b.index
+            );
+        }
+    }
+    assert_eq!(m0.decode_steps_fed_ahead, 0);
+    assert!(
+        m1.decode_steps_fed_ahead > 8 && m1.decode_steps_fed_ahead < m1.decode_steps,
+        "{} of {} steps fed ahead",
+        m1.decode_steps_fed_ahead,
+        m1.decode_steps
+    );
+}

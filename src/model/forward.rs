@@ -1017,7 +1017,7 @@ impl Session {
         last: &SampledStep,
         sampling: &[RowSampling],
     ) -> Result<SampledStep, ForwardError> {
-        if self.draws_fed_next != Some(last.number) {
+        if !self.feeds(last) {
             return Err(ForwardError::StaleDraws);
         }
         let streams = last.streams.clone();
@@ -1025,6 +1025,12 @@ impl Session {
         self.check_sampling(&streams, sampling)?;
         let step = self.prepare_fed_rows(&streams)?;
         self.submit_sampled(step, streams, sampling)
+    }
+
+    /// Whether [`submit_fed`](Self::submit_fed) can follow `last`: no step has written the
+    /// token buffer since.
+    pub fn feeds(&self, last: &SampledStep) -> bool {
+        self.draws_fed_next == Some(last.number)
     }
 
     /// Record and submit a prepared step with the LM head and sampling over its rows, and

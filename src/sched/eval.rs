@@ -204,6 +204,7 @@ fn evaluate_batched(
         max_n: run.n,
         kv_tokens: run.parallel * largest * BLOCK_SIZE,
         prefix_cache: true,
+        ..Default::default()
     };
     let scheduler = Scheduler::start(engine.clone(), options)?;
     let submitted = requests

@@ -35,8 +35,8 @@ use super::best_of_n::{
 };
 use crate::engine::{Engine, GenerateParams, Reasoning};
 use crate::kv::StreamId;
-use crate::model::forward::BLOCK_SIZE;
-use crate::model::Session;
+use crate::model::forward::{decode_pipelining, BLOCK_SIZE};
+use crate::model::{SampledStep, Session};
 use crate::ops::sampling::RowSampling;
 use anyhow::{anyhow, bail, Result};
 use std::collections::VecDeque;
@@ -63,6 +63,10 @@ pub struct SchedulerOptions {
     pub kv_tokens: usize,
     /// Keep finished prompts' KV blocks for later requests that start the same way.
     pub prefix_cache: bool,
+    /// Submit a step fed the last one's draws before reading them where the batch is
+    /// unchanged (see [`Decoding::step`](super::best_of_n::Decoding::step)); default: on
+    /// unless EDGEREASON_PIPELINE=0.
+    pub pipelined: bool,
 }
 
 impl Default for SchedulerOptions {
@@ -73,6 +77,7 @@ impl Default for SchedulerOptions {
             max_n: 16,
             kv_tokens: 16384,
             prefix_cache: true,
+            pipelined: decode_pipelining(),
         }
     }
 }
@@ -198,6 +203,7 @@ impl Scheduler {
             queue: VecDeque::new(),
             running: Vec::new(),
             cache: PrefixCache::default(),
+            in_flight: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("edgereason-scheduler".into())
@@ -350,6 +356,8 @@ struct Loop {
     queue: VecDeque<Job>,
     running: Vec<Running>,
     cache: PrefixCache,
+    /// Decode steps on the GPU's queue whose draws are not read yet.
+    in_flight: Vec<SampledStep>,
 }
 
 impl Loop {
@@ -645,11 +653,105 @@ impl Loop {
         Ok(())
     }
 
-    /// Advance every decoding candidate of every request by one token, in batched steps
-    /// of the LM head's row count.
+    /// Advance every decoding candidate of every request by one token: take the draws of
+    /// the step in flight, then submit the next batched step (in chunks of the LM head's
+    /// row count) and leave it in flight, so the rest of the turn (admitting, prompt
+    /// chunks, answers) overlaps the GPU. Where the batch is the one in flight, unchanged,
+    /// and every candidate takes its draw, the next step is submitted first, fed those
+    /// draws on the GPU (as [`Decoding::step`](super::best_of_n::Decoding::step) does).
     fn decode_step(&mut self) -> Result<()> {
+        let ahead = self.submit_ahead()?;
+        for step in std::mem::take(&mut self.in_flight) {
+            let streams = step.streams().to_vec();
+            let draws = self.session.wait_sampled(step)?;
+            let at = self.locate();
+            for (s, next) in streams.iter().zip(draws) {
+                // A request cancelled meanwhile has left: its rows are dropped.
+                if let Some(&(ri, k)) = at.get(s) {
+                    self.running[ri].next_of[k] = next;
+                }
+            }
+        }
+        let rows = self.advance_streams()?;
+        let fed_ahead = ahead.is_some();
+        match ahead {
+            Some(step) => self.keep_ahead(step)?,
+            None => self.submit_rows(&rows)?,
+        }
+        let mut m = crate::sync::lock(&self.metrics);
+        m.generated_tokens += rows.len() as u64;
+        m.peak_step_streams = m.peak_step_streams.max(rows.len());
+        m.decode_steps += !rows.is_empty() as u64;
+        m.decode_steps_fed_ahead += fed_ahead as u64;
+        Ok(())
+    }
+
+    /// Where each decoding candidate's cache stream is: (request, candidate).
+    fn locate(&self) -> std::collections::HashMap<StreamId, (usize, usize)> {
+        let mut at = std::collections::HashMap::new();
+        for (ri, r) in self.running.iter().enumerate() {
+            if matches!(r.phase, Phase::Decode) {
+                for (k, s) in r.streams.iter().enumerate() {
+                    at.insert(s.stream, (ri, k));
+                }
+            }
+        }
+        at
+    }
+
+    /// The step after the one in flight, fed its draws, if it was the whole batch in one
+    /// launch and nothing changed since: no step wrote the tokens (a prompt chunk, a new
+    /// request's first draws), every candidate still decodes and takes its draw.
+    fn submit_ahead(&mut self) -> Result<Option<SampledStep>> {
+        let [last] = self.in_flight.as_slice() else {
+            return Ok(None);
+        };
+        if !self.options.pipelined || !self.session.feeds(last) {
+            return Ok(None);
+        }
+        let at = self.locate();
+        let live = self
+            .running
+            .iter()
+            .filter(|r| matches!(r.phase, Phase::Decode))
+            .flat_map(|r| r.streams.iter().filter(|s| s.finish.is_none()))
+            .count();
+        let mut settings = Vec::with_capacity(live);
+        for s in last.streams() {
+            match at.get(s).map(|&(ri, k)| &self.running[ri].streams[k]) {
+                Some(st) if st.takes_its_draw() => settings.push(RowSampling {
+                    step: st.sampled + 1,
+                    ..st.row_sampling()
+                }),
+                _ => return Ok(None),
+            }
+        }
+        if settings.len() != live {
+            return Ok(None);
+        }
+        Ok(Some(self.session.submit_fed(last, &settings)?))
+    }
+
+    /// The step fed ahead is the one in flight; candidates that ended on the draw it was
+    /// fed take that token back out of their caches.
+    fn keep_ahead(&mut self, step: SampledStep) -> Result<()> {
+        let at = self.locate();
+        for s in step.streams() {
+            if let Some(&(ri, k)) = at.get(s) {
+                if self.running[ri].streams[k].finish.is_some() {
+                    self.session.truncate(*s, 1)?;
+                }
+            }
+        }
+        self.in_flight.push(step);
+        Ok(())
+    }
+
+    /// Every decoding candidate takes its next token (sent to its request); returns the
+    /// rows (request, candidate, cache stream, token) of those that go on.
+    fn advance_streams(&mut self) -> Result<Vec<(usize, usize, StreamId, u32)>> {
         let engine = self.engine.clone();
-        let mut rows = Vec::new(); // (request, candidate, stream, token)
+        let mut rows = Vec::new();
         for (ri, r) in self.running.iter_mut().enumerate() {
             if !matches!(r.phase, Phase::Decode) {
                 continue;
@@ -677,20 +779,21 @@ impl Loop {
                     .observe((now - t).as_secs_f64());
             }
         }
+        Ok(rows)
+    }
+
+    /// Submit one batched step of `rows`, in chunks of the LM head's row count, each left
+    /// in flight.
+    fn submit_rows(&mut self, rows: &[(usize, usize, StreamId, u32)]) -> Result<()> {
         for chunk in rows.chunks(self.session.lm_rows) {
             let batch: Vec<_> = chunk.iter().map(|&(_, _, s, id)| (s, id)).collect();
             let settings: Vec<RowSampling> = chunk
                 .iter()
                 .map(|&(ri, k, _, _)| self.running[ri].streams[k].row_sampling())
                 .collect();
-            let out = self.session.forward_rows_sampled(&batch, &settings)?;
-            for (&(ri, k, _, _), next) in chunk.iter().zip(out) {
-                self.running[ri].next_of[k] = next;
-            }
+            let step = self.session.submit_rows_sampled(&batch, &settings)?;
+            self.in_flight.push(step);
         }
-        let mut m = crate::sync::lock(&self.metrics);
-        m.generated_tokens += rows.len() as u64;
-        m.peak_step_streams = m.peak_step_streams.max(rows.len());
         Ok(())
     }
 
@@ -775,6 +878,7 @@ impl Loop {
 
     /// A failed decode step fails the requests that were decoding.
     fn fail_decoding(&mut self, e: &anyhow::Error) {
+        self.in_flight.clear();
         let (failed, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
             .into_iter()
             .partition(|r| matches!(r.phase, Phase::Decode));

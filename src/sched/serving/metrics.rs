@@ -60,6 +60,10 @@ pub struct Metrics {
     /// Prompt tokens served from the prefix cache.
     pub cached_prompt_tokens: u64,
     pub generated_tokens: u64,
+    /// Batched decode steps, and those submitted fed the last step's draws before the host
+    /// read them (pipelined).
+    pub decode_steps: u64,
+    pub decode_steps_fed_ahead: u64,
     pub running: usize,
     pub queued: usize,
     pub live_streams: usize,
@@ -90,6 +94,8 @@ impl Default for Metrics {
             prompt_tokens: 0,
             cached_prompt_tokens: 0,
             generated_tokens: 0,
+            decode_steps: 0,
+            decode_steps_fed_ahead: 0,
             running: 0,
             queued: 0,
             live_streams: 0,
@@ -167,6 +173,16 @@ impl Metrics {
                 "edgereason_generated_tokens_total",
                 "Tokens decoded.",
                 self.generated_tokens,
+            ),
+            (
+                "edgereason_decode_steps_total",
+                "Batched decode steps.",
+                self.decode_steps,
+            ),
+            (
+                "edgereason_decode_steps_fed_ahead_total",
+                "Decode steps submitted before the last step's tokens were read (pipelined).",
+                self.decode_steps_fed_ahead,
             ),
         ];
         for (name, help, v) in counters {
