@@ -121,6 +121,7 @@ EDGEREASON_PIPELINE=0 run streams-unpipelined $B bench --model $Q --streams 1,8 
 # Issue 12: the server on the GPU (continuous batching, 1 vs 8 streaming clients; the
 # synthetic model has a word-level tokenizer and ChatML, and no EOS: every reply is full).
 EDGEREASON_BIN=$B run serve timeout 100 python3 tools/bench_serve.py --model $Q --clients 1,8,1,8 --requests 2 --max-tokens 64
+EDGEREASON_PIPELINE=0 EDGEREASON_BIN=$B run serve-unpipelined timeout 100 python3 tools/bench_serve.py --model $Q --clients 1,8,1,8 --requests 2 --max-tokens 64
 run bench-smollm2 $B bench --model synthetic:smollm2-135m --prompt-tokens 512 --gen-tokens 128
 run bench-qwen-2048 $B bench --model $F --prompt-tokens 2048 --gen-tokens 8 --ctx 4096
 EDGEREASON_PREFILL_COOP=1 run bench-qwen-coop $B bench --model $F --prompt-tokens 512 --gen-tokens 32
