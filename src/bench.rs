@@ -52,7 +52,8 @@ pub struct BenchReport {
 }
 
 /// The fixed cost of one decode step: launches, passes, submissions, bytes read back, the
-/// host time to prepare, record and submit it, and the GPU time of its pass.
+/// host time to prepare, record and submit it, and the GPU time of its pass. Each step is
+/// waited for before the next (not pipelined), so its wall time is host and GPU in series.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct StepCost {
     pub dispatches: u64,

@@ -1483,7 +1483,7 @@ fn bench_report(engine: &Engine, a: &BenchArgs) -> Result<()> {
         );
         let c = &r.decode_step_cost;
         println!(
-            "decode step   {} launches ({:.1} per layer + head), {} pass, {} submit, {} B read back, host {:.0} us, GPU {}, wall {:.2} ms",
+            "decode step   {} launches ({:.1} per layer + head), {} pass, {} submit, {} B read back, host {:.0} us, GPU {}, wall {:.2} ms (a step alone, not pipelined)",
             c.dispatches,
             c.dispatches_per_layer,
             c.passes,
