@@ -539,7 +539,9 @@ impl<'e> Decoding<'e> {
         let [(last, indices)] = self.in_flight.as_slice() else {
             return Ok(None);
         };
-        if !self.pipelined || !indices.iter().all(|&i| self.live[i].takes_its_draw()) {
+        let unchanged = self.session.feeds(last);
+        if !self.pipelined || !unchanged || !indices.iter().all(|&i| self.live[i].takes_its_draw())
+        {
             return Ok(None);
         }
         let settings: Vec<RowSampling> = indices
