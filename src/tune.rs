@@ -28,8 +28,8 @@ fn candidate(name: &'static str, vars: &[(&'static str, &'static str)]) -> Candi
 
 /// The decode choices worth timing on a device, the built-in defaults first. GPUs: k split
 /// inside the workgroup instead of a reduce launch, one stream's attention keys likewise
-/// (5 launches a layer), and command buffers per step (more or one). CPU drivers never split k: the
-/// slices alone.
+/// (5 launches a layer), command buffers per step (more or one), and steps not pipelined.
+/// CPU drivers never split k: the slices alone, and steps not pipelined.
 pub fn decode_candidates(cpu: bool) -> Vec<Candidate> {
     let (off, k8, k4, a4) = (
         ("EDGEREASON_K_SPLITS", "0"),
@@ -37,6 +37,9 @@ pub fn decode_candidates(cpu: bool) -> Vec<Candidate> {
         ("EDGEREASON_K_SLICES", "4"),
         ("EDGEREASON_ATTENTION_SLICES", "4"),
     );
+    // Each step waited for before the next: where a driver runs submissions on the
+    // submitting thread, pipelining can only cost.
+    let unpipelined = candidate("unpipelined", &[("EDGEREASON_PIPELINE", "0")]);
     if cpu {
         return vec![
             candidate("default", &[]),
@@ -45,6 +48,7 @@ pub fn decode_candidates(cpu: bool) -> Vec<Candidate> {
                 "attention-slices-2",
                 &[("EDGEREASON_ATTENTION_SLICES", "2")],
             ),
+            unpipelined,
         ];
     }
     vec![
@@ -56,6 +60,7 @@ pub fn decode_candidates(cpu: bool) -> Vec<Candidate> {
         candidate("submit-parts-8", &[("EDGEREASON_SUBMIT_PARTS", "8")]),
         // With steps pipelined the host records ahead anyway: fewer submits may win.
         candidate("submit-parts-1", &[("EDGEREASON_SUBMIT_PARTS", "1")]),
+        unpipelined,
     ]
 }
 
