@@ -1000,8 +1000,8 @@ impl Session {
         sampling: &[RowSampling],
     ) -> Result<SampledStep, ForwardError> {
         self.check_rows(rows)?;
+        check_sampling(rows.len(), sampling)?;
         let streams: Vec<StreamId> = rows.iter().map(|r| r.0).collect();
-        self.check_sampling(&streams, sampling)?;
         let step = self.prepare_rows(rows)?;
         self.submit_sampled(step, streams, sampling)
     }
@@ -1022,7 +1022,7 @@ impl Session {
         }
         let streams = last.streams.clone();
         self.check_room(&streams)?;
-        self.check_sampling(&streams, sampling)?;
+        check_sampling(streams.len(), sampling)?;
         let step = self.prepare_fed_rows(&streams)?;
         self.submit_sampled(step, streams, sampling)
     }
@@ -1062,8 +1062,7 @@ impl Session {
 
     /// Wait for a submitted step's draws: (id, log-prob) per row, in row order.
     pub fn wait_sampled(&self, step: SampledStep) -> Result<Vec<(u32, f32)>, ForwardError> {
-        let out = step.read.wait(&self.model.ctx)?;
-        Ok(out.iter().map(|s| (s.id, s.logprob)).collect())
+        Ok(draws(step.read.wait(&self.model.ctx)?))
     }
 
     /// Take the last `n` tokens of stream `s` back out of its cache (their slots are
@@ -1074,20 +1073,6 @@ impl Session {
         self.pool.truncate(s, len.saturating_sub(n))?;
         if s == self.main {
             self.pos = self.pool.len(s)?;
-        }
-        Ok(())
-    }
-
-    fn check_sampling(
-        &self,
-        streams: &[StreamId],
-        sampling: &[RowSampling],
-    ) -> Result<(), ForwardError> {
-        if streams.len() != sampling.len() {
-            return Err(ForwardError::SamplingRows {
-                rows: streams.len(),
-                settings: sampling.len(),
-            });
         }
         Ok(())
     }
@@ -1120,9 +1105,24 @@ impl Session {
     }
 
     fn read_sampled(&self, rows: usize) -> Result<Vec<(u32, f32)>, ForwardError> {
-        let out: Vec<Sampled> = self.model.ctx.read(&self.sampled, 0, rows)?;
-        Ok(out.iter().map(|s| (s.id, s.logprob)).collect())
+        Ok(draws(self.model.ctx.read(&self.sampled, 0, rows)?))
     }
+}
+
+/// One sampling setting per row.
+fn check_sampling(rows: usize, sampling: &[RowSampling]) -> Result<(), ForwardError> {
+    if rows != sampling.len() {
+        return Err(ForwardError::SamplingRows {
+            rows,
+            settings: sampling.len(),
+        });
+    }
+    Ok(())
+}
+
+/// The sampler's output as (id, log-prob) per row.
+fn draws(out: Vec<Sampled>) -> Vec<(u32, f32)> {
+    out.iter().map(|s| (s.id, s.logprob)).collect()
 }
 
 /// The per-step inputs of up to `max_rows` rows over a cache of `n_blocks` blocks.
