@@ -269,6 +269,10 @@ struct ServeArgs {
     /// Do not keep earlier prompts' KV blocks for later requests.
     #[arg(long)]
     no_prefix_cache: bool,
+    /// Do not build the kernels' variants while idle (each is then built by the first
+    /// step that needs it: for measuring the stall).
+    #[arg(long)]
+    no_warm_up: bool,
     /// Extra LoRA adapter as NAME=PEFT_DIR (repeatable); requests pick it with "adapter".
     #[arg(long = "adapter", value_name = "NAME=DIR")]
     adapters: Vec<String>,
@@ -665,6 +669,7 @@ fn serve(a: &ServeArgs, cli: &Cli) -> Result<()> {
         max_n: a.max_n,
         kv_tokens: a.kv_tokens,
         prefix_cache: !a.no_prefix_cache,
+        warm_up: !a.no_warm_up,
         ..Default::default()
     };
     let scheduler = Scheduler::start(Arc::new(engine), options)?;

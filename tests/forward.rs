@@ -311,3 +311,50 @@ fn a_profiled_decode_step_runs_the_decode_steps_launches() {
         assert!(q.2, "step {i}: the LM head is timed");
     }
 }
+
+#[test]
+fn a_warmed_up_session_builds_no_pipeline_in_its_steps() {
+    // Every variant a step can take — prompt chunks of any length, decode steps of 1..=8
+    // rows (one stream, forked streams over a shared prefix), an adapter on some rows,
+    // greedy and sampled rows — is built by `warm_up`, so no step stops to compile.
+    use edgereason::ops::sampling::RowSampling;
+    use edgereason::sampling::SamplingParams;
+    use std::time::Duration;
+    let host = load_model(&fixture("tiny-qwen2")).unwrap();
+    let options = EngineOptions {
+        max_rows: 8,
+        ..Default::default()
+    };
+    let engine = Engine::from_host(host, &options).unwrap();
+    engine
+        .load_adapter("reasoning", &fixture("lora/lora"))
+        .unwrap();
+    let mut s = engine.session().unwrap();
+    let first = s.warm_up(Duration::ZERO);
+    assert!(first.compiled >= 1 && first.left > 0, "{first:?}");
+    let rest = s.warm_up(Duration::MAX);
+    assert_eq!(rest.left, 0, "{rest:?}");
+    assert_eq!(s.warm_up(Duration::MAX), Default::default(), "nothing left");
+
+    let compiled = || engine.ctx.stats.snapshot().pipelines_compiled;
+    let before = compiled();
+    s.forward(&(1..30).collect::<Vec<u32>>()).unwrap(); // chunks of 8, 8, 8, 5
+    let kids = s.fork(s.main, 8).unwrap();
+    s.set_adapter(kids[1], Some(0)).unwrap();
+    let sampled = RowSampling {
+        params: SamplingParams {
+            temperature: 0.8,
+            top_p: 0.9,
+            seed: 3,
+            ..Default::default()
+        },
+        step: 0,
+    };
+    for n in 1..=8 {
+        let rows: Vec<_> = kids[..n].iter().map(|&k| (k, 7 + n as u32)).collect();
+        let sampling = vec![sampled.clone(); n];
+        s.forward_rows_sampled(&rows, &sampling).unwrap();
+        s.forward_rows(&[(kids[0], 3)]).unwrap(); // one stream alone
+    }
+    assert_eq!(compiled(), before, "a step built a pipeline after warm_up");
+}

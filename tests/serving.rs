@@ -470,3 +470,43 @@ fn pipelined_serving_gives_the_tokens_of_step_by_step_serving() {
         m1.decode_steps
     );
 }
+
+#[test]
+fn an_idle_scheduler_builds_the_kernel_variants_its_steps_take() {
+    // While idle the loop builds every pipeline a step can take, so requests that batch
+    // 1..8 candidates, with adapters and without, never stop a step to compile one.
+    let e = engine(16);
+    let sched = Scheduler::start(e.clone(), SchedulerOptions::default()).unwrap();
+    let t = Instant::now();
+    while sched.metrics().pipelines_cold > 0 {
+        assert!(t.elapsed() < Duration::from_secs(300), "never warmed up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let warm = sched.metrics();
+    assert!(warm.pipelines_warmed > 0, "{warm:?}");
+    let before = e.ctx.stats.snapshot().pipelines_compiled;
+    let handles: Vec<_> = [(1, Some("a")), (3, None), (4, Some("b"))]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (n, adapter))| {
+            let mut p = params(6, adapter);
+            p.sampling = SamplingParams {
+                temperature: 0.7,
+                seed: i as u64,
+                ..Default::default()
+            };
+            let mut req = Request::new(prompt(20 + 7 * i, i as u32), p);
+            req.n = n;
+            sched.submit(req).unwrap()
+        })
+        .collect();
+    for h in handles {
+        collect(h);
+    }
+    settle(&sched);
+    assert_eq!(
+        e.ctx.stats.snapshot().pipelines_compiled,
+        before,
+        "a step built a pipeline after the warm-up"
+    );
+}

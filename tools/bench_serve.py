@@ -83,6 +83,28 @@ def stream_chat(port, messages, max_tokens):
     return ttft or (time.perf_counter() - t0), tokens, time.perf_counter() - t0
 
 
+def metric(port, name):
+    """One value of the server's /metrics."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    if not m:
+        raise SystemExit(f"/metrics has no {name}")
+    return float(m.group(1))
+
+
+def wait_warm(port, limit_s=600):
+    """Seconds from now until the server has built its kernel variants (it does while idle)."""
+    t0 = time.perf_counter()
+    while metric(port, "edgereason_pipelines_cold") > 0:
+        if time.perf_counter() - t0 > limit_s:
+            raise SystemExit(f"the server was still warming up after {limit_s} s")
+        time.sleep(0.2)
+    return time.perf_counter() - t0
+
+
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
@@ -132,27 +154,36 @@ def main():
     ap.add_argument("--requests", type=int, default=2, help="requests per client")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--prefix-rules", type=int, default=70, help="system prompt size (~15 tokens each)")
+    ap.add_argument("--serve-arg", action="append", default=[],
+                    help="extra `edgereason serve` argument (repeatable), e.g. --serve-arg=--no-warm-up")
     ap.add_argument("--json")
     a = ap.parse_args()
     global SYNTHETIC
     SYNTHETIC = a.model.startswith("synthetic:")
-    proc, port = start(a.model, ["--max-streams", "8", "--max-queue", "64"])
+    proc, port = start(a.model, ["--max-streams", "8", "--max-queue", "64", *a.serve_arg])
     try:
+        warm_s = wait_warm(port) if "--no-warm-up" not in a.serve_arg else None
+        if warm_s is not None:
+            print(f"kernel variants built while idle: {warm_s:.1f} s after start")
         stream_chat(port, [{"role": "user", "content": "Warm up."}], 4)
         rows = [concurrency(port, int(c), a.requests, a.max_tokens) for c in a.clients.split(",")]
         base = rows[0]["tokens_per_s"]
         print(f"{a.model}: {a.requests} streaming requests per client, {a.max_tokens} tokens each, greedy")
-        print(f"{'clients':>8} {'requests':>9} {'tok/s':>8} {'vs 1':>6} {'TTFT p50':>9} {'p95':>8}")
+        print(f"{'clients':>8} {'requests':>9} {'tok/s':>8} {'vs 1':>6} {'TTFT p50':>10} {'p95':>10}")
         for r in rows:
             r["vs_one"] = r["tokens_per_s"] / base
             print(f"{r['clients']:>8} {r['requests']:>9} {r['tokens_per_s']:>8.2f} {r['vs_one']:>5.2f}x"
-                  f" {r['ttft_p50_s']:>8.2f}s {r['ttft_p95_s']:>7.2f}s")
+                  f" {r['ttft_p50_s'] * 1e3:>7.1f} ms {r['ttft_p95_s'] * 1e3:>7.1f} ms")
         p = shared_prefix(port, a.prefix_rules)
-        print(f"shared system prompt: TTFT cold {p['cold_ttft_s']:.2f}s, from the prefix cache "
-              f"{p['warm_ttft_s']:.2f}s ({p['speedup']:.1f}x)")
+        print(f"shared system prompt: TTFT cold {p['cold_ttft_s'] * 1e3:.1f} ms, from the prefix cache "
+              f"{p['warm_ttft_s'] * 1e3:.1f} ms ({p['speedup']:.1f}x)")
+        compiled = metric(port, "edgereason_pipelines_compiled_total")
+        warmed = metric(port, "edgereason_pipelines_warmed_total")
+        print(f"kernel variants built: {compiled:.0f}, {warmed:.0f} of them while idle")
         if a.json:
             with open(a.json, "w") as f:
-                json.dump({"model": a.model, "concurrency": rows, "prefix": p}, f, indent=1)
+                json.dump({"model": a.model, "concurrency": rows, "prefix": p, "warm_up_s": warm_s,
+                           "pipelines_compiled": compiled, "pipelines_warmed": warmed}, f, indent=1)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -442,6 +442,7 @@ impl GpuContext {
         if let Some(p) = crate::sync::lock(&self.pipelines).get(&key) {
             return p.clone();
         }
+        let started = std::time::Instant::now();
         let source = expand_shader(name, defines);
         let module = self
             .device
@@ -460,6 +461,7 @@ impl GpuContext {
                     cache: None,
                 }),
         );
+        self.stats.compiled(started.elapsed());
         crate::sync::lock(&self.pipelines).insert(key, p.clone());
         p
     }

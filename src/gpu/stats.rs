@@ -13,6 +13,8 @@ pub struct GpuStats {
     submits: AtomicU64,
     readback_bytes: AtomicU64,
     host_encode_ns: AtomicU64,
+    pipelines_compiled: AtomicU64,
+    compile_ns: AtomicU64,
 }
 
 /// The totals at one moment; subtract two to get what happened in between.
@@ -24,6 +26,10 @@ pub struct StatsSnapshot {
     pub readback_bytes: u64,
     /// Host time recording and submitting forward steps (not waiting for them).
     pub host_encode_ns: u64,
+    /// Compute pipelines built (a kernel variant's first use, or a warm-up).
+    pub pipelines_compiled: u64,
+    /// Host time building them (shader translation and the driver's compile).
+    pub compile_ns: u64,
 }
 
 impl GpuStats {
@@ -44,6 +50,12 @@ impl GpuStats {
             .fetch_add(elapsed.as_nanos() as u64, Relaxed);
     }
 
+    pub fn compiled(&self, elapsed: std::time::Duration) {
+        self.pipelines_compiled.fetch_add(1, Relaxed);
+        self.compile_ns
+            .fetch_add(elapsed.as_nanos() as u64, Relaxed);
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             dispatches: self.dispatches.load(Relaxed),
@@ -51,6 +63,8 @@ impl GpuStats {
             submits: self.submits.load(Relaxed),
             readback_bytes: self.readback_bytes.load(Relaxed),
             host_encode_ns: self.host_encode_ns.load(Relaxed),
+            pipelines_compiled: self.pipelines_compiled.load(Relaxed),
+            compile_ns: self.compile_ns.load(Relaxed),
         }
     }
 }
@@ -64,6 +78,8 @@ impl std::ops::Sub for StatsSnapshot {
             submits: self.submits - o.submits,
             readback_bytes: self.readback_bytes - o.readback_bytes,
             host_encode_ns: self.host_encode_ns - o.host_encode_ns,
+            pipelines_compiled: self.pipelines_compiled - o.pipelines_compiled,
+            compile_ns: self.compile_ns - o.compile_ns,
         }
     }
 }

@@ -138,6 +138,15 @@ pub struct SampledStep {
     read: crate::gpu::PendingRead<Sampled>,
 }
 
+/// What one [`Session::warm_up`] call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WarmUp {
+    /// Pipelines built by this call (variants another launch had built are looked up).
+    pub compiled: u64,
+    /// Launch variants not looked up yet: 0 once no step of the session will compile.
+    pub left: usize,
+}
+
 impl SampledStep {
     /// The stream of each row, in row order.
     pub fn streams(&self) -> &[StreamId] {
@@ -864,6 +873,61 @@ impl Session {
             )))
             .filter(|(d, step)| d.launches_in(step))
             .collect()
+    }
+
+    /// Every launch a step of this session can record: the body, the head, the final
+    /// hidden state, the sampler.
+    fn launches(&self) -> impl Iterator<Item = &Dispatch> {
+        let body = self.body.iter().map(|(_, d)| d);
+        body.chain(&self.head)
+            .chain([&self.final_hidden, &self.sampling])
+    }
+
+    /// Launch variants no step or warm-up has looked up yet (what
+    /// [`warm_up`](Self::warm_up) would build, less those another launch already built).
+    pub fn cold_pipelines(&self) -> usize {
+        let ctx = &self.model.ctx;
+        self.launches()
+            .map(|d| d.cold_pipelines(ctx, self.max_rows as u32).len())
+            .sum()
+    }
+
+    /// Build the pipelines this session's steps can take (every launch's variants for
+    /// steps of 1..=`max_rows` rows) before a step needs them: a step that meets a
+    /// variant for the first time stops to compile it (tens of ms on a GPU, up to a second
+    /// on lavapipe), which a server would show as one request's stall. Builds until
+    /// `budget` is spent, and at least one pipeline a call, so a caller can warm up in
+    /// slices between other work (the server's scheduler does, while idle).
+    ///
+    /// ```no_run
+    /// # fn main() -> anyhow::Result<()> {
+    /// use edgereason::engine::{Engine, EngineOptions};
+    /// let engine = Engine::load("smollm2-135m", &EngineOptions::default())?;
+    /// let session = engine.session()?;
+    /// let done = session.warm_up(std::time::Duration::MAX);
+    /// assert_eq!(done.left, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn warm_up(&self, budget: std::time::Duration) -> WarmUp {
+        let ctx = &self.model.ctx;
+        let started = Instant::now();
+        let compiled = || ctx.stats.snapshot().pipelines_compiled;
+        let before = compiled();
+        let mut left = 0;
+        for d in self.launches() {
+            for define in d.cold_pipelines(ctx, self.max_rows as u32) {
+                if compiled() > before && started.elapsed() >= budget {
+                    left += 1;
+                } else {
+                    d.warm(ctx, define);
+                }
+            }
+        }
+        WarmUp {
+            compiled: compiled() - before,
+            left,
+        }
     }
 
     /// Each launch in its own pass with GPU timestamps at its start and end, all in one

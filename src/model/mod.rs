@@ -7,7 +7,7 @@ pub mod forward;
 mod launches;
 pub mod reference;
 
-pub use forward::{ForwardError, KernelProfile, SampledStep, Session};
+pub use forward::{ForwardError, KernelProfile, SampledStep, Session, WarmUp};
 
 use crate::gpu::GpuContext;
 use crate::loader::{

@@ -253,7 +253,7 @@ pub struct Dispatch {
 
 /// The one define a launch chooses per step, if any: matmul's row tile (ROWS), attention's
 /// slices of 64 lanes (SLICES).
-type StepDefine = Option<(&'static str, u32)>;
+pub type StepDefine = Option<(&'static str, u32)>;
 
 /// What a launcher hands to [`Dispatch::new`].
 pub struct DispatchSpec<'a> {
@@ -311,18 +311,6 @@ impl Dispatch {
         self.only(When::WithAdapters)
     }
 
-    /// Rows per workgroup-row for `rows` (matmul picks an exact register tile up to 16;
-    /// EDGEREASON_MAX_TILE caps it, for measuring register pressure).
-    fn rows_per_tile(rows: u32) -> u32 {
-        static CAP: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-        let cap = *CAP.get_or_init(|| {
-            crate::gpu::tuning::knob("EDGEREASON_MAX_TILE")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(16)
-        });
-        rows.clamp(1, cap.clamp(1, 16))
-    }
-
     /// This launch's pipeline for a per-step define, looked up in the context's cache once
     /// per value and then kept here: a decode step records hundreds of launches, and
     /// hashing a key string for each was host time on every step.
@@ -338,6 +326,41 @@ impl Dispatch {
         let p = ctx.pipeline(self.shader, self.entry, &defines, &self.layout.1);
         cache.push((step_define, p.clone()));
         p
+    }
+
+    /// The per-step defines this launch can take in steps of 1..=`max_rows` rows: matmul's
+    /// row tiles, attention's slices (the one define `workgroups` picks per step).
+    fn step_defines(&self, ctx: &GpuContext, max_rows: u32) -> Vec<StepDefine> {
+        let mut defines: Vec<StepDefine> = match self.grid {
+            Grid::RowTiles { .. } => (1..=max_rows.max(1))
+                .map(|rows| Some(("ROWS", row_tile(ctx, rows))))
+                .collect(),
+            Grid::IfKSplit { .. } => vec![Some(("ROWS", 1))],
+            Grid::PerRowSplits {
+                one_stream_slices, ..
+            } => vec![
+                Some(("SLICES", 1)),
+                Some(("SLICES", one_stream_slices.max(1))),
+            ],
+            _ => vec![None],
+        };
+        defines.dedup();
+        defines
+    }
+
+    /// The pipelines of [`step_defines`](Self::step_defines) this launch has not looked up
+    /// yet (some may already be in the context's cache, built for another launch).
+    pub fn cold_pipelines(&self, ctx: &GpuContext, max_rows: u32) -> Vec<StepDefine> {
+        let cache = self.pipelines.borrow();
+        self.step_defines(ctx, max_rows)
+            .into_iter()
+            .filter(|d| !cache.iter().any(|(have, _)| have == d))
+            .collect()
+    }
+
+    /// Build (or look up) this launch's pipeline for `define` now, before a step needs it.
+    pub fn warm(&self, ctx: &GpuContext, define: StepDefine) {
+        self.pipeline(ctx, define);
     }
 
     /// Record into `pass` for `rows` rows starting at input row `row0`.
@@ -378,7 +401,7 @@ impl Dispatch {
             return;
         }
         self.update_params(ctx, step, splits, shared);
-        let (step_define, grid) = self.workgroups(step, splits, shared);
+        let (step_define, grid) = self.workgroups(ctx, step, splits, shared);
         ctx.stats.dispatch();
         let pipeline = self.pipeline(ctx, step_define);
         pass.set_pipeline(&pipeline);
@@ -454,11 +477,17 @@ impl Dispatch {
 
     /// The define chosen per step (matmul's row tile, attention's slices) and the
     /// workgroup grid for the step's rows.
-    fn workgroups(&self, step: &Step, splits: u32, shared: u32) -> (StepDefine, [u32; 3]) {
+    fn workgroups(
+        &self,
+        ctx: &GpuContext,
+        step: &Step,
+        splits: u32,
+        shared: u32,
+    ) -> (StepDefine, [u32; 3]) {
         let rows = step.rows;
         match self.grid {
             Grid::RowTiles { x, .. } => {
-                let per = Self::rows_per_tile(rows);
+                let per = row_tile(ctx, rows);
                 (Some(("ROWS", per)), [x, rows.div_ceil(per), splits])
             }
             // The reduce pass shares its module with the tiled matmul, which needs a ROWS.
@@ -530,6 +559,29 @@ pub fn run_forced(ctx: &GpuContext, dispatches: &[&Dispatch], step: &Step) {
     }
     ctx.submit(enc);
     ctx.wait();
+}
+
+/// Rows a matmul workgroup takes for a step of `rows` rows (its register tile, the ROWS
+/// define), at most 16 (EDGEREASON_MAX_TILE lowers the cap, for measuring register
+/// pressure). CPU adapters take the exact count: each row's dot products are their cost,
+/// so a padded row costs as much as a real one. GPUs take the next power of two: the
+/// weights, read once for every row of the tile, are their cost, and each kernel then has
+/// 5 variants instead of 16 — each one a compile that stalls the first step needing it
+/// (tens of ms on a GPU, up to a second on lavapipe) unless a warm-up built it
+/// (`Session::warm_up`). EDGEREASON_ROW_TILES=exact|pow2 overrides.
+pub fn row_tile(ctx: &GpuContext, rows: u32) -> u32 {
+    static KNOBS: std::sync::OnceLock<(u32, Option<bool>)> = std::sync::OnceLock::new();
+    let (cap, pow2) = *KNOBS.get_or_init(|| {
+        let cap = crate::gpu::tuning::knob("EDGEREASON_MAX_TILE").and_then(|v| v.parse().ok());
+        let pow2 = crate::gpu::tuning::knob("EDGEREASON_ROW_TILES").map(|v| v == "pow2");
+        (cap.unwrap_or(16u32).clamp(1, 16), pow2)
+    });
+    let rows = rows.clamp(1, cap);
+    if pow2.unwrap_or(!ctx.is_cpu()) {
+        rows.next_power_of_two().min(cap)
+    } else {
+        rows
+    }
 }
 
 /// Workgroups of 64 to cover `n` items.

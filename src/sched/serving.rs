@@ -67,6 +67,10 @@ pub struct SchedulerOptions {
     /// unchanged (see [`Decoding::step`](super::best_of_n::Decoding::step)); default: on
     /// unless EDGEREASON_PIPELINE=0.
     pub pipelined: bool,
+    /// While idle, build the pipelines later steps will take (one at a time, so a request
+    /// that arrives waits for one compile at most): no request then stalls on a kernel
+    /// variant's first use. Default: on.
+    pub warm_up: bool,
 }
 
 impl Default for SchedulerOptions {
@@ -78,6 +82,7 @@ impl Default for SchedulerOptions {
             kv_tokens: 16384,
             prefix_cache: true,
             pipelined: decode_pipelining(),
+            warm_up: true,
         }
     }
 }
@@ -190,8 +195,11 @@ impl Scheduler {
         }
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let metrics = Arc::new(Mutex::new(Metrics::default()));
         let session = engine.session_with(options.kv_tokens, Default::default())?;
+        let metrics = Arc::new(Mutex::new(Metrics {
+            pipelines_cold: session.cold_pipelines(),
+            ..Default::default()
+        }));
         let kv_blocks = session.pool.total_blocks();
         let mut lp = Loop {
             engine: engine.clone(),
@@ -204,6 +212,7 @@ impl Scheduler {
             running: Vec::new(),
             cache: PrefixCache::default(),
             in_flight: Vec::new(),
+            warm: !options.warm_up,
         };
         let thread = std::thread::Builder::new()
             .name("edgereason-scheduler".into())
@@ -358,6 +367,8 @@ struct Loop {
     cache: PrefixCache,
     /// Decode steps on the GPU's queue whose draws are not read yet.
     in_flight: Vec<SampledStep>,
+    /// Every pipeline a step can take is built (or warming up is off).
+    warm: bool,
 }
 
 impl Loop {
@@ -383,10 +394,14 @@ impl Loop {
         }
     }
 
-    /// Move submitted jobs into the queue; wait for one when idle. False once the handle
-    /// is gone and nothing is left to do.
+    /// Move submitted jobs into the queue; when idle, warm up until one comes, then wait
+    /// for one. False once the handle is gone and nothing is left to do.
     fn take_jobs(&mut self) -> bool {
-        if self.running.is_empty() && self.queue.is_empty() {
+        let idle = |lp: &Self| lp.running.is_empty() && lp.queue.is_empty();
+        if idle(self) && !self.warm_up_until_a_job() {
+            return false;
+        }
+        if idle(self) {
             match self.jobs.recv() {
                 Ok(j) => self.queue.push_back(j),
                 Err(_) => return false,
@@ -394,6 +409,27 @@ impl Loop {
         }
         while let Ok(j) = self.jobs.try_recv() {
             self.queue.push_back(j);
+        }
+        true
+    }
+
+    /// Idle: build pipelines one at a time until they are all built or a job arrives
+    /// (queued). False once the handle is gone.
+    fn warm_up_until_a_job(&mut self) -> bool {
+        while !self.warm {
+            match self.jobs.try_recv() {
+                Ok(j) => {
+                    self.queue.push_back(j);
+                    return true;
+                }
+                Err(mpsc::TryRecvError::Empty) => {
+                    let done = self.session.warm_up(std::time::Duration::ZERO);
+                    self.warm = done.left == 0;
+                    self.publish();
+                    crate::sync::lock(&self.metrics).pipelines_warmed += done.compiled;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => return false,
+            }
         }
         true
     }
@@ -900,5 +936,13 @@ impl Loop {
         m.kv_blocks_free = pool.free_blocks();
         m.kv_blocks_cached_only = self.cache.exclusive_blocks(&self.session);
         m.prefix_cache_entries = self.cache.len();
+        m.pipelines_compiled = self.session.model.ctx.stats.snapshot().pipelines_compiled;
+        // Once warmed up nothing is cold: no scan of the launches every turn.
+        let warmed_up = self.warm && self.options.warm_up;
+        m.pipelines_cold = if warmed_up {
+            0
+        } else {
+            self.session.cold_pipelines()
+        };
     }
 }

@@ -64,6 +64,12 @@ pub struct Metrics {
     /// read them (pipelined).
     pub decode_steps: u64,
     pub decode_steps_fed_ahead: u64,
+    /// Compute pipelines (kernel variants) built on the scheduler's device in all, and
+    /// those of them built while idle, before a step needed them (the rest stalled a step).
+    pub pipelines_compiled: u64,
+    pub pipelines_warmed: u64,
+    /// Kernel variants a step may still have to build (0 once warmed up).
+    pub pipelines_cold: usize,
     pub running: usize,
     pub queued: usize,
     pub live_streams: usize,
@@ -96,6 +102,9 @@ impl Default for Metrics {
             generated_tokens: 0,
             decode_steps: 0,
             decode_steps_fed_ahead: 0,
+            pipelines_compiled: 0,
+            pipelines_warmed: 0,
+            pipelines_cold: 0,
             running: 0,
             queued: 0,
             live_streams: 0,
@@ -184,6 +193,16 @@ impl Metrics {
                 "Decode steps submitted before the last step's tokens were read (pipelined).",
                 self.decode_steps_fed_ahead,
             ),
+            (
+                "edgereason_pipelines_compiled_total",
+                "Compute pipelines (kernel variants) built.",
+                self.pipelines_compiled,
+            ),
+            (
+                "edgereason_pipelines_warmed_total",
+                "Compute pipelines built while idle, before a step needed them.",
+                self.pipelines_warmed,
+            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(
@@ -220,6 +239,11 @@ impl Metrics {
                 "edgereason_generated_tokens_per_second",
                 "Decoded tokens per second since start.",
                 self.generated_tokens as f64 / secs,
+            ),
+            (
+                "edgereason_pipelines_cold",
+                "Kernel variants a step may still have to build (0 once warmed up).",
+                self.pipelines_cold as f64,
             ),
             (
                 "edgereason_kv_blocks_total",
