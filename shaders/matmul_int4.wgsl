@@ -48,12 +48,9 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> qweight: array<u32>;
 @group(0) @binding(2) var<storage, read> scales: array<u32>;
-//#if SUBGROUPS
-// Read as vec4: four words of a row's activation block per load (see the hot loops).
+// Read as vec4: a row's 8-word activation block of a group is two loads (16-byte aligned:
+// k is a multiple of 32), not eight.
 @group(0) @binding(3) var<storage, read> xq: array<vec4<u32>>;
-//#else
-@group(0) @binding(3) var<storage, read> xq: array<u32>;
-//#endif
 @group(0) @binding(4) var<storage, read> xs: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
@@ -399,28 +396,14 @@ fn int4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         let blocks = load_blocks(m0, g, sg_lane % 8u);
         let xlo{r} = subgroupBroadcast(blocks.words[{r}u / 4u], 2u * ({r}u % 4u));
         let xhi{r} = subgroupBroadcast(blocks.words[{r}u / 4u], 2u * ({r}u % 4u) + 1u);
-        let x0{r} = xlo{r}.x;
-        let x1{r} = xlo{r}.y;
-        let x2{r} = xlo{r}.z;
-        let x3{r} = xlo{r}.w;
-        let x4{r} = xhi{r}.x;
-        let x5{r} = xhi{r}.y;
-        let x6{r} = xhi{r}.z;
-        let x7{r} = xhi{r}.w;
         let s{r} = subgroupBroadcast(blocks.stats[{r}u / 8u], {r}u % 8u);
 //#else
-        let xb{r} = row{r} * xwords + g * 8u;
-        let x0{r} = xq[xb{r}];
-        let x1{r} = xq[xb{r} + 1u];
-        let x2{r} = xq[xb{r} + 2u];
-        let x3{r} = xq[xb{r} + 3u];
-        let x4{r} = xq[xb{r} + 4u];
-        let x5{r} = xq[xb{r} + 5u];
-        let x6{r} = xq[xb{r} + 6u];
-        let x7{r} = xq[xb{r} + 7u];
+        // Every lane loads the same addresses: one broadcast each on GPUs.
+        let xlo{r} = xq[(row{r} * xwords + g * 8u) / 4u];
+        let xhi{r} = xq[(row{r} * xwords + g * 8u) / 4u + 1u];
         let s{r} = xs[row{r} * groups + g];
 //#endif
-        let d{r} = dot4I8Packed(lo0, x0{r}) + dot4I8Packed(hi0, x1{r}) + dot4I8Packed(lo1, x2{r}) + dot4I8Packed(hi1, x3{r}) + dot4I8Packed(lo2, x4{r}) + dot4I8Packed(hi2, x5{r}) + dot4I8Packed(lo3, x6{r}) + dot4I8Packed(hi3, x7{r});
+        let d{r} = dot4I8Packed(lo0, xlo{r}.x) + dot4I8Packed(hi0, xlo{r}.y) + dot4I8Packed(lo1, xlo{r}.z) + dot4I8Packed(hi1, xlo{r}.w) + dot4I8Packed(lo2, xhi{r}.x) + dot4I8Packed(hi2, xhi{r}.y) + dot4I8Packed(lo3, xhi{r}.z) + dot4I8Packed(hi3, xhi{r}.w);
         acc{r} = acc{r} + sm.x * (s{r}.x * f32(d{r}) + 8.0 * s{r}.z) + sm.y * s{r}.y;
         ss{r} = ss{r} + s{r}.w;
     }
@@ -481,28 +464,14 @@ fn int8(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         let blocks = load_blocks(m0, g, sg_lane % 8u);
         let xlo{r} = subgroupBroadcast(blocks.words[{r}u / 4u], 2u * ({r}u % 4u));
         let xhi{r} = subgroupBroadcast(blocks.words[{r}u / 4u], 2u * ({r}u % 4u) + 1u);
-        let x0{r} = xlo{r}.x;
-        let x1{r} = xlo{r}.y;
-        let x2{r} = xlo{r}.z;
-        let x3{r} = xlo{r}.w;
-        let x4{r} = xhi{r}.x;
-        let x5{r} = xhi{r}.y;
-        let x6{r} = xhi{r}.z;
-        let x7{r} = xhi{r}.w;
         let s{r} = subgroupBroadcast(blocks.stats[{r}u / 8u], {r}u % 8u);
 //#else
-        let xb{r} = row{r} * xwords + g * 8u;
-        let x0{r} = xq[xb{r}];
-        let x1{r} = xq[xb{r} + 1u];
-        let x2{r} = xq[xb{r} + 2u];
-        let x3{r} = xq[xb{r} + 3u];
-        let x4{r} = xq[xb{r} + 4u];
-        let x5{r} = xq[xb{r} + 5u];
-        let x6{r} = xq[xb{r} + 6u];
-        let x7{r} = xq[xb{r} + 7u];
+        // Every lane loads the same addresses: one broadcast each on GPUs.
+        let xlo{r} = xq[(row{r} * xwords + g * 8u) / 4u];
+        let xhi{r} = xq[(row{r} * xwords + g * 8u) / 4u + 1u];
         let s{r} = xs[row{r} * groups + g];
 //#endif
-        let d{r} = dot4I8Packed(w0, x0{r}) + dot4I8Packed(w1, x1{r}) + dot4I8Packed(w2, x2{r}) + dot4I8Packed(w3, x3{r}) + dot4I8Packed(w4, x4{r}) + dot4I8Packed(w5, x5{r}) + dot4I8Packed(w6, x6{r}) + dot4I8Packed(w7, x7{r});
+        let d{r} = dot4I8Packed(w0, xlo{r}.x) + dot4I8Packed(w1, xlo{r}.y) + dot4I8Packed(w2, xlo{r}.z) + dot4I8Packed(w3, xlo{r}.w) + dot4I8Packed(w4, xhi{r}.x) + dot4I8Packed(w5, xhi{r}.y) + dot4I8Packed(w6, xhi{r}.z) + dot4I8Packed(w7, xhi{r}.w);
         acc{r} = acc{r} + sw * s{r}.x * f32(d{r});
         ss{r} = ss{r} + s{r}.w;
     }

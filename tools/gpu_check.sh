@@ -82,7 +82,6 @@ Q=synthetic:qwen2.5-0.5b
 F=/tmp/qwen-random.gguf
 $B quantize $Q $F 2>&1 | tail -1
 run bench-qwen $B bench --model $F --prompt-tokens 512 --gen-tokens 128
-[ -x .dev/llama-bench ] && run llama-bench-vulkan .dev/llama-bench -m $F -p 512 -n 128 -ngl 99 -r 5
 # Decode pipelining (each step submitted fed the last one's draws before the host reads
 # them; the default) against waiting for each step's draws, as before 2026-12-04's third
 # session: the gap between GPU time and wall time per step.
@@ -98,6 +97,17 @@ EDGEREASON_PIPELINE=0 run decode-unpipelined $B bench --model $F --prompt-tokens
 # tokens. Then the step submitted in parts split at layers; split-K policies (workgroups
 # aimed at, fewest 32-k groups per split); no split-K.
 run tune bash -c "$B tune --model $F --prompt-tokens 512 --gen-tokens 64 --rounds 2 --dry-run 2>&1"
+# Best-of-N scaling (one N-row step split by kernel per N), then the server (issue 12;
+# the synthetic model has a word-level tokenizer and ChatML, and no EOS: every reply is
+# full): with its kernel variants built while idle (the default since 2026-12-05), then
+# built by the first step that needs each (--no-warm-up), as before; then the peer.
+run streams $B bench --model $Q --streams 1,2,4,8,16 --prompt-tokens 512 --gen-tokens 64
+# The shared-prefix pass against per-stream attention over the prompt's blocks (on the
+# H200 the pass was the slower at N=8 over 2048 tokens; N=1 never takes it).
+EDGEREASON_SHARED_PREFIX=0 run streams-no-prefix $B bench --model $Q --streams 1,2,8 --prompt-tokens 512 --gen-tokens 64
+EDGEREASON_BIN=$B run serve timeout 100 python3 tools/bench_serve.py --model $Q --clients 1,8,1,8 --requests 2 --max-tokens 64
+EDGEREASON_BIN=$B run serve-cold timeout 100 python3 tools/bench_serve.py --model $Q --clients 1,8,1,8 --requests 2 --max-tokens 64 --serve-arg=--no-warm-up
+[ -x .dev/llama-bench ] && run llama-bench-vulkan .dev/llama-bench -m $F -p 512 -n 128 -ngl 99 -r 5
 EDGEREASON_K_SPLITS=0 EDGEREASON_K_SLICES=16 run decode-slices-16-alone $B bench --model $F --prompt-tokens 512 --gen-tokens 128
 EDGEREASON_K_SPLITS=0 EDGEREASON_K_SLICES=8 EDGEREASON_ATTENTION_SLICES=8 run decode-slices-8-att-8 $B bench --model $F --prompt-tokens 512 --gen-tokens 128
 EDGEREASON_K_SPLITS=0 EDGEREASON_K_SLICES=8 EDGEREASON_ATTENTION_SLICES=8 run decode-slices-8-att-8-2048 $B bench --model $F --prompt-tokens 2048 --gen-tokens 64 --ctx 4096
@@ -116,11 +126,7 @@ run bench-again $B bench --model $F --prompt-tokens 512 --gen-tokens 128
 run lora $B bench --model $Q --lora-ranks 8,16,64 --prompt-tokens 512 --gen-tokens 64
 EDGEREASON_LORA_SPLIT=0 run lora-serial $B bench --model $Q --lora-ranks 8,16 --prompt-tokens 512 --gen-tokens 64
 run ttft $B bench --model $Q --adapter-ttft --prompt-tokens 512
-run streams $B bench --model $Q --streams 1,2,4,8,16 --prompt-tokens 512 --gen-tokens 64
 EDGEREASON_PIPELINE=0 run streams-unpipelined $B bench --model $Q --streams 1,8 --prompt-tokens 512 --gen-tokens 64
-# Issue 12: the server on the GPU (continuous batching, 1 vs 8 streaming clients; the
-# synthetic model has a word-level tokenizer and ChatML, and no EOS: every reply is full).
-EDGEREASON_BIN=$B run serve timeout 100 python3 tools/bench_serve.py --model $Q --clients 1,8,1,8 --requests 2 --max-tokens 64
 EDGEREASON_PIPELINE=0 EDGEREASON_BIN=$B run serve-unpipelined timeout 100 python3 tools/bench_serve.py --model $Q --clients 1,8,1,8 --requests 2 --max-tokens 64
 run bench-smollm2 $B bench --model synthetic:smollm2-135m --prompt-tokens 512 --gen-tokens 128
 run bench-qwen-2048 $B bench --model $F --prompt-tokens 2048 --gen-tokens 8 --ctx 4096
