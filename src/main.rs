@@ -923,8 +923,8 @@ fn devices(json: bool) -> Result<()> {
     } else {
         for a in list {
             println!(
-                "{}: {} [{} {}] f16={} subgroups={} (size {}..{}) timestamps={} max_buffer={} MiB max_storage_binding={} MiB storage_buffers/stage={} workgroup_mem={} KiB{}",
-                a.index, a.name, a.backend, a.device_type, a.shader_f16, a.subgroups, a.subgroup_size[0], a.subgroup_size[1], a.timestamps,
+                "{}: {} [{} {}] f16={} subgroups={} (size {}..{}) timestamps={} pipeline_cache={} max_buffer={} MiB max_storage_binding={} MiB storage_buffers/stage={} workgroup_mem={} KiB{}",
+                a.index, a.name, a.backend, a.device_type, a.shader_f16, a.subgroups, a.subgroup_size[0], a.subgroup_size[1], a.timestamps, a.pipeline_cache,
                 a.max_buffer_size >> 20, a.max_storage_buffer_binding_size >> 20, a.max_storage_buffers_per_shader_stage, a.max_compute_workgroup_storage_size >> 10,
                 if a.cooperative_matrix.is_empty() { String::new() } else { format!(" cooperative_matrix=[{}]", a.cooperative_matrix.join(", ")) }
             );

@@ -192,3 +192,57 @@ fn launchers_refuse_shapes_their_kernels_cannot_run() {
     let s = edgereason::ops::sampling::sampling(ctx, "sampling", &buf, 1 << 24, &buf, &buf, &buf);
     launch_error(s.map(|_| ()), "sampling", "vocabulary");
 }
+
+#[test]
+fn a_pipeline_cache_file_the_driver_cannot_use_is_rebuilt_not_an_error() {
+    // Garbage, or a cache cut short by a crash mid-write, seeds an empty cache: pipelines
+    // build through it and the next save replaces the file.
+    let ctx = GpuContext::new(None).unwrap();
+    let dir = std::env::temp_dir().join(format!("edgereason-pipelines-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let build = |cache: &edgereason::gpu::DiskPipelineCache| {
+        let module = ctx
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: None,
+                source: wgpu::ShaderSource::Wgsl(
+                    "@group(0) @binding(0) var<storage, read_write> v: array<u32>;\n\
+                 @compute @workgroup_size(1) fn main() { v[0] = v[0] + 1u; }"
+                        .into(),
+                ),
+            });
+        let _pipeline = ctx
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: None,
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: Some(&cache.cache),
+            });
+    };
+    let Some(first) = edgereason::gpu::DiskPipelineCache::open(&ctx.device, "k", &dir) else {
+        eprintln!("skipped: {} has no pipeline cache", ctx.describe());
+        return;
+    };
+    build(&first);
+    first.save().unwrap();
+    let valid = std::fs::read(dir.join("k")).unwrap();
+    let mut garbage = valid.clone();
+    garbage.iter_mut().skip(4).for_each(|b| *b ^= 0x5a);
+    for bad in [vec![7u8; 40], valid[..valid.len() / 2].to_vec(), garbage] {
+        std::fs::write(dir.join("k"), &bad).unwrap();
+        let cache = edgereason::gpu::DiskPipelineCache::open(&ctx.device, "k", &dir).unwrap();
+        build(&cache);
+        cache.save().unwrap();
+        assert!(ctx.fault().is_ok(), "{:?}", ctx.fault());
+        let kept = std::fs::read(dir.join("k")).unwrap();
+        assert_eq!(
+            Some(kept),
+            cache.cache.get_data(),
+            "the file is the cache's data again"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -2,11 +2,13 @@
 //! preprocessor and a pipeline cache keyed by (shader, entry, defines).
 
 mod buffers;
+mod pipeline_cache;
 mod shader;
 mod stats;
 pub mod tuning;
 
 pub use buffers::*;
+pub use pipeline_cache::DiskPipelineCache;
 pub use shader::{expand_shader, ShaderDefines, SHADER_FILES};
 pub use stats::{GpuStats, StatsSnapshot};
 
@@ -74,6 +76,8 @@ pub struct AdapterSummary {
     pub subgroups: bool,
     pub subgroup_size: [u32; 2],
     pub timestamps: bool,
+    /// The driver can hand its compiled pipelines back for a later process (Vulkan).
+    pub pipeline_cache: bool,
     pub max_buffer_size: u64,
     pub max_storage_buffer_binding_size: u64,
     pub max_storage_buffers_per_shader_stage: u32,
@@ -99,6 +103,7 @@ fn summarize(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
         subgroups: f.contains(wgpu::Features::SUBGROUP),
         subgroup_size: [info.subgroup_min_size, info.subgroup_max_size],
         timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+        pipeline_cache: f.contains(wgpu::Features::PIPELINE_CACHE),
         max_buffer_size: l.max_buffer_size,
         max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
         max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
@@ -176,9 +181,23 @@ fn pick_adapter(all: &[wgpu::Adapter], selector: Option<&str>) -> Result<usize, 
     })
 }
 
+/// The driver's pipeline cache under `<cache>/pipelines/`, named by adapter and driver,
+/// unless EDGEREASON_PIPELINE_CACHE=0 (see [`DiskPipelineCache`]).
+fn disk_pipeline_cache(
+    device: &wgpu::Device,
+    info: &wgpu::AdapterInfo,
+) -> Option<DiskPipelineCache> {
+    if std::env::var("EDGEREASON_PIPELINE_CACHE").is_ok_and(|v| v == "0") {
+        return None;
+    }
+    let key = wgpu::util::pipeline_cache_key(info)?;
+    DiskPipelineCache::open(device, &key, &tuning::cache_root()?.join("pipelines"))
+}
+
 /// The features the kernels can use, where the adapter has them.
 fn kernel_features() -> wgpu::Features {
-    wgpu::Features::SHADER_F16
+    wgpu::Features::PIPELINE_CACHE
+        | wgpu::Features::SHADER_F16
         | wgpu::Features::SUBGROUP
         | wgpu::Features::TIMESTAMP_QUERY
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
@@ -279,6 +298,15 @@ pub struct GpuContext {
     fault: Arc<Mutex<Option<String>>>,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     layouts: Mutex<HashMap<String, Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)>>>,
+    /// The driver's compiled pipelines, kept between runs where it offers them.
+    disk_cache: Option<DiskPipelineCache>,
+}
+
+impl Drop for GpuContext {
+    fn drop(&mut self) {
+        // Best effort: a cache that cannot be written only costs the next start its compiles.
+        let _ = self.save_pipelines();
+    }
 }
 
 impl GpuContext {
@@ -318,6 +346,7 @@ impl GpuContext {
         let limits = adapter.limits();
         let (device, queue) = request_device(adapter, &summary.name, features, &limits)?;
         let fault = record_faults(&device);
+        let disk_cache = disk_pipeline_cache(&device, &adapter.get_info());
         Ok(Arc::new(Self {
             device,
             queue,
@@ -330,7 +359,16 @@ impl GpuContext {
             fault,
             pipelines: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
+            disk_cache,
         }))
+    }
+
+    /// Save the pipelines built so far for the next process on this adapter and driver
+    /// (where the driver offers its cache: see [`DiskPipelineCache`]); Ok(false) when there
+    /// is no cache or nothing new. Dropping the context saves too; a server, which is
+    /// stopped rather than dropped, saves once its warm-up is done.
+    pub fn save_pipelines(&self) -> std::io::Result<bool> {
+        self.disk_cache.as_ref().map_or(Ok(false), |c| c.save())
     }
 
     /// The device's first uncaught error or its loss, if any.
@@ -458,7 +496,7 @@ impl GpuContext {
                     module: &module,
                     entry_point: Some(entry),
                     compilation_options: Default::default(),
-                    cache: None,
+                    cache: self.disk_cache.as_ref().map(|c| &c.cache),
                 }),
         );
         self.stats.compiled(started.elapsed());

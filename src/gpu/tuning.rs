@@ -217,6 +217,7 @@ mod tests {
             subgroups: true,
             subgroup_size: [32, 32],
             timestamps: true,
+            pipeline_cache: true,
             max_buffer_size: 0,
             max_storage_buffer_binding_size: 0,
             max_storage_buffers_per_shader_stage: 0,

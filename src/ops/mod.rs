@@ -348,8 +348,9 @@ impl Dispatch {
         defines
     }
 
-    /// The pipelines of [`step_defines`](Self::step_defines) this launch has not looked up
-    /// yet (some may already be in the context's cache, built for another launch).
+    /// The per-step variants (row tiles, slices) this launch can take in steps of
+    /// 1..=`max_rows` rows and has not looked up yet (some may already be in the context's
+    /// cache, built for another launch).
     pub fn cold_pipelines(&self, ctx: &GpuContext, max_rows: u32) -> Vec<StepDefine> {
         let cache = self.pipelines.borrow();
         self.step_defines(ctx, max_rows)

@@ -425,6 +425,10 @@ impl Loop {
                 Err(mpsc::TryRecvError::Empty) => {
                     let done = self.session.warm_up(std::time::Duration::ZERO);
                     self.warm = done.left == 0;
+                    if self.warm {
+                        // A server is stopped, not dropped: keep what the driver compiled now.
+                        let _ = self.session.model.ctx.save_pipelines();
+                    }
                     self.publish();
                     crate::sync::lock(&self.metrics).pipelines_warmed += done.compiled;
                 }
