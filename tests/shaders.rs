@@ -1,8 +1,8 @@
 //! Every WGSL kernel variant the engine can build is validated by naga and translated to
 //! MSL (Metal), SPIR-V (Vulkan), HLSL (DX12, shader model 6.0) and, for the variants without
-//! subgroups, desktop GLSL (the GL backend), so a shader that would fail on a Mac, a
-//! Windows machine or a phone fails here first. (The GL path is also run for real in
-//! tests/kernels.rs.)
+//! subgroups, GLSL 4.3 and GLSL ES 3.1 (the GL backend on desktops, and on phones without a
+//! Vulkan driver), so a shader that would fail on a Mac, a Windows machine or a phone fails
+//! here first. (The GL path is also run for real in tests/kernels.rs.)
 
 use edgereason::gpu::{expand_shader, ShaderDefines, SHADER_FILES};
 
@@ -41,15 +41,35 @@ fn check(name: &str, defines: &ShaderDefines) {
     }
 }
 
-/// GLSL for each entry point of a module, as wgpu's GL backend writes it.
+/// GLSL for each entry point of a module, as wgpu's GL backend writes it, for desktop GL
+/// and for GLES.
 fn check_glsl(
     name: &str,
     defines: &ShaderDefines,
     module: &naga::Module,
     info: &naga::valid::ModuleInfo,
 ) {
+    // Desktop GL 4.3, and GLES 3.1: Android's compute where no Vulkan driver exists.
+    for version in [
+        naga::back::glsl::Version::Desktop(430),
+        naga::back::glsl::Version::Embedded {
+            version: 310,
+            is_webgl: false,
+        },
+    ] {
+        check_glsl_version(name, defines, module, info, version);
+    }
+}
+
+fn check_glsl_version(
+    name: &str,
+    defines: &ShaderDefines,
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+    version: naga::back::glsl::Version,
+) {
     let options = naga::back::glsl::Options {
-        version: naga::back::glsl::Version::Desktop(430),
+        version,
         ..Default::default()
     };
     for ep in &module.entry_points {
@@ -68,7 +88,7 @@ fn check_glsl(
             Default::default(),
         )
         .and_then(|mut w| w.write())
-        .unwrap_or_else(|e| panic!("{name} {defines:?} {}: GLSL: {e:?}", ep.name));
+        .unwrap_or_else(|e| panic!("{name} {defines:?} {}: GLSL {version:?}: {e:?}", ep.name));
     }
 }
 

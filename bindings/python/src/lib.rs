@@ -224,7 +224,8 @@ impl Engine {
     /// The shared scheduler's counters, or None before the first generate/best_of:
     /// requests admitted, completed and cancelled, tokens generated, and
     /// `peak_step_streams`, the most streams one decode step decoded (above 1 once calls
-    /// from several threads were batched).
+    /// from several threads were batched), and the kernel variants built in all and while
+    /// idle (`pipelines_compiled`, `pipelines_warmed`: the scheduler builds them between calls).
     fn scheduler_metrics(&self) -> Option<HashMap<&'static str, u64>> {
         let m = self.requests.metrics()?;
         Some(HashMap::from([
@@ -233,6 +234,8 @@ impl Engine {
             ("cancelled", m.cancelled),
             ("generated_tokens", m.generated_tokens),
             ("peak_step_streams", m.peak_step_streams as u64),
+            ("pipelines_compiled", m.pipelines_compiled),
+            ("pipelines_warmed", m.pipelines_warmed),
         ]))
     }
 
