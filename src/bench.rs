@@ -402,6 +402,8 @@ pub struct StreamsRow {
     pub kv_bytes_unshared: u64,
     /// Bytes a step reads back (each stream's sampled token, or its logits on the CPU path).
     pub readback_bytes_per_step: u64,
+    /// Launches one N-row step records (the shared-prefix pass, suffix and merge for N > 1).
+    pub launches_per_step: u64,
     /// One step's time by kernel kind, each launch timed alone (up to the LM head's rows).
     pub kernel_ms: KernelProfile,
 }
@@ -428,7 +430,9 @@ pub fn streams(
         let mut next: Vec<u32> = (0..n)
             .map(|i| (first + i as u32) % c.n_vocab as u32)
             .collect();
+        let launched = engine.ctx.stats.snapshot().dispatches;
         let steps = batched_greedy_steps(&mut s, &kids, &mut next, gen_tokens)?;
+        let launches = engine.ctx.stats.snapshot().dispatches - launched;
         let step_ms = median(steps);
         // One more step, each launch timed: where an N-row step's time goes.
         let mut kernel_ms = KernelProfile::default();
@@ -444,6 +448,7 @@ pub fn streams(
             kv_bytes_used: s.pool.used_blocks() as u64 * block as u64 * per_token,
             kv_bytes_unshared: (n * (prompt_tokens + gen_tokens)) as u64 * per_token,
             readback_bytes_per_step: n as u64 * readback_bytes_per_row(engine),
+            launches_per_step: launches / gen_tokens.max(1) as u64,
             kernel_ms,
         });
     }

@@ -1436,8 +1436,8 @@ fn bench_streams(engine: &Engine, a: &BenchArgs, ns: &[usize]) -> Result<()> {
         let base = rows.first().map(|r| r.tokens_per_s).unwrap_or(1.0);
         for r in &rows {
             println!(
-                "  N={:<3} step {:>8.2} ms  {:>8.2} tok/s ({:.2}x N=1)  KV {:.1} MiB (unshared {:.1} MiB)",
-                r.streams, r.step_ms, r.tokens_per_s, r.tokens_per_s / base, r.kv_bytes_used as f64 / 1048576.0, r.kv_bytes_unshared as f64 / 1048576.0
+                "  N={:<3} step {:>8.2} ms  {:>8.2} tok/s ({:.2}x N=1)  {} launches  KV {:.1} MiB (unshared {:.1} MiB)",
+                r.streams, r.step_ms, r.tokens_per_s, r.tokens_per_s / base, r.launches_per_step, r.kv_bytes_used as f64 / 1048576.0, r.kv_bytes_unshared as f64 / 1048576.0
             );
             if !r.kernel_ms.ms.is_empty() {
                 println!("        one step by kernel: {}", kernel_line(&r.kernel_ms));
