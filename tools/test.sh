@@ -25,10 +25,13 @@ cargo build --release -p edgereason-c
 cargo test --release --workspace --exclude edgereason-py -- --test-threads 2
 # The launch plans GPUs take, on lavapipe: matmul row tiles in powers of two (padded
 # rows), one stream's keys split across and inside workgroups, k in slices, the int8 path
-# for prompts — the forward tests (HF agreement, batched = separate, warm-up completeness).
-EDGEREASON_ROW_TILES=pow2 EDGEREASON_SPLIT_ONE_STREAM=1 EDGEREASON_ATTENTION_SLICES=4 \
-  EDGEREASON_K_SLICES=4 EDGEREASON_PREFILL_GEMM=0 EDGEREASON_FLASH_PREFILL=0 \
-  "$(bash tools/test_bin.sh forward)" --test-threads 2
+# for prompts — the forward tests (HF agreement, batched = separate, warm-up completeness)
+# and the scheduler's (requests batched = alone, the idle warm-up).
+for t in forward serving; do
+  EDGEREASON_ROW_TILES=pow2 EDGEREASON_SPLIT_ONE_STREAM=1 EDGEREASON_ATTENTION_SLICES=4 \
+    EDGEREASON_K_SLICES=4 EDGEREASON_PREFILL_GEMM=0 EDGEREASON_FLASH_PREFILL=0 \
+    "$(bash tools/test_bin.sh $t)" --test-threads 2
+done
 # The tensor-core prefill GEMM: its kernel test and the forward pass on it, on a lavapipe
 # that has cooperative matrices (Debian 12's has none; tools/coop_lavapipe.sh unpacks
 # unstable's beside the system's). EDGEREASON_REQUIRE_COOP=1: no device is a failure.
