@@ -95,7 +95,7 @@ fn attention(c: &mut Criterion) {
 }
 
 fn sampling(c: &mut Criterion) {
-    use edgereason::ops::sampling::{SampleRow, OUT_BYTES, ROW_BYTES};
+    use edgereason::ops::sampling::SampleRow;
     let ctx = GpuContext::new(None).expect("a GPU adapter");
     // Qwen2.5's vocabulary; logits spread like a model's (a few tokens carry most mass).
     let n_vocab = 151_936usize;
@@ -103,10 +103,15 @@ fn sampling(c: &mut Criterion) {
         .map(|i| ((i as u64).wrapping_mul(2654435761) % 4096) as f32 / 4096.0 * 24.0 - 12.0)
         .collect();
     let lb = ctx.storage_from("logits", &logits);
-    let rows = ctx.storage("rows", 8 * ROW_BYTES);
-    let out = ctx.storage("out", 8 * OUT_BYTES);
+    let [rows, out, top] = ops::sampling::SamplingIo::allocate(&ctx, 8);
     let next = ctx.storage("next_tokens", 8 * 4);
-    let d = ops::sampling::sampling(&ctx, "sampling", &lb, n_vocab, &rows, &out, &next).unwrap();
+    let io = ops::sampling::SamplingIo {
+        rows: &rows,
+        out: &out,
+        next_tokens: &next,
+        top: &top,
+    };
+    let d = ops::sampling::sampling(&ctx, "sampling", &lb, n_vocab, &io).unwrap();
     let mut g = c.benchmark_group(format!(
         "sampling over {n_vocab} logits on {}",
         ctx.describe()
@@ -126,7 +131,7 @@ fn sampling(c: &mut Criterion) {
                     seed_hi: 0,
                     step: 0,
                     logits_row: r,
-                    _pad: 0,
+                    top_n: 0,
                 })
                 .collect();
             ctx.queue

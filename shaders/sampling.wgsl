@@ -25,9 +25,13 @@
 //
 // The id also goes to next_tokens[r], the next step's input tokens: a step can be fed the
 // tokens the last one drew without the host reading them first (decode pipelining).
+// A row with top_n > 0 also lists its most likely tokens (OpenAI's top_logprobs): the
+// top-k search finds the threshold of the top_n largest logits, and every logit at or
+// above it goes to top[r] as (id, log-prob) in no order, TOP_SLOTS at most (ties at the
+// threshold past that are dropped; the host sorts and keeps top_n).
 //
 // logits: [rows][row_stride] f32   rows: [m] SampleRow   out: [m] (id, log-prob bits) u32
-// next_tokens: [≥ m] u32
+// next_tokens: [≥ m] u32   top: [m][TOP_SLOTS] (id, log-prob bits) u32, id TOP_NONE if empty
 
 struct Params {
     n_vocab: u32,
@@ -45,7 +49,7 @@ struct SampleRow {
     seed_hi: u32,
     step: u32,        // tokens the stream has sampled so far: a new draw each step
     logits_row: u32,  // the row of `logits` to sample from
-    _pad: u32,
+    top_n: u32,       // > 0: also list the top_n most likely tokens in `top`
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -53,8 +57,11 @@ struct SampleRow {
 @group(0) @binding(2) var<storage, read> rows: array<SampleRow>;
 @group(0) @binding(3) var<storage, read_write> out: array<u32>;
 @group(0) @binding(4) var<storage, read_write> next_tokens: array<u32>;
+@group(0) @binding(5) var<storage, read_write> top: array<u32>;
 
 const WG: u32 = 256u;
+const TOP_SLOTS: u32 = 32u;
+const TOP_NONE: u32 = 0xffffffffu;
 const WAYS: u32 = 16u;
 // Below every finite logit we expect, above -inf (WGSL has no infinity literal).
 const NEG_BIG: f32 = -3.0e38;
@@ -73,6 +80,7 @@ var<workgroup> wg_hi: u32;
 var<workgroup> wg_target: f32;
 var<workgroup> wg_chunk: u32;
 var<workgroup> wg_off: f32;
+var<workgroup> wg_top_count: atomic<u32>;
 
 // Order-preserving u32 key of a float (total order, -0 < +0).
 fn key_of(v: f32) -> u32 {
@@ -241,6 +249,36 @@ fn search(tid: u32, base: u32, n: u32, lo0: u32, hi0: u32, mass: bool, target0: 
     return lo;
 }
 
+// Row r's logits at or above the threshold of its top_n largest into top[r] (see the top
+// of the file). Call in uniform control flow.
+fn list_top(tid: u32, r: u32, base: u32, n: u32, top_n: u32, mx: f32, log_z: f32) {
+    var lo = KEY_NEG_INF;
+    if (top_n < n) {
+        lo = search(tid, base, n, lo, key_of(mx) + 1u, false, f32(top_n), mx, 1.0, 1.0);
+    }
+    let thr = value_of(lo);
+    if (tid == 0u) {
+        atomicStore(&wg_top_count, 0u);
+    }
+    workgroupBarrier();
+    for (var i = tid; i < n; i = i + WG) {
+        let v = logits[base + i];
+        if (v >= thr) {
+            let slot = atomicAdd(&wg_top_count, 1u);
+            if (slot < TOP_SLOTS) {
+                top[(r * TOP_SLOTS + slot) * 2u] = i;
+                top[(r * TOP_SLOTS + slot) * 2u + 1u] = bitcast<u32>(v - mx - log_z);
+            }
+        }
+    }
+    // The slots no logit took are marked empty (other addresses than the ones written).
+    workgroupBarrier();
+    let filled = atomicLoad(&wg_top_count);
+    for (var j = filled + tid; j < TOP_SLOTS; j = j + WG) {
+        top[(r * TOP_SLOTS + j) * 2u] = TOP_NONE;
+    }
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tid = lid.x;
@@ -268,6 +306,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let stats = reduce_stats(tid, st);
     let mx = stats.x;
     let log_z = log(stats.y);
+    if (sp.top_n > 0u) {
+        list_top(tid, r, base, n, sp.top_n, mx, log_z);
+    }
     if (sp.temperature <= 0.0) {
         if (tid == 0u) {
             out[2u * r] = u32(stats.z);

@@ -218,10 +218,7 @@ fn greedy_step(s: &mut Session, next: &mut u32) -> Result<()> {
 }
 
 fn greedy() -> RowSampling {
-    RowSampling {
-        params: Default::default(),
-        step: 0,
-    }
+    RowSampling::default()
 }
 
 /// Bytes one decode row reads back: (id, log-prob) sampled on the GPU, or the logits.

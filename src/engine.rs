@@ -70,6 +70,10 @@ pub struct GenerateParams {
     /// the adapter in charge from the first sampled token, as in training, where the
     /// response began with it.
     pub think_prefix: String,
+    /// Report this many most likely tokens (with log-probs) beside each sampled one, at
+    /// most 20 (OpenAI's `top_logprobs`); 0: none. Listed by the GPU sampler in the step
+    /// that draws the token.
+    pub top_logprobs: usize,
 }
 
 impl Default for GenerateParams {
@@ -82,6 +86,7 @@ impl Default for GenerateParams {
             adapter_on_prompt: false,
             budget: None,
             think_prefix: "<think>\n".into(),
+            top_logprobs: 0,
         }
     }
 }

@@ -287,3 +287,62 @@ fn pipelined_decoding_gives_the_tokens_and_cache_of_step_by_step_decoding() {
         assert_eq!(got.kv_bytes_used, want.kv_bytes_used, "{what}");
     }
 }
+
+#[test]
+fn each_sampled_token_comes_with_the_most_likely_tokens_where_asked() {
+    // Decoding (pipelined steps and the first tokens drawn from the prompt's logits) hands
+    // each sampled token its position's top tokens, the same as the logits say.
+    use edgereason::sched::best_of_n::Decoding;
+    let e = engine();
+    let prompt = e.encode("The capital of France is").unwrap();
+    let params = GenerateParams {
+        max_tokens: 6,
+        top_logprobs: 4,
+        ..Default::default()
+    };
+    let mut run = Decoding::start(&e, &prompt, 2, &params).unwrap();
+    let mut tokens = vec![Vec::new(); 2];
+    let mut seen = 0;
+    while let Some(tok) = run.next() {
+        let tok = tok.unwrap();
+        assert_eq!(tok.top_logprobs.len(), 4, "{tok:?}");
+        assert_eq!(
+            tok.top_logprobs[0].0, tok.id,
+            "greedy takes the most likely"
+        );
+        assert!((tok.top_logprobs[0].1 - tok.logprob.unwrap()).abs() < 1e-4);
+        tokens[tok.stream].push((tok.id, tok.top_logprobs.clone()));
+        seen += 1;
+    }
+    assert!(seen >= 2);
+    // The same positions scored by the forward pass (its prompt kernels sum in another
+    // order, from activations quantized apart): the listed tokens are a top 4 there, their
+    // log-probs within 0.05.
+    let mut s = e.session().unwrap();
+    let ids: Vec<u32> = tokens[0].iter().map(|t| t.0).collect();
+    let mut logits = Vec::new();
+    s.forward_all(&[prompt.clone(), ids].concat(), |_, l| {
+        logits.push(l.to_vec())
+    })
+    .unwrap();
+    for (i, (_, top)) in tokens[0].iter().enumerate() {
+        let l = &logits[prompt.len() - 1 + i];
+        let lp = |id: u32| edgereason::sampling::log_prob(l, id);
+        for &(id, got) in top {
+            assert!(
+                (got - lp(id)).abs() < 0.05,
+                "position {i} token {id}: {got} vs {}",
+                lp(id)
+            );
+        }
+        let lowest = top.iter().map(|t| t.1).fold(f32::INFINITY, f32::min);
+        let best_left = (0..l.len() as u32)
+            .filter(|id| top.iter().all(|t| t.0 != *id))
+            .map(lp)
+            .fold(f32::NEG_INFINITY, f32::max);
+        assert!(
+            best_left <= lowest + 0.05,
+            "position {i}: a token left out is more likely"
+        );
+    }
+}

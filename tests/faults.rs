@@ -118,10 +118,7 @@ fn a_session_misused_returns_errors_not_panics() {
     use edgereason::ops::sampling::RowSampling;
     let e = engine();
     let mut s = e.session().unwrap();
-    let greedy = RowSampling {
-        params: Default::default(),
-        step: 0,
-    };
+    let greedy = RowSampling::default();
     // One sampling setting for two rows.
     let rows = [(s.main, 7), (s.main, 8)];
     match s.forward_rows_sampled(&rows, &[greedy]) {
@@ -189,7 +186,13 @@ fn launchers_refuse_shapes_their_kernels_cannot_run() {
     let mm = edgereason::ops::matmul_int4::matmul_int4(ctx, "gate_up", &w, &swiglu);
     launch_error(mm.map(|_| ()), "gate_up", "SwiGLU");
     // A vocabulary the GPU sampler cannot index.
-    let s = edgereason::ops::sampling::sampling(ctx, "sampling", &buf, 1 << 24, &buf, &buf, &buf);
+    let io = edgereason::ops::sampling::SamplingIo {
+        rows: &buf,
+        out: &buf,
+        next_tokens: &buf,
+        top: &buf,
+    };
+    let s = edgereason::ops::sampling::sampling(ctx, "sampling", &buf, 1 << 24, &io);
     launch_error(s.map(|_| ()), "sampling", "vocabulary");
 }
 

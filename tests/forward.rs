@@ -109,6 +109,7 @@ fn steps_submitted_in_parts_equal_one_submission() {
         let greedy = edgereason::ops::sampling::RowSampling {
             params: Default::default(),
             step: 0,
+            top_logprobs: 0,
         };
         let ids = s
             .forward_rows_sampled(&rows, &[greedy.clone(), greedy])
@@ -223,6 +224,7 @@ fn a_decode_step_is_one_recording_and_reads_back_only_the_sampled_ids() {
         .map(|_| edgereason::ops::sampling::RowSampling {
             params: Default::default(),
             step: 0,
+            top_logprobs: 0,
         })
         .collect();
     // The first step after the fork also copies the prompt's partly filled last block for
@@ -265,6 +267,7 @@ fn a_one_stream_decode_step_has_no_norm_or_merge_launches() {
     let greedy = [edgereason::ops::sampling::RowSampling {
         params: Default::default(),
         step: 0,
+        top_logprobs: 0,
     }];
     let before = engine.ctx.stats.snapshot();
     s.forward_rows_sampled(&[(s.main, 7)], &greedy).unwrap();
@@ -349,6 +352,7 @@ fn a_warmed_up_session_builds_no_pipeline_in_its_steps() {
             ..Default::default()
         },
         step: 0,
+        top_logprobs: 0,
     };
     for n in 1..=8 {
         let rows: Vec<_> = kids[..n].iter().map(|&k| (k, 7 + n as u32)).collect();

@@ -22,6 +22,8 @@ struct Launch {
     out: wgpu::Buffer,
     /// The ids again, where a session's next step reads its tokens.
     next_tokens: wgpu::Buffer,
+    /// Each row's most likely tokens, where it asks.
+    top: wgpu::Buffer,
     dispatch: ops::Dispatch,
     max_rows: usize,
 }
@@ -29,17 +31,21 @@ struct Launch {
 impl Launch {
     fn new(ctx: &Arc<GpuContext>, logits: &[f32], n_vocab: usize, max_rows: usize) -> Self {
         let lb = ctx.storage_from("logits", logits);
-        let rows = ctx.storage("sampling.rows", max_rows as u64 * ops::sampling::ROW_BYTES);
-        let out = ctx.storage("sampling.out", max_rows as u64 * ops::sampling::OUT_BYTES);
+        let [rows, out, top] = ops::sampling::SamplingIo::allocate(ctx, max_rows);
         let next_tokens = ctx.storage("sampling.next_tokens", max_rows as u64 * 4);
-        let dispatch =
-            ops::sampling::sampling(ctx, "sampling", &lb, n_vocab, &rows, &out, &next_tokens)
-                .unwrap();
+        let io = ops::sampling::SamplingIo {
+            rows: &rows,
+            out: &out,
+            next_tokens: &next_tokens,
+            top: &top,
+        };
+        let dispatch = ops::sampling::sampling(ctx, "sampling", &lb, n_vocab, &io).unwrap();
         Launch {
             ctx: ctx.clone(),
             rows,
             out,
             next_tokens,
+            top,
             dispatch,
             max_rows,
         }
@@ -56,6 +62,13 @@ impl Launch {
         let ids: Vec<u32> = out.iter().map(|s| s.id).collect();
         assert_eq!(next, ids, "next_tokens holds each row's id");
         out
+    }
+
+    /// Row `r`'s `top` slots as the host reads them after [`run`](Self::run).
+    fn top(&self, r: usize, n: usize) -> Vec<(u32, f32)> {
+        let per_row = 2 * ops::sampling::TOP_SLOTS;
+        let slots: Vec<u32> = self.ctx.read(&self.top, r * per_row, per_row).unwrap();
+        ops::sampling::top_from_slots(&slots, n)
     }
 }
 
@@ -75,7 +88,7 @@ fn row(
         seed_hi: (seed >> 32) as u32,
         step,
         logits_row,
-        _pad: 0,
+        top_n: 0,
     }
 }
 
@@ -413,6 +426,7 @@ fn forward_rows_sampled_samples_the_rows_forward_rows_returns() {
                 seed: 9 + i as u64,
             },
             step: 4,
+            top_logprobs: [0, 3, 20][i],
         })
         .collect();
     let (mut a, kids_a) = forked(&engine, 3);
@@ -427,16 +441,15 @@ fn forward_rows_sampled_samples_the_rows_forward_rows_returns() {
                     .collect::<Vec<_>>(),
             )
             .unwrap();
-        let sampled = b
-            .forward_rows_sampled(
-                &kids_b
-                    .iter()
-                    .zip(step)
-                    .map(|(&k, t)| (k, t))
-                    .collect::<Vec<_>>(),
-                &settings,
-            )
-            .unwrap();
+        let rows_b: Vec<_> = kids_b.iter().zip(step).map(|(&k, t)| (k, t)).collect();
+        let submitted = b.submit_rows_sampled(&rows_b, &settings).unwrap();
+        let draws = b.wait_draws(submitted).unwrap();
+        let sampled: Vec<(u32, f32)> = draws.iter().map(|d| (d.id, d.logprob)).collect();
+        for (d, (l, s)) in draws.iter().zip(logits.iter().zip(&settings)) {
+            let want = ops::sampling::top_reference(l, s.top_logprobs as usize);
+            let ids = |v: &[(u32, f32)]| v.iter().map(|e| e.0).collect::<Vec<_>>();
+            assert_eq!(ids(&d.top), ids(&want), "the step's most likely tokens");
+        }
         for (i, ((l, &(id, lp)), s)) in logits.iter().zip(&sampled).zip(&settings).enumerate() {
             let want = ops::sampling::reference(l, &s.row(0));
             assert_eq!(
@@ -483,6 +496,7 @@ fn a_step_fed_the_last_steps_draws_on_the_gpu_equals_one_fed_by_the_host() {
                     seed: 5 + i as u64,
                 },
                 step,
+                top_logprobs: 0,
             })
             .collect()
     };
@@ -660,5 +674,64 @@ fn ties_at_a_threshold_are_kept_and_edge_settings_hold() {
             "{}: T = 1e-6",
             path(&ctx)
         );
+    }
+}
+
+#[test]
+fn the_most_likely_tokens_listed_beside_a_draw_are_the_top_of_the_logits() {
+    // OpenAI's top_logprobs: each row asking for n gets the n largest logits with their
+    // log-probs, most likely first, whatever it samples with; a row asking for none
+    // leaves its slots alone. Awkward vocabularies (not multiples of the workgroup), -inf
+    // entries, a vocabulary smaller than what is asked, and ties at the threshold.
+    for ctx in contexts() {
+        for n_vocab in [7usize, 1000, 50_257] {
+            let mut logits = [
+                rand_vec(n_vocab, 11),
+                rand_vec(n_vocab, 12),
+                rand_vec(n_vocab, 13),
+            ];
+            for (i, v) in logits[1].iter_mut().enumerate() {
+                if i % 5 == 0 {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+            // Ties: the three largest equal, then two more equal.
+            let top = n_vocab - 1;
+            logits[2][top] = 9.0;
+            logits[2][0] = 9.0;
+            logits[2][n_vocab / 2] = 9.0;
+            if n_vocab > 10 {
+                logits[2][3] = 8.0;
+                logits[2][n_vocab - 3] = 8.0;
+            }
+            let flat: Vec<f32> = logits.concat();
+            let launch = Launch::new(&ctx, &flat, n_vocab, 3);
+            let settings = [(0.0, 0, 1.0, 20), (0.8, 40, 0.9, 5), (1.0, 0, 1.0, 4)];
+            let rows: Vec<SampleRow> = settings
+                .iter()
+                .enumerate()
+                .map(|(i, &(t, k, p, n))| SampleRow {
+                    top_n: n,
+                    ..row(t, k, p, 7, 0, i as u32)
+                })
+                .collect();
+            launch.run(&rows);
+            for (i, (r, &(_, _, _, n))) in logits.iter().zip(&settings).enumerate() {
+                let got = launch.top(i, n as usize);
+                let want = ops::sampling::top_reference(r, n as usize);
+                let ids = |v: &[(u32, f32)]| v.iter().map(|e| e.0).collect::<Vec<_>>();
+                assert_eq!(ids(&got), ids(&want), "{} n={n_vocab} row {i}", path(&ctx));
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g.1 - w.1).abs() <= 1e-4 || (g.1 == w.1),
+                        "{} n={n_vocab} row {i} token {}: log-prob {} vs {}",
+                        path(&ctx),
+                        g.0,
+                        g.1,
+                        w.1
+                    );
+                }
+            }
+        }
     }
 }

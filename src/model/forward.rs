@@ -13,7 +13,7 @@
 //! let engine = Engine::load("smollm2-135m", &EngineOptions::default())?;
 //! let mut s = engine.session()?;
 //! let logits = s.forward(&engine.encode("Once upon a time")?)?;
-//! let greedy = |step| RowSampling { params: Default::default(), step };
+//! let greedy = |step| RowSampling { step, ..Default::default() };
 //! let first = edgereason::sampling::argmax(&logits);
 //! let mut last = s.submit_rows_sampled(&[(s.main, first)], &[greedy(0)])?;
 //! for step in 1..32 {
@@ -30,7 +30,7 @@ use super::GpuModel;
 use crate::adapters::{LoraApply, LoraSet};
 use crate::gpu::GpuError;
 use crate::kv::{BlockCopy, BlockPool, KvError, StreamId};
-use crate::ops::sampling::{RowSampling, SampleRow, Sampled};
+use crate::ops::sampling::{Draw, RowSampling, SampleRow, Sampled};
 use crate::ops::{self, Dispatch, Step};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -121,6 +121,7 @@ pub struct Session {
     sampling: Dispatch,
     sample_rows: wgpu::Buffer, // [lm_rows] ops::sampling::SampleRow
     sampled: wgpu::Buffer,     // [lm_rows] (id, log-prob)
+    sampled_top: wgpu::Buffer, // [lm_rows][TOP_SLOTS] (id, log-prob)
     /// Sampled steps submitted so far (each [`SampledStep`]'s number).
     sampled_steps: u64,
     /// The sampled step whose draws are the token buffer's contents, while no other step
@@ -136,6 +137,8 @@ pub struct SampledStep {
     number: u64,
     streams: Vec<StreamId>,
     read: crate::gpu::PendingRead<Sampled>,
+    /// The rows' most likely tokens, where some row asked (with how many each asked).
+    top: Option<(crate::gpu::PendingRead<u32>, Vec<u32>)>,
 }
 
 /// What one [`Session::warm_up`] call did.
@@ -206,7 +209,7 @@ impl Session {
         let launches = Launches::new(&model, &acts, &inputs, &kv, lora.as_deref(), apply);
         let (body, head) = (launches.body()?, launches.head(&logits)?);
         let final_hidden = final_hidden(&model, &acts, &hidden);
-        let (sample_rows, sampled, sampling) =
+        let (sample_rows, sampled, sampled_top, sampling) =
             gpu_sampling(&ctx, &logits, c.n_vocab, lm_rows, &inputs.tokens)?;
         let mut pool = BlockPool::new(n_blocks, BLOCK_SIZE);
         let main = pool.create();
@@ -236,6 +239,7 @@ impl Session {
             sampling,
             sample_rows,
             sampled,
+            sampled_top,
             sampled_steps: 0,
             draws_fed_next: None,
         })
@@ -1120,13 +1124,42 @@ impl Session {
         Ok(SampledStep {
             number: self.sampled_steps,
             read: self.model.ctx.read_later(&self.sampled, 0, streams.len())?,
+            top: self.read_top_later(sampling)?,
             streams,
         })
+    }
+
+    /// The read-back of the rows' `top` slots, where some row asks for its most likely
+    /// tokens (queued after the step, like the draws).
+    #[allow(clippy::type_complexity)]
+    fn read_top_later(
+        &self,
+        sampling: &[RowSampling],
+    ) -> Result<Option<(crate::gpu::PendingRead<u32>, Vec<u32>)>, ForwardError> {
+        let asked: Vec<u32> = sampling.iter().map(|s| s.top_logprobs).collect();
+        if asked.iter().all(|&n| n == 0) {
+            return Ok(None);
+        }
+        let words = asked.len() * 2 * ops::sampling::TOP_SLOTS;
+        let read = self.model.ctx.read_later(&self.sampled_top, 0, words)?;
+        Ok(Some((read, asked)))
     }
 
     /// Wait for a submitted step's draws: (id, log-prob) per row, in row order.
     pub fn wait_sampled(&self, step: SampledStep) -> Result<Vec<(u32, f32)>, ForwardError> {
         Ok(draws(step.read.wait(&self.model.ctx)?))
+    }
+
+    /// As [`wait_sampled`](Self::wait_sampled), with each row's most likely tokens where
+    /// its [`RowSampling::top_logprobs`] asked for them.
+    pub fn wait_draws(&self, step: SampledStep) -> Result<Vec<Draw>, ForwardError> {
+        let ctx = &self.model.ctx;
+        let sampled = step.read.wait(ctx)?;
+        let top = match step.top {
+            Some((read, asked)) => Some((read.wait(ctx)?, asked)),
+            None => None,
+        };
+        Ok(with_top(sampled, top))
     }
 
     /// Take the last `n` tokens of stream `s` back out of its cache (their slots are
@@ -1148,6 +1181,13 @@ impl Session {
         &mut self,
         sampling: &[RowSampling],
     ) -> Result<Vec<(u32, f32)>, ForwardError> {
+        let draws = self.sample_last(sampling)?;
+        Ok(draws.into_iter().map(|d| (d.id, d.logprob)).collect())
+    }
+
+    /// As [`sample_last_logits`](Self::sample_last_logits), with each row's most likely
+    /// tokens where it asks for them.
+    pub fn sample_last(&mut self, sampling: &[RowSampling]) -> Result<Vec<Draw>, ForwardError> {
         if sampling.len() > self.lm_rows {
             return Err(ForwardError::TooManyRows {
                 rows: sampling.len(),
@@ -1157,7 +1197,18 @@ impl Session {
         self.write_sample_rows(sampling.iter().map(|s| s.row(0)));
         self.record_submit(|pass, ctx| self.sampling.record(ctx, pass, sampling.len() as u32, 0));
         self.draws_fed_next = None;
-        self.read_sampled(sampling.len())
+        let read = self
+            .model
+            .ctx
+            .read_later(&self.sampled, 0, sampling.len())?;
+        let top = self.read_top_later(sampling)?;
+        let ctx = &self.model.ctx;
+        let sampled = read.wait(ctx)?;
+        let top = match top {
+            Some((read, asked)) => Some((read.wait(ctx)?, asked)),
+            None => None,
+        };
+        Ok(with_top(sampled, top))
     }
 
     fn write_sample_rows(&self, rows: impl Iterator<Item = SampleRow>) {
@@ -1166,10 +1217,6 @@ impl Session {
             .ctx
             .queue
             .write_buffer(&self.sample_rows, 0, bytemuck::cast_slice(&rows));
-    }
-
-    fn read_sampled(&self, rows: usize) -> Result<Vec<(u32, f32)>, ForwardError> {
-        Ok(draws(self.model.ctx.read(&self.sampled, 0, rows)?))
     }
 }
 
@@ -1187,6 +1234,22 @@ fn check_sampling(rows: usize, sampling: &[RowSampling]) -> Result<(), ForwardEr
 /// The sampler's output as (id, log-prob) per row.
 fn draws(out: Vec<Sampled>) -> Vec<(u32, f32)> {
     out.iter().map(|s| (s.id, s.logprob)).collect()
+}
+
+/// The sampler's output with each row's `top` slots (and how many it asked for) in order.
+fn with_top(out: Vec<Sampled>, top: Option<(Vec<u32>, Vec<u32>)>) -> Vec<Draw> {
+    let per_row = 2 * ops::sampling::TOP_SLOTS;
+    out.iter()
+        .enumerate()
+        .map(|(r, s)| Draw {
+            id: s.id,
+            logprob: s.logprob,
+            top: top.as_ref().map_or_else(Vec::new, |(slots, asked)| {
+                let row = &slots[r * per_row..(r + 1) * per_row];
+                ops::sampling::top_from_slots(row, asked[r] as usize)
+            }),
+        })
+        .collect()
 }
 
 /// The per-step inputs of up to `max_rows` rows over a cache of `n_blocks` blocks.
@@ -1242,19 +1305,16 @@ fn gpu_sampling(
     n_vocab: usize,
     lm_rows: usize,
     next_tokens: &wgpu::Buffer,
-) -> Result<(wgpu::Buffer, wgpu::Buffer, Dispatch), GpuError> {
-    let sample_rows = ctx.storage("sampling.rows", lm_rows as u64 * ops::sampling::ROW_BYTES);
-    let sampled = ctx.storage("sampling.out", lm_rows as u64 * ops::sampling::OUT_BYTES);
-    let sampling = ops::sampling::sampling(
-        ctx,
-        "sampling",
-        logits,
-        n_vocab,
-        &sample_rows,
-        &sampled,
+) -> Result<(wgpu::Buffer, wgpu::Buffer, wgpu::Buffer, Dispatch), GpuError> {
+    let [rows, out, top] = ops::sampling::SamplingIo::allocate(ctx, lm_rows);
+    let io = ops::sampling::SamplingIo {
+        rows: &rows,
+        out: &out,
         next_tokens,
-    )?;
-    Ok((sample_rows, sampled, sampling))
+        top: &top,
+    };
+    let sampling = ops::sampling::sampling(ctx, "sampling", logits, n_vocab, &io)?;
+    Ok((rows, out, top, sampling))
 }
 
 /// A launch's kernel kind: its label up to any `[`.

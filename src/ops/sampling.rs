@@ -7,9 +7,14 @@
 //! advances `step` once per sampled token. The CPU sampler's StdRng stream is not
 //! reproduced.
 //!
+//! A row can also list its most likely tokens with their log-probs (OpenAI's
+//! `top_logprobs`): [`RowSampling::top_logprobs`] of them, found by the same threshold
+//! search as top-k, written unordered to `top` and put in order by [`top_from_slots`].
+//!
 //! logits: `[rows][n_vocab]` f32   rows: `[m]` [`SampleRow`]   out: `[m]` [`Sampled`]
 //! next_tokens: `[≥ m]` u32, the ids again, where the next step reads its input tokens
 //! (so a step can be fed the last step's draws before the host has read them).
+//! top: `[m][TOP_SLOTS]` (id, log-prob bits) u32, id `u32::MAX` where empty.
 
 use super::{Dispatch, DispatchSpec, Dyn, Grid, KernelParams};
 use crate::gpu::{ensure_launch, Binding, GpuContext, GpuError};
@@ -21,7 +26,14 @@ const KINDS: &[Binding] = &[
     Binding::Read,
     Binding::ReadWrite,
     Binding::ReadWrite,
+    Binding::ReadWrite,
 ];
+
+/// Slots per row of the `top` buffer (`TOP_SLOTS` of the shader): the most likely tokens
+/// a row lists, ties at the threshold included up to this many.
+pub const TOP_SLOTS: usize = 32;
+/// The most `top_logprobs` a row may ask for (OpenAI's cap).
+pub const MAX_TOP_LOGPROBS: u32 = 20;
 
 crate::kernel_params!(
     /// `struct Params` of shaders/sampling.wgsl.
@@ -51,7 +63,8 @@ pub struct SampleRow {
     pub step: u32,
     /// Row of `logits` to sample from.
     pub logits_row: u32,
-    pub _pad: u32,
+    /// > 0: also list this many most likely tokens (at most [`MAX_TOP_LOGPROBS`]).
+    pub top_n: u32,
 }
 
 /// A row's (token id, log-prob under the full softmax at temperature 1), as the kernel
@@ -63,12 +76,24 @@ pub struct Sampled {
     pub logprob: f32,
 }
 
-/// What a caller asks for one row of a step: the stream's settings (its own seed) and how
-/// many tokens it has sampled so far.
-#[derive(Clone, Debug, PartialEq)]
+/// One row's draw as a caller sees it: the token, its log-prob (full softmax at
+/// temperature 1), and the most likely tokens with theirs where the row asked
+/// ([`RowSampling::top_logprobs`]; most likely first).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Draw {
+    pub id: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What a caller asks for one row of a step: the stream's settings (its own seed), how
+/// many tokens it has sampled so far, and how many most likely tokens to list beside the
+/// draw (0: none; at most [`MAX_TOP_LOGPROBS`]).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RowSampling {
     pub params: SamplingParams,
     pub step: u32,
+    pub top_logprobs: u32,
 }
 
 impl RowSampling {
@@ -83,7 +108,7 @@ impl RowSampling {
             seed_hi: (p.seed >> 32) as u32,
             step: self.step,
             logits_row,
-            _pad: 0,
+            top_n: self.top_logprobs.min(MAX_TOP_LOGPROBS),
         }
     }
 }
@@ -92,8 +117,30 @@ impl RowSampling {
 pub const ROW_BYTES: u64 = std::mem::size_of::<SampleRow>() as u64;
 pub const OUT_BYTES: u64 = std::mem::size_of::<Sampled>() as u64;
 
+/// The buffers a sampling launch reads its rows' settings from and writes to (see the
+/// module docs for their layouts).
+pub struct SamplingIo<'a> {
+    pub rows: &'a wgpu::Buffer,
+    pub out: &'a wgpu::Buffer,
+    pub next_tokens: &'a wgpu::Buffer,
+    pub top: &'a wgpu::Buffer,
+}
+
+impl<'a> SamplingIo<'a> {
+    /// `rows`, `out` and `top` for up to `max_rows` rows (`next_tokens` is the caller's:
+    /// a session's token buffer).
+    pub fn allocate(ctx: &GpuContext, max_rows: usize) -> [wgpu::Buffer; 3] {
+        let m = max_rows as u64;
+        [
+            ctx.storage("sampling.rows", m * ROW_BYTES),
+            ctx.storage("sampling.out", m * OUT_BYTES),
+            ctx.storage("sampling.top", m * TOP_SLOTS as u64 * 8),
+        ]
+    }
+}
+
 /// The launch over `m` rows (the record's row count): row i samples `logits` row
-/// `rows[i].logits_row` and writes `out[i]` and `next_tokens[i]`. A vocabulary of 0 or ≥ 2^24 tokens is an error
+/// `rows[i].logits_row` and writes `out[i]`, `next_tokens[i]` and, if it asks, `top[i]`. A vocabulary of 0 or ≥ 2^24 tokens is an error
 /// (indices travel as f32 in the reduction); such models are refused at upload
 /// (`ModelConfig::unsupported`).
 pub fn sampling(
@@ -101,9 +148,7 @@ pub fn sampling(
     label: &str,
     logits: &wgpu::Buffer,
     n_vocab: usize,
-    rows: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    next_tokens: &wgpu::Buffer,
+    io: &SamplingIo,
 ) -> Result<Dispatch, GpuError> {
     ensure_launch(n_vocab > 0 && n_vocab < 1 << 24, label, || {
         format!("a vocabulary of {n_vocab} tokens (the GPU sampler takes 1 to 2^24 - 1)")
@@ -123,11 +168,40 @@ pub fn sampling(
             kinds: KINDS,
             words: params.words(),
             dynamic: vec![(crate::params_word!(Params, m), Dyn::Rows)],
-            buffers: vec![logits, rows, out, next_tokens],
+            buffers: vec![logits, io.rows, io.out, io.next_tokens, io.top],
             grid: Grid::PerRow { x: 1 },
             defines: Default::default(),
         },
     ))
+}
+
+/// A row's `top` slots as (id, log-prob), most likely first (ties: the lower id first),
+/// at most `n`.
+pub fn top_from_slots(slots: &[u32], n: usize) -> Vec<(u32, f32)> {
+    let mut top: Vec<(u32, f32)> = slots
+        .chunks_exact(2)
+        .filter(|s| s[0] != u32::MAX)
+        .map(|s| (s[0], f32::from_bits(s[1])))
+        .collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    top.truncate(n);
+    top
+}
+
+/// The `n` most likely tokens of `logits` with their log-probs (full softmax at
+/// temperature 1), most likely first, ties by lower id: what the kernel's `top` gives,
+/// and what the CPU sampling path reports.
+pub fn top_reference(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    ids.sort_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
+    ids.truncate(n);
+    ids.into_iter()
+        .map(|id| (id, crate::sampling::log_prob(logits, id)))
+        .collect()
 }
 
 /// lowbias32 (Wellons), as `mix32` in the shader.

@@ -11,7 +11,7 @@ use super::vote::{extract_answer, vote};
 use crate::adapters::{Switcher, Verifier};
 use crate::engine::{Budget, Engine, GenerateParams, Reasoning};
 use crate::model::forward::{decode_pipelining, SampledStep, BLOCK_SIZE};
-use crate::ops::sampling::RowSampling;
+use crate::ops::sampling::{Draw, RowSampling, MAX_TOP_LOGPROBS};
 use crate::sampling::{cpu_sampling, log_prob, Sampler, SamplingParams};
 use anyhow::{bail, Result};
 use std::sync::Arc;
@@ -76,6 +76,8 @@ pub(crate) struct StreamState {
     pub(crate) sampler: Sampler,
     /// Tokens sampled so far (not forced): the GPU draw's step counter.
     pub(crate) sampled: u32,
+    /// Most likely tokens to report beside each sampled one (0: none).
+    pub(crate) top_logprobs: u32,
     pub(crate) tokens: Vec<u32>,
     /// The reply's text (special tokens left out), and with them (where the
     /// end-of-thinking marker is looked for), both decoded incrementally.
@@ -95,13 +97,15 @@ pub(crate) struct StreamState {
 
 impl StreamState {
     /// Candidate `index` on cache stream `stream`, sampling with seed `sampling.seed +
-    /// index`; `opener` is fed before anything is sampled.
+    /// index` and reporting `params.top_logprobs` most likely tokens beside each sampled
+    /// one; `opener` is fed before anything is sampled.
     pub(crate) fn new(
         index: usize,
         stream: crate::kv::StreamId,
-        sampling: &SamplingParams,
+        params: &GenerateParams,
         opener: &[u32],
     ) -> Self {
+        let sampling = &params.sampling;
         StreamState {
             index,
             stream,
@@ -110,6 +114,7 @@ impl StreamState {
                 ..sampling.clone()
             }),
             sampled: 0,
+            top_logprobs: params.top_logprobs.min(MAX_TOP_LOGPROBS as usize) as u32,
             tokens: Vec::new(),
             text: IncrementalText::new(true),
             raw_text: IncrementalText::new(false),
@@ -135,6 +140,7 @@ impl StreamState {
         RowSampling {
             params: self.sampler.params.clone(),
             step: self.sampled,
+            top_logprobs: self.top_logprobs,
         }
     }
 
@@ -146,19 +152,19 @@ impl StreamState {
         &mut self,
         engine: &Engine,
         params: &GenerateParams,
-        draw: impl FnOnce(&mut Sampler) -> (u32, f32),
+        draw: impl FnOnce(&mut Sampler) -> Draw,
     ) -> Result<Option<StreamToken>> {
-        let (id, logprob) = match self.force_queue.pop_front() {
-            Some(id) => (id, None),
+        let (id, logprob, top_logprobs) = match self.force_queue.pop_front() {
+            Some(id) => (id, None, Vec::new()),
             None => {
-                let (id, lp) = draw(&mut self.sampler);
+                let d = draw(&mut self.sampler);
                 self.sampled += 1;
-                self.logprob += lp;
-                if engine.eos_token_ids.contains(&id) {
+                self.logprob += d.logprob;
+                if engine.eos_token_ids.contains(&d.id) {
                     self.finish = Some("eos");
                     return Ok(None);
                 }
-                (id, Some(lp))
+                (d.id, Some(d.logprob), d.top)
             }
         };
         self.tokens.push(id);
@@ -190,6 +196,7 @@ impl StreamState {
             id,
             text: new,
             logprob,
+            top_logprobs,
         }))
     }
 
@@ -220,13 +227,27 @@ impl StreamState {
 pub(crate) fn first_tokens(
     session: &mut crate::model::Session,
     live: &[StreamState],
-) -> Result<Vec<(u32, f32)>> {
+) -> Result<Vec<Draw>> {
     let mut next_of = Vec::with_capacity(live.len());
     for chunk in live.chunks(session.lm_rows) {
         let settings: Vec<RowSampling> = chunk.iter().map(StreamState::row_sampling).collect();
-        next_of.extend(session.sample_last_logits(&settings)?);
+        next_of.extend(session.sample_last(&settings)?);
     }
     Ok(next_of)
+}
+
+/// A stream's next token drawn on the CPU from its logits (`EDGEREASON_CPU_SAMPLING=1`),
+/// with the `top_n` most likely tokens as the GPU sampler lists them.
+pub(crate) fn cpu_draw(sampler: &mut Sampler, logits: &[f32], top_n: usize) -> Draw {
+    let id = sampler.sample(logits);
+    Draw {
+        id,
+        logprob: log_prob(logits, id),
+        top: match top_n {
+            0 => Vec::new(),
+            n => crate::ops::sampling::top_reference(logits, n),
+        },
+    }
 }
 
 /// The tokens fed at the start of a reply the reasoning adapter decodes (its think opener).
@@ -335,7 +356,7 @@ fn fork_streams(
     Ok(streams
         .iter()
         .enumerate()
-        .map(|(i, &s)| StreamState::new(i, s, &params.sampling, &opener))
+        .map(|(i, &s)| StreamState::new(i, s, params, &opener))
         .collect())
 }
 
@@ -350,6 +371,9 @@ pub struct StreamToken {
     /// Its log-probability when sampled (`None` for a forced token: the think opener or
     /// the budget's answer forcing).
     pub logprob: Option<f32>,
+    /// The most likely tokens at its position with their log-probs, most likely first,
+    /// where `GenerateParams::top_logprobs` asked (empty for forced tokens).
+    pub top_logprobs: Vec<(u32, f32)>,
 }
 
 /// N candidates being decoded together: an iterator over every stream's tokens, one
@@ -379,7 +403,7 @@ pub struct Decoding<'e> {
     /// Sampling on the GPU (the default): each stream's next token and its log-prob, drawn
     /// in the step that fed its last token.
     gpu_sampling: bool,
-    next_of: Vec<(u32, f32)>,
+    next_of: Vec<Draw>,
     /// Sampled steps on the GPU's queue not read yet, each with its rows' stream indices.
     in_flight: Vec<(SampledStep, Vec<usize>)>,
     /// Submit each step fed by the last one's draws before reading them, where every
@@ -520,7 +544,7 @@ impl<'e> Decoding<'e> {
     pub fn step(&mut self) -> Result<Vec<StreamToken>> {
         let ahead = self.submit_ahead()?;
         for (step, indices) in std::mem::take(&mut self.in_flight) {
-            let draws = self.session.wait_sampled(step)?;
+            let draws = self.session.wait_draws(step)?;
             for (i, next) in indices.into_iter().zip(draws) {
                 self.next_of[i] = next;
             }
@@ -580,17 +604,15 @@ impl<'e> Decoding<'e> {
             }
             // The GPU's draw for this stream, else its logits to draw from on the CPU.
             let source = match self.next_of.get(l.index) {
-                Some(&next) => Ok(next),
+                Some(next) => Ok(next),
                 None => Err(self.logits_of.get(l.index).ok_or_else(|| {
                     anyhow::anyhow!("stream {}: no sampled token and no logits", l.index)
                 })?),
             };
+            let top_n = l.top_logprobs as usize;
             let draw = |sampler: &mut Sampler| match source {
-                Ok(next) => next,
-                Err(lg) => {
-                    let id = sampler.sample(lg);
-                    (id, log_prob(lg, id))
-                }
+                Ok(next) => next.clone(),
+                Err(lg) => cpu_draw(sampler, lg, top_n),
             };
             let Some(tok) = l.advance(engine, &self.params, draw)? else {
                 continue;

@@ -197,12 +197,14 @@ impl RunningRequest {
                         id,
                         text,
                         logprob,
+                        top_logprobs,
                     } => {
                         let _ = tx.send(StreamToken {
                             stream,
                             id,
                             text,
                             logprob,
+                            top_logprobs,
                         });
                     }
                     Event::Done(result) => return Ok(*result),

@@ -37,7 +37,7 @@ use crate::engine::{Engine, GenerateParams, Reasoning};
 use crate::kv::StreamId;
 use crate::model::forward::{decode_pipelining, BLOCK_SIZE};
 use crate::model::{SampledStep, Session};
-use crate::ops::sampling::RowSampling;
+use crate::ops::sampling::{Draw, RowSampling};
 use anyhow::{anyhow, bail, Result};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -118,12 +118,14 @@ pub enum Event {
         reasoning: bool,
         switcher_probability: Option<f32>,
     },
-    /// A token of candidate `stream`.
+    /// A token of candidate `stream`, with the most likely tokens at its position where
+    /// the request asked (`GenerateParams::top_logprobs`).
     Token {
         stream: usize,
         id: u32,
         text: String,
         logprob: Option<f32>,
+        top_logprobs: Vec<(u32, f32)>,
     },
     /// Every candidate finished: the candidates, the vote and timings.
     Done(Box<BestOfN>),
@@ -334,7 +336,7 @@ struct Running {
     phase: Phase,
     /// Candidate streams: (cache stream, state); next sampled token of each.
     streams: Vec<StreamState>,
-    next_of: Vec<(u32, f32)>,
+    next_of: Vec<Draw>,
     adapter: Option<usize>,
     reasoning: bool,
     switcher_probability: Option<f32>,
@@ -665,7 +667,7 @@ impl Loop {
         r.streams = kids
             .iter()
             .enumerate()
-            .map(|(k, &s)| StreamState::new(k, s, &params.sampling, &opener))
+            .map(|(k, &s)| StreamState::new(k, s, params, &opener))
             .collect();
         if self.options.prefix_cache && !params.adapter_on_prompt {
             self.cache
@@ -703,7 +705,7 @@ impl Loop {
         let ahead = self.submit_ahead()?;
         for step in std::mem::take(&mut self.in_flight) {
             let streams = step.streams().to_vec();
-            let draws = self.session.wait_sampled(step)?;
+            let draws = self.session.wait_draws(step)?;
             let at = self.locate();
             for (s, next) in streams.iter().zip(draws) {
                 // A request cancelled meanwhile has left: its rows are dropped.
@@ -797,7 +799,7 @@ impl Loop {
                 continue;
             }
             for s in r.streams.iter_mut().filter(|s| s.finish.is_none()) {
-                let next = r.next_of[s.index];
+                let next = std::mem::take(&mut r.next_of[s.index]);
                 let Some(tok) = s.advance(&engine, &r.job.req.params, |_| next)? else {
                     continue;
                 };
@@ -810,6 +812,7 @@ impl Loop {
                     id: tok.id,
                     text: tok.text,
                     logprob: tok.logprob,
+                    top_logprobs: tok.top_logprobs,
                 });
             }
             let now = Instant::now();

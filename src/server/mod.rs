@@ -22,6 +22,7 @@
 
 pub mod openai;
 
+use crate::engine::Engine;
 use crate::sched::best_of_n::BestOfN;
 use crate::sched::serving::{Event, Request, Scheduler, SubmitError, Submitted};
 use axum::body::Bytes;
@@ -309,13 +310,25 @@ impl Reply {
     }
 }
 
+/// A sampled token's text and log-prob, and the most likely tokens' at its position.
+type TokenLogprob = (String, f32, Vec<(String, f32)>);
+
+fn token_logprob(engine: &Engine, id: u32, logprob: f32, top: &[(u32, f32)]) -> TokenLogprob {
+    let text = |id: u32| engine.decode(&[id]).unwrap_or_default();
+    let top = top.iter().map(|&(t, lp)| (text(t), lp)).collect();
+    (text(id), logprob, top)
+}
+
 /// Token log-probs in OpenAI's shape.
-fn logprob_entries(entries: &[(String, f32)]) -> Value {
+fn logprob_entries(entries: &[TokenLogprob]) -> Value {
+    let entry = |t: &str, lp: f32| json!({"token": t, "logprob": lp, "bytes": t.as_bytes()});
     let content: Vec<Value> = entries
         .iter()
-        .map(
-            |(t, lp)| json!({"token": t, "logprob": lp, "bytes": t.as_bytes(), "top_logprobs": []}),
-        )
+        .map(|(t, lp, top)| {
+            let mut e = entry(t, *lp);
+            e["top_logprobs"] = top.iter().map(|(t, lp)| entry(t, *lp)).collect();
+            e
+        })
         .collect();
     json!({"content": content})
 }
@@ -360,7 +373,7 @@ async fn collect(
 ) -> Result<Value, ApiError> {
     let engine = state.scheduler.engine();
     let mut cached = 0;
-    let mut lps: Vec<Vec<(String, f32)>> = vec![Vec::new(); reply.n];
+    let mut lps: Vec<Vec<TokenLogprob>> = vec![Vec::new(); reply.n];
     while let Some(ev) = sub.events.recv().await {
         match ev {
             Event::Started { cached_tokens, .. } => cached = cached_tokens,
@@ -368,9 +381,10 @@ async fn collect(
                 stream,
                 id,
                 logprob: Some(lp),
+                top_logprobs,
                 ..
             } if reply.logprobs => {
-                lps[stream].push((engine.decode(&[id]).unwrap_or_default(), lp));
+                lps[stream].push(token_logprob(engine, id, lp, &top_logprobs));
             }
             Event::Token { .. } => {}
             Event::Failed(m) => return Err(failed(m)),
@@ -458,6 +472,7 @@ async fn pump(
                 id,
                 text,
                 logprob,
+                top_logprobs,
             } => {
                 let s = &mut sent[stream];
                 s.text.push_str(&text);
@@ -466,7 +481,7 @@ async fn pump(
                 s.sent = upto;
                 let lp = logprob
                     .filter(|_| reply.logprobs)
-                    .map(|lp| logprob_entries(&[(engine.decode(&[id]).unwrap_or_default(), lp)]));
+                    .map(|lp| logprob_entries(&[token_logprob(engine, id, lp, &top_logprobs)]));
                 if delta.is_empty() && lp.is_none() {
                     continue;
                 }

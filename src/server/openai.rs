@@ -362,17 +362,7 @@ pub fn parse(body: &[u8], chat: bool, d: &ServingDefaults) -> Result<Parsed, Api
             last.content.push_str(&budget_statement(b.thinking_tokens));
         }
     }
-    let logprobs = if chat {
-        boolean(o, "logprobs")?
-    } else {
-        integer(o, "logprobs", 0, 5)?.is_some()
-    };
-    if integer(o, "top_logprobs", 0, 20)?.is_some_and(|k| k > 0) {
-        return Err(ApiError::invalid(
-            "top_logprobs",
-            "top_logprobs is not supported: logprobs gives each chosen token's log-probability",
-        ));
-    }
+    let (logprobs, top_logprobs) = logprobs_fields(o, chat)?;
     let include_usage = field(o, "stream_options")
         .and_then(|s| s.get("include_usage"))
         .and_then(Value::as_bool)
@@ -386,6 +376,7 @@ pub fn parse(body: &[u8], chat: bool, d: &ServingDefaults) -> Result<Parsed, Api
             stop: stops(o)?,
             reasoning,
             budget,
+            top_logprobs,
             ..Default::default()
         },
         vote: vote(o, d, n)?,
@@ -394,6 +385,25 @@ pub fn parse(body: &[u8], chat: bool, d: &ServingDefaults) -> Result<Parsed, Api
         logprobs,
         max_tokens_given: max_given.is_some(),
     })
+}
+
+/// Whether to return each token's log-prob, and how many most likely alternatives with
+/// it: chat's `logprobs` (bool) and `top_logprobs` (0-20, only with `logprobs`), or the
+/// legacy completions' `logprobs` (0-5: both at once).
+fn logprobs_fields(o: &Map<String, Value>, chat: bool) -> Result<(bool, usize), ApiError> {
+    if !chat {
+        let k = integer(o, "logprobs", 0, 5)?;
+        return Ok((k.is_some(), k.unwrap_or(0) as usize));
+    }
+    let logprobs = boolean(o, "logprobs")?;
+    let top = integer(o, "top_logprobs", 0, 20)?.unwrap_or(0) as usize;
+    if top > 0 && !logprobs {
+        return Err(ApiError::invalid(
+            "top_logprobs",
+            "top_logprobs needs \"logprobs\": true",
+        ));
+    }
+    Ok((logprobs, top))
 }
 
 /// OpenAI's finish reason for ours.
@@ -471,6 +481,7 @@ mod tests {
             ("adapter", "\"nope\""),
             ("vote", "\"weighted\""),
             ("top_logprobs", "3"),
+            ("top_logprobs", "21"),
         ] {
             let e = err(&format!("{{{msgs},\"{f}\":{v}}}"));
             assert_eq!(e.param.as_deref(), Some(f), "{f}: {}", e.message);
@@ -482,6 +493,23 @@ mod tests {
         );
         let e = err(&format!("{{{msgs},\"n\":3,\"temperature\":0}}"));
         assert_eq!(e.param.as_deref(), Some("n"), "n > 1 greedy is refused");
+    }
+
+    #[test]
+    fn logprobs_fields_ask_for_the_most_likely_tokens() {
+        let msgs = r#""messages":[{"role":"user","content":"hi"}]"#;
+        let chat = |extra: &str| {
+            parse(format!("{{{msgs}{extra}}}").as_bytes(), true, &defaults()).unwrap()
+        };
+        let p = chat(r#","logprobs":true,"top_logprobs":5"#);
+        assert!(p.logprobs);
+        assert_eq!(p.params.top_logprobs, 5);
+        let p = chat(r#","logprobs":true"#);
+        assert_eq!((p.logprobs, p.params.top_logprobs), (true, 0));
+        let c = parse(br#"{"prompt":"hi","logprobs":2}"#, false, &defaults()).unwrap();
+        assert_eq!((c.logprobs, c.params.top_logprobs), (true, 2));
+        let c = parse(br#"{"prompt":"hi"}"#, false, &defaults()).unwrap();
+        assert_eq!((c.logprobs, c.params.top_logprobs), (false, 0));
     }
 
     #[test]

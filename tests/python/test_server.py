@@ -135,6 +135,27 @@ def test_n_candidates_vote_and_seed_reproduce(client, server):
     assert [x.message.content for x in c.choices] != texts
 
 
+def test_logprobs_with_the_most_likely_tokens(client):
+    # Greedy: each chosen token is the most likely, listed first among its alternatives,
+    # which are sorted and are log-probabilities; streamed chunks carry the same entries.
+    r = chat(client, "Name a fruit.", max_tokens=8, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    for e in content:
+        alts = e.top_logprobs
+        assert len(alts) == 3, e
+        assert alts[0].token == e.token and abs(alts[0].logprob - e.logprob) < 1e-4, e
+        lps = [a.logprob for a in alts]
+        assert lps == sorted(lps, reverse=True) and all(lp <= 0 for lp in lps), e
+    streamed = [e for c in chat(client, "Name a fruit.", max_tokens=8, logprobs=True,
+                                top_logprobs=3, stream=True)
+                for ch in c.choices if ch.logprobs for e in ch.logprobs.content]
+    assert [(e.token, [a.token for a in e.top_logprobs]) for e in streamed] == \
+        [(e.token, [a.token for a in e.top_logprobs]) for e in content]
+    plain = chat(client, "Name a fruit.", max_tokens=8, logprobs=True)
+    assert all(e.top_logprobs == [] for e in plain.choices[0].logprobs.content)
+
+
 def test_stop_strings_end_the_reply_and_are_not_returned(client):
     full = chat(client, "Write a sentence about the sea.", max_tokens=24).choices[0].message.content
     words = full.split()
