@@ -76,14 +76,19 @@ struct Token {
     id: u32,
     /// Text this token completes ("" while it ends inside a UTF-8 character).
     text: String,
+    /// Its log-probability (None for a forced token: the think opener, budget forcing).
+    logprob: Option<f32>,
+    /// [(id, log-prob)] of the most likely tokens at its position, most likely first,
+    /// where `generate(top_logprobs=n)` asked.
+    top_logprobs: Vec<(u32, f32)>,
 }
 
 #[pymethods]
 impl Token {
     fn __repr__(&self) -> String {
         format!(
-            "Token(stream={}, id={}, text={:?})",
-            self.stream, self.id, self.text
+            "Token(stream={}, id={}, text={:?}, logprob={:?})",
+            self.stream, self.id, self.text, self.logprob
         )
     }
 }
@@ -298,9 +303,11 @@ impl Engine {
     }
 
     /// Start generating after `prompt` (text or ids); iterate the result for tokens.
-    /// `reasoning` is "off", "on" or "auto"; `budget` caps thinking tokens.
+    /// `reasoning` is "off", "on" or "auto"; `budget` caps thinking tokens;
+    /// `top_logprobs` (≤ 20) lists that many most likely tokens on each token.
     #[pyo3(signature = (prompt, *, max_tokens=256, temperature=0.0, top_p=1.0, top_k=0, seed=0,
-        stop=Vec::new(), reasoning="off", adapter=None, budget=None, answer_tokens=64))]
+        stop=Vec::new(), reasoning="off", adapter=None, budget=None, answer_tokens=64,
+        top_logprobs=0))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
@@ -315,7 +322,11 @@ impl Engine {
         adapter: Option<&str>,
         budget: Option<usize>,
         answer_tokens: usize,
+        top_logprobs: usize,
     ) -> PyResult<TokenStream> {
+        if top_logprobs > er::ops::sampling::MAX_TOP_LOGPROBS as usize {
+            return Err(bad(format!("top_logprobs {top_logprobs}: at most 20")));
+        }
         let sampling = SamplingParams {
             temperature,
             top_p,
@@ -333,6 +344,10 @@ impl Engine {
             vote: "majority",
             answer_regex: None,
         })?;
+        let params = GenerateParams {
+            top_logprobs,
+            ..params
+        };
         let tokens = self.tokens(prompt)?;
         let run = self.requests.start(tokens, 1, params, vote);
         Ok(TokenStream {
@@ -462,6 +477,8 @@ impl TokenStream {
                 stream: t.stream,
                 id: t.id,
                 text: t.text,
+                logprob: t.logprob,
+                top_logprobs: t.top_logprobs,
             })),
             None => {
                 drop(guard);

@@ -45,6 +45,20 @@ def test_greedy_tokens_equal_the_cli(eng):
     assert eng.decode(result["tokens"]) == cli["text"]
 
 
+def test_tokens_carry_their_logprob_and_the_most_likely_tokens(eng):
+    prompt = eng.chat([{"role": "user", "content": QUESTION}])
+    tokens = list(eng.generate(prompt, max_tokens=8, top_logprobs=3))
+    assert tokens
+    for t in tokens:
+        assert len(t.top_logprobs) == 3 and t.top_logprobs[0][0] == t.id, t
+        assert abs(t.top_logprobs[0][1] - t.logprob) < 1e-4 and t.logprob <= 0
+        lps = [lp for _, lp in t.top_logprobs]
+        assert lps == sorted(lps, reverse=True)
+    assert all(t.top_logprobs == [] for t in eng.generate(prompt, max_tokens=4))
+    with pytest.raises(ValueError):
+        eng.generate(prompt, top_logprobs=21)
+
+
 def test_reasoning_adapter_tokens_equal_the_cli(eng):
     cli = cli_run("--reasoning", "on", "--max-tokens", "32", QUESTION)
     prompt = eng.chat([{"role": "user", "content": QUESTION}])
