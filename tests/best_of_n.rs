@@ -300,10 +300,10 @@ fn each_sampled_token_comes_with_the_most_likely_tokens_where_asked() {
         top_logprobs: 4,
         ..Default::default()
     };
-    let mut run = Decoding::start(&e, &prompt, 2, &params).unwrap();
+    let run = Decoding::start(&e, &prompt, 2, &params).unwrap();
     let mut tokens = vec![Vec::new(); 2];
     let mut seen = 0;
-    while let Some(tok) = run.next() {
+    for tok in run {
         let tok = tok.unwrap();
         assert_eq!(tok.top_logprobs.len(), 4, "{tok:?}");
         assert_eq!(
