@@ -1197,18 +1197,16 @@ impl Session {
         self.write_sample_rows(sampling.iter().map(|s| s.row(0)));
         self.record_submit(|pass, ctx| self.sampling.record(ctx, pass, sampling.len() as u32, 0));
         self.draws_fed_next = None;
-        let read = self
-            .model
-            .ctx
-            .read_later(&self.sampled, 0, sampling.len())?;
-        let top = self.read_top_later(sampling)?;
-        let ctx = &self.model.ctx;
-        let sampled = read.wait(ctx)?;
-        let top = match top {
-            Some((read, asked)) => Some((read.wait(ctx)?, asked)),
-            None => None,
+        let step = SampledStep {
+            number: 0, // fed to nothing: `draws_fed_next` is cleared
+            streams: Vec::new(),
+            read: self
+                .model
+                .ctx
+                .read_later(&self.sampled, 0, sampling.len())?,
+            top: self.read_top_later(sampling)?,
         };
-        Ok(with_top(sampled, top))
+        self.wait_draws(step)
     }
 
     fn write_sample_rows(&self, rows: impl Iterator<Item = SampleRow>) {
