@@ -1,6 +1,7 @@
 /*
  * edgereason from C: load a model, chat-template a question, generate greedily with a
- * token callback, stream the same request token by token (and cancel one), then
+ * token callback, stream the same request token by token with each position's most
+ * likely tokens (and cancel one), then
  * best-of-4 with the vote.
  *
  *   cargo build --release -p edgereason-c
@@ -8,8 +9,8 @@
  *      -Wl,-rpath,$PWD/target/release -o generate
  *   ./generate smollm2-135m "What is 12 + 30?"
  *
- * Lines starting "tokens:", "streamed:", "cancelled:", "best_of:" and "error:" are read by
- * bindings/c/tests/c_example.rs.
+ * Lines starting "tokens:", "streamed:", "top_logprobs:", "cancelled:", "best_of:" and
+ * "error:" are read by bindings/c/tests/c_example.rs.
  */
 #include "edgereason.h"
 
@@ -70,13 +71,19 @@ int main(int argc, char **argv) {
 
   /* The same request on a worker thread, read token by token. */
   er_request *request = NULL;
+  params.top_logprobs = 3; /* each token also lists the 3 most likely at its position */
   CHECK(er_request_start(engine, prompt, &params, &request));
+  params.top_logprobs = 0;
   uint32_t streamed[64];
-  size_t n_streamed = 0;
+  size_t n_streamed = 0, top_ok = 0;
   er_token token;
   er_status status;
   while ((status = er_request_next(request, &token)) == ER_STATUS_OK) {
     if (n_streamed < 64) streamed[n_streamed++] = token.id;
+    /* Greedy: the token is the most likely, listed first with its own log-prob. */
+    if (token.n_top == 3 && token.top_ids[0] == token.id &&
+        token.top_logprobs[0] == token.logprob && token.top_logprobs[1] <= token.logprob)
+      top_ok++;
   }
   if (status != ER_STATUS_END) {
     fprintf(stderr, "er_request_next: %s\n", er_last_error());
@@ -86,6 +93,7 @@ int main(int argc, char **argv) {
   er_request_free(request);
   er_result_free(result);
   print_ids("streamed:", streamed, n_streamed);
+  printf("top_logprobs: %zu of %zu tokens list the token first\n", top_ok, n_streamed);
 
   /* Cancelled after its first token. */
   CHECK(er_request_start(engine, prompt, &params, &request));

@@ -114,6 +114,8 @@ typedef struct er_generate_params {
   // Regex whose first group is the answer the vote counts; NULL: \boxed{}, "answer is",
   // the last number.
   const char *answer_regex;
+  // Most likely tokens er_request_next lists beside each sampled one (at most 20); 0: none.
+  uint32_t top_logprobs;
 } er_generate_params;
 
 // Called for every token of every candidate; return false to stop that candidate (its
@@ -172,6 +174,13 @@ typedef struct er_token {
   // The text this token completes (may be empty inside a UTF-8 character); valid until
   // the next er_request_next or er_request_free on this request.
   const char *text;
+  // Its log-probability; NaN for a forced token (the think opener, budget forcing).
+  float logprob;
+  // The n_top most likely tokens at its position and their log-probs, most likely first
+  // (params.top_logprobs of them; 0 for a forced token); valid as `text` is.
+  uint32_t n_top;
+  const uint32_t *top_ids;
+  const float *top_logprobs;
 } er_token;
 
 // Teacher-forced log-probabilities (free with er_score_free).

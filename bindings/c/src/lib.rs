@@ -38,6 +38,7 @@ use convert::{c_str, opt_c_str, owned_c_string, ResultOwner, ScoreOwner};
 use edgereason::adapters::{Switcher, Verifier};
 use edgereason::engine::{Budget, Engine, EngineOptions, GenerateParams};
 use edgereason::loader::chat_template::ChatMessage;
+use edgereason::ops::sampling::MAX_TOP_LOGPROBS;
 use edgereason::sampling::SamplingParams;
 use edgereason::sched::best_of_n::{StreamToken, VoteParams};
 use edgereason::sched::heads::{Heads, ReasoningMode};
@@ -147,6 +148,8 @@ pub struct er_generate_params {
     /// Regex whose first group is the answer the vote counts; NULL: \boxed{}, "answer is",
     /// the last number.
     pub answer_regex: *const c_char,
+    /// Most likely tokens er_request_next lists beside each sampled one (at most 20); 0: none.
+    pub top_logprobs: u32,
 }
 
 /// One token of one candidate, as er_request_next gives it.
@@ -157,6 +160,13 @@ pub struct er_token {
     /// The text this token completes (may be empty inside a UTF-8 character); valid until
     /// the next er_request_next or er_request_free on this request.
     pub text: *const c_char,
+    /// Its log-probability; NaN for a forced token (the think opener, budget forcing).
+    pub logprob: f32,
+    /// The n_top most likely tokens at its position and their log-probs, most likely first
+    /// (params.top_logprobs of them; 0 for a forced token); valid as `text` is.
+    pub n_top: u32,
+    pub top_ids: *const u32,
+    pub top_logprobs: *const f32,
 }
 
 /// Called for every token of every candidate; return false to stop that candidate (its
@@ -228,8 +238,9 @@ pub struct er_score {
 /// A generation running on its own thread (er_request_start).
 pub struct er_request {
     run: Option<RunningRequest>,
-    /// The text of the last token er_request_next gave.
+    /// The text of the last token er_request_next gave, and its most likely tokens.
     last_text: CString,
+    last_top: (Vec<u32>, Vec<f32>),
 }
 
 /// A message of a conversation for er_chat_template.
@@ -538,6 +549,7 @@ pub unsafe extern "C" fn er_generate_params_init(params: *mut er_generate_params
             n: 1,
             vote: er_vote::Majority as u32,
             answer_regex: std::ptr::null(),
+            top_logprobs: 0,
         };
     }
 }
@@ -601,12 +613,19 @@ impl er_engine {
         let vote = (self.heads)
             .vote(weighted, answer_regex)
             .map_err(|e| invalid(format!("params.vote: {e}")))?;
+        if p.top_logprobs > MAX_TOP_LOGPROBS {
+            return Err(invalid(format!(
+                "params.top_logprobs: {} (at most {MAX_TOP_LOGPROBS})",
+                p.top_logprobs
+            )));
+        }
         let params = GenerateParams {
             max_tokens: p.max_tokens as usize,
             sampling,
             stop,
             reasoning,
             budget,
+            top_logprobs: p.top_logprobs as usize,
             ..Default::default()
         };
         Ok((params, vote, n))
@@ -714,6 +733,7 @@ pub unsafe extern "C" fn er_request_start(
         let req = er_request {
             run: Some(run),
             last_text: CString::default(),
+            last_top: Default::default(),
         };
         put(out, "out", Box::into_raw(Box::new(req)))
     })
@@ -733,16 +753,25 @@ pub unsafe extern "C" fn er_request_next(
             .as_ref()
             .ok_or_else(|| invalid("request already finished"))?;
         let Some(StreamToken {
-            stream, id, text, ..
+            stream,
+            id,
+            text,
+            logprob,
+            top_logprobs,
         }) = run.next_token()
         else {
             return Err(CallError(er_status::End, "no more tokens".into()));
         };
         req.last_text = CString::new(text).unwrap_or_default();
+        req.last_top = top_logprobs.into_iter().unzip();
         let t = er_token {
             stream: stream as u32,
             id,
             text: req.last_text.as_ptr(),
+            logprob: logprob.unwrap_or(f32::NAN),
+            n_top: req.last_top.0.len() as u32,
+            top_ids: req.last_top.0.as_ptr(),
+            top_logprobs: req.last_top.1.as_ptr(),
         };
         put(token, "token", t)
     })

@@ -97,6 +97,13 @@ fn c_example_greedy_tokens_equal_the_rust_apis() {
     assert!(!rust.tokens.is_empty());
     assert_eq!(ids_after(&stdout, "tokens:"), rust.tokens, "{stdout}");
     assert_eq!(ids_after(&stdout, "streamed:"), rust.tokens, "{stdout}");
+    let n = rust.tokens.len();
+    assert!(
+        stdout.contains(&format!(
+            "top_logprobs: {n} of {n} tokens list the token first"
+        )),
+        "{stdout}"
+    );
     assert!(
         stdout.contains(&format!("callbacks: {}", rust.tokens.len())),
         "{stdout}"
