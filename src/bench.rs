@@ -68,6 +68,8 @@ pub struct StepCost {
     pub gpu_ms: Option<f64>,
     /// Wall time of the step, host and GPU (with timestamps on).
     pub wall_ms: f64,
+    /// Kernel variants built during these steps (0 unless a compile stalled one of them).
+    pub pipelines_built: u64,
 }
 
 /// One step's counters, wall ms and GPU ms.
@@ -109,6 +111,7 @@ fn decode_step_cost(
             .all(|c| c.2.is_some())
             .then(|| med(&|c| c.2.unwrap_or(0.0))),
         wall_ms: med(&|c| c.1),
+        pipelines_built: costs.iter().map(|c| c.0.pipelines_compiled).sum(),
     })
 }
 

@@ -1498,6 +1498,12 @@ fn bench_report(engine: &Engine, a: &BenchArgs) -> Result<()> {
             c.gpu_ms.map_or("n/a".into(), |g| format!("{g:.2} ms")),
             c.wall_ms
         );
+        if c.pipelines_built > 0 {
+            println!(
+                "              (these steps built {} kernel variants: their medians hold a compile)",
+                c.pipelines_built
+            );
+        }
         print_kernel_split("decode step", &r.decode_kernel_ms);
         print_kernel_split(
             &format!("prefill of {} tokens", r.prefill_profile_tokens),
