@@ -119,9 +119,11 @@ fn sampling(c: &mut Criterion) {
     g.sample_size(10);
     for m in [1u32, 8] {
         g.throughput(Throughput::Bytes(m as u64 * n_vocab as u64 * 4));
-        for (name, temperature, top_p) in
-            [("greedy", 0.0f32, 1.0f32), ("top-p 0.9, T 0.8", 0.8, 0.9)]
-        {
+        for (name, temperature, top_p, top_n) in [
+            ("greedy", 0.0f32, 1.0f32, 0u32),
+            ("greedy + top 5 listed", 0.0, 1.0, 5),
+            ("top-p 0.9, T 0.8", 0.8, 0.9, 0),
+        ] {
             let settings: Vec<SampleRow> = (0..m)
                 .map(|r| SampleRow {
                     temperature,
@@ -131,7 +133,7 @@ fn sampling(c: &mut Criterion) {
                     seed_hi: 0,
                     step: 0,
                     logits_row: r,
-                    top_n: 0,
+                    top_n,
                 })
                 .collect();
             ctx.queue
