@@ -107,7 +107,8 @@ def direct_response(sentence: str, answer: str) -> str:
     return sentence + " \\boxed{" + answer + "}"
 
 
-def gen_hard(rng: random.Random, max_value: int = 0, terse_frac: float = 0.0, check_frac: float = 0.0) -> dict:
+def gen_hard(rng: random.Random, max_value: int = 0, terse_frac: float = 0.0, check_frac: float = 0.0,
+             terse_style: str = "bare") -> dict:
     """A 2-4 step word problem; each step is one line `a op b = c` of the trace.
 
     max_value > 0 keeps every number in the problem and every intermediate result at or below it
@@ -118,6 +119,11 @@ def gen_hard(rng: random.Random, max_value: int = 0, terse_frac: float = 0.0, ch
     traces, which budget RL is meant to remove. Real reasoning-trace sets vary in length like this;
     budget RL needs that spread to select from. "short_response" is always the terse trace, the
     shortest complete one (grpo.py's `--unstated-budget ref`).
+
+    terse_style "labeled" writes the terse trace with the start and, before each equation, the
+    word and number of the sentence it executes (`Start 9`, `more 8: 9 + 8 = 17`): a 135M model's
+    bare-equation traces lose their place among the prompt's sentences (RESULTS.md), and a
+    label costs 2-4 tokens a step where the prose costs about 7.
     """
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     pron = HE_SHE.get(name, "She")
@@ -126,6 +132,7 @@ def gen_hard(rng: random.Random, max_value: int = 0, terse_frac: float = 0.0, ch
     text = [START.format(name=name, n=cur, item=item)]
     steps = [f"{name} starts with {cur} {item}."]
     terse, back = [], []  # back: each step undone, `after inverse-op k = before`
+    labels = [f"Start {cur}"]  # the labeled terse trace: labels[i] + terse[i - 1]
     for _ in range(rng.randint(2, 4)):
         choices = (["add"] if cur < top else []) + (["sub"] if cur > 1 else [])
         if cur * 2 <= top:
@@ -141,6 +148,7 @@ def gen_hard(rng: random.Random, max_value: int = 0, terse_frac: float = 0.0, ch
             text.append(OPS[op].format(pron=pron, k=k, item=item))
             steps.append(f"Gets {k} more: {cur} + {k} = {cur + k}.")
             terse.append(f"{cur} + {k} = {cur + k}")
+            labels.append(f"more {k}: ")
             back.append(f"{cur + k} - {k} = {cur}")
             cur += k
         elif op == "sub":
@@ -148,6 +156,7 @@ def gen_hard(rng: random.Random, max_value: int = 0, terse_frac: float = 0.0, ch
             text.append(OPS[op].format(pron=pron, k=k, item=item))
             steps.append(f"Gives away {k}: {cur} - {k} = {cur - k}.")
             terse.append(f"{cur} - {k} = {cur - k}")
+            labels.append(f"away {k}: ")
             back.append(f"{cur - k} + {k} = {cur}")
             cur -= k
         elif op == "mul":
@@ -155,6 +164,7 @@ def gen_hard(rng: random.Random, max_value: int = 0, terse_frac: float = 0.0, ch
             text.append(OPS[op].format(k=k, item=item))
             steps.append(f"{k} times as many: {cur} * {k} = {cur * k}.")
             terse.append(f"{cur} * {k} = {cur * k}")
+            labels.append(f"times {k}: ")
             back.append(f"{cur * k} / {k} = {cur}")
             cur *= k
         elif op == "div":
@@ -162,6 +172,7 @@ def gen_hard(rng: random.Random, max_value: int = 0, terse_frac: float = 0.0, ch
             text.append(OPS[op].format(pron=pron, k=k, item=item))
             steps.append(f"Keeps one of {k} groups: {cur} / {k} = {cur // k}.")
             terse.append(f"{cur} / {k} = {cur // k}")
+            labels.append(f"groups {k}: ")
             back.append(f"{cur // k} * {k} = {cur}")
             cur //= k
         else:  # addmul: two arithmetic operations in one step
@@ -170,10 +181,15 @@ def gen_hard(rng: random.Random, max_value: int = 0, terse_frac: float = 0.0, ch
             text.append(OPS[op].format(pron=pron, a=a, b=b, item=item))
             steps.append(f"Buys {a} packs of {b}: {a} * {b} = {a * b}, and {cur} + {a * b} = {cur + a * b}.")
             terse.append(f"{a} * {b} = {a * b}, {cur} + {a * b} = {cur + a * b}")
+            labels.append(f"packs {a} of {b}: ")
             back.append(f"{cur + a * b} - {a * b} = {cur}")
             cur += a * b
     prompt = " ".join(text) + QUESTION.format(item=item, name=name)
     ans = str(cur)
+    if terse_style == "labeled":
+        terse = labels[:1] + [label + eq for label, eq in zip(labels[1:], terse)]
+    elif terse_style != "bare":
+        raise ValueError(f"--terse-style {terse_style}: expected bare or labeled")
     if terse_frac and rng.random() < terse_frac:
         steps = terse
     elif check_frac and random.Random(prompt).random() < check_frac:
@@ -222,13 +238,18 @@ def hard_generator(style: str):
 
 
 def generate(n_hard: int, n_easy: int, test_frac: float, seed: int, max_value: int = 0, terse_frac: float = 0.0,
-             style: str = "classic", check_frac: float = 0.0):
-    """Return (train, test) item lists, deterministic in the arguments (max_value, check_frac: see
-    gen_hard; style: see hard_generator; broad items ignore max_value <= 20 as too small for them)."""
-    if check_frac and style != "classic":
-        raise ValueError(f"--check-frac needs --style classic (got {style}): broad.py's traces have no backward check")
+             style: str = "classic", check_frac: float = 0.0, terse_style: str = "bare"):
+    """Return (train, test) item lists, deterministic in the arguments (max_value, check_frac,
+    terse_style: see gen_hard; style: see hard_generator; broad items ignore max_value <= 20 as too
+    small for them)."""
+    for flag, value in (("--check-frac", check_frac), ("--terse-style labeled", terse_style != "bare")):
+        if value and style != "classic":
+            raise ValueError(f"{flag} needs --style classic (got {style}): broad.py's traces have no such form")
     rng = random.Random(seed)
-    hard = functools.partial(gen_hard, check_frac=check_frac) if check_frac else hard_generator(style)
+    if check_frac or terse_style != "bare":
+        hard = functools.partial(gen_hard, check_frac=check_frac, terse_style=terse_style)
+    else:
+        hard = hard_generator(style)
     facts = list(FACTS)
     rng.shuffle(facts)
     n_fact_test = max(1, round(len(facts) * test_frac))
@@ -300,6 +321,9 @@ def main():
                    help="cap on every number and intermediate result (0 = none); 20 suits ~100M-parameter models")
     p.add_argument("--terse-frac", type=float, default=0.0,
                    help="fraction of hard traces written as bare equations (a spread of lengths for budget RL)")
+    p.add_argument("--terse-style", default="bare", choices=["bare", "labeled"],
+                   help="terse traces: bare equations, or each labeled with its sentence's word and number "
+                        "(`more 8: 9 + 8 = 17`; classic style only)")
     p.add_argument("--check-frac", type=float, default=0.0,
                    help="fraction of the other (prose) hard traces that restate the goal and end with a "
                         "backward check (classic style only)")
@@ -308,7 +332,7 @@ def main():
                         "phrasings, 3-digit numbers, distractors) or mixed (a quarter classic)")
     a = p.parse_args()
     train, test = generate(a.n_hard, a.n_easy, a.test_frac, a.seed, a.max_value, a.terse_frac, a.style,
-                           a.check_frac)
+                           a.check_frac, a.terse_style)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     write_jsonl(Path(a.out) / "train.jsonl", train)
     write_jsonl(Path(a.out) / "test.jsonl", test)

@@ -127,6 +127,36 @@ def test_checked_traces_work_back_to_the_start_and_keep_the_items():
         data.generate(10, 0, 0.2, seed=5, check_frac=0.5, style="broad")
 
 
+def test_labeled_terse_traces_name_each_sentence_and_keep_the_items():
+    bare = data.generate(200, 50, 0.2, seed=6, max_value=20, terse_frac=0.4, check_frac=0.5)
+    labeled = data.generate(200, 50, 0.2, seed=6, max_value=20, terse_frac=0.4, check_frac=0.5,
+                            terse_style="labeled")
+    pairs = list(zip(bare[0] + bare[1], labeled[0] + labeled[1]))
+    assert all(b["prompt"] == a["prompt"] and b["answer"] == a["answer"] for b, a in pairs)
+    words = {"more": 0, "away": 1, "times": 2, "groups": 3, "packs": 4}
+    n_terse = 0
+    for b, it in pairs:
+        if it["difficulty"] != "hard":
+            continue
+        short = HARD_RESPONSE.fullmatch(it["short_response"])
+        assert short and short.group(2) == it["answer"] == str(solve_hard(it["prompt"]))
+        lines = short.group(1).split("\n")
+        sents = re.split(r"(?<=\.) ", it["prompt"].rsplit(" How many ", 1)[0])
+        assert lines[0] == f"Start {START.match(sents[0]).group(2)}" and len(lines) == len(sents)
+        for line, sent in zip(lines[1:], sents[1:]):  # each label is its sentence's word and numbers
+            label, eq = line.split(": ", 1)
+            word, *nums = label.split(" ")
+            assert SENTENCES[words[word]][0].match(sent), (line, sent)
+            assert [n for n in nums if n != "of"] == re.findall(r"\d+", sent), (line, sent)
+        bare_short = HARD_RESPONSE.fullmatch(b["short_response"]).group(1).split("\n")
+        assert [ln.split(": ", 1)[1] for ln in lines[1:]] == bare_short  # the same equations
+        check_steps(short.group(1))
+        n_terse += it["response"] == it["short_response"]
+    assert n_terse > 40
+    with pytest.raises(ValueError, match="--terse-style labeled needs --style classic"):
+        data.generate(10, 0, 0.2, seed=5, terse_style="labeled", style="mixed")
+
+
 def test_split_and_determinism():
     a = data.generate(100, 100, 0.2, seed=1)
     b = data.generate(100, 100, 0.2, seed=1)
