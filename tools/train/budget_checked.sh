@@ -3,14 +3,15 @@
 # adapters/smollm2-135m/RESULTS.md, "Budget RL from checked traces" (not shipped).
 #
 #   tools/train/budget_checked.sh [--out DIR] [--stages "train eval table"] [--terse-frac F]
-#                                 [--terse-style bare|labeled]
+#                                 [--terse-style bare|labeled] [--ref-scale S]
 #
 # train: data.py's items with traces written as distilled reasoning is (the goal restated, prose
 #        steps, a check worked backwards; --terse-frac of them terse, default 0.15, above 0 to keep
 #        the items), a second SFT stage on them from the shipped adapters/smollm2-135m/reasoning,
 #        (--terse-style labeled: each terse equation after its sentence's word and number,
 #        `more 8: 9 + 8 = 17`), then GRPO: prompts that state no budget (75%) are
-#        rewarded against each item's shortest complete reply (--unstated-budget ref), the rest
+#        rewarded against each item's shortest complete reply (--unstated-budget ref; with
+#        --ref-scale S the full reward ends at S times its length), the rest
 #        state 40, 80 or 120 tokens; only boxed answers count (--require-box).
 # eval:  `edgereason eval` rows on data.py's 40 held-out tasks and heldout.py's 56, --max-tokens 256
 #        (the checked traces run to ~200 tokens), --parallel 8.
@@ -21,13 +22,14 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-OUT="$ROOT/runs/smollm2-135m/check" STAGES="train eval table" TERSE=0.15 TERSE_STYLE=bare
+OUT="$ROOT/runs/smollm2-135m/check" STAGES="train eval table" TERSE=0.15 TERSE_STYLE=bare REF=ref
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT="$2"; shift 2 ;;
     --stages) STAGES="$2"; shift 2 ;;
     --terse-frac) TERSE="$2"; shift 2 ;;
     --terse-style) TERSE_STYLE="$2"; shift 2 ;;
+    --ref-scale) REF="ref:$2"; shift 2 ;;
     -h|--help) awk 'NR>1 && !/^#/ {exit} NR>1' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -45,7 +47,7 @@ if [[ " $STAGES " == *" train "* ]]; then
   # The same items and split as the shipped adapters' data (same seed; checks draw no numbers).
   export DATA_ARGS="--n-hard 1200 --n-easy 1200 --test-frac 0.1 --max-value 20 --terse-frac $TERSE --terse-style $TERSE_STYLE --check-frac 0.85"
   export SFT_ARGS="--init-adapter $ROOT/adapters/smollm2-135m/reasoning --difficulty hard --r 8 --alpha 16 --lr 5e-4 --warmup 0.05 --batch-size 8 --max-steps 80 --epochs 3 --max-len 320 --dtype f16 --log-every 5"
-  export GRPO_ARGS="--difficulty all --budgets 40,80,120 --unstated-frac 0.75 --unstated-budget ref --margin 0.3 --require-box --steps 50 --prompts-per-step 4 --group-size 8 --lr 2e-4 --beta 5e-3 --temperature 0.8 --save-every 10 --eval-n 0 --dtype f16 --curve $OUT/budget-grpo.csv"
+  export GRPO_ARGS="--difficulty all --budgets 40,80,120 --unstated-frac 0.75 --unstated-budget $REF --margin 0.3 --require-box --steps 50 --prompts-per-step 4 --group-size 8 --lr 2e-4 --beta 5e-3 --temperature 0.8 --save-every 10 --eval-n 0 --dtype f16 --curve $OUT/budget-grpo.csv"
   PYTHON="$PYTHON" "$HERE/pipeline.sh" --model "$GGUF" --fake-quant-int4 --seed 1 --out "$OUT" --stages "${TRAIN_STAGES:-data sft grpo}"
 fi
 

@@ -77,13 +77,21 @@ def unstated_budget_rule(spec: str | None, default: int, margin: float, tok):
     'ref' ties B to the item: its shortest complete reply (short_response: data.py's terse trace)
     earns the full R_budget and longer replies earn less, so a reply gains nothing by being
     shorter than a complete one - unlike one B shared by 2-step and 4-step problems, under which
-    the long problems can only score by dropping steps."""
-    if spec != "ref":
+    the long problems can only score by dropping steps. 'ref:S' moves the full reward to S times
+    that length (S < 1: the reference reply itself earns less than 1, so what it can spare
+    without losing the answer - a line, the words before the box - still pays)."""
+    if spec is None or not spec.startswith("ref"):
         try:
             b = int(spec) if spec else default
         except ValueError:
-            raise SystemExit(f"--unstated-budget {spec!r}: expected a token count or 'ref'") from None
+            raise SystemExit(f"--unstated-budget {spec!r}: expected a token count, 'ref' or 'ref:S'") from None
         return lambda item: b
+    try:
+        scale = float(spec[4:]) if spec.startswith("ref:") else 1.0 if spec == "ref" else -1.0
+    except ValueError:
+        scale = -1.0
+    if not 0.0 < scale <= 1.0:
+        raise SystemExit(f"--unstated-budget {spec!r}: expected 'ref' or 'ref:S' with 0 < S <= 1")
     if not 0.0 <= margin < 1.0:
         raise SystemExit(f"--unstated-budget ref needs a margin below 1 (got --margin {margin})")
     cache: dict[str, float] = {}
@@ -91,7 +99,7 @@ def unstated_budget_rule(spec: str | None, default: int, margin: float, tok):
     def budget(item):
         ref = item.get("short_response") or item["response"]
         if ref not in cache:
-            cache[ref] = len(common.response_ids(tok, ref)) / (1.0 - margin)
+            cache[ref] = scale * len(common.response_ids(tok, ref)) / (1.0 - margin)
         return cache[ref]
 
     return budget
@@ -144,7 +152,8 @@ def main():
     p.add_argument("--unstated-budget", default=None,
                    help="budget B of prompts that state none: a token count (default: the smallest of "
                         "--budgets), or 'ref': per item, R_budget is 1 up to the length of its shortest "
-                        "complete reply (its short_response, else its response), B = that / (1 - m)")
+                        "complete reply (its short_response, else its response), B = that / (1 - m); "
+                        "'ref:S' scales that length by S")
     p.add_argument("--save-every", type=int, default=0,
                    help="also save the adapter to --out every N steps (a long run stopped early keeps its last)")
     p.add_argument("--curve", default=None,

@@ -99,8 +99,12 @@ def test_unstated_budget_from_the_shortest_complete_reply():
     assert rule({"prompt": "q", "response": "z" * 9}) == pytest.approx(10 / (1 - m))  # no short: the response
     assert unstated_budget_rule(None, 40, m, _Tok())(item) == 40
     assert unstated_budget_rule("64", 40, m, _Tok())(item) == 64
-    with pytest.raises(SystemExit, match="expected a token count or 'ref'"):
-        unstated_budget_rule("short", 40, m, _Tok())
+    scaled = unstated_budget_rule("ref:0.5", 40, m, _Tok())(item)  # full reward up to 15 tokens
+    assert budget_reward(15, scaled, m) == 1.0 and budget_reward(16, scaled, m) < 1.0
+    assert 0.0 < budget_reward(30, scaled, m) < 1.0 and budget_reward(45, scaled, m) == 0.0
+    for bad in ("short", "ref:0", "ref:1.5", "ref:x", "reference"):
+        with pytest.raises(SystemExit, match="expected a token count, 'ref' or 'ref:S'|0 < S <= 1"):
+            unstated_budget_rule(bad, 40, m, _Tok())
     with pytest.raises(SystemExit, match="margin below 1"):
         unstated_budget_rule("ref", 40, 1.0, _Tok())
 
