@@ -45,7 +45,7 @@ from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import set_seed  # noqa: E402
 
 import common  # noqa: E402
-from data import load_jsonl  # noqa: E402
+from data import load_jsonl, think_response  # noqa: E402
 
 
 def rollout(model, masker, tok, item, budget, a, stop, gen, stated=True):
@@ -69,6 +69,16 @@ def reply_correct(text: str, answer: str, require_box: bool = False) -> bool:
     brevity learns to drop the box and end on "Final answer." - the last number of its steps
     still grades as right, and the reply no longer states its answer."""
     return (not require_box or "\\boxed{" in text) and common.is_correct(text, answer)
+
+
+def reasoning_reply(direct: str) -> str:
+    """A direct answer (`6 * 3 = 18. \\boxed{18}`) as the adapter writes it in reasoning mode: the
+    sentence in the think block, then the boxed answer. Measured against the direct answer itself,
+    the think frame alone went over (1 + m)B, so every easy reply scored 0 and its group was skipped."""
+    body, sep, rest = direct.rpartition("\\boxed{")
+    if not sep:
+        return think_response([direct.strip()], "")
+    return think_response([body.strip()], rest[:-1] if rest.endswith("}") else rest)
 
 
 def unstated_budget_rule(spec: str | None, default: int, margin: float, tok):
@@ -97,7 +107,9 @@ def unstated_budget_rule(spec: str | None, default: int, margin: float, tok):
     cache: dict[str, float] = {}
 
     def budget(item):
-        ref = item.get("short_response") or item["response"]
+        ref = item.get("short_response")
+        if not ref:  # its response; a direct answer (data.py's easy items) in the think frame
+            ref = item["response"] if "<think>" in item["response"] else reasoning_reply(item["response"])
         if ref not in cache:
             cache[ref] = scale * len(common.response_ids(tok, ref)) / (1.0 - margin)
         return cache[ref]

@@ -96,7 +96,11 @@ def test_unstated_budget_from_the_shortest_complete_reply():
     B = rule(item)
     assert budget_reward(30, B, m) == 1.0 and budget_reward(10, B, m) == 1.0  # shorter earns no more
     assert 0.0 < budget_reward(31, B, m) < 1.0 and budget_reward(90, B, m) == 0.0
-    assert rule({"prompt": "q", "response": "z" * 9}) == pytest.approx(10 / (1 - m))  # no short: the response
+    # no short_response: the response, and a direct answer in the think frame the adapter writes
+    think = "<think>\nzz\n</think>\n\nFinal answer: \\boxed{7}"
+    assert rule({"prompt": "q", "response": think}) == pytest.approx((len(think) + 1) / (1 - m))
+    assert rule({"prompt": "q", "response": "zz. \\boxed{7}"}) == pytest.approx(
+        (len("<think>\nzz.\n</think>\n\nFinal answer: \\boxed{7}") + 1) / (1 - m))
     assert unstated_budget_rule(None, 40, m, _Tok())(item) == 40
     assert unstated_budget_rule("64", 40, m, _Tok())(item) == 64
     scaled = unstated_budget_rule("ref:0.5", 40, m, _Tok())(item)  # full reward up to 15 tokens
