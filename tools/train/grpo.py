@@ -67,8 +67,16 @@ def reply_correct(text: str, answer: str, require_box: bool = False) -> bool:
     """The reward's correctness: the engine's answer rule (the last \\boxed{}, else the last
     number); with require_box only a boxed answer counts. Without it, a policy rewarded for
     brevity learns to drop the box and end on "Final answer." - the last number of its steps
-    still grades as right, and the reply no longer states its answer."""
-    return (not require_box or "\\boxed{" in text) and common.is_correct(text, answer)
+    still grades as right, and the reply no longer states its answer. A reply that opened a think
+    block must also close it before the box: 50 steps learned to save the three tokens of
+    `</think>` and box the answer inside the reasoning, which the engine shows as reasoning."""
+    if require_box:
+        _, closed, shown = text.partition("</think>")
+        if not closed and "<think>" not in text:
+            shown = text  # no think block: the whole reply is the answer
+        if "\\boxed{" not in shown:
+            return False
+    return common.is_correct(text, answer)
 
 
 def reasoning_reply(direct: str) -> str:

@@ -121,3 +121,8 @@ def test_require_box_refuses_an_unboxed_last_number():
     assert not reply_correct(steps, "3", require_box=True)
     assert reply_correct(steps[:-1] + ": \\boxed{3}", "3", require_box=True)
     assert not reply_correct(steps[:-1] + ": \\boxed{4}", "3", require_box=True)
+    # the box inside an unclosed think block is reasoning, not the answer
+    assert not reply_correct("<think>\nGoal: 6 * 3 = 18.\nFinal answer: \\boxed{18}", "18", require_box=True)
+    assert not reply_correct("<think>\n\\boxed{18}\n</think>\n\nFinal answer: 18", "18", require_box=True)
+    assert reply_correct("<think>\n6 * 3 = 18\n</think>\n\nFinal answer: \\boxed{18}", "18", require_box=True)
+    assert reply_correct("6 * 3 = 18. \\boxed{18}", "18", require_box=True)  # chat mode: no think block
